@@ -1,0 +1,377 @@
+"""Hand-written baselines for the symbp benchmark: the same training-gradient step three ways.
+
+Contract: each baseline is built from a ``symbp.Network`` and a dtype and exposes
+``loss_and_grad(params, X, Y) -> (loss, grads)`` with the kernel's conventions (batch rows,
+W of shape (n_out, n_in), z = a W^T + b, loss summed over output units per sample then
+averaged ("mean") or summed ("sum") over the batch; grads keyed like params as NumPy arrays).
+Each also offers ``step()``, the timed call: forward + loss + backward on inputs bound once by
+``bind(params, X, Y)``, returning nothing more than the framework naturally returns.
+
+- ``NumpyMLP``: vectorized NumPy as a competent engineer writes it by hand. The derivatives here
+  are written by hand on purpose: this file lives outside the package and exists to be compared
+  against the SymPy-derived kernel. Fused output layers (sigmoid+bce, softmax+ce) use the logits
+  (log-sum-exp, softplus) and delta = (a - y) c, like any careful hand implementation.
+- ``TorchMLP``: PyTorch eager autograd (``torch.nn.functional``), default thread count.
+- ``JaxMLP``: ``jax.jit(jax.value_and_grad(loss))``.
+The optional ones raise ``Unavailable`` with a one-line reason when the framework is missing.
+"""
+import numpy as np
+from scipy.special import expit
+
+ELEMENTWISE = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "identity", "exp")
+
+
+class Unavailable(Exception):
+    """An optional framework is not installed (the message says which)."""
+
+
+def _layers(net):
+    """[(W key, b key, activation name, activation parameters dict)] in layer order."""
+    out = []
+    for l, layer in enumerate(net.layers, start=1):
+        act = layer.activation
+        if act.user or (act.name not in ELEMENTWISE and act.name != "softmax"):
+            raise NotImplementedError(f"baselines: activation {act.name!r} has no hand-written version")
+        out.append((f"W{l}", f"b{l}", act.name, {k: float(v) for k, v in act.values}))
+    return out
+
+
+def _fused(net):
+    """True when the output activation and the loss are the matched pair whose delta is a - y."""
+    out = net.layers[-1].activation.name
+    return (out, net.loss.name) in (("sigmoid", "bce"), ("softmax", "ce"))
+
+
+def init_params(net, dtype, seed=0):
+    """Glorot-uniform weights and small biases, deterministic; independent of any kernel."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for l, (n_in, n_out) in enumerate(zip(net.sizes, net.sizes[1:]), start=1):
+        lim = np.sqrt(6.0 / (n_in + n_out))
+        params[f"W{l}"] = rng.uniform(-lim, lim, size=(n_out, n_in)).astype(dtype)
+        params[f"b{l}"] = rng.uniform(-0.1, 0.1, size=(n_out,)).astype(dtype)
+    return params
+
+
+def make_data(net, batch, dtype, seed=1):
+    """Inputs in [-1, 1] and targets the loss accepts: one-hot for ce, {0, 1} for bce."""
+    rng = np.random.default_rng(seed)
+    n_in, n_out = net.sizes[0], net.sizes[-1]
+    X = rng.uniform(-1.0, 1.0, size=(batch, n_in)).astype(dtype)
+    if net.loss.name == "ce":
+        Y = np.zeros((batch, n_out), dtype=dtype)
+        Y[np.arange(batch), rng.integers(0, n_out, size=batch)] = 1
+    elif net.loss.name == "bce":
+        Y = rng.integers(0, 2, size=(batch, n_out)).astype(dtype)
+    else:
+        Y = rng.uniform(-1.0, 1.0, size=(batch, n_out)).astype(dtype)
+    return X, Y
+
+
+# ---------------------------------------------------------------------------------- NumPy
+
+
+def _np_act(name, z, prm):
+    if name == "sigmoid":
+        return expit(z)            # SciPy's stable, vectorized logistic function
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, prm["slope"] * z)
+    if name == "softplus":
+        return np.logaddexp(0, z)
+    if name == "identity":
+        return z
+    if name == "exp":
+        return np.exp(z)
+    if name == "softmax":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    raise NotImplementedError(name)
+
+
+def _np_act_backward(name, g, z, a, prm):
+    """dL/dz from dL/da for one layer (hand-written derivatives)."""
+    if name == "sigmoid":
+        return g * a * (1 - a)
+    if name == "tanh":
+        return g * (1 - a * a)
+    if name == "relu":
+        return g * (z > 0)
+    if name == "leaky_relu":
+        return np.where(z > 0, g, prm["slope"] * g)
+    if name == "softplus":
+        return g * _np_act("sigmoid", z, prm)
+    if name == "identity":
+        return g
+    if name == "exp":
+        return g * a
+    if name == "softmax":
+        # Jacobian-vector product of softmax: a * (g - <g, a>).
+        return a * (g - (g * a).sum(axis=1, keepdims=True))
+    raise NotImplementedError(name)
+
+
+class NumpyMLP:
+    """Hand-written vectorized NumPy forward + loss + backward."""
+
+    label = "numpy"
+
+    def __init__(self, net, dtype):
+        self.net = net
+        self.dtype = np.dtype(dtype)
+        self.layers = _layers(net)
+        self.fused = _fused(net)
+        self.loss_name = net.loss.name
+        self.mean = net.reduction == "mean"
+
+    def _loss_and_delta(self, z, a, Y):
+        """The loss and delta of the output layer; c is 1/B for the mean."""
+        B = Y.shape[0]
+        c = 1.0 / B if self.mean else 1.0
+        name = self.layers[-1][2]
+        if self.fused and name == "sigmoid":
+            # bce from the logits: log(1 + e^z) - y z.
+            loss = (np.logaddexp(0, z) - Y * z).sum() * c
+            return loss, (a - Y) * self.dtype.type(c)
+        if self.fused:
+            zs = z - z.max(axis=1, keepdims=True)
+            logp = zs - np.log(np.exp(zs).sum(axis=1, keepdims=True))
+            loss = -(Y * logp).sum() * c
+            return loss, (a - Y) * self.dtype.type(c)
+        d = a - Y
+        if self.loss_name == "mse":
+            loss, g = 0.5 * (d * d).sum() * c, d * self.dtype.type(c)
+        elif self.loss_name == "sse":
+            loss, g = (d * d).sum() * c, d * self.dtype.type(2 * c)
+        elif self.loss_name == "bce":
+            loss = -(Y * np.log(a) + (1 - Y) * np.log(1 - a)).sum() * c
+            g = (a - Y) / (a * (1 - a)) * self.dtype.type(c)
+        elif self.loss_name == "ce":
+            loss, g = -(Y * np.log(a)).sum() * c, -Y / a * self.dtype.type(c)
+        else:
+            raise NotImplementedError(self.loss_name)
+        return loss, _np_act_backward(name, g, z, a, self.layers[-1][3])
+
+    def loss_and_grad(self, params, X, Y):
+        zs, acts = [], [X]
+        a = X
+        for wk, bk, name, prm in self.layers:
+            z = a @ params[wk].T + params[bk]
+            a = _np_act(name, z, prm)
+            zs.append(z)
+            acts.append(a)
+        loss, delta = self._loss_and_delta(zs[-1], a, Y)
+        grads = {}
+        for idx in range(len(self.layers) - 1, -1, -1):
+            wk, bk, _, _ = self.layers[idx]
+            grads[wk] = delta.T @ acts[idx]
+            grads[bk] = delta.sum(axis=0)
+            if idx:
+                g = delta @ params[wk]
+                _, _, name, prm = self.layers[idx - 1]
+                delta = _np_act_backward(name, g, zs[idx - 1], acts[idx], prm)
+        return float(loss), grads
+
+    def bind(self, params, X, Y):
+        self._args = (params, X, Y)
+
+    def step(self):
+        return self.loss_and_grad(*self._args)
+
+
+# ---------------------------------------------------------------------------------- PyTorch
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise Unavailable(f"PyTorch not installed ({exc})") from None
+    return torch
+
+
+class TorchMLP:
+    """PyTorch eager: tensors built once; the step zeroes .grad, runs forward, loss, backward."""
+
+    label = "torch"
+
+    def __init__(self, net, dtype):
+        self.torch = _torch()
+        self.net = net
+        self.layers = _layers(net)
+        self.fused = _fused(net)
+        self.tdtype = {"float32": self.torch.float32, "float64": self.torch.float64}[np.dtype(dtype).name]
+
+    def _act(self, name, z, prm):
+        F = self.torch.nn.functional
+        if name == "sigmoid":
+            return self.torch.sigmoid(z)
+        if name == "tanh":
+            return self.torch.tanh(z)
+        if name == "relu":
+            return self.torch.relu(z)
+        if name == "leaky_relu":
+            return F.leaky_relu(z, prm["slope"])
+        if name == "softplus":
+            return F.softplus(z)
+        if name == "identity":
+            return z
+        if name == "exp":
+            return self.torch.exp(z)
+        if name == "softmax":
+            return self.torch.softmax(z, dim=1)
+        raise NotImplementedError(name)
+
+    def _loss(self, params, X, Y):
+        F = self.torch.nn.functional
+        a = X
+        for i, (wk, bk, name, prm) in enumerate(self.layers):
+            z = F.linear(a, params[wk], params[bk])
+            if i == len(self.layers) - 1 and self.fused:
+                break
+            a = self._act(name, z, prm)
+        B = X.shape[0]
+        c = 1.0 / B if self.net.reduction == "mean" else 1.0
+        loss = self.net.loss.name
+        if self.fused and loss == "bce":
+            return F.binary_cross_entropy_with_logits(z, Y, reduction="sum") * c
+        if self.fused:
+            # Probability targets: -sum y log softmax(z), summed over units, reduced over samples.
+            return F.cross_entropy(z, Y, reduction="sum") * c
+        d = a - Y
+        if loss == "mse":
+            return 0.5 * (d * d).sum() * c
+        if loss == "sse":
+            return (d * d).sum() * c
+        if loss == "bce":
+            return F.binary_cross_entropy(a, Y, reduction="sum") * c
+        if loss == "ce":
+            return -(Y * self.torch.log(a)).sum() * c
+        raise NotImplementedError(loss)
+
+    def _tensors(self, params, X, Y):
+        t = self.torch
+        tp = {k: t.tensor(v, dtype=self.tdtype, requires_grad=True) for k, v in params.items()}
+        return tp, t.tensor(X, dtype=self.tdtype), t.tensor(Y, dtype=self.tdtype)
+
+    def loss_and_grad(self, params, X, Y):
+        tp, tX, tY = self._tensors(params, X, Y)
+        loss = self._loss(tp, tX, tY)
+        loss.backward()
+        return float(loss.detach()), {k: v.grad.numpy() for k, v in tp.items()}
+
+    def bind(self, params, X, Y):
+        self._tp, self._X, self._Y = self._tensors(params, X, Y)
+        self._plist = list(self._tp.values())
+
+    def step(self):
+        for p in self._plist:
+            p.grad = None          # the idiomatic zero_grad(set_to_none=True)
+        loss = self._loss(self._tp, self._X, self._Y)
+        loss.backward()
+        return loss
+
+
+# ---------------------------------------------------------------------------------- JAX
+
+
+class JaxMLP:
+    """jax.jit(jax.value_and_grad(loss)); float64 needs jax_enable_x64, switched on here."""
+
+    label = "jax"
+
+    def __init__(self, net, dtype):
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as exc:
+            raise Unavailable(f"JAX not installed ({exc})") from None
+        jax.config.update("jax_enable_x64", True)
+        self.jax, self.jnp = jax, jnp
+        self.net = net
+        self.layers = _layers(net)
+        self.fused = _fused(net)
+        self.dtype = np.dtype(dtype)
+        self._vg = jax.jit(jax.value_and_grad(self._loss))
+
+    def _act(self, name, z, prm):
+        jax, jnp = self.jax, self.jnp
+        if name == "sigmoid":
+            return jax.nn.sigmoid(z)
+        if name == "tanh":
+            return jnp.tanh(z)
+        if name == "relu":
+            return jax.nn.relu(z)
+        if name == "leaky_relu":
+            return jax.nn.leaky_relu(z, prm["slope"])
+        if name == "softplus":
+            return jax.nn.softplus(z)
+        if name == "identity":
+            return z
+        if name == "exp":
+            return jnp.exp(z)
+        if name == "softmax":
+            return jax.nn.softmax(z, axis=1)
+        raise NotImplementedError(name)
+
+    def _loss(self, params, X, Y):
+        jax, jnp = self.jax, self.jnp
+        a = X
+        for i, (wk, bk, name, prm) in enumerate(self.layers):
+            z = a @ params[wk].T + params[bk]
+            if i == len(self.layers) - 1 and self.fused:
+                break
+            a = self._act(name, z, prm)
+        c = 1.0 / X.shape[0] if self.net.reduction == "mean" else 1.0
+        loss = self.net.loss.name
+        if self.fused and loss == "bce":
+            return (jax.nn.softplus(z) - Y * z).sum() * c
+        if self.fused:
+            return -(Y * jax.nn.log_softmax(z, axis=1)).sum() * c
+        d = a - Y
+        if loss == "mse":
+            return 0.5 * (d * d).sum() * c
+        if loss == "sse":
+            return (d * d).sum() * c
+        if loss == "bce":
+            return -(Y * jnp.log(a) + (1 - Y) * jnp.log(1 - a)).sum() * c
+        if loss == "ce":
+            return -(Y * jnp.log(a)).sum() * c
+        raise NotImplementedError(loss)
+
+    def _arrays(self, params, X, Y):
+        jnp = self.jnp
+        return ({k: jnp.asarray(v, dtype=self.dtype) for k, v in params.items()},
+                jnp.asarray(X, dtype=self.dtype), jnp.asarray(Y, dtype=self.dtype))
+
+    def loss_and_grad(self, params, X, Y):
+        loss, grads = self._vg(*self._arrays(params, X, Y))
+        return float(loss), {k: np.asarray(v) for k, v in grads.items()}
+
+    def bind(self, params, X, Y):
+        self._args = self._arrays(params, X, Y)
+        self.step()                # trace and compile outside the timing
+
+    def step(self):
+        loss, grads = self._vg(*self._args)
+        self.jax.block_until_ready(grads)
+        return loss
+
+
+OPTIONAL = (TorchMLP, JaxMLP)
+
+
+def max_rel_error(grads, ref):
+    """max over parameters of max|g - r| / max(max|r|, tiny): one number per comparison."""
+    worst = 0.0
+    for k, r in ref.items():
+        g = np.asarray(grads[k], dtype=np.float64)
+        r = np.asarray(r, dtype=np.float64)
+        if g.shape != r.shape:
+            raise ValueError(f"gradient {k}: shape {g.shape} != {r.shape}")
+        scale = max(float(np.abs(r).max()), 1e-30)
+        worst = max(worst, float(np.abs(g - r).max()) / scale)
+    return worst

@@ -1,0 +1,424 @@
+"""Benchmark one training-gradient step of symbp's generated CPU kernel against hand-written
+NumPy, PyTorch eager and JAX (the last two when installed), side by side in one run.
+
+A step is forward + loss + backward with the gradients of every parameter, on inputs built
+once. Cases: XOR 2-3-1 sigmoid+bce B=4; 64-64-64-10 tanh + softmax/ce B=256; 784-256-128-10
+relu + softmax/ce B=1024. Default dtype: both float64 and float32 (``--dtype`` picks one).
+
+    python benchmarks/bench_mlp.py                 # full run (a few minutes on 2 cores)
+    python benchmarks/bench_mlp.py --quick         # fast subset: fewer cases, shorter rounds
+    python benchmarks/bench_mlp.py --json out.json
+
+Before timing, every implementation's loss and gradients are checked once against a float64
+reference (the hand-written NumPy at float64; PyTorch float64 autograd checks that reference in
+turn) and the max relative error is printed, so a wrong baseline or kernel cannot go unnoticed;
+the exit status is 1 if any check fails or the kernel cannot be built.
+
+Timing: ``time.perf_counter``; each implementation is calibrated to about ``--target`` seconds
+per measurement (n calls), then measured in ``--rounds`` rounds, interleaved across the
+implementations so that background load hits all of them alike; the median is reported.
+The symbp kernel is timed through ``Kernel.loss_and_grad`` (the public entry, including its
+input checks and the grads dictionary). Kernels are written to benchmarks/_build/ (ignored by
+git), so a second run loads them from Numba's cache.
+
+Also measured, each in a fresh subprocess: derive + generate (emit and write, jit=False, no
+compile) of a 10-layer MLP of width 16 and of width 1024 (must be < 2 s and not grow with width),
+and the time to get a compiled kernel ready in a first process (cold: compile) and in a second
+process (warm: Numba cache hit).
+"""
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import baselines  # noqa: E402
+import symbp  # noqa: E402
+
+BUILD = HERE / "_build"
+
+# (label, sizes, activations, loss, batch)
+CASES = [
+    ("xor 2-3-1", [2, 3, 1], ["sigmoid", "sigmoid"], "bce", 4),
+    ("64-64-64-10", [64, 64, 64, 10], ["tanh", "tanh", "softmax"], "ce", 256),
+    ("784-256-128-10", [784, 256, 128, 10], ["relu", "relu", "softmax"], "ce", 1024),
+]
+NET_NAMES = {"xor 2-3-1": "bench_xor", "64-64-64-10": "bench_mlp64", "784-256-128-10": "bench_mnist"}
+# Max relative gradient/loss error against the float64 reference.
+TOL = {"float64": 1e-9, "float32": 1e-3}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_dir():
+    BUILD.mkdir(exist_ok=True)
+    ignore = BUILD / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")
+    return BUILD
+
+
+# ---------------------------------------------------------------------------------- timing
+
+
+def _run(fn, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return time.perf_counter() - t0
+
+
+def calibrate(fn, target):
+    """Calls per measurement so that one measurement takes about ``target`` seconds."""
+    fn()
+    n = 1
+    while True:
+        dt = _run(fn, n)
+        if dt >= min(0.05, target / 4):
+            return max(1, round(n * target / dt))
+        n *= 4
+
+
+def measure(fns, target, rounds):
+    """{name: (median seconds per call, [seconds per call of each round], calls per round)}."""
+    counts = {name: calibrate(fn, target) for name, fn in fns.items()}
+    per = {name: [] for name in fns}
+    enabled = gc.isenabled()
+    gc.disable()               # like timeit: collections land on whoever is running, unfairly
+    try:
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                per[name].append(_run(fn, counts[name]) / counts[name])
+    finally:
+        if enabled:
+            gc.enable()
+    return {name: (statistics.median(v), v, counts[name]) for name, v in per.items()}
+
+
+def load_average():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------- cases
+
+
+def make_kernel(net, dtype):
+    """Derive and generate the kernel (jit=True); returns (kernel, error)."""
+    try:
+        return symbp.generate(symbp.derive(net), target="cpu", dtype=dtype, out_dir=build_dir(), jit=True), None
+    except Exception as exc:  # report and go on with the baselines
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def kernel_step(k, params, X, Y):
+    """The timed call of the kernel: its fastest public entry taking (params, X, Y)."""
+    return lambda: k.loss_and_grad(params, X, Y)
+
+
+def check(impls, params, X, Y, net, dtype):
+    """Max relative error of each implementation's loss and grads against the float64 reference."""
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    ref_loss, ref = baselines.NumpyMLP(net, "float64").loss_and_grad(p64, X64, Y64)
+    errs = {}
+
+    def rel(loss, grads):
+        return max(baselines.max_rel_error(grads, ref), abs(loss - ref_loss) / max(abs(ref_loss), 1e-30))
+
+    # The reference itself is hand-written: check it against autograd at float64 where possible.
+    for cls in baselines.OPTIONAL:
+        try:
+            loss, grads = cls(net, "float64").loss_and_grad(p64, X64, Y64)
+        except baselines.Unavailable:
+            continue
+        errs[f"ref-vs-{cls.label}64"] = rel(loss, grads)
+    for name, obj in impls.items():
+        loss, grads = obj.loss_and_grad(params, X, Y)
+        errs[name] = rel(float(loss), grads)
+    return errs
+
+
+def run_case(label, sizes, acts, loss, batch, dtype, args, missing):
+    net = symbp.mlp(sizes, acts, loss, name=NET_NAMES[label])
+    params = baselines.init_params(net, dtype, seed=0)
+    X, Y = baselines.make_data(net, batch, dtype, seed=1)
+    result = {"case": label, "sizes": sizes, "activations": acts, "loss": loss, "batch": batch,
+              "dtype": dtype, "ms": {}, "rounds_ms": {}, "calls": {}, "check": {}, "errors": {}}
+
+    impls, steps = {}, {}
+    t0 = time.perf_counter()
+    k, err = make_kernel(net, dtype)
+    result["kernel_ready_s"] = time.perf_counter() - t0
+    if k is None:
+        result["errors"]["symbp"] = err
+        log(f"  symbp kernel unavailable: {err}")
+    else:
+        result["kernel_path"] = str(getattr(k, "path", ""))
+        try:
+            kernel_step(k, params, X, Y)()      # Numba compiles on the first call (or loads its cache)
+        except Exception as exc:
+            err = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            result["errors"]["symbp"] = f"first call failed: {err}"
+            log(f"  symbp kernel failed on its first call: {err}")
+        else:
+            impls["symbp"] = k
+            steps["symbp"] = kernel_step(k, params, X, Y)
+        result["kernel_ready_s"] = time.perf_counter() - t0
+    for cls in (baselines.NumpyMLP,) + baselines.OPTIONAL:
+        try:
+            obj = cls(net, dtype)
+        except baselines.Unavailable as exc:
+            if cls.label not in missing:
+                missing[cls.label] = str(exc)
+            continue
+        obj.bind(params, X, Y)
+        impls[cls.label] = obj
+        steps[cls.label] = obj.step
+
+    result["check"] = check(impls, params, X, Y, net, dtype)
+    bad = {n: e for n, e in result["check"].items() if not e <= TOL[dtype]}
+    if bad:
+        result["errors"]["check"] = f"max rel error above {TOL[dtype]:g}: " + ", ".join(
+            f"{n}={e:.2e}" for n, e in bad.items())
+    timed = measure(steps, args.target, args.rounds)
+    for name, (med, per, n) in timed.items():
+        result["ms"][name] = med * 1e3
+        result["rounds_ms"][name] = [t * 1e3 for t in per]
+        result["calls"][name] = n
+    return result
+
+
+# ---------------------------------------------------------------------------------- subprocesses
+
+
+DERIVE_EMIT = textwrap.dedent("""
+    import json, sys, time
+    import symbp
+    width, out = int(sys.argv[1]), sys.argv[2]
+    net = symbp.mlp([width] * 10 + [10], ["tanh"] * 9 + ["softmax"], "ce", name=f"deep{width}")
+    t0 = time.perf_counter()
+    d = symbp.derive(net)
+    t1 = time.perf_counter()
+    k = symbp.generate(d, target="cpu", dtype="float64", out_dir=out, jit=False)
+    t2 = time.perf_counter()
+    print(json.dumps({"width": width, "derive_s": t1 - t0, "generate_s": t2 - t1,
+                      "total_s": t2 - t0, "bytes": len(open(k.path, "rb").read())}))
+""")
+
+READY = textwrap.dedent("""
+    import json, sys, time
+    t0 = time.perf_counter()
+    import numpy as np
+    import symbp
+    t1 = time.perf_counter()
+    sizes, acts, loss, name, dtype, out = json.loads(sys.argv[1])
+    net = symbp.mlp(sizes, acts, loss, name=name)
+    k = symbp.generate(symbp.derive(net), target="cpu", dtype=dtype, out_dir=out, jit=True)
+    params = k.init_params(seed=0)
+    X = np.full((8, sizes[0]), 0.5, dtype=dtype)
+    Y = np.zeros((8, sizes[-1]), dtype=dtype)
+    Y[:, 0] = 1
+    k.loss_and_grad(params, X, Y)
+    t2 = time.perf_counter()
+    print(json.dumps({"import_s": t1 - t0, "ready_s": t2 - t1, "process_s": t2 - t0}))
+""")
+
+
+def _subprocess_json(code, *argv, timeout=600):
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"subprocess failed (exit {proc.returncode}): {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def derive_emit_times(widths):
+    out = []
+    with tempfile.TemporaryDirectory(prefix="symbp-bench-emit-") as tmp:
+        for w in widths:
+            log(f"derive + generate (jit=False): 10-layer MLP of width {w}")
+            try:
+                out.append(_subprocess_json(DERIVE_EMIT, str(w), tmp))
+            except Exception as exc:
+                out.append({"width": w, "error": str(exc)})
+    return out
+
+
+def ready_times(cases, dtype):
+    """Cold (compile, empty cache) then warm (second process, cache hit) time to a ready kernel."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix="symbp-bench-cache-") as tmp:
+        for label, sizes, acts, loss, _ in cases:
+            spec = json.dumps([sizes, acts, loss, NET_NAMES[label], dtype, tmp])
+            row = {"case": label, "dtype": dtype}
+            for phase in ("cold", "warm"):
+                log(f"kernel ready, {phase} process: {label} {dtype}")
+                try:
+                    row[phase] = _subprocess_json(READY, spec)
+                except Exception as exc:
+                    row[phase] = {"error": str(exc)}
+            out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def _fmt_ms(v):
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def _ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def table(results, labels):
+    heads = ["case", "dtype"] + [f"{n} ms" for n in labels] + [f"{n}/symbp" for n in labels if n != "symbp"]
+    rows = []
+    for r in results:
+        ms = r["ms"]
+        row = [r["case"] + f" B={r['batch']}", r["dtype"]] + [_fmt_ms(ms.get(n)) for n in labels]
+        for n in labels:
+            if n != "symbp":
+                q = _ratio(ms.get(n), ms.get("symbp"))
+                row.append("n/a" if q is None else f"{q:.2f}")
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    line = "  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths)))
+    out = [line, "-" * len(line)]
+    for r in rows:
+        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(out)
+
+
+def versions():
+    v = {"python": platform.python_version(), "numpy": np.__version__, "symbp": symbp.__version__,
+         "machine": platform.machine(), "cpus": os.cpu_count()}
+    for mod in ("numba", "scipy", "torch", "jax"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except ImportError:
+            v[mod] = None
+    try:
+        import torch
+        v["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return v
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", choices=("float64", "float32", "both"), default="both",
+                    help="dtype of every implementation (default: both)")
+    ap.add_argument("--quick", action="store_true",
+                    help="fast subset: XOR and 64-64-64-10 in float64, short rounds, XOR-only compile timing")
+    ap.add_argument("--target", type=float, default=None,
+                    help="seconds per measurement (default 0.3; 0.1 with --quick)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per implementation (default 5; 3 with --quick)")
+    ap.add_argument("--skip-extra", action="store_true",
+                    help="skip the derive/emit and cold/warm compile measurements")
+    ap.add_argument("--json", metavar="FILE", help="write all results as JSON")
+    args = ap.parse_args(argv)
+    args.target = args.target or (0.1 if args.quick else 0.3)
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
+    if args.quick and args.dtype == "both":
+        dtypes = ["float64"]
+    cases = CASES[:2] if args.quick else CASES
+
+    t_start = time.perf_counter()
+    load_before = load_average()
+    missing, results = {}, []
+    for label, sizes, acts, loss, batch in cases:
+        for dtype in dtypes:
+            log(f"[{len(results) + 1}/{len(cases) * len(dtypes)}] {label} B={batch} {dtype}: "
+                f"building kernel, checking, timing ...")
+            r = run_case(label, sizes, acts, loss, batch, dtype, args, missing)
+            results.append(r)
+            errs = " ".join(f"{n}={e:.1e}" for n, e in r["check"].items())
+            times = " ".join(f"{n}={v:.4g}ms" for n, v in r["ms"].items())
+            log(f"    kernel ready {r['kernel_ready_s']:.1f}s | max rel err {errs} | {times}")
+    for name, why in missing.items():
+        log(f"skipped {name}: {why}")
+
+    labels = [n for n in ("symbp", "numpy", "torch", "jax") if any(n in r["ms"] for r in results)]
+    extra = {}
+    if not args.skip_extra:
+        extra["derive_emit"] = derive_emit_times([16, 1024])
+        extra["ready"] = ready_times(cases[:1] if args.quick else [cases[0], cases[2]], "float64")
+
+    print()
+    print("symbp benchmark: one training-gradient step (forward + loss + backward, all parameter gradients)")
+    vv = versions()
+    print("  " + ", ".join(f"{k} {v}" for k, v in vv.items() if v is not None))
+    print(f"  median of {args.rounds} rounds of ~{args.target:g} s each; ratios > 1 mean symbp is faster")
+    print(f"  1-min load average {load_before} before, {load_average()} after "
+          f"(other work on the machine inflates the timings, PyTorch's most)")
+    print()
+    print(table(results, labels))
+    print()
+    print("max relative error vs float64 reference (loss and all gradients):")
+    for r in results:
+        errs = ", ".join(f"{n} {e:.1e}" for n, e in r["check"].items())
+        print(f"  {r['case']} {r['dtype']}: {errs}")
+    for name, why in missing.items():
+        print(f"  {name}: skipped ({why})")
+    if "derive_emit" in extra:
+        print()
+        print("derive + generate (emit + write, jit=False), 10-layer MLP, fresh process:")
+        for e in extra["derive_emit"]:
+            if "error" in e:
+                print(f"  width {e['width']}: FAILED {e['error']}")
+            else:
+                print(f"  width {e['width']:>5}: derive {e['derive_s']:.3f} s + generate {e['generate_s']:.3f} s"
+                      f" = {e['total_s']:.3f} s ({e['bytes']} bytes)")
+        print()
+        print("time to a ready kernel (derive + generate + first loss_and_grad; Python/numba import excluded):")
+        for e in extra["ready"]:
+            parts = []
+            for phase in ("cold", "warm"):
+                p = e[phase]
+                parts.append(f"{phase} FAILED {p['error']}" if "error" in p
+                             else f"{phase} {p['ready_s']:.2f} s (process {p['process_s']:.2f} s)")
+            print(f"  {e['case']} {e['dtype']}: " + "; ".join(parts))
+    elapsed = time.perf_counter() - t_start
+    print(f"\ntotal benchmark time {elapsed:.0f} s")
+
+    failures = [f"{r['case']} {r['dtype']}: {k}: {v}" for r in results for k, v in r["errors"].items()]
+    for e in extra.get("derive_emit", []):
+        if "error" in e:
+            failures.append(f"derive_emit width {e['width']}: {e['error']}")
+        elif e["total_s"] >= 2.0:
+            failures.append(f"derive_emit width {e['width']}: {e['total_s']:.2f} s >= 2 s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"versions": vv, "args": vars(args), "load_average": [load_before, load_average()],
+             "results": results, "failures": failures,
+             "elapsed_s": elapsed, **extra}, indent=2) + "\n")
+    for f in failures:
+        print(f"FAILED: {f}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

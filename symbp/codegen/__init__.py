@@ -1,0 +1,40 @@
+"""Code generation: Derivation -> source (emit) -> file (load.write) -> module -> Kernel.
+
+``generate(derivation, target, dtype, out_dir, jit)`` writes
+``<out_dir>/<network>/<target>_<dtype>.py`` (out_dir defaults to $SYMBP_GENERATED or
+./generated) and returns a Kernel. Nothing is written unless the source was emitted whole.
+"""
+import os
+from pathlib import Path
+
+from .. import naming
+from ..errors import SymbpError
+from .emit import emit
+from .kernel import Kernel
+from .load import import_module, write
+
+TARGETS = ("cpu",)
+DTYPES = ("float64", "float32")
+
+
+def default_out_dir():
+    return Path(os.environ.get("SYMBP_GENERATED", "generated"))
+
+
+def kernel_path(network, target, dtype, out_dir=None):
+    base = Path(out_dir) if out_dir is not None else default_out_dir()
+    return base / network.name / f"{naming.module_name(network.name, target, dtype)}.py"
+
+
+def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
+    """Emit the kernel of ``derivation`` for ``target`` in ``dtype``, write it, import it."""
+    if target not in TARGETS:
+        raise SymbpError(f"target: expected one of {', '.join(TARGETS)}, got {target!r}")
+    if dtype not in DTYPES:
+        raise SymbpError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    net = derivation.network
+    source = emit(derivation, target, dtype)
+    path = kernel_path(net, target, dtype, out_dir)
+    write(path, source)
+    module = import_module(path, naming.import_name(net.name, target, dtype, net.digest), jit=jit)
+    return Kernel(derivation, module, path, target, dtype, jit)

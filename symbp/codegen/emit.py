@@ -1,0 +1,183 @@
+"""Emit the source of a kernel module from a Derivation, through a Jinja template.
+
+Contract: ``emit(derivation, target, dtype) -> str`` is deterministic (same derivation, same
+bytes). This module turns each derived equation into printed statements; the template
+(templates/<target>/module.py.j2) only arranges them into functions and holds no math.
+Batch rows are samples. Per layer the CPU kernel uses BLAS matrix products (``np.dot`` with an
+``out`` buffer inside njit) for the contractions that ``batch_form`` finds (z = A W^T, g = D W,
+dL/dW = D^T A_prev) and fuses all elementwise work of a row (bias, activation, delta, per-row
+reductions such as softmax's sum) into one pass over the row.
+
+Numerical stability: ``printer.stable_forms`` prints sigmoid and softplus stably, and every
+row reduction of the form sum_k exp(x_k) is shifted by the row maximum m (log-sum-exp):
+sum_k exp(x_k) = exp(m) r with r = sum_k exp(x_k - m), substituted and simplified by SymPy
+(powsimp, expand_log), so softmax and its cross-entropy never overflow.
+"""
+import sympy as sp
+
+from .. import __version__, naming
+from ..derivation import ColumnSum, Product, batch_form
+from .printer import NumbaPrinter, helper_source, helpers_used, stable_forms
+from .templates import environment
+
+BF = sp.Symbol("Bf", positive=True)          # the batch size as a float of the kernel's dtype
+
+
+def _label(base):
+    return str(base.label)
+
+
+def text(lhs, rhs):
+    """One-line plain-text form of an equation for code comments (per sample, column vectors)."""
+    form = batch_form(lhs, rhs)
+    name = _label(lhs.base) if isinstance(lhs, sp.Indexed) else str(lhs)
+    if isinstance(form, Product):
+        # batch rows C = op(L) op(R); per sample c = op(R)^T l, or sum_s l r^T without samples.
+        if naming.S in lhs.indices:
+            m = _label(form.right) + ("" if form.right_t else "^T")
+            out = f"{name} = {m} {_label(form.left)}"
+        else:
+            out = f"{name} = sum_s {_label(form.left)} {_label(form.right)}^T"
+        return out + (f" + {_label(form.bias)}" if form.bias is not None else "")
+    if isinstance(form, ColumnSum):
+        return f"{name} = sum_s {_label(form.arg)}"
+    plain = rhs.replace(lambda e: isinstance(e, sp.Indexed), lambda e: sp.Symbol(_label(e.base)))
+    plain = plain.replace(lambda e: isinstance(e, sp.Sum), lambda e: sp.Function("sum")(e.function))
+    return f"{name} = {plain}"
+
+
+class _Block:
+    """Printed statements of one fused pass over the rows of a batch."""
+
+    def __init__(self, printer, sizes):
+        self.p = printer
+        self.sizes = sizes
+        self.count = 0
+
+    def _temp(self, prefix):
+        self.count += 1
+        return sp.Symbol(f"{prefix}{self.count - 1}", real=True)
+
+    def reductions(self, expr):
+        """Replace the sums over units in ``expr`` by temporaries; return (expr, lines)."""
+        lines = []
+        for sm in sorted(expr.atoms(sp.Sum), key=str):
+            (k, lo, hi), = sm.limits
+            body = sm.function
+            r = self._temp("r")
+            n = int(hi - lo + 1)
+            zero = self.p._print(sp.Integer(0))
+            if isinstance(body, sp.exp):
+                x = body.args[0]
+                m = self._temp("m")
+                self.p.names.update({m: str(m), r: str(r)})
+                lines += [f"{m} = {self.p.doprint(x.xreplace({k: lo}))}",
+                          f"for {k} in range({int(lo) + 1}, {n}):",
+                          f"    {m} = max({m}, {self.p.doprint(x)})",
+                          f"{r} = {zero}",
+                          f"for {k} in range({n}):",
+                          f"    {r} += math.exp({self.p.doprint(x - m)})"]
+                expr = expr.xreplace({sm: sp.exp(m) * r})
+                expr = sp.powsimp(sp.expand_log(expr, force=True), combine="exp")
+            else:
+                self.p.names[r] = str(r)
+                lines += [f"{r} = {zero}",
+                          f"for {k} in range({n}):",
+                          f"    {r} += {self.p.doprint(body)}"]
+                expr = expr.xreplace({sm: r})
+        return expr, lines
+
+    def rows(self, assignments, index, width):
+        """for j in range(width): OUT[s, j] = expr, after the row's reductions."""
+        lines, body = [], []
+        for lhs, rhs, comment in assignments:
+            rhs = stable_forms(rhs.xreplace(self.sizes))
+            rhs, red = self.reductions(rhs)
+            lines += red
+            body += [f"# {comment}", f"{self.p.doprint(lhs)} = {self.p.doprint(rhs)}"]
+        return lines + [f"for {index} in range({width}):"] + ["    " + b for b in body]
+
+
+def emit(derivation, target="cpu", dtype="float64"):
+    """Source text of the kernel module for ``derivation``."""
+    net = derivation.network
+    L = net.depth
+    sizes = {naming.width(l): n for l, n in enumerate(net.sizes)}
+    sizes[naming.BATCH] = BF
+    p = NumbaPrinter(dtype, {BF: "Bf"})
+    d = derivation
+    S, J, P = naming.S, naming.J, naming.P
+
+    def product(eq, out):
+        f = batch_form(eq.lhs, eq.rhs)
+        assert isinstance(f, Product), eq
+        left = naming.ident(f.left) + (".T" if f.left_t else "")
+        right = naming.ident(f.right) + (".T" if f.right_t else "")
+        return f, f"np.dot({left}, {right}, {out})"
+
+    layers_fwd = []
+    for l in range(1, L + 1):
+        zq, aq = d[f"z{l}"], d[f"a{l}"]
+        f, dot = product(zq, naming.ident(zq.lhs.base))
+        blk = _Block(p, sizes)
+        zlhs = zq.lhs
+        bias = [(zlhs, zlhs + f.bias[J], text(zq.lhs, zq.rhs))]
+        act = [(aq.lhs, aq.rhs, f"{text(aq.lhs, aq.rhs)}   [{net.layers[l - 1].activation.name}]")]
+        if aq.rhs.has(sp.Sum):
+            body = blk.rows(bias, "j", net.sizes[l]) + blk.rows(act, "j", net.sizes[l])
+        else:
+            body = blk.rows(bias + act, "j", net.sizes[l])
+        layers_fwd.append({"layer": l, "comment": text(zq.lhs, zq.rhs), "dot": dot, "rows": body})
+
+    # loss per sample (in z for cross-entropies: see derive._loss_from_logits)
+    loss_expr, loss_reads = d.loss_sample
+    blk = _Block(p, sizes)
+    lexpr = stable_forms(loss_expr.xreplace(sizes))
+    lexpr, lred = blk.reductions(lexpr)
+    loss_lines = lred + [f"loss += {p.doprint(lexpr)}"]
+    loss_scale = p.doprint(d.batch_factor.xreplace(sizes))
+
+    backward = []
+    for l in range(L, 0, -1):
+        dq = d[f"delta{l}"]
+        blk = _Block(p, sizes)
+        rows = blk.rows([(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))], "j", net.sizes[l])
+        gW, gb = d[f"gW{l}"], d[f"gb{l}"]
+        _, gW_dot = product(gW, naming.ident(gW.lhs.base))
+        cs = batch_form(gb.lhs, gb.rhs)
+        assert isinstance(cs, ColumnSum), gb
+        step = {"layer": l, "delta_comment": f"{dq.name}: {dq.doc}", "rows": rows,
+                "gW_comment": text(gW.lhs, gW.rhs), "gW_dot": gW_dot,
+                "gb_comment": text(gb.lhs, gb.rhs), "gb": naming.ident(gb.lhs.base),
+                "gb_arg": naming.ident(cs.arg), "width": net.sizes[l]}
+        if l > 1:
+            gq = d[f"ga{l - 1}"]
+            step["ga_comment"] = text(gq.lhs, gq.rhs)
+            _, step["ga_dot"] = product(gq, naming.ident(gq.lhs.base))
+        backward.append(step)
+    gx = d["ga0"]
+    _, gx_dot = product(gx, "GX")
+
+    params = [k for k in net.param_shapes()]
+    fwd_buffers = [n for l in range(1, L + 1) for n in (f"Z{l}", f"A{l}")]
+    bwd_buffers = [f"G{l}" for l in range(1, L)] + [f"D{l}" for l in range(1, L + 1)]
+    grads = ["g" + k for k in params]
+    used = helpers_used([stable_forms(e.rhs) for e in d.equations] + [stable_forms(loss_expr)])
+    acts = ", ".join(l.activation.name for l in net.layers)
+    ctx = {
+        "version": __version__, "digest": net.digest, "name": net.name, "target": target,
+        "dtype": dtype, "sizes": net.sizes, "description": str(net), "activations": acts,
+        "loss": net.loss.name, "reduction": net.reduction, "depth": L,
+        "param_shapes": net.param_shapes(), "params": params, "grads": grads,
+        "fwd_buffers": fwd_buffers, "bwd_buffers": bwd_buffers,
+        "buffer_widths": {**{f"Z{l}": net.sizes[l] for l in range(1, L + 1)},
+                          **{f"A{l}": net.sizes[l] for l in range(1, L + 1)},
+                          **{f"G{l}": net.sizes[l] for l in range(1, L)},
+                          **{f"D{l}": net.sizes[l] for l in range(1, L + 1)}},
+        "helpers": [helper_source(h, p) for h in used], "layers": layers_fwd, "loss_lines": loss_lines,
+        "loss_scale": loss_scale, "loss_reads": loss_reads, "backward": backward,
+        "gx_comment": text(gx.lhs, gx.rhs), "gx_dot": gx_dot,
+        "zero": p.doprint(sp.Integer(0)), "out": f"A{L}",
+        "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
+    }
+    return environment().get_template(f"{target}/module.py.j2").render(**ctx)

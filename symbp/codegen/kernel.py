@@ -1,0 +1,126 @@
+"""Kernel: the Python face of a generated module.
+
+Contract: a Kernel checks every array it is given before any compiled code runs (keys, shapes,
+dtype, finiteness is not checked), keeps one set of work buffers per batch size, and returns
+fresh arrays unless ``copy=False`` is asked for. Parameters are a dict {"W1": (n1, n0),
+"b1": (n1,), ...} in the kernel's dtype; X is (B, n0) and Y is (B, nL), batch rows.
+"""
+import numpy as np
+
+from ..errors import InputError
+
+
+class Kernel:
+    def __init__(self, derivation, module, path, target, dtype, jit):
+        self.derivation = derivation
+        self.network = derivation.network
+        self.module = module
+        self.path = path
+        self.target = target
+        self.dtype = np.dtype(dtype)
+        self.jit = jit
+        self.param_shapes = dict(module.PARAM_SHAPES)
+        self._params = tuple(module.PARAMS)
+        self._work = {}
+
+    def __repr__(self):
+        return f"<Kernel {self.network.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
+
+    # parameters ---------------------------------------------------------------------------
+    def init_params(self, seed=0):
+        """Glorot-uniform weights, zero biases: W ~ U(-r, r), r = sqrt(6 / (n_in + n_out))."""
+        rng = np.random.default_rng(seed)
+        params = {}
+        for key, shape in self.param_shapes.items():
+            if len(shape) == 2:
+                r = np.sqrt(6.0 / (shape[0] + shape[1]))
+                params[key] = rng.uniform(-r, r, size=shape).astype(self.dtype)
+            else:
+                params[key] = np.zeros(shape, dtype=self.dtype)
+        return params
+
+    # checks -------------------------------------------------------------------------------
+    def _array(self, name, a, shape):
+        if not isinstance(a, np.ndarray):
+            raise InputError(f"{name}: expected a numpy array of dtype {self.dtype}, got {type(a).__name__}")
+        if a.dtype != self.dtype:
+            raise InputError(f"{name}: expected dtype {self.dtype} (this kernel's dtype), got {a.dtype}; "
+                             f"convert with .astype(np.{self.dtype})")
+        if a.shape != shape:
+            raise InputError(f"{name}: expected shape {shape}, got {a.shape}")
+        return np.ascontiguousarray(a)
+
+    def _check(self, params, X, Y=None):
+        n0, nL = self.network.sizes[0], self.network.sizes[-1]
+        if not isinstance(X, np.ndarray) or X.ndim != 2:
+            got = X.shape if isinstance(X, np.ndarray) else type(X).__name__
+            raise InputError(f"X: expected an array of shape (batch, {n0}), got {got}")
+        B = X.shape[0]
+        if B < 1:
+            raise InputError("X: expected at least one row (sample)")
+        X = self._array("X", X, (B, n0))
+        if Y is not None:
+            Y = self._array("Y", Y, (B, nL))
+        if not isinstance(params, dict):
+            raise InputError(f"params: expected a dict with keys {', '.join(self._params)}")
+        missing = [k for k in self._params if k not in params]
+        extra = sorted(k for k in params if k not in self.param_shapes)
+        if missing or extra:
+            raise InputError(f"params: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+        ps = []
+        for k in self._params:
+            a = params[k]
+            if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
+                a = self._array(f"params[{k!r}]", a, tuple(self.param_shapes[k]))
+            else:
+                self._array(f"params[{k!r}]", a, tuple(self.param_shapes[k]))
+            ps.append(a)
+        return ps, X, Y
+
+    def _buffers(self, B):
+        w = self._work.get(B)
+        if w is None:
+            m = self.module
+            widths = m.BUFFER_WIDTHS
+            fwd = [np.empty((B, widths[n]), self.dtype) for n in m.FORWARD_BUFFERS]
+            bwd = [np.empty((B, widths[n]), self.dtype) for n in m.BACKWARD_BUFFERS]
+            grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
+            gx = np.empty((B, self.network.sizes[0]), self.dtype)
+            if len(self._work) >= 4:   # a few batch sizes (train and test) stay allocated
+                self._work.pop(next(iter(self._work)))
+            w = self._work[B] = (fwd, bwd, grads, gx)
+        return w
+
+    # calls --------------------------------------------------------------------------------
+    def forward(self, params, X):
+        """Network output a^L for the rows of X, shape (B, nL)."""
+        ps, X, _ = self._check(params, X)
+        fwd, _, _, _ = self._buffers(X.shape[0])
+        return self.module.forward(X, *ps, *fwd).copy()
+
+    def loss_and_grad(self, params, X, Y, copy=True):
+        """(loss, {"gW1": ..., ...} keyed like params). copy=False returns the work buffers."""
+        ps, X, Y = self._check(params, X, Y)
+        fwd, bwd, grads, _ = self._buffers(X.shape[0])
+        loss = self.module.loss_and_grad(X, Y, *ps, *fwd, *bwd, *grads)
+        return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
+
+    def loss(self, params, X, Y):
+        return self.loss_and_grad(params, X, Y, copy=False)[0]
+
+    def input_grad(self, params, X, Y):
+        """dL/dX, shape (B, n0): backpropagation to the data (seed 002, section 14.9)."""
+        ps, X, Y = self._check(params, X, Y)
+        fwd, bwd, grads, gx = self._buffers(X.shape[0])
+        self.module.loss_and_input_grad(X, Y, *ps, *fwd, *bwd, *grads, gx)
+        return gx.copy()
+
+    def sgd_step(self, params, X, Y, lr):
+        """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
+        ps, X, Y = self._check(params, X, Y)
+        for k, a in zip(self._params, ps):
+            if params[k] is not a:
+                raise InputError(f"params[{k!r}]: sgd_step updates in place and needs a C-contiguous "
+                                 f"array of dtype {self.dtype}")
+        fwd, bwd, grads, _ = self._buffers(X.shape[0])
+        return float(self.module.sgd_step(X, Y, *ps, *fwd, *bwd, *grads, float(lr)))

@@ -1,0 +1,195 @@
+"""Print SymPy expressions as Numba-compatible Python source.
+
+Contract: ``NumbaPrinter(dtype)`` prints an expression of indexed quantities and the batch size
+as one Python expression: ``Indexed`` as ``<ident>[<indices>]`` (identifiers from
+``symbp.naming``), math functions as ``math.*`` (the CUDA compiler accepts those, NumPy calls it
+does not), numbers as typed constants for float32 (a bare Python float would silently promote
+float32 work to float64), integer powers as products, ``Heaviside(x, 0)`` and ``Piecewise`` as
+conditional expressions. Before printing, ``stable_forms`` rewrites 1/(1 + exp(-x)) and
+log(1 + exp(x)) into the helpers ``_sigmoid`` and ``_softplus``, whose source is in ``HELPERS``:
+stable for |x| up to 1e4 in float32 and float64.
+"""
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+from .. import naming
+
+
+class _sigmoid(sp.Function):
+    """Stable logistic function (printing only: never evaluated or differentiated)."""
+
+
+class _softplus(sp.Function):
+    """Stable log(1 + exp(x)) (printing only)."""
+
+
+# Source of the helpers, emitted into a generated module when its expressions use them;
+# {one} and {zero} become constants of the kernel's dtype.
+HELPERS = {
+    "_sigmoid": '''def _sigmoid(x):
+    # 1/(1+exp(-x)) without overflow: exp of a non-positive number only.
+    if x >= {zero}:
+        return {one} / ({one} + math.exp(-x))
+    e = math.exp(x)
+    return e / ({one} + e)''',
+    "_softplus": '''def _softplus(x):
+    # log(1+exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for any finite x.
+    return max(x, {zero}) + math.log1p(math.exp(-abs(x)))''',
+}
+
+
+def _is_exp(e):
+    return isinstance(e, sp.exp)
+
+
+def stable_forms(expr):
+    """1/(1 + exp(-x)) -> _sigmoid(x); log(1 + exp(x)) -> _softplus(x); log(exp(x)) -> x."""
+    def sig(e):
+        if isinstance(e, sp.Pow) and e.exp == -1 and isinstance(e.base, sp.Add) and len(e.base.args) == 2:
+            one, ex = sorted(e.base.args, key=lambda t: not t.is_Number)
+            if one == 1 and _is_exp(ex):
+                return _sigmoid(-ex.args[0])
+        return None
+
+    def soft(e):
+        if isinstance(e, sp.log) and isinstance(e.args[0], sp.Add) and len(e.args[0].args) == 2:
+            one, ex = sorted(e.args[0].args, key=lambda t: not t.is_Number)
+            if one == 1 and _is_exp(ex):
+                return _softplus(ex.args[0])
+        return None
+
+    def pair(e):
+        # exp(x) * 1/(1 + exp(x)) -> sigmoid(x): the two factors overflow alone, not together
+        if not isinstance(e, sp.Mul):
+            return None
+        args = list(e.args)
+        for idx, f in enumerate(args):
+            s = sig(f)
+            if s is not None and sp.exp(-s.args[0]) in args:
+                rest = [a for i, a in enumerate(args) if i != idx]
+                rest.remove(sp.exp(-s.args[0]))
+                return sp.Mul(_sigmoid(-s.args[0]), *rest)
+        return None
+
+    if any(sig(e) is not None for e in expr.atoms(sp.Pow)):
+        expr = sp.expand(expr, power_exp=False, power_base=False, log=False, multinomial=False)
+        expr = expr.replace(lambda e: pair(e) is not None, pair)
+    expr = expr.replace(lambda e: sig(e) is not None, sig)
+    expr = expr.replace(lambda e: soft(e) is not None, soft)
+    return expr
+
+
+def helpers_used(exprs):
+    """Names of HELPERS an iterable of (stable-form) expressions calls, in HELPERS order."""
+    used = set()
+    for e in exprs:
+        for f in e.atoms(sp.Function):
+            used.add(type(f).__name__)
+    return [name for name in HELPERS if name in used]
+
+
+def helper_source(name, printer):
+    """Source of helper ``name`` with constants typed for ``printer``'s dtype."""
+    return HELPERS[name].format(one=printer._print(sp.Integer(1)), zero=printer._print(sp.Integer(0)))
+
+
+class NumbaPrinter(PythonCodePrinter):
+    """Python/Numba source for symbp's expressions, in one dtype."""
+
+    printmethod = "_numbacode"
+
+    def __init__(self, dtype="float64", names=None, settings=None):
+        super().__init__(settings or {"fully_qualified_modules": True, "standard": "python3"})
+        self.dtype = dtype
+        self.names = names or {}    # extra Symbol -> identifier (loop temporaries, batch size)
+
+    # numbers -------------------------------------------------------------------------------
+    def _const(self, text):
+        return f"np.float32({text})" if self.dtype == "float32" else text
+
+    def _print_Integer(self, e):
+        return self._const(f"{int(e)}.0")
+
+    def _print_Rational(self, e):
+        return self._const(repr(float(e)))
+
+    def _print_Float(self, e):
+        return self._const(repr(float(e)))
+
+    def _print_Half(self, e):
+        return self._const("0.5")
+
+    _print_One = _print_Integer
+    _print_Zero = _print_Integer
+    _print_NegativeOne = _print_Integer
+
+    def _print_Exp1(self, e):
+        return self._const("math.e")
+
+    def _print_Pi(self, e):
+        return self._const("math.pi")
+
+    # names ---------------------------------------------------------------------------------
+    def _print_Symbol(self, e):
+        if e in self.names:
+            return self.names[e]
+        return super()._print_Symbol(e)
+
+    def _print_Indexed(self, e):
+        idx = ", ".join(str(int(i)) if i.is_Integer else self._print(i) for i in e.indices)
+        return f"{naming.ident(e.base)}[{idx}]"
+
+    # operators -----------------------------------------------------------------------------
+    def _print_Pow(self, e, rational=False):
+        b, x = e.base, e.exp
+        if x.is_Integer and 1 <= abs(int(x)) <= 4:
+            base = self.parenthesize(b, 100)  # always parenthesize non-atoms
+            prod = "*".join([base] * abs(int(x)))
+            return prod if x > 0 else f"{self._const('1.0')}/({prod})"
+        if x == sp.Rational(1, 2):
+            return f"math.sqrt({self._print(b)})"
+        return f"{self.parenthesize(b, 100)}**{self.parenthesize(x, 100)}"
+
+    def _print_Heaviside(self, e):
+        x = self._print(e.args[0])
+        h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
+        if h0 == 0:
+            return f"({self._const('1.0')} if {x} > 0 else {self._const('0.0')})"
+        return (f"({self._const('1.0')} if {x} > 0 else ({self._print(h0)} if {x} == 0 "
+                f"else {self._const('0.0')}))")
+
+    def _print_Max(self, e):
+        return "max(" + ", ".join(self._print(a) for a in e.args) + ")"
+
+    def _print_Min(self, e):
+        return "min(" + ", ".join(self._print(a) for a in e.args) + ")"
+
+    def _print_Abs(self, e):
+        return f"abs({self._print(e.args[0])})"
+
+    def _print_Piecewise(self, e):
+        last_expr, last_cond = e.args[-1]
+        if last_cond != sp.true:
+            raise ValueError(f"Piecewise without a default branch: {e}")
+        out = self._print(last_expr)
+        for expr, cond in reversed(e.args[:-1]):
+            out = f"({self._print(expr)} if {self._print(cond)} else {out})"
+        return out
+
+    def _print_Relational(self, e):
+        return f"{self._print(e.lhs)} {e.rel_op} {self._print(e.rhs)}"
+
+    def _print__sigmoid(self, e):
+        return f"_sigmoid({self._print(e.args[0])})"
+
+    def _print__softplus(self, e):
+        return f"_softplus({self._print(e.args[0])})"
+
+    def _print_Function(self, e):
+        name = type(e).__name__
+        if name in ("exp", "log", "tanh", "sinh", "cosh", "sin", "cos", "atan", "sqrt"):
+            return f"math.{name}({', '.join(self._print(a) for a in e.args)})"
+        raise ValueError(f"cannot print the function {name} for Numba")
+
+    _print_exp = _print_log = _print_tanh = _print_sinh = _print_cosh = _print_Function
+    _print_sin = _print_cos = _print_atan = _print_Function

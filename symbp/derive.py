@@ -1,0 +1,269 @@
+"""Derive backpropagation with SymPy: local derivatives, Jacobians, the delta recursion and
+the parameter gradients of a Network, with symbolic sizes.
+
+Contract: ``derive(network) -> Derivation``. Every derivative comes from ``sympy.diff``; the
+function table holds forward definitions only. The steps, in index notation with the sample
+index s (rows of a batch) and symbolic widths n_l, so that the work does not grow with width:
+
+1. forward: z^l[s,j] = sum_k W^l[j,k] a^{l-1}[s,k] + b^l[j]; a^l[s,j] = f_l(z^l[s,j])
+   (softmax: exp(z[s,j]) / sum_k exp(z[s,k])); L = c sum_t sum_i loss(a^L[t,i], y[t,i]) with
+   c = 1/B for the mean and 1 for the sum.
+2. local derivatives: f'(z) = diff(f(z), z), rewritten in terms of a = f(z) where that is exact
+   (``output_form``); the activation Jacobian J^l[s,i,j] = diff(a^l[s,i], z^l[s,j]) (diagonal for
+   elementwise, full for softmax); the affine Jacobians dz/da^{l-1}, dz/dW, dz/db.
+3. the general backpropagation algorithm (Algorithm 14.1 of seed 002, g_in = g_out L^x):
+   delta^L[s,j] = sum_i dL/da^L[s,i] J^L[s,i,j];
+   g^{l-1}[s,k] = sum_j delta^l[s,j] dz^l[s,j]/da^{l-1}[s,k]   (= (W^T delta)_k);
+   delta^{l-1}[s,j] = sum_i g^{l-1}[s,i] J^{l-1}[s,i,j];
+   dL/dW^l[p,q] = sum_s sum_j delta^l[s,j] dz^l[s,j]/dW^l[p,q]  (= sum_s delta_p a_q, i.e. delta a^T);
+   dL/db^l[p] = sum_s sum_j delta^l[s,j] dz^l[s,j]/db^l[p]      (= sum_s delta_p).
+Each result goes through the ordered passes of ``symbp.simplify`` and keeps its stages.
+"""
+from functools import lru_cache
+
+import sympy as sp
+
+from . import naming
+from . import simplify as simp
+from .derivation import ActivationRule, Derivation, Equation, LayerRules
+from .errors import DerivationError
+
+S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
+Zs, As, Ys = naming.Z, naming.A, naming.Y
+
+# Points where a candidate rewrite of f'(z) in terms of a = f(z) is checked; exact rationals so
+# that kinks (z = 0) are hit exactly.
+CHECK_POINTS = tuple(sp.Rational(v) for v in ("-3", "-1", "-1/2", "0", "1/3", "1", "5/2"))
+
+
+def _numeric(expr):
+    try:
+        v = complex(sp.N(expr, 30))
+    except (TypeError, ValueError):
+        return None
+    return v
+
+
+def _agrees(candidate, fprime, f):
+    for z0 in CHECK_POINTS:
+        want = _numeric(fprime.xreplace({Zs: z0}).doit())
+        got = _numeric(candidate.xreplace({As: f.xreplace({Zs: z0})}).doit())
+        if want is None or got is None or abs(want - got) > 1e-12 * max(1.0, abs(want)):
+            return False
+    return True
+
+
+def _exp_route(f, fprime):
+    """Candidates from solving a = f(u) for u = exp(z) > 0 (sigmoid, tanh, softplus, ...)."""
+    u = sp.Symbol("u", positive=True)
+    fu = f.rewrite(sp.exp).subs(sp.exp(Zs), u)
+    fpu = fprime.rewrite(sp.exp).subs(sp.exp(Zs), u)
+    if fu.has(Zs) or fpu.has(Zs) or not fu.has(u):
+        return []
+    try:
+        sols = sp.solve(sp.Eq(As, fu), u)
+    except (NotImplementedError, ValueError, TypeError):
+        return []
+    return [sp.simplify(fpu.subs(u, sol)) for sol in sols]
+
+
+@lru_cache(maxsize=None)
+def output_form(f):
+    """f'(z) for an elementwise forward definition f(z), and its form in terms of a = f(z).
+
+    Returns (stages, form, uses) where ``uses`` is "a" when the form reads only the layer
+    output (sigmoid -> a(1-a), tanh -> 1-a^2, exp -> a, softplus -> 1-exp(-a), relu ->
+    Heaviside(a, 0)) and "z" when no exact rewrite exists (swish keeps z). Candidates come from
+    substituting f(z) -> a, from solving a = f(u) for u = exp(z), and from z -> a (piecewise
+    linear functions); each is checked numerically at CHECK_POINTS and the one with the
+    fewest operations is kept.
+    """
+    derived = sp.diff(f, Zs)
+    stages = [("derived", derived)]
+    fprime = simp.kink(derived)
+    stages.append(("kink", fprime))
+    if not fprime.has(Zs):
+        return tuple(stages), fprime, "a"
+    cands = [fprime.subs(f, As)]
+    if f.rewrite(sp.exp).has(sp.exp):
+        cands += _exp_route(f, fprime)
+    cands.append(fprime.xreplace({Zs: As}))
+    good = []
+    for c in cands:
+        if c.has(Zs) or c.has(sp.Symbol("u", positive=True)):
+            continue
+        c = simp.sign(c)
+        if _agrees(c, fprime, f):
+            good.append(c)
+    if not good:
+        return tuple(stages), fprime, "z"
+    form = min(good, key=lambda e: (sp.count_ops(e), len(str(e)), str(e)))
+    stages.append(("forward_outputs", form))
+    return tuple(stages), form, "a"
+
+
+def _forward_rule(layer, act, a_base, z_base, size):
+    """Rewrite rule of simp.FORWARD for layer l: f(z^l) -> a^l and f'(z^l) -> its output form."""
+    if act.elementwise:
+        _, form, uses = output_form(act.definition)
+        fprime = simp.kink(sp.diff(act.definition, Zs))
+
+        def rule(expr):
+            for zi in sorted((x for x in expr.atoms(sp.Indexed) if x.base == z_base), key=str):
+                ai = a_base[zi.indices]
+                target = form.xreplace({As: ai, Zs: zi})
+                expr = expr.subs(fprime.xreplace({Zs: zi}), target)
+                expr = expr.subs(act.definition.xreplace({Zs: zi}), ai)
+            return expr
+        return rule
+
+    denom = sp.Sum(sp.exp(z_base[S, K]), (K, 0, size - 1))
+    sigma = sp.Dummy("Sigma", positive=True)
+
+    def rule(expr):
+        expr = expr.xreplace({denom: sigma})
+        expr = expr.replace(lambda e: isinstance(e, sp.exp) and isinstance(e.args[0], sp.Indexed)
+                            and e.args[0].base == z_base,
+                            lambda e: a_base[e.args[0].indices] * sigma)
+        expr = sp.expand(sp.cancel(expr))
+        return expr.xreplace({sigma: denom})
+    return rule
+
+
+def _softmax_z(z_base, size):
+    return sp.exp(z_base[S, I]) / sp.Sum(sp.exp(z_base[S, K]), (K, 0, size - 1))
+
+
+# Generic names of one dense layer; the layer's rules are derived once per activation with
+# these and then renamed for each layer (deriving does not grow with depth or width).
+_G = {k: sp.IndexedBase(f"_{k}", real=True) for k in ("a_in", "z", "a", "W", "b", "delta", "g", "g_in", "gW", "gb")}
+_N_IN, _N_OUT = sp.Symbol("_n_in", integer=True, positive=True), sp.Symbol("_n_out", integer=True, positive=True)
+
+
+def _layer_names(l):
+    q = naming.quantity
+    names = {"a_in": q("a", l - 1), "z": q("z", l), "a": q("a", l), "W": q("W", l), "b": q("b", l),
+             "delta": q("delta", l), "g": q("ga", l), "g_in": q("ga", l - 1), "gW": q("gW", l), "gb": q("gb", l)}
+    mapping = {_G[k]: v for k, v in names.items()}
+    mapping.update({_G[k].label: v.label for k, v in names.items()})
+    mapping.update({_N_IN: naming.width(l - 1), _N_OUT: naming.width(l)})
+    return mapping
+
+
+@lru_cache(maxsize=None)
+def _layer_template(act):
+    """All rules of one dense layer with activation ``act``, in the generic names _G."""
+    g = _G
+    ctx = simp.Context(forward=[_forward_rule(0, act, g["a"], g["z"], _N_OUT)])
+    zj = sp.Sum(g["W"][J, K] * g["a_in"][S, K], (K, 0, _N_IN - 1)) + g["b"][J]
+    if act.elementwise:
+        stages, form, uses = output_form(act.definition)
+        rule = ActivationRule(act, stages[0][1], stages, form, uses)
+        a_si, a_sj = act.at(g["z"][S, I]), act.at(g["z"][S, J])
+    else:
+        rule = None
+        a_si = _softmax_z(g["z"], _N_OUT)
+        a_sj = a_si.xreplace({I: J})
+    t = {"rule": rule, "z": zj, "a": a_sj}
+    t["jacobian"] = simp.run(sp.diff(a_si, g["z"][S, J]), ctx)
+    t["dz_da"] = simp.run(sp.diff(zj, g["a_in"][S, I]), ctx)
+    t["dz_dW"] = simp.run(sp.diff(zj, g["W"][P, Q]), ctx)
+    t["dz_db"] = simp.run(sp.diff(zj, g["b"][P]), ctx)
+    jac = t["jacobian"][-1][1]
+    t["delta"] = simp.run(sp.Sum(g["g"][S, I] * jac, (I, 0, _N_OUT - 1)), ctx)
+    t["g_in"] = simp.run(sp.Sum(g["delta"][S, J] * t["dz_da"][-1][1], (J, 0, _N_OUT - 1)), ctx)
+    t["gW"] = simp.run(sp.Sum(g["delta"][S, J] * t["dz_dW"][-1][1], (J, 0, _N_OUT - 1),
+                              (S, 0, naming.BATCH - 1)), ctx)
+    t["gb"] = simp.run(sp.Sum(g["delta"][S, J] * t["dz_db"][-1][1], (J, 0, _N_OUT - 1),
+                              (S, 0, naming.BATCH - 1)), ctx)
+    return t
+
+
+def _rename(stages, mapping):
+    return tuple((name, e.xreplace(mapping)) for name, e in stages)
+
+
+def derive(network):
+    """Derive the backpropagation of ``network`` (see the module docstring)."""
+    L = network.depth
+    n = [naming.width(l) for l in range(L + 1)]
+    a = [naming.quantity("a", l) for l in range(L + 1)]
+    z = [None] + [naming.quantity("z", l) for l in range(1, L + 1)]
+    delta = [None] + [naming.quantity("delta", l) for l in range(1, L + 1)]
+    ga = [naming.quantity("ga", l) for l in range(L + 1)]
+    y = naming.quantity("y")
+    c = 1 / naming.BATCH if network.reduction == "mean" else sp.Integer(1)
+
+    ctx = simp.Context()
+    for l, layer in enumerate(network.layers, start=1):
+        ctx.forward.append(_forward_rule(l, layer.activation, a[l], z[l], n[l]))
+    if network.loss.onehot:
+        ctx.onehot.append((y, n[L]))
+
+    templates = [_layer_template(layer.activation) for layer in network.layers]
+    names = [_layer_names(l) for l in range(1, L + 1)]
+    equations = []
+
+    def eq(name, kind, layer, lhs, stages, doc):
+        e = Equation(name, kind, layer, lhs, stages[-1][1], tuple(stages), doc)
+        equations.append(e)
+        return e
+
+    # 1. forward
+    for l in range(1, L + 1):
+        t, m = templates[l - 1], names[l - 1]
+        eq(f"z{l}", "forward_z", l, z[l][S, J], [("definition", t["z"].xreplace(m))], "affine map")
+        eq(f"a{l}", "forward_a", l, a[l][S, J], [("definition", t["a"].xreplace(m))], "activation")
+    per_unit = network.loss.per_unit.xreplace({As: a[L][T, I], Ys: y[T, I]})
+    loss_expr = c * sp.Sum(sp.Sum(per_unit, (I, 0, n[L] - 1)), (T, 0, naming.BATCH - 1))
+    eq("loss", "loss", L, sp.Symbol("L"), [("definition", loss_expr)], "loss")
+    loss_sample = _loss_from_logits(network, a[L], z[L], y, n[L], ctx)
+
+    # 2. local derivatives, renamed from the per-activation templates
+    layers = tuple(
+        LayerRules(l, network.layers[l - 1].activation, templates[l - 1]["rule"],
+                   *(_rename(templates[l - 1][k], names[l - 1]) for k in ("jacobian", "dz_da", "dz_dW", "dz_db")))
+        for l in range(1, L + 1))
+
+    # 3. backward by the general algorithm: the output delta is derived from the loss as one
+    # expression; each further step is the layer's rule instantiated.
+    dL_da = eq(f"ga{L}", "loss_grad", L, ga[L][S, J],
+               simp.run(sp.diff(loss_expr, a[L][S, J]), ctx), "dL/da at the output")
+    jac = layers[-1].jacobian[-1][1]
+    eq(f"delta{L}", "output_delta", L, delta[L][S, J],
+       simp.run(sp.Sum(dL_da.rhs.xreplace({J: I}) * jac, (I, 0, n[L] - 1)), ctx),
+       "dL/dz = sum_i dL/da_i da_i/dz_j")
+    for l in range(L, 0, -1):
+        t, m = templates[l - 1], names[l - 1]
+        if l < L:
+            eq(f"delta{l}", "delta", l, delta[l][S, J], _rename(t["delta"], m),
+               "dL/dz = sum_i dL/da_i da_i/dz_j")
+        eq(f"ga{l - 1}", "backprop" if l > 1 else "input_grad", l - 1, ga[l - 1][S, I],
+           _rename(t["g_in"], m), "dL/da_prev = W^T delta")
+    for l in range(1, L + 1):
+        t, m = templates[l - 1], names[l - 1]
+        eq(f"gW{l}", "grad_W", l, naming.quantity("gW", l)[P, Q], _rename(t["gW"], m), "dL/dW = delta a^T")
+        eq(f"gb{l}", "grad_b", l, naming.quantity("gb", l)[P], _rename(t["gb"], m), "dL/db = delta")
+
+    for e in equations:
+        if e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative):
+            raise DerivationError(f"{network.name}: could not collapse {e.name} = {e.rhs}")
+    return Derivation(network, tuple(equations), layers, loss_sample, c)
+
+
+def _loss_from_logits(network, aL, zL, y, size, ctx):
+    """Per-sample loss for the kernels. Cross-entropies are written in the pre-activation z
+    (a = f(z) substituted, logs expanded: sigmoid + bce -> log(1 + exp(z)) - y z,
+    softmax + ce -> log(sum_k exp(z_k)) - sum_i y_i z_i), so no log(0) occurs for large |z|.
+    Other losses stay in a. Returns (expression per sample s, "z" or "a")."""
+    loss, act = network.loss, network.layers[-1].activation
+    if loss.per_unit.has(sp.log):
+        if act.elementwise:
+            unit = sp.simplify(sp.expand_log(sp.cancel(loss.per_unit.xreplace({As: act.definition})), force=True))
+            return sp.Sum(unit.xreplace({Zs: zL[S, I], Ys: y[S, I]}), (I, 0, size - 1)), "z"
+        a_si = _softmax_z(zL, size)
+        expr = sp.Sum(sp.expand(sp.expand_log(loss.per_unit.xreplace({As: a_si, Ys: y[S, I]}), force=True)),
+                      (I, 0, size - 1))
+        expr = simp.onehot(simp.collapse(expr), ctx)
+        return expr, "z"
+    return sp.Sum(loss.per_unit.xreplace({As: aL[S, I], Ys: y[S, I]}), (I, 0, size - 1)), "a"

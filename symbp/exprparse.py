@@ -1,0 +1,109 @@
+"""Safe parser: expression text -> SymPy expression, never evaluating the text.
+
+Contract: ``parse_expression(text, variables, functions, where)`` parses ``text`` with
+Python's ``ast`` and accepts only numbers, the names in ``variables`` (mapped to SymPy
+symbols), calls of the names in ``functions`` (mapped to callables that build SymPy
+expressions) with positional arguments, the operators + - * / ** and unary +/-. Anything else
+(attribute access, subscripts, keywords, lambdas, comprehensions, imports, dunder names,
+strings, comparisons) raises ``ExpressionError`` naming the construct and its column. No
+``eval``, ``exec``, ``sympify`` or ``parse_expr`` is used on the text: the result is built
+node by node from SymPy constructors.
+"""
+import ast
+from fractions import Fraction
+
+import sympy as sp
+
+from .errors import ExpressionError
+
+MAX_LENGTH = 2000
+MAX_DEPTH = 60
+
+_BINOPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a ** b,
+}
+_UNARY = {ast.USub: lambda a: -a, ast.UAdd: lambda a: a}
+_CONSTANTS = {"pi": sp.pi, "E": sp.E}
+
+
+def number(value, where="", key=""):
+    """An exact SymPy number from a Python int or float (0.1 -> 1/10, by its shortest repr)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ExpressionError(where, key, f"expected a number, got {type(value).__name__}")
+    if isinstance(value, int):
+        return sp.Integer(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ExpressionError(where, key, f"expected a finite number, got {value}")
+    f = Fraction(repr(value))
+    return sp.Rational(f.numerator, f.denominator)
+
+
+def parse_expression(text, variables, functions, where="", key=""):
+    """Build the SymPy expression written in ``text`` (see the module contract)."""
+    if not isinstance(text, str):
+        raise ExpressionError(where, key, f"expected an expression string, got {type(text).__name__}")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(where, key, f"expression longer than {MAX_LENGTH} characters")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ExpressionError(where, key, f"not a valid expression ({e.msg} at column {e.offset})") from None
+
+    def fail(node, what):
+        col = getattr(node, "col_offset", None)
+        at = f" at column {col + 1}" if col is not None else ""
+        raise ExpressionError(where, key, f"{what}{at} is not allowed in {text!r}")
+
+    def build(node, depth):
+        if depth > MAX_DEPTH:
+            fail(node, "nesting deeper than %d" % MAX_DEPTH)
+        if isinstance(node, ast.Expression):
+            return build(node.body, depth + 1)
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                fail(node, f"the constant {node.value!r}")
+            return number(node.value, where, key)
+        if isinstance(node, ast.Name):
+            if node.id.startswith("_"):
+                fail(node, f"the name {node.id!r}")
+            if node.id in variables:
+                return variables[node.id]
+            if node.id in _CONSTANTS:
+                return _CONSTANTS[node.id]
+            if node.id in functions:
+                fail(node, f"the function {node.id!r} used without a call")
+            allowed = ", ".join(sorted(variables)) or "none"
+            fail(node, f"the unknown name {node.id!r} (variables: {allowed})")
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](build(node.left, depth + 1), build(node.right, depth + 1))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](build(node.operand, depth + 1))
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name):
+                fail(node, "a call of something other than a plain function name")
+            name = node.func.id
+            if name.startswith("_") or name not in functions:
+                allowed = ", ".join(sorted(functions))
+                fail(node, f"a call of the unknown function {name!r} (functions: {allowed})")
+            if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+                fail(node, f"keyword or starred arguments to {name!r}")
+            return functions[name](*[build(a, depth + 1) for a in node.args])
+        what = {
+            ast.Attribute: "attribute access", ast.Subscript: "subscripting", ast.Lambda: "a lambda",
+            ast.ListComp: "a comprehension", ast.GeneratorExp: "a comprehension",
+            ast.SetComp: "a comprehension", ast.DictComp: "a comprehension",
+            ast.Compare: "a comparison", ast.BoolOp: "a boolean operator", ast.IfExp: "a conditional",
+            ast.NamedExpr: "an assignment expression",
+        }.get(type(node), f"the construct {type(node).__name__}")
+        fail(node, what)
+
+    try:
+        return build(tree, 0)
+    except ExpressionError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. wrong number of arguments
+        raise ExpressionError(where, key, f"cannot build {text!r}: {e}") from None

@@ -1,0 +1,1 @@
+"""Renderers: read a Derivation, never re-derive."""

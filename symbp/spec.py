@@ -1,0 +1,109 @@
+"""Spec files: TOML text -> validated Network (through network.build, like the builder).
+
+Contract: ``load(path)`` reads the file with the standard library's ``tomllib`` and checks every
+key: unknown or misspelled keys, wrong types, sizes <= 0, unknown activations or losses, a loss
+that does not fit the output layer and unsafe names each raise ``SpecError`` naming the file,
+the key and what was expected. Expression strings under [activations] go to the safe parser;
+spec text is never evaluated.
+
+Format::
+
+    [network]            name = "xor", inputs = 2
+    [[layer]]            units = 3, activation = "sigmoid"   (leaky_relu also takes slope = 0.1)
+    [loss]               kind = "bce", reduction = "mean"    (mse | sse | bce | ce; mean | sum)
+    [activations]        swish = "z * sigmoid(z)"            (optional, expressions in z)
+"""
+import os
+import tomllib
+
+from .errors import SpecError
+from .functions import ACTIVATIONS
+from .network import build
+
+TOP_KEYS = ("network", "layer", "loss", "activations")
+NETWORK_KEYS = ("name", "inputs")
+LOSS_KEYS = ("kind", "reduction")
+
+
+def _check_keys(table, allowed, where, prefix):
+    for key in table:
+        if key not in allowed:
+            raise SpecError(where, f"{prefix}{key}", f"unknown key (expected one of: {', '.join(allowed)})")
+
+
+def _table(doc, key, where, required=True):
+    if key not in doc:
+        if required:
+            raise SpecError(where, key, f"missing table [{key}]")
+        return {}
+    if not isinstance(doc[key], dict):
+        raise SpecError(where, key, f"expected a table [{key}], got {type(doc[key]).__name__}")
+    return doc[key]
+
+
+def _str(table, key, where, prefix, default=None):
+    if key not in table:
+        if default is None:
+            raise SpecError(where, f"{prefix}{key}", "missing key")
+        return default
+    v = table[key]
+    if not isinstance(v, str):
+        raise SpecError(where, f"{prefix}{key}", f"expected a string, got {type(v).__name__} {v!r}")
+    return v
+
+
+def loads(text, where="<string>"):
+    """Parse spec text (TOML) into a Network; ``where`` names the source in errors."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(where, "", f"not valid TOML ({e})") from None
+    _check_keys(doc, TOP_KEYS, where, "")
+    net = _table(doc, "network", where)
+    _check_keys(net, NETWORK_KEYS, where, "network.")
+    name = _str(net, "name", where, "network.")
+    if "inputs" not in net:
+        raise SpecError(where, "network.inputs", "missing key (expected the input width, an integer >= 1)")
+    inputs = net["inputs"]
+
+    define = _table(doc, "activations", where, required=False)
+    for k, v in define.items():
+        if not isinstance(v, str):
+            raise SpecError(where, f"activations.{k}", f"expected an expression string in z, got {type(v).__name__}")
+
+    layers_doc = doc.get("layer")
+    if layers_doc is None:
+        raise SpecError(where, "layer", "missing [[layer]] tables (at least one)")
+    if not isinstance(layers_doc, list) or not all(isinstance(t, dict) for t in layers_doc):
+        raise SpecError(where, "layer", "expected an array of tables [[layer]]")
+    layers = []
+    for idx, t in enumerate(layers_doc, start=1):
+        prefix = f"layer[{idx}]."
+        act_name = _str(t, "activation", where, prefix)
+        params = ACTIVATIONS[act_name].params if act_name in ACTIVATIONS else ()
+        _check_keys(t, ("units", "activation") + tuple(p[0] for p in params), where, prefix)
+        if "units" not in t:
+            raise SpecError(where, f"{prefix}units", "missing key (expected an integer >= 1)")
+        act = {"name": act_name, **{p[0]: t[p[0]] for p in params if p[0] in t}} if params else act_name
+        layers.append((t["units"], act))
+
+    loss = _table(doc, "loss", where)
+    _check_keys(loss, LOSS_KEYS, where, "loss.")
+    kind = _str(loss, "kind", where, "loss.")
+    reduction = _str(loss, "reduction", where, "loss.", default="mean")
+    return build(name, inputs, layers, kind, reduction, define, where)
+
+
+def load(path):
+    """Read a TOML spec file into a validated Network."""
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise SpecError(where, "", f"cannot read the spec file ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(where, "", "not UTF-8 text") from None
+    return loads(text, where)

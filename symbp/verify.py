@@ -1,0 +1,555 @@
+"""Verification of generated kernels, three independent ways.
+
+Contract:
+
+- ``gradcheck(kernel, params, X, Y)`` compares a kernel's analytic gradients (``loss_and_grad``
+  and ``input_grad``) with central finite differences of its loss computed in float64, and
+  returns a ``GradcheckReport`` (per parameter and for the input ``X``: the largest error, and
+  whether all are within tolerance). A float32 kernel is differenced through a float64 kernel
+  generated from the same derivation, so the differences measure the derivation and the float32
+  rounding, not float32 finite-difference noise.
+- ``oracle_gradients(network, params, X, Y)`` is the certificate that does not trust
+  ``symbp.derive``: the whole scalar loss of the concrete network on the concrete batch is built
+  as one SymPy expression from the forward definitions in ``symbp.functions`` and differentiated
+  with ``sympy.diff`` directly. Inputs are converted to exact Rationals, so ReLU/identity networks
+  give exact Rational gradients. Only for small sizes (``ORACLE_MAX_PARAMS``,
+  ``ORACLE_MAX_BATCH``).
+- ``torch_gradients(network, params, X, Y)`` is a PyTorch autograd reference in float64, when
+  torch is importable (``ImportError`` otherwise).
+
+None of these imports ``symbp.derive``: the oracle and the torch reference read only the
+``Network`` (sizes, forward definitions, loss, reduction), and gradcheck reads only a kernel's
+numbers. Loss conventions everywhere: per sample, the sum over output units of
+``network.loss.per_unit``; over the batch, the mean (reduction "mean") or the sum ("sum").
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from . import naming
+from .errors import InputError, SymbpError
+
+# ----------------------------------------------------------------------------------------------
+# gradcheck
+# ----------------------------------------------------------------------------------------------
+
+# Default tolerances on the error defined in ``gradcheck``. float64: the analytic gradient and a
+# float64 central difference agree to ~1e-9 relative on ordinary entries, so 1e-6 leaves three
+# digits of margin and still sees a gradient off by 1e-5 relative. float32: the analytic
+# gradient carries float32 rounding (unit roundoff 6e-8, times the accumulation over units and
+# samples), typically 1e-6..1e-5 relative; 1e-3 leaves margin and still sees a 1 % error
+# (a wrong factor or a missing term is typically off by far more).
+DEFAULT_TOL = {"float64": 1e-6, "float32": 1e-3}
+# Rounding units (2^-53, 2^-24) and the multiple of them counted as noise (see gradcheck).
+_UNIT = {"float64": 2.0 ** -53, "float32": 2.0 ** -24}
+_NOISE_ULPS = 64
+
+
+@dataclass(frozen=True)
+class GradcheckRow:
+    """One parameter (or ``"X"``): what was checked and the largest error found."""
+
+    name: str
+    shape: tuple
+    entries: int          # entries differenced one at a time
+    directions: int       # random directions differenced (large parameters)
+    max_error: float
+    worst: object         # index of the worst entry, or "dir<k>" for a direction
+    analytic: float       # analytic value at the worst check
+    numeric: float        # finite-difference value at the worst check
+
+
+@dataclass(frozen=True)
+class GradcheckReport:
+    """Result of ``gradcheck``; ``str(report)`` is a small aligned table."""
+
+    network: str
+    dtype: str
+    eps: float
+    tol: float
+    floor: float          # denominators below this are replaced by it (absolute comparison)
+    loss: float
+    rows: tuple
+
+    @property
+    def max_error(self):
+        """Largest error over all parameters and X (NaN counts as infinite)."""
+        return max((r.max_error for r in self.rows), default=0.0)
+
+    @property
+    def errors(self):
+        """{"W1": max error, ..., "X": max error}."""
+        return {r.name: r.max_error for r in self.rows}
+
+    @property
+    def ok(self):
+        """True when every checked error is at most ``tol``."""
+        return all(r.max_error <= self.tol for r in self.rows)
+
+    def __str__(self):
+        head = ("name", "shape", "entries", "dirs", "max error", "worst", "analytic", "numeric")
+        body = [(r.name, str(tuple(r.shape)), str(r.entries), str(r.directions), f"{r.max_error:.2e}",
+                 str(r.worst), f"{r.analytic:.10g}", f"{r.numeric:.10g}") for r in self.rows]
+        widths = [max(len(row[c]) for row in [head] + body) for c in range(len(head))]
+        left = (0, 1, 5)      # text columns left-aligned, numbers right-aligned
+
+        def fmt(row):
+            return "  ".join(cell.ljust(w) if c in left else cell.rjust(w)
+                             for c, (cell, w) in enumerate(zip(row, widths))).rstrip()
+
+        status = "ok" if self.ok else "FAILED"
+        lines = [f"gradcheck {self.network} ({self.dtype}): {status}, max error {self.max_error:.2e} "
+                 f"(tol {self.tol:.0e}, eps {self.eps:.0e}, floor {self.floor:.1e}, loss {self.loss:.10g})",
+                 fmt(head)]
+        lines += [fmt(row) for row in body]
+        return "\n".join(lines)
+
+
+def _error(g, fd, floor):
+    """|g - fd| / max(|g|, |fd|, floor); NaN (a NaN anywhere) counts as infinite."""
+    e = abs(g - fd) / max(abs(g), abs(fd), floor)
+    return math.inf if e != e else float(e)
+
+
+def _float64_twin(kernel):
+    """The kernel itself if float64, else a float64 kernel generated from the same derivation."""
+    if np.dtype(kernel.dtype) == np.float64:
+        return kernel
+    from . import generate   # the package's entry point; imported late (symbp imports verify lazily)
+    return generate(kernel.derivation, target=kernel.target, dtype="float64",
+                    out_dir=kernel.path.parent.parent, jit=kernel.jit)
+
+
+def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, directions=2):
+    """Check a kernel's gradients against central finite differences of its loss, in float64.
+
+    For each parameter p (in the network's order) and for the input X, with the loss L computed
+    by a float64 kernel (the kernel itself, or its float64 twin for a float32 kernel) at the
+    float64 values of the given arrays (float32 values convert exactly):
+
+    - per entry e, for up to ``max_entries`` entries (all when the array has at most that many,
+      else a sample drawn without replacement by ``numpy.random.default_rng(seed)``):
+      fd_e = (L(p + eps e) - L(p - eps e)) / (2 eps), compared with the analytic g_e;
+    - for arrays with more than ``max_entries`` entries, also ``directions`` random unit
+      directions v (same generator): fd_v = (L(p + eps v) - L(p - eps v)) / (2 eps), compared
+      with the directional derivative g . v.
+
+    The error of one comparison is ``|g - fd| / max(|g|, |fd|, floor)``: the relative error,
+    except that values below ``floor`` are compared absolutely, so that an error <= tol means
+    ``|g - fd| <= tol * max(|g|, |fd|)`` or ``|g - fd| <= tol * floor``. The floor is the noise
+    the comparison cannot resolve, divided by tol:
+    ``floor = 64 * scale * max(u64 / eps, u) / tol`` with u64 = 2^-53 (rounding of the float64
+    loss, amplified by 1/eps in the difference), u the kernel's unit roundoff (2^-53 or 2^-24:
+    rounding of the analytic gradient) and ``scale = max(1, |L|, max |g|)``.
+    Default ``tol``: 1e-6 for float64 kernels, 1e-3 for float32 (see ``DEFAULT_TOL``). A point
+    where a ReLU-like kink lies within eps of some pre-activation is not differentiable there
+    and can fail legitimately.
+
+    Returns a ``GradcheckReport``: ``.ok``, ``.max_error``, ``.errors`` and a table as ``str``.
+    """
+    dtype = np.dtype(kernel.dtype).name
+    if dtype not in DEFAULT_TOL:
+        raise InputError(f"gradcheck: kernel dtype: expected float32 or float64, got {dtype}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise InputError(f"gradcheck: eps: expected a positive number, got {eps!r}")
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+        raise InputError(f"gradcheck: max_entries: expected an integer >= 1, got {max_entries!r}")
+    tol = DEFAULT_TOL[dtype] if tol is None else float(tol)
+    if not tol > 0:
+        raise InputError(f"gradcheck: tol: expected a positive number, got {tol!r}")
+
+    loss, grads = kernel.loss_and_grad(params, X, Y)
+    gx = kernel.input_grad(params, X, Y)
+    analytic = {k: np.asarray(grads[k], dtype=np.float64) for k in kernel.network.param_shapes()}
+    analytic["X"] = np.asarray(gx, dtype=np.float64)
+
+    ref = _float64_twin(kernel)
+    p64 = {k: np.array(params[k], dtype=np.float64) for k in kernel.network.param_shapes()}
+    X64 = np.array(X, dtype=np.float64)
+    Y64 = np.asarray(Y, dtype=np.float64)
+
+    def L(p, x):
+        return float(ref.loss_and_grad(p, x, Y64)[0])
+
+    loss64 = L(p64, X64)
+    gmax = max((float(np.max(np.abs(g))) for g in analytic.values() if g.size), default=0.0)
+    scale = max(1.0, abs(loss64), gmax if gmax == gmax else 0.0)
+    floor = _NOISE_ULPS * scale * max(_UNIT["float64"] / eps, _UNIT[dtype]) / tol
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name in list(p64) + ["X"]:
+        arr = X64 if name == "X" else p64[name]
+        g = analytic[name]
+        if g.shape != arr.shape:
+            raise InputError(f"gradcheck: gradient {name}: expected shape {arr.shape}, got {g.shape}")
+
+        def at(delta):
+            """L with the checked array replaced by arr + delta (others unchanged)."""
+            moved = arr + delta
+            if name == "X":
+                return L(p64, moved)
+            return L({**p64, name: moved}, X64)
+
+        n = arr.size
+        flat = np.arange(n) if n <= max_entries else np.sort(rng.choice(n, size=max_entries, replace=False))
+        worst = (-1.0, None, 0.0, 0.0)
+        for f in flat:
+            idx = np.unravel_index(int(f), arr.shape)
+            step = np.zeros_like(arr)
+            step[idx] = eps
+            fd = (at(step) - at(-step)) / (2 * eps)
+            e = _error(g[idx], fd, floor)
+            if e > worst[0]:
+                worst = (e, tuple(int(i) for i in idx), float(g[idx]), float(fd))
+        ndir = directions if n > max_entries else 0
+        for d in range(ndir):
+            v = rng.standard_normal(arr.shape)
+            v /= np.linalg.norm(v)
+            fd = (at(eps * v) - at(-eps * v)) / (2 * eps)
+            gv = float(np.sum(g * v))
+            e = _error(gv, fd, floor)
+            if e > worst[0]:
+                worst = (e, f"dir{d}", gv, float(fd))
+        rows.append(GradcheckRow(name, arr.shape, len(flat), ndir, max(worst[0], 0.0), worst[1],
+                                 worst[2], worst[3]))
+    return GradcheckReport(kernel.network.name, dtype, float(eps), tol, floor, float(loss), tuple(rows))
+
+
+# ----------------------------------------------------------------------------------------------
+# shared checks of (network, params, X, Y)
+# ----------------------------------------------------------------------------------------------
+
+def _arrays(where, network, params, X, Y):
+    """float64 copies of params, X, Y after checking keys, shapes and finiteness."""
+    shapes = network.param_shapes()
+    if not isinstance(params, dict):
+        raise InputError(f"{where}: params: expected a dict of arrays keyed {', '.join(shapes)}")
+    missing = [k for k in shapes if k not in params]
+    extra = [k for k in params if k not in shapes]
+    if missing or extra:
+        raise InputError(f"{where}: params: expected keys {', '.join(shapes)}; "
+                         f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+    out = {}
+    named = [(k, params[k], shapes[k]) for k in shapes]
+    X = np.asarray(X)
+    batch = X.shape[0] if X.ndim == 2 else None
+    named += [("X", X, (batch, network.inputs)), ("Y", Y, (batch, network.sizes[-1]))]
+    for k, v, shape in named:
+        v = np.asarray(v)
+        if v.dtype.kind not in "fiu":
+            raise InputError(f"{where}: {k}: expected a real array, got dtype {v.dtype}")
+        v = v.astype(np.float64)
+        if v.shape != tuple(shape) or (k == "X" and batch in (None, 0)):
+            want = "(B, %d) with B >= 1" % network.inputs if k == "X" else str(tuple(shape))
+            raise InputError(f"{where}: {k}: expected shape {want}, got {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise InputError(f"{where}: {k}: expected finite values")
+        out[k] = v
+    return {k: out[k] for k in shapes}, out["X"], out["Y"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the full-expansion SymPy oracle
+# ----------------------------------------------------------------------------------------------
+
+ORACLE_MAX_PARAMS = 300
+ORACLE_MAX_BATCH = 16
+ORACLE_DIGITS = 30       # digits of the evaluated transcendental results
+_FOLD_DIGITS = 60        # digits of folded transcendental constants (well beyond the 30 reported)
+
+
+def _rational(v):
+    """The exact value of a float as a SymPy Rational (a binary float is a dyadic rational)."""
+    return sp.Rational(float(v))
+
+
+def _fold(e):
+    """A constant that is not rational becomes a 60-digit Float; everything else is kept.
+
+    Subexpressions that do not depend on the differentiated symbol are numbers; folding them
+    keeps the expression's size linear in the network instead of nesting exact transcendental
+    constants layer after layer. Rational constants (ReLU, identity networks) stay exact.
+    """
+    if e.is_Rational or e.free_symbols:
+        return e
+    return e.evalf(_FOLD_DIGITS)
+
+
+def _forward_sample(network, P, x, fold):
+    """Output activations of one sample: P maps param keys to nested lists of SymPy entries."""
+    a = list(x)
+    for l, layer in enumerate(network.layers, start=1):
+        W, b = P[naming.param_key("W", l)], P[naming.param_key("b", l)]
+        z = [fold(sp.Add(*[W[j][k] * a[k] for k in range(len(a))]) + b[j]) for j in range(layer.units)]
+        act = layer.activation
+        if act.elementwise:
+            a = [fold(act.at(zj)) for zj in z]
+        elif act.name == "softmax":
+            e = [sp.exp(zj) for zj in z]
+            den = sp.Add(*e)
+            a = [fold(ei / den) for ei in e]
+        else:   # the table has no other vector activation; refuse rather than guess
+            raise SymbpError(f"oracle: layer[{l}].activation: unsupported vector activation {act.name!r}")
+    return a
+
+
+def _loss_expression(network, P, Xr, Yr, fold=_fold):
+    """The whole scalar loss: c * sum_s sum_i per_unit(a_L[s, i], y[s, i]), c = 1/B or 1."""
+    per_unit = network.loss.per_unit
+    total = []
+    for x, y in zip(Xr, Yr):
+        out = _forward_sample(network, P, x, fold)
+        total.extend(per_unit.xreplace({naming.A: ai, naming.Y: yi}) for ai, yi in zip(out, y))
+    c = sp.Rational(1, len(Xr)) if network.reduction == "mean" else sp.Integer(1)
+    return c * sp.Add(*total)
+
+
+def _symbol(name, idx):
+    return sp.Symbol(f"{name}[{','.join(map(str, idx))}]", real=True)
+
+
+def _nested(arr, fn):
+    """Nested lists of fn(index, value) with the shape of a 1-d or 2-d array."""
+    if arr.ndim == 1:
+        return [fn((i,), arr[i]) for i in range(arr.shape[0])]
+    return [[fn((i, j), arr[i, j]) for j in range(arr.shape[1])] for i in range(arr.shape[0])]
+
+
+def _kink_convention(d):
+    """Derivative of Max(0, u) is Heaviside(u): take Heaviside(0) = 0, as relu'(0) = 0 does."""
+    return d.replace(lambda e: isinstance(e, sp.Heaviside), lambda e: sp.Heaviside(e.args[0], 0))
+
+
+def _value(e):
+    """Exact Rational when the result is rational, else a Float to ORACLE_DIGITS digits."""
+    if e.is_Rational:
+        return e
+    v = e.evalf(ORACLE_DIGITS)
+    if not v.is_number or not v.is_real:
+        raise SymbpError(f"oracle: the loss or a gradient does not evaluate to a real number ({v})")
+    return sp.Float(v, ORACLE_DIGITS)
+
+
+def oracle_loss_expression(network, X, Y, params=None):
+    """The loss as one SymPy expression with one symbol per parameter entry.
+
+    Returns ``(expr, symbols)`` where ``symbols`` maps each param key to nested lists of the
+    symbols ``W1[i,j]``, ``b1[i]``, ... X and Y are substituted as exact Rationals. With
+    ``params`` given, the entries are values instead (the symbols dict is then empty). Nothing
+    is folded: the expression is exact. Meant for tiny networks (teaching, and checking that
+    the per-parameter route of ``oracle_gradients`` differentiates the same function).
+    """
+    shapes = network.param_shapes()
+    if params is None:
+        zeros = {k: np.zeros(s) for k, s in shapes.items()}
+        _, X64, Y64 = _arrays("oracle", network, zeros, X, Y)
+        P = {k: _nested(zeros[k], lambda idx, v, k=k: _symbol(k, idx)) for k in shapes}
+        symbols = P
+    else:
+        p64, X64, Y64 = _arrays("oracle", network, params, X, Y)
+        P = {k: _nested(p64[k], lambda idx, v: _rational(v)) for k in shapes}
+        symbols = {}
+    Xr = [[_rational(v) for v in row] for row in X64]
+    Yr = [[_rational(v) for v in row] for row in Y64]
+    return _loss_expression(network, P, Xr, Yr, fold=lambda e: e), symbols
+
+
+def oracle_gradients(network, params, X, Y, exact=False, input_grad=False):
+    """Gradients of the loss by differentiating the fully expanded loss with ``sympy.diff``.
+
+    The loss of the concrete network on the concrete batch is one SymPy expression,
+    L = c * sum_s sum_i loss(a_L[s, i], y[s, i]), built from the forward definitions alone:
+    z_l[s, j] = sum_k W_l[j, k] a_{l-1}[s, k] + b_l[j]; a_l = f_l(z_l) through
+    ``layer.activation.at`` for elementwise activations and a_l[s, i] = exp(z_i) / sum_k exp(z_k)
+    for softmax; ``loss`` is ``network.loss.per_unit`` and c = 1/B for the mean, 1 for the sum.
+    For each parameter entry theta, L is built with theta a SymPy symbol and every other entry,
+    and X and Y, exact Rationals (a float converts exactly); dL/dtheta = sympy.diff(L, theta)
+    is then evaluated at theta's value. Constant subexpressions that are not rational are folded
+    to 60-digit Floats along the way (``_fold``), so networks built from rational operations
+    (ReLU, leaky ReLU, identity; mse, sse) give exact Rationals and others are accurate far
+    beyond 30 digits. At a kink the derivative of Max(0, u) is taken as 0 (Heaviside(0) = 0).
+
+    Returns ``(loss, grads)``: float and float64 arrays keyed like ``params`` (plus ``"X"``,
+    dL/dX, when ``input_grad``). With ``exact=True`` the loss and the arrays' entries are SymPy
+    numbers (Rationals where the network is rational, else 30-digit Floats; object arrays).
+    Refuses networks with more than ``ORACLE_MAX_PARAMS`` parameters or batches larger than
+    ``ORACLE_MAX_BATCH`` (the expansion grows with width, depth and batch).
+    """
+    p64, X64, Y64 = _arrays("oracle_gradients", network, params, X, Y)
+    nparams = sum(v.size for v in p64.values())
+    if nparams > ORACLE_MAX_PARAMS or X64.shape[0] > ORACLE_MAX_BATCH:
+        raise SymbpError(
+            f"oracle_gradients: the full-expansion oracle is for small sizes (at most "
+            f"{ORACLE_MAX_PARAMS} parameters and batch {ORACLE_MAX_BATCH}); got {nparams} parameters "
+            f"and batch {X64.shape[0]}: use gradcheck or torch_gradients for this network")
+    P = {k: _nested(v, lambda idx, val: _rational(val)) for k, v in p64.items()}
+    Xr = [[_rational(v) for v in row] for row in X64]
+    Yr = [[_rational(v) for v in row] for row in Y64]
+
+    loss = _value(_loss_expression(network, P, Xr, Yr))
+
+    def derivative(L, theta, value):
+        d = _kink_convention(sp.diff(L, theta))
+        return _value(d.xreplace({theta: value}))
+
+    grads = {}
+    for k, arr in p64.items():
+        out = np.empty(arr.shape, dtype=object)
+        for idx in np.ndindex(arr.shape):
+            theta = _symbol(k, idx)
+            row = P[k][idx[0]] if arr.ndim == 2 else P[k]
+            saved = row[idx[-1]]
+            row[idx[-1]] = theta
+            try:
+                L = _loss_expression(network, P, Xr, Yr)
+            finally:
+                row[idx[-1]] = saved
+            out[idx] = derivative(L, theta, saved)
+        grads[k] = out
+    if input_grad:
+        out = np.empty(X64.shape, dtype=object)
+        for s, t in np.ndindex(X64.shape):
+            theta = _symbol("X", (s, t))
+            saved = Xr[s][t]
+            Xr[s][t] = theta
+            try:
+                # only sample s depends on X[s, :]; the other samples' terms have zero derivative
+                L = _loss_expression(network, P, Xr, Yr)
+            finally:
+                Xr[s][t] = saved
+            out[s, t] = derivative(L, theta, saved)
+        grads["X"] = out
+    if exact:
+        return loss, grads
+    return float(loss), {k: v.astype(np.float64) for k, v in grads.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch reference
+# ----------------------------------------------------------------------------------------------
+
+def _torch_expr(expr, env, torch):
+    """Evaluate a SymPy expression on tensors (forward only; autograd differentiates it).
+
+    Covers what the safe expression parser can build: + * ** numbers, exp log sqrt tanh sinh
+    cosh sin cos atan Abs Max Min sign, Piecewise with comparisons. Anything else raises
+    NotImplementedError naming it.
+    """
+    ref = next(iter(env.values()))
+
+    def ev(e):
+        if e in env:
+            return env[e]
+        if e.is_Number or e in (sp.pi, sp.E):
+            return torch.full_like(ref, float(e))
+        if isinstance(e, sp.Add):
+            out = ev(e.args[0])
+            for t in e.args[1:]:
+                out = out + ev(t)
+            return out
+        if isinstance(e, sp.Mul):
+            out = ev(e.args[0])
+            for t in e.args[1:]:
+                out = out * ev(t)
+            return out
+        if isinstance(e, sp.Pow):
+            base, ex = e.args
+            if ex.is_Integer or ex.is_Rational:
+                return ev(base) ** float(ex)
+            return torch.pow(ev(base), ev(ex))
+        unary = {sp.exp: torch.exp, sp.log: torch.log, sp.tanh: torch.tanh, sp.sinh: torch.sinh,
+                 sp.cosh: torch.cosh, sp.sin: torch.sin, sp.cos: torch.cos, sp.atan: torch.atan,
+                 sp.Abs: torch.abs, sp.sign: torch.sign}
+        if e.func in unary:
+            return unary[e.func](ev(e.args[0]))
+        if isinstance(e, (sp.Max, sp.Min)):
+            pick = torch.maximum if isinstance(e, sp.Max) else torch.minimum
+            out = ev(e.args[0])
+            for t in e.args[1:]:
+                out = pick(out, ev(t))
+            return out
+        if isinstance(e, sp.Piecewise):
+            out = None
+            for value, cond in reversed(e.args):
+                v = ev(value)
+                out = v if out is None and cond == sp.true else torch.where(ev(cond), v, out)
+            return out
+        rel = {sp.StrictGreaterThan: torch.gt, sp.GreaterThan: torch.ge,
+               sp.StrictLessThan: torch.lt, sp.LessThan: torch.le}
+        if type(e) in rel:
+            return rel[type(e)](ev(e.args[0]), ev(e.args[1]))
+        raise NotImplementedError(f"torch_gradients: no torch translation of {e.func.__name__} in {expr}")
+
+    return ev(expr)
+
+
+def _torch_activation(act, z, torch):
+    """a = f(z) for one layer: built-ins through torch's own functions, user ones translated."""
+    F = torch.nn.functional
+    if act.user:
+        return _torch_expr(act.definition, {naming.Z: z}, torch)
+    name = act.name
+    if name == "sigmoid":
+        return torch.sigmoid(z)
+    if name == "tanh":
+        return torch.tanh(z)
+    if name == "relu":
+        return torch.relu(z)
+    if name == "leaky_relu":
+        return F.leaky_relu(z, negative_slope=float(dict(act.values)["slope"]))
+    if name == "softplus":
+        return torch.logaddexp(z, torch.zeros_like(z))   # exact log(1 + e^z), no threshold
+    if name == "identity":
+        return z
+    if name == "exp":
+        return torch.exp(z)
+    if name == "softmax":
+        return torch.softmax(z, dim=1)
+    raise NotImplementedError(f"torch_gradients: no torch translation of activation {name!r}")
+
+
+def torch_gradients(network, params, X, Y, input_grad=False):
+    """Loss and gradients by PyTorch autograd in float64 (an independent reference).
+
+    Forward: z_l = a_{l-1} W_l^T + b_l (rows are samples), a_l = f_l(z_l) with torch's own
+    sigmoid, tanh, relu, leaky_relu(slope), softplus (as logaddexp(z, 0)), identity, exp and
+    softmax over units; user-defined activations are translated from their SymPy definition.
+    Loss per sample summed over units: mse 1/2 (a - y)^2, sse (a - y)^2, bce
+    -(y log a + (1 - y) log(1 - a)) computed from the logits (binary_cross_entropy_with_logits),
+    ce -sum y log a computed as -sum y log_softmax(z); then the mean or the sum over the batch.
+
+    Returns ``(loss, grads)`` like ``oracle_gradients`` (float64 arrays; ``"X"`` when
+    ``input_grad``). Raises ImportError without torch, NotImplementedError for an activation
+    it cannot translate.
+    """
+    import torch
+    p64, X64, Y64 = _arrays("torch_gradients", network, params, X, Y)
+    F = torch.nn.functional
+    tp = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in p64.items()}
+    x = torch.tensor(X64, dtype=torch.float64, requires_grad=input_grad)
+    y = torch.tensor(Y64, dtype=torch.float64)
+    a, z = x, None
+    for l, layer in enumerate(network.layers, start=1):
+        z = a @ tp[naming.param_key("W", l)].T + tp[naming.param_key("b", l)]
+        a = _torch_activation(layer.activation, z, torch)
+    name = network.loss.name
+    if name == "mse":
+        per = 0.5 * (a - y) ** 2
+    elif name == "sse":
+        per = (a - y) ** 2
+    elif name == "bce":     # the network builder guarantees a sigmoid output for bce
+        per = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+    elif name == "ce":      # and a softmax output for ce
+        per = -y * torch.log_softmax(z, dim=1)
+    else:
+        raise NotImplementedError(f"torch_gradients: no torch translation of loss {name!r}")
+    total = per.sum()
+    loss = total / X64.shape[0] if network.reduction == "mean" else total
+    loss.backward()
+    grads = {k: t.grad.detach().numpy().copy() for k, t in tp.items()}
+    if input_grad:
+        grads["X"] = x.grad.detach().numpy().copy()
+    return float(loss.detach()), grads
