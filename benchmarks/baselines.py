@@ -364,6 +364,24 @@ class JaxMLP:
 OPTIONAL = (TorchMLP, JaxMLP)
 
 
+def kink_free_rows(net, params, X, margin=1e-4):
+    """Rows of X whose pre-activations at every relu / leaky_relu layer are at least ``margin``
+    away from the kink at 0 (computed in float64).
+
+    A float32 pre-activation within rounding of 0 may land on the other side of the kink, which
+    flips that unit's derivative and makes a correct float32 gradient differ from the float64
+    one by O(1) in that entry; checking on these rows only keeps the float32 check tight.
+    """
+    a = X.astype(np.float64)
+    keep = np.ones(X.shape[0], dtype=bool)
+    for wk, bk, name, prm in _layers(net):
+        z = a @ params[wk].astype(np.float64).T + params[bk].astype(np.float64)
+        if name in ("relu", "leaky_relu"):
+            keep &= (np.abs(z) > margin).all(axis=1)
+        a = _np_act(name, z, prm)
+    return keep
+
+
 def max_rel_error(grads, ref):
     """max over parameters of max|g - r| / max(max|r|, tiny): one number per comparison."""
     worst = 0.0

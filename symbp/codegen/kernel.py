@@ -91,6 +91,17 @@ class Kernel:
             w = self._work[B] = (fwd, bwd, grads, gx)
         return w
 
+    def compile(self):
+        """Compile every entry point now (Numba compiles lazily, on the first call); returns self.
+        A second process loads the compiled code from Numba's cache next to the generated file."""
+        params = self.init_params(0)
+        X = np.zeros((1, self.network.sizes[0]), self.dtype)
+        Y = np.zeros((1, self.network.sizes[-1]), self.dtype)
+        self.forward(params, X)
+        self.input_grad(params, X, Y)
+        self.sgd_step(params, X, Y, 0.0)
+        return self
+
     # calls --------------------------------------------------------------------------------
     def forward(self, params, X):
         """Network output a^L for the rows of X, shape (B, nL)."""
