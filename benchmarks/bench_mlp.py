@@ -236,6 +236,7 @@ def run_case(label, sizes, acts, loss, batch, dtype, args, missing):
         result["ms"][name] = med * 1e3
         result["rounds_ms"][name] = [t * 1e3 for t in per]
         result["calls"][name] = n
+        result.setdefault("min_ms", {})[name] = min(per) * 1e3
     slower = "symbp" in result["ms"] and result["ms"]["symbp"] > result["ms"].get("numpy", float("inf"))
     if "symbp" in impls and (args.breakdown or slower):
         try:
@@ -272,14 +273,18 @@ READY = textwrap.dedent("""
     t1 = time.perf_counter()
     sizes, acts, loss, name, dtype, out = json.loads(sys.argv[1])
     net = symbp.mlp(sizes, acts, loss, name=name)
-    k = symbp.generate(symbp.derive(net), target="cpu", dtype=dtype, out_dir=out, jit=True)
+    d = symbp.derive(net)
+    t2 = time.perf_counter()
+    k = symbp.generate(d, target="cpu", dtype=dtype, out_dir=out, jit=True)
+    t3 = time.perf_counter()
     params = k.init_params(seed=0)
     X = np.full((8, sizes[0]), 0.5, dtype=dtype)
     Y = np.zeros((8, sizes[-1]), dtype=dtype)
     Y[:, 0] = 1
     k.loss_and_grad(params, X, Y)
-    t2 = time.perf_counter()
-    print(json.dumps({"import_s": t1 - t0, "ready_s": t2 - t1, "process_s": t2 - t0}))
+    t4 = time.perf_counter()
+    print(json.dumps({"import_s": t1 - t0, "derive_s": t2 - t1, "generate_s": t3 - t2,
+                      "first_call_s": t4 - t3, "ready_s": t4 - t1, "process_s": t4 - t0}))
 """)
 
 
@@ -292,15 +297,28 @@ def _subprocess_json(code, *argv, timeout=600):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def derive_emit_times(widths):
-    out = []
+def derive_emit_times(widths, repeats):
+    """Best of ``repeats`` fresh processes per width (alternating widths, so load hits both);
+    the best is the time the work takes, the rest is other work on the machine."""
+    runs = {w: [] for w in widths}
+    errors = {}
     with tempfile.TemporaryDirectory(prefix="symbp-bench-emit-") as tmp:
-        for w in widths:
-            log(f"derive + generate (jit=False): 10-layer MLP of width {w}")
-            try:
-                out.append(_subprocess_json(DERIVE_EMIT, str(w), tmp))
-            except Exception as exc:
-                out.append({"width": w, "error": str(exc)})
+        for rep in range(repeats):
+            for w in widths:
+                if w in errors:
+                    continue
+                log(f"derive + generate (jit=False): 10-layer MLP of width {w} ({rep + 1}/{repeats})")
+                try:
+                    runs[w].append(_subprocess_json(DERIVE_EMIT, str(w), tmp))
+                except Exception as exc:
+                    errors[w] = str(exc)
+    out = []
+    for w in widths:
+        if w in errors:
+            out.append({"width": w, "error": errors[w]})
+            continue
+        best = min(runs[w], key=lambda r: r["total_s"])
+        out.append({**best, "runs_total_s": [r["total_s"] for r in runs[w]]})
     return out
 
 
@@ -409,7 +427,7 @@ def main(argv=None):
     labels = [n for n in ("symbp", "numpy", "torch", "jax") if any(n in r["ms"] for r in results)]
     extra = {}
     if not args.skip_extra:
-        extra["derive_emit"] = derive_emit_times([16, 1024])
+        extra["derive_emit"] = derive_emit_times([16, 1024], 1 if args.quick else 3)
         extra["ready"] = ready_times(cases[:1] if args.quick else [cases[0], cases[2]], "float64")
 
     print()
@@ -441,13 +459,14 @@ def main(argv=None):
             print(f"  {lab:<{width}}  " + "  ".join(f"{r['breakdown_ms'][n]:>18.4g}" for n in names))
     if "derive_emit" in extra:
         print()
-        print("derive + generate (emit + write, jit=False), 10-layer MLP, fresh process:")
+        print("derive + generate (emit + write, jit=False), 10-layer MLP, best of fresh processes:")
         for e in extra["derive_emit"]:
             if "error" in e:
                 print(f"  width {e['width']}: FAILED {e['error']}")
             else:
+                runs = ", ".join(f"{t:.2f}" for t in e["runs_total_s"])
                 print(f"  width {e['width']:>5}: derive {e['derive_s']:.3f} s + generate {e['generate_s']:.3f} s"
-                      f" = {e['total_s']:.3f} s ({e['bytes']} bytes)")
+                      f" = {e['total_s']:.3f} s ({e['bytes']} bytes; all runs {runs} s)")
         print()
         print("time to a ready kernel (derive + generate + first loss_and_grad; Python/numba import excluded):")
         for e in extra["ready"]:
@@ -455,8 +474,10 @@ def main(argv=None):
             for phase in ("cold", "warm"):
                 p = e[phase]
                 parts.append(f"{phase} FAILED {p['error']}" if "error" in p
-                             else f"{phase} {p['ready_s']:.2f} s (process {p['process_s']:.2f} s)")
-            print(f"  {e['case']} {e['dtype']}: " + "; ".join(parts))
+                             else f"{phase} {p['ready_s']:.2f} s = derive {p['derive_s']:.2f} + generate "
+                                  f"{p['generate_s']:.2f} + first call {p['first_call_s']:.2f} "
+                                  f"(whole process {p['process_s']:.2f} s)")
+            print(f"  {e['case']} {e['dtype']}:\n    " + "\n    ".join(parts))
     elapsed = time.perf_counter() - t_start
     print(f"\ntotal benchmark time {elapsed:.0f} s")
 
@@ -466,6 +487,9 @@ def main(argv=None):
             failures.append(f"derive_emit width {e['width']}: {e['error']}")
         elif e["total_s"] >= 2.0:
             failures.append(f"derive_emit width {e['width']}: {e['total_s']:.2f} s >= 2 s")
+    de = {e["width"]: e["total_s"] for e in extra.get("derive_emit", []) if "error" not in e}
+    if len(de) == 2 and de[1024] > 1.5 * de[16] + 0.2:
+        failures.append(f"derive_emit grows with width: {de[16]:.2f} s at 16, {de[1024]:.2f} s at 1024")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"versions": vv, "args": vars(args), "load_average": [load_before, load_average()],

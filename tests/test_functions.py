@@ -160,7 +160,7 @@ def test_output_delta_pins(act, loss, reduction, expected):
     assert not rhs.has(sp.Sum) and not rhs.has(sp.KroneckerDelta) and not rhs.has(sp.Piecewise)
     for p in rhs.atoms(sp.Pow):
         assert not (p.exp.is_negative and p.base.has(naming.quantity("a", 2))), f"divides by {p.base}: {rhs}"
-    assert rhs.free_symbols <= {B, S, J}
+    assert rhs.atoms(sp.Indexed) <= {a2, y2}
 
 
 def _loss_activation_pairs():
@@ -209,33 +209,56 @@ def test_output_delta_equals_direct_derivative(lname, act_name, reduction):
 
 # --- the hidden delta -------------------------------------------------------------------------
 
-def _hidden_cases():
-    for name in ELEMENTWISE:
-        marks = []
-        if name == "leaky_relu":
-            marks = [pytest.mark.xfail(strict=True, raises=symbp.DerivationError,
-                                       reason="derive() cannot collapse the KroneckerDelta inside "
-                                              "leaky_relu's Piecewise Jacobian")]
-        yield pytest.param(name, id=name, marks=marks)
-    yield pytest.param("swish", id="swish(user)")
+a1, z1 = naming.quantity("a", 1)[S, J], naming.quantity("z", 1)[S, J]
+ga1 = naming.quantity("ga", 1)[S, J]
+HIDDEN = ELEMENTWISE + ["swish"]
 
 
-@pytest.mark.parametrize("name", list(_hidden_cases()))
-def test_hidden_delta_is_ga_times_form(name):
+def derive_hidden(name):
     define = {"swish": "z * sigmoid(z)"} if name == "swish" else None
     net = symbp.mlp([2, 3, 1], [name, "identity"], "mse", define=define)
-    act = net.layers[0].activation
-    d = symbp.derive(net)
-    _, form, uses = output_form(act.definition)
-    a1, z1 = naming.quantity("a", 1)[S, J], naming.quantity("z", 1)[S, J]
-    ga1 = naming.quantity("ga", 1)[S, J]
-    expected = ga1 * form.xreplace({a: a1, z: z1})
+    return net.layers[0].activation, symbp.derive(net)
+
+
+@pytest.mark.parametrize("name", HIDDEN)
+def test_hidden_delta_is_ga_times_derivative(name):
+    """delta1 = ga1 * f'(z1), checked numerically with a1 = f(z1) put in."""
+    act, d = derive_hidden(name)
     rhs = d["delta1"].rhs
-    assert sp.simplify(rhs - expected) == 0, rhs
-    assert not rhs.has(sp.Sum) and not rhs.has(sp.KroneckerDelta)
+    assert not rhs.has(sp.Sum) and not rhs.has(sp.KroneckerDelta), rhs
+    assert rhs.atoms(sp.Indexed) <= {a1, z1, ga1}, rhs
+    fprime = sp.diff(act.definition, z)
+    for z0, g0 in itertools.product(POINTS[::6], [sp.Rational(3, 7), sp.Integer(-2)]):
+        got = rhs.xreplace({a1: act.at(z0), z1: z0, ga1: g0})
+        assert close(got, g0 * fprime.xreplace({z: z0}).doit()), (z0, got)
+    rule = d.layers[0].rule
+    assert rule is not None and rule.derivative == fprime
+    assert (rule.form, rule.uses) == output_form(act.definition)[1:]
+
+
+def _reuse_cases():
+    for name in HIDDEN:
+        marks = []
+        if name == "leaky_relu":
+            marks = [pytest.mark.xfail(strict=True, reason="the leaky_relu rule's form is in a "
+                                       "(uses == 'a') but delta1 comes out as a Piecewise on z1 > 0: "
+                                       "the forward_outputs pass does not rewrite it")]
+        yield pytest.param(name, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("name", list(_reuse_cases()))
+def test_hidden_delta_is_ga_times_form(name):
+    """delta1 = ga1 * (the activation's form), in a1 when the form reads only a."""
+    act, d = derive_hidden(name)
+    _, form, uses = output_form(act.definition)
+    rhs = d["delta1"].rhs
+    expected = ga1 * form.xreplace({a: a1, z: z1})
     if uses == "a":
         # The backward pass reuses the stored output: no z1 is read.
         assert not rhs.has(naming.quantity("z", 1)), rhs
-    rule = d.layers[0].rule
-    assert rule is not None and rule.uses == uses and rule.form == form
-    assert rule.derivative == sp.diff(act.definition, z)
+        assert sp.simplify(rhs - expected) == 0, rhs
+    else:
+        # The form keeps z; the derivation may also reuse a1 where that is exact.
+        assert rhs.has(naming.quantity("z", 1)), rhs
+        back = rhs.xreplace({a1: act.at(z1)})
+        assert sp.simplify(back - expected) == 0, rhs

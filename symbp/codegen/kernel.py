@@ -98,6 +98,7 @@ class Kernel:
         X = np.zeros((1, self.network.sizes[0]), self.dtype)
         Y = np.zeros((1, self.network.sizes[-1]), self.dtype)
         self.forward(params, X)
+        self.loss_and_grad(params, X, Y)
         self.input_grad(params, X, Y)
         self.sgd_step(params, X, Y, 0.0)
         return self

@@ -1,0 +1,150 @@
+"""The Kernel: input checks before compiled code, plain-Python and jitted runs agree, float32
+stays float32, the Numba cache serves a second process, stability for large |z|."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import symbp
+from symbp import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def xor_data(dtype=np.float64):
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=dtype)
+    Y = np.array([[0], [1], [1], [0]], dtype=dtype)
+    return X, Y
+
+
+@pytest.fixture(scope="module")
+def xor_py(tmp_path_factory):
+    d = symbp.derive(symbp.load(ROOT / "examples" / "specs" / "xor.toml"))
+    return symbp.generate(d, out_dir=tmp_path_factory.mktemp("gen"), jit=False)
+
+
+BAD_CALLS = [
+    ("X", lambda X, Y: (X[:, :1], Y), "X: expected shape (4, 2)"),
+    ("X 1-d", lambda X, Y: (X[0], Y), "X: expected an array of shape (batch, 2)"),
+    ("X list", lambda X, Y: (X.tolist(), Y), "X: expected an array of shape (batch, 2)"),
+    ("X int", lambda X, Y: (X.astype(np.int64), Y), "X: expected dtype float64"),
+    ("X float32", lambda X, Y: (X.astype(np.float32), Y), "X: expected dtype float64"),
+    ("Y rows", lambda X, Y: (X, Y[:3]), "Y: expected shape (4, 1)"),
+    ("Y cols", lambda X, Y: (X, np.hstack([Y, Y])), "Y: expected shape (4, 1)"),
+    ("empty", lambda X, Y: (X[:0], Y[:0]), "X: expected at least one row"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,message", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_arrays_are_refused_before_compiled_code(xor_py, name, mutate, message):
+    X, Y = mutate(*xor_data())
+    with pytest.raises(InputError) as e:
+        xor_py.loss_and_grad(xor_py.init_params(0), X, Y)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_params_are_refused(xor_py):
+    X, Y = xor_data()
+    p = xor_py.init_params(0)
+    del p["b2"]
+    with pytest.raises(InputError, match="missing \\['b2'\\]"):
+        xor_py.loss_and_grad(p, X, Y)
+    p = xor_py.init_params(0)
+    p["W1"] = p["W1"].T.copy()
+    with pytest.raises(InputError, match=r"params\['W1'\]: expected shape \(3, 2\)"):
+        xor_py.loss_and_grad(p, X, Y)
+
+
+def test_params_and_grads_shapes(xor_py):
+    p = xor_py.init_params(seed=3)
+    assert {k: v.shape for k, v in p.items()} == {"W1": (3, 2), "b1": (3,), "W2": (1, 3), "b2": (1,)}
+    loss, g = xor_py.loss_and_grad(p, *xor_data())
+    assert list(g) == list(p) and all(g[k].shape == p[k].shape for k in p)
+    assert np.isfinite(loss) and loss > 0
+    # same seed, same parameters; another seed, others
+    assert all(np.array_equal(p[k], xor_py.init_params(seed=3)[k]) for k in p)
+    assert not np.array_equal(p["W1"], xor_py.init_params(seed=4)["W1"])
+
+
+def test_sgd_step_is_theta_minus_lr_grad(xor_py):
+    X, Y = xor_data()
+    p = xor_py.init_params(0)
+    _, g = xor_py.loss_and_grad(p, X, Y)
+    before = {k: v.copy() for k, v in p.items()}
+    xor_py.sgd_step(p, X, Y, lr=0.5)
+    for k in p:
+        np.testing.assert_allclose(p[k], before[k] - 0.5 * g[k], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.jit
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_jit_and_plain_python_agree(tmp_path, dtype):
+    net = symbp.mlp([3, 5, 4], ["tanh", "softmax"], "ce", name="agree")
+    d = symbp.derive(net)
+    kj = symbp.generate(d, dtype=dtype, out_dir=tmp_path, jit=True)
+    kp = symbp.generate(d, dtype=dtype, out_dir=tmp_path, jit=False)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 3)).astype(dtype)
+    Y = np.eye(4, dtype=dtype)[rng.integers(0, 4, 6)]
+    p = kj.init_params(1)
+    lj, gj = kj.loss_and_grad(p, X, Y)
+    lp, gp = kp.loss_and_grad(p, X, Y)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    assert abs(lj - lp) <= tol * max(1, abs(lp))
+    for k in gj:
+        assert gj[k].dtype == np.dtype(dtype)
+        np.testing.assert_allclose(gj[k], gp[k], rtol=tol, atol=tol)
+    if dtype == "float32":
+        # typed constants keep float32 work in float32: the loss comes back as float32
+        sig = kj.module.loss_and_grad.nopython_signatures[0]
+        assert str(sig.return_type) == "float32"
+
+
+@pytest.mark.jit
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec", [
+    ("sigmoid", "bce"), ("softmax", "ce"), ("tanh", "mse")], ids=lambda s: "-".join(s))
+def test_large_pre_activations_stay_finite(tmp_path, dtype, spec):
+    act, loss = spec
+    net = symbp.mlp([2, 3, 3], ["sigmoid", act], loss, name=f"big_{act}")
+    k = symbp.generate(symbp.derive(net), dtype=dtype, out_dir=tmp_path)
+    p = k.init_params(0)
+    for v in p.values():
+        v[...] = 0
+    p["W2"][...] = np.array([[1e4, -1e4, 0.0]] * 3, dtype=dtype)   # z2 = +-1e4 (a1 in (0,1))
+    p["b2"][...] = np.array([1e4, -1e4, 0.5], dtype=dtype)
+    X = np.ones((2, 2), dtype)
+    Y = np.array([[1, 0, 0], [0, 1, 0]], dtype)
+    loss, g = k.loss_and_grad(p, X, Y)
+    assert np.isfinite(loss)
+    assert all(np.isfinite(v).all() for v in g.values())
+
+
+@pytest.mark.jit
+def test_second_process_uses_the_numba_cache(tmp_path):
+    d = symbp.derive(symbp.mlp([2, 4, 1], ["tanh", "sigmoid"], "bce", name="cached"))
+    symbp.generate(d, out_dir=tmp_path).compile()
+    script = textwrap.dedent(f"""
+        import time, symbp
+        d = symbp.derive(symbp.mlp([2, 4, 1], ["tanh", "sigmoid"], "bce", name="cached"))
+        k = symbp.generate(d, out_dir={str(tmp_path)!r})
+        k.compile()
+        fs = [k.module.forward, k.module.loss_and_grad, k.module.loss_and_input_grad, k.module.sgd_step]
+        print(sum(len(f.stats.cache_hits) for f in fs), sum(len(f.stats.cache_misses) for f in fs))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    hits, misses = map(int, out.stdout.split())
+    assert hits == 4 and misses == 0, out.stdout + out.stderr
+
+
+def test_unknown_target_and_dtype_are_clear_errors(tmp_path):
+    d = symbp.derive(symbp.mlp([2, 2], ["identity"], "mse", name="t"))
+    with pytest.raises(symbp.SymbpError, match="target: expected one of cpu"):
+        symbp.generate(d, target="tpu", out_dir=tmp_path)
+    with pytest.raises(symbp.SymbpError, match="dtype: expected one of float64, float32"):
+        symbp.generate(d, dtype="float16", out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
