@@ -133,6 +133,9 @@ def cmd_demo(args):
     return 0 if right == 4 else 1
 
 
+COMMAND_MODULES = ()
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="symbp", description="Derive backpropagation with SymPy, "
                                  "render it and generate verified Numba kernels.")
@@ -169,6 +172,12 @@ def build_parser():
     p.add_argument("--out", help="directory for generated kernels (default ./generated)")
     p.add_argument("--no-jit", action="store_true")
     p.set_defaults(fn=cmd_check)
+
+    # Commands owned by feature modules: each defines add_command(subparsers), which adds its
+    # parser and sets fn(args) -> exit code.
+    import importlib
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_command(sub)
     return ap
 
 

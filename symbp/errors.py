@@ -20,7 +20,9 @@ class SpecError(SymbpError, ValueError):
         self.where, self.key, self.detail = where, key, message
         prefix = f"{where}: " if where else ""
         keypart = f"{key}: " if key else ""
-        super().__init__(f"{prefix}{keypart}{message}")
+        # one line, whatever a spec's quoted keys contain
+        text = f"{prefix}{keypart}{message}"
+        super().__init__(text.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class ExpressionError(SpecError):

@@ -18,6 +18,7 @@ from .errors import ExpressionError
 
 MAX_LENGTH = 2000
 MAX_DEPTH = 60
+MAX_EXPONENT = 100   # a numeric exponent beyond this is refused (9**9**9 would take minutes)
 
 _BINOPS = {
     ast.Add: lambda a, b: a + b,
@@ -79,7 +80,10 @@ def parse_expression(text, variables, functions, where="", key=""):
             allowed = ", ".join(sorted(variables)) or "none"
             fail(node, f"the unknown name {node.id!r} (variables: {allowed})")
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](build(node.left, depth + 1), build(node.right, depth + 1))
+            left, right = build(node.left, depth + 1), build(node.right, depth + 1)
+            if isinstance(node.op, ast.Pow) and right.is_Number and abs(right) > MAX_EXPONENT:
+                fail(node, f"a numeric exponent above {MAX_EXPONENT}")
+            return _BINOPS[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](build(node.operand, depth + 1))
         if isinstance(node, ast.Call):
@@ -102,8 +106,12 @@ def parse_expression(text, variables, functions, where="", key=""):
         fail(node, what)
 
     try:
-        return build(tree, 0)
+        expr = build(tree, 0)
     except ExpressionError:
         raise
     except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. wrong number of arguments
         raise ExpressionError(where, key, f"cannot build {text!r}: {e}") from None
+    if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan, sp.I):
+        raise ExpressionError(where, key, f"{text!r} is not a finite real expression "
+                                          f"(it becomes {expr})")
+    return expr

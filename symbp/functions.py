@@ -42,18 +42,19 @@ class Activation:
         """f(arg): the forward definition applied to any SymPy expression."""
         return self.definition.xreplace({z: arg})
 
-    def instantiate(self, where, **values):
-        """The activation with its parameters fixed (exact numbers), defaults filled in."""
+    def instantiate(self, where, prefix="", **values):
+        """The activation with its parameters fixed (exact numbers), defaults filled in;
+        errors name the key ``prefix + parameter``."""
         known = {p[0] for p in self.params}
         for k in values:
             if k not in known:
                 exp = ", ".join(sorted(known)) or "no parameters"
-                raise SpecError(where, k, f"unknown parameter of activation {self.name!r} (expected {exp})")
+                raise SpecError(where, f"{prefix}{k}", f"unknown parameter of activation {self.name!r} (expected {exp})")
         if not self.params:
             return self
         subs, vals = {}, []
         for pname, sym, default in self.params:
-            v = number(values.get(pname, default), where, pname)
+            v = number(values.get(pname, default), where, f"{prefix}{pname}")
             subs[sym] = v
             vals.append((pname, v))
         return Activation(self.name, self.definition.xreplace(subs), self.latex, self.doc,
@@ -128,8 +129,8 @@ def user_activation(name, text, where="", known=None):
     """An elementwise activation from an expression string in z, e.g. swish = "z * sigmoid(z)"."""
     if not naming.is_safe_name(name):
         raise SpecError(where, f"activations.{name}", "expected a name of letters, digits and _")
-    if name in ACTIVATIONS:
-        raise SpecError(where, f"activations.{name}", "redefines a built-in activation")
+    if name in ACTIVATIONS or name in elementwise_functions():
+        raise SpecError(where, f"activations.{name}", "redefines a built-in activation or function")
     expr = parse_expression(text, {"z": z}, elementwise_functions(known), where, f"activations.{name}")
     if z not in expr.free_symbols:
         raise SpecError(where, f"activations.{name}", f"expected an expression in z, got the constant {text!r}")

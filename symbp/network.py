@@ -7,6 +7,7 @@ objects for equal specs. ``Network.digest`` is a SHA-256 of the canonical descri
 spec hash written into generated files.
 """
 import hashlib
+import numbers
 import json
 from dataclasses import dataclass
 
@@ -76,11 +77,11 @@ class Network:
 
 
 def _int(value, where, key, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise SpecError(where, key, f"expected an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise SpecError(where, key, f"expected an integer >= {minimum}, got {value}")
-    return value
+    return int(value)
 
 
 def resolve_activation(spec, where, key, defined):
@@ -101,7 +102,7 @@ def resolve_activation(spec, where, key, defined):
     else:
         known = ", ".join(list(ACTIVATIONS) + list(defined))
         raise SpecError(where, key, f"unknown activation {name!r} (expected one of: {known})")
-    return act.instantiate(f"{where}: {key}" if where else key, **params)
+    return act.instantiate(where, key.rsplit(".", 1)[0] + ".", **params)
 
 
 def build(name, inputs, layers, loss, reduction="mean", define=None, where=""):
@@ -160,6 +161,5 @@ def mlp(sizes, activations, loss, reduction="mean", name="mlp", define=None):
                         f"expected {len(sizes) - 1} activations (one per layer after the input), got {len(activations)}")
     if define is not None and not isinstance(define, dict):
         raise SpecError(where, "define", f"expected a dict of name -> expression in z, got {define!r}")
-    for i, s in enumerate(sizes):
-        _int(s, where, f"sizes[{i}]")
+    sizes = [_int(s, where, f"sizes[{i}]") for i, s in enumerate(sizes)]
     return build(name, sizes[0], list(zip(sizes[1:], activations)), loss, reduction, define, where)

@@ -58,12 +58,12 @@ def _hoist_deltas(expr):
     def hoist(pw):
         common = None
         for e, _ in pw.args:
-            ds = {f for f in sp.Mul.make_args(e) if isinstance(f, sp.KroneckerDelta)}
+            ds = {f for f in sp.Mul.make_args(sp.factor_terms(e)) if isinstance(f, sp.KroneckerDelta)}
             common = ds if common is None else common & ds
         if not common:
             return pw
         d = sp.Mul(*sorted(common, key=str))
-        return d * sp.Piecewise(*[(e / d, c) for e, c in pw.args])
+        return d * sp.Piecewise(*[(sp.factor_terms(e) / d, c) for e, c in pw.args])
     return expr.replace(lambda e: isinstance(e, sp.Piecewise) and e.has(sp.KroneckerDelta), hoist)
 
 
@@ -90,7 +90,7 @@ def _split_sums(expr):
 
 def collapse(expr, ctx=None):
     for _ in range(8):
-        new = _in_range(_split_sums(expr).doit(deep=True))
+        new = _hoist_deltas(_in_range(_split_sums(expr).doit(deep=True)))
         if new == expr:
             break
         expr = new

@@ -22,12 +22,7 @@ SENTINEL = Path("/tmp/symbp_pwned")
 PREFIX = b"# expect: "
 
 # Corpus files the package does not yet handle; each is a package bug (see the reasons).
-KNOWN_BUGS = {
-    "key_newline_top.toml": "unknown-key messages print the raw TOML key, so a quoted key with a "
-                            "newline makes a two-line message",
-    "expr_division_by_zero.toml": "the safe parser accepts 'z/0' and builds zoo*z (complex infinity)",
-    "expr_imaginary.toml": "the safe parser accepts 'z*sqrt(-1)' and builds the complex I*z",
-}
+KNOWN_BUGS = {}   # corpus files the package does not yet reject: none
 
 
 def expected_substring(path):

@@ -167,12 +167,7 @@ def _loss_activation_pairs():
     for lname, loss in LOSSES.items():
         outs = loss.outputs or ELEMENTWISE
         for act, red in itertools.product(outs, REDUCTIONS):
-            marks = []
-            if act == "leaky_relu":
-                marks = [pytest.mark.xfail(strict=True, raises=symbp.DerivationError,
-                                           reason="derive() cannot collapse the KroneckerDelta inside "
-                                                  "leaky_relu's Piecewise Jacobian")]
-            yield pytest.param(lname, act, red, id=f"{act}+{lname}-{red}", marks=marks)
+            yield pytest.param(lname, act, red, id=f"{act}+{lname}-{red}")
 
 
 Y_VALUES = [sp.Rational(1, 3), sp.Rational(-1, 2), sp.Integer(1)]
@@ -238,12 +233,7 @@ def test_hidden_delta_is_ga_times_derivative(name):
 
 def _reuse_cases():
     for name in HIDDEN:
-        marks = []
-        if name == "leaky_relu":
-            marks = [pytest.mark.xfail(strict=True, reason="the leaky_relu rule's form is in a "
-                                       "(uses == 'a') but delta1 comes out as a Piecewise on z1 > 0: "
-                                       "the forward_outputs pass does not rewrite it")]
-        yield pytest.param(name, id=name, marks=marks)
+        yield pytest.param(name, id=name)
 
 
 @pytest.mark.parametrize("name", list(_reuse_cases()))
