@@ -27,11 +27,12 @@ def cmd_derive(args):
     from .derive import derive
     from .codegen.emit import text
     d = derive(_spec(args.spec))
+    if args.pdf and not args.latex:
+        raise SymbpError("--pdf: give the .tex file to write with --latex FILE")
     if args.latex:
-        tex = d.latex(notation=args.notation, document=True)
-        from .codegen.load import write
-        write(args.latex, tex)
-        print(f"wrote {args.latex}")
+        from .render.latex import write_document
+        for path in write_document(d, args.latex, args.notation, pdf=args.pdf):
+            print(f"wrote {path}")
     if args.dump:
         sys.stdout.write(d.dump())
     elif not args.latex:
@@ -152,7 +153,9 @@ def build_parser():
     p.add_argument("spec")
     p.add_argument("--dump", action="store_true", help="show every simplification stage")
     p.add_argument("--latex", metavar="FILE", help="write a LaTeX document")
-    p.add_argument("--notation", default="cs231n")
+    p.add_argument("--notation", default="cs231n",
+                   help="cs231n | udl | transposed | rowvector | batch")
+    p.add_argument("--pdf", action="store_true", help="also compile the document with pdflatex")
     p.set_defaults(fn=cmd_derive)
 
     p = sub.add_parser("generate", help="emit and compile the kernel of a spec")

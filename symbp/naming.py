@@ -102,24 +102,11 @@ def import_name(network_name, target, dtype, digest):
     return f"symbp_generated.{network_name}.{target}_{dtype}_{digest[:12]}"
 
 
-# LaTeX symbols per notation. Issue-level notations change more than names (see render.latex);
-# here only the base symbols live.
-LATEX_SYMBOLS = {
-    "cs231n": {"a": "a", "z": "z", "W": "W", "b": "b", "y": "y", "delta": r"\delta", "loss": "L",
-               "x": "x"},
-}
-
-
+# LaTeX symbols live with the notations (symbp/render/notation.py: the five notations'
+# symbols and conventions in one place); this reads them.
 def latex_base(base, notation="cs231n"):
-    """LaTeX of a quantity, e.g. z^{[2]} for z2 in the cs231n notation."""
+    """LaTeX of a quantity in a notation's main flavor, e.g. z^{[2]} for z2 in cs231n, f_{1} in
+    udl, H_{2} in batch. An unknown notation raises a SymbpError naming the valid ones."""
+    from .render.notation import get
     kind, layer = parse(base)
-    table = LATEX_SYMBOLS[notation]
-    if kind == "a" and layer == 0:
-        return table["x"]
-    sym = table.get(kind, KINDS[kind][1])
-    if kind == "ga":
-        return rf"\frac{{\partial L}}{{\partial a^{{[{layer}]}}}}"
-    if kind in ("gW", "gb"):
-        p = "W" if kind == "gW" else "b"
-        return rf"\frac{{\partial L}}{{\partial {p}^{{[{layer}]}}}}"
-    return sym if layer is None else f"{sym}^{{[{layer}]}}"
+    return get(notation).symbol(kind, layer)

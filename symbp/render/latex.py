@@ -1,92 +1,989 @@
-"""LaTeX of a Derivation: the forward and backward equations, in index and matrix form.
+"""LaTeX of a Derivation: a teaching document in one of five notations, or its summary.
 
-Contract: ``render(derivation, notation="cs231n", document=False) -> str`` reads the
-Derivation only (never re-derives). Index form: every equation as SymPy derived it, with
-quantities named by ``naming.latex_base``. Matrix form (per sample, column vectors, products of
-vectors elementwise): read off ``batch_form``, e.g. z = W a + b, g = W^T delta,
-dL/dW = sum_s delta a^T. ``document=True`` wraps the text in templates/latex/derivation.tex.j2.
+Contract:
+- ``render(derivation, notation="cs231n", document=False) -> str`` reads the Derivation only
+  (never re-derives) and prints every formula with a SymPy printer. ``document=False`` gives the
+  summary: one ``align*`` environment (starts with ``\\begin``, so Jupyter's ``_repr_latex_`` and
+  a LaTeX document can both take it) with the matrix equations of the forward and backward pass
+  and their shapes. ``document=True`` gives the handout (templates/latex/derivation.tex.j2):
+  forward equations, loss, each local derivative with SymPy's stages (derived, kink,
+  forward_outputs) and its rewriting in the forward outputs, the Jacobians (explicit matrices
+  when both sizes are at most ``SMALL``), the chain rule at the output with the stages that
+  cancel to a - y, the delta recursion with the Hadamard product, the parameter and input
+  gradients, shapes beside every matrix equation (dimension balancing), and the
+  vanishing-gradient bound when a layer is a sigmoid.
+- Notations (``NOTATIONS``, symbols and conventions in ``render.notation``): the matrix
+  equations are read off the index form (``derivation.batch_form``) as SymPy matrix
+  expressions in the derivation's convention, then each of the derivation's matrices is
+  replaced by the notation's own matrix or its transpose and SymPy moves the transposes; so
+  f = W^T a gives dW = a delta^T and the row-vector convention gives g_in = g_out W.
+- ``write_document(derivation, path, notation, pdf=False)`` writes the .tex atomically; with
+  ``pdf=True`` it first compiles it with ``pdflatex -halt-on-error`` in a temporary directory
+  and puts the PDF beside the .tex. A missing or failing pdflatex raises a SymbpError (the
+  failing run's log is kept beside the .tex and named) and writes neither file.
+Same Derivation, same bytes.
 """
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
 import sympy as sp
+from sympy.core.function import AppliedUndef
 from sympy.printing.latex import LatexPrinter
 
 from .. import naming
+from .. import simplify as simp
 from ..codegen.templates import environment
 from ..derivation import ColumnSum, Product, batch_form
 from ..errors import SymbpError
+from . import notation as _notation
 
-NOTATIONS = tuple(naming.LATEX_SYMBOLS)
+NOTATIONS = tuple(_notation.NOTATIONS)
+SMALL = 3            # explicit Jacobian matrices when both of their sizes are at most this
+S, T, I, J = naming.S, naming.T, naming.I, naming.J
+SAMPLE = (S, T)
+
+STAGE_DOCS = dict([("definition", "the forward definition"), ("derived", "sympy.diff")]
+                  + [(p.name, p.doc) for p in simp.PASSES])
 
 
-class IndexPrinter(LatexPrinter):
-    """LaTeX with quantities named from the naming module; ``vector=True`` drops indices."""
+def _text(s):
+    """Plain text for LaTeX text mode."""
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("^", r"\^{}"), ("&", r"\&"),
+                 ("%", r"\%"), ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}"),
+                 ("->", r"$\to$"), ("<", r"$<$"), (">", r"$>$")):
+        s = s.replace(a, b)
+    return s
 
-    def __init__(self, notation="cs231n", vector=False):
+
+def _call(fn, arg):
+    """fn(arg), with growing parentheses only around tall arguments."""
+    if any(t in arg for t in ("\\frac", "\\sum", "\\begin")):
+        return rf"{fn}\left({arg}\right)"
+    return f"{fn}({arg})"
+
+
+# --------------------------------------------------------------------------------------------
+# The printer
+
+class Printer(LatexPrinter):
+    """SymPy's LaTeX printer speaking one notation.
+
+    Index form: ``Indexed`` quantities print as the notation's entries (sample index as a
+    superscript (s) when ``sample`` is set, dropped otherwise; a row index in the batch
+    flavor). ``vector=True`` prints them as whole vectors and products of vectors with the
+    Hadamard product. Matrix expressions print the notation's own symbols (``own|kind|layer``
+    MatrixSymbols), or explicit ``bmatrix`` entries from ``explicit``.
+    """
+
+    def __init__(self, ctx, flavor, sample=False, vector=False, explicit=None, scalars=None):
         super().__init__({"mul_symbol": None})
-        self.notation, self.vector = notation, vector
+        self.ctx, self.nt, self.flavor = ctx, ctx.nt, flavor
+        self.sample, self.vector = sample, vector
+        self.explicit = explicit or {}
+        self.scalars = scalars or {}
+
+    # -- indices and quantities
+    def _index(self, i):
+        if isinstance(i, sp.Integer):
+            return self.nt.index(i)
+        return self._print(i)
 
     def _print_Indexed(self, e):
-        base = naming.latex_base(e.base, self.notation)
+        kind, layer = naming.parse(e.base)
+        if kind == "a" and layer == 0:
+            kind = "x"
+        idx = list(e.indices)
+        sample = None
+        if idx and idx[0] in SAMPLE:
+            s = idx.pop(0)
+            if self.flavor == "batch":
+                idx.insert(0, s)
+            elif self.sample:
+                sample = self._print(s)
         if self.vector:
-            return base
-        idx = " ".join(self._print(i) for i in e.indices)
-        return f"{{{base}}}_{{{idx}}}"
+            return self.nt.symbol(kind, layer, self.flavor, sample)
+        if kind in ("W", "gW") and "W" in self.nt.transposed[self.flavor]:
+            idx = idx[::-1]      # the notation stores W transposed: our W[j,k] is its entry (k, j)
+        return self.nt.entry(kind, layer, [self._index(i) for i in idx], self.flavor, sample)
 
     def _print_Symbol(self, e, style="plain"):
+        if e in self.scalars:
+            return self.scalars[e]
         if e == naming.BATCH:
             return "B"
         return super()._print_Symbol(e)
 
+    def _print_Sum(self, e):
+        parts = []
+        for var, lo, hi in reversed(e.limits):
+            if self.nt.index_base == 1 and lo == 0:
+                lo, hi = lo + 1, hi + 1
+            parts.append(rf"\sum_{{{self._print(var)}={self._print(lo)}}}^{{{self._print(hi)}}}")
+        body = self._print(e.function)
+        if isinstance(e.function, sp.Add):
+            body = rf"\left({body}\right)"
+        return " ".join(parts) + " " + body
+
+    def _print_KroneckerDelta(self, e, exp=None):
+        i, j = (self._index(a) for a in e.args)
+        out = rf"\delta_{{{i}{j}}}" if len(i) == len(j) == 1 else rf"\delta_{{{i},{j}}}"
+        return out if exp is None else rf"{out}^{{{exp}}}"
+
     def _print_Heaviside(self, e, exp=None):
-        return rf"\mathbb{{1}}\left[{self._print(e.args[0])} > 0\right]"
+        if len(e.args) == 2 and e.args[1] == 0:
+            arg = self._print(e.args[0])
+            out = (rf"\mathbb{{I}}\left[{arg} > 0\right]" if "\\frac" in arg
+                   else rf"\mathbb{{I}}[{arg} > 0]")
+            return out if exp is None else rf"{out}^{{{exp}}}"
+        return super()._print_Heaviside(e, exp)
+
+    def _print_Derivative(self, e):
+        (var, n), = e.variable_count
+        return rf"\frac{{\partial {self._print(e.expr)}}}{{\partial {self._print(var)}}}"
+
+    def _print_Function(self, e, exp=None):
+        if isinstance(e, AppliedUndef) and e.func.__name__ in self.ctx.functions:
+            out = _call(self.ctx.functions[e.func.__name__], self._print(e.args[0]))
+            return out if exp is None else rf"{out}^{{{exp}}}"
+        return super()._print_Function(e, exp)
+
+    # -- elementwise products of vectors
+    def _is_vec(self, e):
+        return self.vector and bool(e.atoms(sp.Indexed))
+
+    def _print_Pow(self, e):
+        if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
+            b = self._print(e.base)
+            if not isinstance(e.base, sp.Indexed):
+                b = rf"\left({b}\right)"
+            return r" \odot ".join([b] * int(e.exp)) if e.exp <= 3 else rf"{b}^{{\odot {e.exp}}}"
+        if isinstance(e.base, sp.Indexed) and not self.vector:
+            return rf"\left({self._print(e.base)}\right)^{{{self._print(e.exp)}}}"
+        return super()._print_Pow(e)
+
+    def _print_Mul(self, e):
+        if not self.vector or sum(1 for f in sp.Mul.make_args(e) if self._is_vec(f)) < 2:
+            return super()._print_Mul(e)
+        num, den = [], []
+        for f in sp.Mul.make_args(e):
+            if f.is_Pow and f.exp.is_Integer and f.exp < 0:
+                den.append(f.base ** -f.exp)
+            else:
+                num.append(f)
+        neg = False
+        if num and num[0].is_Number and num[0] < 0:
+            neg, num[0] = True, -num[0]
+
+        def join(factors):
+            scal = sp.Mul(*[f for f in factors if not self._is_vec(f)])
+            # plain vectors before sums: a ⊙ (1 - a), as the seeds write sigma'
+            vec = sorted((f for f in factors if self._is_vec(f)), key=lambda f: isinstance(f, sp.Add))
+            out = [] if scal == 1 else [self._print(scal)]
+            vs = [rf"\left({self._print(v)}\right)" if isinstance(v, sp.Add) else self._print(v) for v in vec]
+            if vs:
+                out.append(r" \odot ".join(vs))
+            return " ".join(out) or "1"
+        out = join(num) if not den else rf"\frac{{{join(num)}}}{{{join(den)}}}"
+        return f"- {out}" if neg else out
+
+    # -- matrix expressions
+    def _bmatrix(self, m):
+        rows = [" & ".join(self._print(m[r, c]) for c in range(m.cols)) for r in range(m.rows)]
+        return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+
+    def _print_MatrixSymbol(self, e):
+        if e.name in self.explicit:
+            return self._bmatrix(self.explicit[e.name])
+        return self.ctx.own_latex(e.name, self.flavor, self.sample)
+
+    def _print_Transpose(self, e):
+        arg = e.arg
+        if isinstance(arg, sp.MatrixSymbol) and arg.name in self.explicit:
+            return self._bmatrix(self.explicit[arg.name].T)
+        s = self._print(arg)
+        simple = isinstance(arg, sp.MatrixSymbol) and not any(c in s for c in ("^", "\\frac", "\\left", " "))
+        return f"{s}^{{T}}" if simple else rf"\left({s}\right)^{{T}}"
+
+    def _print_MatMul(self, e):
+        return " ".join(rf"\left({self._print(a)}\right)" if isinstance(a, (sp.MatAdd, sp.HadamardProduct))
+                        else self._print(a) for a in e.args)
+
+    def _print_MatAdd(self, e):
+        return " + ".join(self._print(a) for a in e.args)
+
+    def _print_HadamardProduct(self, e):
+        # the activation derivative first, as the seeds write it: f'(z) ⊙ (W^T delta)
+        args = sorted(e.args, key=lambda a: (not _is_derivative(a), sp.default_sort_key(a)))
+        return r" \odot ".join(rf"\left({self._print(a)}\right)" if isinstance(a, (sp.MatMul, sp.MatAdd))
+                               else self._print(a) for a in args)
 
 
-def _matrix_form(eq, notation):
-    p = IndexPrinter(notation, vector=True)
-    lhs = naming.latex_base(eq.lhs.base, notation) if isinstance(eq.lhs, sp.Indexed) else "L"
-    form = batch_form(eq.lhs, eq.rhs) if isinstance(eq.lhs, sp.Indexed) else None
-    name = lambda b: naming.latex_base(b, notation)
-    if isinstance(form, Product):
+def _is_derivative(m):
+    m = m.arg if isinstance(m, sp.Transpose) else m
+    return isinstance(m, sp.MatrixSymbol) and m.name.split("|")[1] in ("fp", "fpa")
+
+
+def _shape(m):
+    r, c = m.shape
+    p = lambda v: "B" if v == naming.BATCH else sp.latex(v)
+    return rf"({p(r)} \times {p(c)})"
+
+
+def shapes(e):
+    """Dimension balancing: the shapes of the factors of a matrix expression."""
+    if isinstance(e, sp.MatAdd):
+        return " + ".join(shapes(a) for a in e.args)
+    if isinstance(e, sp.MatMul):
+        return "".join(shapes(a) for a in e.args)
+    if isinstance(e, sp.HadamardProduct):
+        args = sorted(e.args, key=lambda a: (not _is_derivative(a), sp.default_sort_key(a)))
+        return r" \odot ".join(shapes(a) for a in args)
+    return _shape(e)
+
+
+# --------------------------------------------------------------------------------------------
+# Matrix equations in the derivation's convention, and their form in a notation
+
+class MatEq:
+    """lhs = [sum over the batch] rhs, matrix expressions of own symbols."""
+
+    def __init__(self, lhs, rhs, summed=False):
+        self.lhs, self.rhs, self.summed = lhs, rhs, summed
+
+
+class Context:
+    """The network's matrices in one notation: our MatrixSymbols, the notation's own ones and
+    the substitution between them."""
+
+    def __init__(self, derivation, nt):
+        self.d, self.nt = derivation, nt
+        self.net = derivation.network
+        self.n = self.net.sizes
+        self.L = self.net.depth
+        self.functions = {}
+
+    def _shape(self, kind, layer, flavor):
+        n = self.n
+        if kind in ("W", "gW"):
+            return n[layer], n[layer - 1]
+        if kind == "Ja":
+            return n[layer], n[layer]
+        if kind == "Jz":
+            return n[layer - 1], n[layer]
+        if kind == "ones":
+            return naming.BATCH, 1
+        if kind == "y":
+            layer = self.L
+        if flavor == "batch":
+            return (1, n[layer]) if kind in ("b", "gb") else (naming.BATCH, n[layer])
+        return n[layer], 1
+
+    def ours(self, kind, layer, flavor):
+        return sp.MatrixSymbol(f"our|{kind}|{layer}|{flavor}", *self._shape(kind, layer, flavor))
+
+    def own(self, kind, layer, flavor):
+        r, c = self._shape(kind, layer, flavor)
+        if kind in self.nt.transposed[flavor]:
+            r, c = c, r
+        return sp.MatrixSymbol(f"own|{kind}|{layer}|{flavor}", r, c)
+
+    def convert(self, lhs, rhs, summed=False):
+        """An equation between our matrices, in the notation: own = ours or own^T = ours."""
+        def sub(e):
+            rep = {}
+            for m in e.atoms(sp.MatrixSymbol):
+                _, kind, layer, flavor = m.name.split("|")
+                layer = None if layer == "None" else int(layer)
+                own = self.own(kind, layer, flavor)
+                rep[m] = own.T if kind in self.nt.transposed[flavor] else own
+            return e.xreplace(rep).doit()
+        lhs, rhs = sub(lhs), sub(rhs)
+        if isinstance(lhs, sp.Transpose):
+            lhs, rhs = lhs.arg, rhs.T
+        return MatEq(lhs, rhs, summed)
+
+    def own_latex(self, name, flavor, sample):
+        _, kind, layer, _f = name.split("|")
+        layer = None if layer == "None" else int(layer)
+        s = "s" if sample and flavor != "batch" and kind not in ("W", "b", "gW", "gb", "ones") else None
+        if kind == "ones":
+            return r"\mathbf{1}"
+        if kind in ("fz", "fp", "fpa"):
+            act = self.net.layers[layer - 1].activation
+            z = self.nt.symbol("z", layer, flavor, s)
+            if kind == "fz":
+                return _call(act.latex, z)
+            if kind == "fp":
+                return _call(act.latex + "'", z)
+            rule = self.d.layers[layer - 1].rule
+            a_l, z_l = naming.quantity("a", layer), naming.quantity("z", layer)
+            form = rule.form.xreplace({naming.A: a_l[S, J], naming.Z: z_l[S, J]})
+            out = Printer(self, flavor, sample=bool(s), vector=True).doprint(form)
+            return rf"\left({out}\right)" if isinstance(form, sp.Add) else out
+        return self.nt.symbol(kind, layer, flavor, s)
+
+    # -- the derivation's equations as matrix equations (our convention)
+    def product(self, eq, flavor):
+        """The matrix form of a product or column sum equation, read off its index form."""
+        form = batch_form(eq.lhs, eq.rhs)
+        kind, layer = naming.parse(eq.lhs.base)
+        lhs = self.ours(kind, layer, flavor)
+
+        def mat(base):
+            return self.ours(*naming.parse(base), flavor)
+        if isinstance(form, ColumnSum):
+            arg = mat(form.arg)
+            if flavor == "batch":
+                return lhs, self.ours("ones", None, flavor).T * arg, False
+            return lhs, arg, True
+        if not isinstance(form, Product):
+            raise SymbpError(f"latex: no matrix form for {eq.name} = {eq.rhs}")
+        L, R = mat(form.left), mat(form.right)
+        opL = L.T if form.left_t else L
+        opR = R.T if form.right_t else R
+        if flavor == "batch":
+            rhs = opL * opR
+            if form.bias is not None:
+                rhs = rhs + self.ours("ones", None, flavor) * mat(form.bias)
+            return lhs, rhs, False
         if naming.S in eq.lhs.indices:
-            m = name(form.right) if form.right_t else rf"\left({name(form.right)}\right)^{{T}}"
-            out = f"{m} {name(form.left)}"
+            # row s of op(L) op(R), as a column: op(R)^T l
+            if form.left_t:
+                raise SymbpError(f"latex: no per-sample form for {eq.name}")
+            rhs = opR.T * L
+            if form.bias is not None:
+                rhs = rhs + mat(form.bias)
+            return lhs, rhs, False
+        # sum over the samples of outer products: op(L) op(R) = sum_s l r^T
+        if not form.left_t or form.right_t:
+            raise SymbpError(f"latex: no per-sample form for {eq.name}")
+        return lhs, L * R.T, True
+
+    def equation(self, eq, flavor):
+        return self.convert(*self.product(eq, flavor))
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks of the document
+
+class Doc:
+    """Sections of the document: each a title and blocks ("text", str) or ("align", rows)."""
+
+    def __init__(self):
+        self.sections = []
+
+    def section(self, title):
+        self.sections.append({"title": title, "blocks": []})
+
+    def text(self, s):
+        self.sections[-1]["blocks"].append({"kind": "text", "text": s})
+
+    def align(self, rows):
+        if rows:
+            self.sections[-1]["blocks"].append({"kind": "align", "rows": rows})
+
+
+def _row(lhs, rhs, note=""):
+    return {"lhs": lhs, "rhs": rhs, "note": note}
+
+
+def _has_sample_sum(e):
+    return any(lim[0] in SAMPLE for s in e.atoms(sp.Sum) for lim in s.limits)
+
+
+class Renderer:
+    def __init__(self, derivation, nt):
+        self.d, self.nt = derivation, nt
+        self.ctx = Context(derivation, nt)
+        self.net = derivation.network
+        self.L = self.net.depth
+        self.n = self.net.sizes
+        self.main = nt.main
+
+    # -- printing helpers
+    def pr(self, e, flavor="sample", **kw):
+        return Printer(self.ctx, flavor, **kw).doprint(e)
+
+    def index_rows(self, eq, flavor=None):
+        """The stages of an equation in index form, one row each (repeats skipped), labelled
+        with the pass that produced them."""
+        flavor = flavor or self.main
+        sample = _has_sample_sum(eq.rhs) or _has_sample_sum(eq.stages[0][1])
+        pr = Printer(self.ctx, flavor, sample=sample)
+        lhs = pr.doprint(eq.lhs) if isinstance(eq.lhs, sp.Indexed) else self.nt.loss
+        rows, prev = [], None
+        for name, e in eq.stages:
+            if prev is not None and e == prev:
+                continue
+            rows.append(_row(lhs, "= " + pr.doprint(e), rf"\text{{{_text(name)}}}"))
+            lhs, prev = "", e
+        if len(rows) == 1 and eq.stages[0][0] == "definition":
+            rows[0]["note"] = ""          # a definition needs no label
+        return rows
+
+    def sample_sum(self):
+        lo, hi = (1, "B") if self.nt.index_base == 1 else (0, "B - 1")
+        return rf"\sum_{{s={lo}}}^{{{hi}}}"
+
+    def mat_row(self, meq, flavor=None, lhs=None):
+        """A matrix equation with the shapes of its factors beside it (dimension balancing)."""
+        flavor = flavor or self.main
+        pr = Printer(self.ctx, flavor, sample=meq.summed)
+        rhs = pr.doprint(meq.rhs)
+        if meq.summed:
+            rhs = f"{self.sample_sum()} {rhs}"
+        return _row(pr.doprint(meq.lhs) if lhs is None else lhs, "= " + rhs,
+                    rf"{_shape(meq.lhs)} = {shapes(meq.rhs)}")
+
+    def small(self, *dims):
+        return all(int(d) <= SMALL for d in dims)
+
+    # -- the explicit matrices (per sample, our orientation: column vectors, denominator layout)
+    def explicit_ours(self, kind, layer):
+        lr = self.d.layers[layer - 1] if layer else None
+        n = self.n
+        if kind == "Ja":
+            jac = lr.jacobian[-1][1]
+            return sp.Matrix(n[layer], n[layer], lambda r, c: jac.xreplace({I: c, J: r}))
+        if kind == "Jz":
+            dz = lr.dz_da[-1][1]
+            return sp.Matrix(n[layer - 1], n[layer], lambda r, c: dz.xreplace({J: c, I: r}))
+        if kind == "delta":
+            base = naming.quantity("delta", layer)
+            return sp.Matrix(n[layer], 1, lambda r, c: base[S, r])
+        if kind == "ga":
+            rhs = self.d[f"ga{layer}"].rhs
+            return sp.Matrix(n[layer], 1, lambda r, c: rhs.xreplace({J: r}))
+        raise KeyError(kind)
+
+    def explicit(self, mapping):
+        """{own name: Matrix in the notation's orientation} for our (kind, layer) pairs."""
+        out = {}
+        for kind, layer, m in mapping:
+            own = self.ctx.own(kind, layer, "sample")
+            out[own.name] = m.T if kind in self.nt.transposed["sample"] else m
+        return out
+
+    def own_vector(self, kind, m):
+        return m.T if kind in self.nt.transposed["sample"] else m
+
+    # -- sections
+    def setup(self, doc):
+        doc.section("The network")
+        rows = []
+        for l, layer in enumerate(self.net.layers, start=1):
+            W = self.ctx.own("W", l, self.main)
+            b = self.ctx.own("b", l, self.main)
+            pr = Printer(self.ctx, self.main)
+            rows.append({
+                "layer": l, "width": layer.units, "activation": _text(layer.activation.name),
+                "f": self.pr(layer.activation.definition, scalars=self.scalar_names()),
+                "params": rf"{pr.doprint(W)} \in \mathbb{{R}}^{{{W.shape[0]} \times {W.shape[1]}}},\ "
+                          rf"{pr.doprint(b)} \in \mathbb{{R}}^{{{b.shape[0]} \times {b.shape[1]}}}",
+            })
+            if not layer.activation.elementwise:
+                rows[-1]["f"] = rf"{layer.activation.latex}"
+        self.table = rows
+        loss = self.net.loss
+        red = ("the mean over a batch of $B$ samples" if self.net.reduction == "mean"
+               else "the sum over a batch of $B$ samples")
+        doc.text(rf"Input width $n_0 = {self.n[0]}$; loss: {_text(loss.doc)}, summed over the "
+                 rf"{self.n[-1]} output unit{'s' if self.n[-1] > 1 else ''} and taken as {red}. "
+                 r"Every derivative below was computed by SymPy (\texttt{sympy.diff}) and simplified "
+                 r"by symbp's passes; nothing is written by hand.")
+        doc.text(rf"\textbf{{Notation: {_text(self.nt.name)}}} --- {self.nt.title}. {self.nt.note} "
+                 + self.index_note())
+
+    def index_note(self):
+        first = "0" if self.nt.index_base == 0 else "1"
+        widths = ", ".join(f"n_{{{l}}} = {w}" for l, w in enumerate(self.n))
+        if self.main == "batch":
+            smp = r"In index form the first index of a batch matrix is the sample $s$."
         else:
-            out = rf"\sum_{{s}} {name(form.left)} \left({name(form.right)}\right)^{{T}}"
-        if form.bias is not None:
-            out += f" + {name(form.bias)}"
-        return f"{lhs} = {out}"
-    if isinstance(form, ColumnSum):
-        return rf"{lhs} = \sum_{{s}} {name(form.arg)}"
-    return f"{lhs} = {p.doprint(eq.rhs)}"
+            smp = (r"The equations are those of one sample; where the sum over the batch is written "
+                   r"out, a superscript $(s)$ names the sample.")
+        return (rf"Indices count from {first}; the widths are ${widths}$. {smp} "
+                + (rf"Derivatives of ${self.nt.loss}$ include the factor $1/B$ of the mean."
+                   if self.net.reduction == "mean" else ""))
+
+    def scalar_names(self):
+        pre, post = self.nt.scalars
+        return {naming.Z: pre, naming.A: post, naming.Y: "y"}
+
+    def forward(self, doc):
+        doc.section("Forward pass")
+        fl = self.main
+        rows = []
+        for l in range(1, self.L + 1):
+            rows.append(self.mat_row(self.ctx.equation(self.d[f"z{l}"], fl)))
+            a = self.ctx.convert(self.ctx.ours("a", l, fl), self.ctx.ours("fz", l, fl))
+            rows.append(self.mat_row(a))
+        doc.text("In matrix form, with the shapes of the factors (dimension balancing):")
+        doc.align(rows)
+        doc.text("Entry by entry, as SymPy holds them:")
+        rows = []
+        for l in range(1, self.L + 1):
+            rows += self.index_rows(self.d[f"z{l}"])
+            rows += self.index_rows(self.d[f"a{l}"])
+        doc.align(rows)
+        doc.text(rf"The loss of the batch ({_text(self.net.loss.name)}, {self.net.reduction}):")
+        doc.align(self.index_rows(self.d["loss"]))
+
+    def local(self, doc):
+        doc.section("Local derivatives")
+        legend = "; ".join(rf"\emph{{{_text(k)}}}: {_text(v)}" for k, v in STAGE_DOCS.items())
+        doc.text(r"Each line is one stage of SymPy's work, labelled on the right: " + legend + ".")
+        groups = []          # (activation, layers): elementwise rules once, softmax per layer
+        for lr in self.d.layers:
+            same = [g for g in groups if lr.rule is not None and g[0] == lr.activation]
+            if same:
+                same[0][1].append(lr.layer)
+            else:
+                groups.append((lr.activation, [lr.layer]))
+        for _, layers in groups:
+            lr = self.d.layers[layers[0] - 1]
+            act = lr.activation
+            which = ", ".join(str(l) for l in layers)
+            if lr.rule is None:
+                self.softmax_rule(doc, lr)
+                continue
+            names = self.scalar_names()
+            pre, post = self.nt.scalars
+            zsym = naming.Z
+            fname = _call(act.latex + "'", pre)
+            doc.text(rf"Layer{'s' if len(layers) > 1 else ''} {which}: {_text(act.name)}, "
+                     rf"${_call(act.latex, pre)} = {self.pr(act.definition, scalars=names)}$.")
+            rows, prev, first = [], None, True
+            for name, e in lr.rule.stages:
+                if prev is not None and e == prev:
+                    continue
+                if name == "forward_outputs" and lr.rule.uses == "a":
+                    fn = sp.Function(f"act{lr.layer}")(zsym)
+                    self.ctx.functions[f"act{lr.layer}"] = act.latex
+                    mid = lr.rule.form.xreplace({naming.A: fn})
+                    if mid != lr.rule.form and mid != prev:
+                        rows.append(_row("", "= " + self.pr(mid, scalars=names),
+                                         rf"\text{{in terms of }} {_call(act.latex, pre)}"))
+                    rows.append(_row("", "= " + self.pr(e, scalars=names),
+                                     rf"\text{{forward\_outputs: }} {post} = {_call(act.latex, pre)}"))
+                else:
+                    rows.append(_row(fname if first else "", "= " + self.pr(e, scalars=names),
+                                     rf"\text{{{_text(name)}}}"))
+                prev, first = e, False
+            doc.align(rows)
+            note = self.kink_note(lr)
+            if note:
+                doc.text(note)
+            if lr.rule.uses == "z":
+                doc.text(rf"No exact rewriting of ${act.latex}'$ in terms of ${post}$ exists: the "
+                         rf"backward pass reads the stored ${pre}$.")
+
+    def kink_note(self, lr):
+        """The one-sided value used where the activation is not differentiable."""
+        derived = lr.rule.stages[0][1]
+        used = [e for name, e in lr.rule.stages if name == "kink"][0]
+        z = naming.Z
+        # candidate kinks: where a step, a sign or a branch of the derived derivative switches
+        switches = [f.args[0] for f in derived.atoms(sp.Heaviside, sp.sign)]
+        for pw in derived.atoms(sp.Piecewise):
+            switches += [c.lhs - c.rhs for _, c in pw.args if isinstance(c, sp.core.relational.Relational)]
+        points = []
+        for u in sorted(switches, key=sp.default_sort_key):
+            try:
+                points += [p for p in sp.solve(u, z) if p.is_real]
+            except (NotImplementedError, ValueError, TypeError):
+                continue
+        notes = []
+        eps = sp.Symbol("epsilon", positive=True)
+        act = lr.activation
+        pre, _ = self.nt.scalars
+        for p0 in sorted(set(points), key=sp.default_sort_key):
+            left = sp.limit(used.xreplace({z: p0 - eps}), eps, 0, "+")
+            right = sp.limit(used.xreplace({z: p0 + eps}), eps, 0, "+")
+            if left == right:
+                continue
+            value = used.xreplace({z: p0})
+            side = ("the derivative from the left" if value == left else
+                    "the derivative from the right" if value == right else "a convention")
+            notes.append(rf"At ${pre} = {sp.latex(p0)}$ {_text(act.name)} is not differentiable "
+                         rf"(derivative ${sp.latex(left)}$ from the left, ${sp.latex(right)}$ from the "
+                         rf"right); symbp uses ${act.latex}'({sp.latex(p0)}) = {sp.latex(value)}$, {side} "
+                         r"(the kink pass; the generated kernels use the same value).")
+        return " ".join(notes)
+
+    def softmax_rule(self, doc, lr):
+        l = lr.layer
+        act = lr.activation
+        a, z = naming.quantity("a", l), naming.quantity("z", l)
+        lhs = sp.Derivative(a[S, I], z[S, J], evaluate=False)
+        pr = Printer(self.ctx, "sample")
+        fwd = self.d[f"a{l}"]
+        doc.text(rf"Layer {l}: {_text(act.name)} is a vector activation, "
+                 rf"${pr.doprint(fwd.lhs)} = {pr.doprint(fwd.rhs)}$: every output depends on every "
+                 r"input, and SymPy differentiates the quotient:")
+        rows, prev, first = [], None, True
+        for name, e in lr.jacobian:
+            if prev is not None and e == prev:
+                continue
+            rows.append(_row(pr.doprint(lhs) if first else "", "= " + pr.doprint(e), rf"\text{{{_text(name)}}}"))
+            prev, first = e, False
+        doc.align(rows)
+
+    def jacobians(self, doc):
+        doc.section("Jacobians")
+        lay = ("one row per entry of the variable (denominator layout)" if self.nt.layout == "denominator"
+               else "one row per entry of the function (numerator layout)")
+        doc.text(rf"Jacobians are written with {lay}; they are shown in full where both sizes are at "
+                 rf"most {SMALL}. In index form $\delta_{{ij}}$ is the Kronecker delta (1 if $i = j$, "
+                 r"else 0).")
+        pr = Printer(self.ctx, "sample")
+        for lr in self.d.layers:
+            l = lr.layer
+            a, z = naming.quantity("a", l), naming.quantity("z", l)
+            ap = naming.quantity("a", l - 1)
+            W, b = naming.quantity("W", l), naming.quantity("b", l)
+            P, Q = naming.P, naming.Q
+            kindtxt = "diagonal (elementwise activation)" if lr.rule is not None else "full (vector activation)"
+            doc.text(rf"Layer {l}: the activation Jacobian is {kindtxt}; the affine map "
+                     rf"${self.affine(l)}$ gives the others (SymPy's derivatives of the index form).")
+            rows = [
+                _row(pr.doprint(sp.Derivative(a[S, I], z[S, J], evaluate=False)), "= " + pr.doprint(lr.jacobian[-1][1])),
+                _row(pr.doprint(sp.Derivative(z[S, J], ap[S, I], evaluate=False)), "= " + pr.doprint(lr.dz_da[-1][1])),
+                _row(pr.doprint(sp.Derivative(z[S, J], W[P, Q], evaluate=False)), "= " + pr.doprint(lr.dz_dW[-1][1])),
+                _row(pr.doprint(sp.Derivative(z[S, J], b[P], evaluate=False)), "= " + pr.doprint(lr.dz_db[-1][1])),
+            ]
+            doc.align(rows)
+            rows = []
+            if self.small(self.n[l]):
+                Ja = self.ctx.own("Ja", l, "sample")
+                ex = self.explicit([("Ja", l, self.explicit_ours("Ja", l))])
+                rows.append(_row(pr.doprint(Ja), "= " + Printer(self.ctx, "sample", explicit=ex).doprint(Ja)))
+            jz = self.jz_form(lr)
+            Jz = self.ctx.own("Jz", l, "sample")
+            if jz is not None:
+                rows.append(_row(pr.doprint(Jz), "= " + pr.doprint(jz.rhs), rf"{_shape(Jz)}"))
+            if self.small(self.n[l], self.n[l - 1]):
+                ex = self.explicit([("Jz", l, self.explicit_ours("Jz", l))])
+                rows.append(_row("" if jz is not None else pr.doprint(Jz),
+                                 "= " + Printer(self.ctx, "sample", explicit=ex).doprint(Jz)))
+            doc.align(rows)
+
+    def affine(self, l):
+        """The affine map of layer l for one sample, in the notation (inline math)."""
+        eq = self.ctx.equation(self.d[f"z{l}"], "sample")
+        pr = Printer(self.ctx, "sample")
+        return f"{pr.doprint(eq.lhs)} = {pr.doprint(eq.rhs)}"
+
+    def vec_bmatrix(self, pr, m):
+        """A vector's entries; a long row is printed as a transposed column."""
+        if m.rows == 1 and m.cols > 1:
+            return pr._bmatrix(m.T) + "^{T}"
+        return pr._bmatrix(m)
+
+    def jz_form(self, lr):
+        """dz/da_prev as a matrix when SymPy's entry is a weight: W^T in our layout."""
+        l = lr.layer
+        e = lr.dz_da[-1][1]
+        W = naming.quantity("W", l)
+        ours = self.ctx.ours("W", l, "sample")
+        if e == W[J, I]:
+            rhs = ours.T
+        elif e == W[I, J]:
+            rhs = ours
+        else:
+            return None
+        return self.ctx.convert(self.ctx.ours("Jz", l, "sample"), rhs)
+
+    def output(self, doc):
+        L = self.L
+        lr = self.d.layers[-1]
+        doc.section("Output layer: the chain rule")
+        a, z = naming.quantity("a", L), naming.quantity("z", L)
+        ga = naming.quantity("ga", L)
+        delta = naming.quantity("delta", L)
+        pr = Printer(self.ctx, "sample")
+        chain = sp.Sum(ga[S, I] * sp.Derivative(a[S, I], z[S, J], evaluate=False), (I, 0, naming.width(L) - 1))
+        doc.text(rf"The loss reaches ${self.nt.symbol('z', L, 'sample')}$ (the output layer, {L}) only "
+                 r"through the activation, so "
+                 r"the error of the output layer is the derivative of the loss times the activation "
+                 r"Jacobian:")
+        fl = "sample"
+        jac = self.ctx.convert(self.ctx.ours("delta", L, fl),
+                               self.ctx.ours("Ja", L, fl) * self.ctx.ours("ga", L, fl))
+        rows = [_row(pr.doprint(delta[S, J]), "= " + pr.doprint(chain)), self.mat_row(jac, flavor=fl)]
+        doc.align(rows)
+        doc.text("SymPy differentiates the loss with respect to the output activation:")
+        doc.align(self.index_rows(self.d[f"ga{L}"]))
+        doc.text("and multiplies by the activation Jacobian, summing over $i$:")
+        eq = self.d[f"delta{L}"]
+        doc.align(self.index_rows(eq))
+        cancel = self.cancellation()
+        if cancel:
+            doc.text(cancel)
+        rows = []
+        if lr.rule is not None:
+            fp = self.ctx.convert(self.ctx.ours("delta", L, self.main),
+                                  sp.HadamardProduct(self.ctx.ours("fp", L, self.main), self.ctx.ours("ga", L, self.main)))
+            rows.append(self.mat_row(fp))
+        lhs = Printer(self.ctx, self.main).doprint(self.ctx.own("delta", L, self.main))
+        rows.append(_row(lhs if not rows else "", "= " + self.vector_rhs(eq, self.main), ""))
+        doc.text("As vectors (products and quotients of vectors elementwise):")
+        doc.align(rows)
+        if self.small(self.n[L]):
+            ex = self.explicit([("Ja", L, self.explicit_ours("Ja", L)), ("ga", L, self.explicit_ours("ga", L))])
+            res = sp.Matrix(self.n[L], 1, lambda r, c: eq.rhs.xreplace({J: r}))
+            pe = Printer(self.ctx, "sample", explicit=ex)
+            doc.text("Entry by entry, for one sample:")
+            doc.align([_row(pr.doprint(jac.lhs), "= " + pe.doprint(jac.rhs)),
+                       _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
+
+    def vector_rhs(self, eq, flavor):
+        """An elementwise equation's right side as whole vectors; transposed to a row where the
+        notation's quantity of the left side is a row (the gradients of seed 002)."""
+        out = Printer(self.ctx, flavor, vector=True).doprint(eq.rhs)
+        if naming.parse(eq.lhs.base)[0] in self.nt.transposed[flavor]:
+            out = rf"\left({out}\right)^{{T}}"
+        return out
+
+    def cancellation(self):
+        L = self.L
+        a, y = naming.quantity("a", L), naming.quantity("y")
+        ga, delta = self.d[f"ga{L}"], self.d[f"delta{L}"]
+        err = self.d.batch_factor * (a[S, J] - y[S, J])
+        if sp.expand(delta.rhs - err) != 0:
+            return ""
+        den = sp.fraction(sp.together(ga.rhs))[1]
+        if not den.has(a) and self.d.layers[-1].rule is not None:
+            return ""
+        changed = [n for (n, e), (_, prev) in zip(delta.stages[1:], delta.stages) if e != prev]
+        how = " with $\\sum_i y_i = 1$ for one-hot targets (onehot)" if "onehot" in changed else ""
+        pr = Printer(self.ctx, self.main, vector=True)
+        act = self.d.layers[-1].activation
+        return (rf"The derivative of the {_text(act.name)} output cancels against the derivative of "
+                rf"the {_text(self.net.loss.name)} loss{how}: what is left is the prediction error, "
+                rf"${pr.doprint(delta.lhs)} = {self.vector_rhs(delta, self.main)}$.")
+
+    def backward(self, doc):
+        if self.L < 2:
+            return
+        doc.section(r"Backward pass: the delta recursion")
+        doc.text(r"Each hidden layer receives the error of the layer above through that layer's "
+                 r"weights (the backward step of its affine map), then multiplies it elementwise "
+                 r"(Hadamard product $\odot$) by the derivative of its own activation, written in terms "
+                 r"of the stored forward outputs.")
+        for l in range(self.L - 1, 0, -1):
+            lr = self.d.layers[l - 1]
+            fl = self.main
+            doc.text(rf"\textbf{{Layer {l}.}}")
+            ga = self.ctx.equation(self.d[f"ga{l}"], fl)
+            rows = [self.mat_row(ga)]
+            if lr.rule is not None:
+                ours_ga = self.ctx.product(self.d[f"ga{l}"], fl)[1]
+                had = sp.HadamardProduct(self.ctx.ours("fp", l, fl), ours_ga)
+                comb = self.ctx.convert(self.ctx.ours("delta", l, fl), had)
+                rows.append(self.mat_row(comb))
+                hada = sp.HadamardProduct(self.ctx.ours("fpa", l, fl), ours_ga)
+                comba = self.ctx.convert(self.ctx.ours("delta", l, fl), hada)
+                rows.append(self.mat_row(comba, lhs=""))
+            fs = "sample"
+            chain = self.ctx.convert(self.ctx.ours("delta", l, fs),
+                                     self.ctx.ours("Ja", l, fs) * self.ctx.ours("Jz", l + 1, fs)
+                                     * self.ctx.ours("delta", l + 1, fs))
+            doc.align(rows)
+            doc.text("With the Jacobians, for one sample:")
+            doc.align([self.mat_row(chain, flavor=fs)])
+            doc.text("In index form, SymPy's stages:")
+            doc.align(self.index_rows(self.d[f"ga{l}"]) + self.index_rows(self.d[f"delta{l}"]))
+            if self.small(self.n[l], self.n[l + 1]):
+                ex = self.explicit([("Ja", l, self.explicit_ours("Ja", l)),
+                                    ("Jz", l + 1, self.explicit_ours("Jz", l + 1)),
+                                    ("delta", l + 1, self.explicit_ours("delta", l + 1))])
+                res = self.hidden_delta_entries(l)
+                pe = Printer(self.ctx, "sample", explicit=ex)
+                doc.text("Entry by entry:")
+                doc.align([_row(Printer(self.ctx, "sample").doprint(chain.lhs), "= " + pe.doprint(chain.rhs)),
+                           _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
+
+    def hidden_delta_entries(self, l):
+        """delta^l entries with dL/da^l replaced by its equation, at the network's widths."""
+        ga_eq, d_eq = self.d[f"ga{l}"], self.d[f"delta{l}"]
+        widths = {naming.width(k): self.n[k] for k in range(len(self.n))}
+        ga = naming.quantity("ga", l)
+
+        def entry(r):
+            e = d_eq.rhs.xreplace({J: r}).xreplace(widths).doit()
+            rep = {x: ga_eq.rhs.xreplace({I: x.indices[1]}).xreplace(widths).doit()
+                   for x in e.atoms(sp.Indexed) if x.base == ga}
+            return e.xreplace(rep)
+        return sp.Matrix(self.n[l], 1, lambda r, c: entry(r))
+
+    def gradients(self, doc):
+        doc.section("Parameter gradients")
+        doc.text(r"The parameters of a layer enter only through its affine map, so each parameter "
+                 r"gradient is the layer's error times the derivative of the affine map, summed over the "
+                 r"samples of the batch.")
+        for l in range(1, self.L + 1):
+            doc.text(rf"\textbf{{Layer {l}.}}")
+            rows = [self.mat_row(self.ctx.equation(self.d[f"gW{l}"], self.main)),
+                    self.mat_row(self.ctx.equation(self.d[f"gb{l}"], self.main))]
+            doc.align(rows)
+            doc.align(self.index_rows(self.d[f"gW{l}"]) + self.index_rows(self.d[f"gb{l}"]))
+            if self.small(self.n[l], self.n[l - 1]):
+                gW = self.d[f"gW{l}"].rhs
+                summand = gW.function if isinstance(gW, sp.Sum) else gW
+                P, Q = naming.P, naming.Q
+                m = sp.Matrix(self.n[l], self.n[l - 1], lambda r, c: summand.xreplace({P: r, Q: c}))
+                own = self.ctx.own("gW", l, self.main)
+                m = m.T if "gW" in self.nt.transposed[self.main] else m
+                pr = Printer(self.ctx, self.main, sample=True)
+                doc.align([_row(Printer(self.ctx, self.main).doprint(own),
+                                f"= {self.sample_sum()} " + pr._bmatrix(m))])
+
+    def input_grad(self, doc):
+        doc.section("Gradient with respect to the input")
+        doc.text("The same step as the recursion, without an activation below: "
+                 "backpropagation to the data (seed 002, section 14.9).")
+        doc.align([self.mat_row(self.ctx.equation(self.d["ga0"], self.main))])
+        doc.align(self.index_rows(self.d["ga0"]))
+
+    def vanishing(self, doc):
+        sig = [lr for lr in self.d.layers if lr.activation.name == "sigmoid"]
+        if not sig:
+            return
+        lr = sig[0]
+        bound = sp.maximum(lr.rule.derivative, naming.Z, sp.S.Reals)
+        pre, post = self.nt.scalars
+        names = self.scalar_names()
+        act = lr.activation
+        doc.section("Remark: the vanishing gradient")
+        text = (rf"SymPy's maximum of the sigmoid's derivative over the real line is "
+                rf"${act.latex}'({pre}) = {self.pr(lr.rule.form, scalars=names)} \le {sp.latex(bound)}$ "
+                rf"(at ${pre} = 0$, ${post} = \tfrac12$). Every sigmoid layer the error passes on its way "
+                r"back multiplies it elementwise by this derivative:")
+        doc.text(text)
+        rows, k = [], 0
+        fl = self.main
+        for l in range(self.L - 1, 0, -1):
+            if self.d.layers[l - 1].activation.name != "sigmoid":
+                continue
+            k += 1
+            ga = self.ctx.equation(self.d[f"ga{l}"], fl)
+            pr = Printer(self.ctx, fl)
+            rows.append(_row(rf"\lVert {pr.doprint(self.ctx.own('delta', l, fl))} \rVert_{{\infty}}",
+                             rf"\le {sp.latex(bound)} \lVert {pr.doprint(ga.rhs)} \rVert_{{\infty}}"))
+        if self.cancellation() == "" and self.d.layers[-1].activation.name == "sigmoid":
+            k += 1
+        doc.align(rows)
+        if k:
+            doc.text(rf"The gradient that reaches $W$ of the first layer carries {k} such factor"
+                     rf"{'s' if k > 1 else ''}, together at most ${sp.latex(bound ** k)}$ (times the "
+                     r"weights): with many sigmoid layers the gradients of the early layers vanish "
+                     r"(seed 003).")
+        else:
+            doc.text(r"In this network the output's derivative cancels against the loss and no hidden "
+                     r"layer is a sigmoid, so no such factor appears; each added sigmoid layer would "
+                     rf"bring one, at most ${sp.latex(bound)}$.")
+
+    def summary_rows(self):
+        fl = self.main
+        rows = []
+        for l in range(1, self.L + 1):
+            rows.append(self.mat_row(self.ctx.equation(self.d[f"z{l}"], fl)))
+            rows.append(self.mat_row(self.ctx.convert(self.ctx.ours("a", l, fl), self.ctx.ours("fz", l, fl))))
+        eq = self.d[f"delta{self.L}"]
+        lhs = Printer(self.ctx, fl).doprint(self.ctx.own("delta", self.L, fl))
+        rows.append(_row(lhs, "= " + self.vector_rhs(eq, fl),
+                         rf"{_shape(self.ctx.own('delta', self.L, fl))}"))
+        for l in range(self.L - 1, 0, -1):
+            lr = self.d.layers[l - 1]
+            ours_ga = self.ctx.product(self.d[f"ga{l}"], fl)[1]
+            if lr.rule is not None:
+                had = sp.HadamardProduct(self.ctx.ours("fpa", l, fl), ours_ga)
+                rows.append(self.mat_row(self.ctx.convert(self.ctx.ours("delta", l, fl), had)))
+            else:
+                rows.append(self.mat_row(self.ctx.equation(self.d[f"ga{l}"], fl)))
+        for l in range(self.L, 0, -1):
+            rows.append(self.mat_row(self.ctx.equation(self.d[f"gW{l}"], fl)))
+            rows.append(self.mat_row(self.ctx.equation(self.d[f"gb{l}"], fl)))
+        rows.append(self.mat_row(self.ctx.equation(self.d["ga0"], fl)))
+        return rows
 
 
 def render(derivation, notation="cs231n", document=False):
-    if notation not in NOTATIONS:
-        raise SymbpError(f"notation: unknown notation {notation!r} (expected one of: {', '.join(NOTATIONS)})")
-    ip = IndexPrinter(notation)
+    nt = _notation.get(notation)
+    r = Renderer(derivation, nt)
+    env = environment()
+    if not document:
+        return env.get_template("latex/derivation.tex.j2").render(
+            document=False, summary=r.summary_rows())
+    doc = Doc()
+    r.setup(doc)
+    r.forward(doc)
+    r.local(doc)
+    r.jacobians(doc)
+    r.output(doc)
+    r.backward(doc)
+    r.gradients(doc)
+    r.input_grad(doc)
+    r.vanishing(doc)
     net = derivation.network
-    sections = []
-    groups = (("Forward pass", ("forward_z", "forward_a", "loss")),
-              ("Output layer", ("loss_grad", "output_delta")),
-              ("Delta recursion", ("backprop", "delta")),
-              ("Parameter gradients", ("grad_W", "grad_b")),
-              ("Gradient with respect to the input", ("input_grad",)))
-    for title, kinds in groups:
-        rows = []
-        for e in derivation.of_kind(*kinds):
-            lhs = ip.doprint(e.lhs) if isinstance(e.lhs, sp.Indexed) else "L"
-            rows.append((f"{lhs} &= {ip.doprint(e.rhs)}", _matrix_form(e, notation)))
-        sections.append((title, rows))
-    rules = []
-    for lr in derivation.layers:
-        if lr.rule is not None:
-            zs = sp.Symbol("z")
-            f = ip.doprint(lr.activation.definition)
-            raw = ip.doprint(lr.rule.derivative)
-            form = ip.doprint(lr.rule.form)
-            rules.append((lr.layer, lr.activation.name, f, raw, form, lr.rule.uses))
-        else:
-            jac = ip.doprint(lr.jacobian[-1][1])
-            rules.append((lr.layer, lr.activation.name, None, None, jac, "a"))
-    ctx = {"network": str(net), "sections": sections, "rules": rules, "document": document,
-           "sigmoid": any(l.activation.name == "sigmoid" for l in net.layers)}
-    return environment().get_template("latex/derivation.tex.j2").render(**ctx)
+    arch = "--".join(str(n) for n in net.sizes)
+    return env.get_template("latex/derivation.tex.j2").render(
+        document=True, name=_text(net.name), arch=arch,
+        acts=", ".join(_text(l.activation.name) for l in net.layers),
+        loss=_text(net.loss.name), notation=_text(nt.name), table=r.table,
+        sections=doc.sections, summary=r.summary_rows())
+
+
+def _first_error(log):
+    for line in log.splitlines():
+        if line.startswith("!"):
+            return line.strip()
+    return "no error line in the log"
+
+
+def write_document(derivation, path, notation="cs231n", pdf=False):
+    """Write the LaTeX document to ``path`` (atomically); with ``pdf=True`` compile it first
+    and write the PDF beside it (same stem). Returns the list of paths written."""
+    from ..codegen.load import write
+    path = Path(path)
+    tex = render(derivation, notation=notation, document=True)
+    if not pdf:
+        write(path, tex)
+        return [path]
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        raise SymbpError("--pdf: pdflatex not found on PATH (install texlive-latex-base and "
+                         "texlive-latex-recommended); nothing written")
+    out_pdf = path.with_suffix(".pdf")
+    with tempfile.TemporaryDirectory(prefix="symbp-latex-") as tmp:
+        src = Path(tmp) / "document.tex"
+        src.write_text(tex, encoding="utf-8")
+        try:
+            run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", "-no-shell-escape",
+                                  src.name], cwd=tmp, capture_output=True, text=True, timeout=300)
+            ok = run.returncode == 0 and (Path(tmp) / "document.pdf").exists()
+        except subprocess.TimeoutExpired:
+            ok = False
+        if not ok:
+            logsrc = Path(tmp) / "document.log"
+            log = logsrc.read_text(encoding="utf-8", errors="replace") if logsrc.exists() else ""
+            logdst = path.with_suffix(".log")
+            write(logdst, log)
+            raise SymbpError(f"--pdf: pdflatex failed on {path.name} ({_first_error(log)}); "
+                             f"see the log {logdst}; nothing else written")
+        out_pdf.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_pdf = tempfile.mkstemp(dir=out_pdf.parent, prefix=f".{out_pdf.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(Path(tmp) / "document.pdf", tmp_pdf)
+            write(path, tex)
+            os.replace(tmp_pdf, out_pdf)
+        except BaseException:
+            if os.path.exists(tmp_pdf):
+                os.unlink(tmp_pdf)
+            raise
+    return [path, out_pdf]

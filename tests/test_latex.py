@@ -1,0 +1,375 @@
+"""The LaTeX document of a Derivation: it compiles for every valid output activation x loss x
+notation, each notation's matrix equations are correct in its own convention (checked with
+numbers, not only as text), the explicit Jacobians carry the derived entries, and the output is
+deterministic."""
+import os
+import shutil
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symbp
+from symbp import naming
+from symbp.errors import SpecError, SymbpError
+from symbp.functions import ACTIVATIONS, LOSSES
+from symbp.render import latex
+from symbp.render.latex import NOTATIONS, Context, render, write_document
+from symbp.render.notation import get
+
+HAVE_PDFLATEX = shutil.which("pdflatex") is not None
+needs_pdflatex = pytest.mark.skipif(not HAVE_PDFLATEX, reason="pdflatex not installed")
+HIDDEN = [name for name, act in ACTIVATIONS.items() if act.elementwise]
+
+
+def _valid(out, loss):
+    try:
+        symbp.mlp([2, 3, 2], ["tanh", out], loss)
+    except SpecError:
+        return False
+    return True
+
+
+# Every output activation x loss the network validator accepts; the hidden activation walks
+# through the elementwise table so that each one is rendered as a hidden layer too.
+COMBOS = [(out, loss) for out in ACTIVATIONS for loss in LOSSES if _valid(out, loss)]
+CASES = [(HIDDEN[k % len(HIDDEN)], out, loss) for k, (out, loss) in enumerate(COMBOS)]
+
+
+@lru_cache(maxsize=None)
+def derivation(sizes, acts, loss, reduction="mean"):
+    return symbp.derive(symbp.mlp(list(sizes), list(acts), loss, reduction=reduction, name="net"))
+
+
+def _compile(tex, tmp_path):
+    (tmp_path / "doc.tex").write_text(tex)
+    run = subprocess.run(["pdflatex", "-halt-on-error", "-interaction=nonstopmode", "doc.tex"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+def test_every_valid_combination_is_covered():
+    assert {"bce", "ce", "mse", "sse"} <= {loss for _, loss in COMBOS}
+    assert ("softmax", "bce") not in COMBOS and ("sigmoid", "ce") not in COMBOS
+    assert ("sigmoid", "bce") in COMBOS and ("softmax", "ce") in COMBOS
+    assert set(HIDDEN) <= {h for h, _, _ in CASES}
+
+
+@needs_pdflatex
+@pytest.mark.parametrize("notation", NOTATIONS)
+@pytest.mark.parametrize("hidden,out,loss", CASES)
+def test_document_compiles(hidden, out, loss, notation, tmp_path):
+    d = derivation((2, 3, 2), (hidden, out), loss)
+    _compile(render(d, notation, document=True), tmp_path)
+
+
+@needs_pdflatex
+@pytest.mark.parametrize("notation", NOTATIONS)
+@pytest.mark.parametrize("sizes,acts,loss,reduction", [
+    ((3, 2), ("softmax",), "ce", "sum"),                                            # one layer
+    ((2, 3, 2, 1), ("relu", "leaky_relu", "sigmoid"), "bce", "mean"),              # deep, kinks
+    ((6, 5, 4), ("softplus", "softmax"), "ce", "mean"),                             # too big to show
+])
+def test_other_shapes_compile(sizes, acts, loss, reduction, notation, tmp_path):
+    _compile(render(derivation(sizes, acts, loss, reduction), notation, document=True), tmp_path)
+
+
+@needs_pdflatex
+def test_user_activation_in_z_compiles(tmp_path):
+    d = symbp.derive(symbp.load(Path(__file__).parent.parent / "examples/specs/swish.toml"))
+    tex = render(d, "cs231n", document=True)
+    assert r"in terms of $a$ exists: the backward pass reads the stored $z$" in tex
+    _compile(tex, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conventions, checked with numbers: each notation's matrix equations (the SymPy matrix
+# expressions the document prints) evaluated with its own matrices must give its own gradients.
+
+RNG = np.random.default_rng(7)
+B = 4
+SIZES = (2, 3, 2)
+
+
+def _ours():
+    """Batch values in the derivation's convention: rows are samples, W is (n_out, n_in)."""
+    n = SIZES
+    v = {("a", 0): RNG.normal(size=(B, n[0]))}
+    for l in (1, 2):
+        v[("W", l)] = RNG.normal(size=(n[l], n[l - 1]))
+        v[("b", l)] = RNG.normal(size=n[l])
+        v[("a", l)] = RNG.normal(size=(B, n[l]))
+        v[("delta", l)] = RNG.normal(size=(B, n[l]))
+        v[("Ja", l)] = RNG.normal(size=(B, n[l], n[l]))      # per-sample Jacobians, our layout
+    for l in (1, 2):       # the relations that define our convention
+        v[("z", l)] = v[("a", l - 1)] @ v[("W", l)].T + v[("b", l)]
+        v[("ga", l - 1)] = v[("delta", l)] @ v[("W", l)]
+        v[("gW", l)] = v[("delta", l)].T @ v[("a", l - 1)]
+        v[("gb", l)] = v[("delta", l)].sum(axis=0)
+    v[("Jz", 2)] = v[("W", 2)].T
+    return v
+
+
+OURS = _ours()
+
+
+def _own(nt, flavor, kind, layer, s):
+    if kind == "ones":
+        return np.ones((B, 1))
+    x = OURS[(kind, layer)]
+    if kind in ("W", "gW", "Jz"):
+        m = x
+    elif kind == "Ja":
+        m = x[s]
+    elif kind in ("b", "gb"):
+        m = x.reshape(-1, 1) if flavor == "sample" else x.reshape(1, -1)
+    else:
+        m = x[s].reshape(-1, 1) if flavor == "sample" else x
+    return m.T if kind in nt.transposed[flavor] else m
+
+
+def _value(nt, expr, s):
+    rep = {}
+    for m in expr.atoms(sp.MatrixSymbol):
+        _, kind, layer, flavor = m.name.split("|")
+        rep[m] = sp.Matrix(_own(nt, flavor, kind, None if layer == "None" else int(layer), s))
+    return np.array(expr.xreplace(rep).doit(), dtype=float)
+
+
+def _check(nt, meq):
+    _, kind, layer, flavor = meq.lhs.name.split("|")
+    samples = range(B) if flavor == "sample" else [None]
+    if meq.summed:
+        got = sum(_value(nt, meq.rhs, s) for s in samples)
+        want = _own(nt, flavor, kind, int(layer), None)
+        np.testing.assert_allclose(got, want, atol=1e-12)
+        return
+    for s in samples:
+        np.testing.assert_allclose(_value(nt, meq.rhs, s), _own(nt, flavor, kind, int(layer), s), atol=1e-12)
+
+
+@pytest.mark.parametrize("notation", NOTATIONS)
+def test_matrix_equations_hold_in_each_convention(notation):
+    nt = get(notation)
+    d = derivation(SIZES, ("sigmoid", "sigmoid"), "mse")
+    ctx = Context(d, nt)
+    for flavor in nt.flavors:
+        for name in ("z1", "z2", "ga0", "ga1", "gW1", "gW2", "gb1", "gb2"):
+            _check(nt, ctx.equation(d[name], flavor))
+    # the chain rule with Jacobians, per sample: delta^1 = (da/dz) (dz^2/da^1) delta^2 (ours)
+    chain = ctx.convert(ctx.ours("delta", 1, "sample"),
+                        ctx.ours("Ja", 1, "sample") * ctx.ours("Jz", 2, "sample") * ctx.ours("delta", 2, "sample"))
+    for s in range(B):
+        want = OURS[("Ja", 1)][s] @ OURS[("W", 2)].T @ OURS[("delta", 2)][s]
+        got = _value(nt, chain.rhs, s).reshape(-1)
+        np.testing.assert_allclose(got, want, atol=1e-12)
+        assert chain.lhs.shape == ((1, 3) if "delta" in nt.transposed["sample"] else (3, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The printed conventions
+
+@pytest.fixture(scope="module")
+def xor():
+    return {n: render(derivation((2, 3, 1), ("sigmoid", "sigmoid"), "bce"), n, document=True)
+            for n in NOTATIONS}
+
+
+@pytest.mark.parametrize("notation,expected", [
+    ("cs231n", [r"z^{[1]} &= W^{[1]} x + b^{[1]} && (3 \times 1) = (3 \times 2)(2 \times 1) + (3 \times 1)",
+                r"\frac{\partial L}{\partial W^{[2]}} &= \sum_{s=1}^{B} \delta^{[2](s)} \left(a^{[1](s)}\right)^{T}"
+                r" && (1 \times 3) = (1 \times 1)(1 \times 3)",
+                r"\delta^{[1]} &= a^{[1]} \odot \left(1 - a^{[1]}\right) \odot \left(\left(W^{[2]}\right)^{T} "
+                r"\delta^{[2]}\right) && (3 \times 1) = (3 \times 1) \odot (3 \times 1)(1 \times 1)",
+                r"\delta^{[2]} = \frac{a^{[2]} - y}{B}",
+                r"W^{[1]} \in \mathbb{R}^{3 \times 2}"]),
+    ("udl", [r"f_{0} &= \Omega_{0} x + \beta_{0}",
+             r"\frac{\partial L}{\partial \Omega_{1}} &= \sum_{s=1}^{B} \frac{\partial L}{\partial f_{1}^{(s)}} "
+             r"\left(h_{1}^{(s)}\right)^{T}",
+             r"\odot \left(\Omega_{1}^{T} \frac{\partial L}{\partial f_{1}}\right)",
+             r"\frac{\partial L}{\partial x} &= \Omega_{0}^{T} \frac{\partial L}{\partial f_{0}}"]),
+    ("transposed", [r"f^{[1]} &= \left(W^{[1]}\right)^{T} x + b^{[1]} && (3 \times 1) = (3 \times 2)(2 \times 1)",
+                    r"\frac{\partial \varepsilon}{\partial W^{[2]}} &= \sum_{s=1}^{B} a^{[1](s)} "
+                    r"\left(\delta^{[2](s)}\right)^{T} && (3 \times 1) = (3 \times 1)(1 \times 1)",
+                    r"\frac{\partial \varepsilon}{\partial a^{[1]}} &= W^{[2]} \delta^{[2]}",
+                    r"\frac{\partial \varepsilon}{\partial W_{qp}^{[1]}}",
+                    r"W^{[1]} \in \mathbb{R}^{2 \times 3}"]),
+    ("rowvector", [r"g_{1} &= g_{z_{2}} W_{2} && (1 \times 3) = (1 \times 1)(1 \times 3)",
+                   r"\frac{\partial J}{\partial W_{2}} &= \sum_{s=0}^{B - 1} x_{1}^{(s)} g_{z_{2}}^{(s)} "
+                   r"&& (3 \times 1) = (3 \times 1)(1 \times 1)",
+                   r"\frac{\partial J}{\partial b_{1}} &= \sum_{s=0}^{B - 1} g_{z_{1}}^{(s)} && (1 \times 3)",
+                   r"g_{z_{2}} &= \left(\frac{x_{2} - y}{B}\right)^{T}",
+                   r"g_{z_{1}} &= g_{z_{2}} \frac{\partial z_{2}}{\partial x_{1}} \frac{\partial x_{1}}{\partial z_{1}}",
+                   r"z_{1}[j] &= b_{1}[j] + \sum_{k=0}^{n_{0} - 1} W_{1}[j, k] x_{0}[k]"]),
+    ("batch", [r"H_{1} &= X W_{1} + \mathbf{1} b_{1} && (B \times 3) = (B \times 2)(2 \times 3) + (B \times 1)(1 \times 3)",
+               r"\frac{\partial L}{\partial W_{1}} &= X^{T} \Delta_{1} && (2 \times 3) = (2 \times B)(B \times 3)",
+               r"\frac{\partial L}{\partial b_{1}} &= \mathbf{1}^{T} \Delta_{1}",
+               r"\frac{\partial L}{\partial X} &= \Delta_{1} W_{1}^{T} && (B \times 2) = (B \times 3)(3 \times 2)",
+               r"\Delta_{1} &= A_{1} \odot \left(1 - A_{1}\right) \odot \left(\Delta_{2} W_{2}^{T}\right)",
+               r"W_{1} \in \mathbb{R}^{2 \times 3}"]),
+])
+def test_each_notation_prints_its_convention(xor, notation, expected):
+    for s in expected:
+        assert s in xor[notation], s
+
+
+def test_notation_notes_say_where_the_weight_is_transposed(xor):
+    assert r"$\partial \varepsilon / \partial W^{[l]} = a^{[l-1]} (\delta^{[l]})^{T}$" in xor["transposed"]
+    assert r"$\partial L / \partial W_l = A_{l-1}^{T} \Delta_l$" in xor["batch"]
+    assert "the transpose of the weight of $z = W a + b$" in xor["batch"]
+    assert "Gradients are row vectors" in xor["rowvector"]
+
+
+def test_local_derivative_stages_and_their_forward_form(xor):
+    tex = xor["cs231n"]
+    assert r"\sigma'(z) &= \frac{e^{- z}}{\left(1 + e^{- z}\right)^{2}} && \text{derived}" in tex
+    assert r"&= \left(1 - \sigma(z)\right) \sigma(z) && \text{in terms of } \sigma(z)" in tex
+    assert r"&= a \left(1 - a\right) && \text{forward\_outputs: } a = \sigma(z)" in tex
+    # the cancellation at the output: SymPy's stages end in a - y
+    assert r"\delta_{j}^{[2]} &= \sum_{i=1}^{n_{2}}" in tex
+    assert r"&= \frac{a_{j}^{[2]} - y_{j}}{B} && \text{cancel}" in tex
+    assert "cancels against the derivative of the bce loss" in tex
+
+
+def test_relu_kink_is_stated():
+    tex = render(derivation((2, 2, 1), ("relu", "identity"), "mse"), "cs231n", document=True)
+    assert r"\operatorname{ReLU}'(z) &= \theta\left(z\right) && \text{derived}" in tex
+    assert r"&= \mathbb{I}[z > 0] && \text{kink}" in tex
+    assert r"symbp uses $\operatorname{ReLU}'(0) = 0$, the derivative from the left" in tex
+    assert "vanishing" not in tex and "cancels against" not in tex
+
+
+def test_vanishing_gradient_bound_with_sigmoid(xor):
+    tex = xor["cs231n"]
+    assert r"\sigma'(z) = a \left(1 - a\right) \le \frac{1}{4}" in tex
+    assert (r"\lVert \delta^{[1]} \rVert_{\infty} &\le \frac{1}{4} \lVert \left(W^{[2]}\right)^{T} "
+            r"\delta^{[2]} \rVert_{\infty}") in tex
+    deep = render(derivation((2, 2, 2, 1), ("sigmoid", "sigmoid", "sigmoid"), "mse"), "cs231n", document=True)
+    assert r"carries 3 such factors, together at most $\frac{1}{64}$" in deep
+
+
+def test_explicit_two_by_two_jacobians():
+    d = derivation((2, 2, 2), ("sigmoid", "softmax"), "ce")
+    tex = render(d, "cs231n", document=True)
+    diag = (r"\frac{\partial a^{[1]}}{\partial z^{[1]}} &= \begin{bmatrix} \left(1 - a_{1}^{[1]}\right) a_{1}^{[1]} "
+            r"& 0 \\ 0 & \left(1 - a_{2}^{[1]}\right) a_{2}^{[1]} \end{bmatrix}")
+    full = (r"\frac{\partial a^{[2]}}{\partial z^{[2]}} &= \begin{bmatrix} \left(1 - a_{1}^{[2]}\right) a_{1}^{[2]} "
+            r"& - a_{1}^{[2]} a_{2}^{[2]} \\ - a_{1}^{[2]} a_{2}^{[2]} & \left(1 - a_{2}^{[2]}\right) a_{2}^{[2]} "
+            r"\end{bmatrix}")
+    affine = r"&= \begin{bmatrix} W_{11}^{[2]} & W_{21}^{[2]} \\ W_{12}^{[2]} & W_{22}^{[2]} \end{bmatrix}"
+    for s in (diag, full, affine):
+        assert s in tex, s
+    # the transposed notation stores W^T: the same Jacobian is its W, entry for entry
+    tr = render(d, "transposed", document=True)
+    assert r"&= \begin{bmatrix} W_{11}^{[2]} & W_{12}^{[2]} \\ W_{21}^{[2]} & W_{22}^{[2]} \end{bmatrix}" in tr
+    # the softmax entry in general: a_i (delta_ij - a_j)
+    assert r"\frac{\partial a_{i}^{[2]}}{\partial z_{j}^{[2]}} &= \left(\delta_{ij} - a_{j}^{[2]}\right) a_{i}^{[2]}" in tex
+
+
+@pytest.mark.parametrize("sizes,acts,loss", [((2, 2, 2), ("sigmoid", "softmax"), "ce"),
+                                             ((3, 3, 3), ("tanh", "sigmoid"), "mse"),
+                                             ((2, 3, 2), ("softmax", "identity"), "sse")])
+def test_explicit_product_equals_the_printed_result(sizes, acts, loss):
+    """The explicit Jacobians multiplied out give the delta entries the document prints."""
+    d = derivation(sizes, acts, loss)
+    r = latex.Renderer(d, get("cs231n"))
+    prod = r.explicit_ours("Ja", 1) * r.explicit_ours("Jz", 2) * r.explicit_ours("delta", 2)
+    assert sp.simplify(prod - r.hidden_delta_entries(1)) == sp.zeros(sizes[1], 1)
+    L = len(sizes) - 1
+    out = r.explicit_ours("Ja", L) * r.explicit_ours("ga", L)
+    want = sp.Matrix(sizes[L], 1, lambda i, c: d[f"delta{L}"].rhs.xreplace({naming.J: i}))
+    ys = {naming.quantity("y")[naming.S, i]: sp.Rational(1 if i == 0 else 0) for i in range(sizes[L])}
+    diff = (out - want).xreplace(ys) if loss == "ce" else out - want   # one-hot targets for ce
+    assert sp.simplify(diff) == sp.zeros(sizes[L], 1)
+
+
+def test_no_explicit_matrices_for_wide_layers():
+    tex = render(derivation((6, 5, 4), ("tanh", "softmax"), "ce"), "cs231n", document=True)
+    assert "bmatrix" not in tex
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary, Jupyter, determinism, bad input, files
+
+def test_summary_is_one_align_for_jupyter():
+    d = derivation((2, 3, 1), ("sigmoid", "sigmoid"), "bce")
+    for n in NOTATIONS:
+        s = render(d, n)
+        assert s.startswith(r"\begin{align*}") and s.rstrip().endswith(r"\end{align*}")
+        assert s.count(r"\begin{align*}") == 1 and r"\section" not in s and "documentclass" not in s
+    assert d._repr_latex_() == render(d, "cs231n")
+
+
+def test_same_derivation_same_bytes():
+    d = derivation((2, 2, 2), ("relu", "softmax"), "ce")
+    assert render(d, "batch", document=True) == render(d, "batch", document=True)
+
+
+def test_same_bytes_across_processes():
+    code = ("import sys, symbp; d = symbp.derive(symbp.mlp([2, 2, 1], ['tanh', 'sigmoid'], 'bce')); "
+            "sys.stdout.write(d.latex(notation='udl', document=True))")
+    outs = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outs.append(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                   env=env, check=True).stdout)
+    assert outs[0] == outs[1] and outs[0].startswith(r"\documentclass")
+
+
+def test_unknown_notation_names_the_valid_ones():
+    d = derivation((2, 2, 1), ("sigmoid", "sigmoid"), "bce")
+    with pytest.raises(SymbpError) as e:
+        render(d, "klingon")
+    msg = str(e.value)
+    assert "klingon" in msg and all(n in msg for n in NOTATIONS) and "\n" not in msg
+    with pytest.raises(SymbpError):
+        naming.latex_base(naming.quantity("W", 1), "klingon")
+
+
+@pytest.mark.parametrize("notation,expected", [("cs231n", "W^{[2]}"), ("udl", r"\Omega_{1}"),
+                                               ("transposed", "W^{[2]}"), ("rowvector", "W_{2}"),
+                                               ("batch", "W_{2}")])
+def test_naming_reads_the_notation_tables(notation, expected):
+    assert naming.latex_base(naming.quantity("W", 2), notation) == expected
+
+
+def test_write_document_tex_only(tmp_path):
+    d = derivation((2, 3, 1), ("sigmoid", "sigmoid"), "bce")
+    out = tmp_path / "sub" / "xor.tex"
+    assert write_document(d, out, "udl") == [out]
+    assert out.read_text() == render(d, "udl", document=True)
+    assert not out.with_suffix(".pdf").exists()
+
+
+@needs_pdflatex
+def test_write_document_pdf(tmp_path):
+    d = derivation((2, 3, 1), ("sigmoid", "sigmoid"), "bce")
+    out = tmp_path / "xor.tex"
+    assert write_document(d, out, "batch", pdf=True) == [out, tmp_path / "xor.pdf"]
+    assert (tmp_path / "xor.pdf").read_bytes().startswith(b"%PDF")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xor.pdf", "xor.tex"]
+
+
+def test_pdf_without_pdflatex_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(latex.shutil, "which", lambda name: None)
+    d = derivation((2, 3, 1), ("sigmoid", "sigmoid"), "bce")
+    with pytest.raises(SymbpError, match="pdflatex not found"):
+        write_document(d, tmp_path / "xor.tex", pdf=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_pdflatex
+def test_failing_pdflatex_names_its_log_and_writes_no_document(tmp_path, monkeypatch):
+    monkeypatch.setattr(latex, "render", lambda *a, **k: "\\documentclass{article}\\begin{document}"
+                        "\\undefinedmacro\\end{document}\n")
+    d = derivation((2, 3, 1), ("sigmoid", "sigmoid"), "bce")
+    with pytest.raises(SymbpError) as e:
+        write_document(d, tmp_path / "xor.tex", pdf=True)
+    log = tmp_path / "xor.log"
+    assert str(log) in str(e.value) and "Undefined control sequence" in str(e.value)
+    assert log.exists() and not (tmp_path / "xor.tex").exists() and not (tmp_path / "xor.pdf").exists()
