@@ -17,6 +17,9 @@ from .network import Network, mlp
 from .spec import load, loads
 
 
+from .circuit import circuit  # noqa: E402  (the function; the module stays importable)
+
+
 def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
     """Emit, write and load the kernel of a Derivation; returns a Kernel (see symbp.codegen)."""
     from .codegen import generate as _generate
@@ -29,5 +32,5 @@ def gradcheck(kernel, params, X, Y, **kw):
     return _gradcheck(kernel, params, X, Y, **kw)
 
 
-__all__ = ["Derivation", "DerivationError", "ExpressionError", "InputError", "Network", "SpecError",
+__all__ = ["circuit", "Derivation", "DerivationError", "ExpressionError", "InputError", "Network", "SpecError",
            "SymbpError", "derive", "generate", "gradcheck", "load", "loads", "mlp"]

@@ -9,11 +9,12 @@ Contract:
   generated from the same derivation, so the differences measure the derivation and the float32
   rounding, not float32 finite-difference noise.
 - ``oracle_gradients(network, params, X, Y)`` is the certificate that does not trust
-  ``symbp.derive``: the whole scalar loss of the concrete network on the concrete batch is built
-  as one SymPy expression from the forward definitions in ``symbp.functions`` and differentiated
-  with ``sympy.diff`` directly. Inputs are converted to exact Rationals, so ReLU/identity networks
-  give exact Rational gradients. Only for small sizes (``ORACLE_MAX_PARAMS``,
-  ``ORACLE_MAX_BATCH``).
+  ``symbp.derive``: the loss of the concrete network, fully expanded (one SymPy symbol per
+  parameter entry, every unit written out from the forward definitions in ``symbp.functions``),
+  is differentiated with ``sympy.diff`` directly and evaluated at the given values, converted
+  exactly to Rationals, so ReLU/identity networks give exact Rational gradients. Only for small
+  sizes (``ORACLE_MAX_PARAMS``, ``ORACLE_MAX_BATCH``). ``oracle_loss_expression`` returns the
+  whole batch loss as one expression.
 - ``torch_gradients(network, params, X, Y)`` is a PyTorch autograd reference in float64, when
   torch is importable (``ImportError`` otherwise).
 
@@ -258,7 +259,7 @@ def _arrays(where, network, params, X, Y):
 ORACLE_MAX_PARAMS = 300
 ORACLE_MAX_BATCH = 16
 ORACLE_DIGITS = 30       # digits of the evaluated transcendental results
-_FOLD_DIGITS = 60        # digits of folded transcendental constants (well beyond the 30 reported)
+_FOLD_DIGITS = 60        # digits of transcendental intermediate values (well beyond the 30 reported)
 
 
 def _rational(v):
@@ -269,42 +270,60 @@ def _rational(v):
 def _fold(e):
     """A constant that is not rational becomes a 60-digit Float; everything else is kept.
 
-    Subexpressions that do not depend on the differentiated symbol are numbers; folding them
-    keeps the expression's size linear in the network instead of nesting exact transcendental
-    constants layer after layer. Rational constants (ReLU, identity networks) stay exact.
+    Applied to every value while an expression is evaluated (``_evaluate``), so that exact
+    transcendental constants do not nest layer after layer, while Rationals (ReLU, leaky ReLU,
+    identity networks) stay exact.
     """
-    if e.is_Rational or e.free_symbols:
+    # is_number stops at the first symbol it meets; free_symbols would walk every path
+    if not isinstance(e, sp.Expr) or e.is_Rational or not e.is_number:
         return e
     return e.evalf(_FOLD_DIGITS)
 
 
-def _forward_sample(network, P, x, fold):
-    """Output activations of one sample: P maps param keys to nested lists of SymPy entries."""
+def _layer(network, P, l, a, fold):
+    """Activations of layer l (SymPy entries) from those of layer l - 1, by the definitions:
+    z_j = sum_k W[j][k] a_k + b_j, then f(z_j) by ``activation.at`` or the explicit softmax."""
+    W, b = P[naming.param_key("W", l)], P[naming.param_key("b", l)]
+    act = network.layers[l - 1].activation
+    z = [fold(sp.Add(*[W[j][k] * a[k] for k in range(len(a))]) + b[j]) for j in range(len(b))]
+    if act.elementwise:
+        return [fold(act.at(zj)) for zj in z]
+    if act.name == "softmax":
+        e = [sp.exp(zj) for zj in z]
+        den = sp.Add(*e)
+        return [fold(ei / den) for ei in e]
+    # the table has no other vector activation; refuse rather than guess
+    raise SymbpError(f"oracle: layer[{l}].activation: unsupported vector activation {act.name!r}")
+
+
+def _forward_sample(network, P, x, fold=lambda e: e):
+    """Output activations of one sample; P maps param keys to nested lists of SymPy entries."""
     a = list(x)
-    for l, layer in enumerate(network.layers, start=1):
-        W, b = P[naming.param_key("W", l)], P[naming.param_key("b", l)]
-        z = [fold(sp.Add(*[W[j][k] * a[k] for k in range(len(a))]) + b[j]) for j in range(layer.units)]
-        act = layer.activation
-        if act.elementwise:
-            a = [fold(act.at(zj)) for zj in z]
-        elif act.name == "softmax":
-            e = [sp.exp(zj) for zj in z]
-            den = sp.Add(*e)
-            a = [fold(ei / den) for ei in e]
-        else:   # the table has no other vector activation; refuse rather than guess
-            raise SymbpError(f"oracle: layer[{l}].activation: unsupported vector activation {act.name!r}")
+    for l in range(1, network.depth + 1):
+        a = _layer(network, P, l, a, fold)
     return a
 
 
-def _loss_expression(network, P, Xr, Yr, fold=_fold):
-    """The whole scalar loss: c * sum_s sum_i per_unit(a_L[s, i], y[s, i]), c = 1/B or 1."""
+def _sample_loss(network, out, y):
+    """sum_i per_unit(a_L[i], y[i]) for one sample."""
     per_unit = network.loss.per_unit
-    total = []
-    for x, y in zip(Xr, Yr):
-        out = _forward_sample(network, P, x, fold)
-        total.extend(per_unit.xreplace({naming.A: ai, naming.Y: yi}) for ai, yi in zip(out, y))
-    c = sp.Rational(1, len(Xr)) if network.reduction == "mean" else sp.Integer(1)
-    return c * sp.Add(*total)
+    terms = []
+    for ai, yi in zip(out, y):
+        # y first: a term that vanishes for a numeric target (ce with y_i = 0) is never built
+        t = per_unit.xreplace({naming.Y: yi})
+        if t != 0:
+            terms.append(t.xreplace({naming.A: ai}))
+    return sp.Add(*terms)
+
+
+def _loss_expression(network, P, Xr, Yr, fold=lambda e: e):
+    """The whole scalar loss: c * sum_s sum_i per_unit(a_L[s, i], y[s, i]), c = 1/B or 1."""
+    total = [_sample_loss(network, _forward_sample(network, P, x, fold), y) for x, y in zip(Xr, Yr)]
+    return _batch_factor(network, len(Xr)) * sp.Add(*total)
+
+
+def _batch_factor(network, batch):
+    return sp.Rational(1, batch) if network.reduction == "mean" else sp.Integer(1)
 
 
 def _symbol(name, idx):
@@ -319,8 +338,39 @@ def _nested(arr, fn):
 
 
 def _kink_convention(d):
-    """Derivative of Max(0, u) is Heaviside(u): take Heaviside(0) = 0, as relu'(0) = 0 does."""
+    """Derivative of Max(0, u) is Heaviside(u): take Heaviside(0) = 0, as relu'(0) = 0 does.
+    (``_evaluate`` applies the same convention while it evaluates.)"""
     return d.replace(lambda e: isinstance(e, sp.Heaviside), lambda e: sp.Heaviside(e.args[0], 0))
+
+
+def _evaluate(expr, env, memo=None):
+    """expr with its symbols replaced by the numbers in env, evaluated node by node.
+
+    Each distinct subexpression is rebuilt once from its evaluated arguments (so the cost is
+    linear in the expression's size counted as a DAG, where ``xreplace`` walks every path) and
+    folded by ``_fold``: rational operations on Rationals stay exact. Heaviside(0) is 0, the
+    kernels' relu'(0) = 0 (SymPy's default is 1/2). ``memo`` may be shared between expressions
+    evaluated at the same point (it must then hold ``env``).
+    """
+    memo = dict(env) if memo is None else memo
+
+    def ev(e):
+        v = memo.get(e)
+        if v is None:
+            if not e.args:
+                v = e
+            elif isinstance(e, (sp.Derivative, sp.Subs)):
+                raise SymbpError(f"oracle: sympy.diff left an unevaluated {e.func.__name__} "
+                                 f"({str(e)[:80]}); this activation cannot be certified")
+            elif isinstance(e, sp.Heaviside):
+                u = ev(e.args[0])
+                v = sp.Integer(0) if u == 0 else sp.Heaviside(u)
+            else:
+                v = _fold(e.func(*[ev(arg) for arg in e.args]))
+            memo[e] = v
+        return v
+
+    return ev(expr)
 
 
 def _value(e):
@@ -333,98 +383,140 @@ def _value(e):
     return sp.Float(v, ORACLE_DIGITS)
 
 
+def _check_oracle_size(where, p64, X64):
+    nparams = sum(v.size for v in p64.values())
+    if nparams > ORACLE_MAX_PARAMS or X64.shape[0] > ORACLE_MAX_BATCH:
+        raise SymbpError(
+            f"{where}: the full-expansion oracle is for small sizes (at most {ORACLE_MAX_PARAMS} "
+            f"parameters and batch {ORACLE_MAX_BATCH}); got {nparams} parameters and batch "
+            f"{X64.shape[0]}: use gradcheck or torch_gradients for this network")
+
+
 def oracle_loss_expression(network, X, Y, params=None):
-    """The loss as one SymPy expression with one symbol per parameter entry.
+    """The whole batch loss as one SymPy expression with one symbol per parameter entry.
 
     Returns ``(expr, symbols)`` where ``symbols`` maps each param key to nested lists of the
-    symbols ``W1[i,j]``, ``b1[i]``, ... X and Y are substituted as exact Rationals. With
-    ``params`` given, the entries are values instead (the symbols dict is then empty). Nothing
-    is folded: the expression is exact. Meant for tiny networks (teaching, and checking that
-    the per-parameter route of ``oracle_gradients`` differentiates the same function).
+    symbols ``W1[i,j]``, ``b1[i]``, ...; X and Y enter as exact Rationals. With ``params``
+    given, the entries are their exact values instead (the symbols dict is then empty). Nothing
+    is evaluated or folded. Meant for tiny networks: teaching, and showing that the per-sample
+    route of ``oracle_gradients`` differentiates the same function.
     """
     shapes = network.param_shapes()
     if params is None:
         zeros = {k: np.zeros(s) for k, s in shapes.items()}
-        _, X64, Y64 = _arrays("oracle", network, zeros, X, Y)
+        _, X64, Y64 = _arrays("oracle_loss_expression", network, zeros, X, Y)
         P = {k: _nested(zeros[k], lambda idx, v, k=k: _symbol(k, idx)) for k in shapes}
         symbols = P
     else:
-        p64, X64, Y64 = _arrays("oracle", network, params, X, Y)
+        p64, X64, Y64 = _arrays("oracle_loss_expression", network, params, X, Y)
         P = {k: _nested(p64[k], lambda idx, v: _rational(v)) for k in shapes}
         symbols = {}
+    _check_oracle_size("oracle_loss_expression", {k: np.zeros(s) for k, s in shapes.items()}, X64)
     Xr = [[_rational(v) for v in row] for row in X64]
     Yr = [[_rational(v) for v in row] for row in Y64]
-    return _loss_expression(network, P, Xr, Yr, fold=lambda e: e), symbols
+    return _loss_expression(network, P, Xr, Yr), symbols
 
 
-def oracle_gradients(network, params, X, Y, exact=False, input_grad=False):
-    """Gradients of the loss by differentiating the fully expanded loss with ``sympy.diff``.
+def oracle_gradients(network, params, X, Y, exact=False, input_grad=False, entries=None):
+    """Gradients of the loss by differentiating its full expansion with ``sympy.diff``.
 
-    The loss of the concrete network on the concrete batch is one SymPy expression,
-    L = c * sum_s sum_i loss(a_L[s, i], y[s, i]), built from the forward definitions alone:
-    z_l[s, j] = sum_k W_l[j, k] a_{l-1}[s, k] + b_l[j]; a_l = f_l(z_l) through
-    ``layer.activation.at`` for elementwise activations and a_l[s, i] = exp(z_i) / sum_k exp(z_k)
-    for softmax; ``loss`` is ``network.loss.per_unit`` and c = 1/B for the mean, 1 for the sum.
-    For each parameter entry theta, L is built with theta a SymPy symbol and every other entry,
-    and X and Y, exact Rationals (a float converts exactly); dL/dtheta = sympy.diff(L, theta)
-    is then evaluated at theta's value. Constant subexpressions that are not rational are folded
-    to 60-digit Floats along the way (``_fold``), so networks built from rational operations
-    (ReLU, leaky ReLU, identity; mse, sse) give exact Rationals and others are accurate far
-    beyond 30 digits. At a kink the derivative of Max(0, u) is taken as 0 (Heaviside(0) = 0).
+    The loss of one sample is one SymPy expression in every parameter entry (a symbol
+    ``W1[i,j]``, ``b1[i]``, ...), the sample's inputs ``X[t]`` and targets ``Y[i]``, built from
+    the forward definitions alone: z_l[j] = sum_k W_l[j, k] a_{l-1}[k] + b_l[j]; a_l = f_l(z_l)
+    through ``layer.activation.at`` for elementwise activations and
+    a_l[i] = exp(z_i) / sum_k exp(z_k) for softmax; l(theta; x, y) = sum_i per_unit(a_L[i], y[i])
+    with ``network.loss.per_unit``. The batch loss is L = c * sum_s l(theta; x_s, y_s) with
+    c = 1/B for the mean and 1 for the sum, so (diff being linear)
+    dL/dtheta = c * sum_s diff(l, theta) evaluated at (theta, x_s, y_s): each derivative is taken
+    once, symbolically, and evaluated per sample (``oracle_loss_expression`` builds the whole
+    batch expression instead; the tests show both give the same numbers). dL/dX[s, t] is
+    c * diff(l, X[t]) at sample s.
+
+    Values enter as exact Rationals (a float converts exactly) and are evaluated node by node
+    (``_evaluate``): rational operations stay exact, so ReLU / leaky ReLU / identity networks
+    with mse or sse give exact Rationals; transcendental intermediate values are carried as
+    60-digit Floats and results reported to 30 digits. At a kink the derivative of Max(0, u)
+    is taken as 0 (Heaviside(0) = 0), as the kernels do.
 
     Returns ``(loss, grads)``: float and float64 arrays keyed like ``params`` (plus ``"X"``,
     dL/dX, when ``input_grad``). With ``exact=True`` the loss and the arrays' entries are SymPy
     numbers (Rationals where the network is rational, else 30-digit Floats; object arrays).
-    Refuses networks with more than ``ORACLE_MAX_PARAMS`` parameters or batches larger than
-    ``ORACLE_MAX_BATCH`` (the expansion grows with width, depth and batch).
+    ``entries`` ({key: [index tuple, ...]}, keys as in grads) restricts the work to those
+    entries; the others are NaN (None with ``exact``). Refuses networks with more than
+    ``ORACLE_MAX_PARAMS`` parameters or batches larger than ``ORACLE_MAX_BATCH``: the
+    expansion, and SymPy's work on it, grow quickly with width and depth.
     """
     p64, X64, Y64 = _arrays("oracle_gradients", network, params, X, Y)
-    nparams = sum(v.size for v in p64.values())
-    if nparams > ORACLE_MAX_PARAMS or X64.shape[0] > ORACLE_MAX_BATCH:
-        raise SymbpError(
-            f"oracle_gradients: the full-expansion oracle is for small sizes (at most "
-            f"{ORACLE_MAX_PARAMS} parameters and batch {ORACLE_MAX_BATCH}); got {nparams} parameters "
-            f"and batch {X64.shape[0]}: use gradcheck or torch_gradients for this network")
-    P = {k: _nested(v, lambda idx, val: _rational(val)) for k, v in p64.items()}
-    Xr = [[_rational(v) for v in row] for row in X64]
-    Yr = [[_rational(v) for v in row] for row in Y64]
+    _check_oracle_size("oracle_gradients", p64, X64)
+    wanted = _wanted_entries(entries, {**p64, **({"X": X64} if input_grad else {})})
+    B = X64.shape[0]
+    c = _batch_factor(network, B)
 
-    loss = _value(_loss_expression(network, P, Xr, Yr))
+    P = {k: _nested(v, lambda idx, val, k=k: _symbol(k, idx)) for k, v in p64.items()}
+    xs = [_symbol("X", (t,)) for t in range(network.inputs)]
+    ys = [_symbol("Y", (i,)) for i in range(network.sizes[-1])]
+    ell = _sample_loss(network, _forward_sample(network, P, xs), ys)
 
-    def derivative(L, theta, value):
-        d = _kink_convention(sp.diff(L, theta))
-        return _value(d.xreplace({theta: value}))
+    def sym(key, idx):
+        return P[key][idx[0]][idx[1]] if len(idx) == 2 else P[key][idx[0]]
 
-    grads = {}
-    for k, arr in p64.items():
-        out = np.empty(arr.shape, dtype=object)
+    derivs = {}
+    for key, idxs in wanted.items():
+        for idx in idxs:
+            s = xs[idx[1]] if key == "X" else sym(key, idx)
+            if s not in derivs:
+                derivs[s] = sp.diff(ell, s)
+
+    pvals = {}
+    for key, arr in p64.items():
         for idx in np.ndindex(arr.shape):
-            theta = _symbol(k, idx)
-            row = P[k][idx[0]] if arr.ndim == 2 else P[k]
-            saved = row[idx[-1]]
-            row[idx[-1]] = theta
-            try:
-                L = _loss_expression(network, P, Xr, Yr)
-            finally:
-                row[idx[-1]] = saved
-            out[idx] = derivative(L, theta, saved)
-        grads[k] = out
+            pvals[sym(key, idx)] = _rational(arr[idx])
+    total = sp.Integer(0)
+    sums = {s: sp.Integer(0) for s in derivs}
+    xgrads = {}
+    for b in range(B):
+        memo = {**pvals, **{x: _rational(v) for x, v in zip(xs, X64[b])},
+                **{y: _rational(v) for y, v in zip(ys, Y64[b])}}
+        total += _evaluate(ell, None, memo)
+        for s, d in derivs.items():
+            v = _evaluate(d, None, memo)
+            sums[s] += v
+            xgrads[b, s] = v
+
+    loss = _value(c * total)
+    grads = {}
+    for key, arr in p64.items():
+        out = np.full(arr.shape, None, dtype=object)
+        for idx in wanted[key]:
+            out[idx] = _value(c * sums[sym(key, idx)])
+        grads[key] = out
     if input_grad:
-        out = np.empty(X64.shape, dtype=object)
-        for s, t in np.ndindex(X64.shape):
-            theta = _symbol("X", (s, t))
-            saved = Xr[s][t]
-            Xr[s][t] = theta
-            try:
-                # only sample s depends on X[s, :]; the other samples' terms have zero derivative
-                L = _loss_expression(network, P, Xr, Yr)
-            finally:
-                Xr[s][t] = saved
-            out[s, t] = derivative(L, theta, saved)
+        out = np.full(X64.shape, None, dtype=object)
+        for b, t in wanted["X"]:
+            out[b, t] = _value(c * xgrads[b, xs[t]])
         grads["X"] = out
     if exact:
         return loss, grads
-    return float(loss), {k: v.astype(np.float64) for k, v in grads.items()}
+    return float(loss), {k: np.where(v == None, np.nan, v).astype(np.float64)  # noqa: E711
+                         for k, v in grads.items()}
+
+
+def _wanted_entries(entries, arrays):
+    """{key: sorted index tuples to compute}: every entry, or those listed in ``entries``."""
+    if entries is None:
+        return {k: list(np.ndindex(a.shape)) for k, a in arrays.items()}
+    if not isinstance(entries, dict) or any(k not in arrays for k in entries):
+        raise InputError(f"oracle_gradients: entries: expected a dict with keys among {', '.join(arrays)}")
+    wanted = {k: [] for k in arrays}
+    for k, idxs in entries.items():
+        shape = arrays[k].shape
+        for idx in idxs:
+            idx = tuple(int(i) for i in np.atleast_1d(idx))
+            if len(idx) != len(shape) or any(not 0 <= i < n for i, n in zip(idx, shape)):
+                raise InputError(f"oracle_gradients: entries[{k!r}]: index {idx} outside shape {shape}")
+            wanted[k].append(idx)
+        wanted[k] = sorted(set(wanted[k]))
+    return wanted
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,10 +564,10 @@ def _torch_expr(expr, env, torch):
                 out = pick(out, ev(t))
             return out
         if isinstance(e, sp.Piecewise):
-            out = None
+            # undefined where no condition holds (a Piecewise without an otherwise branch): NaN
+            out = torch.full_like(ref, math.nan)
             for value, cond in reversed(e.args):
-                v = ev(value)
-                out = v if out is None and cond == sp.true else torch.where(ev(cond), v, out)
+                out = ev(value) if cond == sp.true else torch.where(ev(cond), ev(value), out)
             return out
         rel = {sp.StrictGreaterThan: torch.gt, sp.GreaterThan: torch.ge,
                sp.StrictLessThan: torch.lt, sp.LessThan: torch.le}

@@ -35,6 +35,10 @@ PARAM_SHAPES = {'W1': (8, 1), 'b1': (8,), 'W2': (1, 8), 'b2': (1,)}
 FORWARD_BUFFERS = ("Z1", "A1", "Z2", "A2", )
 BACKWARD_BUFFERS = ("G1", "D1", "D2", )
 BUFFER_WIDTHS = {'Z1': 8, 'Z2': 1, 'A1': 8, 'A2': 1, 'G1': 8, 'D1': 8, 'D2': 1}
+# Layers of at least this many entries (batch x width) take their transcendental activation
+# from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
+VECTOR_MIN = 1024
+
 
 
 @numba.njit(cache=True)
@@ -75,33 +79,25 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
         loss += r0
     loss = loss * 1.0/(Bf)
     # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
+    gb2[:] = 0.0
     for s in range(B):
         for j in range(1):
             # delta2 = (a2 - y)/B
             D2[s, j] = (A2[s, j] - Y[s, j])/Bf
+            gb2[j] += D2[s, j]   # gb2 = sum_s delta2
     # gW2 = sum_s delta2 a1^T
     np.dot(D2.T, A1, gW2)
-    # gb2 = sum_s delta2
-    for p in range(1):
-        acc = 0.0
-        for s in range(B):
-            acc += D2[s, p]
-        gb2[p] = acc
     # ga1 = W2^T delta2
     np.dot(D2, W2, G1)
     # layer 1 backward. delta1: dL/dz = sum_i dL/da_i da_i/dz_j
+    gb1[:] = 0.0
     for s in range(B):
         for j in range(8):
             # delta1 = ga1*Heaviside(a1, 0)
             D1[s, j] = (1.0 if A1[s, j] > 0 else 0.0)*G1[s, j]
+            gb1[j] += D1[s, j]   # gb1 = sum_s delta1
     # gW1 = sum_s delta1 a0^T
     np.dot(D1.T, X, gW1)
-    # gb1 = sum_s delta1
-    for p in range(8):
-        acc = 0.0
-        for s in range(B):
-            acc += D1[s, p]
-        gb1[p] = acc
     return loss
 
 

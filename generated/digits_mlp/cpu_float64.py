@@ -35,6 +35,17 @@ PARAM_SHAPES = {'W1': (32, 64), 'b1': (32,), 'W2': (10, 32), 'b2': (10,)}
 FORWARD_BUFFERS = ("Z1", "A1", "Z2", "A2", )
 BACKWARD_BUFFERS = ("G1", "D1", "D2", )
 BUFFER_WIDTHS = {'Z1': 32, 'Z2': 10, 'A1': 32, 'A2': 10, 'G1': 32, 'D1': 32, 'D2': 10}
+# Layers of at least this many entries (batch x width) take their transcendental activation
+# from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
+VECTOR_MIN = 1024
+
+
+
+@numba.njit(cache=True)
+def _vector_a1(Z1, A1):
+    """a1 = tanh(z1) over the whole layer, by NumPy's vectorized ufuncs."""
+    with numba.objmode():
+        A1[...] = np.tanh(Z1)
 
 
 @numba.njit(cache=True)
@@ -43,12 +54,19 @@ def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     B = X.shape[0]
     # layer 1: z1 = W1 a0 + b1
     np.dot(X, W1.T, Z1)
-    for s in range(B):
-        for j in range(32):
-            # z1 = W1 a0 + b1
-            Z1[s, j] = b1[j] + Z1[s, j]
-            # a1 = tanh(z1)   [tanh]
-            A1[s, j] = math.tanh(Z1[s, j])
+    if B * 32 < VECTOR_MIN:
+        for s in range(B):
+            for j in range(32):
+                # z1 = W1 a0 + b1
+                Z1[s, j] = b1[j] + Z1[s, j]
+                # a1 = tanh(z1)   [tanh]
+                A1[s, j] = math.tanh(Z1[s, j])
+    else:
+        for s in range(B):
+            for j in range(32):
+                # z1 = W1 a0 + b1
+                Z1[s, j] = b1[j] + Z1[s, j]
+        _vector_a1(Z1, A1)
     # layer 2: z2 = W2 a1 + b2
     np.dot(A1, W2.T, Z2)
     for s in range(B):
@@ -88,33 +106,25 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
         loss += m1 - r2 + math.log(r0)
     loss = loss * 1.0/(Bf)
     # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
+    gb2[:] = 0.0
     for s in range(B):
         for j in range(10):
             # delta2 = (a2 - y)/B
             D2[s, j] = (A2[s, j] - Y[s, j])/Bf
+            gb2[j] += D2[s, j]   # gb2 = sum_s delta2
     # gW2 = sum_s delta2 a1^T
     np.dot(D2.T, A1, gW2)
-    # gb2 = sum_s delta2
-    for p in range(10):
-        acc = 0.0
-        for s in range(B):
-            acc += D2[s, p]
-        gb2[p] = acc
     # ga1 = W2^T delta2
     np.dot(D2, W2, G1)
     # layer 1 backward. delta1: dL/dz = sum_i dL/da_i da_i/dz_j
+    gb1[:] = 0.0
     for s in range(B):
         for j in range(32):
             # delta1 = ga1*(1 - a1**2)
             D1[s, j] = (1.0 - A1[s, j]*A1[s, j])*G1[s, j]
+            gb1[j] += D1[s, j]   # gb1 = sum_s delta1
     # gW1 = sum_s delta1 a0^T
     np.dot(D1.T, X, gW1)
-    # gb1 = sum_s delta1
-    for p in range(32):
-        acc = 0.0
-        for s in range(B):
-            acc += D1[s, p]
-        gb1[p] = acc
     return loss
 
 

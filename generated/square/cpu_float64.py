@@ -41,6 +41,10 @@ PARAM_SHAPES = {'W1': (8, 1), 'b1': (8,), 'W2': (8, 8), 'b2': (8,), 'W3': (1, 8)
 FORWARD_BUFFERS = ("Z1", "A1", "Z2", "A2", "Z3", "A3", )
 BACKWARD_BUFFERS = ("G1", "G2", "D1", "D2", "D3", )
 BUFFER_WIDTHS = {'Z1': 8, 'Z2': 8, 'Z3': 1, 'A1': 8, 'A2': 8, 'A3': 1, 'G1': 8, 'G2': 8, 'D1': 8, 'D2': 8, 'D3': 1}
+# Layers of at least this many entries (batch x width) take their transcendental activation
+# from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
+VECTOR_MIN = 1024
+
 
 
 @numba.njit(cache=True)
@@ -89,48 +93,36 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, 
         loss += r0
     loss = loss * 1.0/(Bf)
     # layer 3 backward. delta3: dL/dz = sum_i dL/da_i da_i/dz_j
+    gb3[:] = 0.0
     for s in range(B):
         for j in range(1):
             # delta3 = (a3 - y)/B
             D3[s, j] = (A3[s, j] - Y[s, j])/Bf
+            gb3[j] += D3[s, j]   # gb3 = sum_s delta3
     # gW3 = sum_s delta3 a2^T
     np.dot(D3.T, A2, gW3)
-    # gb3 = sum_s delta3
-    for p in range(1):
-        acc = 0.0
-        for s in range(B):
-            acc += D3[s, p]
-        gb3[p] = acc
     # ga2 = W3^T delta3
     np.dot(D3, W3, G2)
     # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
+    gb2[:] = 0.0
     for s in range(B):
         for j in range(8):
             # delta2 = ga2*Heaviside(a2, 0)
             D2[s, j] = (1.0 if A2[s, j] > 0 else 0.0)*G2[s, j]
+            gb2[j] += D2[s, j]   # gb2 = sum_s delta2
     # gW2 = sum_s delta2 a1^T
     np.dot(D2.T, A1, gW2)
-    # gb2 = sum_s delta2
-    for p in range(8):
-        acc = 0.0
-        for s in range(B):
-            acc += D2[s, p]
-        gb2[p] = acc
     # ga1 = W2^T delta2
     np.dot(D2, W2, G1)
     # layer 1 backward. delta1: dL/dz = sum_i dL/da_i da_i/dz_j
+    gb1[:] = 0.0
     for s in range(B):
         for j in range(8):
             # delta1 = ga1*Heaviside(a1, 0)
             D1[s, j] = (1.0 if A1[s, j] > 0 else 0.0)*G1[s, j]
+            gb1[j] += D1[s, j]   # gb1 = sum_s delta1
     # gW1 = sum_s delta1 a0^T
     np.dot(D1.T, X, gW1)
-    # gb1 = sum_s delta1
-    for p in range(8):
-        acc = 0.0
-        for s in range(B):
-            acc += D1[s, p]
-        gb1[p] = acc
     return loss
 
 

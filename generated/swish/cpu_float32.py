@@ -23,6 +23,7 @@ import math
 
 import numba
 import numpy as np
+import scipy.special
 
 NETWORK = "swish"
 SPEC_DIGEST = "f91ee7b3d9cddda128568d2bb680822ab4e015659326512835cd4b539fac171d"
@@ -35,6 +36,9 @@ PARAM_SHAPES = {'W1': (4, 3), 'b1': (4,), 'W2': (2, 4), 'b2': (2,)}
 FORWARD_BUFFERS = ("Z1", "A1", "Z2", "A2", )
 BACKWARD_BUFFERS = ("G1", "D1", "D2", )
 BUFFER_WIDTHS = {'Z1': 4, 'Z2': 2, 'A1': 4, 'A2': 2, 'G1': 4, 'D1': 4, 'D2': 2}
+# Layers of at least this many entries (batch x width) take their transcendental activation
+# from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
+VECTOR_MIN = 1024
 
 
 @numba.njit(cache=True, inline="always")
@@ -46,18 +50,33 @@ def _sigmoid(x):
     return e / (np.float32(1.0) + e)
 
 
+
+@numba.njit(cache=True)
+def _vector_a1(Z1, A1):
+    """a1 = z1/(1 + exp(-z1)) over the whole layer, by NumPy's vectorized ufuncs."""
+    with numba.objmode():
+        A1[...] = scipy.special.expit(Z1)*Z1
+
+
 @numba.njit(cache=True)
 def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     """Forward pass; fills Z{l}, A{l} and returns A2."""
     B = X.shape[0]
     # layer 1: z1 = W1 a0 + b1
     np.dot(X, W1.T, Z1)
-    for s in range(B):
-        for j in range(4):
-            # z1 = W1 a0 + b1
-            Z1[s, j] = b1[j] + Z1[s, j]
-            # a1 = z1/(1 + exp(-z1))   [swish]
-            A1[s, j] = _sigmoid(Z1[s, j])*Z1[s, j]
+    if B * 4 < VECTOR_MIN:
+        for s in range(B):
+            for j in range(4):
+                # z1 = W1 a0 + b1
+                Z1[s, j] = b1[j] + Z1[s, j]
+                # a1 = z1/(1 + exp(-z1))   [swish]
+                A1[s, j] = _sigmoid(Z1[s, j])*Z1[s, j]
+    else:
+        for s in range(B):
+            for j in range(4):
+                # z1 = W1 a0 + b1
+                Z1[s, j] = b1[j] + Z1[s, j]
+        _vector_a1(Z1, A1)
     # layer 2: z2 = W2 a1 + b2
     np.dot(A1, W2.T, Z2)
     for s in range(B):
@@ -84,33 +103,25 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
         loss += r0
     loss = loss * np.float32(1.0)
     # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
+    gb2[:] = np.float32(0.0)
     for s in range(B):
         for j in range(2):
             # delta2 = 2*a2 - 2*y
             D2[s, j] = np.float32(2.0)*(A2[s, j] - Y[s, j])
+            gb2[j] += D2[s, j]   # gb2 = sum_s delta2
     # gW2 = sum_s delta2 a1^T
     np.dot(D2.T, A1, gW2)
-    # gb2 = sum_s delta2
-    for p in range(2):
-        acc = np.float32(0.0)
-        for s in range(B):
-            acc += D2[s, p]
-        gb2[p] = acc
     # ga1 = W2^T delta2
     np.dot(D2, W2, G1)
     # layer 1 backward. delta1: dL/dz = sum_i dL/da_i da_i/dz_j
+    gb1[:] = np.float32(0.0)
     for s in range(B):
         for j in range(4):
             # delta1 = ga1*(a1 + exp(z1))/(exp(z1) + 1)
             D1[s, j] = _sigmoid(-Z1[s, j])*A1[s, j]*G1[s, j] + _sigmoid(Z1[s, j])*G1[s, j]
+            gb1[j] += D1[s, j]   # gb1 = sum_s delta1
     # gW1 = sum_s delta1 a0^T
     np.dot(D1.T, X, gW1)
-    # gb1 = sum_s delta1
-    for p in range(4):
-        acc = np.float32(0.0)
-        for s in range(B):
-            acc += D1[s, p]
-        gb1[p] = acc
     return loss
 
 

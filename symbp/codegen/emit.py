@@ -17,7 +17,17 @@ import sympy as sp
 
 from .. import __version__, naming
 from ..derivation import ColumnSum, Product, batch_form
-from .printer import NumbaPrinter, helper_source, helpers_used, stable_forms
+from .printer import (ArrayPrinter, NumbaPrinter, helper_source, helpers_used, is_transcendental,
+                      stable_forms)
+
+# Elementwise activations with a transcendental function (tanh, exp, log, sigmoid, ...) are
+# computed by NumPy's SIMD ufuncs (inside numba.objmode) once a layer has at least this many
+# entries (batch x width); below it, the scalar loop fused with the bias add is faster. Measured
+# on this project's 2-core x86 machine (benchmarks/bench_mlp.py --breakdown): Numba's scalar
+# math.tanh/math.exp cost about 10-20 ns an entry and do not vectorize (llvmlite has no SVML),
+# NumPy's take about 1-2 ns, and entering object mode costs about 2 us: the crossover is near
+# 200 entries; 1024 keeps small layers (XOR, per-sample calls) entirely compiled.
+VECTOR_MIN = 1024
 from .templates import environment
 
 BF = sp.Symbol("Bf", positive=True)          # the batch size as a float of the kernel's dtype
@@ -87,14 +97,16 @@ class _Block:
                 expr = expr.xreplace({sm: r})
         return expr, lines
 
-    def rows(self, assignments, index, width):
-        """for j in range(width): OUT[s, j] = expr, after the row's reductions."""
+    def rows(self, assignments, index, width, then=()):
+        """for j in range(width): OUT[s, j] = expr, after the row's reductions; ``then`` are
+        further statements fused into the same pass (e.g. a bias-gradient accumulation)."""
         lines, body = [], []
         for lhs, rhs, comment in assignments:
             rhs = stable_forms(rhs.xreplace(self.sizes))
             rhs, red = self.reductions(rhs)
             lines += red
             body += [f"# {comment}", f"{self.p.doprint(lhs)} = {self.p.doprint(rhs)}"]
+        body += list(then)
         return lines + [f"for {index} in range({width}):"] + ["    " + b for b in body]
 
 
@@ -123,11 +135,20 @@ def emit(derivation, target="cpu", dtype="float64"):
         zlhs = zq.lhs
         bias = [(zlhs, zlhs + f.bias[J], text(zq.lhs, zq.rhs))]
         act = [(aq.lhs, aq.rhs, f"{text(aq.lhs, aq.rhs)}   [{net.layers[l - 1].activation.name}]")]
+        vector = None
         if aq.rhs.has(sp.Sum):
             body = blk.rows(bias, "j", net.sizes[l]) + blk.rows(act, "j", net.sizes[l])
         else:
             body = blk.rows(bias + act, "j", net.sizes[l])
-        layers_fwd.append({"layer": l, "comment": text(zq.lhs, zq.rhs), "dot": dot, "rows": body})
+            rhs = stable_forms(aq.rhs)
+            if is_transcendental(rhs):
+                vector = {"bias_rows": _Block(p, sizes).rows(bias, "j", net.sizes[l]),
+                          "fn": f"_vector_a{l}", "args": f"{naming.ident(zq.lhs.base)}, {naming.ident(aq.lhs.base)}",
+                          "comment": text(aq.lhs, aq.rhs),
+                          "stmt": f"{naming.ident(aq.lhs.base)}[...] = {ArrayPrinter().doprint(rhs)}".replace("numpy.", "np."),
+                          "size": net.sizes[l]}
+        layers_fwd.append({"layer": l, "comment": text(zq.lhs, zq.rhs), "dot": dot, "rows": body,
+                           "vector": vector})
 
     # loss per sample (in z for cross-entropies: see derive._loss_from_logits)
     loss_expr, loss_reads = d.loss_sample
@@ -140,16 +161,18 @@ def emit(derivation, target="cpu", dtype="float64"):
     backward = []
     for l in range(L, 0, -1):
         dq = d[f"delta{l}"]
-        blk = _Block(p, sizes)
-        rows = blk.rows([(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))], "j", net.sizes[l])
         gW, gb = d[f"gW{l}"], d[f"gb{l}"]
         _, gW_dot = product(gW, naming.ident(gW.lhs.base))
         cs = batch_form(gb.lhs, gb.rhs)
-        assert isinstance(cs, ColumnSum), gb
+        assert isinstance(cs, ColumnSum) and cs.arg == dq.lhs.base, gb
+        # the column sum dL/db = sum_s delta[s, :] is accumulated in the pass that computes delta,
+        # row by row (contiguous), instead of a strided second pass
+        acc = f"{naming.ident(gb.lhs.base)}[j] += {naming.ident(cs.arg)}[s, j]   # {text(gb.lhs, gb.rhs)}"
+        blk = _Block(p, sizes)
+        rows = blk.rows([(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))], "j", net.sizes[l], then=[acc])
         step = {"layer": l, "delta_comment": f"{dq.name}: {dq.doc}", "rows": rows,
                 "gW_comment": text(gW.lhs, gW.rhs), "gW_dot": gW_dot,
-                "gb_comment": text(gb.lhs, gb.rhs), "gb": naming.ident(gb.lhs.base),
-                "gb_arg": naming.ident(cs.arg), "width": net.sizes[l]}
+                "gb": naming.ident(gb.lhs.base)}
         if l > 1:
             gq = d[f"ga{l - 1}"]
             step["ga_comment"] = text(gq.lhs, gq.rhs)
@@ -177,7 +200,8 @@ def emit(derivation, target="cpu", dtype="float64"):
         "helpers": [helper_source(h, p) for h in used], "layers": layers_fwd, "loss_lines": loss_lines,
         "loss_scale": loss_scale, "loss_reads": loss_reads, "backward": backward,
         "gx_comment": text(gx.lhs, gx.rhs), "gx_dot": gx_dot,
-        "zero": p.doprint(sp.Integer(0)), "out": f"A{L}",
+        "zero": p.doprint(sp.Integer(0)), "out": f"A{L}", "vector_min": VECTOR_MIN,
+        "uses_scipy": any(l["vector"] and "scipy." in l["vector"]["stmt"] for l in layers_fwd),
         "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
     }
     return environment().get_template(f"{target}/module.py.j2").render(**ctx)

@@ -21,6 +21,8 @@ class Kernel:
         self.jit = jit
         self.param_shapes = dict(module.PARAM_SHAPES)
         self._params = tuple(module.PARAMS)
+        self._shapes = tuple(tuple(self.param_shapes[k]) for k in self._params)
+        self._n0, self._nL = self.network.sizes[0], self.network.sizes[-1]
         self._work = {}
 
     def __repr__(self):
@@ -50,8 +52,26 @@ class Kernel:
             raise InputError(f"{name}: expected shape {shape}, got {a.shape}")
         return np.ascontiguousarray(a)
 
+    def _fast(self, a, shape):
+        return type(a) is np.ndarray and a.dtype == self.dtype and a.shape == shape and a.flags.c_contiguous
+
     def _check(self, params, X, Y=None):
-        n0, nL = self.network.sizes[0], self.network.sizes[-1]
+        """(parameter arrays in order, X, Y), all checked; the common case costs a few
+        attribute reads per array, the messages are built only on failure."""
+        dt, n0, nL = self.dtype, self._n0, self._nL
+        if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1 and X.shape[1] == n0 \
+                and X.dtype == dt and X.flags.c_contiguous \
+                and (Y is None or self._fast(Y, (X.shape[0], nL))) and type(params) is dict:
+            try:
+                ps = [params[k] for k in self._params]
+            except KeyError:
+                ps = None
+            if ps is not None and len(params) == len(ps) and all(map(self._fast, ps, self._shapes)):
+                return ps, X, Y
+        return self._check_slow(params, X, Y)
+
+    def _check_slow(self, params, X, Y):
+        n0, nL = self._n0, self._nL
         if not isinstance(X, np.ndarray) or X.ndim != 2:
             got = X.shape if isinstance(X, np.ndarray) else type(X).__name__
             raise InputError(f"X: expected an array of shape (batch, {n0}), got {got}")
@@ -67,14 +87,7 @@ class Kernel:
         extra = sorted(k for k in params if k not in self.param_shapes)
         if missing or extra:
             raise InputError(f"params: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
-        ps = []
-        for k in self._params:
-            a = params[k]
-            if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
-                a = self._array(f"params[{k!r}]", a, tuple(self.param_shapes[k]))
-            else:
-                self._array(f"params[{k!r}]", a, tuple(self.param_shapes[k]))
-            ps.append(a)
+        ps = [self._array(f"params[{k!r}]", params[k], shape) for k, shape in zip(self._params, self._shapes)]
         return ps, X, Y
 
     def _buffers(self, B):

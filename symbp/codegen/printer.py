@@ -10,6 +10,7 @@ log(1 + exp(x)) into the helpers ``_sigmoid`` and ``_softplus``, whose source is
 stable for |x| up to 1e4 in float32 and float64.
 """
 import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import naming
@@ -193,3 +194,29 @@ class NumbaPrinter(PythonCodePrinter):
 
     _print_exp = _print_log = _print_tanh = _print_sinh = _print_cosh = _print_Function
     _print_sin = _print_cos = _print_atan = _print_Function
+
+
+def is_transcendental(expr):
+    """True if printing ``expr`` calls a transcendental function (a scalar libm call per
+    element, which Numba cannot vectorize without SVML)."""
+    return any(isinstance(f, sp.Function) and not isinstance(f, (sp.Max, sp.Min, sp.Heaviside,
+                                                                   sp.Piecewise, sp.Abs))
+               for f in expr.atoms(sp.Function)) or any(
+        not e.exp.is_Integer for e in expr.atoms(sp.Pow))
+
+
+class ArrayPrinter(NumPyPrinter):
+    """Whole-array NumPy source: an Indexed quantity prints as its whole array, so the
+    expression of one entry becomes the vectorized expression of all entries."""
+
+    def __init__(self):
+        super().__init__({"fully_qualified_modules": True})
+
+    def _print_Indexed(self, e):
+        return naming.ident(e.base)
+
+    def _print__sigmoid(self, e):
+        return f"scipy.special.expit({self._print(e.args[0])})"
+
+    def _print__softplus(self, e):
+        return f"numpy.logaddexp(0, {self._print(e.args[0])})"

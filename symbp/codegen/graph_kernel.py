@@ -1,0 +1,163 @@
+"""GraphKernel: the Python face of a generated graph module.
+
+Contract: every array is checked before compiled code runs (keys, shapes, dtype); ``inputs`` is
+a dict {input name: (B, width)} of the graph's input nodes (the loss's target excluded), or one
+array when the graph has exactly one such input; ``target`` is (B, target width). Parameters
+are a dict keyed like ``graph.param_shapes()`` in the kernel's dtype; gradients come back keyed
+the same way. Work buffers are kept per batch size; results are fresh arrays unless
+``copy=False``.
+"""
+import numpy as np
+
+from ..errors import InputError
+
+
+class GraphKernel:
+    def __init__(self, derivation, module, path, target, dtype, jit):
+        self.derivation = derivation
+        self.graph = derivation.graph
+        self.network = self.graph
+        self.module = module
+        self.path = path
+        self.target = target
+        self.dtype = np.dtype(dtype)
+        self.jit = jit
+        self.param_shapes = {k: tuple(v) for k, v in module.PARAM_SHAPES.items()}
+        self.inputs = dict(module.INPUTS)
+        self.target_name, self.target_width = module.TARGET
+        self._params = tuple(module.PARAMS)
+        self._work = {}
+
+    def __repr__(self):
+        return f"<GraphKernel {self.graph.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
+
+    # parameters ---------------------------------------------------------------------------
+    def init_params(self, seed=0):
+        """Glorot-uniform weights, zero biases: W ~ U(-r, r), r = sqrt(6 / (rows + columns))."""
+        rng = np.random.default_rng(seed)
+        params = {}
+        for key, shape in self.param_shapes.items():
+            if len(shape) == 2:
+                r = np.sqrt(6.0 / (shape[0] + shape[1]))
+                params[key] = rng.uniform(-r, r, size=shape).astype(self.dtype)
+            else:
+                params[key] = np.zeros(shape, dtype=self.dtype)
+        return params
+
+    # checks -------------------------------------------------------------------------------
+    def _array(self, name, a, shape):
+        if not isinstance(a, np.ndarray):
+            raise InputError(f"{name}: expected a numpy array of dtype {self.dtype}, got {type(a).__name__}")
+        if a.dtype != self.dtype:
+            raise InputError(f"{name}: expected dtype {self.dtype} (this kernel's dtype), got {a.dtype}; "
+                             f"convert with .astype(np.{self.dtype})")
+        if a.shape != shape:
+            raise InputError(f"{name}: expected shape {shape}, got {a.shape}")
+        return np.ascontiguousarray(a)
+
+    def _check(self, params, inputs, target=None):
+        names = list(self.inputs)
+        if isinstance(inputs, np.ndarray) and len(names) == 1:
+            inputs = {names[0]: inputs}
+        if not isinstance(inputs, dict):
+            raise InputError(f"inputs: expected a dict with keys {', '.join(names)}"
+                             + (" (or one array)" if len(names) == 1 else ""))
+        missing = [k for k in names if k not in inputs]
+        extra = sorted(k for k in inputs if k not in self.inputs)
+        if missing or extra:
+            raise InputError(f"inputs: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+        first = inputs[names[0]]
+        if not isinstance(first, np.ndarray) or first.ndim != 2:
+            got = first.shape if isinstance(first, np.ndarray) else type(first).__name__
+            raise InputError(f"inputs[{names[0]!r}]: expected an array of shape (batch, {self.inputs[names[0]]}), got {got}")
+        B = first.shape[0]
+        if B < 1:
+            raise InputError(f"inputs[{names[0]!r}]: expected at least one row (sample)")
+        xs = [self._array(f"inputs[{k!r}]", inputs[k], (B, self.inputs[k])) for k in names]
+        if target is not None:
+            target = self._array("target", target, (B, self.target_width))
+        if not isinstance(params, dict):
+            raise InputError(f"params: expected a dict with keys {', '.join(self._params)}")
+        missing = [k for k in self._params if k not in params]
+        extra = sorted(k for k in params if k not in self.param_shapes)
+        if missing or extra:
+            raise InputError(f"params: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+        ps = [self._array(f"params[{k!r}]", params[k], self.param_shapes[k]) for k in self._params]
+        return ps, xs, target
+
+    def _buffers(self, B):
+        w = self._work.get(B)
+        if w is None:
+            m = self.module
+            fwd = {k: np.empty((B, n), self.dtype) for k, n in m.FORWARD_BUFFERS.items()}
+            bwd = {k: np.empty((B, n), self.dtype) for k, n in m.BACKWARD_BUFFERS.items()}
+            use = [np.empty(s, self.dtype) for s in m.USE_BUFFERS.values()]
+            grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
+            if len(self._work) >= 4:   # a few batch sizes (train and test) stay allocated
+                self._work.pop(next(iter(self._work)))
+            w = self._work[B] = (fwd, bwd, use, grads)
+        return w
+
+    def _run(self, params, inputs, target):
+        ps, xs, t = self._check(params, inputs, target)
+        fwd, bwd, use, grads = self._buffers(xs[0].shape[0])
+        loss = self.module.loss_and_grad(*xs, t, *ps, *fwd.values(), *bwd.values(), *use, *grads)
+        return float(loss), fwd, bwd, grads
+
+    def compile(self):
+        """Compile every entry point now (Numba compiles on first call); returns self."""
+        params = self.init_params(0)
+        xs = {k: np.zeros((1, n), self.dtype) for k, n in self.inputs.items()}
+        t = np.zeros((1, self.target_width), self.dtype)
+        self.forward(params, xs)
+        self.loss_and_grad(params, xs, t)
+        self.sgd_step(params, xs, t, 0.0)
+        return self
+
+    # calls --------------------------------------------------------------------------------
+    def forward(self, params, inputs):
+        """The value of the node the loss reads, shape (B, width)."""
+        ps, xs, _ = self._check(params, inputs)
+        fwd, _, _, _ = self._buffers(xs[0].shape[0])
+        return self.module.forward(*xs, *ps, *fwd.values()).copy()
+
+    def values(self, params, inputs):
+        """{node name: value} of every node after the forward pass (inputs included)."""
+        ps, xs, _ = self._check(params, inputs)
+        fwd, _, _, _ = self._buffers(xs[0].shape[0])
+        self.module.forward(*xs, *ps, *fwd.values())
+        out = {k: x.copy() for k, x in zip(self.inputs, xs)}
+        out.update({k: v.copy() for k, v in fwd.items()})
+        return out
+
+    def loss_and_grad(self, params, inputs, target, copy=True):
+        """(loss, {param: dL/dparam} keyed like params). copy=False returns the work buffers."""
+        loss, _, _, grads = self._run(params, inputs, target)
+        return loss, {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
+
+    def loss(self, params, inputs, target):
+        return self._run(params, inputs, target)[0]
+
+    def input_grads(self, params, inputs, target):
+        """{input: dL/dinput} for the inputs marked grad (backpropagation to the data, seed 002
+        section 14.9); shape (B, width) each."""
+        if not self.module.INPUT_GRADS:
+            raise InputError(f"input_grads: no input of graph {self.graph.name!r} is marked grad = true")
+        _, _, bwd, _ = self._run(params, inputs, target)
+        return {k: bwd[label].copy() for k, label in self.module.INPUT_GRADS.items()}
+
+    def loss_and_input_grads(self, params, inputs, target):
+        """(loss, {param: grad}, {input: grad}) from one pass."""
+        loss, _, bwd, grads = self._run(params, inputs, target)
+        return (loss, {k: g.copy() for k, g in zip(self._params, grads)},
+                {k: bwd[label].copy() for k, label in self.module.INPUT_GRADS.items()})
+
+    def sgd_step(self, params, inputs, target, lr):
+        """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
+        ps, xs, t = self._check(params, inputs, target)
+        for k, a in zip(self._params, ps):
+            if params[k] is not a:
+                raise InputError(f"params[{k!r}]: sgd_step updates in place and needs a C-contiguous "
+                                 f"array of dtype {self.dtype}")
+        fwd, bwd, use, grads = self._buffers(xs[0].shape[0])
+        return float(self.module.sgd_step(*xs, t, *ps, *fwd.values(), *bwd.values(), *use, *grads, float(lr)))

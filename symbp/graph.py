@@ -1,0 +1,678 @@
+"""DAG networks: named nodes with explicit edges, built in Python or read from TOML, validated.
+
+Contract: ``Graph`` is frozen and already checked; it is built by ``GraphBuilder.build()``
+(``graph(name)`` returns a builder), by ``load_graph(path)`` / ``loads_graph(text)`` from TOML,
+or by ``from_network(net)`` from an MLP. All routes go through ``build_graph`` with the same node
+tables, so equal specs give equal graphs (and equal ``digest``). Every mistake raises a one-line
+``SpecError`` naming the source, the key (``node.<name>.<field>``) and the nodes involved:
+a cycle (its nodes in order), an edge naming no node, widths that disagree at add, multiply,
+expression or a declared ``units`` (concat), a shared parameter used with two shapes, a node with
+no path to the loss, a loss that does not fit its input, and more (tests/bad_graphs/).
+
+Node kinds (``inputs`` lists the nodes a node reads, in slot order; any node may feed several):
+
+- ``input``: ``width``; ``grad = true`` asks for dL/d(input) (backpropagation to the data).
+- ``dense``: out = W a + b with W of shape (units, n_in); ``weight`` / ``bias`` name the
+  parameters (default ``W_<node>`` / ``b_<node>``; ``bias = false``: none). Two dense nodes naming
+  one parameter share it; ``transpose = true`` uses the weight transposed, out = W^T a + b, W of
+  shape (n_in, units) (the tied autoencoder's W and W^T).
+- ``activation``: out = f(in) with f from ``symbp.functions.ACTIVATIONS`` (softmax included, its
+  parameters such as ``slope`` as extra keys) or from the spec's ``[activations]`` expressions.
+- ``add`` / ``multiply``: elementwise sum / product of two or more inputs of one width.
+- ``concat``: the inputs' vectors one after the other (merge, eq. 14.37 of seed 002).
+- ``expression``: an elementwise expression of its inputs, written with their node names
+  (``"x * sigmoid(g)"``), parsed by the safe parser; every input must appear in it.
+- ``loss``: ``loss`` (a kind of ``symbp.functions.LOSSES``) of ``input`` against ``target``, an
+  input node used by nothing else; ``reduction`` mean (default) or sum over the batch.
+
+Exactly one loss node; every other node has a path to it. bce needs a sigmoid activation node as
+the loss input and ce a softmax node (the kernels compute those losses from the logits).
+Names are letters, digits and ``_`` (no ``__``); nodes and parameters share one namespace, and
+``g_<name>`` is reserved for the gradient of ``<name>``.
+"""
+import hashlib
+import json
+import numbers
+import os
+import tomllib
+from dataclasses import dataclass
+from typing import Optional
+
+import sympy as sp
+
+from . import naming
+from .errors import SpecError
+from .exprparse import parse_expression
+from .functions import ACTIVATIONS, LOSSES, REDUCTIONS, Activation, Loss, elementwise_functions, user_activation
+from .network import resolve_activation
+
+KINDS = ("input", "dense", "activation", "add", "multiply", "concat", "expression", "loss")
+# Keys every node table may hold, per kind (activation parameters such as slope are added from
+# the activation's own table).
+KEYS = {
+    "input": ("name", "kind", "width", "grad"),
+    "dense": ("name", "kind", "input", "units", "weight", "bias", "transpose"),
+    "activation": ("name", "kind", "input", "activation", "units"),
+    "add": ("name", "kind", "inputs", "units"),
+    "multiply": ("name", "kind", "inputs", "units"),
+    "concat": ("name", "kind", "inputs", "units"),
+    "expression": ("name", "kind", "inputs", "expression", "units"),
+    "loss": ("name", "kind", "input", "target", "loss", "reduction"),
+}
+MULTI = ("add", "multiply", "concat", "expression")
+TOP_KEYS = ("graph", "node", "activations")
+GRAPH_KEYS = ("name",)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One validated node. ``inputs`` are node names in slot order (the loss: its input only)."""
+
+    name: str
+    kind: str
+    inputs: tuple
+    width: int                              # output width (the loss: 1)
+    grad: bool = False                      # input: gradient wanted
+    weight: Optional[str] = None            # dense
+    bias: Optional[str] = None              # dense (None: no bias)
+    transpose: bool = False                 # dense: use the weight transposed
+    activation: Optional[Activation] = None
+    expression: Optional[sp.Expr] = None    # expression: in scalar symbols named like the inputs
+    text: Optional[str] = None              # expression: as written
+    loss: Optional[Loss] = None
+    reduction: str = "mean"
+    target: Optional[str] = None            # loss: the target input node
+
+    def symbol(self, input_name):
+        """The scalar symbol standing for ``input_name`` in ``expression``."""
+        return sp.Symbol(input_name, real=True)
+
+    def canonical(self):
+        d = {"name": self.name, "kind": self.kind, "inputs": list(self.inputs), "width": self.width}
+        if self.kind == "input":
+            d["grad"] = self.grad
+        if self.kind == "dense":
+            d.update(weight=self.weight, bias=self.bias, transpose=self.transpose)
+        if self.activation is not None:
+            act = self.activation
+            d["activation"] = {"name": act.name, "params": [[k, str(v)] for k, v in act.values],
+                               "definition": sp.srepr(act.definition) if act.user else None}
+        if self.kind == "expression":
+            d["expression"] = sp.srepr(self.expression)
+        if self.kind == "loss":
+            d.update(loss=self.loss.name, reduction=self.reduction, target=self.target)
+        return d
+
+
+@dataclass(frozen=True)
+class Param:
+    """A named parameter: its role ("weight" or "bias"), shape and uses ((node, transposed), ...)."""
+
+    name: str
+    role: str
+    shape: tuple
+    uses: tuple
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    nodes: tuple            # Node, in topological order (ties: declared order)
+    params: tuple           # Param, in order of first use (weight before bias)
+    declared: tuple         # node names in declared order
+
+    # ---- lookup ---------------------------------------------------------------------------
+    def node(self, name):
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def loss_node(self):
+        return next(n for n in self.nodes if n.kind == "loss")
+
+    @property
+    def output(self):
+        """The node the loss reads (the network's output)."""
+        return self.loss_node.inputs[0]
+
+    @property
+    def target(self):
+        return self.loss_node.target
+
+    @property
+    def reduction(self):
+        return self.loss_node.reduction
+
+    @property
+    def inputs(self):
+        """Input nodes fed by the caller (the target excluded), in declared order."""
+        by = {n.name: n for n in self.nodes}
+        return tuple(by[k] for k in self.declared if by[k].kind == "input" and k != self.target)
+
+    @property
+    def grad_inputs(self):
+        return tuple(n for n in self.inputs if n.grad)
+
+    def consumers(self, name):
+        """((consumer, slot), ...) of every edge leaving ``name``, in topological order; the
+        loss's target edge has slot "target"."""
+        out = []
+        for n in self.nodes:
+            for slot, src in enumerate(n.inputs):
+                if src == name:
+                    out.append((n.name, slot))
+            if n.kind == "loss" and n.target == name:
+                out.append((n.name, "target"))
+        return tuple(out)
+
+    def param(self, name):
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def param_shapes(self):
+        return {p.name: p.shape for p in self.params}
+
+    def requires_grad(self):
+        """Names of nodes whose gradient the backward pass needs: inputs marked grad, dense
+        nodes (they have parameters) and every node downstream of one."""
+        need = set()
+        for n in self.nodes:
+            if n.kind == "loss":
+                continue
+            if (n.kind == "input" and n.grad) or n.kind == "dense" or any(i in need for i in n.inputs):
+                need.add(n.name)
+        return frozenset(need)
+
+    # ---- identity -------------------------------------------------------------------------
+    def canonical(self):
+        return {"name": self.name, "nodes": [n.canonical() for n in self.nodes],
+                "params": [[p.name, p.role, list(p.shape)] for p in self.params],
+                "declared": list(self.declared)}
+
+    @property
+    def digest(self):
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(("graph:" + text).encode()).hexdigest()
+
+    def __str__(self):
+        parts = []
+        for n in self.nodes:
+            if n.kind == "input":
+                parts.append(f"{n.name}[{n.width}{', grad' if n.grad else ''}]")
+            elif n.kind == "loss":
+                parts.append(f"{n.name}={n.loss.name}({n.inputs[0]}, {n.target})")
+            else:
+                what = n.activation.name if n.kind == "activation" else n.kind
+                parts.append(f"{n.name}={what}({', '.join(n.inputs)})[{n.width}]")
+        return f"{self.name}: " + " ".join(parts) + f" ({self.reduction})"
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+
+def _int(value, where, key, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise SpecError(where, key, f"expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _name(value, where, key, what="name"):
+    if not naming.is_safe_name(value) or "__" in value:
+        raise SpecError(where, key, f"expected a {what} of letters, digits and single _ starting with a "
+                                    f"letter (at most 64 characters, not a Python keyword), got {value!r}")
+    return value
+
+
+def _bool(table, key, where, prefix):
+    v = table.get(key, False)
+    if not isinstance(v, bool):
+        raise SpecError(where, f"{prefix}{key}", f"expected true or false, got {v!r}")
+    return v
+
+
+def _str(table, key, where, prefix, default=None):
+    if key not in table:
+        if default is None:
+            raise SpecError(where, f"{prefix}{key}", "missing key")
+        return default
+    v = table[key]
+    if not isinstance(v, str):
+        raise SpecError(where, f"{prefix}{key}", f"expected a string, got {type(v).__name__} {v!r}")
+    return v
+
+
+def _find_cycle(edges, order):
+    """A cycle as a list of names [a, b, ..., a] or None; ``edges[n]`` are n's inputs."""
+    state = {}
+    stack = []
+
+    def visit(n):
+        state[n] = "open"
+        stack.append(n)
+        for m in edges[n]:
+            if state.get(m) == "open":
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = "done"
+        return None
+
+    for n in order:
+        if n not in state:
+            found = visit(n)
+            if found:
+                # edges point from consumer to input: print the cycle in data-flow order
+                return list(reversed(found))
+    return None
+
+
+def _topological(edges, order):
+    """Kahn's algorithm, ties broken by declared order (deterministic)."""
+    placed, out = set(), []
+    while len(out) < len(order):
+        for n in order:
+            if n not in placed and all(m in placed for m in edges[n]):
+                placed.add(n)
+                out.append(n)
+                break
+    return out
+
+
+def build_graph(name, nodes, activations=None, where=""):
+    """Validate node tables (dicts as in the TOML ``[[node]]`` tables) into a Graph."""
+    gkey = "graph.name"
+    if not isinstance(name, str):
+        raise SpecError(where, gkey, f"expected a string, got {name!r}")
+    _name(name, where, gkey, "graph name")
+    if activations is not None and not isinstance(activations, dict):
+        raise SpecError(where, "activations", f"expected a table of name = expression in z, got {activations!r}")
+    defined = {}
+    for dname, text in (activations or {}).items():
+        if not isinstance(text, str):
+            raise SpecError(where, f"activations.{dname}", f"expected an expression string in z, got {type(text).__name__}")
+        defined[dname] = user_activation(dname, text, where, known=defined)
+    if isinstance(nodes, (str, bytes, dict)) or not hasattr(nodes, "__iter__"):
+        raise SpecError(where, "node", "expected an array of node tables [[node]]")
+    nodes = list(nodes)
+    if not nodes:
+        raise SpecError(where, "node", "expected at least one [[node]] table")
+
+    # 1. names and kinds -------------------------------------------------------------------
+    tables, order = {}, []
+    for idx, t in enumerate(nodes, start=1):
+        if not isinstance(t, dict):
+            raise SpecError(where, f"node[{idx}]", f"expected a table, got {type(t).__name__}")
+        if "name" not in t:
+            raise SpecError(where, f"node[{idx}].name", "missing key")
+        nname = t["name"]
+        if not isinstance(nname, str):
+            raise SpecError(where, f"node[{idx}].name", f"expected a string, got {nname!r}")
+        _name(nname, where, f"node[{idx}].name", "node name")
+        if nname in tables:
+            raise SpecError(where, f"node.{nname}", f"two nodes are named {nname!r} (node[{order.index(nname) + 1}] and node[{idx}])")
+        kind = t.get("kind")
+        if kind not in KINDS:
+            raise SpecError(where, f"node.{nname}.kind", f"unknown node kind {kind!r} (expected one of: {', '.join(KINDS)})")
+        allowed = KEYS[kind]
+        if kind == "activation":
+            act = t.get("activation")
+            an = act.get("name") if isinstance(act, dict) else getattr(act, "name", act)
+            if isinstance(an, str) and an in ACTIVATIONS:
+                allowed = allowed + tuple(p[0] for p in ACTIVATIONS[an].params)
+        for key in t:
+            if key not in allowed:
+                raise SpecError(where, f"node.{nname}.{key}", f"unknown key for a {kind} node (expected one of: {', '.join(allowed)})")
+        tables[nname] = t
+        order.append(nname)
+
+    # 2. edges ------------------------------------------------------------------------------
+    edges, targets = {}, {}
+    for nname in order:
+        t, kind, prefix = tables[nname], tables[nname]["kind"], f"node.{nname}."
+        if kind == "input":
+            ins = []
+        elif kind in MULTI:
+            if "inputs" not in t:
+                raise SpecError(where, f"{prefix}inputs", "missing key (expected a list of node names)")
+            ins = t["inputs"]
+            if isinstance(ins, str) or not isinstance(ins, (list, tuple)) or not all(isinstance(i, str) for i in ins):
+                raise SpecError(where, f"{prefix}inputs", f"expected a list of node names, got {ins!r}")
+            ins = list(ins)
+            least = 1 if kind == "expression" else 2
+            if len(ins) < least:
+                raise SpecError(where, f"{prefix}inputs", f"a {kind} node needs at least {least} inputs, got {len(ins)}")
+        else:
+            ins = [_str(t, "input", where, prefix)]
+        for i in ins:
+            if i not in tables:
+                raise SpecError(where, f"{prefix}{'input' if kind not in MULTI else 'inputs'}",
+                                f"edge {i!r} -> {nname!r} names no node (nodes: {', '.join(order)})")
+        if kind == "loss":
+            tgt = _str(t, "target", where, prefix)
+            if tgt not in tables:
+                raise SpecError(where, f"{prefix}target", f"edge {tgt!r} -> {nname!r} names no node (nodes: {', '.join(order)})")
+            targets[nname] = tgt
+        edges[nname] = ins
+
+    losses = [n for n in order if tables[n]["kind"] == "loss"]
+    if not losses:
+        raise SpecError(where, "node", "no loss node (expected exactly one node of kind 'loss')")
+    if len(losses) > 1:
+        raise SpecError(where, f"node.{losses[1]}", f"more than one loss node: {', '.join(losses)} (expected exactly one)")
+    loss_name = losses[0]
+    for nname in order:
+        if loss_name in edges[nname]:
+            raise SpecError(where, f"node.{nname}", f"the loss node {loss_name!r} feeds node {nname!r}: the loss must be the last node")
+
+    cycle = _find_cycle(edges, order)
+    if cycle:
+        raise SpecError(where, f"node.{cycle[0]}", "cycle " + " -> ".join(cycle) + " (a graph must be acyclic)")
+    topo = _topological(edges, order)
+
+    # 3. widths and node contents, in topological order --------------------------------------
+    functions = elementwise_functions(defined)
+    built, widths, params = {}, {}, {}
+    for nname in topo:
+        t, kind, prefix = tables[nname], tables[nname]["kind"], f"node.{nname}."
+        ins = tuple(edges[nname])
+        kw = {}
+        if kind == "input":
+            if "width" not in t:
+                raise SpecError(where, f"{prefix}width", "missing key (expected an integer >= 1)")
+            width = _int(t["width"], where, f"{prefix}width")
+            kw["grad"] = _bool(t, "grad", where, prefix)
+        elif kind == "dense":
+            if "units" not in t:
+                raise SpecError(where, f"{prefix}units", "missing key (expected an integer >= 1)")
+            width = _int(t["units"], where, f"{prefix}units")
+            n_in = widths[ins[0]]
+            weight = _str(t, "weight", where, prefix, default=f"W_{nname}")
+            _name(weight, where, f"{prefix}weight", "parameter name")
+            bias = t.get("bias", f"b_{nname}")
+            if bias is False:
+                bias = None
+            elif not isinstance(bias, str):
+                raise SpecError(where, f"{prefix}bias", f"expected a parameter name or false, got {bias!r}")
+            else:
+                _name(bias, where, f"{prefix}bias", "parameter name")
+            transpose = _bool(t, "transpose", where, prefix)
+            uses = [(weight, "weight", (n_in, width) if transpose else (width, n_in), transpose)]
+            if bias is not None:
+                uses.append((bias, "bias", (width,), False))
+            for pname, role, shape, tr in uses:
+                key = f"{prefix}{role}"
+                if pname == weight and role == "bias":
+                    raise SpecError(where, key, f"parameter {pname!r} is both the weight and the bias of node {nname!r}")
+                if pname in params:
+                    p = params[pname]
+                    first = p["uses"][0][0]
+                    if p["role"] != role:
+                        raise SpecError(where, key, f"parameter {pname!r} is a {p['role']} of node {first!r} "
+                                                    f"and a {role} of node {nname!r}")
+                    if p["shape"] != shape:
+                        raise SpecError(where, key, f"shared parameter {pname!r} used with incompatible shapes: "
+                                                    f"node {first!r} needs {p['shape']}, node {nname!r} needs {shape}"
+                                                    f"{' (transposed)' if tr else ''}")
+                    p["uses"].append((nname, tr))
+                else:
+                    params[pname] = {"role": role, "shape": shape, "uses": [(nname, tr)]}
+            kw.update(weight=weight, bias=bias, transpose=transpose)
+        elif kind == "activation":
+            if "activation" not in t:
+                raise SpecError(where, f"{prefix}activation", "missing key")
+            spec = t["activation"]
+            if isinstance(spec, Activation):
+                act = spec
+            else:
+                extra = {k: t[k] for k in t if k not in KEYS["activation"]}
+                if extra:
+                    if isinstance(spec, dict):
+                        raise SpecError(where, f"{prefix}activation", "give parameters either in the table or in the node, not both")
+                    spec = {"name": spec, **extra}
+                act = resolve_activation(spec, where, f"{prefix}activation", defined)
+            width = widths[ins[0]]
+            if act.name == "softmax" and width < 2:
+                raise SpecError(where, f"{prefix}activation", f"softmax needs at least 2 units, but its input {ins[0]!r} has width {width}")
+            kw["activation"] = act
+        elif kind in ("add", "multiply", "expression"):
+            ws = [widths[i] for i in ins]
+            if len(set(ws)) != 1:
+                detail = ", ".join(f"{i}={w}" for i, w in zip(ins, ws))
+                raise SpecError(where, f"{prefix}inputs", f"shape mismatch at {kind} node {nname!r}: its inputs have "
+                                                          f"different widths ({detail})")
+            width = ws[0]
+            if kind == "expression":
+                if len(set(ins)) != len(ins):
+                    dup = next(i for i in ins if ins.count(i) > 1)
+                    raise SpecError(where, f"{prefix}inputs", f"input {dup!r} is listed twice (each input is one variable of the expression)")
+                text = _str(t, "expression", where, prefix)
+                variables = {i: sp.Symbol(i, real=True) for i in ins}
+                expr = parse_expression(text, variables, functions, where, f"{prefix}expression")
+                for i in ins:
+                    if variables[i] not in expr.free_symbols:
+                        raise SpecError(where, f"{prefix}expression", f"input {i!r} of node {nname!r} does not appear in {text!r}")
+                kw.update(expression=expr, text=text)
+        elif kind == "concat":
+            width = sum(widths[i] for i in ins)
+        else:   # loss
+            lname = _str(t, "loss", where, prefix)
+            if lname not in LOSSES:
+                raise SpecError(where, f"{prefix}loss", f"unknown loss {lname!r} (expected one of: {', '.join(LOSSES)})")
+            reduction = _str(t, "reduction", where, prefix, default="mean")
+            if reduction not in REDUCTIONS:
+                raise SpecError(where, f"{prefix}reduction", f"expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+            kw.update(loss=LOSSES[lname], reduction=reduction, target=targets[nname])
+            width = 1
+        if "units" in t and kind != "dense":
+            units = _int(t["units"], where, f"{prefix}units")
+            if units != width:
+                detail = " + ".join(f"{i}={widths[i]}" for i in ins) if kind == "concat" else f"{width}"
+                raise SpecError(where, f"{prefix}units", f"shape mismatch at {kind} node {nname!r}: declared units {units}, "
+                                                         f"but its inputs give {detail}")
+        widths[nname] = width
+        built[nname] = Node(nname, kind, ins, width, **kw)
+
+    # 4. names: one namespace, g_<name> reserved ----------------------------------------------
+    # names[x] = (description, the key an error about x names)
+    names = {n: (f"node {n!r}", f"node.{n}") for n in order}
+    for pname, p in params.items():
+        key = f"node.{p['uses'][0][0]}.{p['role']}"
+        if pname in names:
+            raise SpecError(where, key, f"parameter {pname!r} has the name of node {pname!r} "
+                                        f"(nodes and parameters share one namespace)")
+        names[pname] = (f"parameter {pname!r}", key)
+    for n, (what, _) in names.items():
+        if f"g_{n}" in names:
+            holder, key = names[f"g_{n}"]
+            raise SpecError(where, key, f"the name 'g_{n}' of {holder} is reserved for the gradient of {what}")
+
+    # 5. the loss: its input, its target, and paths to it -----------------------------------
+    loss = built[loss_name]
+    prefix = f"node.{loss_name}."
+    src, tgt = built[loss.inputs[0]], built[loss.target]
+    if tgt.kind != "input":
+        raise SpecError(where, f"{prefix}target", f"the target {tgt.name!r} of loss {loss_name!r} is a {tgt.kind} node (expected an input node)")
+    if tgt.grad:
+        raise SpecError(where, f"node.{tgt.name}.grad", f"input {tgt.name!r} is the target of loss {loss_name!r}: a target takes no gradient")
+    others = [n for n in topo if tgt.name in edges[n] and n != loss_name]
+    if others or tgt.name == loss.inputs[0]:
+        who = others[0] if others else loss_name
+        raise SpecError(where, f"{prefix}target", f"target {tgt.name!r} of loss {loss_name!r} also feeds node {who!r} "
+                                                  f"(use a separate input node for the target)")
+    if tgt.width != src.width:
+        raise SpecError(where, f"{prefix}target", f"shape mismatch at loss {loss_name!r}: input {src.name!r} has width "
+                                                  f"{src.width}, target {tgt.name!r} has width {tgt.width}")
+    need = loss.loss.outputs
+    if need:
+        act = src.activation.name if src.kind == "activation" else None
+        if act not in need:
+            got = f"a {act} activation node" if act else f"a {src.kind} node"
+            raise SpecError(where, f"{prefix}loss", f"loss {loss.loss.name!r} needs a {' or '.join(need)} activation "
+                                                    f"node as its input, but {src.name!r} is {got}")
+    reaches = {loss_name}
+    for n in reversed(topo):
+        if any(c in reaches for c in topo if n in edges[c]) or n == tgt.name:
+            reaches.add(n)
+    for n in order:
+        if n not in reaches:
+            raise SpecError(where, f"node.{n}", f"node {n!r} has no path to the loss {loss_name!r}")
+
+    plist = []
+    for n in topo:
+        node = built[n]
+        if node.kind == "dense":
+            for pname in (node.weight, node.bias):
+                if pname is not None and pname not in [p.name for p in plist]:
+                    p = params[pname]
+                    plist.append(Param(pname, p["role"], p["shape"], tuple(p["uses"])))
+    g = Graph(name, tuple(built[n] for n in topo), tuple(plist), tuple(order))
+    if not plist and not g.grad_inputs:
+        raise SpecError(where, "node", "nothing to differentiate: no dense node (parameters) and no input marked grad = true")
+    return g
+
+
+# ----------------------------------------------------------------------------------------------
+# the Python builder
+# ----------------------------------------------------------------------------------------------
+
+class GraphBuilder:
+    """Collects node tables; ``build()`` validates them (the same checks as the TOML loader).
+
+    Each method returns the node's name, which later calls take as an input::
+
+        g = graph("residual")
+        x = g.input("x", 4)
+        h = g.activation("h", g.dense("d", x, units=4), "tanh")
+        g.loss("loss", g.add("y", x, h), g.input("t", 4), "mse")
+        G = g.build()
+    """
+
+    def __init__(self, name, activations=None, where="graph()"):
+        self.name = name
+        self.activations = dict(activations or {})
+        self.where = where
+        self.tables = []
+
+    def _add(self, table):
+        self.tables.append(table)
+        return table["name"]
+
+    def input(self, name, width, grad=False):
+        return self._add({"name": name, "kind": "input", "width": width, "grad": grad})
+
+    def dense(self, name, input, units, weight=None, bias=None, transpose=False):
+        """out = W input + b; bias=False for none; names default to W_<name>, b_<name>."""
+        t = {"name": name, "kind": "dense", "input": input, "units": units, "transpose": transpose}
+        if weight is not None:
+            t["weight"] = weight
+        if bias is not None:
+            t["bias"] = bias
+        return self._add(t)
+
+    def activation(self, name, input, activation, **params):
+        """activation: a name, {"name": ..., <param>: value}, or an Activation."""
+        return self._add({"name": name, "kind": "activation", "input": input, "activation": activation, **params})
+
+    def add(self, name, *inputs, units=None):
+        return self._add(self._multi(name, "add", inputs, units))
+
+    def multiply(self, name, *inputs, units=None):
+        return self._add(self._multi(name, "multiply", inputs, units))
+
+    def concat(self, name, *inputs, units=None):
+        return self._add(self._multi(name, "concat", inputs, units))
+
+    def expression(self, name, expression, inputs, units=None):
+        """An elementwise expression of ``inputs`` written with their names: "x * sigmoid(g)"."""
+        t = self._multi(name, "expression", inputs, units)
+        t["expression"] = expression
+        return self._add(t)
+
+    def loss(self, name, input, target, loss, reduction="mean"):
+        return self._add({"name": name, "kind": "loss", "input": input, "target": target,
+                          "loss": loss, "reduction": reduction})
+
+    @staticmethod
+    def _multi(name, kind, inputs, units):
+        t = {"name": name, "kind": kind, "inputs": list(inputs) if isinstance(inputs, (list, tuple)) else inputs}
+        if units is not None:
+            t["units"] = units
+        return t
+
+    def build(self):
+        return build_graph(self.name, self.tables, self.activations or None, self.where)
+
+
+def graph(name, activations=None):
+    """A GraphBuilder for a graph called ``name``; ``activations`` maps new elementwise
+    activation names to expression strings in z (like a spec's [activations])."""
+    return GraphBuilder(name, activations)
+
+
+def from_network(net, input_grad=False):
+    """The graph of an MLP: input x -> dense z1 (W1, b1) -> activation a1 -> ... -> loss(aL, y).
+
+    Node and parameter names follow the MLP kernels (W1, b1, ...), so one params dict serves
+    both. ``input_grad`` marks x grad (dL/dX)."""
+    b = GraphBuilder(net.name, where=f"from_network({net.name})")
+    prev = b.input("x", net.inputs, grad=input_grad)
+    for l, layer in enumerate(net.layers, start=1):
+        z = b.dense(f"z{l}", prev, layer.units, weight=naming.param_key("W", l), bias=naming.param_key("b", l))
+        prev = b.activation(f"a{l}", z, layer.activation)
+    b.input("y", net.sizes[-1])
+    b.loss("loss", prev, "y", net.loss.name, net.reduction)
+    return b.build()
+
+
+# ----------------------------------------------------------------------------------------------
+# TOML
+# ----------------------------------------------------------------------------------------------
+
+def loads_graph(text, where="<string>"):
+    """Parse graph spec text (TOML: [graph], [[node]], optional [activations]) into a Graph."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(where, "", f"not valid TOML ({e})") from None
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise SpecError(where, key, f"unknown key (expected one of: {', '.join(TOP_KEYS)})")
+    if "graph" not in doc or not isinstance(doc["graph"], dict):
+        raise SpecError(where, "graph", "missing table [graph] (with name = ...)")
+    for key in doc["graph"]:
+        if key not in GRAPH_KEYS:
+            raise SpecError(where, f"graph.{key}", f"unknown key (expected one of: {', '.join(GRAPH_KEYS)})")
+    if "name" not in doc["graph"]:
+        raise SpecError(where, "graph.name", "missing key")
+    nodes = doc.get("node")
+    if nodes is None:
+        raise SpecError(where, "node", "missing [[node]] tables")
+    if not isinstance(nodes, list):
+        raise SpecError(where, "node", "expected an array of tables [[node]]")
+    acts = doc.get("activations")
+    if acts is not None and not isinstance(acts, dict):
+        raise SpecError(where, "activations", "expected a table [activations]")
+    return build_graph(doc["graph"]["name"], nodes, acts, where)
+
+
+def load_graph(path):
+    """Read a TOML graph spec file into a validated Graph."""
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise SpecError(where, "", f"cannot read the spec file ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(where, "", "not UTF-8 text") from None
+    return loads_graph(text, where)

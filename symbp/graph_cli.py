@@ -1,0 +1,111 @@
+"""Command line for DAG specs: ``symbp graph derive|generate|check SPEC``.
+
+Contract: ``add_command(subparsers)`` adds the ``graph`` command (listed in
+``symbp.cli.COMMAND_MODULES``); each subcommand returns an exit code: 0 on success, 1 when a
+gradient check fails; a SymbpError (bad spec, bad option) propagates to ``symbp.cli.main``, which
+prints one line and exits 2. Nothing is written before everything was derived and rendered.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _graph(path):
+    from .graph import load_graph
+    return load_graph(path)
+
+
+def cmd_derive(args):
+    from .codegen.emit import text
+    from .graph_derive import derive_graph
+    d = derive_graph(_graph(args.spec))
+    if args.latex:
+        from .codegen.load import write
+        write(args.latex, d.latex(document=True))
+        print(f"wrote {args.latex}")
+    if args.dump:
+        sys.stdout.write(d.dump())
+    elif not args.latex:
+        print(f"# {d.graph}")
+        for e in d.equations:
+            if e.kind == "loss":
+                print(f"L = {e.rhs}")
+            elif e.kind in ("branch_sum", "shared_sum"):
+                print(f"{e.name} = {' + '.join(e.terms)}   [{e.kind}]")
+            elif e.kind == "forward_concat":
+                print(f"{e.name} = [{', '.join(d.graph.node(e.node).inputs)}]   [concat]")
+            else:
+                print(f"{text(e.lhs, e.rhs)}   [{e.kind}]")
+    return 0
+
+
+def _kernel(args):
+    from .codegen.graph_emit import generate_graph
+    from .graph_derive import derive_graph
+    d = derive_graph(_graph(args.spec))
+    return generate_graph(d, target=args.target, dtype=args.dtype,
+                          out_dir=Path(args.out) if args.out else None, jit=not args.no_jit)
+
+
+def cmd_generate(args):
+    k = _kernel(args)
+    if not args.no_jit:
+        k.compile()
+    print(k.path)
+    return 0
+
+
+def sample(graph, batch, seed, dtype):
+    """Random inputs {name: (batch, width)} and a target that fits the loss (one-hot for ce,
+    0/1 for bce, normal otherwise)."""
+    rng = np.random.default_rng(seed)
+    inputs = {n.name: rng.normal(size=(batch, n.width)).astype(dtype) for n in graph.inputs}
+    w = graph.node(graph.target).width
+    kind = graph.loss_node.loss.name
+    if kind == "ce":
+        target = np.eye(w, dtype=dtype)[rng.integers(0, w, size=batch)]
+    elif kind == "bce":
+        target = rng.integers(0, 2, size=(batch, w)).astype(dtype)
+    else:
+        target = rng.normal(size=(batch, w)).astype(dtype)
+    return inputs, target
+
+
+def cmd_check(args):
+    from .graph_verify import graph_gradcheck
+    k = _kernel(args)
+    params = k.init_params(seed=args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    for key in params:    # nonzero biases too, so every term of the gradient is exercised
+        params[key] += rng.normal(0, 0.1, size=params[key].shape).astype(k.dtype)
+    inputs, target = sample(k.graph, args.batch, args.seed, k.dtype)
+    report = graph_gradcheck(k, params, inputs, target, tol=args.tol)
+    print(f"# {k.graph}  ({k.path})")
+    print(report)
+    return 0 if report.ok else 1
+
+
+def add_command(subparsers):
+    p = subparsers.add_parser("graph", help="DAG networks (branch, merge, shared parameters): derive, generate, check")
+    sub = p.add_subparsers(dest="graph_command", required=True)
+
+    q = sub.add_parser("derive", help="derive a graph spec's backpropagation and print it")
+    q.add_argument("spec")
+    q.add_argument("--dump", action="store_true", help="show every simplification stage")
+    q.add_argument("--latex", metavar="FILE", help="write a LaTeX document of the equations")
+    q.set_defaults(fn=cmd_derive)
+
+    for name, fn, help_ in (("generate", cmd_generate, "emit and compile the kernel of a graph spec"),
+                            ("check", cmd_check, "verify a graph kernel's gradients by finite differences")):
+        q = sub.add_parser(name, help=help_)
+        q.add_argument("spec")
+        q.add_argument("--target", default="cpu")
+        q.add_argument("--dtype", default="float64")
+        q.add_argument("--out", help="directory for generated kernels (default ./generated)")
+        q.add_argument("--no-jit", action="store_true", help="load as plain Python, do not compile")
+        if name == "check":
+            q.add_argument("--batch", type=int, default=4)
+            q.add_argument("--seed", type=int, default=0)
+            q.add_argument("--tol", type=float, default=None)
+        q.set_defaults(fn=fn)

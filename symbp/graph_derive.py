@@ -1,0 +1,539 @@
+"""Backpropagation over a DAG (seed 002, sections 14.7-14.9), derived with SymPy.
+
+Contract: ``derive_graph(graph) -> GraphDerivation``. Every local derivative comes from
+``sympy.diff`` of a node's forward definition, in index notation with the sample index s and
+symbolic widths ``n_<node>`` (as ``symbp.derive`` does for layers), and goes through the ordered
+passes of ``symbp.simplify``. Each node kind's rules are derived once in generic names and
+renamed per node. Forward definitions (out[s, j]):
+
+- dense: sum_k W[j, k] in[s, k] + b[j]  (transposed: W[k, j]);
+- activation: f(in[s, j]), softmax exp(in[s, j]) / sum_k exp(in[s, k]);
+- add / multiply: in_0[s, j] + in_1[s, j] + ... / in_0[s, j] in_1[s, j] ...;
+- concat: sum_m sum_k delta(j, o_m + k) in_m[s, k] with o_m the widths before input m (merge);
+- expression: the node's expression with each input name replaced by in_m[s, j];
+- loss: L = c sum_t sum_i loss(out[t, i], y[t, i]), c = 1/B (mean) or 1 (sum).
+
+Backward, in reverse topological order, by the general algorithm g_in = g_out L^x: for every edge
+v -> u (slot m of u), the contribution sum_i g_u[s, i] J[s, i, j] with the local Jacobian
+J[s, i, j] = d u[s, i] / d in_m[s, j] (concat's picks the slice: g_u[s, o_m + j]); a node with one
+outgoing edge gets that contribution as its gradient g_v, a node with several (a branch) gets
+named contributions g_v__u and the step ``branch_sum`` g_v = sum of them (eq. 14.46). A dense
+node's parameters get dL/dW[p, q] = sum_s sum_i g_u[s, i] du[s, i]/dW[p, q] per use; a parameter
+used by several nodes gets named uses g_W__u and the step ``shared_sum`` (eq. 14.47). Gradients
+are derived only where needed: for inputs marked grad, dense nodes and what lies downstream of
+them. When the loss reads an activation node that feeds nothing else, dL/da is substituted into
+that node's Jacobian and simplified as one expression (``output_delta``: sigmoid + bce and
+softmax + ce become (a - y)/B); its ``loss_grad`` equation stays listed, in ``inlined``.
+"""
+from dataclasses import dataclass
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Optional
+
+import sympy as sp
+
+from . import naming
+from . import simplify as simp
+from .derivation import ActivationRule, Equation
+from .derive import _forward_rule, _loss_from_logits, _softmax_z, output_form
+from .errors import DerivationError
+
+S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
+BATCH = naming.BATCH
+
+
+@dataclass(frozen=True)
+class GraphEquation(Equation):
+    """An Equation of a DAG. ``node``: the node or parameter whose quantity ``lhs`` is;
+    ``source``: for a contribution, the consumer node it comes through; ``terms``: for
+    branch_sum and shared_sum, the names of the summed contribution equations.
+
+    kinds: forward_<node kind>, loss, loss_grad, output_delta, backprop, branch_sum, grad_W,
+    grad_b, shared_sum."""
+
+    node: str = ""
+    source: str = ""
+    terms: tuple = ()
+
+
+@dataclass(frozen=True)
+class NodeRules:
+    """Local derivatives of one node: ``jacobians[m]`` the stages of d out[s,i] / d in_m[s,j];
+    dense: ``dW`` / ``db`` the stages of d out[s,i] / dW[p,q], d out[s,i] / db[p];
+    elementwise activations: ``rule``, f'(z) and its form in terms of the output."""
+
+    node: str
+    kind: str
+    forward: sp.Expr
+    jacobians: tuple
+    dW: tuple = ()
+    db: tuple = ()
+    rule: Optional[ActivationRule] = None
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """What an IndexedBase of the derivation stands for. role: value, target, param, grad
+    (dL/d node), contribution (one consumer's part of a branch), param_grad, param_use."""
+
+    label: str
+    role: str
+    of: str                 # the node or parameter
+    source: str = ""        # contribution / param_use: the consumer node
+
+
+# ----------------------------------------------------------------------------------------------
+# names
+# ----------------------------------------------------------------------------------------------
+
+def value(name):
+    return sp.IndexedBase(name, real=True)
+
+
+def grad(name):
+    return sp.IndexedBase(f"g_{name}", real=True)
+
+
+def labelled(label):
+    """The IndexedBase of an equation's lhs label (g_a__r, g_W, ...)."""
+    return sp.IndexedBase(label, real=True)
+
+
+def contribution(name, consumer, slot=None):
+    return sp.IndexedBase(f"g_{name}__{consumer}" + ("" if slot is None else f"_{slot}"), real=True)
+
+
+@lru_cache(maxsize=None)
+def width(name):
+    return sp.Symbol(f"n_{name}", integer=True, positive=True)
+
+
+# Generic names: each node kind's rules are derived once in these, then renamed per node.
+def _gen(name):
+    return sp.IndexedBase(f"_{name}", real=True)
+
+
+_OUT, _GOUT, _W, _B, _Y = _gen("out"), _gen("gout"), _gen("W"), _gen("b"), _gen("y")
+_N_OUT = sp.Symbol("_n_out", integer=True, positive=True)
+
+
+def _in(m):
+    return _gen(f"in{m}")
+
+
+@lru_cache(maxsize=None)
+def _n_in(m):
+    return sp.Symbol(f"_n_in{m}", integer=True, positive=True)
+
+
+def _var(m):
+    return sp.Symbol(f"_v{m}", real=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-kind templates
+# ----------------------------------------------------------------------------------------------
+
+def _expression_rule(expr, slots):
+    """forward_outputs for an expression node: the whole expression -> out (exp(x) -> out)."""
+    def rule(e):
+        for idx in (I, J):
+            at = expr.xreplace({_var(m): _in(m)[S, idx] for m in range(slots)})
+            if e.has(at):
+                e = e.xreplace({at: _OUT[S, idx]})
+        return e
+    return rule
+
+
+@lru_cache(maxsize=None)
+def _template(key):
+    """Rules of one node kind in the generic names. ``key``: ("dense", transpose, bias),
+    ("activation", act), ("add" | "multiply" | "concat", slots), ("expression", expr, slots)."""
+    kind = key[0]
+    ctx = simp.Context()
+    rule = None
+    if kind == "dense":
+        transpose, bias = key[1], key[2]
+        w = _W[K, J] if transpose else _W[J, K]
+        fwd = sp.Sum(w * _in(0)[S, K], (K, 0, _n_in(0) - 1)) + (_B[J] if bias else 0)
+        slots = 1
+    elif kind == "activation":
+        act = key[1]
+        ctx.forward.append(_forward_rule(0, act, _OUT, _in(0), _N_OUT))
+        if act.elementwise:
+            stages, form, uses = output_form(act.definition)
+            rule = ActivationRule(act, stages[0][1], stages, form, uses)
+            fwd = act.at(_in(0)[S, J])
+        else:
+            fwd = _softmax_z(_in(0), _N_OUT).xreplace({I: J})
+        slots = 1
+    elif kind in ("add", "multiply"):
+        slots = key[1]
+        terms = [_in(m)[S, J] for m in range(slots)]
+        fwd = sp.Add(*terms) if kind == "add" else sp.Mul(*terms)
+    elif kind == "concat":
+        slots = key[1]
+        parts, offset = [], sp.Integer(0)
+        for m in range(slots):
+            parts.append(sp.Sum(sp.KroneckerDelta(J, offset + K) * _in(m)[S, K], (K, 0, _n_in(m) - 1)))
+            offset += _n_in(m)
+        fwd = sp.Add(*parts)
+    elif kind == "expression":
+        expr, slots = key[1], key[2]
+        ctx.forward.append(_expression_rule(expr, slots))
+        fwd = expr.xreplace({_var(m): _in(m)[S, J] for m in range(slots)})
+    else:
+        raise ValueError(kind)
+
+    at_i = fwd.xreplace({J: I})
+    jac, contrib = [], []
+    for m in range(slots):
+        j = simp.run(sp.diff(at_i, _in(m)[S, J]), ctx)
+        jac.append(tuple(j))
+        contrib.append(tuple(simp.run(sp.Sum(_GOUT[S, I] * j[-1][1], (I, 0, _N_OUT - 1)), ctx)))
+    t = {"forward": fwd, "jacobians": tuple(jac), "contributions": tuple(contrib), "rule": rule}
+    if kind == "dense":
+        rows = ((I, 0, _N_OUT - 1), (S, 0, BATCH - 1))
+        dW = simp.run(sp.diff(at_i, _W[P, Q]), ctx)
+        t["dW"] = tuple(dW)
+        t["gW"] = tuple(simp.run(sp.Sum(_GOUT[S, I] * dW[-1][1], *rows), ctx))
+        if key[2]:
+            db = simp.run(sp.diff(at_i, _B[P]), ctx)
+            t["db"] = tuple(db)
+            t["gb"] = tuple(simp.run(sp.Sum(_GOUT[S, I] * db[-1][1], *rows), ctx))
+    return t
+
+
+def _batch_factor(reduction):
+    return 1 / BATCH if reduction == "mean" else sp.Integer(1)
+
+
+def _loss_ctx(loss):
+    ctx = simp.Context()
+    if loss.onehot:
+        ctx.onehot.append((_Y, _N_OUT))
+    return ctx
+
+
+@lru_cache(maxsize=None)
+def _loss_template(loss, reduction, act):
+    """L, dL/dout and, when the loss reads an activation node ``act`` (else None), the output
+    delta sum_i dL/dout_i d out_i / d in_j simplified as one expression; generic names."""
+    c = _batch_factor(reduction)
+    per_unit = loss.per_unit.xreplace({naming.A: _OUT[T, I], naming.Y: _Y[T, I]})
+    L = c * sp.Sum(sp.Sum(per_unit, (I, 0, _N_OUT - 1)), (T, 0, BATCH - 1))
+    ctx = _loss_ctx(loss)
+    t = {"L": L, "grad": tuple(simp.run(sp.diff(L, _OUT[S, J]), ctx))}
+    if act is not None:
+        ctx.forward.append(_forward_rule(0, act, _OUT, _in(0), _N_OUT))
+        jac = _template(("activation", act))["jacobians"][0][-1][1]
+        dL = t["grad"][-1][1].xreplace({J: I})
+        t["delta"] = tuple(simp.run(sp.Sum(dL * jac, (I, 0, _N_OUT - 1)), ctx))
+    return t
+
+
+def _key(node):
+    if node.kind == "dense":
+        return ("dense", node.transpose, node.bias is not None)
+    if node.kind == "activation":
+        return ("activation", node.activation)
+    if node.kind == "expression":
+        slots = len(node.inputs)
+        generic = node.expression.xreplace({node.symbol(n): _var(m) for m, n in enumerate(node.inputs)})
+        return ("expression", generic, slots)
+    return (node.kind, len(node.inputs))
+
+
+def _mapping(graph, node):
+    """Generic names -> this node's names (bases, their labels and widths)."""
+    pairs = [(_OUT, value(node.name)), (_GOUT, grad(node.name))]
+    sizes = {_N_OUT: width(node.name)}
+    for m, src in enumerate(node.inputs):
+        pairs.append((_in(m), value(src)))
+        sizes[_n_in(m)] = width(src)
+    if node.kind == "dense":
+        pairs.append((_W, value(node.weight)))
+        if node.bias is not None:
+            pairs.append((_B, value(node.bias)))
+    if node.kind == "loss":
+        pairs.append((_Y, value(node.target)))
+    mapping = dict(sizes)
+    for gen, actual in pairs:
+        mapping[gen] = actual
+        mapping[gen.label] = actual.label
+    return mapping
+
+
+def _rename(stages, mapping):
+    return tuple((name, e.xreplace(mapping)) for name, e in stages)
+
+
+# ----------------------------------------------------------------------------------------------
+# the derivation
+# ----------------------------------------------------------------------------------------------
+
+class GraphDerivation:
+    """Equations of the backpropagation of one DAG, as SymPy derived them.
+
+    Renderer-facing like ``symbp.derivation.Derivation``: ``equations`` (GraphEquation, each with
+    its stages), ``d[name]``, ``of_kind``, ``dump()``, ``latex()``; ``network`` is the graph.
+    Also: ``nodes`` (NodeRules per non-input node), ``quantities`` (label -> Quantity),
+    ``sizes`` ({width symbol: int}), ``loss_sample`` ((per-sample loss in [s, i], the node it
+    reads) for the kernels), ``batch_factor``, ``inlined`` (equations the kernels do not
+    compute), ``input_grads`` ({input: equation name of its gradient}) and ``param_grads``
+    ({parameter: equation name of its gradient})."""
+
+    layers = ()     # a DAG has no layer rules; see ``nodes``
+
+    def __init__(self, graph, equations, nodes, quantities, sizes, loss_sample, batch_factor,
+                 inlined, input_grads, param_grads):
+        self.graph = graph
+        self.equations = equations
+        self.nodes = nodes
+        self.quantities = quantities
+        self.sizes = sizes
+        self.loss_sample = loss_sample
+        self.batch_factor = batch_factor
+        self.inlined = inlined
+        self.input_grads = input_grads
+        self.param_grads = param_grads
+        self._by_name = {e.name: e for e in equations}
+
+    @property
+    def network(self):
+        return self.graph
+
+    def __getitem__(self, name):
+        return self._by_name[name]
+
+    def equation(self, name):
+        return self._by_name[name]
+
+    def of_kind(self, *kinds):
+        return [e for e in self.equations if e.kind in kinds]
+
+    def dump(self):
+        """Every stage of every derived rule, as plain text."""
+        out = [f"# {self.graph}"]
+        for nr in self.nodes:
+            out.append(f"\n## node {nr.node} ({nr.kind}): {nr.node}[s, j] = {nr.forward}")
+            if nr.rule is not None:
+                for name, e in nr.rule.stages:
+                    out.append(f"  f'(z) [{name}]: {e}")
+                out.append(f"  f' reads: {nr.rule.uses}")
+            node = self.graph.node(nr.node)
+            for m, stages in enumerate(nr.jacobians):
+                out += _stages(f"d{nr.node}[s,i]/d{node.inputs[m]}[s,j]", stages)
+            if nr.dW:
+                out += _stages(f"d{nr.node}[s,i]/d{node.weight}[p,q]", nr.dW)
+            if nr.db:
+                out += _stages(f"d{nr.node}[s,i]/d{node.bias}[p]", nr.db)
+        out.append("\n## equations")
+        for e in self.equations:
+            tag = f" ({e.kind}{', inlined' if e.name in self.inlined else ''}"
+            tag += f": {' + '.join(e.terms)})" if e.terms else ")"
+            out += _stages(f"{e.lhs}{tag}", e.stages)
+        expr, reads = self.loss_sample
+        out.append(f"\n## per-sample loss used by the kernels (reads {reads}): {expr}")
+        return "\n".join(out) + "\n"
+
+    def latex_names(self):
+        """{label Symbol: LaTeX} for every quantity (values plain, gradients g_{...})."""
+        def rm(x):
+            return r"\mathrm{" + x.replace("_", r"\_") + "}"
+        names = {}
+        for q in self.quantities.values():
+            if q.role in ("value", "target", "param"):
+                tex = rm(q.of)
+            elif q.role in ("grad", "param_grad"):
+                tex = f"g_{{{rm(q.of)}}}"
+            else:
+                tex = f"g_{{{rm(q.of)}}}^{{({rm(q.source)})}}"
+            names[sp.Symbol(q.label, real=True)] = tex
+        for sym, n in self.sizes.items():
+            names[sym] = f"n_{{{rm(str(sym)[2:])}}}"
+        return names
+
+    def latex(self, notation="cs231n", document=False):
+        """A plain LaTeX list of the equations (align*), one per line, in derivation order."""
+        names = self.latex_names()
+        lines = []
+        for e in self.equations:
+            lhs = "L" if e.kind == "loss" else sp.latex(e.lhs, symbol_names=names)
+            note = r"\quad\text{(" + e.kind.replace("_", " ") + ")}"
+            lines.append(f"{lhs} &= {sp.latex(e.rhs, symbol_names=names)}{note}")
+        body = "\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}\n"
+        if not document:
+            return body
+        title = self.graph.name.replace("_", r"\_")
+        return ("\\documentclass{article}\n\\usepackage{amsmath}\n\\usepackage[margin=1.5cm]{geometry}\n"
+                f"\\begin{{document}}\n\\section*{{Backpropagation through the graph {title}}}\n"
+                "\\allowdisplaybreaks\n" + body + "\\end{document}\n")
+
+    def _repr_latex_(self):
+        return "$$" + self.latex().replace("align*", "aligned") + "$$"
+
+    def __repr__(self):
+        return f"<GraphDerivation of {self.graph}: {len(self.equations)} equations>"
+
+
+def _stages(label, stages):
+    out, prev = [], None
+    for name, e in stages:
+        if prev is not None and e == prev:
+            continue
+        out.append(f"  {label} [{name}]: {e}")
+        prev = e
+    return out
+
+
+def derive_graph(graph):
+    """Derive the backpropagation of ``graph`` (see the module docstring)."""
+    order = {n.name: idx for idx, n in enumerate(graph.nodes)}
+    need = graph.requires_grad()
+    loss = graph.loss_node
+    out = graph.node(graph.output)
+    sizes = {width(n.name): n.width for n in graph.nodes if n.kind != "loss"}
+    quantities = {}
+    equations = []
+
+    def q(base, role, of, source=""):
+        quantities.setdefault(str(base.label), Quantity(str(base.label), role, of, source))
+        return base
+
+    def eq(name, kind, node, lhs, stages, doc, source="", terms=()):
+        e = GraphEquation(name, kind, order.get(node, -1), lhs, stages[-1][1], tuple(stages), doc,
+                          node=node, source=source, terms=tuple(terms))
+        equations.append(e)
+        return e
+
+    for n in graph.nodes:
+        if n.kind == "loss":
+            continue
+        q(value(n.name), "target" if n.name == graph.target else "value", n.name)
+    for p in graph.params:
+        q(value(p.name), "param", p.name)
+
+    # 1. forward ------------------------------------------------------------------------------
+    rules = []
+    for n in graph.nodes:
+        if n.kind in ("input", "loss"):
+            continue
+        t, m = _template(_key(n)), _mapping(graph, n)
+        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[S, J], [("definition", t["forward"].xreplace(m))],
+           f"{n.kind} node")
+        rules.append(NodeRules(n.name, n.kind, t["forward"].xreplace(m),
+                               tuple(_rename(j, m) for j in t["jacobians"]),
+                               _rename(t.get("dW", ()), m), _rename(t.get("db", ()), m), t["rule"]))
+    inline = out.kind == "activation" and graph.consumers(out.name) == ((loss.name, 0),) and out.name in need
+    lt = _loss_template(loss.loss, loss.reduction, out.activation if inline else None)
+    lm = _mapping(graph, loss)
+    lm.update({_OUT: value(out.name), _OUT.label: value(out.name).label, _N_OUT: width(out.name)})
+    if inline:
+        lm.update({_in(0): value(out.inputs[0]), _in(0).label: value(out.inputs[0]).label})
+    eq("L", "loss", loss.name, sp.Symbol("L"), [("definition", lt["L"].xreplace(lm))], f"loss {loss.loss.name}")
+
+    # 2. backward, in reverse topological order --------------------------------------------------
+    edges = {v: graph.consumers(v) for v in need}
+
+    def target_base(v, consumer, slot):
+        """lhs base of the contribution of edge v -> consumer (slot): g_v or g_v__consumer."""
+        es = edges[v]
+        if len(es) == 1:
+            return q(grad(v), "grad", v)
+        multi = sum(1 for c, _ in es if c == consumer) > 1
+        return q(contribution(v, consumer, slot if multi else None), "contribution", v, consumer)
+
+    branch_terms = {v: [] for v in need}
+    inlined = set()
+    if out.name in need:
+        base = target_base(out.name, loss.name, 0)
+        e = eq(str(base.label), "loss_grad", out.name, base[S, J], _rename(lt["grad"], lm),
+               "dL/dout at the loss", source=loss.name)
+        if inline:
+            inlined.add(e.name)
+        if len(edges[out.name]) > 1:
+            branch_terms[out.name].append(e.name)
+
+    use_terms = {p.name: [] for p in graph.params}
+    param_grads = {}
+    for n in reversed(graph.nodes):
+        if n.kind in ("input", "loss") or n.name not in need:
+            continue
+        if len(edges[n.name]) > 1:
+            terms = branch_terms[n.name]
+            base = q(grad(n.name), "grad", n.name)
+            rhs = sp.Add(*[labelled(t)[S, J] for t in terms])
+            eq(str(base.label), "branch_sum", n.name, base[S, J], [("sum", rhs)],
+               f"branch: {n.name} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
+        t, m = _template(_key(n)), _mapping(graph, n)
+        if n.kind == "dense":
+            for p_name, role, key, idx in ((n.weight, "W", "gW", (P, Q)), (n.bias, "b", "gb", (P,))):
+                if p_name is None:
+                    continue
+                p = graph.param(p_name)
+                if len(p.uses) == 1:
+                    base = q(grad(p_name), "param_grad", p_name)
+                    param_grads[p_name] = str(base.label)
+                else:
+                    base = q(contribution(p_name, n.name), "param_use", p_name, n.name)
+                    use_terms[p_name].append(str(base.label))
+                eq(str(base.label), f"grad_{role}", p_name, base[idx], _rename(t[key], m),
+                   f"dL/d{p_name} through node {n.name}" + (" = g a^T" if role == "W" else " = sum_s g"),
+                   source=n.name)
+        for slot, v in enumerate(n.inputs):
+            if v not in need:
+                continue
+            base = target_base(v, n.name, slot)
+            if inline and n.name == out.name:
+                stages, kind, doc = _rename(lt["delta"], lm), "output_delta", "dL/din = sum_i dL/dout_i dout_i/din_j"
+            else:
+                stages, kind, doc = _rename(t["contributions"][slot], m), "backprop", "g_in = g_out J (Algorithm 14.1)"
+            e = eq(str(base.label), kind, v, base[S, J], stages, doc, source=n.name)
+            if len(edges[v]) > 1:
+                branch_terms[v].append(e.name)
+    input_grads = {}
+    for x in graph.grad_inputs:
+        if len(edges[x.name]) > 1:
+            terms = branch_terms[x.name]
+            base = q(grad(x.name), "grad", x.name)
+            rhs = sp.Add(*[labelled(t)[S, J] for t in terms])
+            eq(str(base.label), "branch_sum", x.name, base[S, J], [("sum", rhs)],
+               f"branch: input {x.name} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
+        input_grads[x.name] = f"g_{x.name}"
+    for p in graph.params:
+        if len(p.uses) > 1:
+            base = q(grad(p.name), "param_grad", p.name)
+            idx = (P, Q) if p.role == "weight" else (P,)
+            terms = use_terms[p.name]
+            rhs = sp.Add(*[labelled(t)[idx] for t in terms])
+            eq(str(base.label), "shared_sum", p.name, base[idx], [("sum", rhs)],
+               f"shared parameter: {p.name} is used by {len(terms)} nodes, its gradients add (eq. 14.47)",
+               terms=terms)
+            param_grads[p.name] = str(base.label)
+    param_grads = {p.name: param_grads[p.name] for p in graph.params}
+
+    for e in equations:
+        # concat's forward definition is a sum of Kronecker deltas by design; nothing else keeps one
+        if e.kind != "forward_concat" and (e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative)):
+            raise DerivationError(f"{graph.name}: could not collapse {e.name} = {e.rhs}")
+
+    loss_sample = _graph_loss_sample(graph, out)
+    return GraphDerivation(graph, tuple(equations), tuple(rules), quantities, sizes, loss_sample,
+                           _batch_factor(loss.reduction), frozenset(inlined), input_grads, param_grads)
+
+
+def _graph_loss_sample(graph, out):
+    """Per-sample loss for the kernels: (expression in [s, i], name of the node it reads).
+    Cross-entropies on their activation node are written in the activation's input (logits),
+    as ``derive._loss_from_logits`` does for the MLP."""
+    loss = graph.loss_node
+    act = out.activation if out.kind == "activation" else None
+    shim = SimpleNamespace(loss=loss.loss, layers=(SimpleNamespace(activation=act),))
+    y = value(graph.target)
+    ctx = simp.Context()
+    if loss.loss.onehot:
+        ctx.onehot.append((y, width(out.name)))
+    z = value(out.inputs[0]) if act is not None else None
+    expr, reads = _loss_from_logits(shim, value(out.name), z, y, width(out.name), ctx)
+    return expr, (out.inputs[0] if reads == "z" else out.name)

@@ -1,0 +1,672 @@
+"""Exam variants with answer keys, drawn so that the hand calculation stays humane.
+
+Contract:
+- ``make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variants=10, seed=7,
+  multiple_choice=False, circuit=False, ...) -> Exam``; ``Exam.questions_tex()``,
+  ``Exam.solutions_tex()`` and ``Exam.write(out_dir, pdf=None)`` (questions.tex, solutions.tex,
+  and their PDFs where pdflatex exists; ``pdf=True`` requires it, ``pdf=False`` skips it).
+  The same arguments give the same bytes: one ``random.Random(seed)`` stream draws every
+  variant in order, and nothing else (no date, no set order) enters the text.
+- The network: the hidden layers use ``activation``; the output layer uses sigmoid for bce,
+  softmax for ce, and ``activation`` for mse/sse (``output_activation`` overrides it). The loss
+  is the mean over a batch of ``batch`` samples (default 1, and 2 in multiple-choice mode, where
+  the forgotten 1/N is only a distinct mistake with N >= 2).
+- Each variant asks for the forward values z and a, the loss, every delta, one weight gradient
+  dL/dW^[1]_pq, the input gradient dL/dx (where a hidden unit's branches must be summed), and
+  the SGD update of that weight. The answer key is the worked example of the variant
+  (``symbp.render.worked``): the numbers come from the Derivation, in exact arithmetic.
+- How the numbers stay humane:
+  * Integer-preserving activations (f maps integers to integers, e.g. ReLU, identity) with
+    mse/sse: W in {-2..2}, b in {-1..1}, x in {-2..2}, integer targets. A draw is kept only if
+    every intermediate value (z, a, dL/da, delta, dL/dW, dL/db, dL/dx) is an integer, no ReLU
+    sits exactly at its kink, and the asked values are not zero. The loss and the update then
+    need at most two decimals (halves and quarters, steps of 0.1).
+  * Other activations (sigmoid, tanh, softmax, ...): W and b with one decimal, x small
+    integers, targets 0/1 (one-hot for ce). A student cannot evaluate sigma(z) or log by hand,
+    so the question gives a table of exactly the function values the calculation needs,
+    rounded to the stated decimals (e.g. sigma(0.7) = 0.668). Which values those are comes
+    from evaluating the derivation as a student would (``worked.evaluate(rounding=d)``: every
+    result rounded before it is used, every function value taken from the table). A draw is
+    kept only if that student calculation gives the same displayed answer as the exact key for
+    every number shown, so a careful student with the table reproduces the key digit for digit.
+    The table names the arguments it lists, which tells a student which z values to expect:
+    the price of a calculation without a calculator. Default decimals: 3 (2 for the integer
+    case).
+- Multiple choice: the loss, the output delta and each hidden delta of sample 1, the weight
+  gradient, dL/dx_k and the updated weight are asked with options. The wrong options are the
+  same calculation on a MUTATED DERIVATION (``MUTATIONS``): the activation derivative dropped
+  (delta = dL/da), the transpose missing (W instead of W^T in the backward step where W is
+  square; where no W is square, the pre-activation z in place of a in dL/dW), the 1/N of the
+  mean forgotten, the branch sum forgotten (only the first term of the sum over the units a
+  hidden unit feeds), the sign of the output error flipped, and for the update the step taken
+  uphill. A mutation that does not change an asked value is not offered for it; one that
+  changes the exact value but not the displayed one forces a redraw; options with equal
+  displays are merged.
+- Circuit questions (``circuit=True``) need ``symbp.circuit``; without it a SymbpError says so.
+- Bad input, one line each: variants outside 1..200, an unknown activation or loss (the
+  network builder's SpecError), a network string that is not like 2-2-1, widths outside 1..5.
+
+The CLI subcommand ``symbp exam`` is added by ``add_command`` (module ``symbp.render.exam``).
+"""
+import importlib.util
+import random
+import re
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import sympy as sp
+
+from .. import naming
+from ..derivation import Derivation
+from ..errors import InputError, SpecError, SymbpError
+from ..functions import ACTIVATIONS, LOSSES
+from .worked import (check_decimals, evaluate, exact, pdflatex, plan, rounded, show,
+                     worked_example, entry_name, _write_bytes)
+
+MAX_VARIANTS = 200
+MAX_WIDTH = 5
+MAX_LAYERS = 4
+MAX_TRIES = 4000
+LETTERS = "ABCDEFGH"
+MAX_OPTIONS = 5
+
+
+# ------------------------------------------------------------------------------------------
+# mutations of the derivation (wrong answers a student plausibly gives)
+# ------------------------------------------------------------------------------------------
+def _with(derivation, equations):
+    d = derivation
+    return Derivation(d.network, tuple(equations), d.layers, d.loss_sample, d.batch_factor)
+
+
+def _no_derivative(d):
+    """delta^l = dL/da^l: the activation's derivative (Jacobian) dropped."""
+    eqs = []
+    for e in d.equations:
+        if e.kind in ("delta", "output_delta"):
+            ga = naming.quantity("ga", e.layer)[e.lhs.indices]
+            e = replace(e, rhs=ga)
+        eqs.append(e)
+    return _with(d, eqs)
+
+
+def _no_transpose(d):
+    """W^[l] instead of (W^[l])^T in dL/da^[l-1] where W^[l] is square; with no square W,
+    the pre-activation z^[l-1] in place of a^[l-1] in dL/dW^[l] (l >= 2)."""
+    sizes = d.network.sizes
+    square = [l for l in range(2, d.network.depth + 1) if sizes[l] == sizes[l - 1]]
+    square += [1] if sizes[1] == sizes[0] else []
+    eqs, changed = [], False
+    for e in d.equations:
+        if square and e.kind in ("backprop", "input_grad"):
+            W = naming.quantity("W", e.layer + 1)
+            if e.layer + 1 in square:
+                e = replace(e, rhs=e.rhs.replace(
+                    lambda t: isinstance(t, sp.Indexed) and t.base == W,
+                    lambda t: W[t.indices[1], t.indices[0]]))
+                changed = True
+        elif not square and e.kind == "grad_W" and e.layer >= 2:
+            a, z = naming.quantity("a", e.layer - 1), naming.quantity("z", e.layer - 1)
+            e = replace(e, rhs=e.rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == a,
+                                             lambda t: z[t.indices]))
+            changed = True
+        eqs.append(e)
+    return _with(d, eqs) if changed else None
+
+
+def _no_mean(d):
+    """The 1/N of the mean forgotten: the loss and its output gradients summed over the batch."""
+    if d.network.reduction != "mean":
+        return None
+    eqs = []
+    for e in d.equations:
+        if e.kind in ("loss", "loss_grad", "output_delta"):
+            e = replace(e, rhs=e.rhs * naming.BATCH)
+        eqs.append(e)
+    return _with(d, eqs)
+
+
+def _no_branch_sum(d):
+    """Only the first term of the sum over the units j that a unit i feeds:
+    dL/da_i = W_1i delta_1 instead of sum_j W_ji delta_j."""
+    def first(s):
+        if len(s.limits) != 1:
+            return s
+        v, lo, _ = s.limits[0]
+        return s.function.xreplace({v: lo})
+    eqs = []
+    for e in d.equations:
+        if e.kind in ("backprop", "input_grad"):
+            e = replace(e, rhs=e.rhs.replace(lambda t: isinstance(t, sp.Sum), first))
+        eqs.append(e)
+    return _with(d, eqs)
+
+
+def _error_sign(d):
+    """The output error with the wrong sign (y - a instead of a - y)."""
+    eqs = []
+    for e in d.equations:
+        if e.kind in ("loss_grad", "output_delta"):
+            e = replace(e, rhs=-e.rhs)
+        eqs.append(e)
+    return _with(d, eqs)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    text: str           # the mistake, as the solutions name it
+    build: object       # Derivation -> Derivation or None (not applicable)
+    uphill: bool = False
+
+
+MUTATIONS = (
+    Mutation("no_derivative", r"the activation derivative dropped ($\delta = \partial L/\partial a$)", _no_derivative),
+    Mutation("no_transpose", r"a transpose missing ($W$ instead of $W^T$ in the backward step)", _no_transpose),
+    Mutation("no_mean", r"the $1/N$ of the mean forgotten", _no_mean),
+    Mutation("no_branch_sum", r"the branch sum forgotten (one term of $\sum_j W_{ji}\delta_j$)", _no_branch_sum),
+    Mutation("error_sign", r"the sign of the output error flipped ($y - a$ for $a - y$)", _error_sign),
+    Mutation("uphill", r"the step taken uphill ($W + \eta\,\partial L/\partial W$)", None, uphill=True),
+)
+
+
+# ------------------------------------------------------------------------------------------
+# arguments
+# ------------------------------------------------------------------------------------------
+_NETWORK = re.compile(r"^\d{1,3}(-\d{1,3}){1,%d}$" % MAX_LAYERS)
+
+
+def parse_network(text):
+    """'2-2-1' -> (2, 2, 1)."""
+    if not isinstance(text, str) or not _NETWORK.match(text.strip()):
+        raise SpecError("--network", "", f"expected widths joined by '-' like 2-2-1 "
+                        f"(2 to {MAX_LAYERS + 1} numbers), got {text!r}")
+    return tuple(int(t) for t in text.strip().split("-"))
+
+
+def _check_sizes(sizes):
+    if isinstance(sizes, str) or not hasattr(sizes, "__len__") or not 2 <= len(sizes) <= MAX_LAYERS + 1:
+        raise SpecError("network", "", f"expected 2 to {MAX_LAYERS + 1} widths, got {sizes!r}")
+    for i, n in enumerate(sizes):
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_WIDTH:
+            raise SpecError("network", f"sizes[{i}]", f"expected a width from 1 to {MAX_WIDTH} "
+                            f"(an exam is done by hand), got {n!r}")
+    return tuple(sizes)
+
+
+def build_network(sizes, activation, loss, output_activation=None):
+    from ..network import mlp
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise SpecError("exam", "loss", f"unknown loss {loss!r} (expected one of: {', '.join(LOSSES)})")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS or activation == "softmax":
+        known = ", ".join(a for a in ACTIVATIONS if a != "softmax")
+        raise SpecError("exam", "activation", f"unknown hidden activation {activation!r} (expected one of: {known})")
+    if output_activation is None:
+        output_activation = {"bce": "sigmoid", "ce": "softmax"}.get(loss, activation)
+    acts = [activation] * (len(sizes) - 2) + [output_activation]
+    return mlp(list(sizes), acts, loss, name="exam")
+
+
+def _matrix_tex(m):
+    """A matrix of exact given numbers (all shown exactly)."""
+    rows = [" & ".join(show(m[i, j], 12)[0] for j in range(m.cols)) for i in range(m.rows)]
+    return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+
+
+def _definition(layer, act):
+    if act.definition is None:     # the vector activation, printed from its table entry
+        z, S, I, K = sp.IndexedBase("z"), naming.S, naming.I, naming.K
+        entry = act.softmax_entry(z, S, I, K, sp.Symbol("n"))
+        entry = entry.replace(lambda e: isinstance(e, sp.Sum),
+                              lambda e: sp.Sum(e.function, *[(v, lo + 1, hi + 1) for v, lo, hi in e.limits]))
+        return (layer, act.latex, f"a_{{s,i}} = {sp.latex(entry)}")
+    return (layer, act.latex, f"{act.latex}(z) = {sp.latex(act.definition.xreplace({naming.Z: sp.Symbol('z')}))}")
+
+
+def _integer_preserving(act):
+    if act.definition is None:
+        return False
+    return all(act.at(sp.Integer(k)).is_Integer for k in range(-3, 4))
+
+
+# ------------------------------------------------------------------------------------------
+# one variant
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Question:
+    key: str              # "loss", "delta2", "gW1", ...
+    text: str             # LaTeX of what is asked
+    answer: str           # LaTeX of the answer
+    options: list = field(default_factory=list)    # [(letter, text, mistake or None)]
+    correct: str = ""
+
+
+@dataclass
+class Variant:
+    number: int
+    params: dict          # exact
+    X: sp.Matrix
+    Y: sp.Matrix
+    table: list           # [(function value LaTeX, shown value)]
+    questions: list
+    worked: object        # WorkedExample
+    circuit: object = None   # CircuitQuestion
+
+
+def _draw_integer(rng, net, B, onehot):
+    P = {}
+    for k, shape in net.param_shapes().items():
+        lo, hi = (-2, 2) if k.startswith("W") else (-1, 1)
+        if len(shape) == 2:
+            P[k] = sp.Matrix(shape[0], shape[1], lambda i, j: sp.Integer(rng.randint(lo, hi)))
+        else:
+            P[k] = sp.Matrix(shape[0], 1, lambda i, j: sp.Integer(rng.randint(lo, hi)))
+    X = sp.Matrix(B, net.sizes[0], lambda i, j: sp.Integer(rng.randint(-2, 2)))
+    Y = sp.Matrix(B, net.sizes[-1], lambda i, j: sp.Integer(rng.randint(-1, 3)))
+    return P, X, Y
+
+
+def _decimal(rng, lo, hi, nonzero=False):
+    while True:
+        v = sp.Rational(rng.randint(lo, hi), 10)
+        if v != 0 or not nonzero:
+            return v
+
+
+def _draw_decimal(rng, net, B, onehot):
+    P = {}
+    for k, shape in net.param_shapes().items():
+        if len(shape) == 2:
+            P[k] = sp.Matrix(shape[0], shape[1], lambda i, j: _decimal(rng, -20, 20, nonzero=True))
+        else:
+            P[k] = sp.Matrix(shape[0], 1, lambda i, j: _decimal(rng, -10, 10))
+    X = sp.Matrix(B, net.sizes[0], lambda i, j: sp.Integer(rng.randint(-2, 2)))
+    n = net.sizes[-1]
+    if onehot:
+        hot = [rng.randrange(n) for _ in range(B)]
+        Y = sp.Matrix(B, n, lambda i, j: sp.Integer(int(hot[i] == j)))
+    else:
+        Y = sp.Matrix(B, n, lambda i, j: sp.Integer(rng.randint(0, 1)))
+    return P, X, Y
+
+
+def _all_entries(ev):
+    for name, vals in ev.results.items():
+        for idx, v in vals.items():
+            yield name, idx, v
+
+
+class _Redraw(Exception):
+    pass
+
+
+class Exam:
+    """Variants with questions and answer keys (see the module contract)."""
+
+    def __init__(self, network, derivation, variants, decimals, batch, lr, multiple_choice, seed,
+                 circuit):
+        self.network, self.derivation = network, derivation
+        self.variants, self.decimals, self.batch, self.lr = variants, decimals, batch, lr
+        self.multiple_choice, self.seed, self.circuit = multiple_choice, seed, circuit
+
+    def _context(self):
+        net = self.network
+        acts = [l.activation for l in net.layers]
+        return {
+            "title": f"Backpropagation by hand: a {'-'.join(map(str, net.sizes))} network",
+            "sizes": "-".join(map(str, net.sizes)),
+            "layers": [(l, act.latex, act.name.replace("_", r"\_")) for l, act in enumerate(acts, 1)],
+            "loss": net.loss.latex,
+            "loss_name": net.loss.name,
+            "batch": self.batch,
+            "decimals": self.decimals,
+            "lr": show(self.lr, 12)[0],
+            "definitions": [_definition(l, act) for l, act in enumerate(acts, 1)],
+            "variants": [self._variant_context(v) for v in self.variants],
+            "multiple_choice": self.multiple_choice,
+            "circuit": self.circuit,
+            "seed": self.seed,
+        }
+
+    def _variant_context(self, v):
+        given = []
+        for key, m in v.params.items():
+            kind, layer = key[0], key[1:]
+            given.append(f"{kind}^{{[{layer}]}} = {_matrix_tex(m)}")
+        if self.batch == 1:
+            given.append(f"x = {_matrix_tex(v.X.T)}")
+            given.append(f"y = {_matrix_tex(v.Y.T)}")
+        else:
+            given.append(f"X = {_matrix_tex(v.X)}")
+            given.append(f"Y = {_matrix_tex(v.Y)}")
+        return {"number": v.number, "given": given, "table": v.table, "questions": v.questions,
+                "worked": v.worked.latex(document=False), "circuit": v.circuit}
+
+    def questions_tex(self):
+        from ..codegen.templates import environment
+        return environment().get_template("latex/exam_questions.tex.j2").render(**self._context())
+
+    def solutions_tex(self):
+        from ..codegen.templates import environment
+        return environment().get_template("latex/exam_solutions.tex.j2").render(**self._context())
+
+    def write(self, out_dir, pdf=None):
+        """Write questions.tex and solutions.tex (and PDFs: pdf=None where pdflatex exists,
+        True requires it, False skips). Everything is rendered and compiled first, then
+        written; returns the paths written."""
+        from ..codegen.load import write
+        texts = {"questions": self.questions_tex(), "solutions": self.solutions_tex()}
+        want_pdf = (shutil.which("pdflatex") is not None) if pdf is None else bool(pdf)
+        pdfs = {name: pdflatex(text, name) for name, text in texts.items()} if want_pdf else {}
+        out = Path(out_dir)
+        paths = []
+        for name, text in texts.items():
+            write(out / f"{name}.tex", text)
+            paths.append(out / f"{name}.tex")
+        for name, data in pdfs.items():
+            _write_bytes(out / f"{name}.pdf", data)
+            paths.append(out / f"{name}.pdf")
+        return paths
+
+
+def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variants=10, seed=7,
+              multiple_choice=False, circuit=False, decimals=None, batch=None, lr=0.1,
+              output_activation=None):
+    """Draw ``variants`` exam variants (see the module contract)."""
+    if isinstance(variants, bool) or not isinstance(variants, int) or not 1 <= variants <= MAX_VARIANTS:
+        raise InputError(f"variants: expected an integer from 1 to {MAX_VARIANTS}, got {variants!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed: expected an integer, got {seed!r}")
+    sizes = _check_sizes(network_sizes)
+    net = build_network(sizes, activation, loss, output_activation)
+    if circuit and importlib.util.find_spec("symbp.circuit") is None:
+        raise SymbpError("circuit: circuit questions need symbp.circuit, which this installation lacks")
+    integer = all(_integer_preserving(l.activation) for l in net.layers) and loss in ("mse", "sse")
+    if decimals is None:
+        decimals = 2 if integer else 3
+    check_decimals(decimals)
+    if batch is None:
+        batch = 2 if multiple_choice else 1
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4:
+        raise InputError(f"batch: expected an integer from 1 to 4, got {batch!r}")
+    eta = exact(lr, "lr", "learning rate")
+    if eta <= 0:
+        raise InputError(f"lr: expected a positive learning rate, got {lr!r}")
+    from ..derive import derive
+    d = derive(net)
+    mutants = []
+    if multiple_choice:
+        for m in MUTATIONS:
+            md = m.build(d) if m.build is not None else d
+            if md is not None:
+                mutants.append((m, md))
+    rng = random.Random(seed)
+    out = []
+    for number in range(1, variants + 1):
+        for _ in range(MAX_TRIES):
+            try:
+                out.append(_variant(number, rng, net, d, mutants, integer, decimals, batch, eta,
+                                    multiple_choice, circuit))
+                break
+            except _Redraw:
+                continue
+        else:
+            raise SymbpError(f"exam: no humane numbers found for variant {number} of this network "
+                             f"after {MAX_TRIES} draws; try another seed, activation or size")
+    return Exam(net, d, out, decimals, batch, eta, multiple_choice, seed, circuit)
+
+
+def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_choice, circuit):
+    draw = _draw_integer if integer else _draw_decimal
+    P, X, Y = draw(rng, net, B, net.loss.onehot)
+    L = net.depth
+    try:
+        ev = evaluate(d, P, X, Y)
+    except InputError:
+        raise _Redraw()
+    if ev.kinks:
+        raise _Redraw()
+    n0, n1 = net.sizes[0], net.sizes[1]
+    # The asked entries, drawn among those with two significant digits at the stated decimals
+    # (smaller ones teach nothing once rounded), and whose SGD step shows.
+    small = sp.Rational(1, 10 ** (decimals - 1)) if decimals >= 1 else sp.Integer(1)
+
+    def big(name, idx):
+        return abs(ev.approx_results[name][idx]) >= small
+
+    gW1 = ev.results["gW1"]
+    pq = [idx for idx in sorted(gW1) if big("gW1", idx)
+          and show(P["W1"][idx] - eta * ev.approx_results["gW1"][idx], decimals)[0] != show(P["W1"][idx], decimals)[0]]
+    gx = [(0, k) for k in range(n0) if big("ga0", (0, k))]
+    if not pq or not gx or not big("loss", ()):
+        raise _Redraw()
+    for l in range(1, L + 1):
+        if not big(f"delta{l}", (0, 0)) and not any(big(f"delta{l}", idx) for idx in ev.results[f"delta{l}"]):
+            raise _Redraw()
+    p, q = pq[rng.randrange(len(pq))]
+    xk = gx[rng.randrange(len(gx))][1]
+    table = []
+    if integer:
+        if any(not v.is_Integer for name, idx, v in _all_entries(ev) if name != "loss"):
+            raise _Redraw()
+    else:
+        student = evaluate(d, P, X, Y, rounding=decimals)
+        for name, idx, v in _all_entries(ev):
+            if show(v, decimals, ev.approx_results[name][idx])[0] != show(student.results[name][idx], decimals)[0]:
+                raise _Redraw()
+        new_exact = P["W1"][p, q] - eta * gW1[(p, q)]
+        new_student = rounded(P["W1"][p, q] - eta * student.results["gW1"][(p, q)], decimals)
+        if show(new_exact, decimals, P["W1"][p, q] - eta * ev.approx_results["gW1"][(p, q)])[0] != \
+                show(new_student, decimals)[0]:
+            raise _Redraw()
+        table = [(tex, show(v, decimals)[0]) for tex, v in student.table]
+
+    def shown(name, idx):
+        return show(ev.results[name][idx], decimals, ev.approx_results[name][idx])[0]
+
+    # what is asked: (key, LaTeX of the quantity, exact-value getter on an evaluation)
+    single = B == 1
+    sample = "" if single else " for sample 1"
+    W1pq = entry_name(naming.quantity("W", 1), (p, q))
+    targets = [("loss", "the loss $L$", lambda e, up=False: e.results["loss"][()])]
+    for l in range(L, 0, -1):
+        j = next((j for j in range(net.sizes[l]) if big(f"delta{l}", (0, j))), None)
+        if j is None:
+            raise _Redraw()
+        targets.append((f"delta{l}", f"${entry_name(naming.quantity('delta', l), (0, j), True)}$" + sample,
+                        lambda e, up=False, l=l, j=j: e.results[f"delta{l}"][(0, j)]))
+    targets.append(("gW1", f"${entry_name(naming.quantity('gW', 1), (p, q))}$",
+                    lambda e, up=False: e.results["gW1"][(p, q)]))
+    targets.append(("ga0", f"${entry_name(naming.quantity('ga', 0), (0, xk), True)}$" + sample,
+                    lambda e, up=False: e.results["ga0"][(0, xk)]))
+    targets.append(("update", f"the new ${W1pq}$ after one SGD step",
+                    lambda e, up=False: P["W1"][p, q] + (1 if up else -1) * eta * e.results["gW1"][(p, q)]))
+
+    questions = []
+    if multiple_choice:
+        mutant_evals = []
+        for m, md in mutants:
+            try:
+                mutant_evals.append((m, evaluate(md, P, X, Y)))
+            except InputError:
+                continue
+        mc = {}
+        for key, what, get in targets:
+            right = get(ev)
+            right_text = show(right, decimals)[0]
+            opts, texts = [], {right_text}
+            for m, mev in mutant_evals:
+                if m.uphill and key != "update":
+                    continue
+                wrong = get(mev, up=m.uphill)
+                if _same(wrong, right):
+                    continue
+                t = show(wrong, decimals)[0]
+                if t == right_text:
+                    raise _Redraw()          # a different mistake that looks right: redraw
+                if t in texts:
+                    continue
+                texts.add(t)
+                opts.append((t, m.text))
+            mc[key] = (right_text, opts[:MAX_OPTIONS - 1])
+        # forward values stay an open question
+        questions.append(Question("forward", _forward_question(net, B),
+                                  _forward_answer(net, ev, decimals, B)))
+        for key, what, get in targets:
+            right_text, opts = mc[key]
+            if not opts:
+                questions.append(Question(key, f"Compute {what}.", f"${right_text}$"))
+                continue
+            allopts = [(right_text, None)] + opts
+            rng.shuffle(allopts)
+            lettered = [(LETTERS[i], f"${t}$", mistake) for i, (t, mistake) in enumerate(allopts)]
+            correct = next(letter for letter, t, mistake in lettered if mistake is None)
+            questions.append(Question(key, f"Which value is {what}?", f"${right_text}$", lettered, correct))
+    else:
+        questions.append(Question("forward", _forward_question(net, B),
+                                  _forward_answer(net, ev, decimals, B)))
+        questions.append(Question("loss", "Compute the loss $L$.", f"$L = {shown('loss', ())}$"))
+        deltas = ", ".join(f"$\\delta^{{[{l}]}}$" for l in range(L, 0, -1))
+        questions.append(Question("deltas", f"Compute the deltas {deltas} (backward pass).",
+                                  _vector_answers(net, ev, decimals, B, "delta")))
+        questions.append(Question("gW1", f"Compute ${entry_name(naming.quantity('gW', 1), (p, q))}$.",
+                                  f"${entry_name(naming.quantity('gW', 1), (p, q))} = {shown('gW1', (p, q))}$"))
+        questions.append(Question("ga0", "Compute the gradient with respect to the input, "
+                                  r"$\partial L / \partial x$" + sample + ".",
+                                  _input_answer(net, ev, decimals, B)))
+        new = P["W1"][p, q] - eta * gW1[(p, q)]
+        new_t = show(new, decimals, P["W1"][p, q] - eta * ev.approx_results["gW1"][(p, q)])[0]
+        questions.append(Question("update", f"Take one SGD step with $\\eta = {show(eta, 12)[0]}$: "
+                                  f"what is the new ${W1pq}$?",
+                                  f"${W1pq} \\leftarrow {show(P['W1'][p, q], decimals)[0]} - "
+                                  f"{show(eta, 12)[0]} \\cdot {_paren(shown('gW1', (p, q)))} = {new_t}$"))
+    circ = _circuit_question(rng) if circuit else None
+    worked = worked_example(d, P, X.tolist(), Y.tolist(), decimals=decimals, lr=eta)
+    return Variant(number, P, X, Y, table, questions, worked, circ)
+
+
+def _same(a, b):
+    d = sp.sympify(a - b)
+    z = d.is_zero
+    if z is None:
+        z = abs(sp.N(d, 50)) < sp.Float("1e-40")
+    return bool(z)
+
+
+def _paren(t):
+    return f"({t})" if t.startswith("-") else t
+
+
+def _forward_question(net, B):
+    names = ", ".join(f"$z^{{[{l}]}}$, $a^{{[{l}]}}$" for l in range(1, net.depth + 1))
+    return f"Forward pass: compute {names}" + ("" if B == 1 else " for every sample") + "."
+
+
+def _forward_answer(net, ev, decimals, B):
+    parts = []
+    for l in range(1, net.depth + 1):
+        for kind in ("z", "a"):
+            parts.append(_vector_text(net, ev, decimals, B, kind, l))
+    return ", ".join(parts)
+
+
+def _vector_text(net, ev, decimals, B, kind, l):
+    base = naming.quantity(kind, l)
+    name = entry_name(base, (), True) if kind != "ga" else None
+    rows = []
+    for s in range(B):
+        vals = [show(ev.results[f"{kind}{l}"][(s, j)], decimals, ev.approx_results[f"{kind}{l}"][(s, j)])[0]
+                for j in range(net.sizes[l])]
+        rows.append(r"\begin{bmatrix} " + r" \\ ".join(vals) + r" \end{bmatrix}")
+    if B == 1:
+        return f"${name} = {rows[0]}$"
+    return ", ".join(f"${name}_{{(s={s + 1})}} = {r}$" for s, r in enumerate(rows))
+
+
+def _vector_answers(net, ev, decimals, B, kind):
+    return ", ".join(_vector_text(net, ev, decimals, B, kind, l) for l in range(net.depth, 0, -1))
+
+
+def _input_answer(net, ev, decimals, B):
+    vals = [show(ev.results["ga0"][(0, k)], decimals, ev.approx_results["ga0"][(0, k)])[0]
+            for k in range(net.sizes[0])]
+    return r"$\frac{\partial L}{\partial x} = \begin{bmatrix} " + r" \\ ".join(vals) + r" \end{bmatrix}$"
+
+
+# Circuit expressions whose gates keep integers integral (add, mul, max, constant add), each
+# showing a gate pattern of seed 000: add distributes, mul swaps, max routes, copy adds.
+CIRCUITS = (
+    "(x + y)*z",
+    "x*y + y*z",
+    "max(x, y)*z + x*w",
+    "(w0*x0 + w1*x1 + b)*v",
+    "max(0, w*x + b)*v + w",
+)
+
+
+@dataclass
+class CircuitQuestion:
+    expr: str             # LaTeX of f
+    at: str               # LaTeX of the values
+    variables: list
+    answer: str           # LaTeX: f and its gradients
+    steps: str            # the circuit's forward and backward steps (symbp.render.circuit)
+    picture: str          # its TikZ picture
+
+
+def _circuit_question(rng):
+    """One staged-circuit question: integer values in -3..3, no max tie, no zero gradient."""
+    from ..circuit import circuit
+    for _ in range(MAX_TRIES):
+        text = CIRCUITS[rng.randrange(len(CIRCUITS))]
+        names = sorted(set(re.findall(r"[a-z]\w*", text)) - {"max"})
+        values = {n: rng.randint(-3, 3) for n in names}
+        c = circuit(text, **values)
+        grads = c.gradients
+        if any(n.tie for n in c.gates) or c.value == 0 or any(grads[v] == 0 for v in c.variables):
+            continue
+        at = ", ".join(f"{_var_tex(n)} = {values[n]}" for n in c.variables)
+        ans = [f"f = {show(c.value, 0)[0]}"] + [
+            rf"\frac{{\partial f}}{{\partial {_var_tex(v)}}} = {show(grads[v], 0)[0]}" for v in c.variables]
+        return CircuitQuestion(sp.latex(c.expr, symbol_names={v: _var_tex(v.name) for v in c.expr.free_symbols}),
+                               at, [_var_tex(v) for v in c.variables], ", ".join(f"${a}$" for a in ans),
+                               c.latex(0), c.tikz(0))
+    raise _Redraw()
+
+
+def _var_tex(name):
+    m = re.match(r"^([a-z]+)(\d+)$", name)
+    return f"{m.group(1)}_{{{m.group(2)}}}" if m else name
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------
+def cmd_exam(args):
+    sizes = parse_network(args.network)
+    exam = make_exam(sizes, activation=args.activation, loss=args.loss, variants=args.variants,
+                     seed=args.seed, multiple_choice=args.multiple_choice, circuit=args.circuit,
+                     decimals=args.decimals, batch=args.batch)
+    pdf = True if args.pdf else (False if args.no_pdf else None)
+    for path in exam.write(args.out, pdf=pdf):
+        print(f"wrote {path}")
+    return 0
+
+
+def add_command(subparsers):
+    p = subparsers.add_parser("exam", help="exam variants with answer keys (humane numbers)")
+    p.add_argument("--network", default="2-2-1", help="widths, e.g. 2-2-1 (input first)")
+    p.add_argument("--activation", default="sigmoid", help="hidden (and mse/sse output) activation")
+    p.add_argument("--loss", default="mse", help="mse | sse | bce | ce")
+    p.add_argument("--variants", type=int, default=10, help=f"1..{MAX_VARIANTS}")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--decimals", type=int, default=None, help="answers' decimals (default 3; 2 for ReLU)")
+    p.add_argument("--batch", type=int, default=None, help="samples per variant (default 1; 2 with --multiple-choice)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--multiple-choice", action="store_true", help="options from mutated derivations")
+    p.add_argument("--circuit", action="store_true", help="add a computation-graph question")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pdf", action="store_true", help="require PDFs (pdflatex)")
+    g.add_argument("--no-pdf", action="store_true", help="write only the .tex files")
+    p.set_defaults(fn=cmd_exam)

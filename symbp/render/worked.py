@@ -1,0 +1,926 @@
+"""Worked examples with numbers: the Derivation's own equations evaluated in exact arithmetic.
+
+Contract:
+- ``worked_example(derivation, params, x, y, decimals=2, lr=None) -> WorkedExample`` evaluates
+  every equation of the Derivation (``Equation.rhs`` in index form) for concrete numbers: the
+  widths ``n_l`` and the batch size ``B`` are substituted, the sums expanded with ``doit``, and
+  the values of earlier equations substituted, all in exact SymPy arithmetic (inputs become
+  Rationals, floats through their shortest decimal repr, ``exprparse.number``). Transcendental
+  values (exp, log) stay exact SymPy expressions; numbers are rounded only when displayed
+  (half away from zero, trailing zeros dropped; "=" where the shown number is exact, "\\approx"
+  where it is rounded).
+- ``.values`` maps names to exact values: per-sample quantities (``z1``, ``a1``, ``ga1``,
+  ``delta1``, ``x``, ``y``) are ``sympy.Matrix`` (B, n) with samples as rows, ``gW1`` is
+  (n_out, n_in), ``gb1`` a column (n, 1), ``loss`` a scalar; the parameters (``W1``, ``b1``)
+  and, with a learning rate, the updated ones (``W1_new``, ``b1_new``) too.
+- ``.latex(document=False)`` and ``.markdown()`` render numbered steps: each equation in index
+  form, then per entry the formula, the formula with the numbers substituted, and the value
+  ("delta = (a - y)/B = (0.73 - 1)/1 = -0.27"); the forward pass also as a table of z and a per
+  layer; gradients and the SGD update W - lr dL/dW as matrices.
+- At a kink (ReLU exactly at z = 0) the derivation's own one-sided convention is used (relu'(0) =
+  0, Heaviside(0) = 0, as PyTorch and JAX) and a note says so; no error.
+- User mistakes raise ``SymbpError`` subclasses with one line: a missing or unexpected params
+  key, a wrong shape, a non-number, decimals outside 0..12, a log or reciprocal of zero (or a
+  log of a negative number) in the loss or its gradient.
+- ``evaluate(...)`` is the engine underneath; with ``rounding=d`` it evaluates as a student
+  with a table would: every computed entry rounded to d decimals before it is used further,
+  every value of a transcendental function (sigma(z), exp, log) rounded to d decimals and
+  recorded (the exam module prints those records as the table of values a question gives).
+
+The CLI subcommand ``symbp worked`` is added by ``add_command`` (module ``symbp.render.worked``).
+"""
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import sympy as sp
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
+
+from .. import naming
+from ..errors import InputError, SymbpError
+from ..exprparse import number
+
+MAX_DECIMALS = 12
+MAX_BATCH = 16
+MAX_WIDTH = 32
+# Steps with more entries than this show only the resulting matrix, not every entry's line.
+MAX_ENTRY_LINES = 16
+# LaTeX source length above which an entry's substituted form goes on its own line.
+LINE_SPLIT = 110
+
+KIND_TITLES = {
+    "forward_z": "Pre-activation of layer {l}",
+    "forward_a": "Activation of layer {l} ({act})",
+    "loss": "Loss ({loss}, {reduction} over the batch)",
+    "loss_grad": "Gradient of the loss with respect to the output $a^{{[{l}]}}$",
+    "output_delta": "Output delta $\\delta^{{[{l}]}} = \\partial L / \\partial z^{{[{l}]}}$",
+    "backprop": "Backpropagate to layer {l}: $\\partial L/\\partial a^{{[{l}]}}$ from $\\delta^{{[{l1}]}}$ and $W^{{[{l1}]}}$",
+    "delta": "Delta of layer {l}: $\\partial L/\\partial a^{{[{l}]}}$ times the local derivative",
+    "input_grad": "Gradient with respect to the input $x$",
+    "grad_W": "Weight gradient $\\partial L / \\partial W^{{[{l}]}}$",
+    "grad_b": "Bias gradient $\\partial L / \\partial b^{{[{l}]}}$",
+}
+PHASES = {"forward_z": "forward", "forward_a": "forward", "loss": "forward",
+          "loss_grad": "backward", "output_delta": "backward", "backprop": "backward",
+          "delta": "backward", "input_grad": "backward", "grad_W": "gradients", "grad_b": "gradients"}
+
+
+# ------------------------------------------------------------------------------------------
+# exact input values
+# ------------------------------------------------------------------------------------------
+def exact(value, where="", key=""):
+    """An exact SymPy Rational from an int, float (shortest repr), Fraction or SymPy Rational."""
+    if isinstance(value, sp.Basic):
+        if value.is_Rational:
+            return value
+        raise InputError(f"{where}: {key}: expected a rational number, got {value}")
+    if isinstance(value, Fraction):
+        return sp.Rational(value.numerator, value.denominator)
+    if not isinstance(value, bool) and type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()    # numpy scalars: their Python value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: {key}: expected a number, got {type(value).__name__} {value!r}")
+    try:
+        return number(value, where, key)
+    except SymbpError as e:
+        raise InputError(str(e)) from None
+
+
+def _nested(value):
+    """Lists from lists, tuples and numpy arrays (without importing numpy here)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_nested(v) for v in value]
+    return value
+
+
+def _shape_text(shape):
+    if len(shape) == 1:
+        return f"a list of {shape[0]} number{'s' if shape[0] != 1 else ''}"
+    return f"{shape[0]} rows of {shape[1]} numbers ([[...], ...], shape {shape})"
+
+
+def exact_matrix(value, shape, where, key):
+    """sympy.Matrix of exact entries from nested lists of ``shape`` (a 1-tuple gives a column)."""
+    if isinstance(value, sp.MatrixBase) and len(shape) == 1 and 1 in value.shape:
+        value = list(value)        # a column (or row) Matrix for a vector, as .values holds them
+    value = _nested(value)
+    want = _shape_text(shape)
+    if len(shape) == 1:
+        if not isinstance(value, list) or any(isinstance(v, list) for v in value) or len(value) != shape[0]:
+            got = f"{len(value)} entries" if isinstance(value, list) else repr(value)
+            raise InputError(f"{where}: {key}: expected {want}, got {got}")
+        return sp.Matrix(shape[0], 1, [exact(v, where, f"{key}[{i}]") for i, v in enumerate(value)])
+    rows, cols = shape
+    if not isinstance(value, list) or len(value) != rows or \
+            any(not isinstance(r, list) or len(r) != cols for r in value):
+        if isinstance(value, list):
+            lens = [len(r) if isinstance(r, list) else "a number" for r in value]
+            got = f"{len(value)} rows of lengths {lens}"
+        else:
+            got = repr(value)
+        raise InputError(f"{where}: {key}: expected {want}, got {got}")
+    return sp.Matrix(rows, cols, [exact(v, where, f"{key}[{i}][{j}]")
+                                  for i, r in enumerate(value) for j, v in enumerate(r)])
+
+
+def exact_params(network, params, where="params"):
+    """{"W1": Matrix, "b1": Matrix column, ...} checked against the network's shapes."""
+    if not isinstance(params, dict):
+        raise InputError(f"{where}: expected a mapping of {', '.join(network.param_shapes())}")
+    shapes = network.param_shapes()
+    for k in params:
+        if k not in shapes:
+            raise InputError(f"{where}: {k}: unexpected key (expected exactly: {', '.join(shapes)})")
+    out = {}
+    for k, shape in shapes.items():
+        if k not in params:
+            raise InputError(f"{where}: {k}: missing (expected {_shape_text(shape)})")
+        out[k] = exact_matrix(params[k], shape, where, k)
+    return out
+
+
+def exact_batch(network, x, y, where=""):
+    """(X (B, n0), Y (B, nL), batched). One sample may be given as flat lists (or a scalar y)."""
+    n0, nL = network.sizes[0], network.sizes[-1]
+    x, y = _nested(x), _nested(y)
+    pre = f"{where}: " if where else ""
+    if not isinstance(x, list) or not x:
+        raise InputError(f"{pre}x: expected {n0} numbers (one sample) or rows of {n0} numbers (a batch)")
+    batched = isinstance(x[0], list)
+    rows = x if batched else [x]
+    if len(rows) > MAX_BATCH:
+        raise InputError(f"{pre}x: at most {MAX_BATCH} samples in a worked example, got {len(rows)}")
+    X = exact_matrix(rows, (len(rows), n0), where or "input", "x")
+    B = X.rows
+    if not isinstance(y, list):
+        y = [y]
+    if not batched:
+        y = [y]
+    elif nL == 1 and all(not isinstance(v, list) for v in y):
+        y = [[v] for v in y]
+    Y = exact_matrix(y, (B, nL), where or "input", "y")
+    if network.loss.onehot:
+        for s in range(B):
+            row = list(Y.row(s))
+            if sum(row) != 1 or any(v < 0 or v > 1 for v in row):
+                raise InputError(f"{pre}y: row {s + 1}: {network.loss.name} assumes one-hot targets "
+                                 f"(entries in [0, 1] summing to 1), got {[str(v) for v in row]}")
+    return X, Y, batched
+
+
+def check_decimals(decimals):
+    if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= MAX_DECIMALS:
+        raise InputError(f"decimals: expected an integer from 0 to {MAX_DECIMALS}, got {decimals!r}")
+    return decimals
+
+
+# ------------------------------------------------------------------------------------------
+# display of numbers
+# ------------------------------------------------------------------------------------------
+APPROX_DIGITS = 60
+
+
+def rounded(value, decimals, approx=None):
+    """The exact Rational shown for ``value`` at ``decimals`` (half away from zero).
+
+    ``approx``: a high-precision Float of an irrational ``value`` (display only), which spares
+    evaluating a large exact expression again."""
+    value = sp.sympify(value)
+    scale = sp.Integer(10) ** decimals
+    if value.is_Rational:
+        r = value * scale
+    else:
+        if approx is None:
+            approx = sp.N(value, APPROX_DIGITS)
+        r = sp.Rational(sp.Float(approx, APPROX_DIGITS) * scale)
+    n = sp.floor(abs(r) + sp.Rational(1, 2))
+    return sp.Rational(int(n) * (1 if r >= 0 else -1), int(scale))
+
+
+def show(value, decimals, approx=None):
+    """(text, exact): the number as displayed, and whether the display equals the value."""
+    value = sp.sympify(value)
+    r = rounded(value, decimals, approx)
+    exact_ = bool(value.is_Rational and r == value)
+    if r == 0:
+        return "0", exact_
+    sign = "-" if r < 0 else ""
+    n = abs(r) * sp.Integer(10) ** decimals
+    digits = str(int(n)).rjust(decimals + 1, "0")
+    whole, frac = (digits[:-decimals], digits[-decimals:]) if decimals else (digits, "")
+    frac = frac.rstrip("0")
+    return f"{sign}{whole}{'.' + frac if frac else ''}", exact_
+
+
+def decimals_of(text):
+    """Number of decimals of a displayed number ("0.25" -> 2, "3" -> 0)."""
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+# ------------------------------------------------------------------------------------------
+# printing: quantities by name (symbol mode) or by their numbers (number mode)
+# ------------------------------------------------------------------------------------------
+def _index_text(indices, shift=True):
+    out = []
+    for i in indices:
+        if isinstance(i, (int, sp.Integer)) or getattr(i, "is_Integer", False):
+            out.append(str(int(i) + (1 if shift else 0)))
+        else:
+            out.append(sp.latex(i))
+    if all(len(t) == 1 for t in out):
+        return "".join(out)
+    return ",".join(out)
+
+
+def entry_name(base, indices, batch_single=False, notation="cs231n"):
+    """LaTeX name of an entry: z^{[1]}_{2}, \\frac{\\partial L}{\\partial W^{[1]}_{12}}, ...
+
+    Indices are printed 1-based; with ``batch_single`` (a batch of one) the sample index is
+    dropped from per-sample quantities."""
+    kind, layer = naming.parse(base)
+    idx = tuple(indices)
+    if batch_single and kind in ("a", "z", "y", "delta", "ga") and idx:
+        idx = idx[1:]
+    sub = _index_text(idx)
+    if kind in ("ga", "gW", "gb"):
+        inner = {"ga": "a", "gW": "W", "gb": "b"}[kind]
+        if kind == "ga" and layer == 0:
+            q = f"x_{{{sub}}}" if sub else "x"
+        else:
+            q = f"{inner}^{{[{layer}]}}" + (f"_{{{sub}}}" if sub else "")
+        return rf"\frac{{\partial L}}{{\partial {q}}}"
+    sym = naming.latex_base(base, notation)
+    return f"{sym}_{{{sub}}}" if sub else sym
+
+
+class WorkedPrinter(LatexPrinter):
+    """LaTeX of an equation's right-hand side for one entry.
+
+    ``values=None``: quantities by name (1-based indices, sums printed from 1 to n).
+    ``values={Indexed: exact value}``: every quantity and B printed as its rounded number
+    (negative numbers in parentheses); ``self.inexact`` records whether a rounded number was
+    printed."""
+
+    def __init__(self, values=None, decimals=2, batch=None, batch_single=False, notation="cs231n",
+                 approx=None):
+        super().__init__({"mul_symbol": "dot" if values is not None else None})
+        self.values, self.decimals, self.batch = values, decimals, batch
+        self.approx = approx or {}
+        self.batch_single, self.notation = batch_single, notation
+        self.inexact = False
+
+    def _number(self, v, approx=None):
+        text, ok = show(v, self.decimals, approx)
+        self.inexact |= not ok
+        return f"({text})" if text.startswith("-") else text
+
+    def _print_Indexed(self, e):
+        if self.values is not None:
+            if e not in self.values:
+                raise KeyError(f"no value for {e}")
+            return self._number(self.values[e], self.approx.get(e))
+        # braced, so that a power of it is not a double superscript
+        return "{" + entry_name(e.base, e.indices, self.batch_single, self.notation) + "}"
+
+    def _print_Symbol(self, e, style="plain"):
+        if e == naming.BATCH:
+            return self._number(self.batch) if self.values is not None else "B"
+        return super()._print_Symbol(e)
+
+    def _print_Heaviside(self, e, exp=None):
+        return rf"\mathbb{{1}}\left[{self._print(e.args[0])} > 0\right]"
+
+    def _print_Sum(self, e):
+        # Displayed 1-based, as the entries are: sum_{k=1}^{n} for SymPy's k = 0 .. n-1.
+        shifted = sp.Sum(e.function, *[(v, lo + 1, hi + 1) for v, lo, hi in e.limits])
+        return super()._print_Sum(shifted)
+
+
+def _latex_matrix(m, decimals, approx=None):
+    rows = []
+    for i in range(m.rows):
+        rows.append(" & ".join(show(m[i, j], decimals, None if approx is None else approx[i, j])[0]
+                               for j in range(m.cols)))
+    return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+
+
+# ------------------------------------------------------------------------------------------
+# the evaluation engine
+# ------------------------------------------------------------------------------------------
+def _shape_of(lhs, net, B):
+    """Concrete index ranges of an equation's left-hand side."""
+    if not isinstance(lhs, sp.Indexed):
+        return ()
+    kind, layer = naming.parse(lhs.base)
+    sizes = net.sizes
+    if kind in ("a", "z", "delta", "ga", "y"):
+        return (B, sizes[layer if layer is not None else -1])
+    if kind == "gW":
+        return (sizes[layer], sizes[layer - 1])
+    if kind == "gb":
+        return (sizes[layer],)
+    raise SymbpError(f"worked example: cannot size the quantity {lhs}")
+
+
+def _expand_sums(expr, subs):
+    """Sums with their limits made concrete and expanded; B stays symbolic elsewhere (so that a
+    factor 1/B is shown, not folded into the numbers)."""
+    def expand(e):
+        limits = [(v, lo.xreplace(subs), hi.xreplace(subs)) for v, lo, hi in e.limits]
+        return sp.Sum(e.function, *limits).doit()
+    for _ in range(8):     # nested sums expand from the inside out
+        if not expr.has(sp.Sum):
+            break
+        expr = expr.replace(lambda e: isinstance(e, sp.Sum), expand)
+    return expr
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    index: tuple          # concrete 0-based indices of the left-hand side
+    lhs: sp.Expr          # concrete Indexed (or the loss symbol)
+    expr: sp.Expr         # rhs with indices, widths and sums made concrete (B symbolic)
+
+
+@dataclass(frozen=True)
+class PlannedEquation:
+    equation: object
+    shape: tuple
+    entries: tuple
+
+
+_PLANS = {}
+
+
+def plan(derivation, B):
+    """Every equation expanded for batch size B: independent of the numbers, so it is cached
+    and an exam can evaluate many draws cheaply."""
+    key = (id(derivation), B)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is derivation:
+        return hit[1]
+    net = derivation.network
+    subs = {naming.width(l): sp.Integer(n) for l, n in enumerate(net.sizes)}
+    subs[naming.BATCH] = sp.Integer(B)
+    out = []
+    for eq in derivation.equations:
+        shape = _shape_of(eq.lhs, net, B)
+        entries = []
+        if not shape:
+            entries.append(PlannedEntry((), eq.lhs, _expand_sums(eq.rhs, subs)))
+        else:
+            idx_syms = eq.lhs.indices
+            ranges = [range(n) for n in shape]
+            for index in itertools.product(*ranges):
+                m = {sym: sp.Integer(v) for sym, v in zip(idx_syms, index)}
+                lhs = eq.lhs.base[tuple(sp.Integer(v) for v in index)]
+                entries.append(PlannedEntry(index, lhs, _expand_sums(eq.rhs.xreplace(m), subs)))
+        out.append(PlannedEquation(eq, shape, tuple(entries)))
+    out = tuple(out)
+    if len(_PLANS) > 64:
+        _PLANS.clear()
+    _PLANS[key] = (derivation, out)
+    return out
+
+
+_TRANSCENDENTAL = (sp.exp, sp.log, sp.tanh, sp.sinh, sp.cosh, sp.sin, sp.cos, sp.atan)
+
+
+def _bad_value(v):
+    return v.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or v.is_real is False
+
+
+class _PlainPrinter(StrPrinter):
+    """Plain text with 1-based indices, for error messages: a1[1,2]."""
+
+    printmethod = "_symbp_plain"    # not Indexed's own _sympystr
+
+    def _print_Indexed(self, e):
+        return f"{e.base}[{','.join(str(int(i) + 1) for i in e.indices)}]"
+
+
+def _singularity(entry, env, name):
+    """One line saying which log or reciprocal is singular in an entry, or None. A log of a
+    non-positive number is refused even where a zero factor would hide it (y = 1 in (1 - y)
+    log(1 - a)): the loss is not defined there, and the kernel would give NaN."""
+    expr, pr = entry.expr, _PlainPrinter()
+    for atom in sorted(expr.atoms(sp.log), key=sp.default_sort_key):
+        arg = atom.args[0].xreplace(env)
+        if arg.is_zero or arg.is_extended_negative:
+            what = "zero" if arg.is_zero else "a negative number"
+            return (f"{name}: log of {what}: log({pr.doprint(atom.args[0])}) with "
+                    f"{pr.doprint(atom.args[0])} = {pr.doprint(arg)} (indices 1-based); the loss "
+                    f"is not defined there (a cross-entropy needs 0 < a < 1)")
+    for atom in sorted(expr.atoms(sp.Pow), key=sp.default_sort_key):
+        if atom.exp.is_negative and atom.base.xreplace(env).is_zero:
+            return (f"{name}: reciprocal of zero: 1/({pr.doprint(atom.base)}) with "
+                    f"{pr.doprint(atom.base)} = 0 (indices 1-based)")
+    return None
+
+
+def _kink_points(rule):
+    """Points z where the derived f'(z) (before the kink convention) has a jump."""
+    if rule is None:
+        return ()
+    derived = rule.stages[0][1]
+    args = [h.args[0] for h in derived.atoms(sp.Heaviside)]
+    args += [s.args[0] for s in derived.atoms(sp.sign)]
+    for pw in derived.atoms(sp.Piecewise):
+        for _, cond in pw.args:
+            if isinstance(cond, sp.core.relational.Relational):
+                args.append(cond.lhs - cond.rhs)
+    pts = set()
+    for a in args:
+        try:
+            pts.update(p for p in sp.solve(a, naming.Z) if p.is_real)
+        except (NotImplementedError, TypeError, ValueError):
+            continue
+    return tuple(sorted(pts, key=sp.default_sort_key))
+
+
+@dataclass(frozen=True)
+class Kink:
+    layer: int
+    sample: int
+    unit: int
+    z: sp.Expr
+    activation: str
+    used: sp.Expr         # f'(z) the derivation uses there
+    side: str             # "left", "right" or "neither"
+
+
+def _kink_convention(rule, point):
+    fprime = dict(rule.stages).get("kink", rule.stages[0][1])
+    used = fprime.xreplace({naming.Z: point}).doit()
+    derived = rule.stages[0][1]
+    side = "neither"
+    for direction, label in (("-", "left"), ("+", "right")):
+        try:
+            if sp.limit(derived, naming.Z, point, direction) == used:
+                side = label
+                break
+        except (NotImplementedError, ValueError, TypeError):
+            continue
+    return used, side
+
+
+@dataclass
+class Evaluation:
+    """Exact (or, with rounding, student-rounded) values of every entry of every equation."""
+
+    env: dict                 # Indexed -> value (inputs, parameters, every computed entry)
+    results: dict             # equation name -> {index tuple: value}
+    approx: dict              # Indexed -> 60-digit Float of env's value (for display only)
+    approx_results: dict      # equation name -> {index tuple: Float}
+    kinks: list
+    table: list               # rounding mode: [(latex of the function value, value), ...]
+
+
+def evaluate(derivation, P, X, Y, rounding=None):
+    """Evaluate the derivation's equations in order on exact inputs (see the module contract).
+
+    P: {"W1": Matrix, "b1": column Matrix, ...}; X (B, n0); Y (B, nL)."""
+    net = derivation.network
+    B = X.rows
+    env = {}
+    a0, yb = naming.quantity("a", 0), naming.quantity("y")
+    for s in range(B):
+        for k in range(X.cols):
+            env[a0[s, k]] = X[s, k]
+        for k in range(Y.cols):
+            env[yb[s, k]] = Y[s, k]
+    for l in range(1, net.depth + 1):
+        W, b = naming.quantity("W", l), naming.quantity("b", l)
+        Wm, bm = P[naming.param_key("W", l)], P[naming.param_key("b", l)]
+        for j in range(Wm.rows):
+            env[b[j]] = bm[j]
+            for k in range(Wm.cols):
+                env[W[j, k]] = Wm[j, k]
+    env[naming.BATCH] = sp.Integer(B)
+    approx = {k: sp.Float(v, APPROX_DIGITS) for k, v in env.items()}
+    approx_results = {}
+    kinks, table, seen = [], [], set()
+    kink_pts = {lr.layer: (lr, _kink_points(lr.rule)) for lr in derivation.layers}
+    results = {}
+
+    def record(latex, value):
+        if latex not in seen:
+            seen.add(latex)
+            table.append((latex, value))
+
+    for pe in plan(derivation, B):
+        eq = pe.equation
+        vals, nums = {}, {}
+        for ent in pe.entries:
+            name = entry_name(ent.lhs.base, ent.lhs.indices) if isinstance(ent.lhs, sp.Indexed) else "L"
+            if rounding is not None and eq.kind == "forward_a" and _elementwise(derivation, eq.layer):
+                act = derivation.layers[eq.layer - 1].activation
+                zval = env[naming.quantity("z", eq.layer)[ent.lhs.indices]]
+                v = act.at(zval)
+                if not v.is_Rational:
+                    v = rounded(v, rounding)
+                    record(rf"{act.latex}({show(zval, rounding)[0]})", v)
+            else:
+                if ent.expr.has(sp.log):
+                    msg = _singularity(ent, env, name)
+                    if msg:
+                        raise InputError(f"worked example: {msg}")
+                v = ent.expr.xreplace(env)
+                if rounding is not None:
+                    v = _round_functions(v, rounding, record)
+            if _bad_value(v):
+                msg = _singularity(ent, env, name) or f"{name}: the value is not a finite real number ({v})"
+                raise InputError(f"worked example: {msg}")
+            if rounding is not None:
+                v = rounded(v, rounding)
+            env[ent.lhs] = v
+            vals[ent.index] = v
+            # Display values from Floats: evaluating the growing exact expressions again for
+            # every printed number costs far more than this parallel evaluation.
+            num = v if v.is_Rational else ent.expr.xreplace(approx).evalf(APPROX_DIGITS)
+            if not num.is_number or _bad_value(num):
+                num = sp.N(v, APPROX_DIGITS)
+            approx[ent.lhs] = sp.Float(num, APPROX_DIGITS)
+            nums[ent.index] = approx[ent.lhs]
+            if eq.kind == "forward_z" and rounding is None:
+                lr, pts = kink_pts.get(eq.layer, (None, ()))
+                for p in pts:
+                    if _equal(v, p):
+                        used, side = _kink_convention(lr.rule, p)
+                        kinks.append(Kink(eq.layer, ent.index[0], ent.index[1], v,
+                                          lr.activation.name, used, side))
+        results[eq.name] = vals
+        approx_results[eq.name] = nums
+    return Evaluation(env, results, approx, approx_results, kinks, table)
+
+
+def _elementwise(derivation, layer):
+    return derivation.layers[layer - 1].rule is not None
+
+
+def _equal(v, p):
+    d = sp.sympify(v - p)
+    z = d.is_zero
+    if z is None:
+        z = abs(sp.N(d, 60)) < sp.Float("1e-50")
+    return bool(z)
+
+
+def _round_functions(v, decimals, record):
+    """Rounding mode: each transcendental function value (exp, log, ...) of a number is looked
+    up in the table, i.e. rounded to ``decimals``, and recorded."""
+    def look(e):
+        r = rounded(e, decimals)
+        record(sp.latex(e), r)
+        return r
+    return v.replace(lambda e: isinstance(e, _TRANSCENDENTAL) and e.is_number and not e.is_Rational, look)
+
+
+def _matrix(vals, shape):
+    if len(shape) == 2:
+        return sp.Matrix(shape[0], shape[1], lambda i, j: vals[(i, j)])
+    if len(shape) == 1:
+        return sp.Matrix(shape[0], 1, lambda i, j: vals[(i,)])
+    return vals[()]
+
+
+# ------------------------------------------------------------------------------------------
+# the worked example
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Line:
+    lhs: str
+    symbolic: str
+    substituted: str      # "" when it would repeat the symbolic form
+    relation: str         # "=" or "\approx" before the substituted form
+    value: str            # "= 0.5" or "\approx 0.73"
+    split: bool = False   # long: the substituted form and value go on a second line
+
+
+@dataclass
+class Step:
+    number: int
+    phase: str
+    name: str
+    title: str
+    formula: str          # the equation in index form
+    lines: list
+    matrix: str = ""      # LaTeX of the result as a matrix (gradients, updates)
+    omitted: int = 0      # entries not shown line by line (large steps)
+
+
+@dataclass
+class WorkedExample:
+    derivation: object
+    decimals: int
+    batch: int
+    lr: object
+    steps: list
+    table: list           # forward table rows: (layer, unit, [(z text, a text) per sample])
+    notes: list
+    values: dict = field(default_factory=dict)
+
+    @property
+    def network(self):
+        return self.derivation.network
+
+    def _context(self):
+        net = self.network
+        return {
+            "network": str(net).replace("_", r"\_"),
+            "network_md": str(net),
+            "phases": (("forward", "Forward pass"), ("backward", "Backward pass"),
+                       ("gradients", "Parameter gradients"), ("update", "One SGD step")),
+            "decimals": self.decimals,
+            "batch": self.batch,
+            "samples": list(range(1, self.batch + 1)),
+            "steps": self.steps,
+            "table": self.table,
+            "notes": self.notes,
+            "lr": show(self.lr, MAX_DECIMALS)[0] if self.lr is not None else None,
+        }
+
+    def latex(self, document=False):
+        from ..codegen.templates import environment
+        return environment().get_template("latex/worked.tex.j2").render(document=document, **self._context())
+
+    def markdown(self):
+        from ..codegen.templates import environment
+        return environment().get_template("markdown/worked.md.j2").render(**self._context())
+
+    def _repr_markdown_(self):
+        return self.markdown()
+
+    def __repr__(self):
+        return f"<WorkedExample of {self.network.name}: {len(self.steps)} steps, B = {self.batch}>"
+
+
+def _title(eq, net):
+    l = eq.layer
+    act = net.layers[l - 1].activation.name if 1 <= l <= net.depth else ""
+    return KIND_TITLES[eq.kind].format(l=l, l1=l + 1, act=act.replace("_", r"\_"),
+                                       loss=net.loss.name, reduction=net.reduction)
+
+
+def worked_example(derivation, params, x, y, decimals=2, lr=None):
+    """The worked example of ``derivation`` at ``params``, input(s) ``x``, target(s) ``y``.
+
+    params: {"W1": [[...]], "b1": [...], ...} of numbers (or numpy arrays); x: one sample
+    ([x1, x2]) or a batch ([[...], [...]]); y likewise (a scalar for one output unit);
+    decimals: 0..12, digits shown; lr: learning rate of the one SGD step shown (None: no step).
+    """
+    check_decimals(decimals)
+    net = derivation.network
+    if max(net.sizes) > MAX_WIDTH:
+        raise InputError(f"worked example: layers of at most {MAX_WIDTH} units, got {net.sizes}")
+    P = exact_params(net, params)
+    X, Y, _ = exact_batch(net, x, y)
+    eta = None if lr is None else exact(lr, "lr", "learning rate")
+    if eta is not None and eta <= 0:
+        raise InputError(f"lr: expected a positive learning rate, got {lr!r}")
+    ev = evaluate(derivation, P, X, Y)
+    B = X.rows
+    single = B == 1
+
+    steps, number_ = [], 0
+    for pe in plan(derivation, B):
+        eq = pe.equation
+        number_ += 1
+        sym_p = WorkedPrinter(batch_single=False)
+        lhs_general = _lhs_text(eq.lhs, False)
+        formula = f"{lhs_general} = {sym_p.doprint(eq.rhs)}"
+        lines = []
+        shown = pe.entries if len(pe.entries) <= MAX_ENTRY_LINES else ()
+        for ent in shown:
+            sp_ = WorkedPrinter(batch_single=single)
+            num_p = WorkedPrinter(values=ev.env, decimals=decimals, batch=B, batch_single=single,
+                                  approx=ev.approx)
+            value = ev.results[eq.name][ent.index]
+            vtext, vexact = show(value, decimals, ev.approx_results[eq.name][ent.index])
+            symbolic = sp_.doprint(ent.expr)
+            substituted = num_p.doprint(ent.expr)
+            if isinstance(ent.expr, sp.Indexed) or ent.expr.is_number:
+                substituted = ""    # a copy of one number: the value line says it
+            lines.append(Line(_lhs_text(ent.lhs, single), symbolic, substituted,
+                              ("=" if not num_p.inexact else r"\approx"),
+                              ("=" if vexact else r"\approx") + " " + vtext,
+                              len(symbolic) + len(substituted) > LINE_SPLIT))
+        matrix = ""
+        if eq.kind in ("grad_W", "grad_b"):
+            matrix = f"{_lhs_text(eq.lhs, single, general_matrix=True)} = " + \
+                _latex_matrix(_matrix(ev.results[eq.name], pe.shape), decimals,
+                              _matrix(ev.approx_results[eq.name], pe.shape))
+        steps.append(Step(number_, PHASES[eq.kind], eq.name, _title(eq, net), formula, lines, matrix,
+                          len(pe.entries) - len(shown)))
+
+    values = {"x": X, "y": Y}
+    for k, m in P.items():
+        values[k] = m
+    approx = {k: m.applyfunc(lambda v: sp.Float(v, APPROX_DIGITS)) for k, m in values.items()}
+    for pe in plan(derivation, B):
+        values[pe.equation.name] = _matrix(ev.results[pe.equation.name], pe.shape)
+        approx[pe.equation.name] = _matrix(ev.approx_results[pe.equation.name], pe.shape)
+
+    if eta is not None:
+        for l in range(1, net.depth + 1):
+            for kind in ("W", "b"):
+                key = naming.param_key(kind, l)
+                g = values[naming.grad_kind(kind) + str(l)]
+                new = P[key] - eta * g
+                values[f"{key}_new"] = new
+                ga = approx[naming.grad_kind(kind) + str(l)]
+                na = approx[key] - eta * ga
+                number_ += 1
+                sym = "W" if kind == "W" else "b"
+                gname = rf"\frac{{\partial L}}{{\partial {sym}^{{[{l}]}}}}"
+                eta_t = show(eta, MAX_DECIMALS)[0]
+                formula = rf"{sym}^{{[{l}]}} \leftarrow {sym}^{{[{l}]}} - \eta\, {gname}, \quad \eta = {eta_t}"
+                matrix = (f"{sym}^{{[{l}]}}_{{\\text{{new}}}} = {_latex_matrix(P[key], decimals)} - {eta_t} "
+                          f"{_latex_matrix(g, decimals, ga)} = {_latex_matrix(new, decimals, na)}")
+                steps.append(Step(number_, "update", f"{key}_new",
+                                  f"SGD update of ${sym}^{{[{l}]}}$", formula, [], matrix))
+
+    table = []
+    for l in range(0, net.depth + 1):
+        for j in range(net.sizes[l]):
+            cells = []
+            for s in range(B):
+                z = show(values[f"z{l}"][s, j], decimals, approx[f"z{l}"][s, j])[0] if l > 0 else ""
+                a = show(X[s, j] if l == 0 else values[f"a{l}"][s, j], decimals,
+                         None if l == 0 else approx[f"a{l}"][s, j])[0]
+                cells.append((z, a))
+            table.append((l, j + 1, cells))
+
+    notes = []
+    if single:
+        notes.append("One sample ($B = 1$): the sample index $s$ is dropped from the entries below.")
+    notes.append(f"Computed in exact arithmetic; numbers are shown rounded to {decimals} decimals "
+                 r"($\approx$ marks a rounded value).")
+    for k in ev.kinks:
+        z = naming.latex_base(naming.quantity("z", k.layer))
+        where = f"{z}_{{{_index_text((k.unit,))}}}" + (f" of sample {k.sample + 1}" if not single else "")
+        side = {"left": "the derivative from the left, as PyTorch and JAX use",
+                "right": "the derivative from the right",
+                "neither": "neither one-sided derivative"}[k.side]
+        f = net.layers[k.layer - 1].activation.latex
+        zt = show(k.z, decimals)[0]
+        notes.append(f"Kink: ${where} = {zt}$ is where ${f}$ is not differentiable; the derivation "
+                     f"uses ${f}'({zt}) = {show(k.used, decimals)[0]}$ ({side}).")
+    return WorkedExample(derivation, decimals, B, eta, steps, table, notes, values)
+
+
+def _lhs_text(lhs, single, general_matrix=False):
+    if not isinstance(lhs, sp.Indexed):
+        return "L"
+    if general_matrix:
+        kind, layer = naming.parse(lhs.base)
+        return entry_name(lhs.base, ())
+    return entry_name(lhs.base, lhs.indices, single)
+
+
+# ------------------------------------------------------------------------------------------
+# PDF and command line
+# ------------------------------------------------------------------------------------------
+def pdflatex(tex, name="document", runs=1):
+    """Compile ``tex`` with pdflatex in a temporary directory; the PDF's bytes, or SymbpError.
+    SOURCE_DATE_EPOCH pins the embedded dates, so the same source gives the same PDF."""
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        raise SymbpError("pdf: pdflatex is not installed (install texlive-latex-base)")
+    env = dict(os.environ, SOURCE_DATE_EPOCH="0", FORCE_SOURCE_DATE="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.tex"
+        path.write_text(tex, encoding="utf-8")
+        for _ in range(runs):
+            run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", path.name],
+                                 cwd=tmp, capture_output=True, text=True, env=env)
+            if run.returncode != 0:
+                errs = [l for l in run.stdout.splitlines() if l.startswith("!")]
+                raise SymbpError(f"pdf: pdflatex failed on {name}.tex: {errs[0] if errs else 'see its log'}")
+        return (Path(tmp) / f"{name}.pdf").read_bytes()
+
+
+def _numbers(text, what):
+    """'1,2;3,4' -> [[1, 2], [3, 4]] of Fractions (no eval: Fraction parses '0.5', '1/3', '-2')."""
+    rows = []
+    for r, row in enumerate(text.split(";")):
+        vals = []
+        for c, tok in enumerate(row.split(",")):
+            tok = tok.strip()
+            try:
+                vals.append(Fraction(tok))
+            except (ValueError, ZeroDivisionError):
+                raise InputError(f"{what}: row {r + 1}, entry {c + 1}: expected a number "
+                                 f"(like 2, -0.5 or 1/3), got {tok!r}") from None
+        rows.append(vals)
+    return rows if len(rows) > 1 else rows[0]
+
+
+def load_params(path):
+    """Parameters from a JSON or TOML file (numbers only; the network checks keys and shapes)."""
+    path = Path(path)
+    where = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{where}: cannot read the params file ({e.strerror})") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        elif suffix == ".toml":
+            data = tomllib.loads(raw.decode("utf-8"))
+        else:
+            raise InputError(f"{where}: expected a .json or .toml params file")
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{where}: invalid TOML ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a table/object of W1, b1, ...")
+    return data
+
+
+def _no_constant(name):
+    raise InputError(f"params: {name} is not a finite number")
+
+
+def cmd_worked(args):
+    from ..derive import derive
+    from ..spec import load
+    from ..codegen.load import write
+    check_decimals(args.decimals)
+    net = load(args.spec)
+    params = load_params(args.params)
+    x, y = _numbers(args.x, "--x"), _numbers(args.y, "--y")
+    lr = None
+    if args.lr is not None:
+        lr = _numbers(args.lr, "--lr")
+        if isinstance(lr, list):
+            raise InputError(f"--lr: expected one number, got {args.lr!r}")
+    exact_params(net, params, where=str(args.params))   # errors name the file
+    d = derive(net)
+    w = worked_example(d, params, x, y, decimals=args.decimals, lr=lr)
+    # everything rendered before anything is written
+    outputs = []
+    if args.latex:
+        outputs.append((args.latex, w.latex(document=True)))
+    if args.markdown:
+        outputs.append((args.markdown, w.markdown()))
+    pdf = None
+    if args.pdf:
+        if not args.latex:
+            raise InputError("--pdf: needs --latex FILE (the PDF is written beside it)")
+        pdf = pdflatex(outputs[0][1], Path(args.latex).stem)
+    for path, text in outputs:
+        write(path, text)
+        print(f"wrote {path}")
+    if pdf is not None:
+        pdf_path = Path(args.latex).with_suffix(".pdf")
+        _write_bytes(pdf_path, pdf)
+        print(f"wrote {pdf_path}")
+    if not outputs:
+        sys.stdout.write(w.markdown())
+    return 0
+
+
+def _write_bytes(path, data):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def add_command(subparsers):
+    p = subparsers.add_parser("worked", help="a worked example with numbers (exact arithmetic)")
+    p.add_argument("spec", help="network spec (TOML)")
+    p.add_argument("--params", required=True, metavar="FILE",
+                   help='JSON or TOML file {"W1": [[...]], "b1": [...], ...}')
+    p.add_argument("--x", required=True, help="input: 1,2 for one sample, 1,2;3,4 for a batch")
+    p.add_argument("--y", required=True, help="target(s): 1 or 1;0 (rows separated by ;)")
+    p.add_argument("--decimals", type=int, default=2, help="digits shown (0..12), default 2")
+    p.add_argument("--lr", default=None, help="learning rate of the SGD step shown")
+    p.add_argument("--latex", metavar="FILE", help="write a LaTeX document")
+    p.add_argument("--markdown", metavar="FILE", help="write Markdown")
+    p.add_argument("--pdf", action="store_true", help="also compile the LaTeX to PDF (needs --latex)")
+    p.set_defaults(fn=cmd_worked)
