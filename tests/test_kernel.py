@@ -148,3 +148,33 @@ def test_unknown_target_and_dtype_are_clear_errors(tmp_path):
     with pytest.raises(symbp.SymbpError, match="dtype: expected one of float64, float32"):
         symbp.generate(d, dtype="float16", out_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("jit", [pytest.param(True, marks=pytest.mark.jit), False], ids=["jit", "python"])
+def test_vectorized_activation_path_matches_the_fused_loops(tmp_path, jit):
+    """Layers of at least VECTOR_MIN entries take transcendental activations from NumPy's ufuncs;
+    smaller batches use the fused scalar loops. With reduction "sum" the gradients of a batch
+    are the sums over its halves, so one batch above the threshold (vector path) and its halves
+    below it (scalar path) must agree."""
+    from symbp.codegen.emit import VECTOR_MIN
+    width = 32
+    net = symbp.mlp([3, width, width, 2], ["tanh", "sigmoid", "softplus"], "sse", reduction="sum",
+                    name="vecpath", define=None)
+    k = symbp.generate(symbp.derive(net), out_dir=tmp_path, jit=jit)
+    B = 2 * (VECTOR_MIN // width)          # B * width = 2 VECTOR_MIN: vector path
+    half = B // 2 - 1                      # below VECTOR_MIN: scalar path
+    assert B * width >= VECTOR_MIN and (B - half) * width >= VECTOR_MIN and half * width < VECTOR_MIN
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(B, 3))
+    Y = rng.normal(size=(B, 2))
+    p = k.init_params(0)
+    loss, g = k.loss_and_grad(p, X, Y)
+    l1, g1 = k.loss_and_grad(p, X[:half], Y[:half])
+    l2, g2 = k.loss_and_grad(p, X[half:], Y[half:])   # still vector path
+    l3 = sum(k.loss_and_grad(p, X[i:i + 1], Y[i:i + 1])[0] for i in range(half, B))
+    assert loss == pytest.approx(l1 + l2, rel=1e-12)
+    assert l2 == pytest.approx(l3, rel=1e-12)
+    for key in g:
+        np.testing.assert_allclose(g[key], g1[key] + g2[key], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(k.forward(p, X)[half:], np.vstack([k.forward(p, X[i:i + 1]) for i in range(half, B)]),
+                               rtol=1e-13)
