@@ -11,13 +11,22 @@
 __version__ = "0.1.0"
 
 from .derivation import Derivation
-from .derive import derive
+from .derive import derive as _derive_mlp
 from .errors import DerivationError, ExpressionError, InputError, SpecError, SymbpError
 from .network import Network, mlp
 from .spec import load, loads
 
 
 from .circuit import circuit  # noqa: E402  (the function; the module stays importable)
+from .graph import Graph, from_network, graph, load_graph, loads_graph  # noqa: E402
+from .graph_derive import GraphDerivation, derive_graph  # noqa: E402
+
+
+def derive(spec):
+    """Derive the backpropagation of a Network (MLP) or a Graph (DAG) with SymPy."""
+    if isinstance(spec, Graph):
+        return derive_graph(spec)
+    return _derive_mlp(spec)
 
 
 def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
@@ -28,9 +37,14 @@ def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
 
 def gradcheck(kernel, params, X, Y, **kw):
     """Central finite differences against the kernel's gradients (see symbp.verify)."""
+    from .codegen.graph_kernel import GraphKernel
+    if isinstance(kernel, GraphKernel):
+        from .graph_verify import graph_gradcheck
+        return graph_gradcheck(kernel, params, X, Y, **kw)
     from .verify import gradcheck as _gradcheck
     return _gradcheck(kernel, params, X, Y, **kw)
 
 
-__all__ = ["circuit", "Derivation", "DerivationError", "ExpressionError", "InputError", "Network", "SpecError",
+__all__ = ["circuit", "Derivation", "Graph", "GraphDerivation", "derive_graph", "from_network",
+           "graph", "load_graph", "loads_graph", "DerivationError", "ExpressionError", "InputError", "Network", "SpecError",
            "SymbpError", "derive", "generate", "gradcheck", "load", "loads", "mlp"]

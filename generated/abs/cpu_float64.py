@@ -75,9 +75,9 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
     for s in range(B):
         r0 = 0.0
         for i in range(1):
-            r0 += (0.5)*(A2[s, i] - Y[s, i])*(A2[s, i] - Y[s, i])
+            r0 += (0.5)*((A2[s, i] - Y[s, i])*(A2[s, i] - Y[s, i]))
         loss += r0
-    loss = loss * 1.0/(Bf)
+    loss = loss * 1.0/Bf
     # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
     gb2[:] = 0.0
     for s in range(B):

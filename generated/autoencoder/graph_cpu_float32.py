@@ -79,9 +79,9 @@ def loss_and_grad(v_x, v_x_target, p_W, p_b_enc, p_b_dec, v_enc, v_code, v_dec, 
     for s in range(B):
         r0 = np.float32(0.0)
         for i in range(6):
-            r0 += (np.float32(0.5))*((v_dec[s, i] - v_x_target[s, i])*(v_dec[s, i] - v_x_target[s, i]))
+            r0 += (np.float32(0.5))*(((v_dec[s, i] - v_x_target[s, i])*(v_dec[s, i] - v_x_target[s, i])))
         loss += r0
-    loss = loss * np.float32(1.0)/(Bf)
+    loss = loss * np.float32(1.0)/Bf
     for s in range(B):
         for j in range(6):
             # g_dec = (dec - x_target)/B   [loss_grad from loss]
@@ -99,7 +99,7 @@ def loss_and_grad(v_x, v_x_target, p_W, p_b_enc, p_b_dec, v_enc, v_code, v_dec, 
     for s in range(B):
         for j in range(3):
             # g_enc = g_code*(1 - code**2)   [backprop from code]
-            g_enc[s, j] = (np.float32(1.0) - (v_code[s, j]*v_code[s, j]))*g_code[s, j]
+            g_enc[s, j] = (np.float32(1.0) - ((v_code[s, j]*v_code[s, j])))*g_code[s, j]
     # g_W__enc = sum_s g_enc x^T   [grad_W from enc]
     np.dot(g_enc.T, v_x, g_W__enc)
     # g_b_enc = sum_s g_enc   [grad_b from enc]

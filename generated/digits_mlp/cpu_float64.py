@@ -104,7 +104,7 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
         for i in range(10):
             r2 += Y[s, i]*Z2[s, i]
         loss += m1 - r2 + math.log(r0)
-    loss = loss * 1.0/(Bf)
+    loss = loss * 1.0/Bf
     # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
     gb2[:] = 0.0
     for s in range(B):
@@ -121,7 +121,7 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
     for s in range(B):
         for j in range(32):
             # delta1 = ga1*(1 - a1**2)
-            D1[s, j] = (1.0 - A1[s, j]*A1[s, j])*G1[s, j]
+            D1[s, j] = (1.0 - (A1[s, j]*A1[s, j]))*G1[s, j]
             gb1[j] += D1[s, j]   # gb1 = sum_s delta1
     # gW1 = sum_s delta1 a0^T
     np.dot(D1.T, X, gW1)

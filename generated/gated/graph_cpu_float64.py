@@ -131,7 +131,7 @@ def loss_and_grad(v_x, v_onehot, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v
         for i in range(2):
             r2 += v_onehot[s, i]*v_out[s, i]
         loss += m1 - r2 + math.log(r0)
-    loss = loss * 1.0/(Bf)
+    loss = loss * 1.0/Bf
     for s in range(B):
         for j in range(2):
             # g_out = (-onehot + probs)/B   [output_delta from probs]

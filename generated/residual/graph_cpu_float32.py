@@ -110,9 +110,9 @@ def loss_and_grad(v_x, v_target, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2,
     for s in range(B):
         r0 = np.float32(0.0)
         for i in range(1):
-            r0 += (np.float32(0.5))*((v_out[s, i] - v_target[s, i])*(v_out[s, i] - v_target[s, i]))
+            r0 += (np.float32(0.5))*(((v_out[s, i] - v_target[s, i])*(v_out[s, i] - v_target[s, i])))
         loss += r0
-    loss = loss * np.float32(1.0)/(Bf)
+    loss = loss * np.float32(1.0)/Bf
     for s in range(B):
         for j in range(1):
             # g_out = (out - target)/B   [loss_grad from loss]
@@ -147,7 +147,7 @@ def loss_and_grad(v_x, v_target, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2,
     for s in range(B):
         for j in range(8):
             # g_f1 = g_f1a*(1 - f1a**2)   [backprop from f1a]
-            g_f1[s, j] = (np.float32(1.0) - (v_f1a[s, j]*v_f1a[s, j]))*g_f1a[s, j]
+            g_f1[s, j] = (np.float32(1.0) - ((v_f1a[s, j]*v_f1a[s, j])))*g_f1a[s, j]
     # g_W_f1 = sum_s g_f1 a^T   [grad_W from f1]
     np.dot(g_f1.T, v_a, g_W_f1)
     # g_b_f1 = sum_s g_f1   [grad_b from f1]
@@ -164,7 +164,7 @@ def loss_and_grad(v_x, v_target, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2,
             g_a[s, j] = g_a__f1[s, j] + g_a__r[s, j]
         for j in range(8):
             # g_h = g_a*(1 - a**2)   [backprop from a]
-            g_h[s, j] = (np.float32(1.0) - (v_a[s, j]*v_a[s, j]))*g_a[s, j]
+            g_h[s, j] = (np.float32(1.0) - ((v_a[s, j]*v_a[s, j])))*g_a[s, j]
     # g_W_in = sum_s g_h x^T   [grad_W from h]
     np.dot(g_h.T, v_x, g_W_in)
     # g_b_in = sum_s g_h   [grad_b from h]

@@ -89,9 +89,9 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, 
     for s in range(B):
         r0 = np.float32(0.0)
         for i in range(1):
-            r0 += (np.float32(0.5))*(A3[s, i] - Y[s, i])*(A3[s, i] - Y[s, i])
+            r0 += (np.float32(0.5))*((A3[s, i] - Y[s, i])*(A3[s, i] - Y[s, i]))
         loss += r0
-    loss = loss * np.float32(1.0)/(Bf)
+    loss = loss * np.float32(1.0)/Bf
     # layer 3 backward. delta3: dL/dz = sum_i dL/da_i da_i/dz_j
     gb3[:] = np.float32(0.0)
     for s in range(B):

@@ -99,7 +99,7 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
     for s in range(B):
         r0 = np.float32(0.0)
         for i in range(2):
-            r0 += (A2[s, i] - Y[s, i])*(A2[s, i] - Y[s, i])
+            r0 += ((A2[s, i] - Y[s, i])*(A2[s, i] - Y[s, i]))
         loss += r0
     loss = loss * np.float32(1.0)
     # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j

@@ -137,7 +137,7 @@ def loss_and_grad(v_u, v_v, v_label, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mi
         for i in range(1):
             r0 += _softplus(v_logit[s, i]) - v_label[s, i]*v_logit[s, i]
         loss += r0
-    loss = loss * 1.0/(Bf)
+    loss = loss * 1.0/Bf
     for s in range(B):
         for j in range(1):
             # g_logit = (-label + p)/B   [output_delta from p]
@@ -155,7 +155,7 @@ def loss_and_grad(v_u, v_v, v_label, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mi
     for s in range(B):
         for j in range(8):
             # g_mix = g_mixa*(1 - mixa**2)   [backprop from mixa]
-            g_mix[s, j] = (1.0 - (v_mixa[s, j]*v_mixa[s, j]))*g_mixa[s, j]
+            g_mix[s, j] = (1.0 - ((v_mixa[s, j]*v_mixa[s, j])))*g_mixa[s, j]
     # g_W_mix = sum_s g_mix merged^T   [grad_W from mix]
     np.dot(g_mix.T, v_merged, g_W_mix)
     # g_b_mix = sum_s g_mix   [grad_b from mix]
@@ -175,7 +175,7 @@ def loss_and_grad(v_u, v_v, v_label, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mi
             g_hv[s, j] = g_merged[s, j + 4]
         for j in range(4):
             # g_tv = g_hv*(1 - hv**2)   [backprop from hv]
-            g_tv[s, j] = (1.0 - (v_hv[s, j]*v_hv[s, j]))*g_hv[s, j]
+            g_tv[s, j] = (1.0 - ((v_hv[s, j]*v_hv[s, j])))*g_hv[s, j]
     # g_W_v = sum_s g_tv v^T   [grad_W from tv]
     np.dot(g_tv.T, v_v, g_W_v)
     # g_b_v = sum_s g_tv   [grad_b from tv]
@@ -187,7 +187,7 @@ def loss_and_grad(v_u, v_v, v_label, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mi
     for s in range(B):
         for j in range(4):
             # g_tu = g_hu*(1 - hu**2)   [backprop from hu]
-            g_tu[s, j] = (1.0 - (v_hu[s, j]*v_hu[s, j]))*g_hu[s, j]
+            g_tu[s, j] = (1.0 - ((v_hu[s, j]*v_hu[s, j])))*g_hu[s, j]
     # g_W_u = sum_s g_tu u^T   [grad_W from tu]
     np.dot(g_tu.T, v_u, g_W_u)
     # g_b_u = sum_s g_tu   [grad_b from tu]

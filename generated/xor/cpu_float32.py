@@ -121,7 +121,7 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
         for i in range(1):
             r0 += _softplus(Z2[s, i]) - Y[s, i]*Z2[s, i]
         loss += r0
-    loss = loss * np.float32(1.0)/(Bf)
+    loss = loss * np.float32(1.0)/Bf
     # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
     gb2[:] = np.float32(0.0)
     for s in range(B):

@@ -1,7 +1,8 @@
 """Code generation: Derivation -> source (emit) -> file (load.write) -> module -> Kernel.
 
 ``generate(derivation, target, dtype, out_dir, jit)`` writes
-``<out_dir>/<network>/<target>_<dtype>.py`` (out_dir defaults to $SYMBP_GENERATED or
+``<out_dir>/<network>/<target>_<dtype>.py`` (target "cpu" here, "cuda" in codegen.cuda; a
+GraphDerivation goes to codegen.graph_emit) (out_dir defaults to $SYMBP_GENERATED or
 ./generated) and returns a Kernel. Nothing is written unless the source was emitted whole.
 """
 import os
@@ -13,7 +14,7 @@ from .emit import emit
 from .kernel import Kernel
 from .load import import_module, write
 
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "cuda")
 DTYPES = ("float64", "float32")
 
 
@@ -28,10 +29,17 @@ def kernel_path(network, target, dtype, out_dir=None):
 
 def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
     """Emit the kernel of ``derivation`` for ``target`` in ``dtype``, write it, import it."""
+    from ..graph_derive import GraphDerivation
+    if isinstance(derivation, GraphDerivation):
+        from .graph_emit import generate_graph
+        return generate_graph(derivation, target=target, dtype=dtype, out_dir=out_dir, jit=jit)
     if target not in TARGETS:
         raise SymbpError(f"target: expected one of {', '.join(TARGETS)}, got {target!r}")
     if dtype not in DTYPES:
         raise SymbpError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    if target == "cuda":
+        from .cuda import generate_cuda
+        return generate_cuda(derivation, dtype, out_dir=out_dir, jit=jit)
     net = derivation.network
     source = emit(derivation, target, dtype)
     path = kernel_path(net, target, dtype, out_dir)

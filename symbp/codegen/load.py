@@ -20,6 +20,12 @@ import numba
 _LOCK = threading.Lock()
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write(path, source):
     path = Path(path)
     data = source.encode("utf-8")
@@ -30,6 +36,7 @@ def write(path, source):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a written file is ordinary
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -146,7 +146,9 @@ class NumbaPrinter(PythonCodePrinter):
         if x.is_Integer and 1 <= abs(int(x)) <= 4:
             base = self.parenthesize(b, 100)  # always parenthesize non-atoms
             prod = "*".join([base] * abs(int(x)))
-            return prod if x > 0 else f"{self._const('1.0')}/({prod})"
+            if abs(int(x)) > 1:
+                prod = f"({prod})"   # y/x**2 must not print as y/x*x
+            return prod if x > 0 else f"{self._const('1.0')}/{prod}"
         if x == sp.Rational(1, 2):
             return f"math.sqrt({self._print(b)})"
         return f"{self.parenthesize(b, 100)}**{self.parenthesize(x, 100)}"

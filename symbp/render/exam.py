@@ -49,13 +49,17 @@ Contract:
 The CLI subcommand ``symbp exam`` is added by ``add_command`` (module ``symbp.render.exam``).
 """
 import importlib.util
+import math
 import random
 import re
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import mpmath
 import sympy as sp
+from fractions import Fraction
+from sympy.printing.pycode import PythonCodePrinter
 
 from .. import naming
 from ..derivation import Derivation
@@ -301,6 +305,179 @@ class _Redraw(Exception):
     pass
 
 
+# ------------------------------------------------------------------------------------------
+# the screen: a cheap, reject-only pre-check of a draw
+# ------------------------------------------------------------------------------------------
+SCREEN_DPS = 50
+
+
+class _FractionPrinter(PythonCodePrinter):
+    """Python source over Fractions: rationals stay exact; function values come from the
+    student's table (the namespace rounds them)."""
+
+    def _print_Rational(self, e):
+        return f"Fraction({e.p}, {e.q})"
+
+    def _print_Integer(self, e):
+        return str(e.p)
+
+    def _print_Heaviside(self, e):
+        return f"_heaviside({self._print(e.args[0])})"
+
+    def _print_Max(self, e):
+        return "max(" + ", ".join(self._print(a) for a in e.args) + ")"
+
+    def _print_Min(self, e):
+        return "min(" + ", ".join(self._print(a) for a in e.args) + ")"
+
+    def _print_exp(self, e):
+        return f"_exp({self._print(e.args[0])})"
+
+    def _print_log(self, e):
+        return f"_log({self._print(e.args[0])})"
+
+    def _print_tanh(self, e):
+        return f"_tanh({self._print(e.args[0])})"
+
+
+def _heaviside(x, h=0):
+    return 1 if x > 0 else 0
+
+
+def _round_fraction(x, decimals):
+    """Half away from zero, to a Fraction; x a Fraction or an mpf."""
+    scale = 10 ** decimals
+    if isinstance(x, Fraction):
+        n = math.floor(abs(x) * scale + Fraction(1, 2))
+    else:
+        n = int(mpmath.floor(abs(x) * scale + mpmath.mpf(1) / 2))
+    return Fraction(-n if x < 0 else n, scale)
+
+
+def _near_boundary(x, decimals):
+    """An mpf whose rounding the screen cannot decide (within 1e-30 of a half step)."""
+    y = abs(x) * 10 ** decimals
+    return abs(y - mpmath.floor(y) - mpmath.mpf(1) / 2) < mpmath.mpf(10) ** -30
+
+
+class _Screen:
+    """Evaluates a draw fast, for rejecting it early: the exact values as 50-digit mpmath
+    numbers, the student's rounded calculation in Fractions (exactly what ``evaluate(...,
+    rounding=d)`` computes). It only rejects draws (clearly too small values, a student
+    calculation that clearly differs from the key, a distractor that clearly looks right);
+    every draw it lets through is decided by the exact evaluation. mpmath is pure Python, so
+    its decisions, and hence the exams, are the same on every platform."""
+
+    def __init__(self, derivation, B, decimals, mutants):
+        self.decimals = decimals
+        d = decimals
+
+        def table(f):
+            def g(x):
+                return _round_fraction(f(mpmath.mpf(x.numerator) / x.denominator), d)
+            return g
+
+        def log(x):
+            if x <= 0:
+                raise _Redraw()
+            return Fraction(0) if x == 1 else table(mpmath.log)(x)
+
+        self.student_ns = {"Fraction": Fraction, "_heaviside": _heaviside, "_log": log,
+                           "_exp": lambda x: Fraction(1) if x == 0 else table(mpmath.exp)(x),
+                           "_tanh": lambda x: Fraction(0) if x == 0 else table(mpmath.tanh)(x)}
+        self.steps = self._compile(derivation, B)
+        self.mutants = [(m, self._compile(md, B)) for m, md in mutants if not m.uphill]
+
+    def _compile(self, d, B):
+        steps = []
+        for pe in plan(d, B):
+            eq = pe.equation
+            act = None
+            if eq.kind == "forward_a" and d.layers[eq.layer - 1].rule is not None:
+                a = d.layers[eq.layer - 1].activation
+                act = sp.lambdify([naming.Z], a.definition, modules=[{"Heaviside": _heaviside}, "mpmath"])
+            for ent in pe.entries:
+                atoms = sorted(ent.expr.atoms(sp.Indexed), key=sp.default_sort_key)
+                if ent.expr.has(naming.BATCH):
+                    atoms.append(naming.BATCH)
+                dums = [sp.Dummy(f"v{i}") for i in range(len(atoms))]
+                e = ent.expr.xreplace(dict(zip(atoms, dums)))
+                fx = sp.lambdify(dums, e, modules=[{"Heaviside": _heaviside}, "mpmath"])
+                fs = sp.lambdify(dums, e, modules=[self.student_ns], printer=_FractionPrinter)
+                zkey = naming.quantity("z", eq.layer)[ent.lhs.indices] if act is not None else None
+                steps.append((eq.name, ent.index, ent.lhs, atoms, fx, fs, act, zkey))
+        return steps
+
+    def run(self, steps, P, X, Y, student):
+        env = {}
+        conv = (lambda v: Fraction(int(v.p), int(v.q))) if student else (lambda v: mpmath.mpf(int(v.p)) / int(v.q))
+        a0, yb = naming.quantity("a", 0), naming.quantity("y")
+        for s_ in range(X.rows):
+            for k in range(X.cols):
+                env[a0[s_, k]] = conv(X[s_, k])
+            for k in range(Y.cols):
+                env[yb[s_, k]] = conv(Y[s_, k])
+        for key, m in P.items():
+            base = naming.quantity(key[0], int(key[1:]))
+            for i in range(m.rows):
+                for j in range(m.cols):
+                    env[base[i, j] if key[0] == "W" else base[i]] = conv(m[i, j])
+        env[naming.BATCH] = X.rows if student else mpmath.mpf(X.rows)
+        res = {}
+        try:
+            for name, index, lhs, atoms, fx, fs, act, zkey in steps:
+                if student and act is not None:
+                    z = env[zkey]
+                    v = act(mpmath.mpf(z.numerator) / z.denominator)
+                    v = Fraction(0) if v == 0 else _round_fraction(v, self.decimals)
+                else:
+                    v = (fs if student else fx)(*[env[a] for a in atoms])
+                    if student:
+                        v = _round_fraction(Fraction(v), self.decimals)
+                if not student and (not isinstance(v, mpmath.mpf) or not mpmath.isfinite(v)):
+                    if isinstance(v, (int, Fraction)):
+                        v = mpmath.mpf(v.numerator) / v.denominator if isinstance(v, Fraction) else mpmath.mpf(v)
+                    else:
+                        raise _Redraw()
+                env[lhs] = v
+                res.setdefault(name, {})[index] = v
+        except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+            raise _Redraw() from None
+        return res
+
+    def check(self, P, X, Y, net, small):
+        """Raise _Redraw for a draw the exact checks would clearly reject."""
+        d = self.decimals
+        with mpmath.workdps(SCREEN_DPS):
+            ex = self.run(self.steps, P, X, Y, False)
+            margin = mpmath.mpf(small) * (1 - mpmath.mpf(10) ** -20)
+            big = lambda v: abs(v) >= margin
+            if not big(ex["loss"][()]) or not any(big(v) for v in ex["gW1"].values()) or \
+                    not any(big(ex["ga0"][(0, k)]) for k in range(net.sizes[0])):
+                raise _Redraw()
+            for l in range(1, net.depth + 1):
+                if not any(big(v) for v in ex[f"delta{l}"].values()):
+                    raise _Redraw()
+            st = self.run(self.steps, P, X, Y, True)
+            for name, vals in ex.items():
+                for idx, v in vals.items():
+                    if not _near_boundary(v, d) and _round_fraction(v, d) != st[name][idx]:
+                        raise _Redraw()
+            for m, steps in self.mutants:
+                try:
+                    mv = self.run(steps, P, X, Y, False)
+                except _Redraw:
+                    continue
+                keys = [("loss", ())] + [(f"delta{l}", (0, j)) for l in range(1, net.depth + 1)
+                                        for j in range(net.sizes[l])]
+                for name, idx in keys:
+                    right, wrong = ex[name][idx], mv[name][idx]
+                    if abs(right - wrong) > mpmath.mpf(10) ** -30 and not _near_boundary(right, d) and \
+                            not _near_boundary(wrong, d) and _round_fraction(right, d) == _round_fraction(wrong, d):
+                        if name == "loss" or big(right):
+                            raise _Redraw()
+
+
 class Exam:
     """Variants with questions and answer keys (see the module contract)."""
 
@@ -401,13 +578,14 @@ def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variant
             md = m.build(d) if m.build is not None else d
             if md is not None:
                 mutants.append((m, md))
+    screen = None if integer else _Screen(d, batch, decimals, mutants)
     rng = random.Random(seed)
     out = []
     for number in range(1, variants + 1):
         for _ in range(MAX_TRIES):
             try:
                 out.append(_variant(number, rng, net, d, mutants, integer, decimals, batch, eta,
-                                    multiple_choice, circuit))
+                                    multiple_choice, circuit, screen))
                 break
             except _Redraw:
                 continue
@@ -417,10 +595,16 @@ def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variant
     return Exam(net, d, out, decimals, batch, eta, multiple_choice, seed, circuit)
 
 
-def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_choice, circuit):
+def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_choice, circuit,
+             screen=None):
     draw = _draw_integer if integer else _draw_decimal
     P, X, Y = draw(rng, net, B, net.loss.onehot)
     L = net.depth
+    # The asked entries are drawn among those with two significant digits at the stated
+    # decimals (smaller ones teach nothing once rounded), and whose SGD step shows.
+    small = sp.Rational(1, 10 ** (decimals - 1)) if decimals >= 1 else sp.Integer(1)
+    if screen is not None:
+        screen.check(P, X, Y, net, small)
     try:
         ev = evaluate(d, P, X, Y)
     except InputError:
@@ -428,10 +612,6 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
     if ev.kinks:
         raise _Redraw()
     n0, n1 = net.sizes[0], net.sizes[1]
-    # The asked entries, drawn among those with two significant digits at the stated decimals
-    # (smaller ones teach nothing once rounded), and whose SGD step shows.
-    small = sp.Rational(1, 10 ** (decimals - 1)) if decimals >= 1 else sp.Integer(1)
-
     def big(name, idx):
         return abs(ev.approx_results[name][idx]) >= small
 

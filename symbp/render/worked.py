@@ -397,10 +397,6 @@ def plan(derivation, B):
 _TRANSCENDENTAL = (sp.exp, sp.log, sp.tanh, sp.sinh, sp.cosh, sp.sin, sp.cos, sp.atan)
 
 
-def _bad_value(v):
-    return v.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or v.is_real is False
-
-
 class _PlainPrinter(StrPrinter):
     """Plain text with 1-based indices, for error messages: a1[1,2]."""
 
@@ -410,12 +406,14 @@ class _PlainPrinter(StrPrinter):
         return f"{e.base}[{','.join(str(int(i) + 1) for i in e.indices)}]"
 
 
-def _singularity(entry, env, name):
+def _singularity(entry, env, name, approx=None):
     """One line saying which log or reciprocal is singular in an entry, or None. A log of a
     non-positive number is refused even where a zero factor would hide it (y = 1 in (1 - y)
     log(1 - a)): the loss is not defined there, and the kernel would give NaN."""
     expr, pr = entry.expr, _PlainPrinter()
     for atom in sorted(expr.atoms(sp.log), key=sp.default_sort_key):
+        if approx is not None and _clearly_positive(atom.args[0].xreplace(approx)):
+            continue      # the exact sign test below is costly; most arguments are far from 0
         arg = atom.args[0].xreplace(env)
         if arg.is_zero or arg.is_extended_negative:
             what = "zero" if arg.is_zero else "a negative number"
@@ -427,6 +425,11 @@ def _singularity(entry, env, name):
             return (f"{name}: reciprocal of zero: 1/({pr.doprint(atom.base)}) with "
                     f"{pr.doprint(atom.base)} = 0 (indices 1-based)")
     return None
+
+
+def _clearly_positive(num):
+    num = sp.sympify(num).evalf(30)
+    return bool(num.is_Float and num > sp.Float("1e-25"))
 
 
 def _kink_points(rule):
@@ -533,30 +536,33 @@ def evaluate(derivation, P, X, Y, rounding=None):
                     record(rf"{act.latex}({show(zval, rounding)[0]})", v)
             else:
                 if ent.expr.has(sp.log):
-                    msg = _singularity(ent, env, name)
+                    msg = _singularity(ent, env, name, approx)
                     if msg:
                         raise InputError(f"worked example: {msg}")
                 v = ent.expr.xreplace(env)
                 if rounding is not None:
                     v = _round_functions(v, rounding, record)
-            if _bad_value(v):
-                msg = _singularity(ent, env, name) or f"{name}: the value is not a finite real number ({v})"
+            if v.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+                msg = _singularity(ent, env, name) or f"{name}: the value is not a finite number ({v})"
                 raise InputError(f"worked example: {msg}")
             if rounding is not None:
                 v = rounded(v, rounding)
+            # Display values (and cheap sign tests) from 60-digit Floats: evaluating the growing
+            # exact expressions again for every printed number costs far more.
+            num = v if v.is_Rational else ent.expr.xreplace(approx).evalf(APPROX_DIGITS)
+            if not num.is_Number:
+                num = sp.N(v, APPROX_DIGITS)
+                if not num.is_Number:       # complex: e.g. a log of a negative number
+                    msg = _singularity(ent, env, name) or f"{name}: the value is not a real number ({v})"
+                    raise InputError(f"worked example: {msg}")
             env[ent.lhs] = v
             vals[ent.index] = v
-            # Display values from Floats: evaluating the growing exact expressions again for
-            # every printed number costs far more than this parallel evaluation.
-            num = v if v.is_Rational else ent.expr.xreplace(approx).evalf(APPROX_DIGITS)
-            if not num.is_number or _bad_value(num):
-                num = sp.N(v, APPROX_DIGITS)
             approx[ent.lhs] = sp.Float(num, APPROX_DIGITS)
             nums[ent.index] = approx[ent.lhs]
             if eq.kind == "forward_z" and rounding is None:
                 lr, pts = kink_pts.get(eq.layer, (None, ()))
                 for p in pts:
-                    if _equal(v, p):
+                    if abs(approx[ent.lhs] - p) < sp.Float("1e-25") and _equal(v, p):
                         used, side = _kink_convention(lr.rule, p)
                         kinks.append(Kink(eq.layer, ent.index[0], ent.index[1], v,
                                           lr.activation.name, used, side))
