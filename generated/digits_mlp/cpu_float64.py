@@ -38,6 +38,9 @@ BUFFER_WIDTHS = {'Z1': 32, 'Z2': 10, 'A1': 32, 'A2': 10, 'G1': 32, 'D1': 32, 'D2
 # Layers of at least this many entries (batch x width) take their transcendental activation
 # from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
 VECTOR_MIN = 1024
+# How each layer does its contractions, chosen by its size (see symbp.codegen.emit.LOOPS_MAX =
+# 64 weights): "loops" (fused per-sample loops) or "blas" (np.dot).
+STRATEGIES = ['blas', 'blas']
 
 
 
@@ -52,7 +55,7 @@ def _vector_a1(Z1, A1):
 def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     """Forward pass; fills Z{l}, A{l} and returns A2."""
     B = X.shape[0]
-    # layer 1: z1 = W1 a0 + b1
+    # layer 1 (blas): z1 = W1 a0 + b1
     np.dot(X, W1.T, Z1)
     if B * 32 < VECTOR_MIN:
         for s in range(B):
@@ -67,7 +70,7 @@ def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
                 # z1 = W1 a0 + b1
                 Z1[s, j] = b1[j] + Z1[s, j]
         _vector_a1(Z1, A1)
-    # layer 2: z2 = W2 a1 + b2
+    # layer 2 (blas): z2 = W2 a1 + b2
     np.dot(A1, W2.T, Z2)
     for s in range(B):
         for j in range(10):
@@ -105,7 +108,7 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
             r2 += Y[s, i]*Z2[s, i]
         loss += m1 - r2 + math.log(r0)
     loss = loss * 1.0/Bf
-    # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
+    # layer 2 backward (blas). delta2: dL/dz = sum_i dL/da_i da_i/dz_j
     gb2[:] = 0.0
     for s in range(B):
         for j in range(10):
@@ -116,7 +119,7 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
     np.dot(D2.T, A1, gW2)
     # ga1 = W2^T delta2
     np.dot(D2, W2, G1)
-    # layer 1 backward. delta1: dL/dz = sum_i dL/da_i da_i/dz_j
+    # layer 1 backward (blas). delta1: dL/dz = sum_i dL/da_i da_i/dz_j
     gb1[:] = 0.0
     for s in range(B):
         for j in range(32):
@@ -129,10 +132,10 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
 
 
 @numba.njit(cache=True)
-def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, GX):
-    """As loss_and_grad, and dL/dX into GX: ga0 = W1^T delta1."""
+def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, G0):
+    """As loss_and_grad, and dL/dX into G0: ga0 = W1^T delta1."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
-    np.dot(D1, W1, GX)
+    np.dot(D1, W1, G0)
     return loss
 
 
@@ -141,8 +144,16 @@ def sgd_step(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
     step = DTYPE(lr)
-    W1 -= step * gW1
-    b1 -= step * gb1
-    W2 -= step * gW2
-    b2 -= step * gb2
+    W1_flat, gW1_flat = W1.reshape(-1), gW1.reshape(-1)
+    for i in range(W1_flat.size):
+        W1_flat[i] -= step * gW1_flat[i]
+    b1_flat, gb1_flat = b1.reshape(-1), gb1.reshape(-1)
+    for i in range(b1_flat.size):
+        b1_flat[i] -= step * gb1_flat[i]
+    W2_flat, gW2_flat = W2.reshape(-1), gW2.reshape(-1)
+    for i in range(W2_flat.size):
+        W2_flat[i] -= step * gW2_flat[i]
+    b2_flat, gb2_flat = b2.reshape(-1), gb2.reshape(-1)
+    for i in range(b2_flat.size):
+        b2_flat[i] -= step * gb2_flat[i]
     return loss

@@ -44,6 +44,9 @@ BUFFER_WIDTHS = {'Z1': 8, 'Z2': 8, 'Z3': 1, 'A1': 8, 'A2': 8, 'A3': 1, 'G1': 8, 
 # Layers of at least this many entries (batch x width) take their transcendental activation
 # from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
 VECTOR_MIN = 1024
+# How each layer does its contractions, chosen by its size (see symbp.codegen.emit.LOOPS_MAX =
+# 64 weights): "loops" (fused per-sample loops) or "blas" (np.dot).
+STRATEGIES = ['loops', 'loops', 'loops']
 
 
 
@@ -51,28 +54,34 @@ VECTOR_MIN = 1024
 def forward(X, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3):
     """Forward pass; fills Z{l}, A{l} and returns A3."""
     B = X.shape[0]
-    # layer 1: z1 = W1 a0 + b1
-    np.dot(X, W1.T, Z1)
+    # layer 1 (loops): z1 = W1 a0 + b1
     for s in range(B):
         for j in range(8):
             # z1 = W1 a0 + b1
-            Z1[s, j] = b1[j] + Z1[s, j]
+            acc0 = np.float32(0.0)
+            for k in range(1):
+                acc0 += W1[j, k]*X[s, k]
+            Z1[s, j] = acc0 + b1[j]
             # a1 = Max(0, z1)   [relu]
             A1[s, j] = max(np.float32(0.0), Z1[s, j])
-    # layer 2: z2 = W2 a1 + b2
-    np.dot(A1, W2.T, Z2)
+    # layer 2 (loops): z2 = W2 a1 + b2
     for s in range(B):
         for j in range(8):
             # z2 = W2 a1 + b2
-            Z2[s, j] = b2[j] + Z2[s, j]
+            acc0 = np.float32(0.0)
+            for k in range(8):
+                acc0 += W2[j, k]*A1[s, k]
+            Z2[s, j] = acc0 + b2[j]
             # a2 = Max(0, z2)   [relu]
             A2[s, j] = max(np.float32(0.0), Z2[s, j])
-    # layer 3: z3 = W3 a2 + b3
-    np.dot(A2, W3.T, Z3)
+    # layer 3 (loops): z3 = W3 a2 + b3
     for s in range(B):
         for j in range(1):
             # z3 = W3 a2 + b3
-            Z3[s, j] = b3[j] + Z3[s, j]
+            acc0 = np.float32(0.0)
+            for k in range(8):
+                acc0 += W3[j, k]*A2[s, k]
+            Z3[s, j] = acc0 + b3[j]
             # a3 = z3   [identity]
             A3[s, j] = Z3[s, j]
     return A3
@@ -92,45 +101,67 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, 
             r0 += (np.float32(0.5))*((A3[s, i] - Y[s, i])*(A3[s, i] - Y[s, i]))
         loss += r0
     loss = loss * np.float32(1.0)/Bf
-    # layer 3 backward. delta3: dL/dz = sum_i dL/da_i da_i/dz_j
+    # layer 3 backward (loops). delta3: dL/dz = sum_i dL/da_i da_i/dz_j
     gb3[:] = np.float32(0.0)
+    gW3[:, :] = np.float32(0.0)
     for s in range(B):
         for j in range(1):
             # delta3 = (a3 - y)/B
             D3[s, j] = (A3[s, j] - Y[s, j])/Bf
             gb3[j] += D3[s, j]   # gb3 = sum_s delta3
-    # gW3 = sum_s delta3 a2^T
-    np.dot(D3.T, A2, gW3)
+            for q in range(8):   # gW3 = sum_s delta3 a2^T
+                gW3[j, q] += A2[s, q]*D3[s, j]
     # ga2 = W3^T delta3
-    np.dot(D3, W3, G2)
-    # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
+    for s in range(B):
+        for i in range(8):
+            # ga2 = W3^T delta3
+            acc0 = np.float32(0.0)
+            for j in range(1):
+                acc0 += W3[j, i]*D3[s, j]
+            G2[s, i] = acc0
+    # layer 2 backward (loops). delta2: dL/dz = sum_i dL/da_i da_i/dz_j
     gb2[:] = np.float32(0.0)
+    gW2[:, :] = np.float32(0.0)
     for s in range(B):
         for j in range(8):
             # delta2 = ga2*Heaviside(a2, 0)
             D2[s, j] = (np.float32(1.0) if A2[s, j] > 0 else np.float32(0.0))*G2[s, j]
             gb2[j] += D2[s, j]   # gb2 = sum_s delta2
-    # gW2 = sum_s delta2 a1^T
-    np.dot(D2.T, A1, gW2)
+            for q in range(8):   # gW2 = sum_s delta2 a1^T
+                gW2[j, q] += A1[s, q]*D2[s, j]
     # ga1 = W2^T delta2
-    np.dot(D2, W2, G1)
-    # layer 1 backward. delta1: dL/dz = sum_i dL/da_i da_i/dz_j
+    for s in range(B):
+        for i in range(8):
+            # ga1 = W2^T delta2
+            acc0 = np.float32(0.0)
+            for j in range(8):
+                acc0 += W2[j, i]*D2[s, j]
+            G1[s, i] = acc0
+    # layer 1 backward (loops). delta1: dL/dz = sum_i dL/da_i da_i/dz_j
     gb1[:] = np.float32(0.0)
+    gW1[:, :] = np.float32(0.0)
     for s in range(B):
         for j in range(8):
             # delta1 = ga1*Heaviside(a1, 0)
             D1[s, j] = (np.float32(1.0) if A1[s, j] > 0 else np.float32(0.0))*G1[s, j]
             gb1[j] += D1[s, j]   # gb1 = sum_s delta1
-    # gW1 = sum_s delta1 a0^T
-    np.dot(D1.T, X, gW1)
+            for q in range(1):   # gW1 = sum_s delta1 a0^T
+                gW1[j, q] += X[s, q]*D1[s, j]
     return loss
 
 
 @numba.njit(cache=True)
-def loss_and_input_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3, GX):
-    """As loss_and_grad, and dL/dX into GX: ga0 = W1^T delta1."""
+def loss_and_input_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3, G0):
+    """As loss_and_grad, and dL/dX into G0: ga0 = W1^T delta1."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3)
-    np.dot(D1, W1, GX)
+    B = X.shape[0]
+    for s in range(B):
+        for i in range(1):
+            # ga0 = W1^T delta1
+            acc0 = np.float32(0.0)
+            for j in range(8):
+                acc0 += W1[j, i]*D1[s, j]
+            G0[s, i] = acc0
     return loss
 
 
@@ -139,10 +170,22 @@ def sgd_step(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3)
     step = DTYPE(lr)
-    W1 -= step * gW1
-    b1 -= step * gb1
-    W2 -= step * gW2
-    b2 -= step * gb2
-    W3 -= step * gW3
-    b3 -= step * gb3
+    W1_flat, gW1_flat = W1.reshape(-1), gW1.reshape(-1)
+    for i in range(W1_flat.size):
+        W1_flat[i] -= step * gW1_flat[i]
+    b1_flat, gb1_flat = b1.reshape(-1), gb1.reshape(-1)
+    for i in range(b1_flat.size):
+        b1_flat[i] -= step * gb1_flat[i]
+    W2_flat, gW2_flat = W2.reshape(-1), gW2.reshape(-1)
+    for i in range(W2_flat.size):
+        W2_flat[i] -= step * gW2_flat[i]
+    b2_flat, gb2_flat = b2.reshape(-1), gb2.reshape(-1)
+    for i in range(b2_flat.size):
+        b2_flat[i] -= step * gb2_flat[i]
+    W3_flat, gW3_flat = W3.reshape(-1), gW3.reshape(-1)
+    for i in range(W3_flat.size):
+        W3_flat[i] -= step * gW3_flat[i]
+    b3_flat, gb3_flat = b3.reshape(-1), gb3.reshape(-1)
+    for i in range(b3_flat.size):
+        b3_flat[i] -= step * gb3_flat[i]
     return loss

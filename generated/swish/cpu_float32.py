@@ -39,6 +39,9 @@ BUFFER_WIDTHS = {'Z1': 4, 'Z2': 2, 'A1': 4, 'A2': 2, 'G1': 4, 'D1': 4, 'D2': 2}
 # Layers of at least this many entries (batch x width) take their transcendental activation
 # from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
 VECTOR_MIN = 1024
+# How each layer does its contractions, chosen by its size (see symbp.codegen.emit.LOOPS_MAX =
+# 64 weights): "loops" (fused per-sample loops) or "blas" (np.dot).
+STRATEGIES = ['loops', 'loops']
 
 
 @numba.njit(cache=True, inline="always")
@@ -62,27 +65,34 @@ def _vector_a1(Z1, A1):
 def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     """Forward pass; fills Z{l}, A{l} and returns A2."""
     B = X.shape[0]
-    # layer 1: z1 = W1 a0 + b1
-    np.dot(X, W1.T, Z1)
+    # layer 1 (loops): z1 = W1 a0 + b1
     if B * 4 < VECTOR_MIN:
         for s in range(B):
             for j in range(4):
                 # z1 = W1 a0 + b1
-                Z1[s, j] = b1[j] + Z1[s, j]
+                acc0 = np.float32(0.0)
+                for k in range(3):
+                    acc0 += W1[j, k]*X[s, k]
+                Z1[s, j] = acc0 + b1[j]
                 # a1 = z1/(1 + exp(-z1))   [swish]
                 A1[s, j] = _sigmoid(Z1[s, j])*Z1[s, j]
     else:
         for s in range(B):
             for j in range(4):
                 # z1 = W1 a0 + b1
-                Z1[s, j] = b1[j] + Z1[s, j]
+                acc0 = np.float32(0.0)
+                for k in range(3):
+                    acc0 += W1[j, k]*X[s, k]
+                Z1[s, j] = acc0 + b1[j]
         _vector_a1(Z1, A1)
-    # layer 2: z2 = W2 a1 + b2
-    np.dot(A1, W2.T, Z2)
+    # layer 2 (loops): z2 = W2 a1 + b2
     for s in range(B):
         for j in range(2):
             # z2 = W2 a1 + b2
-            Z2[s, j] = b2[j] + Z2[s, j]
+            acc0 = np.float32(0.0)
+            for k in range(4):
+                acc0 += W2[j, k]*A1[s, k]
+            Z2[s, j] = acc0 + b2[j]
             # a2 = z2   [identity]
             A2[s, j] = Z2[s, j]
     return A2
@@ -102,34 +112,49 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
             r0 += ((A2[s, i] - Y[s, i])*(A2[s, i] - Y[s, i]))
         loss += r0
     loss = loss * np.float32(1.0)
-    # layer 2 backward. delta2: dL/dz = sum_i dL/da_i da_i/dz_j
+    # layer 2 backward (loops). delta2: dL/dz = sum_i dL/da_i da_i/dz_j
     gb2[:] = np.float32(0.0)
+    gW2[:, :] = np.float32(0.0)
     for s in range(B):
         for j in range(2):
             # delta2 = 2*a2 - 2*y
             D2[s, j] = np.float32(2.0)*(A2[s, j] - Y[s, j])
             gb2[j] += D2[s, j]   # gb2 = sum_s delta2
-    # gW2 = sum_s delta2 a1^T
-    np.dot(D2.T, A1, gW2)
+            for q in range(4):   # gW2 = sum_s delta2 a1^T
+                gW2[j, q] += A1[s, q]*D2[s, j]
     # ga1 = W2^T delta2
-    np.dot(D2, W2, G1)
-    # layer 1 backward. delta1: dL/dz = sum_i dL/da_i da_i/dz_j
+    for s in range(B):
+        for i in range(4):
+            # ga1 = W2^T delta2
+            acc0 = np.float32(0.0)
+            for j in range(2):
+                acc0 += W2[j, i]*D2[s, j]
+            G1[s, i] = acc0
+    # layer 1 backward (loops). delta1: dL/dz = sum_i dL/da_i da_i/dz_j
     gb1[:] = np.float32(0.0)
+    gW1[:, :] = np.float32(0.0)
     for s in range(B):
         for j in range(4):
             # delta1 = ga1*(a1 + exp(z1))/(exp(z1) + 1)
             D1[s, j] = _sigmoid(-Z1[s, j])*A1[s, j]*G1[s, j] + _sigmoid(Z1[s, j])*G1[s, j]
             gb1[j] += D1[s, j]   # gb1 = sum_s delta1
-    # gW1 = sum_s delta1 a0^T
-    np.dot(D1.T, X, gW1)
+            for q in range(3):   # gW1 = sum_s delta1 a0^T
+                gW1[j, q] += X[s, q]*D1[s, j]
     return loss
 
 
 @numba.njit(cache=True)
-def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, GX):
-    """As loss_and_grad, and dL/dX into GX: ga0 = W1^T delta1."""
+def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, G0):
+    """As loss_and_grad, and dL/dX into G0: ga0 = W1^T delta1."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
-    np.dot(D1, W1, GX)
+    B = X.shape[0]
+    for s in range(B):
+        for i in range(3):
+            # ga0 = W1^T delta1
+            acc0 = np.float32(0.0)
+            for j in range(4):
+                acc0 += W1[j, i]*D1[s, j]
+            G0[s, i] = acc0
     return loss
 
 
@@ -138,8 +163,16 @@ def sgd_step(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
     step = DTYPE(lr)
-    W1 -= step * gW1
-    b1 -= step * gb1
-    W2 -= step * gW2
-    b2 -= step * gb2
+    W1_flat, gW1_flat = W1.reshape(-1), gW1.reshape(-1)
+    for i in range(W1_flat.size):
+        W1_flat[i] -= step * gW1_flat[i]
+    b1_flat, gb1_flat = b1.reshape(-1), gb1.reshape(-1)
+    for i in range(b1_flat.size):
+        b1_flat[i] -= step * gb1_flat[i]
+    W2_flat, gW2_flat = W2.reshape(-1), gW2.reshape(-1)
+    for i in range(W2_flat.size):
+        W2_flat[i] -= step * gW2_flat[i]
+    b2_flat, gb2_flat = b2.reshape(-1), gb2.reshape(-1)
+    for i in range(b2_flat.size):
+        b2_flat[i] -= step * gb2_flat[i]
     return loss
