@@ -62,11 +62,21 @@ def _exp_route(f, fprime):
     if fu.has(Zs) or fpu.has(Zs) or not fu.has(u):
         return []
     try:
-        # every candidate is checked numerically below, so SymPy's own checks are skipped
-        sols = sp.solve(sp.Eq(As, fu), u, check=False, simplify=False)
-    except (NotImplementedError, ValueError, TypeError):
+        # a = f(u) is usually polynomial in u once cleared of fractions (sigmoid: degree 1,
+        # tanh: 2): its roots come fast; otherwise the general solver. Every candidate is
+        # checked numerically afterwards, so SymPy's own checks are skipped.
+        num = sp.numer(sp.together(fu - As))
+        if num.is_polynomial(u):
+            sols = list(sp.roots(sp.Poly(num, u)))
+        else:
+            sols = sp.solve(sp.Eq(As, fu), u, check=False, simplify=False)
+    except (NotImplementedError, ValueError, TypeError, sp.PolynomialError):
         return []
-    return [sp.simplify(fpu.subs(u, sol)) for sol in sols]
+    out = []
+    for sol in sols:
+        c = sp.cancel(fpu.subs(u, sol))
+        out += [c, sp.factor(c), sp.expand(c)]
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -76,9 +86,9 @@ def output_form(f):
     Returns (stages, form, uses) where ``uses`` is "a" when the form reads only the layer
     output (sigmoid -> a(1-a), tanh -> 1-a^2, exp -> a, softplus -> 1-exp(-a), relu ->
     Heaviside(a, 0)) and "z" when no exact rewrite exists (swish keeps z). Candidates come from
-    substituting f(z) -> a, from solving a = f(u) for u = exp(z), and from z -> a (piecewise
-    linear functions); each is checked numerically at CHECK_POINTS and the one with the
-    fewest operations is kept.
+    substituting f(z) -> a and z -> a (piecewise linear functions), and only if neither is
+    exact, from solving a = f(u) for u = exp(z); each is checked numerically at CHECK_POINTS
+    and the one with the fewest operations is kept.
     """
     derived = sp.diff(f, Zs)
     stages = [("derived", derived)]
@@ -86,20 +96,25 @@ def output_form(f):
     stages.append(("kink", fprime))
     if not fprime.has(Zs):
         return tuple(stages), fprime, "a"
-    cands = [fprime.subs(f, As)]
-    if f.rewrite(sp.exp).has(sp.exp):
-        cands += _exp_route(f, fprime)
-    cands.append(fprime.xreplace({Zs: As}))
-    good = []
-    for c in cands:
-        if c.has(Zs) or c.has(sp.Symbol("u", positive=True)) or c.has(sp.nan, sp.zoo, sp.oo):
-            continue
-        c = simp.sign(c)
-        if _agrees(c, fprime, f):
-            good.append(c)
+
+    def checked(cands):
+        out = []
+        for c in cands:
+            if c.has(Zs) or c.has(sp.Symbol("u", positive=True)) or c.has(sp.nan, sp.zoo, sp.oo):
+                continue
+            c = simp.sign(c)
+            if _agrees(c, fprime, f):
+                out.append(c)
+        return out
+
+    # cheap candidates first; solving a = f(u) (the expensive one) only when they all fail
+    good = checked([fprime.subs(f, As), fprime.xreplace({Zs: As})])
+    if not good and f.rewrite(sp.exp).has(sp.exp):
+        good = checked(_exp_route(f, fprime))
     if not good:
         return tuple(stages), fprime, "z"
-    form = min(good, key=lambda e: (sp.count_ops(e), len(str(e)), str(e)))
+    # fewest operations; on a tie the factored form (a product) reads better: a(1 - a)
+    form = min(good, key=lambda e: (sp.count_ops(e), not isinstance(e, sp.Mul), len(str(e)), str(e)))
     stages.append(("forward_outputs", form))
     return tuple(stages), form, "a"
 
@@ -253,6 +268,15 @@ def derive(network):
     return Derivation(network, tuple(equations), layers, loss_sample, c)
 
 
+@lru_cache(maxsize=None)
+def _unit_loss_from_logits(per_unit, f):
+    """loss(f(z), y) with the logs expanded: each log's argument cancelled to one fraction,
+    then split (sigmoid + bce: y log(1 + exp(-z)) + (1 - y) log(1 + exp(z)), two softplus)."""
+    e = per_unit.xreplace({As: f})
+    e = e.replace(lambda x: isinstance(x, sp.log), lambda x: sp.log(sp.cancel(x.args[0])))
+    return sp.expand(sp.expand_log(e, force=True))
+
+
 def _loss_from_logits(network, aL, zL, y, size, ctx):
     """Per-sample loss for the kernels. Cross-entropies are written in the pre-activation z
     (a = f(z) substituted, logs expanded: sigmoid + bce -> log(1 + exp(z)) - y z,
@@ -261,7 +285,7 @@ def _loss_from_logits(network, aL, zL, y, size, ctx):
     loss, act = network.loss, network.layers[-1].activation
     if loss.per_unit.has(sp.log):
         if act.elementwise:
-            unit = sp.simplify(sp.expand_log(sp.cancel(loss.per_unit.xreplace({As: act.definition})), force=True))
+            unit = _unit_loss_from_logits(loss.per_unit, act.definition)
             return sp.Sum(unit.xreplace({Zs: zL[S, I], Ys: y[S, I]}), (I, 0, size - 1)), "z"
         a_si = _softmax_z(zL, size)
         expr = sp.Sum(sp.expand(sp.expand_log(loss.per_unit.xreplace({As: a_si, Ys: y[S, I]}), force=True)),
