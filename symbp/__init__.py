@@ -20,6 +20,8 @@ from .spec import load, loads
 from .circuit import circuit  # noqa: E402  (the function; the module stays importable)
 from .graph import Graph, from_network, graph, load_graph, loads_graph  # noqa: E402
 from .graph_derive import GraphDerivation, derive_graph  # noqa: E402
+from .render.exam import make_exam  # noqa: E402
+from .render.worked import worked_example  # noqa: E402
 
 
 def derive(spec):
@@ -46,5 +48,5 @@ def gradcheck(kernel, params, X, Y, **kw):
 
 
 __all__ = ["circuit", "Derivation", "Graph", "GraphDerivation", "derive_graph", "from_network",
-           "graph", "load_graph", "loads_graph", "DerivationError", "ExpressionError", "InputError", "Network", "SpecError",
+           "graph", "load_graph", "loads_graph", "make_exam", "worked_example", "DerivationError", "ExpressionError", "InputError", "Network", "SpecError",
            "SymbpError", "derive", "generate", "gradcheck", "load", "loads", "mlp"]

@@ -134,7 +134,7 @@ def cmd_demo(args):
     return 0 if right == 4 else 1
 
 
-COMMAND_MODULES = ("symbp.circuit", "symbp.graph_cli")
+COMMAND_MODULES = ("symbp.circuit", "symbp.graph_cli", "symbp.render.worked", "symbp.render.exam")
 
 
 def build_parser():

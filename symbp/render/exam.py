@@ -18,7 +18,8 @@ Contract:
 - How the numbers stay humane:
   * Integer-preserving activations (f maps integers to integers, e.g. ReLU, identity) with
     mse/sse: W in {-2..2}, b in {-1..1}, x in {-2..2}, integer targets. A draw is kept only if
-    every intermediate value (z, a, dL/da, delta, dL/dW, dL/db, dL/dx) is an integer, no ReLU
+    every intermediate value (z, a, dL/da, delta, dL/dW, dL/db, dL/dx) is an integer of magnitude
+    at most 12, no ReLU
     sits exactly at its kink, and the asked values are not zero. The loss and the update then
     need at most two decimals (halves and quarters, steps of 0.1).
   * Other activations (sigmoid, tanh, softmax, ...): W and b with one decimal, x small
@@ -74,6 +75,7 @@ MAX_LAYERS = 4
 MAX_TRIES = 4000
 LETTERS = "ABCDEFGH"
 MAX_OPTIONS = 5
+MAX_INTEGER = 12     # integer exams: no intermediate value beyond this in magnitude
 
 
 # ------------------------------------------------------------------------------------------
@@ -309,6 +311,15 @@ class _Redraw(Exception):
 # the screen: a cheap, reject-only pre-check of a draw
 # ------------------------------------------------------------------------------------------
 SCREEN_DPS = 50
+# The student works (and the table is given) with one decimal more than the answers: with
+# rounded hidden activations feeding the next layer, working at the answers' precision would
+# make the last digit of most answers a matter of luck.
+WORK_EXTRA = 1
+
+
+def _asked(name):
+    """Quantities an exam asks for: forward values, the loss, deltas, dL/dx, dL/dW^[1]."""
+    return name == "loss" or name in ("ga0", "gW1") or re.match(r"^(z|a|delta)\d+$", name) is not None
 
 
 class _FractionPrinter(PythonCodePrinter):
@@ -370,7 +381,7 @@ class _Screen:
 
     def __init__(self, derivation, B, decimals, mutants):
         self.decimals = decimals
-        d = decimals
+        d = self.work = decimals + WORK_EXTRA
 
         def table(f):
             def g(x):
@@ -429,11 +440,11 @@ class _Screen:
                 if student and act is not None:
                     z = env[zkey]
                     v = act(mpmath.mpf(z.numerator) / z.denominator)
-                    v = Fraction(0) if v == 0 else _round_fraction(v, self.decimals)
+                    v = Fraction(0) if v == 0 else _round_fraction(v, self.work)
                 else:
                     v = (fs if student else fx)(*[env[a] for a in atoms])
                     if student:
-                        v = _round_fraction(Fraction(v), self.decimals)
+                        v = _round_fraction(Fraction(v), self.work)
                 if not student and (not isinstance(v, mpmath.mpf) or not mpmath.isfinite(v)):
                     if isinstance(v, (int, Fraction)):
                         v = mpmath.mpf(v.numerator) / v.denominator if isinstance(v, Fraction) else mpmath.mpf(v)
@@ -460,8 +471,10 @@ class _Screen:
                     raise _Redraw()
             st = self.run(self.steps, P, X, Y, True)
             for name, vals in ex.items():
+                if not _asked(name):
+                    continue
                 for idx, v in vals.items():
-                    if not _near_boundary(v, d) and _round_fraction(v, d) != st[name][idx]:
+                    if not _near_boundary(v, d) and _round_fraction(v, d) != _round_fraction(st[name][idx], d):
                         raise _Redraw()
             for m, steps in self.mutants:
                 try:
@@ -482,8 +495,8 @@ class Exam:
     """Variants with questions and answer keys (see the module contract)."""
 
     def __init__(self, network, derivation, variants, decimals, batch, lr, multiple_choice, seed,
-                 circuit):
-        self.network, self.derivation = network, derivation
+                 circuit, integer):
+        self.network, self.derivation, self.integer = network, derivation, integer
         self.variants, self.decimals, self.batch, self.lr = variants, decimals, batch, lr
         self.multiple_choice, self.seed, self.circuit = multiple_choice, seed, circuit
 
@@ -498,6 +511,7 @@ class Exam:
             "loss_name": net.loss.name,
             "batch": self.batch,
             "decimals": self.decimals,
+            "work": self.decimals if self.integer else self.decimals + WORK_EXTRA,
             "lr": show(self.lr, 12)[0],
             "definitions": [_definition(l, act) for l, act in enumerate(acts, 1)],
             "variants": [self._variant_context(v) for v in self.variants],
@@ -592,7 +606,7 @@ def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variant
         else:
             raise SymbpError(f"exam: no humane numbers found for variant {number} of this network "
                              f"after {MAX_TRIES} draws; try another seed, activation or size")
-    return Exam(net, d, out, decimals, batch, eta, multiple_choice, seed, circuit)
+    return Exam(net, d, out, decimals, batch, eta, multiple_choice, seed, circuit, integer)
 
 
 def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_choice, circuit,
@@ -611,7 +625,7 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
         raise _Redraw()
     if ev.kinks:
         raise _Redraw()
-    n0, n1 = net.sizes[0], net.sizes[1]
+    n0 = net.sizes[0]
     def big(name, idx):
         return abs(ev.approx_results[name][idx]) >= small
 
@@ -628,19 +642,21 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
     xk = gx[rng.randrange(len(gx))][1]
     table = []
     if integer:
-        if any(not v.is_Integer for name, idx, v in _all_entries(ev) if name != "loss"):
+        if any(not v.is_Integer or abs(v) > MAX_INTEGER for name, idx, v in _all_entries(ev) if name != "loss"):
             raise _Redraw()
     else:
-        student = evaluate(d, P, X, Y, rounding=decimals)
+        work = decimals + WORK_EXTRA
+        student = evaluate(d, P, X, Y, rounding=work)
         for name, idx, v in _all_entries(ev):
-            if show(v, decimals, ev.approx_results[name][idx])[0] != show(student.results[name][idx], decimals)[0]:
+            if _asked(name) and show(v, decimals, ev.approx_results[name][idx])[0] != \
+                    show(student.results[name][idx], decimals)[0]:
                 raise _Redraw()
         new_exact = P["W1"][p, q] - eta * gW1[(p, q)]
-        new_student = rounded(P["W1"][p, q] - eta * student.results["gW1"][(p, q)], decimals)
+        new_student = rounded(P["W1"][p, q] - eta * student.results["gW1"][(p, q)], work)
         if show(new_exact, decimals, P["W1"][p, q] - eta * ev.approx_results["gW1"][(p, q)])[0] != \
                 show(new_student, decimals)[0]:
             raise _Redraw()
-        table = [(tex, show(v, decimals)[0]) for tex, v in student.table]
+        table = [(tex, show(v, work)[0]) for tex, v in student.table]
 
     def shown(name, idx):
         return show(ev.results[name][idx], decimals, ev.approx_results[name][idx])[0]

@@ -57,17 +57,17 @@ MAX_ENTRY_LINES = 16
 # LaTeX source length above which an entry's substituted form goes on its own line.
 LINE_SPLIT = 110
 
-KIND_TITLES = {
-    "forward_z": "Pre-activation of layer {l}",
-    "forward_a": "Activation of layer {l} ({act})",
-    "loss": "Loss ({loss}, {reduction} over the batch)",
-    "loss_grad": "Gradient of the loss with respect to the output $a^{{[{l}]}}$",
-    "output_delta": "Output delta $\\delta^{{[{l}]}} = \\partial L / \\partial z^{{[{l}]}}$",
-    "backprop": "Backpropagate to layer {l}: $\\partial L/\\partial a^{{[{l}]}}$ from $\\delta^{{[{l1}]}}$ and $W^{{[{l1}]}}$",
-    "delta": "Delta of layer {l}: $\\partial L/\\partial a^{{[{l}]}}$ times the local derivative",
-    "input_grad": "Gradient with respect to the input $x$",
-    "grad_W": "Weight gradient $\\partial L / \\partial W^{{[{l}]}}$",
-    "grad_b": "Bias gradient $\\partial L / \\partial b^{{[{l}]}}$",
+KIND_TITLES = {    # {a}, {z}, ... are the quantities' symbols in the chosen notation
+    "forward_z": "Pre-activation of layer {l}: ${z}$",
+    "forward_a": "Activation of layer {l} ({act}): ${a}$",
+    "loss": "Loss ${L}$ ({loss}, {reduction} over the batch)",
+    "loss_grad": "Gradient of the loss with respect to the output: ${ga}$",
+    "output_delta": "Output delta ${delta}$",
+    "backprop": "Backpropagate to layer {l}: ${ga}$ from ${delta1}$ and ${W1}$",
+    "delta": "Delta of layer {l}: ${delta}$, ${ga}$ times the local derivative",
+    "input_grad": "Gradient with respect to the input: ${ga}$",
+    "grad_W": "Weight gradient ${gW}$",
+    "grad_b": "Bias gradient ${gb}$",
 }
 PHASES = {"forward_z": "forward", "forward_a": "forward", "loss": "forward",
           "loss_grad": "backward", "output_delta": "backward", "backprop": "backward",
@@ -231,37 +231,54 @@ def decimals_of(text):
 # ------------------------------------------------------------------------------------------
 # printing: quantities by name (symbol mode) or by their numbers (number mode)
 # ------------------------------------------------------------------------------------------
-def _index_text(indices, shift=True):
-    out = []
-    for i in indices:
-        if isinstance(i, (int, sp.Integer)) or getattr(i, "is_Integer", False):
-            out.append(str(int(i) + (1 if shift else 0)))
-        else:
-            out.append(sp.latex(i))
-    if all(len(t) == 1 for t in out):
-        return "".join(out)
-    return ",".join(out)
+PER_SAMPLE = ("a", "z", "y", "delta", "ga")
+
+
+def _notation(notation):
+    from .notation import get
+    return get(notation)
+
+
+def _index_strings(nt, indices):
+    return [nt.index(i) if getattr(i, "is_Integer", False) or isinstance(i, int) else sp.latex(i)
+            for i in indices]
 
 
 def entry_name(base, indices, batch_single=False, notation="cs231n"):
-    """LaTeX name of an entry: z^{[1]}_{2}, \\frac{\\partial L}{\\partial W^{[1]}_{12}}, ...
+    """LaTeX name of an entry in a notation (render.notation): z^{[1]}_{2}, f_{0,1} (udl),
+    \\frac{\\partial L}{\\partial W^{[1]}_{12}}, ...
 
-    Indices are printed 1-based; with ``batch_single`` (a batch of one) the sample index is
-    dropped from per-sample quantities."""
+    Concrete indices are counted as the notation counts (from 1, or from 0 in seed 002); our
+    0-based (row, column) become (column, row) for the kinds a notation stores transposed. The
+    sample index of per-sample quantities is a superscript (s), or the row index in the batch
+    notation; with ``batch_single`` (a batch of one) it is dropped. No indices: the symbol."""
+    nt = _notation(notation)
     kind, layer = naming.parse(base)
-    idx = tuple(indices)
-    if batch_single and kind in ("a", "z", "y", "delta", "ga") and idx:
-        idx = idx[1:]
-    sub = _index_text(idx)
-    if kind in ("ga", "gW", "gb"):
-        inner = {"ga": "a", "gW": "W", "gb": "b"}[kind]
-        if kind == "ga" and layer == 0:
-            q = f"x_{{{sub}}}" if sub else "x"
-        else:
-            q = f"{inner}^{{[{layer}]}}" + (f"_{{{sub}}}" if sub else "")
-        return rf"\frac{{\partial L}}{{\partial {q}}}"
-    sym = naming.latex_base(base, notation)
-    return f"{sym}_{{{sub}}}" if sub else sym
+    flavor = nt.main
+    if not indices:
+        return nt.symbol(kind, layer, flavor)
+    idx, sample = list(indices), None
+    if kind in PER_SAMPLE:
+        s_ = idx.pop(0)
+        if flavor == "batch":
+            idx.insert(0, s_)
+        elif not batch_single:
+            sample = _index_strings(nt, [s_])[0]
+    if kind in nt.transposed.get(flavor, ()) and len(idx) == 2:
+        idx.reverse()
+    return nt.entry(kind, layer, _index_strings(nt, idx), flavor, sample)
+
+
+def symbol(kind, layer, notation="cs231n"):
+    """LaTeX of a whole quantity (vector or matrix) in a notation."""
+    nt = _notation(notation)
+    return nt.symbol(kind, layer, nt.main)
+
+
+def transposed(kind, notation="cs231n"):
+    """Whether the notation stores this kind as the transpose of the derivation's matrix."""
+    nt = _notation(notation)
+    return kind in nt.transposed.get(nt.main, ())
 
 
 class WorkedPrinter(LatexPrinter):
@@ -299,11 +316,12 @@ class WorkedPrinter(LatexPrinter):
         return super()._print_Symbol(e)
 
     def _print_Heaviside(self, e, exp=None):
-        return rf"\mathbb{{1}}\left[{self._print(e.args[0])} > 0\right]"
+        return rf"\mathbb{{I}}\left[{self._print(e.args[0])} > 0\right]"
 
     def _print_Sum(self, e):
-        # Displayed 1-based, as the entries are: sum_{k=1}^{n} for SymPy's k = 0 .. n-1.
-        shifted = sp.Sum(e.function, *[(v, lo + 1, hi + 1) for v, lo, hi in e.limits])
+        # Counted as the entries are (from 1 in most notations): sum_{k=1}^{n} for k = 0 .. n-1.
+        base = _notation(self.notation).index_base
+        shifted = sp.Sum(e.function, *[(v, lo + base, hi + base) for v, lo, hi in e.limits])
         return super()._print_Sum(shifted)
 
 
@@ -526,7 +544,7 @@ def evaluate(derivation, P, X, Y, rounding=None):
         eq = pe.equation
         vals, nums = {}, {}
         for ent in pe.entries:
-            name = entry_name(ent.lhs.base, ent.lhs.indices) if isinstance(ent.lhs, sp.Indexed) else "L"
+            name = _PlainPrinter().doprint(ent.lhs)
             if rounding is not None and eq.kind == "forward_a" and _elementwise(derivation, eq.layer):
                 act = derivation.layers[eq.layer - 1].activation
                 zval = env[naming.quantity("z", eq.layer)[ent.lhs.indices]]
@@ -583,12 +601,22 @@ def _equal(v, p):
     return bool(z)
 
 
+def _function_tex(e, decimals):
+    """e^{0.5}, \\ln(0.668), \\tanh(1.2): a function value as a table lists it."""
+    arg = e.args[0]
+    a = show(arg, decimals)[0] if arg.is_Rational else sp.latex(arg)
+    if isinstance(e, sp.exp):
+        return f"e^{{{a}}}"
+    name = {sp.log: r"\ln"}.get(e.func, "\\" + e.func.__name__)
+    return f"{name}({a})"
+
+
 def _round_functions(v, decimals, record):
     """Rounding mode: each transcendental function value (exp, log, ...) of a number is looked
     up in the table, i.e. rounded to ``decimals``, and recorded."""
     def look(e):
         r = rounded(e, decimals)
-        record(sp.latex(e), r)
+        record(_function_tex(e, decimals), r)
         return r
     return v.replace(lambda e: isinstance(e, _TRANSCENDENTAL) and e.is_number and not e.is_Rational, look)
 
@@ -636,6 +664,8 @@ class WorkedExample:
     table: list           # forward table rows: (layer, unit, [(z text, a text) per sample])
     notes: list
     values: dict = field(default_factory=dict)
+    heads: tuple = (("z", "a"), "x")    # the table's column symbols and the input's symbol
+    sample_labels: list = field(default_factory=list)
 
     @property
     def network(self):
@@ -650,7 +680,10 @@ class WorkedExample:
                        ("gradients", "Parameter gradients"), ("update", "One SGD step")),
             "decimals": self.decimals,
             "batch": self.batch,
-            "samples": list(range(1, self.batch + 1)),
+            "samples": self.sample_labels or list(range(1, self.batch + 1)),
+            "zname": self.heads[0][0],
+            "aname": self.heads[0][1],
+            "input": self.heads[1],
             "steps": self.steps,
             "table": self.table,
             "notes": self.notes,
@@ -672,21 +705,32 @@ class WorkedExample:
         return f"<WorkedExample of {self.network.name}: {len(self.steps)} steps, B = {self.batch}>"
 
 
-def _title(eq, net):
+def _title(eq, net, notation):
     l = eq.layer
     act = net.layers[l - 1].activation.name if 1 <= l <= net.depth else ""
-    return KIND_TITLES[eq.kind].format(l=l, l1=l + 1, act=act.replace("_", r"\_"),
-                                       loss=net.loss.name, reduction=net.reduction)
+    sym = {}
+    for kind in ("a", "z", "delta", "ga", "gW", "gb", "W"):
+        try:
+            sym[kind] = symbol(kind, l, notation) if (l >= 1 or kind in ("a", "ga")) else ""
+        except KeyError:
+            sym[kind] = ""
+    nxt = l + 1 <= net.depth
+    return KIND_TITLES[eq.kind].format(
+        l=l, act=act.replace("_", r"\_"), loss=net.loss.name, reduction=net.reduction,
+        L=_notation(notation).loss, delta1=symbol("delta", l + 1, notation) if nxt else "",
+        W1=symbol("W", l + 1, notation) if nxt else "", **sym)
 
 
-def worked_example(derivation, params, x, y, decimals=2, lr=None):
+def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs231n"):
     """The worked example of ``derivation`` at ``params``, input(s) ``x``, target(s) ``y``.
 
     params: {"W1": [[...]], "b1": [...], ...} of numbers (or numpy arrays); x: one sample
     ([x1, x2]) or a batch ([[...], [...]]); y likewise (a scalar for one output unit);
-    decimals: 0..12, digits shown; lr: learning rate of the one SGD step shown (None: no step).
+    decimals: 0..12, digits shown; lr: learning rate of the one SGD step shown (None: no step);
+    notation: one of ``render.notation.NOTATIONS`` (symbols, index order and counting).
     """
     check_decimals(decimals)
+    nt = _notation(notation)
     net = derivation.network
     if max(net.sizes) > MAX_WIDTH:
         raise InputError(f"worked example: layers of at most {MAX_WIDTH} units, got {net.sizes}")
@@ -703,31 +747,33 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None):
     for pe in plan(derivation, B):
         eq = pe.equation
         number_ += 1
-        sym_p = WorkedPrinter(batch_single=False)
-        lhs_general = _lhs_text(eq.lhs, False)
+        sym_p = WorkedPrinter(batch_single=False, notation=notation)
+        lhs_general = _lhs_text(eq.lhs, False, notation)
         formula = f"{lhs_general} = {sym_p.doprint(eq.rhs)}"
         lines = []
         shown = pe.entries if len(pe.entries) <= MAX_ENTRY_LINES else ()
         for ent in shown:
-            sp_ = WorkedPrinter(batch_single=single)
+            sp_ = WorkedPrinter(batch_single=single, notation=notation)
             num_p = WorkedPrinter(values=ev.env, decimals=decimals, batch=B, batch_single=single,
-                                  approx=ev.approx)
+                                  approx=ev.approx, notation=notation)
             value = ev.results[eq.name][ent.index]
             vtext, vexact = show(value, decimals, ev.approx_results[eq.name][ent.index])
             symbolic = sp_.doprint(ent.expr)
             substituted = num_p.doprint(ent.expr)
             if isinstance(ent.expr, sp.Indexed) or ent.expr.is_number:
                 substituted = ""    # a copy of one number: the value line says it
-            lines.append(Line(_lhs_text(ent.lhs, single), symbolic, substituted,
+            lines.append(Line(_lhs_text(ent.lhs, single, notation), symbolic, substituted,
                               ("=" if not num_p.inexact else r"\approx"),
                               ("=" if vexact else r"\approx") + " " + vtext,
                               len(symbolic) + len(substituted) > LINE_SPLIT))
         matrix = ""
         if eq.kind in ("grad_W", "grad_b"):
-            matrix = f"{_lhs_text(eq.lhs, single, general_matrix=True)} = " + \
-                _latex_matrix(_matrix(ev.results[eq.name], pe.shape), decimals,
-                              _matrix(ev.approx_results[eq.name], pe.shape))
-        steps.append(Step(number_, PHASES[eq.kind], eq.name, _title(eq, net), formula, lines, matrix,
+            kind = "gW" if eq.kind == "grad_W" else "gb"
+            m, ma = _matrix(ev.results[eq.name], pe.shape), _matrix(ev.approx_results[eq.name], pe.shape)
+            if transposed(kind, notation):
+                m, ma = m.T, ma.T
+            matrix = f"{symbol(kind, eq.layer, notation)} = " + _latex_matrix(m, decimals, ma)
+        steps.append(Step(number_, PHASES[eq.kind], eq.name, _title(eq, net, notation), formula, lines, matrix,
                           len(pe.entries) - len(shown)))
 
     values = {"x": X, "y": Y}
@@ -748,14 +794,18 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None):
                 ga = approx[naming.grad_kind(kind) + str(l)]
                 na = approx[key] - eta * ga
                 number_ += 1
-                sym = "W" if kind == "W" else "b"
-                gname = rf"\frac{{\partial L}}{{\partial {sym}^{{[{l}]}}}}"
+                sym, gname = symbol(kind, l, notation), symbol("g" + kind, l, notation)
+                old, g_, new_ = P[key], g, new
+                if transposed(kind, notation):
+                    old, g_, new_, ga, na = old.T, g_.T, new_.T, ga.T, na.T
+                if transposed(kind, notation) != transposed("g" + kind, notation):
+                    gname = rf"\left({gname}\right)^{{T}}"      # seed 002's row gradients
                 eta_t = show(eta, MAX_DECIMALS)[0]
-                formula = rf"{sym}^{{[{l}]}} \leftarrow {sym}^{{[{l}]}} - \eta\, {gname}, \quad \eta = {eta_t}"
-                matrix = (f"{sym}^{{[{l}]}}_{{\\text{{new}}}} = {_latex_matrix(P[key], decimals)} - {eta_t} "
-                          f"{_latex_matrix(g, decimals, ga)} = {_latex_matrix(new, decimals, na)}")
+                formula = rf"{sym} \leftarrow {sym} - \eta\, {gname}, \quad \eta = {eta_t}"
+                matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_latex_matrix(old, decimals)} - {eta_t} "
+                          f"{_latex_matrix(g_, decimals, ga)} = {_latex_matrix(new_, decimals, na)}")
                 steps.append(Step(number_, "update", f"{key}_new",
-                                  f"SGD update of ${sym}^{{[{l}]}}$", formula, [], matrix))
+                                  f"SGD update of ${sym}$", formula, [], matrix))
 
     table = []
     for l in range(0, net.depth + 1):
@@ -766,33 +816,35 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None):
                 a = show(X[s, j] if l == 0 else values[f"a{l}"][s, j], decimals,
                          None if l == 0 else approx[f"a{l}"][s, j])[0]
                 cells.append((z, a))
-            table.append((l, j + 1, cells))
+            table.append((l, nt.index(j), cells))
 
     notes = []
-    if single:
+    if notation != "cs231n":
+        notes.append(f"Notation: {nt.title}. {nt.note}")
+    if single and nt.main != "batch":
         notes.append("One sample ($B = 1$): the sample index $s$ is dropped from the entries below.")
     notes.append(f"Computed in exact arithmetic; numbers are shown rounded to {decimals} decimals "
                  r"($\approx$ marks a rounded value).")
     for k in ev.kinks:
-        z = naming.latex_base(naming.quantity("z", k.layer))
-        where = f"{z}_{{{_index_text((k.unit,))}}}" + (f" of sample {k.sample + 1}" if not single else "")
+        where = "$" + entry_name(naming.quantity("z", k.layer), (sp.Integer(k.sample), sp.Integer(k.unit)),
+                                 True, notation) + f" = {show(k.z, decimals)[0]}$"
+        where += "" if single else f" (sample {nt.index(k.sample)})"
         side = {"left": "the derivative from the left, as PyTorch and JAX use",
                 "right": "the derivative from the right",
                 "neither": "neither one-sided derivative"}[k.side]
         f = net.layers[k.layer - 1].activation.latex
         zt = show(k.z, decimals)[0]
-        notes.append(f"Kink: ${where} = {zt}$ is where ${f}$ is not differentiable; the derivation "
+        notes.append(f"Kink: {where} is where ${f}$ is not differentiable; the derivation "
                      f"uses ${f}'({zt}) = {show(k.used, decimals)[0]}$ ({side}).")
-    return WorkedExample(derivation, decimals, B, eta, steps, table, notes, values)
+    heads = (nt.scalars, symbol("a", 0, notation))
+    return WorkedExample(derivation, decimals, B, eta, steps, table, notes, values, heads,
+                         [nt.index(s_) for s_ in range(B)])
 
 
-def _lhs_text(lhs, single, general_matrix=False):
+def _lhs_text(lhs, single, notation):
     if not isinstance(lhs, sp.Indexed):
-        return "L"
-    if general_matrix:
-        kind, layer = naming.parse(lhs.base)
-        return entry_name(lhs.base, ())
-    return entry_name(lhs.base, lhs.indices, single)
+        return _notation(notation).loss
+    return entry_name(lhs.base, lhs.indices, single, notation)
 
 
 # ------------------------------------------------------------------------------------------
@@ -869,17 +921,19 @@ def cmd_worked(args):
     from ..spec import load
     from ..codegen.load import write
     check_decimals(args.decimals)
+    _notation(args.notation)
     net = load(args.spec)
     params = load_params(args.params)
     x, y = _numbers(args.x, "--x"), _numbers(args.y, "--y")
     lr = None
     if args.lr is not None:
         lr = _numbers(args.lr, "--lr")
-        if isinstance(lr, list):
+        if len(lr) != 1 or isinstance(lr[0], list):
             raise InputError(f"--lr: expected one number, got {args.lr!r}")
+        lr = lr[0]
     exact_params(net, params, where=str(args.params))   # errors name the file
     d = derive(net)
-    w = worked_example(d, params, x, y, decimals=args.decimals, lr=lr)
+    w = worked_example(d, params, x, y, decimals=args.decimals, lr=lr, notation=args.notation)
     # everything rendered before anything is written
     outputs = []
     if args.latex:
@@ -904,12 +958,16 @@ def cmd_worked(args):
 
 
 def _write_bytes(path, data):
+    """Bytes (a PDF) written atomically: a temporary file in the same directory, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)      # mkstemp makes 0600; a written file is ordinary
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -926,6 +984,7 @@ def add_command(subparsers):
     p.add_argument("--y", required=True, help="target(s): 1 or 1;0 (rows separated by ;)")
     p.add_argument("--decimals", type=int, default=2, help="digits shown (0..12), default 2")
     p.add_argument("--lr", default=None, help="learning rate of the SGD step shown")
+    p.add_argument("--notation", default="cs231n", help="cs231n | udl | transposed | rowvector | batch")
     p.add_argument("--latex", metavar="FILE", help="write a LaTeX document")
     p.add_argument("--markdown", metavar="FILE", help="write Markdown")
     p.add_argument("--pdf", action="store_true", help="also compile the LaTeX to PDF (needs --latex)")
