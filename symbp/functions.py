@@ -13,7 +13,7 @@ one-line description.
 - Losses per sample, summed over output units: mse 1/2 (a - y)^2, sse (a - y)^2,
   bce -(y log a + (1 - y) log(1 - a)), ce -y log a (one-hot targets: sum_i y_i = 1).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sympy as sp
 

@@ -31,10 +31,11 @@ def kernels(tmp_path_factory):
     return tmp_path_factory.mktemp("bench-kernels")
 
 
-def _baselines():
-    spec = importlib.util.spec_from_file_location("test_bench_baselines", ROOT / "benchmarks" / "baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+@pytest.fixture(scope="module")
+def baselines():
+    """benchmarks/baselines.py, loaded once: its Numba functions compile once per dtype."""
+    module = bench.load_baselines()
+    assert module is not None and Path(module.__file__) == ROOT / "benchmarks" / "baselines.py"
     return module
 
 
@@ -144,17 +145,16 @@ NETS = [
 @pytest.mark.jit
 @pytest.mark.parametrize("sizes, acts, loss", NETS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_baselines_agree_with_autograd(sizes, acts, loss, dtype):
+def test_baselines_agree_with_autograd(sizes, acts, loss, dtype, baselines):
     pytest.importorskip("torch")
     from symbp.verify import torch_gradients
-    bl = _baselines()
     net = symbp.mlp(list(sizes), list(acts), loss, name="t")
     params, X, Y = bench._make_data(net, 16, dtype, seed=3)
     rows = bench._kink_free_rows(net, params, X)
     X, Y = X[rows], Y[rows]
     ref_loss, ref = torch_gradients(net, params, X, Y)
     tol = bench.TOL[dtype] if dtype == "float32" else 1e-12
-    for cls in (bl.NumpyMLP, bl.NumbaMLP):
+    for cls in (baselines.NumpyMLP, baselines.NumbaMLP):
         loss_value, grads = cls(net, dtype).loss_and_grad(params, X, Y)
         assert abs(loss_value - ref_loss) <= tol * abs(ref_loss), cls.label
         assert bench._max_rel_error(grads, ref) <= tol, cls.label

@@ -36,7 +36,6 @@ The batch factor's B (``Bf``) is a kernel argument: the size of the whole batch,
 split into chunks (``CudaKernel``) sums to the gradients of the whole batch.
 """
 import hashlib
-import re
 import warnings
 from dataclasses import dataclass
 
@@ -200,25 +199,8 @@ def _helper_source(name, printer):
     return helper_source(name, printer)
 
 
-_RUNNING_MAX = re.compile(r"^(\s*)(m\d+) = max\((m\d+), (.*)\)$")
-
-
 class _CudaBlock(_Block):
-    """emit._Block whose log-sum-exp running maximum avoids the builtin max (see
-    CudaPrinter._fold): ``m = max(m, x)`` becomes ``m = x if x > m else m``."""
-
-    def reductions(self, expr):
-        expr, lines = super().reductions(expr)
-        out = []
-        for line in lines:
-            hit = _RUNNING_MAX.match(line)
-            if hit and hit.group(2) == hit.group(3):
-                ind, m, x = hit.group(1), hit.group(2), hit.group(4)
-                line = f"{ind}{m} = {x} if {x} > {m} else {m}"
-            elif "max(" in line or "min(" in line:
-                raise DerivationError(f"unexpected builtin max/min in a CUDA reduction: {line.strip()}")
-            out.append(line)
-        return expr, out
+    """emit._Block for CUDA kernels (its printer prints Max as a conditional expression)."""
 
 
 def _sum_of(rhs):
@@ -389,7 +371,7 @@ def _fused_context(d, dtype, geometry):
 
     loss_expr, loss_reads = d.loss_sample
     blk = _CudaBlock(p, sizes)
-    lexpr, lred = blk.reductions(stable_forms(loss_expr.xreplace(sizes)))
+    lexpr, lred, _ = blk.reductions(stable_forms(loss_expr.xreplace(sizes)))
 
     backward = []
     for l in range(L, 0, -1):
@@ -477,7 +459,7 @@ def _tiled_context(d, dtype):
 
     loss_expr, loss_reads = d.loss_sample
     blk = _CudaBlock(p, sizes)
-    lexpr, lred = blk.reductions(stable_forms(loss_expr.xreplace(sizes)))
+    lexpr, lred, _ = blk.reductions(stable_forms(loss_expr.xreplace(sizes)))
     loss = {"lines": lred, "value": p.doprint(lexpr), "reads": loss_reads,
             "scale": p.doprint(d.batch_factor.xreplace(sizes))}
     loss_exprs = [loss_expr.xreplace(sizes)]

@@ -91,7 +91,7 @@ class _Block:
                 r, m = self._temp("r"), self._temp("m")
                 before += [f"{m} = {self.p.doprint(x.xreplace({k: lo}))}",
                            f"for {k} in range({int(lo) + 1}, {n}):",
-                           f"    {m} = max({m}, {self.p.doprint(x)})",
+                           f"    {m} = {self.p.doprint(sp.Max(m, x))}",
                            f"{r} = {zero}",
                            f"for {k} in range({n}):",
                            f"    {r} += math.exp({self.p.doprint(x - m)})"]
@@ -144,7 +144,7 @@ def emit(derivation, target="cpu", dtype="float64"):
     sizes[naming.BATCH] = BF
     p = NumbaPrinter(dtype, {BF: "Bf"})
     d = derivation
-    S, J, P = naming.S, naming.J, naming.P
+    J, P = naming.J, naming.P
 
     def product(eq, out):
         f = batch_form(eq.lhs, eq.rhs)

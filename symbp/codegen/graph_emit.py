@@ -175,7 +175,7 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
     # loss ---------------------------------------------------------------------------------
     loss_expr, loss_reads = d.loss_sample
     blk = _Block(p, sizes)
-    lexpr, lred = blk.reductions(stable_forms(loss_expr.xreplace(sizes)))
+    lexpr, lred, _ = blk.reductions(stable_forms(loss_expr.xreplace(sizes)))
     loss_lines = lred + [f"loss += {p.doprint(lexpr)}"]
     printed.append(stable_forms(loss_expr))
 

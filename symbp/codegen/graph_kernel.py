@@ -10,6 +10,7 @@ the same way. Work buffers are kept per batch size; results are fresh arrays unl
 import numpy as np
 
 from ..errors import InputError
+from .kernel import check_array, glorot_params
 
 
 class GraphKernel:
@@ -33,27 +34,12 @@ class GraphKernel:
 
     # parameters ---------------------------------------------------------------------------
     def init_params(self, seed=0):
-        """Glorot-uniform weights, zero biases: W ~ U(-r, r), r = sqrt(6 / (rows + columns))."""
-        rng = np.random.default_rng(seed)
-        params = {}
-        for key, shape in self.param_shapes.items():
-            if len(shape) == 2:
-                r = np.sqrt(6.0 / (shape[0] + shape[1]))
-                params[key] = rng.uniform(-r, r, size=shape).astype(self.dtype)
-            else:
-                params[key] = np.zeros(shape, dtype=self.dtype)
-        return params
+        """Glorot-uniform weights, zero biases (symbp.codegen.kernel.glorot_params)."""
+        return glorot_params(self.param_shapes, self.dtype, seed)
 
     # checks -------------------------------------------------------------------------------
     def _array(self, name, a, shape):
-        if not isinstance(a, np.ndarray):
-            raise InputError(f"{name}: expected a numpy array of dtype {self.dtype}, got {type(a).__name__}")
-        if a.dtype != self.dtype:
-            raise InputError(f"{name}: expected dtype {self.dtype} (this kernel's dtype), got {a.dtype}; "
-                             f"convert with .astype(np.{self.dtype})")
-        if a.shape != shape:
-            raise InputError(f"{name}: expected shape {shape}, got {a.shape}")
-        return np.ascontiguousarray(a)
+        return check_array(name, a, shape, self.dtype)
 
     def _check(self, params, inputs, target=None):
         names = list(self.inputs)

@@ -10,6 +10,32 @@ import numpy as np
 from ..errors import InputError
 
 
+def glorot_params(shapes, dtype, seed=0):
+    """Parameters for ``shapes`` ({name: shape}): matrices W ~ U(-r, r) with
+    r = sqrt(6 / (rows + columns)) (Glorot), vectors zero."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for key, shape in shapes.items():
+        if len(shape) == 2:
+            r = np.sqrt(6.0 / (shape[0] + shape[1]))
+            params[key] = rng.uniform(-r, r, size=shape).astype(dtype)
+        else:
+            params[key] = np.zeros(shape, dtype=dtype)
+    return params
+
+
+def check_array(name, a, shape, dtype):
+    """``a`` as a C-contiguous array of ``shape`` and ``dtype``, or an InputError naming ``name``."""
+    if not isinstance(a, np.ndarray):
+        raise InputError(f"{name}: expected a numpy array of dtype {dtype}, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise InputError(f"{name}: expected dtype {dtype} (this kernel's dtype), got {a.dtype}; "
+                         f"convert with .astype(np.{dtype})")
+    if a.shape != shape:
+        raise InputError(f"{name}: expected shape {shape}, got {a.shape}")
+    return np.ascontiguousarray(a)
+
+
 class Kernel:
     def __init__(self, derivation, module, path, target, dtype, jit):
         self.derivation = derivation
@@ -30,27 +56,12 @@ class Kernel:
 
     # parameters ---------------------------------------------------------------------------
     def init_params(self, seed=0):
-        """Glorot-uniform weights, zero biases: W ~ U(-r, r), r = sqrt(6 / (n_in + n_out))."""
-        rng = np.random.default_rng(seed)
-        params = {}
-        for key, shape in self.param_shapes.items():
-            if len(shape) == 2:
-                r = np.sqrt(6.0 / (shape[0] + shape[1]))
-                params[key] = rng.uniform(-r, r, size=shape).astype(self.dtype)
-            else:
-                params[key] = np.zeros(shape, dtype=self.dtype)
-        return params
+        """Glorot-uniform weights, zero biases (see glorot_params)."""
+        return glorot_params(self.param_shapes, self.dtype, seed)
 
     # checks -------------------------------------------------------------------------------
     def _array(self, name, a, shape):
-        if not isinstance(a, np.ndarray):
-            raise InputError(f"{name}: expected a numpy array of dtype {self.dtype}, got {type(a).__name__}")
-        if a.dtype != self.dtype:
-            raise InputError(f"{name}: expected dtype {self.dtype} (this kernel's dtype), got {a.dtype}; "
-                             f"convert with .astype(np.{self.dtype})")
-        if a.shape != shape:
-            raise InputError(f"{name}: expected shape {shape}, got {a.shape}")
-        return np.ascontiguousarray(a)
+        return check_array(name, a, shape, self.dtype)
 
     def _fast(self, a, shape):
         return type(a) is np.ndarray and a.dtype == self.dtype and a.shape == shape and a.flags.c_contiguous
