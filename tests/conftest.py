@@ -1,6 +1,6 @@
-"""Shared fixtures: random parameters and a batch that fits a network's loss."""
+"""Shared test helper: random parameters and a batch that fits a network's loss
+(``from conftest import random_batch``; pytest puts tests/ on sys.path)."""
 import numpy as np
-import pytest
 
 
 def random_batch(net, batch, seed=0, dtype="float64", scale=0.7):
@@ -24,12 +24,9 @@ def random_batch(net, batch, seed=0, dtype="float64", scale=0.7):
         Y = rng.integers(0, 2, size=(batch, n_out)).astype(float)
     else:
         Y = rng.normal(size=(batch, n_out))
+
     def cast(a):
         return a.astype(np.float32).astype(dtype)
 
     return {k: cast(v) for k, v in params.items()}, cast(X), cast(Y)
 
-
-@pytest.fixture(scope="session")
-def make_batch():
-    return random_batch

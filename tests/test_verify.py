@@ -10,8 +10,9 @@
   check can see.
 - The oracle is exact: a ReLU/identity network gives exact Rationals equal to a hand
   computation, and its per-parameter route equals differentiating the loss written with every
-  parameter a symbol. It refuses large sizes, reads no derivation (it still works with
-  ``symbp.derive`` broken), and translates user activations for torch.
+  parameter a symbol; it follows the loss and reduction conventions exactly (sse = 2 mse, sum =
+  B mean). It refuses large sizes and bad arrays, reads no derivation (it still works with
+  ``symbp.derive`` broken), and user activations translate to torch.
 """
 import ast
 import importlib
@@ -403,3 +404,17 @@ def test_torch_reference_mean_is_sum_over_batch():
     assert ls == pytest.approx(5 * lm, rel=1e-14)
     for k in gm:
         np.testing.assert_allclose(gs[k], 5 * gm[k], rtol=1e-13, atol=1e-15)
+
+
+def test_oracle_follows_the_loss_and_reduction_conventions():
+    # exact Rationals: sse = 2 * mse per sample, and the sum over a batch of 3 = 3 * the mean
+    nets = {(loss, red): symbp.mlp([2, 3, 2], ["relu", "identity"], loss, red, name="conv")
+            for loss in ("mse", "sse") for red in ("mean", "sum")}
+    p, X, Y = random_batch(nets["mse", "mean"], 3, seed=6)
+    res = {key: oracle_gradients(net, p, X, Y, exact=True) for key, net in nets.items()}
+    base_loss, base = res["mse", "mean"]
+    for (loss, red), (l, g) in res.items():
+        factor = (2 if loss == "sse" else 1) * (3 if red == "sum" else 1)
+        assert l == factor * base_loss
+        assert all((g[k] == factor * base[k]).all() for k in base)
+    assert any(v != 0 for v in base["W1"].ravel())
