@@ -27,7 +27,7 @@ out of the package because the package holds no hand-written derivative.
 """
 import math
 
-import numba  # noqa: F401  (numba.typed below; a dependency of symbp anyway)
+import numba
 import numpy as np
 from numba.typed import List
 from scipy.special import expit
@@ -54,32 +54,6 @@ def _fused(net):
     """True when the output activation and the loss are the matched pair whose delta is a - y."""
     out = net.layers[-1].activation.name
     return (out, net.loss.name) in (("sigmoid", "bce"), ("softmax", "ce"))
-
-
-def init_params(net, dtype, seed=0):
-    """Glorot-uniform weights and small biases, deterministic; independent of any kernel."""
-    rng = np.random.default_rng(seed)
-    params = {}
-    for l, (n_in, n_out) in enumerate(zip(net.sizes, net.sizes[1:]), start=1):
-        lim = np.sqrt(6.0 / (n_in + n_out))
-        params[f"W{l}"] = rng.uniform(-lim, lim, size=(n_out, n_in)).astype(dtype)
-        params[f"b{l}"] = rng.uniform(-0.1, 0.1, size=(n_out,)).astype(dtype)
-    return params
-
-
-def make_data(net, batch, dtype, seed=1):
-    """Inputs in [-1, 1] and targets the loss accepts: one-hot for ce, {0, 1} for bce."""
-    rng = np.random.default_rng(seed)
-    n_in, n_out = net.sizes[0], net.sizes[-1]
-    X = rng.uniform(-1.0, 1.0, size=(batch, n_in)).astype(dtype)
-    if net.loss.name == "ce":
-        Y = np.zeros((batch, n_out), dtype=dtype)
-        Y[np.arange(batch), rng.integers(0, n_out, size=batch)] = 1
-    elif net.loss.name == "bce":
-        Y = rng.integers(0, 2, size=(batch, n_out)).astype(dtype)
-    else:
-        Y = rng.uniform(-1.0, 1.0, size=(batch, n_out)).astype(dtype)
-    return X, Y
 
 
 # ---------------------------------------------------------------------------------- NumPy

@@ -27,9 +27,10 @@ Contract:
 - Also measured, each in fresh subprocesses: derive + generate (emit and write, jit=False) of a
   10-layer MLP of width 16 and 1024, and the time to a ready kernel in a first process (cold:
   Numba compiles) and a second one (warm: Numba's cache).
-- ``--threads N`` limits BLAS, OpenMP, Numba, PyTorch and (for N = 1) XLA to N threads. Thread
-  pools are sized when those libraries load, so the command re-runs itself in a child process
-  with the environment set, unless the environment already says N.
+- ``--threads N`` limits BLAS, OpenMP, Numba and PyTorch to N threads and, on Linux, the process
+  to N CPUs (XLA, JAX's compiler, has no thread-count setting). Thread pools are sized when those
+  libraries load, so the command re-runs itself in a child process with the environment and CPU
+  affinity set, unless the environment already says N.
 """
 import argparse
 import gc
@@ -82,6 +83,9 @@ TOL = {"float64": 1e-9, "float32": 1e-4}
 GEMM_SHAPE = (4096, 1024, 1024)
 PAUSE_S = 0.02
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+DESCRIPTION = ("Time one training-gradient step of symbp's generated CPU kernel against hand-written "
+               "NumPy, hand-written Numba, PyTorch eager and jax.jit, side by side in one run; a table "
+               "on stdout, progress on stderr, everything in --json FILE. See benchmarks/README.md.")
 BASELINES_HINT = ("hand-written baselines not found (benchmarks/baselines.py of the symbp source "
                   "repository): run from a checkout or set SYMBP_BENCHMARKS=DIR; timing symbp alone")
 
@@ -615,6 +619,8 @@ def versions():
     import numba
     v["numba_threads"] = numba.get_num_threads()
     v["threads_env"] = os.environ.get("OMP_NUM_THREADS")
+    if hasattr(os, "sched_getaffinity"):
+        v["cpus_usable"] = len(os.sched_getaffinity(0))
     return v
 
 
@@ -747,21 +753,25 @@ def add_arguments(p):
 
 def add_command(subparsers):
     p = subparsers.add_parser("bench", help="time symbp's kernels against NumPy, Numba, PyTorch and JAX",
-                              description=__doc__.split("\n\n")[0])
+                              description=DESCRIPTION)
     add_arguments(p)
     p.set_defaults(fn=run)
 
 
 def _thread_env(n):
-    env = {v: str(n) for v in THREAD_VARS}
-    if n == 1:   # XLA's CPU client has no thread-count flag; one thread is its non-Eigen mode
-        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                            " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    return env
+    return {v: str(n) for v in THREAD_VARS}
+
+
+def _pin(n):
+    """Restrict this process to ``n`` of its CPUs (Linux): XLA (JAX) takes no thread-count
+    setting, so its threads are held to n cores this way. Threads started later inherit it."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
 
 
 def _rerun_with_threads(args):
-    """Run this command again in a child whose thread pools are sized from the start."""
+    """Run this command again in a child whose thread pools are sized from the start and which
+    runs on N CPUs."""
     argv = []
     for flag, dest, value in _OPTIONS:
         v = getattr(args, dest)
@@ -770,13 +780,18 @@ def _rerun_with_threads(args):
         argv += [flag, ",".join(v) if isinstance(v, list) else str(v)] if value else [flag]
     env = {**_child_env(), **_thread_env(args.threads)}
     log(f"symbp bench: re-running with {args.threads} thread(s) per library")
-    code = "import sys\nfrom symbp.bench import main\nsys.exit(main(sys.argv[1:]))"
+    # Pinned before anything is imported, so that every thread any library starts inherits it.
+    code = (f"import os, sys\nif hasattr(os, 'sched_setaffinity'):\n"
+            f"    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{args.threads}])\n"
+            f"from symbp.bench import main\nsys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *argv], env=env).returncode
 
 
 def run(args):
     if args.threads and any(os.environ.get(v) != str(args.threads) for v in THREAD_VARS):
         return _rerun_with_threads(args)
+    if args.threads:
+        _pin(args.threads)
     import symbp  # noqa: F401  (fail early, before any timing, if the package is broken)
 
     args.target = args.target or (0.1 if args.quick else 0.3)
@@ -850,7 +865,7 @@ def run(args):
 
 def main(argv=None):
     """``symbp bench`` on its own (benchmarks/bench_mlp.py)."""
-    ap = argparse.ArgumentParser(prog="symbp bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="symbp bench", description=DESCRIPTION)
     add_arguments(ap)
     args = ap.parse_args(argv)
     try:

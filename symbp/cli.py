@@ -135,7 +135,8 @@ def cmd_demo(args):
     return 0 if right == 4 else 1
 
 
-COMMAND_MODULES = ("symbp.circuit", "symbp.graph_cli", "symbp.render.worked", "symbp.render.exam")
+COMMAND_MODULES = ("symbp.circuit", "symbp.graph_cli", "symbp.render.worked", "symbp.render.exam",
+                   "symbp.bench")
 
 
 def build_parser():
