@@ -66,7 +66,7 @@ from .. import naming
 from ..derivation import Derivation
 from ..errors import InputError, SpecError, SymbpError
 from ..functions import ACTIVATIONS, LOSSES
-from .worked import (check_decimals, evaluate, exact, pdflatex, plan, rounded, show,
+from .worked import (as_sympy, check_decimals, evaluate, exact, pdflatex, plan, rounded, show,
                      worked_example, entry_name, _write_bytes)
 
 MAX_VARIANTS = 200
@@ -743,7 +743,7 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
 
 
 def _same(a, b):
-    d = sp.sympify(a - b)
+    d = as_sympy(a - b)
     z = d.is_zero
     if z is None:
         z = abs(sp.N(d, 50)) < sp.Float("1e-40")

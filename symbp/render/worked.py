@@ -77,6 +77,22 @@ PHASES = {"forward_z": "forward", "forward_a": "forward", "loss": "forward",
 # ------------------------------------------------------------------------------------------
 # exact input values
 # ------------------------------------------------------------------------------------------
+
+def as_sympy(value):
+    """A SymPy number from a SymPy expression, an int, a Fraction or a float; never from text
+    (spec and user text is never evaluated)."""
+    if isinstance(value, sp.Basic):
+        return value
+    if isinstance(value, bool) or isinstance(value, str):
+        raise TypeError(f"expected a number, got {value!r}")
+    if isinstance(value, int):
+        return sp.Integer(value)
+    if isinstance(value, Fraction):
+        return sp.Rational(value.numerator, value.denominator)
+    if isinstance(value, float):
+        return sp.Float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}")
+
 def exact(value, where="", key=""):
     """An exact SymPy Rational from an int, float (shortest repr), Fraction or SymPy Rational."""
     if isinstance(value, sp.Basic):
@@ -196,7 +212,7 @@ def rounded(value, decimals, approx=None):
 
     ``approx``: a high-precision Float of an irrational ``value`` (display only), which spares
     evaluating a large exact expression again."""
-    value = sp.sympify(value)
+    value = as_sympy(value)
     scale = sp.Integer(10) ** decimals
     if value.is_Rational:
         r = value * scale
@@ -210,7 +226,7 @@ def rounded(value, decimals, approx=None):
 
 def show(value, decimals, approx=None):
     """(text, exact): the number as displayed, and whether the display equals the value."""
-    value = sp.sympify(value)
+    value = as_sympy(value)
     r = rounded(value, decimals, approx)
     exact_ = bool(value.is_Rational and r == value)
     if r == 0:
@@ -446,7 +462,7 @@ def _singularity(entry, env, name, approx=None):
 
 
 def _clearly_positive(num):
-    num = sp.sympify(num).evalf(30)
+    num = as_sympy(num).evalf(30)
     return bool(num.is_Float and num > sp.Float("1e-25"))
 
 
@@ -594,7 +610,7 @@ def _elementwise(derivation, layer):
 
 
 def _equal(v, p):
-    d = sp.sympify(v - p)
+    d = as_sympy(v - p)
     z = d.is_zero
     if z is None:
         z = abs(sp.N(d, 60)) < sp.Float("1e-50")
