@@ -23,7 +23,7 @@ import sympy as sp
 from symbp.circuit import circuit
 from symbp.codegen.load import write
 from symbp.codegen.templates import environment
-from symbp.render.circuit import compile_pdf, fmt, write_bytes
+from symbp.render.circuit import compile_pdf, fmt
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("out", nargs="?", default="out", help="output directory (default ./out)")
@@ -119,7 +119,7 @@ data = compile_pdf(tex, "wx_norm") if shutil.which("pdflatex") else None
 write(paths[0], tex)
 if data is not None:
     paths.append(out / "wx_norm.pdf")
-    write_bytes(paths[1], data)
+    write(paths[1], data)
 for p in paths:
     print(f"wrote {p}")
 failed = [name for name, ok in checks if not ok]

@@ -1,6 +1,6 @@
 """Write generated source atomically and import it, compiled by Numba or as plain Python.
 
-Contract: ``write(path, source)`` leaves either the old file or the complete new one (temporary
+Contract: ``write(path, source)`` (text or bytes) leaves either the old file or the complete new one (temporary
 file in the same directory, then ``os.replace``), and does not touch a file whose bytes are
 already equal (so Numba's on-disk cache, keyed by the file's stamp, stays valid).
 ``import_module(path, name, jit)`` imports the file under a stable module name, put into
@@ -27,8 +27,9 @@ def _umask():
 
 
 def write(path, source):
+    """Write text (UTF-8) or bytes to ``path`` atomically; a no-op when the bytes are equal."""
     path = Path(path)
-    data = source.encode("utf-8")
+    data = source if isinstance(source, bytes) else source.encode("utf-8")
     if path.exists() and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)

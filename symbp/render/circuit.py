@@ -14,7 +14,6 @@ numbers are rounded here, for display only (half away from zero, ``decimals`` in
 - ``write(c, latex=, tikz=, pdf=, decimals=)``: renders everything (and compiles the PDF in a
   temporary directory) before writing any file, each atomically; returns the paths written.
 """
-import os
 import shutil
 import subprocess
 import tempfile
@@ -365,20 +364,6 @@ def compile_pdf(tex, name="circuit"):
         return pdf.read_bytes()
 
 
-def write_bytes(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write(c, latex=None, tikz=None, pdf=False, decimals=2):
     d = check_decimals(decimals)
     if pdf and not latex:
@@ -395,6 +380,6 @@ def write(c, latex=None, tikz=None, pdf=False, decimals=2):
         out.append(str(tikz))
     if data is not None:
         target = Path(latex).with_suffix(".pdf")
-        write_bytes(target, data)
+        write_text(target, data)
         out.append(str(target))
     return out

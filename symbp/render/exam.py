@@ -67,7 +67,7 @@ from ..derivation import Derivation
 from ..errors import InputError, SpecError, SymbpError
 from ..functions import ACTIVATIONS, LOSSES
 from .worked import (as_sympy, check_decimals, evaluate, exact, pdflatex, plan, rounded, show,
-                     worked_example, entry_name, _write_bytes)
+                     worked_example, entry_name)
 
 MAX_VARIANTS = 200
 MAX_WIDTH = 5
@@ -556,7 +556,7 @@ class Exam:
             write(out / f"{name}.tex", text)
             paths.append(out / f"{name}.tex")
         for name, data in pdfs.items():
-            _write_bytes(out / f"{name}.pdf", data)
+            write(out / f"{name}.pdf", data)
             paths.append(out / f"{name}.pdf")
         return paths
 

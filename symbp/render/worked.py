@@ -966,29 +966,11 @@ def cmd_worked(args):
         print(f"wrote {path}")
     if pdf is not None:
         pdf_path = Path(args.latex).with_suffix(".pdf")
-        _write_bytes(pdf_path, pdf)
+        write(pdf_path, pdf)
         print(f"wrote {pdf_path}")
     if not outputs:
         sys.stdout.write(w.markdown())
     return 0
-
-
-def _write_bytes(path, data):
-    """Bytes (a PDF) written atomically: a temporary file in the same directory, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)      # mkstemp makes 0600; a written file is ordinary
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def add_command(subparsers):
