@@ -360,7 +360,7 @@ def run_case(case, dtype, args, baselines, missing, gemm):
     impls, steps = {}, {}
     k = None
     if "symbp" in args.impls:
-        log(f"    symbp: derive, generate, compile (or load Numba's cache) ...")
+        log("    symbp: derive, generate, compile (or load Numba's cache) ...")
         t0 = time.perf_counter()
         try:
             k = symbp.generate(symbp.derive(net), target="cpu", dtype=dtype, out_dir=args.out, jit=True)
