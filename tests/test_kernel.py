@@ -178,3 +178,27 @@ def test_vectorized_activation_path_matches_the_fused_loops(tmp_path, jit):
         np.testing.assert_allclose(g[key], g1[key] + g2[key], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(k.forward(p, X)[half:], np.vstack([k.forward(p, X[i:i + 1]) for i in range(half, B)]),
                                rtol=1e-13)
+
+
+@pytest.mark.parametrize("jit", [pytest.param(True, marks=pytest.mark.jit), False], ids=["jit", "python"])
+def test_bound_step_equals_loss_and_grad(tmp_path, jit):
+    """Kernel.bind packs parameters, gradients and buffers into three arrays; one call of the
+    bound step must give the same loss and gradients as loss_and_grad."""
+    net = symbp.mlp([3, 20, 4], ["tanh", "softmax"], "ce", name="bound")   # loops and BLAS layers
+    k = symbp.generate(symbp.derive(net), out_dir=tmp_path, jit=jit)
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(7, 3))
+    Y = np.eye(4)[rng.integers(0, 4, 7)]
+    p = k.init_params(5)
+    loss, g = k.loss_and_grad(p, X, Y)
+    step = k.bind(p, X, Y)
+    assert step() == pytest.approx(loss, rel=1e-14)
+    for key in g:
+        np.testing.assert_allclose(step.grads[key], g[key], rtol=1e-13, atol=1e-15)
+        np.testing.assert_array_equal(step.params[key], p[key])
+    # the bound parameters are views into theta: a descent step on theta moves them
+    step.theta -= 0.1 * step.gtheta
+    np.testing.assert_allclose(step.params["W1"], p["W1"] - 0.1 * g["W1"], rtol=1e-13)
+    assert step() < loss
+    with pytest.raises(InputError, match="X: expected dtype float64"):
+        k.bind(p, X.astype(np.float32), Y)

@@ -35,6 +35,8 @@ PARAM_SHAPES = {'W1': (8, 1), 'b1': (8,), 'W2': (1, 8), 'b2': (1,)}
 FORWARD_BUFFERS = ("Z1", "A1", "Z2", "A2", )
 BACKWARD_BUFFERS = ("G1", "D1", "D2", )
 BUFFER_WIDTHS = {'Z1': 8, 'Z2': 1, 'A1': 8, 'A2': 1, 'G1': 8, 'D1': 8, 'D2': 1}
+# loss_and_grad_packed: the work array holds every buffer back to back, batch x WORK_WIDTH.
+WORK_WIDTH = 35
 # Layers of at least this many entries (batch x width) take their transcendental activation
 # from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
 VECTOR_MIN = 1024
@@ -114,6 +116,30 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
             for q in range(1):   # gW1 = sum_s delta1 a0^T
                 gW1[j, q] += X[s, q]*D1[s, j]
     return loss
+
+
+@numba.njit(cache=True)
+def loss_and_grad_packed(X, Y, theta, gtheta, work):
+    """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
+    back in PARAMS order, work every buffer; the views are taken here, so a step passes five
+    arrays into compiled code (Numba's call overhead grows with the number of arguments)."""
+    B = X.shape[0]
+    W1 = theta[0:8].reshape((8, 1))
+    gW1 = gtheta[0:8].reshape((8, 1))
+    b1 = theta[8:16]
+    gb1 = gtheta[8:16]
+    W2 = theta[16:24].reshape((1, 8))
+    gW2 = gtheta[16:24].reshape((1, 8))
+    b2 = theta[24:25]
+    gb2 = gtheta[24:25]
+    Z1 = work[B * 0:B * 8].reshape((B, 8))
+    A1 = work[B * 8:B * 16].reshape((B, 8))
+    Z2 = work[B * 16:B * 17].reshape((B, 1))
+    A2 = work[B * 17:B * 18].reshape((B, 1))
+    G1 = work[B * 18:B * 26].reshape((B, 8))
+    D1 = work[B * 26:B * 34].reshape((B, 8))
+    D2 = work[B * 34:B * 35].reshape((B, 1))
+    return loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
 
 
 @numba.njit(cache=True)

@@ -35,6 +35,8 @@ PARAM_SHAPES = {'W1': (32, 64), 'b1': (32,), 'W2': (10, 32), 'b2': (10,)}
 FORWARD_BUFFERS = ("Z1", "A1", "Z2", "A2", )
 BACKWARD_BUFFERS = ("G1", "D1", "D2", )
 BUFFER_WIDTHS = {'Z1': 32, 'Z2': 10, 'A1': 32, 'A2': 10, 'G1': 32, 'D1': 32, 'D2': 10}
+# loss_and_grad_packed: the work array holds every buffer back to back, batch x WORK_WIDTH.
+WORK_WIDTH = 158
 # Layers of at least this many entries (batch x width) take their transcendental activation
 # from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
 VECTOR_MIN = 1024
@@ -129,6 +131,30 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
     # gW1 = sum_s delta1 a0^T
     np.dot(D1.T, X, gW1)
     return loss
+
+
+@numba.njit(cache=True)
+def loss_and_grad_packed(X, Y, theta, gtheta, work):
+    """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
+    back in PARAMS order, work every buffer; the views are taken here, so a step passes five
+    arrays into compiled code (Numba's call overhead grows with the number of arguments)."""
+    B = X.shape[0]
+    W1 = theta[0:2048].reshape((32, 64))
+    gW1 = gtheta[0:2048].reshape((32, 64))
+    b1 = theta[2048:2080]
+    gb1 = gtheta[2048:2080]
+    W2 = theta[2080:2400].reshape((10, 32))
+    gW2 = gtheta[2080:2400].reshape((10, 32))
+    b2 = theta[2400:2410]
+    gb2 = gtheta[2400:2410]
+    Z1 = work[B * 0:B * 32].reshape((B, 32))
+    A1 = work[B * 32:B * 64].reshape((B, 32))
+    Z2 = work[B * 64:B * 74].reshape((B, 10))
+    A2 = work[B * 74:B * 84].reshape((B, 10))
+    G1 = work[B * 84:B * 116].reshape((B, 32))
+    D1 = work[B * 116:B * 148].reshape((B, 32))
+    D2 = work[B * 148:B * 158].reshape((B, 10))
+    return loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
 
 
 @numba.njit(cache=True)

@@ -41,6 +41,8 @@ PARAM_SHAPES = {'W1': (8, 1), 'b1': (8,), 'W2': (8, 8), 'b2': (8,), 'W3': (1, 8)
 FORWARD_BUFFERS = ("Z1", "A1", "Z2", "A2", "Z3", "A3", )
 BACKWARD_BUFFERS = ("G1", "G2", "D1", "D2", "D3", )
 BUFFER_WIDTHS = {'Z1': 8, 'Z2': 8, 'Z3': 1, 'A1': 8, 'A2': 8, 'A3': 1, 'G1': 8, 'G2': 8, 'D1': 8, 'D2': 8, 'D3': 1}
+# loss_and_grad_packed: the work array holds every buffer back to back, batch x WORK_WIDTH.
+WORK_WIDTH = 67
 # Layers of at least this many entries (batch x width) take their transcendental activation
 # from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
 VECTOR_MIN = 1024
@@ -148,6 +150,38 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, 
             for q in range(1):   # gW1 = sum_s delta1 a0^T
                 gW1[j, q] += X[s, q]*D1[s, j]
     return loss
+
+
+@numba.njit(cache=True)
+def loss_and_grad_packed(X, Y, theta, gtheta, work):
+    """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
+    back in PARAMS order, work every buffer; the views are taken here, so a step passes five
+    arrays into compiled code (Numba's call overhead grows with the number of arguments)."""
+    B = X.shape[0]
+    W1 = theta[0:8].reshape((8, 1))
+    gW1 = gtheta[0:8].reshape((8, 1))
+    b1 = theta[8:16]
+    gb1 = gtheta[8:16]
+    W2 = theta[16:80].reshape((8, 8))
+    gW2 = gtheta[16:80].reshape((8, 8))
+    b2 = theta[80:88]
+    gb2 = gtheta[80:88]
+    W3 = theta[88:96].reshape((1, 8))
+    gW3 = gtheta[88:96].reshape((1, 8))
+    b3 = theta[96:97]
+    gb3 = gtheta[96:97]
+    Z1 = work[B * 0:B * 8].reshape((B, 8))
+    A1 = work[B * 8:B * 16].reshape((B, 8))
+    Z2 = work[B * 16:B * 24].reshape((B, 8))
+    A2 = work[B * 24:B * 32].reshape((B, 8))
+    Z3 = work[B * 32:B * 33].reshape((B, 1))
+    A3 = work[B * 33:B * 34].reshape((B, 1))
+    G1 = work[B * 34:B * 42].reshape((B, 8))
+    G2 = work[B * 42:B * 50].reshape((B, 8))
+    D1 = work[B * 50:B * 58].reshape((B, 8))
+    D2 = work[B * 58:B * 66].reshape((B, 8))
+    D3 = work[B * 66:B * 67].reshape((B, 1))
+    return loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3)
 
 
 @numba.njit(cache=True)

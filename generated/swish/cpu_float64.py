@@ -36,6 +36,8 @@ PARAM_SHAPES = {'W1': (4, 3), 'b1': (4,), 'W2': (2, 4), 'b2': (2,)}
 FORWARD_BUFFERS = ("Z1", "A1", "Z2", "A2", )
 BACKWARD_BUFFERS = ("G1", "D1", "D2", )
 BUFFER_WIDTHS = {'Z1': 4, 'Z2': 2, 'A1': 4, 'A2': 2, 'G1': 4, 'D1': 4, 'D2': 2}
+# loss_and_grad_packed: the work array holds every buffer back to back, batch x WORK_WIDTH.
+WORK_WIDTH = 22
 # Layers of at least this many entries (batch x width) take their transcendental activation
 # from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
 VECTOR_MIN = 1024
@@ -141,6 +143,30 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
             for q in range(3):   # gW1 = sum_s delta1 a0^T
                 gW1[j, q] += X[s, q]*D1[s, j]
     return loss
+
+
+@numba.njit(cache=True)
+def loss_and_grad_packed(X, Y, theta, gtheta, work):
+    """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
+    back in PARAMS order, work every buffer; the views are taken here, so a step passes five
+    arrays into compiled code (Numba's call overhead grows with the number of arguments)."""
+    B = X.shape[0]
+    W1 = theta[0:12].reshape((4, 3))
+    gW1 = gtheta[0:12].reshape((4, 3))
+    b1 = theta[12:16]
+    gb1 = gtheta[12:16]
+    W2 = theta[16:24].reshape((2, 4))
+    gW2 = gtheta[16:24].reshape((2, 4))
+    b2 = theta[24:26]
+    gb2 = gtheta[24:26]
+    Z1 = work[B * 0:B * 4].reshape((B, 4))
+    A1 = work[B * 4:B * 8].reshape((B, 4))
+    Z2 = work[B * 8:B * 10].reshape((B, 2))
+    A2 = work[B * 10:B * 12].reshape((B, 2))
+    G1 = work[B * 12:B * 16].reshape((B, 4))
+    D1 = work[B * 16:B * 20].reshape((B, 4))
+    D2 = work[B * 20:B * 22].reshape((B, 2))
+    return loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
 
 
 @numba.njit(cache=True)

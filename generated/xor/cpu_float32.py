@@ -36,6 +36,8 @@ PARAM_SHAPES = {'W1': (3, 2), 'b1': (3,), 'W2': (1, 3), 'b2': (1,)}
 FORWARD_BUFFERS = ("Z1", "A1", "Z2", "A2", )
 BACKWARD_BUFFERS = ("G1", "D1", "D2", )
 BUFFER_WIDTHS = {'Z1': 3, 'Z2': 1, 'A1': 3, 'A2': 1, 'G1': 3, 'D1': 3, 'D2': 1}
+# loss_and_grad_packed: the work array holds every buffer back to back, batch x WORK_WIDTH.
+WORK_WIDTH = 15
 # Layers of at least this many entries (batch x width) take their transcendental activation
 # from NumPy's vectorized ufuncs (see symbp.codegen.emit.VECTOR_MIN).
 VECTOR_MIN = 1024
@@ -164,6 +166,30 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
             for q in range(2):   # gW1 = sum_s delta1 a0^T
                 gW1[j, q] += X[s, q]*D1[s, j]
     return loss
+
+
+@numba.njit(cache=True)
+def loss_and_grad_packed(X, Y, theta, gtheta, work):
+    """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
+    back in PARAMS order, work every buffer; the views are taken here, so a step passes five
+    arrays into compiled code (Numba's call overhead grows with the number of arguments)."""
+    B = X.shape[0]
+    W1 = theta[0:6].reshape((3, 2))
+    gW1 = gtheta[0:6].reshape((3, 2))
+    b1 = theta[6:9]
+    gb1 = gtheta[6:9]
+    W2 = theta[9:12].reshape((1, 3))
+    gW2 = gtheta[9:12].reshape((1, 3))
+    b2 = theta[12:13]
+    gb2 = gtheta[12:13]
+    Z1 = work[B * 0:B * 3].reshape((B, 3))
+    A1 = work[B * 3:B * 6].reshape((B, 3))
+    Z2 = work[B * 6:B * 7].reshape((B, 1))
+    A2 = work[B * 7:B * 8].reshape((B, 1))
+    G1 = work[B * 8:B * 11].reshape((B, 3))
+    D1 = work[B * 11:B * 14].reshape((B, 3))
+    D2 = work[B * 14:B * 15].reshape((B, 1))
+    return loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
 
 
 @numba.njit(cache=True)

@@ -13,6 +13,7 @@ row reduction of the form sum_k exp(x_k) is shifted by the row maximum m (log-su
 sum_k exp(x_k) = exp(m) r with r = sum_k exp(x_k - m), substituted and simplified by SymPy
 (powsimp, expand_log), so softmax and its cross-entropy never overflow.
 """
+import numpy as np
 import sympy as sp
 
 from .. import __version__, naming
@@ -228,9 +229,25 @@ def emit(derivation, target="cpu", dtype="float64"):
         backward.append(step)
 
     params = [k for k in net.param_shapes()]
+    # packed entry point: every parameter (gradient, work buffer) back to back in one array
+    packed, off = [], 0
+    for key, shape in net.param_shapes().items():
+        size = int(np.prod(shape))
+        view = f"[{off}:{off + size}]" + (f".reshape({shape})" if len(shape) == 2 else "")
+        packed += [f"{key} = theta{view}", f"g{key} = gtheta{view}"]
+        off += size
     fwd_buffers = [n for l in range(1, L + 1) for n in (f"Z{l}", f"A{l}")]
     bwd_buffers = [f"G{l}" for l in range(1, L)] + [f"D{l}" for l in range(1, L + 1)]
     grads = ["g" + k for k in params]
+    widths = {**{f"Z{l}": net.sizes[l] for l in range(1, L + 1)},
+              **{f"A{l}": net.sizes[l] for l in range(1, L + 1)},
+              **{f"G{l}": net.sizes[l] for l in range(1, L)},
+              **{f"D{l}": net.sizes[l] for l in range(1, L + 1)}}
+    off = 0
+    for name in fwd_buffers + bwd_buffers:
+        packed.append(f"{name} = work[B * {off}:B * {off + widths[name]}].reshape((B, {widths[name]}))")
+        off += widths[name]
+    work_width = off
     used = helpers_used([stable_forms(e.rhs) for e in d.equations] + [stable_forms(loss_expr)])
     acts = ", ".join(l.activation.name for l in net.layers)
     ctx = {
@@ -239,10 +256,7 @@ def emit(derivation, target="cpu", dtype="float64"):
         "loss": net.loss.name, "reduction": net.reduction, "depth": L,
         "param_shapes": net.param_shapes(), "params": params, "grads": grads,
         "fwd_buffers": fwd_buffers, "bwd_buffers": bwd_buffers,
-        "buffer_widths": {**{f"Z{l}": net.sizes[l] for l in range(1, L + 1)},
-                          **{f"A{l}": net.sizes[l] for l in range(1, L + 1)},
-                          **{f"G{l}": net.sizes[l] for l in range(1, L)},
-                          **{f"D{l}": net.sizes[l] for l in range(1, L + 1)}},
+        "buffer_widths": widths, "packed": packed, "work_width": work_width,
         "helpers": [helper_source(h, p) for h in used], "layers": layers_fwd, "loss_lines": loss_lines,
         "loss_scale": loss_scale, "loss_reads": loss_reads, "backward": backward,
         "input_grad": input_grad, "input_grad_buffer": naming.ident(d["ga0"].lhs.base),

@@ -141,6 +141,12 @@ class Kernel:
         loss = self.module.loss_and_grad(X, Y, *ps, *fwd, *bwd, *grads)
         return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
 
+    def bind(self, params, X, Y):
+        """A BoundStep: the parameters copied into one packed array and the batch fixed, so that
+        each call of the step is a single five-array call into compiled code (for training loops
+        and benchmarks where the per-call cost matters)."""
+        return BoundStep(self, params, X, Y)
+
     def loss(self, params, X, Y):
         return self.loss_and_grad(params, X, Y, copy=False)[0]
 
@@ -160,3 +166,29 @@ class Kernel:
                                  f"array of dtype {self.dtype}")
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
         return float(self.module.sgd_step(X, Y, *ps, *fwd, *bwd, *grads, float(lr)))
+
+
+class BoundStep:
+    """One training-gradient step bound to packed arrays (``Kernel.bind``).
+
+    ``step()`` returns the loss and leaves the gradients in ``step.grads`` (views into one
+    packed array, keyed like params); ``step.params`` are views into the packed parameters
+    (a copy made at bind time: update them in place, e.g. ``step.theta -= lr * step.gtheta``).
+    """
+
+    def __init__(self, kernel, params, X, Y):
+        ps, X, Y = kernel._check(params, X, Y)
+        keys = kernel._params
+        self.theta = np.concatenate([a.ravel() for a in ps])
+        self.gtheta = np.zeros_like(self.theta)
+        self.work = np.empty(X.shape[0] * kernel.module.WORK_WIDTH, kernel.dtype)
+        self.params, self.grads, off = {}, {}, 0
+        for key, a in zip(keys, ps):
+            self.params[key] = self.theta[off:off + a.size].reshape(a.shape)
+            self.grads[key] = self.gtheta[off:off + a.size].reshape(a.shape)
+            off += a.size
+        self._fn = kernel.module.loss_and_grad_packed
+        self._args = (X, Y, self.theta, self.gtheta, self.work)
+
+    def __call__(self):
+        return self._fn(*self._args)
