@@ -102,16 +102,8 @@ def batch_form(lhs, rhs):
     return Product(lf.base, lf.indices == (c, o1), rf.base, rf.indices == (o2, c), bias)
 
 
-class Derivation:
-    """Equations of the backpropagation of one network, as SymPy derived them."""
-
-    def __init__(self, network, equations, layers, loss_sample, batch_factor):
-        self.network = network
-        self.equations = equations
-        self.layers = layers
-        self.loss_sample = loss_sample      # (per-sample loss expression in [s, i], "z" or "a")
-        self.batch_factor = batch_factor    # 1/B (mean) or 1 (sum)
-        self._by_name = {e.name: e for e in equations}
+class EquationLookup:
+    """Access to a derivation's equations by name and kind (``self.equations``, ``self._by_name``)."""
 
     def __getitem__(self, name):
         return self._by_name[name]
@@ -121,6 +113,18 @@ class Derivation:
 
     def of_kind(self, *kinds):
         return [e for e in self.equations if e.kind in kinds]
+
+
+class Derivation(EquationLookup):
+    """Equations of the backpropagation of one network, as SymPy derived them."""
+
+    def __init__(self, network, equations, layers, loss_sample, batch_factor):
+        self.network = network
+        self.equations = equations
+        self.layers = layers
+        self.loss_sample = loss_sample      # (per-sample loss expression in [s, i], "z" or "a")
+        self.batch_factor = batch_factor    # 1/B (mean) or 1 (sum)
+        self._by_name = {e.name: e for e in equations}
 
     def dump(self):
         """Every stage of every derived rule, as plain text (``symbp derive --dump``)."""

@@ -33,7 +33,6 @@ Names are letters, digits and ``_`` (no ``__``); nodes and parameters share one 
 import hashlib
 import json
 import numbers
-import os
 import tomllib
 from dataclasses import dataclass
 from typing import Optional
@@ -665,14 +664,5 @@ def loads_graph(text, where="<string>"):
 
 def load_graph(path):
     """Read a TOML graph spec file into a validated Graph."""
-    where = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise SpecError(where, "", f"cannot read the spec file ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SpecError(where, "", "not UTF-8 text") from None
-    return loads_graph(text, where)
+    from .spec import read_text
+    return loads_graph(*read_text(path))

@@ -34,7 +34,7 @@ import sympy as sp
 
 from . import naming
 from . import simplify as simp
-from .derivation import ActivationRule, Equation
+from .derivation import ActivationRule, Equation, EquationLookup
 from .derive import _forward_rule, _loss_from_logits, _softmax_z, output_form
 from .errors import DerivationError
 
@@ -272,7 +272,7 @@ def _rename(stages, mapping):
 # the derivation
 # ----------------------------------------------------------------------------------------------
 
-class GraphDerivation:
+class GraphDerivation(EquationLookup):
     """Equations of the backpropagation of one DAG, as SymPy derived them.
 
     Renderer-facing like ``symbp.derivation.Derivation``: ``equations`` (GraphEquation, each with
@@ -302,15 +302,6 @@ class GraphDerivation:
     @property
     def network(self):
         return self.graph
-
-    def __getitem__(self, name):
-        return self._by_name[name]
-
-    def equation(self, name):
-        return self._by_name[name]
-
-    def of_kind(self, *kinds):
-        return [e for e in self.equations if e.kind in kinds]
 
     def dump(self):
         """Every stage of every derived rule, as plain text."""

@@ -20,9 +20,9 @@ import sympy as sp
 
 from . import naming
 from .errors import InputError, SymbpError
-from .verify import (DEFAULT_TOL, ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, GradcheckReport, GradcheckRow, _NOISE_ULPS,
-                     _UNIT, _error, _fold, _kink_convention, _rational, _symbol, _torch_activation, _torch_expr,
-                     _value)
+from .verify import (DEFAULT_TOL, ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, GradcheckReport, _fold,
+                     _kink_convention, _rational, _symbol, _torch_activation, _torch_expr, _value,
+                     check_entries, noise_floor)
 
 
 def _arrays(where, graph, params, inputs, target):
@@ -83,10 +83,7 @@ def graph_gradcheck(kernel, params, inputs, target, eps=1e-6, tol=None, max_entr
     def L(p, x):
         return float(ref.loss_and_grad(p, x, t64)[0])
 
-    loss64 = L(p64, x64)
-    gmax = max((float(np.max(np.abs(g))) for g in analytic.values() if g.size), default=0.0)
-    scale = max(1.0, abs(loss64), gmax if gmax == gmax else 0.0)
-    floor = _NOISE_ULPS * scale * max(_UNIT["float64"] / eps, _UNIT[dtype]) / tol
+    floor = noise_floor(L(p64, x64), analytic, eps, dtype, tol)
     rng = np.random.default_rng(seed)
     rows = []
     for name in list(p64) + [x.name for x in graph.grad_inputs]:
@@ -99,27 +96,7 @@ def graph_gradcheck(kernel, params, inputs, target, eps=1e-6, tol=None, max_entr
                 return L(p64, {**x64, name: arr + delta})
             return L({**p64, name: arr + delta}, x64)
 
-        n = arr.size
-        flat = np.arange(n) if n <= max_entries else np.sort(rng.choice(n, size=max_entries, replace=False))
-        worst = (-1.0, None, 0.0, 0.0)
-        for f in flat:
-            idx = np.unravel_index(int(f), arr.shape)
-            step = np.zeros_like(arr)
-            step[idx] = eps
-            fd = (at(step) - at(-step)) / (2 * eps)
-            e = _error(g[idx], fd, floor)
-            if e > worst[0]:
-                worst = (e, tuple(int(i) for i in idx), float(g[idx]), float(fd))
-        ndir = directions if n > max_entries else 0
-        for dnum in range(ndir):
-            v = rng.standard_normal(arr.shape)
-            v /= np.linalg.norm(v)
-            fd = (at(eps * v) - at(-eps * v)) / (2 * eps)
-            gv = float(np.sum(g * v))
-            e = _error(gv, fd, floor)
-            if e > worst[0]:
-                worst = (e, f"dir{dnum}", gv, float(fd))
-        rows.append(GradcheckRow(name, arr.shape, len(flat), ndir, max(worst[0], 0.0), worst[1], worst[2], worst[3]))
+        rows.append(check_entries(name, arr, g, at, eps, floor, rng, max_entries, directions))
     return GradcheckReport(graph.name, dtype, float(eps), tol, floor, float(loss), tuple(rows))
 
 

@@ -126,13 +126,13 @@ def _ops(e):
 def cancel(expr, ctx=None):
     if expr.has(sp.Sum):
         # Sums stay as they are; simplify the coefficients around them.
-        return sp.collect(sp.expand(expr), [s for s in expr.atoms(sp.Sum)], evaluate=True)
+        return sp.collect(sp.expand(expr), sorted(expr.atoms(sp.Sum), key=str), evaluate=True)
     candidates = [expr]
     try:
         c = sp.cancel(expr)
         candidates += [sp.factor_terms(expr), c, sp.factor(c)]
     except (sp.PolynomialError, TypeError):
-        pass
+        candidates = [expr]   # not a rational function (e.g. Piecewise): keep it as it is
     return min(candidates, key=lambda e: (_ops(e), len(str(e))))
 
 

@@ -94,8 +94,8 @@ def loads(text, where="<string>"):
     return build(name, inputs, layers, kind, reduction, define, where)
 
 
-def load(path):
-    """Read a TOML spec file into a validated Network."""
+def read_text(path):
+    """(text, where) of a spec file: its UTF-8 text and its name for error messages."""
     where = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -103,7 +103,11 @@ def load(path):
     except OSError as e:
         raise SpecError(where, "", f"cannot read the spec file ({e.strerror})") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), where
     except UnicodeDecodeError:
         raise SpecError(where, "", "not UTF-8 text") from None
-    return loads(text, where)
+
+
+def load(path):
+    """Read a TOML spec file into a validated Network."""
+    return loads(*read_text(path))

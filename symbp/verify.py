@@ -174,10 +174,7 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
     def L(p, x):
         return float(ref.loss_and_grad(p, x, Y64)[0])
 
-    loss64 = L(p64, X64)
-    gmax = max((float(np.max(np.abs(g))) for g in analytic.values() if g.size), default=0.0)
-    scale = max(1.0, abs(loss64), gmax if gmax == gmax else 0.0)
-    floor = _NOISE_ULPS * scale * max(_UNIT["float64"] / eps, _UNIT[dtype]) / tol
+    floor = noise_floor(L(p64, X64), analytic, eps, dtype, tol)
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -194,29 +191,43 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
                 return L(p64, moved)
             return L({**p64, name: moved}, X64)
 
-        n = arr.size
-        flat = np.arange(n) if n <= max_entries else np.sort(rng.choice(n, size=max_entries, replace=False))
-        worst = (-1.0, None, 0.0, 0.0)
-        for f in flat:
-            idx = np.unravel_index(int(f), arr.shape)
-            step = np.zeros_like(arr)
-            step[idx] = eps
-            fd = (at(step) - at(-step)) / (2 * eps)
-            e = _error(g[idx], fd, floor)
-            if e > worst[0]:
-                worst = (e, tuple(int(i) for i in idx), float(g[idx]), float(fd))
-        ndir = directions if n > max_entries else 0
-        for d in range(ndir):
-            v = rng.standard_normal(arr.shape)
-            v /= np.linalg.norm(v)
-            fd = (at(eps * v) - at(-eps * v)) / (2 * eps)
-            gv = float(np.sum(g * v))
-            e = _error(gv, fd, floor)
-            if e > worst[0]:
-                worst = (e, f"dir{d}", gv, float(fd))
-        rows.append(GradcheckRow(name, arr.shape, len(flat), ndir, max(worst[0], 0.0), worst[1],
-                                 worst[2], worst[3]))
+        rows.append(check_entries(name, arr, g, at, eps, floor, rng, max_entries, directions))
     return GradcheckReport(kernel.network.name, dtype, float(eps), tol, floor, float(loss), tuple(rows))
+
+
+def noise_floor(loss64, analytic, eps, dtype, tol):
+    """The magnitude below which a gradient entry is compared absolutely (see gradcheck):
+    64 rounding units of the loss scale, of the float64 difference or the kernel's dtype."""
+    gmax = max((float(np.max(np.abs(g))) for g in analytic.values() if g.size), default=0.0)
+    scale = max(1.0, abs(loss64), gmax if gmax == gmax else 0.0)
+    return _NOISE_ULPS * scale * max(_UNIT["float64"] / eps, _UNIT[dtype]) / tol
+
+
+def check_entries(name, arr, g, at, eps, floor, rng, max_entries, directions):
+    """Central differences of ``at(delta)`` (the loss with ``arr + delta``) against the analytic
+    gradient ``g``: every entry, or ``max_entries`` drawn with ``rng`` plus ``directions``
+    random directions when ``arr`` is larger. Returns the GradcheckRow of the worst check."""
+    n = arr.size
+    flat = np.arange(n) if n <= max_entries else np.sort(rng.choice(n, size=max_entries, replace=False))
+    worst = (-1.0, None, 0.0, 0.0)
+    for f in flat:
+        idx = np.unravel_index(int(f), arr.shape)
+        step = np.zeros_like(arr)
+        step[idx] = eps
+        fd = (at(step) - at(-step)) / (2 * eps)
+        e = _error(g[idx], fd, floor)
+        if e > worst[0]:
+            worst = (e, tuple(int(i) for i in idx), float(g[idx]), float(fd))
+    ndir = directions if n > max_entries else 0
+    for d in range(ndir):
+        v = rng.standard_normal(arr.shape)
+        v /= np.linalg.norm(v)
+        fd = (at(eps * v) - at(-eps * v)) / (2 * eps)
+        gv = float(np.sum(g * v))
+        e = _error(gv, fd, floor)
+        if e > worst[0]:
+            worst = (e, f"dir{d}", gv, float(fd))
+    return GradcheckRow(name, arr.shape, len(flat), ndir, max(worst[0], 0.0), worst[1], worst[2], worst[3])
 
 
 # ----------------------------------------------------------------------------------------------
