@@ -69,7 +69,8 @@ def _sample(net, batch, seed, dtype):
 def cmd_check(args):
     from .derive import derive
     from . import generate
-    from .verify import gradcheck
+    from .verify import check_tol, gradcheck
+    tol = None if args.tol is None else check_tol(args.tol, "--tol")    # before anything is written
     net = _spec(args.spec)
     d = derive(net)
     k = generate(d, target="cpu", dtype=args.dtype, out_dir=_out_dir(args), jit=not args.no_jit)
@@ -78,7 +79,7 @@ def cmd_check(args):
     for key in params:   # nonzero biases too, so every term of the gradient is exercised
         params[key] += rng.normal(0, 0.1, size=params[key].shape).astype(k.dtype)
     X, Y = _sample(net, args.batch, args.seed, k.dtype)
-    report = gradcheck(k, params, X, Y, tol=args.tol)
+    report = gradcheck(k, params, X, Y, tol=tol)
     print(f"# {net}  ({k.path})")
     print(report)
     return 0 if report.ok else 1

@@ -73,14 +73,15 @@ def sample(graph, batch, seed, dtype):
 
 
 def cmd_check(args):
-    from .graph_verify import graph_gradcheck
+    from .graph_verify import check_tol, graph_gradcheck
+    tol = None if args.tol is None else check_tol(args.tol, "--tol")    # before anything is written
     k = _kernel(args)
     params = k.init_params(seed=args.seed)
     rng = np.random.default_rng(args.seed + 1)
     for key in params:    # nonzero biases too, so every term of the gradient is exercised
         params[key] += rng.normal(0, 0.1, size=params[key].shape).astype(k.dtype)
     inputs, target = sample(k.graph, args.batch, args.seed, k.dtype)
-    report = graph_gradcheck(k, params, inputs, target, tol=args.tol)
+    report = graph_gradcheck(k, params, inputs, target, tol=tol)
     print(f"# {k.graph}  ({k.path})")
     print(report)
     return 0 if report.ok else 1

@@ -22,7 +22,7 @@ from . import naming
 from .errors import InputError, SymbpError
 from .verify import (DEFAULT_TOL, ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, GradcheckReport, _fold,
                      _kink_convention, _rational, _symbol, _torch_activation, _torch_expr, _value,
-                     check_entries, noise_floor)
+                     check_entries, check_tol, noise_floor)
 
 
 def _arrays(where, graph, params, inputs, target):
@@ -70,7 +70,7 @@ def graph_gradcheck(kernel, params, inputs, target, eps=1e-6, tol=None, max_entr
     """Central finite differences against a GraphKernel's gradients (see ``symbp.verify.gradcheck``
     for the error, the floor and the sampling of entries); inputs marked grad are checked too."""
     dtype = np.dtype(kernel.dtype).name
-    tol = DEFAULT_TOL[dtype] if tol is None else float(tol)
+    tol = DEFAULT_TOL[dtype] if tol is None else check_tol(tol, "graph_gradcheck: tol")
     graph = kernel.graph
     loss, grads = kernel.loss_and_grad(params, inputs, target)
     analytic = {k: np.asarray(v, dtype=np.float64) for k, v in grads.items()}
@@ -83,7 +83,7 @@ def graph_gradcheck(kernel, params, inputs, target, eps=1e-6, tol=None, max_entr
     def L(p, x):
         return float(ref.loss_and_grad(p, x, t64)[0])
 
-    floor = noise_floor(L(p64, x64), analytic, eps, dtype, tol)
+    floor = noise_floor(L(p64, x64), analytic, eps, dtype)
     rng = np.random.default_rng(seed)
     rows = []
     for name in list(p64) + [x.name for x in graph.grad_inputs]:

@@ -139,12 +139,17 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
 
     The error of one comparison is ``|g - fd| / max(|g|, |fd|, floor)``: the relative error,
     except that values below ``floor`` are compared absolutely, so that an error <= tol means
-    ``|g - fd| <= tol * max(|g|, |fd|)`` or ``|g - fd| <= tol * floor``. The floor is the noise
-    the comparison cannot resolve, divided by tol:
-    ``floor = 64 * scale * max(u64 / eps, u) / tol`` with u64 = 2^-53 (rounding of the float64
-    loss, amplified by 1/eps in the difference), u the kernel's unit roundoff (2^-53 or 2^-24:
-    rounding of the analytic gradient) and ``scale = max(1, |L|, max |g|)``.
-    Default ``tol``: 1e-6 for float64 kernels, 1e-3 for float32 (see ``DEFAULT_TOL``). A point
+    ``|g - fd| <= tol * max(|g|, |fd|)`` or ``|g - fd| <= tol * floor``. The floor is the
+    magnitude at which the noise the comparison cannot resolve reaches the dtype's default
+    tolerance: ``floor = 64 * scale * max(u64 / eps, u) / DEFAULT_TOL[dtype]`` with u64 = 2^-53
+    (rounding of the float64 loss, amplified by 1/eps in the difference), u the kernel's unit
+    roundoff (2^-53 or 2^-24: rounding of the analytic gradient) and
+    ``scale = max(1, |L|, max |g|)``. It never depends on ``tol``: the errors are the same
+    numbers whatever ``tol`` is, and ``tol`` is only the threshold, so a tighter tolerance is a
+    harder check (one tighter than the noise fails an honest kernel, as it should).
+    ``tol`` is a relative error bound in (0, 1) (``check_tol``): at 1 or more a gradient off by
+    its own size would pass. Default: 1e-6 for float64 kernels, 1e-3 for float32
+    (``DEFAULT_TOL``). A point
     where a ReLU-like kink lies within eps of some pre-activation is not differentiable there
     and can fail legitimately.
 
@@ -153,13 +158,11 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
     dtype = np.dtype(kernel.dtype).name
     if dtype not in DEFAULT_TOL:
         raise InputError(f"gradcheck: kernel dtype: expected float32 or float64, got {dtype}")
-    if not (isinstance(eps, (int, float)) and eps > 0):
+    if not (isinstance(eps, (int, float)) and 0 < eps < math.inf):
         raise InputError(f"gradcheck: eps: expected a positive number, got {eps!r}")
     if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
         raise InputError(f"gradcheck: max_entries: expected an integer >= 1, got {max_entries!r}")
-    tol = DEFAULT_TOL[dtype] if tol is None else float(tol)
-    if not tol > 0:
-        raise InputError(f"gradcheck: tol: expected a positive number, got {tol!r}")
+    tol = DEFAULT_TOL[dtype] if tol is None else check_tol(tol, "gradcheck: tol")
 
     loss, grads = kernel.loss_and_grad(params, X, Y)
     gx = kernel.input_grad(params, X, Y)
@@ -174,7 +177,7 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
     def L(p, x):
         return float(ref.loss_and_grad(p, x, Y64)[0])
 
-    floor = noise_floor(L(p64, X64), analytic, eps, dtype, tol)
+    floor = noise_floor(L(p64, X64), analytic, eps, dtype)
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -195,12 +198,25 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
     return GradcheckReport(kernel.network.name, dtype, float(eps), tol, floor, float(loss), tuple(rows))
 
 
-def noise_floor(loss64, analytic, eps, dtype, tol):
+def check_tol(tol, where="tol"):
+    """``tol`` as a float when it is a relative error bound a check can fail, in (0, 1):
+    positive (0 fails everything, a negative or NaN bound nothing is within), finite and below 1
+    (the relative error of a gradient off by its own size is 1, of a sign flip 2); else an
+    InputError naming ``where``."""
+    ok = isinstance(tol, (int, float, np.floating)) and not isinstance(tol, bool)
+    if not (ok and 0 < float(tol) < 1):
+        raise InputError(f"{where}: expected a relative tolerance in (0, 1), e.g. 1e-6, got {tol!r}")
+    return float(tol)
+
+
+def noise_floor(loss64, analytic, eps, dtype):
     """The magnitude below which a gradient entry is compared absolutely (see gradcheck):
-    64 rounding units of the loss scale, of the float64 difference or the kernel's dtype."""
+    64 rounding units of the loss scale, of the float64 difference or the kernel's dtype, over
+    the dtype's default tolerance. Independent of the tolerance asked for: dividing by that one
+    made every tighter check easier (at tol 1e-16 every entry fell below the floor)."""
     gmax = max((float(np.max(np.abs(g))) for g in analytic.values() if g.size), default=0.0)
     scale = max(1.0, abs(loss64), gmax if gmax == gmax else 0.0)
-    return _NOISE_ULPS * scale * max(_UNIT["float64"] / eps, _UNIT[dtype]) / tol
+    return _NOISE_ULPS * scale * max(_UNIT["float64"] / eps, _UNIT[dtype]) / DEFAULT_TOL[dtype]
 
 
 def check_entries(name, arr, g, at, eps, floor, rng, max_entries, directions):
