@@ -592,5 +592,5 @@ def generate_cuda(derivation, dtype="float64", out_dir=None, jit=True, *, fuse_w
     # (fuse_width, geometry) must not be served from sys.modules as the old module.
     tag = hashlib.sha256(source.encode()).hexdigest()[:8]
     name = f"{naming.import_name(net.name, TARGET, dtype, net.digest)}_{tag}"
-    module = import_module(path, name, jit=True)
+    module = import_module(path, name, jit=True, digest=net.digest)
     return CudaKernel(derivation, module, path, dtype, jit, max_chunk=max_chunk)
