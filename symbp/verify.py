@@ -155,14 +155,7 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
 
     Returns a ``GradcheckReport``: ``.ok``, ``.max_error``, ``.errors`` and a table as ``str``.
     """
-    dtype = np.dtype(kernel.dtype).name
-    if dtype not in DEFAULT_TOL:
-        raise InputError(f"gradcheck: kernel dtype: expected float32 or float64, got {dtype}")
-    if not (isinstance(eps, (int, float)) and 0 < eps < math.inf):
-        raise InputError(f"gradcheck: eps: expected a positive number, got {eps!r}")
-    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-        raise InputError(f"gradcheck: max_entries: expected an integer >= 1, got {max_entries!r}")
-    tol = DEFAULT_TOL[dtype] if tol is None else check_tol(tol, "gradcheck: tol")
+    dtype, tol = check_options("gradcheck", kernel, eps, tol, max_entries)
 
     loss, grads = kernel.loss_and_grad(params, X, Y)
     gx = kernel.input_grad(params, X, Y)
@@ -196,6 +189,18 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
 
         rows.append(check_entries(name, arr, g, at, eps, floor, rng, max_entries, directions))
     return GradcheckReport(kernel.network.name, dtype, float(eps), tol, floor, float(loss), tuple(rows))
+
+
+def check_options(where, kernel, eps, tol, max_entries):
+    """(dtype name, tol) after checking gradcheck's options; an InputError naming the option."""
+    dtype = np.dtype(kernel.dtype).name
+    if dtype not in DEFAULT_TOL:
+        raise InputError(f"{where}: kernel dtype: expected float32 or float64, got {dtype}")
+    if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and 0 < eps < math.inf):
+        raise InputError(f"{where}: eps: expected a positive number, got {eps!r}")
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+        raise InputError(f"{where}: max_entries: expected an integer >= 1, got {max_entries!r}")
+    return dtype, DEFAULT_TOL[dtype] if tol is None else check_tol(tol, f"{where}: tol")
 
 
 def check_tol(tol, where="tol"):

@@ -145,3 +145,16 @@ def test_cli_check_fails_an_honest_kernel_at_an_unreachable_tol(tmp_path, capsys
     assert main(argv + ["--tol", "1e-6"]) == 0
     assert main(argv + ["--tol", "1e-16"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"eps": 0}, "eps: expected a positive number"),
+    ({"eps": float("inf")}, "eps: expected a positive number"),
+    ({"eps": True}, "eps: expected a positive number"),
+    ({"max_entries": 0}, "max_entries: expected an integer >= 1"),
+])
+def test_graph_gradcheck_checks_its_options_as_gradcheck_does(graph_case, kw, message):
+    k, _ = graph_case
+    inputs, target = sample(k.graph, 2, 0, k.dtype)
+    with pytest.raises(InputError, match=f"^graph_gradcheck: {message}"):
+        graph_gradcheck(k, k.init_params(0), inputs, target, **kw)
