@@ -73,19 +73,19 @@ class GraphKernel:
     def _buffers(self, B):
         """The calling thread's work buffers for batch size B (made on first use)."""
         try:
-            work = self._local.work
+            return self._local.work[B]      # the common case: one lookup each
         except AttributeError:
             work = self._local.work = {}
-        w = work.get(B)
-        if w is None:
-            m = self.module
-            fwd = {k: np.empty((B, n), self.dtype) for k, n in m.FORWARD_BUFFERS.items()}
-            bwd = {k: np.empty((B, n), self.dtype) for k, n in m.BACKWARD_BUFFERS.items()}
-            use = [np.empty(s, self.dtype) for s in m.USE_BUFFERS.values()]
-            grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
-            if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
-                work.pop(next(iter(work)))
-            w = work[B] = (fwd, bwd, use, grads)
+        except KeyError:
+            work = self._local.work
+        m = self.module
+        fwd = {k: np.empty((B, n), self.dtype) for k, n in m.FORWARD_BUFFERS.items()}
+        bwd = {k: np.empty((B, n), self.dtype) for k, n in m.BACKWARD_BUFFERS.items()}
+        use = [np.empty(s, self.dtype) for s in m.USE_BUFFERS.values()]
+        grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
+        if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
+            work.pop(next(iter(work)))
+        w = work[B] = (fwd, bwd, use, grads)
         return w
 
     def _run(self, params, inputs, target):

@@ -155,20 +155,20 @@ class Kernel:
     def _buffers(self, B):
         """The calling thread's work buffers for batch size B (made on first use)."""
         try:
-            work = self._local.work
+            return self._local.work[B]      # the common case: one lookup each
         except AttributeError:
             work = self._local.work = {}
-        w = work.get(B)
-        if w is None:
-            m = self.module
-            widths = m.BUFFER_WIDTHS
-            fwd = [np.empty((B, widths[n]), self.dtype) for n in m.FORWARD_BUFFERS]
-            bwd = [np.empty((B, widths[n]), self.dtype) for n in m.BACKWARD_BUFFERS]
-            grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
-            gx = np.empty((B, self.network.sizes[0]), self.dtype)
-            if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
-                work.pop(next(iter(work)))
-            w = work[B] = (fwd, bwd, grads, gx)
+        except KeyError:
+            work = self._local.work
+        m = self.module
+        widths = m.BUFFER_WIDTHS
+        fwd = [np.empty((B, widths[n]), self.dtype) for n in m.FORWARD_BUFFERS]
+        bwd = [np.empty((B, widths[n]), self.dtype) for n in m.BACKWARD_BUFFERS]
+        grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
+        gx = np.empty((B, self.network.sizes[0]), self.dtype)
+        if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
+            work.pop(next(iter(work)))
+        w = work[B] = (fwd, bwd, grads, gx)
         return w
 
     def compile(self):
