@@ -157,3 +157,45 @@ def test_buffers_are_per_thread_and_copy_false_returns_the_callers(tmp_path):
     assert all(seen[key] is not mine[key] for key in mine)       # another thread, other buffers
     _, again = k.loss_and_grad(p, X, Y, copy=False)
     assert all(again[key] is mine[key] for key in mine)          # the same thread, the same ones
+
+
+CUDA_SCRIPT = """
+import sys, threading, numpy as np, symbp
+sys.setswitchinterval(1e-6)   # threads interleave between any two bytecodes
+from symbp.codegen import cuda as cu
+from symbp.codegen.cuda import generate_cuda
+geometry = cu.Geometry(threads=32, row_threads=32, entry_block=(8, 4), util_threads=32, gemm_tile=8, gemm_k=4)
+d = symbp.derive(symbp.mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="threads_cuda"))
+k = generate_cuda(d, "float64", out_dir=sys.argv[1], geometry=geometry)
+rng = np.random.default_rng(0)
+p = {key: v + 0.1 for key, v in k.init_params(0).items()}
+batches = [(rng.normal(size=(5, 2)), rng.integers(0, 2, (5, 1)).astype(float)) for _ in range(3)]
+serial = [(k.loss_and_grad(p, X, Y), k.input_grad(p, X, Y)) for X, Y in batches]
+bad = [0]
+def work(i):
+    for _ in range(int(sys.argv[2])):
+        try:
+            (loss, g), gx = k.loss_and_grad(p, *batches[i]), k.input_grad(p, *batches[i])
+        except Exception as e:    # the simulator refuses concurrent launches (a GPU would race)
+            print(type(e).__name__, e, file=sys.stderr)
+            bad[0] += 1
+            continue
+        (rl, rg), rgx = serial[i]
+        bad[0] += not (loss == rl and np.array_equal(gx, rgx) and all(np.array_equal(g[key], rg[key]) for key in g))
+threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(bad[0])
+"""
+
+
+def test_cuda_kernel_from_three_threads_under_the_simulator(tmp_path):
+    """The CUDA kernel's device buffers are shared: calls from several threads are serialized
+    (unserialized, the simulator fails with "concurrent simulated kernel not supported")."""
+    import os
+    import subprocess
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run([sys.executable, "-c", CUDA_SCRIPT, str(tmp_path), "2"], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["0"], run.stdout + run.stderr[-2000:]
