@@ -7,10 +7,14 @@ tiny so that threads interleave between any two bytecodes (between a compiled ca
 of its buffers, or inside the NumPy passes of the vectorized path). MLP kernels on the fused
 loop path (small layers) and on the BLAS/vectorized path (64-wide layers, batch x width above
 VECTOR_MIN), graph kernels small and wide; as plain Python (the generated source, fast to load)
-and, for one MLP and one graph, compiled by Numba.
+and, for one MLP and one graph, compiled by Numba. The CUDA kernel (one set of device buffers,
+calls serialized by a lock) under Numba's simulator, in a subprocess.
 """
+import os
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +24,6 @@ from symbp.codegen.emit import VECTOR_MIN
 from symbp.codegen.graph_emit import generate_graph
 from symbp.graph import from_network, load_graph
 from symbp.graph_derive import derive_graph
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 4
@@ -192,8 +195,6 @@ print(bad[0])
 def test_cuda_kernel_from_three_threads_under_the_simulator(tmp_path):
     """The CUDA kernel's device buffers are shared: calls from several threads are serialized
     (unserialized, the simulator fails with "concurrent simulated kernel not supported")."""
-    import os
-    import subprocess
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = subprocess.run([sys.executable, "-c", CUDA_SCRIPT, str(tmp_path), "2"], capture_output=True, text=True,
                          env=env, timeout=600)

@@ -189,8 +189,8 @@ def _discard(cache, path, fname, error):
     try:
         cache.flush()
     except Exception as e:
-        raise SymbpError(f"{path}: Numba's cache of {fname} is unreadable ({type(error).__name__}) and "
-                         f"could not be reset ({type(e).__name__}: {e}); delete {path.parent / '__pycache__'}") from None
+        raise SymbpError(f"{path}: Numba's cache of {fname} is unreadable ({type(error).__name__}) and could "
+                         f"not be reset ({type(e).__name__}: {e}); delete {path.parent / '__pycache__'}") from None
     if path not in _WARNED:
         _WARNED.add(path)
         _say(f"{path}: Numba's cache entry for {fname} was unreadable ({type(error).__name__}: {error}); "
