@@ -149,9 +149,8 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
     harder check (one tighter than the noise fails an honest kernel, as it should).
     ``tol`` is a relative error bound in (0, 1) (``check_tol``): at 1 or more a gradient off by
     its own size would pass. Default: 1e-6 for float64 kernels, 1e-3 for float32
-    (``DEFAULT_TOL``). A point
-    where a ReLU-like kink lies within eps of some pre-activation is not differentiable there
-    and can fail legitimately.
+    (``DEFAULT_TOL``). A point where a ReLU-like kink lies within eps of some pre-activation is
+    not differentiable there and can fail legitimately.
 
     Returns a ``GradcheckReport``: ``.ok``, ``.max_error``, ``.errors`` and a table as ``str``.
     """
