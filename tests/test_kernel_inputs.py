@@ -135,7 +135,7 @@ def test_sgd_step_refuses_a_bad_lr_and_leaves_params_alone(faces, kind, lr):
     face = faces[kind]
     p = face.params()
     before = {k: v.copy() for k, v in p.items()}
-    with pytest.raises(InputError, match=r"^lr: expected one finite real number, got ") as e:
+    with pytest.raises(InputError, match=r"^lr: expected one finite real number \(in float64\), got ") as e:
         face.call("sgd_step", p, face.X, face.Y, lr)
     assert "\n" not in str(e.value)
     assert all(np.array_equal(p[k], before[k]) for k in p)
@@ -188,3 +188,15 @@ def test_cuda_bind_is_a_clear_error(faces):
     face = faces["cuda"]
     with pytest.raises(SymbpError, match=r"^bind: a bound step is a CPU kernel entry point"):
         face.k.bind(face.params(), face.X, face.Y)
+
+
+def test_float32_sgd_step_refuses_an_lr_that_overflows_float32(tmp_path):
+    k = symbp.generate(symbp.derive(symbp.load(XOR)), dtype="float32", out_dir=tmp_path, jit=False)
+    p = k.init_params(0)
+    X, Y = np.zeros((2, 2), np.float32), np.zeros((2, 1), np.float32)
+    before = {key: v.copy() for key, v in p.items()}
+    with pytest.raises(InputError, match=r"^lr: expected one finite real number \(in float32\), got 1e\+39$"):
+        k.sgd_step(p, X, Y, 1e39)
+    assert all(np.array_equal(p[key], before[key]) for key in p)      # refused: nothing changed
+    loss = k.loss(p, X, Y)
+    assert k.sgd_step(p, X, Y, 3e38) == loss        # representable in float32: accepted

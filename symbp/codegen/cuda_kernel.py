@@ -252,7 +252,7 @@ class CudaKernel(Kernel):
     @_locked
     def sgd_step(self, params, X, Y, lr):
         """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
-        lr = check_lr(lr)
+        lr = check_lr(lr, self.dtype)
         ps, X, Y = self._check(params, X, Y)
         check_writable(params, self._params, ps, self.dtype)
         dps, _ = self._loss_and_grad(ps, X, Y, False)

@@ -144,7 +144,7 @@ class GraphKernel:
 
     def sgd_step(self, params, inputs, target, lr):
         """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
-        lr = check_lr(lr)
+        lr = check_lr(lr, self.dtype)
         ps, xs, t = self._check(params, inputs, target)
         check_writable(params, self._params, ps, self.dtype)
         fwd, bwd, use, grads = self._buffers(xs[0].shape[0])

@@ -23,14 +23,16 @@ from ..errors import InputError
 _ABSENT = object()     # "no Y/target argument" (forward), as opposed to a None passed by mistake
 
 
-def check_lr(lr, where="lr"):
-    """``lr`` as a float when it is one finite real number (not a bool, not an array); else an
-    InputError naming ``where``. A negative lr is allowed (gradient ascent)."""
+def check_lr(lr, dtype=np.float64, where="lr"):
+    """``lr`` as a float when it is one real number, finite in ``dtype`` (a float32 kernel
+    steps with DTYPE(lr)), not a bool, not an array; else an InputError naming ``where``. A
+    negative lr is allowed (gradient ascent)."""
     if isinstance(lr, np.ndarray) and lr.ndim == 0:
         lr = lr[()]
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr):
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) \
+            or abs(float(lr)) > float(np.finfo(dtype).max):
         got = f"an array of shape {lr.shape}" if isinstance(lr, np.ndarray) else repr(lr)
-        raise InputError(f"{where}: expected one finite real number, got {got}")
+        raise InputError(f"{where}: expected one finite real number (in {np.dtype(dtype).name}), got {got}")
     return float(lr)
 
 
@@ -216,7 +218,7 @@ class Kernel:
 
     def sgd_step(self, params, X, Y, lr):
         """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
-        lr = check_lr(lr)
+        lr = check_lr(lr, self.dtype)
         ps, X, Y = self._check(params, X, Y)
         check_writable(params, self._params, ps, self.dtype)
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
