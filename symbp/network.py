@@ -223,6 +223,10 @@ def mlp(sizes, activations, loss, reduction="mean", name="mlp", define=None, bia
     if define is not None and not isinstance(define, dict):
         raise SpecError(where, "define", f"expected a dict of name -> expression in z, got {define!r}")
     sizes = [_int(s, where, f"sizes[{i}]") for i, s in enumerate(sizes)]
+    # the option checks of build(), under this function's argument names
+    if isinstance(relu_at_zero, bool) or relu_at_zero not in (0, 1):
+        raise SpecError(where, "relu_at_zero", f"expected 0 or 1, got {relu_at_zero!r}")
+    _flag(allow_any_output, where, "allow_any_output")
     if isinstance(bias, (list, tuple)):
         if len(bias) != len(sizes) - 1:
             raise SpecError(where, "bias", f"expected true/false or a list of {len(sizes) - 1} of them "
