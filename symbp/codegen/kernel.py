@@ -122,10 +122,26 @@ class Kernel:
         X = np.zeros((1, self.network.sizes[0]), self.dtype)
         Y = np.zeros((1, self.network.sizes[-1]), self.dtype)
         self.forward(params, X)
-        self.loss_and_grad(params, X, Y)
-        self.input_grad(params, X, Y)
-        self.sgd_step(params, X, Y, 0.0)
+        # A loss allowed after any output (bce after ReLU: allow_any_output) is undefined at this
+        # all-zero point (a = 0); each entry point is compiled before it fails there.
+        for call in (self.loss_and_grad, self.input_grad, lambda *a: self.sgd_step(*a, 0.0)):
+            try:
+                call(params, X, Y)
+            except InputError as e:
+                if not isinstance(e.__cause__, (ArithmeticError, ValueError)):
+                    raise
         return self
+
+    def _run(self, where, fn, *args):
+        """fn(*args); an output outside the loss's domain (bce with a = 0 or 1 exactly, possible
+        only with allow_any_output) is a division by zero in compiled code or a math domain
+        error in plain Python: one InputError line instead. Elsewhere outside (0, 1) the loss
+        is NaN (log of a negative number), as NumPy would give."""
+        try:
+            return fn(*args)
+        except (ArithmeticError, ValueError) as e:
+            raise InputError(f"{where}: the loss is not defined at these values ({e}): an output "
+                             f"is outside the domain of loss {self.network.loss.name!r}") from e
 
     # calls --------------------------------------------------------------------------------
     def forward(self, params, X):
@@ -138,7 +154,7 @@ class Kernel:
         """(loss, {"gW1": ..., ...} keyed like params). copy=False returns the work buffers."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        loss = self.module.loss_and_grad(X, Y, *ps, *fwd, *bwd, *grads)
+        loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *grads)
         return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
 
     def bind(self, params, X, Y):
@@ -154,7 +170,7 @@ class Kernel:
         """dL/dX, shape (B, n0): backpropagation to the data (seed 002, section 14.9)."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, gx = self._buffers(X.shape[0])
-        self.module.loss_and_input_grad(X, Y, *ps, *fwd, *bwd, *grads, gx)
+        self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
         return gx.copy()
 
     def sgd_step(self, params, X, Y, lr):
@@ -165,7 +181,7 @@ class Kernel:
                 raise InputError(f"params[{k!r}]: sgd_step updates in place and needs a C-contiguous "
                                  f"array of dtype {self.dtype}")
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        return float(self.module.sgd_step(X, Y, *ps, *fwd, *bwd, *grads, float(lr)))
+        return float(self._run("sgd_step", self.module.sgd_step, X, Y, *ps, *fwd, *bwd, *grads, float(lr)))
 
 
 class BoundStep:
