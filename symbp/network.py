@@ -17,9 +17,11 @@ existing digests stay as they were):
   and the oracle and the kernels must take the same one (see ``simplify.kink``).
 - ``Network.allow_any_output``: the loss's output-activation requirement (bce wants a sigmoid,
   ce a softmax) is lifted, for the Understanding Deep Learning toy example (ReLU then binary
-  cross-entropy). The loss is then computed from a, not from the logits, and is NaN where an
-  output leaves the loss's domain (bce: a <= 0 or a >= 1, log of a non-positive number); a
-  ``OutputRangeWarning`` says so when the network is built.
+  cross-entropy). The loss is then computed from a, not from the logits, and is undefined where
+  an output leaves the loss's domain (bce: a <= 0 or a >= 1, the log of a non-positive number):
+  NaN in the kernels where a < 0 or a > 1, and at a = 0 or 1 exactly (a ReLU output that is 0)
+  a division by zero that the Kernel reports as one InputError line; an ``OutputRangeWarning``
+  says so when the network is built.
 """
 import hashlib
 import numbers

@@ -291,13 +291,32 @@ def _fold(e):
     return e.evalf(_FOLD_DIGITS)
 
 
+_RELATIONS = (sp.StrictGreaterThan, sp.GreaterThan, sp.StrictLessThan, sp.LessThan)
+
+
 def _at_kinks(definition, at_zero):
     """The forward definition with each Piecewise boundary owned by the side whose derivative
     the network's relu_at_zero asks for (1: right, 0: left): the value is unchanged (the pieces
-    meet there), but ``sympy.diff`` then gives that side's derivative at the boundary. Max(0, u)
-    needs nothing here: its derivative is Heaviside(u), valued ``at_zero`` at 0 by ``_evaluate``."""
-    from .simplify import one_sided   # a condition rewrite; no derivative is taken there
-    return one_sided(definition, at_zero)
+    meet there), but ``sympy.diff`` then gives that side's derivative at the boundary (leaky
+    ReLU: z > 0 becomes z >= 0 for 1). Max(0, u) needs nothing here: its derivative is
+    Heaviside(u), valued ``at_zero`` at 0 by ``_evaluate``. Written here, not taken from the
+    kink pass of ``symbp.simplify``, so that the oracle stays independent of the derivation."""
+    z = naming.Z
+
+    def owned(cond):
+        if not isinstance(cond, _RELATIONS):
+            return cond
+        e = cond.lhs - cond.rhs
+        if e.free_symbols != {z} or not e.is_polynomial(z) or sp.degree(e, z) != 1:
+            return cond
+        c = sp.solve(e, z)[0]
+        right = bool(cond.xreplace({z: c + 1}))     # the branch lies right of its boundary
+        less = isinstance(cond, (sp.StrictLessThan, sp.LessThan))
+        op = ("<=" if less else ">=") if right == bool(at_zero) else ("<" if less else ">")
+        return sp.Rel(cond.lhs, cond.rhs, op)
+
+    return definition.replace(lambda e: isinstance(e, sp.Piecewise),
+                              lambda pw: sp.Piecewise(*[(v, owned(c)) for v, c in pw.args]))
 
 
 def _layer(network, P, l, a, fold):
