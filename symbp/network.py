@@ -197,7 +197,7 @@ def build(name, inputs, layers, loss, reduction="mean", define=None, where="",
                             f"(allow_any_output = true accepts it)")
         # asked for explicitly (the UDL toy example: ReLU then bce): allowed, with a warning
         warnings.warn(f"{where}: loss.allow_any_output: loss {loss!r} after a {out!r} output: "
-                      f"outputs may leave (0, 1), where the loss is NaN (log of a non-positive number)",
+                      f"outputs may leave (0, 1), where the loss is undefined (the log of a non-positive number)",
                       OutputRangeWarning, stacklevel=3)
     if reduction not in REDUCTIONS:
         raise SpecError(where, "loss.reduction", f"expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
