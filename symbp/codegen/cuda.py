@@ -576,6 +576,7 @@ def emit_cuda(derivation, dtype="float64", fuse_width=FUSE_WIDTH, geometry=DEFAU
         "geometry": geometry,
         "zero": p.doprint(sp.Integer(0)), "why": why,
         "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
+        "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
     })
     ctx["kernels"] = dict(ctx["kernels"])
     ctx["kernels"]["fill_zero"] = [("a", 1)]
