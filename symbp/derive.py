@@ -22,8 +22,8 @@ Each result goes through the ordered passes of ``symbp.simplify`` and keeps its 
 network's ``relu_at_zero`` reaches the kink pass through ``simplify.Context.at_zero``.
 The output's dL/da is derived from the loss in a; when the loss is not paired with its own
 activation (``allow_any_output``: bce after ReLU) it stays (a - y)/(a(1 - a)) up to the batch
-factor, delta = f'(z) times that, and the kernels compute that loss from a (NaN where a <= 0 or
-a >= 1: the log of a non-positive number).
+factor, delta = f'(z) times that, and the kernels compute that loss from a (undefined where
+a <= 0 or a >= 1: the log of a non-positive number).
 """
 from functools import lru_cache
 
@@ -91,8 +91,9 @@ def output_form(f, at_zero=0):
 
     Returns (stages, form, uses) where ``uses`` is "a" when the form reads only the layer
     output (sigmoid -> a(1-a), tanh -> 1-a^2, exp -> a, softplus -> 1-exp(-a), relu ->
-    Heaviside(a, 0)) and "z" when no exact rewrite exists (swish keeps z; relu with
-    ``at_zero`` = 1, whose Heaviside(z, 1) a = max(0, z) cannot tell from z < 0). Candidates come from
+    Heaviside(a, 0)) and "z" when no exact rewrite exists (swish keeps z; so does relu with
+    ``at_zero`` = 1: Heaviside(z, 1) is 1 at z = 0, where a = max(0, z) = 0 as for z < 0).
+    ``at_zero`` is the network's relu_at_zero, given to the kink pass. Candidates come from
     substituting f(z) -> a and z -> a (piecewise linear functions), and only if neither is
     exact, from solving a = f(u) for u = exp(z); each is checked numerically at CHECK_POINTS
     and the one with the fewest operations is kept.

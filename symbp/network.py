@@ -171,7 +171,8 @@ def build(name, inputs, layers, loss, reduction="mean", define=None, where="",
         raise SpecError(where, "layer", "expected at least one layer")
     if isinstance(relu_at_zero, bool) or relu_at_zero not in (0, 1):
         raise SpecError(where, "network.relu_at_zero",
-                        f"expected 0 or 1 (ReLU'(0): 0 as PyTorch, 1 as the CS231n-style slides), got {relu_at_zero!r}")
+                        f"expected 0 or 1 (ReLU'(0): 0 as PyTorch, 1 as the CS231n-style slides), "
+                        f"got {relu_at_zero!r}")
     allow_any_output = _flag(allow_any_output, where, "loss.allow_any_output")
     built = []
     for idx, entry in enumerate(layers, start=1):

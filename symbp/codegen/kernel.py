@@ -2,9 +2,10 @@
 
 Contract: a Kernel checks every array it is given before any compiled code runs (keys, shapes,
 dtype, finiteness is not checked), keeps one set of work buffers per batch size, and returns
-fresh arrays unless ``copy=False`` is asked for. An output outside the loss's domain (bce with
-a = 0 or 1 exactly, possible only with ``allow_any_output``) is an ``InputError`` line. Parameters are a dict {"W1": (n1, n0),
-"b1": (n1,), ...} in the kernel's dtype; X is (B, n0) and Y is (B, nL), batch rows.
+fresh arrays unless ``copy=False`` is asked for. Parameters are a dict {"W1": (n1, n0),
+"b1": (n1,), ...} in the kernel's dtype; X is (B, n0) and Y is (B, nL), batch rows. An output
+outside the loss's domain (bce with a = 0 or 1 exactly, possible only with
+``allow_any_output``) is one ``InputError`` line.
 """
 import numpy as np
 

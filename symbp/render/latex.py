@@ -618,7 +618,8 @@ class Renderer:
             notes.append(rf"At ${pre} = {sp.latex(p0)}$ {_text(act.name)} is not differentiable "
                          rf"(derivative ${sp.latex(left)}$ from the left, ${sp.latex(right)}$ from the "
                          rf"right); symbp uses ${act.latex}'({sp.latex(p0)}) = {sp.latex(value)}$, {side} "
-                         r"(the kink pass; the generated kernels use the same value" + self.at_zero_reason() + ").")
+                         r"(the kink pass; the generated kernels use the same value"
+                         + self.at_zero_reason() + ").")
         return " ".join(notes)
 
     def at_zero_reason(self):
