@@ -7,6 +7,7 @@ nothing written; ``check`` returns 1 when a gradient error is above tolerance.
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -187,13 +188,28 @@ def build_parser():
     return ap
 
 
+def _one_line_warning(show):
+    """warnings.showwarning that prints a spec warning (OutputRangeWarning: a loss allowed after
+    any output) as one line, like the errors; other warnings keep Python's format."""
+    from .network import OutputRangeWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, OutputRangeWarning):
+            print(f"symbp: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except SymbpError as e:
-        print(f"symbp: error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(warnings.showwarning)
+        try:
+            return args.fn(args)
+        except SymbpError as e:
+            print(f"symbp: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

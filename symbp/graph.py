@@ -616,15 +616,34 @@ def graph(name, activations=None):
     return GraphBuilder(name, activations)
 
 
+def _kink_matters(act):
+    """True if ReLU'(0) = 1 changes this activation's derivative (relu, leaky_relu, ...)."""
+    from . import simplify as simp
+    if not act.elementwise:
+        return False
+    d = sp.diff(act.definition, naming.Z)
+    return simp.kink(d, simp.Context(at_zero=0)) != simp.kink(d, simp.Context(at_zero=1))
+
+
 def from_network(net, input_grad=False):
     """The graph of an MLP: input x -> dense z1 (W1, b1) -> activation a1 -> ... -> loss(aL, y).
 
     Node and parameter names follow the MLP kernels (W1, b1, ...), so one params dict serves
-    both. ``input_grad`` marks x grad (dL/dX)."""
-    b = GraphBuilder(net.name, where=f"from_network({net.name})")
+    both. ``input_grad`` marks x grad (dL/dX). A layer without bias gives a dense node with
+    ``bias = false``. The graph IR has no relu_at_zero or allow_any_output option (its kinks take
+    ReLU'(0) = 0, its bce a sigmoid): a network that sets either is refused, not changed."""
+    where = f"from_network({net.name})"
+    if net.relu_at_zero and any(_kink_matters(layer.activation) for layer in net.layers):
+        raise SpecError(where, "network.relu_at_zero", "graphs take ReLU'(0) = 0; relu_at_zero = 1 "
+                                                      "is for MLP networks (symbp.derive)")
+    if net.loss.outputs and net.layers[-1].activation.name not in net.loss.outputs:
+        raise SpecError(where, "loss.allow_any_output", "graphs pair bce with a sigmoid and ce with a "
+                                                        "softmax; allow_any_output is for MLP networks")
+    b = GraphBuilder(net.name, where=where)
     prev = b.input("x", net.inputs, grad=input_grad)
     for l, layer in enumerate(net.layers, start=1):
-        z = b.dense(f"z{l}", prev, layer.units, weight=naming.param_key("W", l), bias=naming.param_key("b", l))
+        z = b.dense(f"z{l}", prev, layer.units, weight=naming.param_key("W", l),
+                    bias=naming.param_key("b", l) if layer.bias else False)
         prev = b.activation(f"a{l}", z, layer.activation)
     b.input("y", net.sizes[-1])
     b.loss("loss", prev, "y", net.loss.name, net.reduction)

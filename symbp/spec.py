@@ -8,9 +8,11 @@ spec text is never evaluated.
 
 Format::
 
-    [network]            name = "xor", inputs = 2
-    [[layer]]            units = 3, activation = "sigmoid"   (leaky_relu also takes slope = 0.1)
-    [loss]               kind = "bce", reduction = "mean"    (mse | sse | bce | ce; mean | sum)
+    [network]            name = "xor", inputs = 2            (optional relu_at_zero = 0 | 1)
+    [[layer]]            units = 3, activation = "sigmoid"   (leaky_relu also takes slope = 0.1;
+                                                              optional bias = false: z = W a)
+    [loss]               kind = "bce", reduction = "mean"    (mse | sse | bce | ce; mean | sum;
+                                                              optional allow_any_output = true)
     [activations]        swish = "z * sigmoid(z)"            (optional, expressions in z)
 """
 import os
@@ -21,8 +23,8 @@ from .functions import ACTIVATIONS
 from .network import build
 
 TOP_KEYS = ("network", "layer", "loss", "activations")
-NETWORK_KEYS = ("name", "inputs")
-LOSS_KEYS = ("kind", "reduction")
+NETWORK_KEYS = ("name", "inputs", "relu_at_zero")
+LOSS_KEYS = ("kind", "reduction", "allow_any_output")
 
 
 def _check_keys(table, allowed, where, prefix):
@@ -81,17 +83,18 @@ def loads(text, where="<string>"):
         prefix = f"layer[{idx}]."
         act_name = _str(t, "activation", where, prefix)
         params = ACTIVATIONS[act_name].params if act_name in ACTIVATIONS else ()
-        _check_keys(t, ("units", "activation") + tuple(p[0] for p in params), where, prefix)
+        _check_keys(t, ("units", "activation", "bias") + tuple(p[0] for p in params), where, prefix)
         if "units" not in t:
             raise SpecError(where, f"{prefix}units", "missing key (expected an integer >= 1)")
         act = {"name": act_name, **{p[0]: t[p[0]] for p in params if p[0] in t}} if params else act_name
-        layers.append((t["units"], act))
+        layers.append((t["units"], act, t.get("bias", True)))
 
     loss = _table(doc, "loss", where)
     _check_keys(loss, LOSS_KEYS, where, "loss.")
     kind = _str(loss, "kind", where, "loss.")
     reduction = _str(loss, "reduction", where, "loss.", default="mean")
-    return build(name, inputs, layers, kind, reduction, define, where)
+    return build(name, inputs, layers, kind, reduction, define, where,
+                 net.get("relu_at_zero", 0), loss.get("allow_any_output", False))
 
 
 def read_text(path):

@@ -140,6 +140,15 @@ BUILDER_CASES = {
                       ("evil", "not allowed")),
     "define_redefines_builtin": (dict(define={"tanh": "z"}), ("tanh", "built-in")),
     "softmax_one_unit": (dict(activations=["sigmoid", "softmax"], loss="ce"), ("units", "2 units")),
+    "bias_string": (dict(bias="no"), ("bias", "true or false", "'no'")),
+    "bias_list_too_short": (dict(bias=[False]), ("bias", "list of 2", "got 1")),
+    "bias_list_item": (dict(bias=[False, 1]), ("bias[1]", "true or false")),
+    "relu_at_zero_two": (dict(relu_at_zero=2), ("relu_at_zero", "0 or 1", "got 2")),
+    "relu_at_zero_bool": (dict(relu_at_zero=True), ("relu_at_zero", "0 or 1", "True")),
+    "allow_any_output_string": (dict(allow_any_output="yes"), ("allow_any_output", "true or false")),
+    "bce_after_relu_not_asked": (dict(activations=["sigmoid", "relu"]), ("loss", "sigmoid", "allow_any_output")),
+    "bce_after_softmax_even_allowed": (dict(sizes=[2, 3, 2], activations=["sigmoid", "softmax"],
+                                            allow_any_output=True), ("bce does not fit a softmax",)),
 }
 
 

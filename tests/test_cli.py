@@ -85,3 +85,21 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "delta2 = (a2 - y)/B" in out
     assert "4/4 points classified right." in out
     assert (tmp_path / "xor" / "cpu_float64.py").read_bytes() == (ROOT / "generated" / "xor" / "cpu_float64.py").read_bytes()
+
+
+def test_toy_spec_with_the_new_keys_derives_generates_and_warns_in_one_line(tmp_path, capsys):
+    """relu_at_zero, bias = false and allow_any_output from a spec file through the command line:
+    the OutputRangeWarning is one 'symbp: warning:' line, and the kernel compiles (its warm-up
+    point, a = 0, is outside the loss's domain)."""
+    spec = tmp_path / "toy.toml"
+    spec.write_text('[network]\nname = "toy"\ninputs = 2\nrelu_at_zero = 1\n'
+                    '[[layer]]\nunits = 1\nactivation = "relu"\nbias = false\n'
+                    '[loss]\nkind = "bce"\nallow_any_output = true\n')
+    assert main(["derive", str(spec)]) == 0
+    out, err = capsys.readouterr()
+    assert "z1 = W1 a0\n" in out and "Heaviside(z1, 1)" in out
+    assert err.splitlines() == [f"symbp: warning: {spec}: loss.allow_any_output: loss 'bce' after a 'relu' "
+                                "output: outputs may leave (0, 1), where the loss is undefined (the log "
+                                "of a non-positive number)"]
+    assert main(["generate", str(spec), "--out", str(tmp_path / "gen"), "--no-jit"]) == 0
+    assert (tmp_path / "gen" / "toy" / "cpu_float64.py").exists()

@@ -373,3 +373,40 @@ def test_failing_pdflatex_names_its_log_and_writes_no_document(tmp_path, monkeyp
     log = tmp_path / "xor.log"
     assert str(log) in str(e.value) and "Undefined control sequence" in str(e.value)
     assert log.exists() and not (tmp_path / "xor.tex").exists() and not (tmp_path / "xor.pdf").exists()
+
+
+# --- the network options: no bias, relu_at_zero, bce after ReLU --------------------------------
+
+@lru_cache(maxsize=None)
+def _options_derivation(key):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", symbp.OutputRangeWarning)
+        net = {"nobias_relu1": lambda: symbp.mlp([2, 2, 1], ["relu", "identity"], "mse", name="net",
+                                                bias=[False, True], relu_at_zero=1),
+               "udl_toy": lambda: symbp.mlp([2, 1], ["relu"], "bce", name="toy", allow_any_output=True)}[key]()
+    return symbp.derive(net)
+
+
+def test_no_bias_layer_and_relu_at_zero_one_are_stated():
+    tex = render(_options_derivation("nobias_relu1"), "cs231n", document=True)
+    # layer 1 has no b: not in its parameters, its affine map, its Jacobians or its gradients
+    assert "b^{[1]}" not in tex and r"\partial b^{[1]}" not in tex
+    assert "b^{[2]}" in tex
+    assert "(no bias)" in tex
+    # ReLU'(0) = 1: the kink stage, and the one sentence that says where it comes from
+    assert r"&= \mathbb{I}\left[z \ge 0\right] && \text{kink}" in tex
+    assert r"symbp uses $\operatorname{ReLU}'(0) = 1$, the derivative from the right" in tex
+    assert r"\texttt{relu\_at\_zero = 1}" in tex and "Backpropagation" in tex
+
+
+def test_default_relu_kink_names_the_option():
+    tex = render(derivation((2, 2, 1), ("relu", "identity"), "mse"), "cs231n", document=True)
+    assert r"\texttt{relu\_at\_zero = 0}, the convention of PyTorch" in tex
+
+
+@needs_pdflatex
+@pytest.mark.parametrize("notation", NOTATIONS)
+@pytest.mark.parametrize("key", ["nobias_relu1", "udl_toy"])
+def test_option_documents_compile(key, notation, tmp_path):
+    _compile(render(_options_derivation(key), notation, document=True), tmp_path)

@@ -11,6 +11,9 @@ Threads: a Kernel may be called from several threads at once. Work buffers (one 
 size) are kept per thread (``threading.local``), so concurrent calls never write into each
 other's buffers; ``copy=False`` returns the calling thread's buffers, which only that thread's
 next call overwrites. A ``BoundStep`` owns its arrays and belongs to one thread.
+
+An output outside the loss's domain (bce with a = 0 or 1 exactly, possible only with
+``allow_any_output``) is one ``InputError`` line.
 """
 import math
 import numbers
@@ -180,10 +183,26 @@ class Kernel:
         X = np.zeros((1, self.network.sizes[0]), self.dtype)
         Y = np.zeros((1, self.network.sizes[-1]), self.dtype)
         self.forward(params, X)
-        self.loss_and_grad(params, X, Y)
-        self.input_grad(params, X, Y)
-        self.sgd_step(params, X, Y, 0.0)
+        # A loss allowed after any output (bce after ReLU: allow_any_output) is undefined at this
+        # all-zero point (a = 0); each entry point is compiled before it fails there.
+        for call in (self.loss_and_grad, self.input_grad, lambda *a: self.sgd_step(*a, 0.0)):
+            try:
+                call(params, X, Y)
+            except InputError as e:
+                if not isinstance(e.__cause__, (ArithmeticError, ValueError)):
+                    raise
         return self
+
+    def _run(self, where, fn, *args):
+        """fn(*args); an output outside the loss's domain (bce with a = 0 or 1 exactly, possible
+        only with allow_any_output) is a division by zero in compiled code or a math domain
+        error in plain Python: one InputError line instead. Elsewhere outside (0, 1) the loss
+        is NaN (log of a negative number), as NumPy would give."""
+        try:
+            return fn(*args)
+        except (ArithmeticError, ValueError) as e:
+            raise InputError(f"{where}: the loss is not defined at these values ({e}): an output "
+                             f"is outside the domain of loss {self.network.loss.name!r}") from e
 
     # calls --------------------------------------------------------------------------------
     def forward(self, params, X):
@@ -196,7 +215,7 @@ class Kernel:
         """(loss, {"gW1": ..., ...} keyed like params). copy=False returns the work buffers."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        loss = self.module.loss_and_grad(X, Y, *ps, *fwd, *bwd, *grads)
+        loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *grads)
         return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
 
     def bind(self, params, X, Y):
@@ -213,7 +232,7 @@ class Kernel:
         "Backpropagation")."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, gx = self._buffers(X.shape[0])
-        self.module.loss_and_input_grad(X, Y, *ps, *fwd, *bwd, *grads, gx)
+        self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
         return gx.copy()
 
     def sgd_step(self, params, X, Y, lr):
@@ -222,7 +241,7 @@ class Kernel:
         ps, X, Y = self._check(params, X, Y)
         check_writable(params, self._params, ps, self.dtype)
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        return float(self.module.sgd_step(X, Y, *ps, *fwd, *bwd, *grads, lr))
+        return float(self._run("sgd_step", self.module.sgd_step, X, Y, *ps, *fwd, *bwd, *grads, lr))
 
 
 class BoundStep:

@@ -138,6 +138,9 @@ class Printer(LatexPrinter):
             out = (rf"\mathbb{{I}}\left[{arg} > 0\right]" if "\\frac" in arg
                    else rf"\mathbb{{I}}[{arg} > 0]")
             return out if exp is None else rf"{out}^{{{exp}}}"
+        if len(e.args) == 2 and e.args[1] == 1:     # relu_at_zero = 1: the step includes 0
+            out = rf"\mathbb{{I}}\left[{self._print(e.args[0])} \ge 0\right]"
+            return out if exp is None else rf"{out}^{{{exp}}}"
         return super()._print_Heaviside(e, exp)
 
     def _print_Derivative(self, e):
@@ -476,13 +479,17 @@ class Renderer:
         rows = []
         for l, layer in enumerate(self.net.layers, start=1):
             W = self.ctx.own("W", l, self.main)
-            b = self.ctx.own("b", l, self.main)
             pr = Printer(self.ctx, self.main)
+            params = rf"{pr.doprint(W)} \in \mathbb{{R}}^{{{W.shape[0]} \times {W.shape[1]}}}"
+            if layer.bias:
+                b = self.ctx.own("b", l, self.main)
+                params += rf",\ {pr.doprint(b)} \in \mathbb{{R}}^{{{b.shape[0]} \times {b.shape[1]}}}"
+            else:
+                params += r" (no bias)"
             rows.append({
                 "layer": l, "width": layer.units, "activation": _text(layer.activation.name),
                 "f": self.pr(layer.activation.definition, scalars=self.scalar_names()),
-                "params": rf"{pr.doprint(W)} \in \mathbb{{R}}^{{{W.shape[0]} \times {W.shape[1]}}},\ "
-                          rf"{pr.doprint(b)} \in \mathbb{{R}}^{{{b.shape[0]} \times {b.shape[1]}}}",
+                "params": params,
             })
             if not layer.activation.elementwise:
                 rows[-1]["f"] = rf"{layer.activation.latex}"
@@ -611,8 +618,17 @@ class Renderer:
             notes.append(rf"At ${pre} = {sp.latex(p0)}$ {_text(act.name)} is not differentiable "
                          rf"(derivative ${sp.latex(left)}$ from the left, ${sp.latex(right)}$ from the "
                          rf"right); symbp uses ${act.latex}'({sp.latex(p0)}) = {sp.latex(value)}$, {side} "
-                         r"(the kink pass; the generated kernels use the same value).")
+                         r"(the kink pass; the generated kernels use the same value"
+                         + self.at_zero_reason() + ").")
         return " ".join(notes)
+
+    def at_zero_reason(self):
+        """Where the network's relu_at_zero convention comes from (part of the kink note)."""
+        if self.net.relu_at_zero:
+            return (r"; the network sets \texttt{relu\_at\_zero = 1}, as the CS231n-style slides and "
+                    r"the book chapter ``Backpropagation'' take ReLU$'(0) = 1$")
+        return (r"; \texttt{relu\_at\_zero = 0}, the convention of PyTorch; "
+                r"\texttt{relu\_at\_zero = 1} takes the derivative from the right")
 
     def softmax_rule(self, doc, lr):
         l = lr.layer
@@ -653,8 +669,10 @@ class Renderer:
                 _row(pr.doprint(sp.Derivative(a[S, I], z[S, J], evaluate=False)), "= " + pr.doprint(lr.jacobian[-1][1])),
                 _row(pr.doprint(sp.Derivative(z[S, J], ap[S, I], evaluate=False)), "= " + pr.doprint(lr.dz_da[-1][1])),
                 _row(pr.doprint(sp.Derivative(z[S, J], W[P, Q], evaluate=False)), "= " + pr.doprint(lr.dz_dW[-1][1])),
-                _row(pr.doprint(sp.Derivative(z[S, J], b[P], evaluate=False)), "= " + pr.doprint(lr.dz_db[-1][1])),
             ]
+            if lr.dz_db is not None:    # a layer without bias has no b
+                rows.append(_row(pr.doprint(sp.Derivative(z[S, J], b[P], evaluate=False)),
+                                 "= " + pr.doprint(lr.dz_db[-1][1])))
             doc.align(rows)
             rows = []
             if self.small(self.n[l]):
@@ -827,10 +845,9 @@ class Renderer:
                  r"samples of the batch.")
         for l in range(1, self.L + 1):
             doc.text(rf"\textbf{{Layer {l}.}}")
-            rows = [self.mat_row(self.ctx.equation(self.d[f"gW{l}"], self.main)),
-                    self.mat_row(self.ctx.equation(self.d[f"gb{l}"], self.main))]
-            doc.align(rows)
-            doc.align(self.index_rows(self.d[f"gW{l}"]) + self.index_rows(self.d[f"gb{l}"]))
+            grads = [f"gW{l}"] + ([f"gb{l}"] if self.net.layers[l - 1].bias else [])
+            doc.align([self.mat_row(self.ctx.equation(self.d[g], self.main)) for g in grads])
+            doc.align([r for g in grads for r in self.index_rows(self.d[g])])
             if self.small(self.n[l], self.n[l - 1]):
                 gW = self.d[f"gW{l}"].rhs
                 summand = gW.function if isinstance(gW, sp.Sum) else gW
@@ -907,7 +924,8 @@ class Renderer:
                 rows.append(self.mat_row(self.ctx.equation(self.d[f"ga{l}"], fl)))
         for l in range(self.L, 0, -1):
             rows.append(self.mat_row(self.ctx.equation(self.d[f"gW{l}"], fl)))
-            rows.append(self.mat_row(self.ctx.equation(self.d[f"gb{l}"], fl)))
+            if self.net.layers[l - 1].bias:
+                rows.append(self.mat_row(self.ctx.equation(self.d[f"gb{l}"], fl)))
         rows.append(self.mat_row(self.ctx.equation(self.d["ga0"], fl)))
         return rows
 

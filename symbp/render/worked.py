@@ -17,8 +17,9 @@ Contract:
   form, then per entry the formula, the formula with the numbers substituted, and the value
   ("delta = (a - y)/B = (0.73 - 1)/1 = -0.27"); the forward pass also as a table of z and a per
   layer; gradients and the SGD update W - lr dL/dW as matrices.
-- At a kink (ReLU exactly at z = 0) the derivation's own one-sided convention is used (relu'(0) =
-  0, Heaviside(0) = 0, as PyTorch and JAX) and a note says so; no error.
+- At a kink (ReLU exactly at z = 0) the derivation's own one-sided convention is used (the
+  network's relu_at_zero: relu'(0) = 0, Heaviside(0) = 0, as PyTorch and JAX, or 1) and a note
+  says so; no error. A layer without bias has no ``b<l>`` in params, values or updates.
 - User mistakes raise ``SymbpError`` subclasses with one line: a missing or unexpected params
   key, a wrong shape, a non-number, decimals outside 0..12, a log or reciprocal of zero (or a
   log of a negative number) in the loss or its gradient.
@@ -332,7 +333,8 @@ class WorkedPrinter(LatexPrinter):
         return super()._print_Symbol(e)
 
     def _print_Heaviside(self, e, exp=None):
-        return rf"\mathbb{{I}}\left[{self._print(e.args[0])} > 0\right]"
+        rel = r"\ge" if len(e.args) == 2 and e.args[1] == 1 else ">"    # relu_at_zero = 1 or 0
+        return rf"\mathbb{{I}}\left[{self._print(e.args[0])} {rel} 0\right]"
 
     def _print_Sum(self, e):
         # Counted as the entries are (from 1 in most notations): sum_{k=1}^{n} for k = 0 .. n-1.
@@ -539,9 +541,10 @@ def evaluate(derivation, P, X, Y, rounding=None):
             env[yb[s, k]] = Y[s, k]
     for l in range(1, net.depth + 1):
         W, b = naming.quantity("W", l), naming.quantity("b", l)
-        Wm, bm = P[naming.param_key("W", l)], P[naming.param_key("b", l)]
+        Wm, bm = P[naming.param_key("W", l)], P.get(naming.param_key("b", l))   # no b: no bias
         for j in range(Wm.rows):
-            env[b[j]] = bm[j]
+            if bm is not None:
+                env[b[j]] = bm[j]
             for k in range(Wm.cols):
                 env[W[j, k]] = Wm[j, k]
     env[naming.BATCH] = sp.Integer(B)
@@ -804,6 +807,8 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
         for l in range(1, net.depth + 1):
             for kind in ("W", "b"):
                 key = naming.param_key(kind, l)
+                if key not in P:      # a layer without bias
+                    continue
                 g = values[naming.grad_kind(kind) + str(l)]
                 new = P[key] - eta * g
                 values[f"{key}_new"] = new
@@ -846,7 +851,7 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
                                  True, notation) + f" = {show(k.z, decimals)[0]}$"
         where += "" if single else f" (sample {nt.index(k.sample)})"
         side = {"left": "the derivative from the left, as PyTorch and JAX use",
-                "right": "the derivative from the right",
+                "right": "the derivative from the right, relu_at_zero = 1",
                 "neither": "neither one-sided derivative"}[k.side]
         f = net.layers[k.layer - 1].activation.latex
         zt = show(k.z, decimals)[0]
