@@ -215,6 +215,8 @@ class Printer(LatexPrinter):
             s = self._print(f)
             if isinstance(f, sp.Add) and not (alone and len(factors) == 1):
                 s = rf"\left({s}\right)"
+            if _is_indicator(f) and f is not factors[-1]:
+                s += r"\,"                 # 1[i = j]\, a_i: the bracket is not a product
             out.append(s)
         return sep.join(out) or "1"
 
@@ -319,8 +321,8 @@ def _target_minus_prediction(f):
 
 
 def _factor_key(f):
-    """Print order of a product's factors: numbers and sizes, indicators, the activation's
-    factors (a before 1 - a), other quantities, the incoming gradient last (local times
+    """Print order of a product's factors: numbers and sizes, indicators, weights, the
+    activation's factors (a before 1 - a), other quantities, the incoming gradient last (local times
     upstream, as f'(z) * (W^T delta) is written), sums at the end."""
     kinds = {_kind(x) for x in f.atoms(sp.Indexed)}
     if f.is_Number:
@@ -333,8 +335,10 @@ def _factor_key(f):
         group = 6
     elif kinds & {"ga", "delta", "gW", "gb"} or isinstance(f, sp.Derivative):
         group = 5
+    elif kinds == {"W"}:
+        group = 3                # W x: the weight before what it multiplies
     elif kinds <= {"a", "z"}:
-        group = 3
+        group = 3.5
     else:
         group = 4
     return group, isinstance(f, sp.Add) or (f.is_Pow and isinstance(f.base, sp.Add)), sp.default_sort_key(f)
@@ -668,8 +672,8 @@ class Renderer:
 
     def algorithm(self, doc):
         doc.section(r"The algorithm\label{sec:algorithm}")
-        doc.text(rf"The derivation follows Algorithm 14.1 of {self.cite('chapter')}, reproduced here "
-                 r"in the chapter's own notation (gradients $\mathbf{g}_l$ are row vectors, "
+        doc.text(rf"The derivation follows Algorithm 14.1 of {self.cite('chapter')}, reproduced in the "
+                 r"box in the chapter's own notation (gradients $\mathbf{g}_l$ are row vectors, "
                  r"$\mathbf{L}_l^{\mathbf{x}}$ and $\mathbf{L}_l^{\theta}$ the layer's Jacobians with "
                  r"respect to its input and its parameters):")
         doc.algorithm()
@@ -802,10 +806,12 @@ class Renderer:
                  rf"${pr.doprint(fwd.lhs)} = {pr.doprint(fwd.rhs)}$: every output depends on every "
                  r"input, and SymPy differentiates the quotient:")
         rows, prev, first = [], None, True
-        for name, e in lr.jacobian:
+        for name, e in (lr.jacobian if self.stages else _ends(lr.jacobian)):
             if prev is not None and e == prev:
                 continue
-            rows.append(_row(pr.doprint(lhs) if first else "", "= " + pr.doprint(e), rf"\text{{{_text(name)}}}"))
+            note = (rf"\text{{{_text(name)}}}" if self.stages else
+                    "" if first else rf"\text{{with }} {pr.doprint(fwd.lhs.xreplace({J: I}))} = \text{{softmax}}")
+            rows.append(_row(pr.doprint(lhs) if first else "", "= " + pr.doprint(e), note))
             prev, first = e, False
         doc.align(rows)
 
@@ -874,6 +880,17 @@ class Renderer:
             return None
         return self.ctx.convert(self.ctx.ours("Jz", l, "sample"), rhs)
 
+    def one_sample(self, text):
+        """Lead-in of per-sample equations; in the batch notation they are the lower-case rows of
+        its upper-case matrices, said once each time they appear."""
+        if self.main == "sample":
+            return text + ":"
+        if getattr(self, "_rows_said", False):
+            return text + r" $s$ (its rows, lower case):"
+        self._rows_said = True
+        return (text + r" $s$ (lower case: $h_l$, $a_l$ and $\delta_l$ are row $s$ of $H_l$, $A_l$ "
+                r"and $\Delta_l$, written as vectors):")
+
     def output(self, doc):
         L = self.L
         lr = self.d.layers[-1]
@@ -881,7 +898,7 @@ class Renderer:
         a, z = naming.quantity("a", L), naming.quantity("z", L)
         ga = naming.quantity("ga", L)
         delta = naming.quantity("delta", L)
-        pr = Printer(self.ctx, "sample")
+        pr = Printer(self.ctx, self.main)     # index form: entries of the notation's matrices
         chain = sp.Sum(ga[S, I] * sp.Derivative(a[S, I], z[S, J], evaluate=False), (I, 0, naming.width(L) - 1))
         doc.text(rf"The loss reaches ${self.nt.symbol('z', L, 'sample')}$ (the output layer, {L}) only "
                  r"through the activation, so "
@@ -890,8 +907,12 @@ class Renderer:
         fl = "sample"
         jac = self.ctx.convert(self.ctx.ours("delta", L, fl),
                                self.ctx.ours("Ja", L, fl) * self.ctx.ours("ga", L, fl))
-        rows = [_row(pr.doprint(delta[S, J]), "= " + pr.doprint(chain)), self.mat_row(jac, flavor=fl)]
-        doc.align(rows)
+        if self.main == fl:
+            doc.align([_row(pr.doprint(delta[S, J]), "= " + pr.doprint(chain)), self.mat_row(jac, flavor=fl)])
+        else:
+            doc.align([_row(pr.doprint(delta[S, J]), "= " + pr.doprint(chain))])
+            doc.text(self.one_sample("With the Jacobians, for one sample"))
+            doc.align([self.mat_row(jac, flavor=fl)])
         eq = self.d[f"delta{L}"]
         cancel = self.cancellation()
         if self.stages:
@@ -916,7 +937,7 @@ class Renderer:
             ex = self.explicit([("Ja", L, self.explicit_ours("Ja", L)), ("ga", L, self.explicit_ours("ga", L))])
             res = sp.Matrix(self.n[L], 1, lambda r, c: eq.rhs.xreplace({J: r}))
             pe = Printer(self.ctx, "sample", explicit=ex)
-            doc.text("Entry by entry, for one sample:")
+            doc.text(self.one_sample("Entry by entry, for one sample"))
             doc.align([_row(pr.doprint(jac.lhs), "= " + pe.doprint(jac.rhs)),
                        _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
 
@@ -927,7 +948,7 @@ class Renderer:
         L = self.L
         a, z, y = naming.quantity("a", L), naming.quantity("z", L), naming.quantity("y")
         ga, delta = naming.quantity("ga", L), naming.quantity("delta", L)
-        pr = Printer(self.ctx, "sample")
+        pr = Printer(self.ctx, self.main)
         up = self.d[f"ga{L}"].rhs
         local = lr.jacobian[-1][1]
         act = lr.activation
@@ -1021,7 +1042,7 @@ class Renderer:
                                      self.ctx.ours("Ja", l, fs) * self.ctx.ours("Jz", l + 1, fs)
                                      * self.ctx.ours("delta", l + 1, fs))
             doc.align(rows)
-            doc.text("With the Jacobians, for one sample:")
+            doc.text(self.one_sample("With the Jacobians, for one sample"))
             doc.align([self.mat_row(chain, flavor=fs)])
             if self.stages:
                 doc.text("In index form, SymPy's stages:")
@@ -1035,7 +1056,7 @@ class Renderer:
                                     ("delta", l + 1, self.explicit_ours("delta", l + 1))])
                 res = self.hidden_delta_entries(l)
                 pe = Printer(self.ctx, "sample", explicit=ex)
-                doc.text("Entry by entry:")
+                doc.text(self.one_sample("Entry by entry, for one sample"))
                 doc.align([_row(Printer(self.ctx, "sample").doprint(chain.lhs), "= " + pe.doprint(chain.rhs)),
                            _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
 
@@ -1134,7 +1155,9 @@ class Renderer:
             lr = self.d.layers[l - 1]
             ours_ga = self.ctx.product(self.d[f"ga{l}"], fl)[1]
             if lr.rule is not None:
-                had = sp.HadamardProduct(self.ctx.ours("fpa", l, fl), ours_ga)
+                # a derivative that keeps z (swish) is long: the summary names it f'(z)
+                kind = "fpa" if lr.rule.uses == "a" else "fp"
+                had = sp.HadamardProduct(self.ctx.ours(kind, l, fl), ours_ga)
                 rows.append(self.mat_row(self.ctx.convert(self.ctx.ours("delta", l, fl), had)))
             else:
                 rows.append(self.mat_row(self.ctx.equation(self.d[f"ga{l}"], fl)))
@@ -1197,10 +1220,14 @@ def write_document(derivation, path, notation="cs231n", pdf=False, stages=False)
     with tempfile.TemporaryDirectory(prefix="symbp-latex-") as tmp:
         src = Path(tmp) / "document.tex"
         src.write_text(tex, encoding="utf-8")
+        ok = True
         try:
-            run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", "-no-shell-escape",
-                                  src.name], cwd=tmp, capture_output=True, text=True, timeout=300)
-            ok = run.returncode == 0 and (Path(tmp) / "document.pdf").exists()
+            for _ in range(2):      # twice: the section references resolve on the second run
+                run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", "-no-shell-escape",
+                                      src.name], cwd=tmp, capture_output=True, text=True, timeout=300)
+                ok = run.returncode == 0 and (Path(tmp) / "document.pdf").exists()
+                if not ok:
+                    break
         except subprocess.TimeoutExpired:
             ok = False
         if not ok:
