@@ -500,3 +500,15 @@ def test_handout_pdf_layout(handouts, name, tmp_path):
                                     capture_output=True, text=True).stdout.split()) for k in range(1, pages + 1)]
         for k, n in enumerate(sizes[:-1], start=1):
             assert n >= 0.15 * max(sizes), (notation, k, sizes)
+
+
+def test_udl_toy_relu_then_bce_prints_as_the_slides():
+    """ReLU then binary cross-entropy (the toy example of the Understanding Deep Learning
+    slides): dL/df_0 = 1[f_0 > 0] (h_1 - y) / (h_1 (1 - h_1)), by the same printing rule."""
+    from symbp.functions import ACTIVATIONS, LOSSES
+    from symbp.network import Layer, Network
+    net = Network("toy", 2, (Layer(1, ACTIVATIONS["relu"]),), LOSSES["bce"], "sum")
+    tex = render(symbp.derive(net), "udl", document=True)
+    assert (r"\frac{\partial L}{\partial f_{0}} &= \mathbb{I}[f_{0} > 0] \odot "
+            r"\frac{h_{1} - y}{h_{1} \left(1 - h_{1}\right)}") in tex
+    assert r"\frac{\partial L}{\partial h_{1,j}} &= \frac{h_{1,j} - y_{j}}{h_{1,j} \left(1 - h_{1,j}\right)}" in tex

@@ -611,7 +611,7 @@ class Renderer:
             base = naming.quantity("delta", layer)
             return sp.Matrix(n[layer], 1, lambda r, c: base[S, r])
         if kind == "ga":
-            rhs = self.d[f"ga{layer}"].rhs
+            rhs = self.printed(self.d[f"ga{layer}"])
             return sp.Matrix(n[layer], 1, lambda r, c: rhs.xreplace({J: r}))
         raise KeyError(kind)
 
@@ -935,7 +935,8 @@ class Renderer:
         doc.align(rows)
         if self.small(self.n[L]):
             ex = self.explicit([("Ja", L, self.explicit_ours("Ja", L)), ("ga", L, self.explicit_ours("ga", L))])
-            res = sp.Matrix(self.n[L], 1, lambda r, c: eq.rhs.xreplace({J: r}))
+            out = self.printed(eq)
+            res = sp.Matrix(self.n[L], 1, lambda r, c: out.xreplace({J: r}))
             pe = Printer(self.ctx, "sample", explicit=ex)
             doc.text(self.one_sample("Entry by entry, for one sample"))
             doc.align([_row(pr.doprint(jac.lhs), "= " + pe.doprint(jac.rhs)),
@@ -949,7 +950,7 @@ class Renderer:
         a, z, y = naming.quantity("a", L), naming.quantity("z", L), naming.quantity("y")
         ga, delta = naming.quantity("ga", L), naming.quantity("delta", L)
         pr = Printer(self.ctx, self.main)
-        up = self.d[f"ga{L}"].rhs
+        up = self.printed(self.d[f"ga{L}"])
         local = lr.jacobian[-1][1]
         act = lr.activation
         doc.text(rf"The local factor is the derivative of the {_text(act.name)} output (its Jacobian "
@@ -983,16 +984,33 @@ class Renderer:
                 why = r"with } \sum_i y_i = 1 \text{ (one-hot targets)"
             else:
                 why = "sum over } i \text{"
-        final = "= " + pr.doprint(self.d[f"delta{L}"].rhs)
-        if final != rows[-1]["rhs"]:
+        final = "= " + pr.doprint(self.printed(self.d[f"delta{L}"]))
+        same = lr.rule is not None and final == "= " + pr.doprint(sp.Mul(fp, up))
+        if final != rows[-1]["rhs"] and not same:
             rows.append(_row("", final, rf"\text{{{why}}}"))
         doc.align(rows)
+
+    def printed(self, eq):
+        """The printed form of the output layer's dL/da and dL/dz: one fraction, factored, so
+        that the sign rule of the printer (``Printer._split``) reads (a - y) / (a (1 - a)) for
+        every loss and output activation. An exact rewrite (cancel, factor; checked); other
+        equations print as derived."""
+        e = eq.rhs
+        if eq.name not in (f"ga{self.L}", f"delta{self.L}") or e.has(sp.Sum, sp.Piecewise):
+            return e
+        try:
+            f = sp.factor(sp.cancel(e))
+        except (sp.PolynomialError, TypeError, ValueError):
+            return e
+        if sp.cancel(f - e) != 0 or sp.count_ops(f) > sp.count_ops(e) + 2:
+            return e
+        return f
 
     def vector_rhs(self, eq, flavor):
         """An elementwise equation's right side as whole vectors; transposed to a row where the
         notation's quantity of the left side is a row (the row-vector gradients of the book
         chapter "Backpropagation", eq. 14.4)."""
-        out = Printer(self.ctx, flavor, vector=True).doprint(eq.rhs)
+        out = Printer(self.ctx, flavor, vector=True).doprint(self.printed(eq))
         if naming.parse(eq.lhs.base)[0] in self.nt.transposed[flavor]:
             out = rf"\left({out}\right)^{{T}}"
         return out
