@@ -292,7 +292,7 @@ def test_sign_rule_is_exact():
 def test_relu_kink_is_stated():
     tex = render(derivation((2, 2, 1), ("relu", "identity"), "mse"), "cs231n", document=True)
     assert r"\operatorname{ReLU}'(z) &= \mathbb{I}[z > 0] && \text{derivative of }" in tex
-    assert r"\text{kink}" not in tex and r"\theta" not in tex
+    assert r"\text{kink}" not in tex and r"\theta\left(z\right)" not in tex
     staged = render(derivation((2, 2, 1), ("relu", "identity"), "mse"), "cs231n", document=True, stages=True)
     assert r"\operatorname{ReLU}'(z) &= \theta\left(z\right) && \text{derived}" in staged
     assert r"&= \mathbb{I}[z > 0] && \text{kink}" in staged

@@ -188,7 +188,8 @@ class Printer(LatexPrinter):
 
         The sign rule of the printed derivatives, for every loss: a denominator is a product of
         positive factors (a - 1 -> 1 - a) and a numerator reads prediction minus target
-        (y - a -> a - y); each flip moves a factor -1 to the front, so the value is unchanged."""
+        (y - a -> a - y); each flip moves a factor -1 to the front, so the value is unchanged; a
+        minus left over flips a numerator factor a - 1 -> 1 - a."""
         coeff, rest = e.as_coeff_mul()
         neg = bool(coeff.is_negative)
         coeff = -coeff if neg else coeff
@@ -207,6 +208,10 @@ class Printer(LatexPrinter):
             for k, f in enumerate(part):
                 if isinstance(f, sp.Add) and flip(f):
                     part[k], neg = -f, not neg
+        # a minus left over goes into a numerator factor a - 1 -> 1 - a where there is one
+        for k, f in enumerate(num):
+            if neg and isinstance(f, sp.Add) and _negative_constant(f):
+                num[k], neg = -f, False
         return neg, sorted(num, key=_factor_key), sorted(den, key=_factor_key)
 
     def _join(self, factors, sep, alone=True):
@@ -972,7 +977,8 @@ class Renderer:
         if lr.rule is not None:
             # diagonal: the indicator keeps the term i = j
             fp = lr.rule.form.xreplace({naming.A: a[S, J], naming.Z: z[S, J]})
-            rows.append(_row("", "= " + factor(fp) + r" \cdot " + factor(up),
+            prod = factor(up) if fp == 1 else factor(fp) + r" \cdot " + factor(up)
+            rows.append(_row("", "= " + prod,
                              rf"\text{{only }} i = j \text{{ remains}}"))
             why = ("the activation's derivative cancels" if cancel else "simplified")
         else:
