@@ -1,7 +1,8 @@
-"""Seed 001's toy example as numbered forward and backward steps, with numbers.
+"""The toy example of the Understanding Deep Learning slides "Backpropagation" as numbered
+forward and backward steps, with numbers.
 
-The network of the slides "Backpropagation Algorithm: Toy Example" (seed 001, notation of
-Understanding Deep Learning):
+The network of the slides "Backpropagation Algorithm: Toy Example" (A. Aghamohammadi, in the
+notation of Understanding Deep Learning):
 
     (1) f_0 = beta_0 + Omega_0 x        (2) h_1 = ReLU(f_0)
     (3) L = -y log h_1 - (1 - y) log(1 - h_1)

@@ -89,10 +89,11 @@ def cmd_demo(args):
     from .codegen.emit import text
     from .train import train
     from .verify import gradcheck, oracle_gradients
+    from .render.sources import cite
 
     out = print
     net = mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="xor")
-    out(f"1. The network (seed 004's XOR): {net}")
+    out(f"1. The network (the XOR of {cite('notebook')}): {net}")
     t = time.perf_counter()
     d = derive(net)
     out(f"\n2. Backpropagation derived by SymPy in {time.perf_counter() - t:.2f} s "
