@@ -512,3 +512,18 @@ def test_udl_toy_relu_then_bce_prints_as_the_slides():
     assert (r"\frac{\partial L}{\partial f_{0}} &= \mathbb{I}[f_{0} > 0] \odot "
             r"\frac{h_{1} - y}{h_{1} \left(1 - h_{1}\right)}") in tex
     assert r"\frac{\partial L}{\partial h_{1,j}} &= \frac{h_{1,j} - y_{j}}{h_{1,j} \left(1 - h_{1,j}\right)}" in tex
+
+
+def test_cli_stages_option(tmp_path):
+    from symbp.cli import main
+    xor = str(Path(__file__).parent.parent / "examples/specs/xor.toml")
+    plain, staged = tmp_path / "plain.tex", tmp_path / "staged.tex"
+    assert main(["derive", xor, "--latex", str(plain)]) == 0
+    assert main(["derive", xor, "--latex", str(staged), "--stages"]) == 0
+    assert r"\text{collapse}" in staged.read_text() and r"\text{collapse}" not in plain.read_text()
+    assert r"\emph{onehot}: one-hot targets: $\sum_i y_i = 1$" in staged.read_text()
+
+
+def test_every_pass_has_a_latex_legend():
+    from symbp import simplify
+    assert all(p.name in latex.PASS_LATEX for p in simplify.PASSES)
