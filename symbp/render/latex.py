@@ -71,6 +71,20 @@ STAGE_DOCS = dict([("definition", PASS_LATEX["definition"]), ("derived", PASS_LA
                   + [(p.name, PASS_LATEX.get(p.name) or _text(p.doc)) for p in simp.PASSES])
 
 
+# The losses in prose (name, description with its math in math mode); a loss added to the
+# function table without an entry here falls back to its plain name and doc.
+LOSS_TEXT = {
+    "mse": ("squared-error", r"half the squared error $\tfrac12 \lVert a - y \rVert^2$ per sample"),
+    "sse": ("squared-error", r"the squared error $\lVert a - y \rVert^2$ per sample"),
+    "bce": ("binary cross-entropy", "binary cross-entropy"),
+    "ce": ("cross-entropy", r"categorical cross-entropy (one-hot $y$)"),
+}
+
+
+def _loss_text(loss):
+    return LOSS_TEXT.get(loss.name, (_text(loss.name), _text(loss.doc)))
+
+
 def _call(fn, arg):
     """fn(arg), with growing parentheses only around tall arguments."""
     if any(t in arg for t in ("\\frac", "\\sum", "\\begin")):
@@ -136,7 +150,7 @@ class Printer(LatexPrinter):
                 lo, hi = lo + 1, hi + 1
             parts.append(rf"\sum_{{{self._print(var)}={self._print(lo)}}}^{{{self._print(hi)}}}")
         body = self._print(e.function)
-        if isinstance(e.function, sp.Add):
+        if isinstance(e.function, sp.Add) or body.startswith("-"):
             body = rf"\left({body}\right)"
         return " ".join(parts) + " " + body
 
@@ -340,6 +354,8 @@ def _factor_key(f):
         group = 6
     elif kinds & {"ga", "delta", "gW", "gb"} or isinstance(f, sp.Derivative):
         group = 5
+    elif isinstance(f, sp.Function) or (f.is_Pow and isinstance(f.base, sp.Function)):
+        group = 4.5              # y log a: functions after the quantities they are weighted by
     elif kinds == {"W"}:
         group = 3                # W x: the weight before what it multiplies
     elif kinds <= {"a", "z"}:
@@ -651,7 +667,7 @@ class Renderer:
         loss = self.net.loss
         red = ("the mean over a batch of $B$ samples" if self.net.reduction == "mean"
                else "the sum over a batch of $B$ samples")
-        doc.text(rf"Input width $n_0 = {self.n[0]}$; loss: {_text(loss.doc)}, summed over the "
+        doc.text(rf"Input width $n_0 = {self.n[0]}$; loss: {_loss_text(loss)[1]}, summed over the "
                  rf"{self.n[-1]} output unit{'s' if self.n[-1] > 1 else ''} and taken as {red}. "
                  r"Every derivative below was computed by SymPy (\texttt{sympy.diff}) and simplified "
                  r"by symbp's passes; nothing is written by hand.")
@@ -815,7 +831,7 @@ class Renderer:
             if prev is not None and e == prev:
                 continue
             note = (rf"\text{{{_text(name)}}}" if self.stages else
-                    "" if first else rf"\text{{with }} {pr.doprint(fwd.lhs.xreplace({J: I}))} = \text{{softmax}}")
+                    "" if first else r"\text{in terms of the outputs}")
             rows.append(_row(pr.doprint(lhs) if first else "", "= " + pr.doprint(e), note))
             prev, first = e, False
         doc.align(rows)
@@ -960,7 +976,7 @@ class Renderer:
         act = lr.activation
         doc.text(rf"The local factor is the derivative of the {_text(act.name)} output (its Jacobian "
                  rf"entry, section~\ref{{sec:jacobians}}), the upstream factor SymPy's derivative of the "
-                 rf"{_text(self.net.loss.name)} loss with respect to the output:")
+                 rf"{_loss_text(self.net.loss)[0]} loss with respect to the output:")
         doc.align([_row(pr.doprint(sp.Derivative(a[S, I], z[S, J], evaluate=False)),
                         "= " + pr.doprint(local), r"\text{local}"),
                    _row(pr.doprint(ga[S, J]), "= " + pr.doprint(up), r"\text{upstream}")])
@@ -987,7 +1003,7 @@ class Renderer:
                     if nxt == "onehot"]
             if prev and before and prev[0] != before[0]:
                 rows.append(_row("", "= " + pr.doprint(prev[0]), r"\text{sum over } i"))
-                why = r"with } \sum_i y_i = 1 \text{ (one-hot targets)"
+                why = r"with } \textstyle\sum_i y_i = 1 \text{ (one-hot targets)"
             else:
                 why = "sum over } i \text{"
         final = "= " + pr.doprint(self.printed(self.d[f"delta{L}"]))
@@ -1036,7 +1052,7 @@ class Renderer:
         pr = Printer(self.ctx, self.main, vector=True)
         act = self.d.layers[-1].activation
         return (rf"The derivative of the {_text(act.name)} output cancels against the derivative of "
-                rf"the {_text(self.net.loss.name)} loss{how}: what is left is the prediction error, "
+                rf"the {_loss_text(self.net.loss)[0]} loss{how}: what is left is the prediction error, "
                 rf"${pr.doprint(delta.lhs)} = {self.vector_rhs(delta, self.main)}$.")
 
     def backward(self, doc):
