@@ -1,26 +1,39 @@
 """LaTeX of a Derivation: a teaching document in one of five notations, or its summary.
 
 Contract:
-- ``render(derivation, notation="cs231n", document=False) -> str`` reads the Derivation only
-  (never re-derives) and prints every formula with a SymPy printer. ``document=False`` gives the
-  summary: one ``align*`` environment (starts with ``\\begin``, so Jupyter's ``_repr_latex_`` and
-  a LaTeX document can both take it) with the matrix equations of the forward and backward pass
-  and their shapes. ``document=True`` gives the handout (templates/latex/derivation.tex.j2):
-  forward equations, loss, each local derivative with SymPy's stages (derived, kink,
-  forward_outputs) and its rewriting in the forward outputs, the Jacobians (explicit matrices
-  when both sizes are at most ``SMALL``), the chain rule at the output with the stages that
-  cancel to a - y, the delta recursion with the Hadamard product, the parameter and input
-  gradients, shapes beside every matrix equation (dimension balancing), and the
-  vanishing-gradient bound when a layer is a sigmoid.
+- ``render(derivation, notation="cs231n", document=False, stages=False) -> str`` reads the
+  Derivation only (never re-derives) and prints every formula with a SymPy printer.
+  ``document=False`` gives the summary: one ``align*`` environment (starts with ``\\begin``, so
+  Jupyter's ``_repr_latex_`` and a LaTeX document can both take it) with the matrix equations of
+  the forward and backward pass and their shapes. ``document=True`` gives the handout
+  (templates/latex/derivation.tex.j2): the network, Algorithm 14.1 of the book chapter
+  "Backpropagation" in a box (templates/latex/algorithm.tex.j2), forward equations, loss, each
+  local derivative and its rewriting in the forward outputs, the Jacobians (explicit matrices
+  when both sizes are at most ``SMALL``), the chain rule at the output written as a textbook
+  does (local factor, upstream factor, their product, then the simplification as one explained
+  step), the delta recursion with the Hadamard product, the parameter and input gradients,
+  shapes beside every matrix equation (dimension balancing), the vanishing-gradient bound when
+  a layer is a sigmoid, and the works it cites (``render.sources``).
+- ``stages=True`` (``symbp derive --latex F --stages``) adds every stage of SymPy's passes,
+  labelled with the pass (legend ``PASS_LATEX``); the handout shows none of them.
+- Printing rules: a Kronecker delta prints as the indicator ``\\mathbb{I}[i = j]`` (delta is the
+  error in three notations); Heaviside(x, 0) as ``\\mathbb{I}[x > 0]``, in z where the derivation
+  shows 1[a > 0] = 1[z > 0] (ReLU); products print their factors in a fixed order (indicators,
+  weights, the activation's factors, the incoming gradient last); and every product follows one
+  sign rule (``Printer._split``): a denominator is a product of positive factors (a - 1 ->
+  1 - a), a numerator reads prediction minus target (y - a -> a - y). The output layer's dL/da
+  and dL/dz are printed as one factored fraction (``Renderer.printed``, an exact rewrite), so
+  binary cross-entropy gives (a - y) / (a (1 - a)) after any output activation.
 - Notations (``NOTATIONS``, symbols and conventions in ``render.notation``): the matrix
   equations are read off the index form (``derivation.batch_form``) as SymPy matrix
   expressions in the derivation's convention, then each of the derivation's matrices is
   replaced by the notation's own matrix or its transpose and SymPy moves the transposes; so
   f = W^T a gives dW = a delta^T and the row-vector convention gives g_in = g_out W.
-- ``write_document(derivation, path, notation, pdf=False)`` writes the .tex atomically; with
-  ``pdf=True`` it first compiles it with ``pdflatex -halt-on-error`` in a temporary directory
-  and puts the PDF beside the .tex. A missing or failing pdflatex raises a SymbpError (the
-  failing run's log is kept beside the .tex and named) and writes neither file.
+- ``write_document(derivation, path, notation, pdf=False, stages=False)`` writes the .tex
+  atomically; with ``pdf=True`` it first compiles it (twice, for the section references) with
+  ``pdflatex -halt-on-error`` in a temporary directory and puts the PDF beside the .tex. A
+  missing or failing pdflatex raises a SymbpError (the failing run's log is kept beside the
+  .tex and named) and writes neither file.
 Same Derivation, same bytes.
 """
 import os
