@@ -527,3 +527,27 @@ def test_cli_stages_option(tmp_path):
 def test_every_pass_has_a_latex_legend():
     from symbp import simplify
     assert all(p.name in latex.PASS_LATEX for p in simplify.PASSES)
+
+
+def test_batch_index_form_is_upper_case_and_rows_are_announced(xor):
+    """Batch notation: the index form speaks of the matrices (upper case); the per-sample
+    lower-case rows appear only after a sentence saying that they are rows of those matrices."""
+    tex = xor["batch"]
+    out = tex[tex.index("Output layer: the chain rule"):tex.index("Parameter gradients")]
+    assert r"\Delta_{2,sj} &= \sum_{i=1}^{n_{2}} \frac{\partial A_{2,si}}{\partial H_{2,sj}}" in out
+    assert r"\Delta_{2,sj} &= \sum_{i=1}^{n_{2}} \mathbb{I}[i = j]\, A_{2,si} \left(1 - A_{2,si}\right)" in out
+    for block in out.split(r"\begin{align*}")[1:]:
+        if r"\delta_{" in block.split(r"\end{align*}")[0]:
+            before = out[:out.index(block)]
+            assert "one sample $s$" in before.rsplit(r"\end{align*}", 1)[-1], block[:200]
+
+
+def test_sources_table_cites_works_not_files():
+    from symbp.render import sources
+    assert set(sources.NOTATION_SOURCE) == set(NOTATIONS)
+    assert sources.cite("chapter", "eq. 14.47") == 'the book chapter 14 "Backpropagation", eq. 14.47'
+    assert sources.cite("slides") == 'Soleymani, "Multi-Layer Networks & Back-Propagation"'
+    items = sources.bibliography({"udl", "slides"})
+    assert len(items) == 2 and items[0].startswith(r"\item M. Soleymani") and r"\&" in items[0]
+    for s in sources.SOURCES.values():
+        assert "seed" not in s.full() and ".txt" not in s.full()

@@ -855,7 +855,8 @@ class Renderer:
                else "one row per entry of the function (numerator layout)")
         doc.text(rf"Jacobians are written with {lay}; they are shown in full where both sizes are at "
                  rf"most {SMALL}. In index form ${INDICATOR}[i = j]$ is the indicator: 1 if $i = j$, "
-                 r"else 0.")
+                 r"else 0." + ("" if self.main == "sample" else
+                              " " + self.one_sample("They are those of one sample")[:-1] + "."))
         pr = Printer(self.ctx, "sample")
         for lr in self.d.layers:
             l = lr.layer
