@@ -1,4 +1,5 @@
-"""Backpropagation to the data (seed 002, section 14.9): optimise the INPUT of a trained network.
+"""Backpropagation to the data (the book chapter "Backpropagation", section 14.9):
+optimise the INPUT of a trained network.
 
 A small classifier of 4x4 images (a lit column: "vertical", a lit row: "horizontal") is built
 with the Python graph builder, its input x marked grad = true, and trained on a generated

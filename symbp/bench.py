@@ -6,7 +6,7 @@ Contract:
 - ``add_command(subparsers)`` adds ``bench``; ``main(argv) -> int`` runs the same command on its
   own (benchmarks/bench_mlp.py calls it). Exit status 0, or 1 when a kernel cannot be built or
   any implementation's loss and gradients disagree with the float64 reference. Speed targets
-  (issue 4) are reported as met or missed and never change the exit status: timings on a shared
+  are reported as met or missed and never change the exit status: timings on a shared
   machine are measurements, not assertions.
 - A step is forward + loss + backward with the gradients of every parameter, on inputs built
   once. Cases (``CASES``; ``--cases`` picks by key): XOR 2-3-1 sigmoid + bce B=4; 64-64-64-10
@@ -687,7 +687,7 @@ def report(out, data, labels):
             out(f"  {e['case']} {e['dtype']}:\n    " + "\n    ".join(parts))
     if data["targets"]:
         out("")
-        out("issue 4 targets (float32):")
+        out("speed targets (float32):")
         for what, met, how in data["targets"]:
             out(f"  {'met   ' if met else 'MISSED'}  {what}: {how}")
     out(f"\ntotal benchmark time {data['elapsed_s']:.0f} s")

@@ -32,7 +32,7 @@ def cmd_derive(args):
         raise SymbpError("--pdf: give the .tex file to write with --latex FILE")
     if args.latex:
         from .render.latex import write_document
-        for path in write_document(d, args.latex, args.notation, pdf=args.pdf):
+        for path in write_document(d, args.latex, args.notation, pdf=args.pdf, stages=args.stages):
             print(f"wrote {path}")
     if args.dump:
         sys.stdout.write(d.dump())
@@ -91,10 +91,11 @@ def cmd_demo(args):
     from .codegen.emit import text
     from .train import train
     from .verify import gradcheck, oracle_gradients
+    from .render.sources import cite
 
     out = print
     net = mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="xor")
-    out(f"1. The network (seed 004's XOR): {net}")
+    out(f"1. The network (the XOR of {cite('notebook')}): {net}")
     t = time.perf_counter()
     d = derive(net)
     out(f"\n2. Backpropagation derived by SymPy in {time.perf_counter() - t:.2f} s "
@@ -160,6 +161,8 @@ def build_parser():
     p.add_argument("--notation", default="cs231n",
                    help="cs231n | udl | transposed | rowvector | batch")
     p.add_argument("--pdf", action="store_true", help="also compile the document with pdflatex")
+    p.add_argument("--stages", action="store_true",
+                   help="show SymPy's simplification stages, labelled with their passes, in the document")
     p.set_defaults(fn=cmd_derive)
 
     p = sub.add_parser("generate", help="emit and compile the kernel of a spec")

@@ -148,9 +148,11 @@ class Derivation(EquationLookup):
         out.append(f"\n## per-sample loss used by the kernels (in {self.loss_sample[1]}): {self.loss_sample[0]}")
         return "\n".join(out) + "\n"
 
-    def latex(self, notation="cs231n", document=False):
+    def latex(self, notation="cs231n", document=False, stages=False):
+        """LaTeX in a notation; ``stages=True`` adds every simplification stage, labelled with
+        its pass, to the document (the handout shows the textbook's steps only)."""
         from .render.latex import render
-        return render(self, notation=notation, document=document)
+        return render(self, notation=notation, document=document, stages=stages)
 
     def _repr_latex_(self):
         return self.latex()

@@ -12,7 +12,8 @@ index s (rows of a batch) and symbolic widths n_l, so that the work does not gro
 2. local derivatives: f'(z) = diff(f(z), z), rewritten in terms of a = f(z) where that is exact
    (``output_form``); the activation Jacobian J^l[s,i,j] = diff(a^l[s,i], z^l[s,j]) (diagonal for
    elementwise, full for softmax); the affine Jacobians dz/da^{l-1}, dz/dW, dz/db.
-3. the general backpropagation algorithm (Algorithm 14.1 of seed 002, g_in = g_out L^x):
+3. the general backpropagation algorithm (Algorithm 14.1 of chapter 14 "Backpropagation",
+   g_in = g_out L^x):
    delta^L[s,j] = sum_i dL/da^L[s,i] J^L[s,i,j];
    g^{l-1}[s,k] = sum_j delta^l[s,j] dz^l[s,j]/da^{l-1}[s,k]   (= (W^T delta)_k);
    delta^{l-1}[s,j] = sum_i g^{l-1}[s,i] J^{l-1}[s,i,j];

@@ -19,7 +19,8 @@ Node kinds (``inputs`` lists the nodes a node reads, in slot order; any node may
 - ``activation``: out = f(in) with f from ``symbp.functions.ACTIVATIONS`` (softmax included, its
   parameters such as ``slope`` as extra keys) or from the spec's ``[activations]`` expressions.
 - ``add`` / ``multiply``: elementwise sum / product of two or more inputs of one width.
-- ``concat``: the inputs' vectors one after the other (merge, eq. 14.37 of seed 002).
+- ``concat``: the inputs' vectors one after the other (merge, eq. 14.37 of chapter 14
+  "Backpropagation").
 - ``expression``: an elementwise expression of its inputs, written with their node names
   (``"x * sigmoid(g)"``), parsed by the safe parser; every input must appear in it.
 - ``loss``: ``loss`` (a kind of ``symbp.functions.LOSSES``) of ``input`` against ``target``, an

@@ -1,4 +1,4 @@
-"""Backpropagation over a DAG (seed 002, sections 14.7-14.9), derived with SymPy.
+"""Backpropagation over a DAG (chapter 14 "Backpropagation", sections 14.7-14.9), with SymPy.
 
 Contract: ``derive_graph(graph) -> GraphDerivation``. Every local derivative comes from
 ``sympy.diff`` of a node's forward definition, in index notation with the sample index s and

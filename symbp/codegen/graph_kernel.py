@@ -129,8 +129,8 @@ class GraphKernel:
         return self._run(params, inputs, target)[0]
 
     def input_grads(self, params, inputs, target):
-        """{input: dL/dinput} for the inputs marked grad (backpropagation to the data, section
-        14.9 of the book chapter "Backpropagation"); shape (B, width) each."""
+        """{input: dL/dinput} for the inputs marked grad (backpropagation to the data, chapter 14
+        "Backpropagation", section 14.9); shape (B, width) each."""
         if not self.module.INPUT_GRADS:
             raise InputError(f"input_grads: no input of graph {self.graph.name!r} is marked grad = true")
         _, _, bwd, _ = self._run(params, inputs, target)

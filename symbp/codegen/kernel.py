@@ -228,8 +228,7 @@ class Kernel:
         return self.loss_and_grad(params, X, Y, copy=False)[0]
 
     def input_grad(self, params, X, Y):
-        """dL/dX, shape (B, n0): backpropagation to the data (section 14.9 of the book chapter
-        "Backpropagation")."""
+        """dL/dX, shape (B, n0): backpropagation to the data (chapter 14 "Backpropagation", 14.9)."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, gx = self._buffers(X.shape[0])
         self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)

@@ -793,7 +793,7 @@ def _input_answer(net, ev, decimals, B):
 
 
 # Circuit expressions whose gates keep integers integral (add, mul, max, constant add), each
-# showing a gate pattern of seed 000: add distributes, mul swaps, max routes, copy adds.
+# showing a gate pattern of Soleymani's slides ("Multi-Layer Networks & Back-Propagation"): add distributes, mul swaps, max routes, copy adds.
 CIRCUITS = (
     "(x + y)*z",
     "x*y + y*z",

@@ -265,8 +265,8 @@ def entry_name(base, indices, batch_single=False, notation="cs231n"):
     """LaTeX name of an entry in a notation (render.notation): z^{[1]}_{2}, f_{0,1} (udl),
     \\frac{\\partial L}{\\partial W^{[1]}_{12}}, ...
 
-    Concrete indices are counted as the notation counts (from 1, or from 0 in seed 002); our
-    0-based (row, column) become (column, row) for the kinds a notation stores transposed. The
+    Concrete indices are counted as the notation counts (from 1, or from 0 in chapter 14 "Backpropagation");
+    our 0-based (row, column) become (column, row) for the kinds a notation stores transposed. The
     sample index of per-sample quantities is a superscript (s), or the row index in the batch
     notation; with ``batch_single`` (a batch of one) it is dropped. No indices: the symbol."""
     nt = _notation(notation)
@@ -820,7 +820,7 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
                 if transposed(kind, notation):
                     old, g_, new_, ga, na = old.T, g_.T, new_.T, ga.T, na.T
                 if transposed(kind, notation) != transposed("g" + kind, notation):
-                    gname = rf"\left({gname}\right)^{{T}}"      # seed 002's row gradients
+                    gname = rf"\left({gname}\right)^{{T}}"      # the book chapter's row gradients
                 eta_t = show(eta, MAX_DECIMALS)[0]
                 formula = rf"{sym} \leftarrow {sym} - \eta\, {gname}, \quad \eta = {eta_t}"
                 matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_latex_matrix(old, decimals)} - {eta_t} "
