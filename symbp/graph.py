@@ -37,6 +37,7 @@ spec ([network] and [[layer]] tables) given to the graph reader is refused with 
 """
 import difflib
 import hashlib
+import heapq
 import json
 import math
 import numbers
@@ -284,14 +285,25 @@ def _find_cycle(edges, order):
 
 
 def _topological(edges, order):
-    """Kahn's algorithm, ties broken by declared order (deterministic)."""
-    placed, out = set(), []
-    while len(out) < len(order):
-        for n in order:
-            if n not in placed and all(m in placed for m in edges[n]):
-                placed.add(n)
-                out.append(n)
-                break
+    """Kahn's algorithm, ties broken by declared order (deterministic): each step places the
+    first node in declared order whose inputs are all placed (a heap of ready nodes keyed by
+    declared position, so a graph of MAX_NODES nodes takes milliseconds, not seconds)."""
+    position = {n: i for i, n in enumerate(order)}
+    waiting = {n: len(set(edges[n])) for n in order}
+    consumers = {n: [] for n in order}
+    for n in order:
+        for m in dict.fromkeys(edges[n]):       # an input listed twice is one dependency
+            consumers[m].append(n)
+    ready = [position[n] for n in order if waiting[n] == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        n = order[heapq.heappop(ready)]
+        out.append(n)
+        for c in consumers[n]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, position[c])
     return out
 
 
@@ -534,9 +546,13 @@ def build_graph(name, nodes, activations=None, where=""):
             got = f"a {act} activation node" if act else f"a {src.kind} node"
             raise SpecError(where, f"{prefix}loss", f"loss {loss.loss.name!r} needs a {' or '.join(need)} activation "
                                                     f"node as its input, but {src.name!r} is {got}")
+    feeds = {n: [] for n in topo}               # n -> the nodes that read n
+    for c in topo:
+        for m in edges[c]:
+            feeds[m].append(c)
     reaches = {loss_name}
     for n in reversed(topo):
-        if any(c in reaches for c in topo if n in edges[c]) or n == tgt.name:
+        if any(c in reaches for c in feeds[n]) or n == tgt.name:
             reaches.add(n)
     for n in order:
         if n not in reaches:
