@@ -194,3 +194,52 @@ def test_closed_pipe_ends_quietly(tmp_path, argv):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141, err
     assert err == "", err
+
+
+# --- the README's command list is the parser's ----------------------------------------------
+
+def _readme_section(title):
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _commands(parser, prefix=("symbp",)):
+    """(words, options) of every leaf command: ("symbp", "graph", "check"), ["--target", ...]."""
+    import argparse
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        opts = [s for a in parser._actions if a.help != argparse.SUPPRESS
+                for s in a.option_strings if s.startswith("--") and s != "--help"]
+        yield prefix, opts
+        return
+    for name, sub in subs[0].choices.items():
+        yield from _commands(sub, prefix + (name,))
+
+
+def test_readme_lists_every_command_and_option():
+    block = _readme_section("Command line").split("```")[1]
+    # a command's entry: from its first line to the next line starting with "symbp "
+    entries = {}
+    for chunk in ("\n" + block).split("\nsymbp ")[1:]:
+        words = chunk.split()
+        entries.setdefault(words[0], []).append(chunk)
+    leaves = list(_commands(build_parser()))
+    assert len(leaves) >= 11
+    for words, opts in leaves:
+        found = [c for c in entries.get(words[1], []) if len(words) == 2 or words[2] in c.split()[1]]
+        assert found, f"README's command list lacks `{' '.join(words)}`"
+        for o in opts:
+            assert any(o in c for c in found), f"README's `{' '.join(words)}` lacks {o}"
+
+
+def test_readme_names_every_example():
+    layout = _readme_section("Layout")
+    for script in sorted((ROOT / "examples").glob("*.py")):
+        if not script.name.startswith("_"):
+            assert f"`{script.name}`" in layout, f"README's layout does not name {script.name}"
+
+
+def test_readme_says_where_files_go():
+    where = _readme_section("Where files are written")
+    for claim in ("SYMBP_GENERATED", "current working directory", "__pycache__", "--out DIR"):
+        assert claim in where
