@@ -61,13 +61,13 @@ def _constant_problem(value):
         if abs(value.p) > MAX_CONSTANT or value.q > MAX_CONSTANT:
             return "a constant beyond 1e30 in magnitude or precision"
         return None
-    if value.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
-        return "a constant that is not finite"
+    # Infinite or undefined values (log(0), zoo) are left to the callers' finiteness checks,
+    # which say so in their own words; here only finite magnitudes are bounded.
     try:
-        approx = complex(value.evalf(15))
+        size = abs(value.evalf(15))
     except (TypeError, ValueError, ArithmeticError):
         return None      # not a plain number (e.g. a symbolic Max of constants): leave it
-    if approx != approx or abs(approx) > MAX_CONSTANT:
+    if size.is_Number and size.is_finite and size > MAX_CONSTANT:
         return "a constant beyond 1e30 in magnitude"
     return None
 

@@ -282,6 +282,7 @@ BOUNDED = [
     ("z * " + "9" * 400, "the constant 9999"),
     ("2**100 * z", "a constant beyond 1e30"),
     ("exp(100) * z", "a constant beyond 1e30"),
+    ("exp(1000) * z", "a constant beyond 1e30"),
     ("exp(exp(exp(exp(5)))) * z", "a constant beyond 1e30"),
     ("(z**10)**20", "a power with exponent above 100"),
     ("(((((z+1)**100)**100)**100)**100)", "a power with exponent above 100"),
