@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SymbpError
+from .errors import SymbpError, cut
 
 EXIT_BROKEN_PIPE = 141    # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 
@@ -31,7 +31,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _fail(message):
-    print(f"symbp: error: {message}", file=sys.stderr)
+    # one line, and a short one, whichever module wrote the message
+    line = " ".join(str(message).splitlines())
+    print(f"symbp: error: {cut(line)}", file=sys.stderr)
     return 2
 
 

@@ -243,3 +243,12 @@ def test_readme_says_where_files_go():
     where = _readme_section("Where files are written")
     for claim in ("SYMBP_GENERATED", "current working directory", "__pycache__", "--out DIR"):
         assert claim in where
+
+
+@pytest.mark.parametrize("at", ["x=" + "1" * 100_000, "y" * 100_000 + "=1"], ids=["long_value", "long_name"])
+def test_error_lines_are_cut(capsys, at):
+    # whichever module words the error, the command line prints one short line
+    assert main(["circuit", "x", "--at", at]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("symbp: error: ") and len(err) <= 1100, len(err)
+    assert err.rstrip().endswith("...")
