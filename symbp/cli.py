@@ -253,10 +253,11 @@ def build_parser():
 
 def main(argv=None):
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:     # --help, --version (0) and argparse's one-line errors (2)
-        return e.code if isinstance(e.code, int) else 2
-    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:     # --help, --version (0) and argparse's one-line errors (2)
+            sys.stdout.flush()
+            return e.code if isinstance(e.code, int) else 2
         code = args.fn(args)
         sys.stdout.flush()      # a closed pipe shows here, not at interpreter exit
         return code
