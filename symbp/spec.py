@@ -6,7 +6,7 @@ above the stated maxima (``network.MAX_WIDTH``, ``MAX_LAYERS``, ``MAX_PARAMETERS
 activations or losses, a loss that does not fit the output layer and unsafe names each raise
 ``SpecError`` naming the file, the key and what was expected. A graph spec ([graph] and
 [[node]] tables) is recognised and refused with a pointer to ``symbp.load_graph`` /
-``symbp graph`` (``SpecError.spec_kind == "graph"``). The file is UTF-8, with or without a
+``symbp graph`` (a ``SpecKindError``, its ``spec_kind`` "graph"). The file is UTF-8, with or without a
 byte-order mark; TOML nested too deeply for the reader is a SpecError, not a RecursionError.
 Expression strings under [activations] go to the safe parser; spec text is never evaluated.
 
