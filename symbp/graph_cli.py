@@ -4,6 +4,7 @@ Contract: ``add_command(subparsers)`` adds the ``graph`` command (listed in
 ``symbp.cli.COMMAND_MODULES``); each subcommand returns an exit code: 0 on success, 1 when a
 gradient check fails; a SymbpError (bad spec, bad option) propagates to ``symbp.cli.main``, which
 prints one line and exits 2. Nothing is written before everything was derived and rendered.
+An MLP spec ([network] and [[layer]] tables) is refused with the MLP command to use.
 """
 import sys
 from pathlib import Path
@@ -11,15 +12,21 @@ from pathlib import Path
 import numpy as np
 
 
-def _graph(path):
+def _graph(args):
+    from .errors import SymbpError
     from .graph import load_graph
-    return load_graph(path)
+    from .spec import SpecKindError
+    try:
+        return load_graph(args.spec)
+    except SpecKindError as e:
+        raise SymbpError(f"{e.where}: this is an MLP spec ([network] and [[layer]] tables): use "
+                         f"`symbp {args.graph_command} {args.spec}`") from None
 
 
 def cmd_derive(args):
     from .codegen.emit import text
     from .graph_derive import derive_graph
-    d = derive_graph(_graph(args.spec))
+    d = derive_graph(_graph(args))
     if args.latex:
         from .codegen.load import write
         write(args.latex, d.latex(document=True))
@@ -43,7 +50,7 @@ def cmd_derive(args):
 def _kernel(args):
     from .codegen.graph_emit import generate_graph
     from .graph_derive import derive_graph
-    d = derive_graph(_graph(args.spec))
+    d = derive_graph(_graph(args))
     return generate_graph(d, target=args.target, dtype=args.dtype,
                           out_dir=Path(args.out) if args.out else None, jit=not args.no_jit)
 
@@ -88,8 +95,10 @@ def cmd_check(args):
 
 
 def add_command(subparsers):
+    from .cli import BATCH, OUT_HELP, POSITIVE, SEED
+    from .codegen.graph_emit import DTYPES, TARGETS
     p = subparsers.add_parser("graph", help="DAG networks (branch, merge, shared parameters): derive, generate, check")
-    sub = p.add_subparsers(dest="graph_command", required=True)
+    sub = p.add_subparsers(dest="graph_command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("derive", help="derive a graph spec's backpropagation and print it")
     q.add_argument("spec")
@@ -101,12 +110,13 @@ def add_command(subparsers):
                             ("check", cmd_check, "verify a graph kernel's gradients by finite differences")):
         q = sub.add_parser(name, help=help_)
         q.add_argument("spec")
-        q.add_argument("--target", default="cpu")
-        q.add_argument("--dtype", default="float64")
-        q.add_argument("--out", help="directory for generated kernels (default ./generated)")
+        q.add_argument("--target", default="cpu", choices=TARGETS, help="device (default cpu)")
+        q.add_argument("--dtype", default="float64", choices=DTYPES, help="default float64")
+        q.add_argument("--out", help=OUT_HELP)
         q.add_argument("--no-jit", action="store_true", help="load as plain Python, do not compile")
         if name == "check":
-            q.add_argument("--batch", type=int, default=4)
-            q.add_argument("--seed", type=int, default=0)
-            q.add_argument("--tol", type=float, default=None)
+            q.add_argument("--batch", type=BATCH, default=4, help="samples of the random batch (default 4)")
+            q.add_argument("--seed", type=SEED, default=0, help="seed of parameters and batch (default 0)")
+            q.add_argument("--tol", type=POSITIVE, default=None,
+                           help="largest relative error accepted (default: by dtype)")
         q.set_defaults(fn=fn)

@@ -22,6 +22,11 @@ existing digests stay as they were):
   NaN in the kernels where a < 0 or a > 1, and at a = 0 or 1 exactly (a ReLU output that is 0)
   a division by zero that the Kernel reports as one InputError line; an ``OutputRangeWarning``
   says so when the network is built.
+
+Sizes are bounded when the spec is built, before anything is derived or written: every width
+(inputs, units) at most ``MAX_WIDTH``, at most ``MAX_LAYERS`` layers, and at most
+``MAX_PARAMETERS`` weights and biases in all (a bigger network would fail later, after files were
+written, with a MemoryError or an index overflow; the graph specs share these bounds).
 """
 import hashlib
 import numbers
@@ -32,8 +37,12 @@ from dataclasses import dataclass
 import sympy as sp
 
 from . import naming
-from .errors import SpecError
+from .errors import SpecError, shown
 from .functions import ACTIVATIONS, LOSSES, REDUCTIONS, Activation, Loss, user_activation
+
+MAX_WIDTH = 65536            # units of a layer, width of an input
+MAX_LAYERS = 1000            # dense layers of an MLP (nodes of a graph spec: graph.MAX_NODES)
+MAX_PARAMETERS = 2 ** 31 - 1  # weights and biases in all: int32 indexing, 16 GB in float64
 
 
 @dataclass(frozen=True)
@@ -115,12 +124,22 @@ class Network:
                 f"loss={self.loss.name} ({self.reduction}){opts}")
 
 
-def _int(value, where, key, minimum=1):
+def _int(value, where, key, minimum=1, maximum=MAX_WIDTH):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SpecError(where, key, f"expected an integer >= {minimum}, got {value!r}")
+        raise SpecError(where, key, f"expected an integer >= {minimum}, got {shown(value)}")
     if value < minimum:
-        raise SpecError(where, key, f"expected an integer >= {minimum}, got {value}")
+        raise SpecError(where, key, f"expected an integer >= {minimum}, got {shown(value)}")
+    if value > maximum:
+        raise SpecError(where, key, f"expected an integer <= {maximum} (the largest width symbp "
+                                    f"accepts), got {shown(value)}")
     return int(value)
+
+
+def check_parameter_count(count, where, key):
+    """Refuse a network with more than MAX_PARAMETERS weights and biases in all."""
+    if count > MAX_PARAMETERS:
+        raise SpecError(where, key, f"{count} weights and biases in all, more than the "
+                                    f"{MAX_PARAMETERS} symbp accepts")
 
 
 def resolve_activation(spec, where, key, defined):
@@ -133,14 +152,14 @@ def resolve_activation(spec, where, key, defined):
     else:
         name = spec
     if not isinstance(name, str):
-        raise SpecError(where, key, f"expected an activation name, got {name!r}")
+        raise SpecError(where, key, f"expected an activation name, got {shown(name)}")
     if name in defined:
         act = defined[name]
     elif name in ACTIVATIONS:
         act = ACTIVATIONS[name]
     else:
         known = ", ".join(list(ACTIVATIONS) + list(defined))
-        raise SpecError(where, key, f"unknown activation {name!r} (expected one of: {known})")
+        raise SpecError(where, key, f"unknown activation {shown(name)} (expected one of: {known})")
     return act.instantiate(where, key.rsplit(".", 1)[0] + ".", **params)
 
 
@@ -162,7 +181,7 @@ def build(name, inputs, layers, loss, reduction="mean", define=None, where="",
     if not naming.is_safe_name(name):
         raise SpecError(where, "network.name",
                         f"expected a name of letters, digits and _ starting with a letter "
-                        f"(at most 64 characters, not a Python keyword), got {name!r}")
+                        f"(at most 64 characters, not a Python keyword), got {shown(name)}")
     inputs = _int(inputs, where, "network.inputs")
     defined = {}
     for dname, text in (define or {}).items():
@@ -174,6 +193,8 @@ def build(name, inputs, layers, loss, reduction="mean", define=None, where="",
                         f"expected 0 or 1 (ReLU'(0): 0 as PyTorch, 1 as the CS231n-style slides), "
                         f"got {relu_at_zero!r}")
     allow_any_output = _flag(allow_any_output, where, "loss.allow_any_output")
+    if len(layers) > MAX_LAYERS:
+        raise SpecError(where, "layer", f"{len(layers)} layers, more than the {MAX_LAYERS} symbp accepts")
     built = []
     for idx, entry in enumerate(layers, start=1):
         units, act = entry[0], entry[1]
@@ -184,8 +205,10 @@ def build(name, inputs, layers, loss, reduction="mean", define=None, where="",
         if act.name == "softmax" and units < 2:
             raise SpecError(where, f"{key}.units", "softmax needs at least 2 units")
         built.append(Layer(units, act, bias))
+    sizes = [inputs] + [l.units for l in built]
+    check_parameter_count(sum(o * (i + l.bias) for i, o, l in zip(sizes, sizes[1:], built)), where, "layer")
     if not isinstance(loss, str) or loss not in LOSSES:
-        raise SpecError(where, "loss.kind", f"unknown loss {loss!r} (expected one of: {', '.join(LOSSES)})")
+        raise SpecError(where, "loss.kind", f"unknown loss {shown(loss)} (expected one of: {', '.join(LOSSES)})")
     loss_obj = LOSSES[loss]
     out = built[-1].activation.name
     if out == "softmax" and loss == "bce":
@@ -201,7 +224,7 @@ def build(name, inputs, layers, loss, reduction="mean", define=None, where="",
                       f"outputs may leave (0, 1), where the loss is undefined (the log of a non-positive number)",
                       OutputRangeWarning, stacklevel=3)
     if reduction not in REDUCTIONS:
-        raise SpecError(where, "loss.reduction", f"expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+        raise SpecError(where, "loss.reduction", f"expected one of {', '.join(REDUCTIONS)}, got {shown(reduction)}")
     return Network(name, inputs, tuple(built), loss_obj, reduction, relu_at_zero, allow_any_output)
 
 
@@ -217,14 +240,16 @@ def mlp(sizes, activations, loss, reduction="mean", name="mlp", define=None, bia
     """
     where = "mlp()"
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__") or len(sizes) < 2:
-        raise SpecError(where, "sizes", f"expected a list of at least two widths, got {sizes!r}")
+        raise SpecError(where, "sizes", f"expected a list of at least two widths, got {shown(sizes)}")
     if isinstance(activations, str) or not hasattr(activations, "__len__"):
-        raise SpecError(where, "activations", f"expected a list of {len(sizes) - 1} activation names, got {activations!r}")
+        raise SpecError(where, "activations", f"expected a list of {len(sizes) - 1} activation names, got {shown(activations)}")
     if len(activations) != len(sizes) - 1:
         raise SpecError(where, "activations",
                         f"expected {len(sizes) - 1} activations (one per layer after the input), got {len(activations)}")
     if define is not None and not isinstance(define, dict):
-        raise SpecError(where, "define", f"expected a dict of name -> expression in z, got {define!r}")
+        raise SpecError(where, "define", f"expected a dict of name -> expression in z, got {shown(define)}")
+    if len(sizes) > MAX_LAYERS + 1:
+        raise SpecError(where, "sizes", f"{len(sizes) - 1} layers, more than the {MAX_LAYERS} symbp accepts")
     sizes = [_int(s, where, f"sizes[{i}]") for i, s in enumerate(sizes)]
     # the option checks of build(), under this function's argument names
     if isinstance(relu_at_zero, bool) or relu_at_zero not in (0, 1):

@@ -252,7 +252,9 @@ def run_cli(argv):
 
 
 CLI_FILES = ["cycle_three.toml", "expr_import.toml", "shape_add.toml", "shared_incompatible.toml",
-             "dead_node.toml", "edge_unknown_input.toml", "encoding_latin1.toml"]
+             "dead_node.toml", "edge_unknown_input.toml", "encoding_latin1.toml",
+             "size_width_huge.toml", "name_node_trailing_newline.toml", "kind_mlp_spec.toml",
+             "expr_huge_constant.toml"]
 
 
 @pytest.mark.parametrize("command", ["derive", "generate", "check"])
