@@ -1,0 +1,937 @@
+"""LaTeX handout of a DAG's backpropagation (a ``GraphDerivation``), with a TikZ picture.
+
+Contract:
+- ``render(derivation, notation="cs231n", document=False) -> str`` reads the GraphDerivation
+  only (never derives): ``document=False`` gives one ``align*`` listing every equation;
+  ``document=True`` the handout (templates/latex/graph_document.tex.j2): the graph as a TikZ
+  picture and a table of its nodes and parameters, the notation, the forward pass, the loss, and
+  the backward pass as numbered steps in reverse topological order, each with prose (which rule
+  of the book chapter "Backpropagation" it applies), its vector form where one exists in the
+  notation, and SymPy's stages in index form. Branch sums (eq. 14.46) and shared-parameter sums
+  (eq. 14.47) are named steps of their own, and a summary lists the gradients.
+- Node and parameter names print as math symbols (``symbol``): ``b_enc`` is
+  b_{\\mathrm{enc}}, ``f1a`` is f_{1a}; a gradient is g_{<symbol>}, one consumer's part of a
+  branch g_{<symbol>}^{(<consumer>)}.
+- Notations (``GRAPH_NOTATIONS``): cs231n (column vectors, g = dL/dv a column), udl (the same
+  conventions, gradients written as dL/dv), transposed (stored weight W' = W^T: f = W'^T a),
+  rowvector (gradients are rows, g_in = g_out L^x, loss J, indices from 0) and batch (rows are
+  samples, H = X W' with W' = W^T). Matrix forms are SymPy matrix expressions in the
+  derivation's convention; each matrix is replaced by the notation's own one or its transpose
+  and SymPy moves the transposes, so each notation is correct in its convention.
+- ``tikz(graph)``: the graph drawn top (inputs) to bottom (loss), nodes as boxes placed by
+  topological depth, edges as arrows; long edges pass through reserved slots of the levels they
+  cross and each level is ordered by barycentre sweeps (fewest crossings found, ties broken by
+  declared order), so the layout is deterministic.
+- ``write_document(derivation, path, notation, pdf=False)`` writes the .tex atomically; with
+  ``pdf=True`` it compiles it first (pdflatex in a temporary directory) and writes the PDF beside
+  it. A missing or failing pdflatex raises a SymbpError and writes nothing.
+Same derivation and notation, same bytes.
+"""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import sympy as sp
+from sympy.printing.latex import LatexPrinter
+
+from .. import naming
+from ..derivation import ColumnSum, Product, batch_form
+from ..errors import SymbpError
+
+S, T = naming.S, naming.T
+BATCH = naming.BATCH
+_GREEK = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+          "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "phi", "chi", "psi", "omega")
+BOOK = r"the book chapter ``Backpropagation''"
+SLIDES = r"the slides ``Multi-Layer Networks \& Back-Propagation''"
+
+
+# ----------------------------------------------------------------------------------------------
+# symbols
+# ----------------------------------------------------------------------------------------------
+
+def _word(run):
+    if run.isdigit():
+        return run
+    if run in _GREEK:
+        return "\\" + run
+    if len(run) == 1:
+        return run
+    return r"\mathrm{" + run + "}"
+
+
+def _runs(s):
+    return re.findall(r"[A-Za-z]+|\d+", s)
+
+
+def _sub(s):
+    """A subscript: single letters and digits italic as they come, words upright."""
+    return "".join(_word(r) if (len(r) > 1 and not r.isdigit()) else r for r in _runs(s))
+
+
+def symbol(name):
+    """A node or parameter name as a math symbol: ``W_in`` -> W_{\\mathrm{in}}, ``f1a`` ->
+    f_{1a}, ``x_target`` -> x_{\\mathrm{target}}, ``enc`` -> \\mathrm{enc}."""
+    if "_" in name:
+        head, *rest = name.split("_")
+        return f"{symbol(head)}_{{{','.join(_sub(r) for r in rest)}}}"
+    runs = _runs(name)
+    head = runs[0]
+    if head in _GREEK or len(head) == 1:
+        tail = name[len(head):]
+        return _word(head) + (f"_{{{_sub(tail)}}}" if tail else "")
+    return _word(name if len(runs) == 1 else head) + ("" if len(runs) == 1 else f"_{{{_sub(name[len(head):])}}}")
+
+
+def _text(s):
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"),
+                 ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+        s = s.replace(a, b)
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# notations
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GraphNotation:
+    """How one course writes a DAG's quantities. ``transposed``: roles whose own matrix is the
+    transpose of the derivation's (``grad`` = every gradient of a node value, ``gb`` bias
+    gradients, ``W`` / ``gW`` weights and their gradients); ``frac``: gradients written as
+    dL/dv instead of g_v; ``batch``: values are B x n matrices (rows are samples)."""
+
+    name: str
+    title: str
+    loss: str
+    transposed: frozenset
+    note: str
+    frac: bool = False
+    batch: bool = False
+    index_base: int = 1
+    brackets: bool = False
+
+
+GRAPH_NOTATIONS = {nt.name: nt for nt in (
+    GraphNotation(
+        "cs231n", r"the CS231n-style slides ``Multi-Layer Networks \& Back-Propagation''", "L",
+        frozenset(),
+        r"Per sample, every node's value $v$ is a column vector; a dense node computes "
+        r"$v = W a + b$ with $W$ of shape $n_v \times n_a$. The gradient $g_v = \partial L / \partial v$ "
+        r"is a column vector of the shape of $v$ (the shape rule of the slides), and a parameter's "
+        r"gradient has the parameter's shape: $\partial L / \partial W = \sum_s g_v\, a^{T}$."),
+    GraphNotation(
+        "udl", r"the slides in the notation of \emph{Understanding Deep Learning}", "L",
+        frozenset(),
+        r"Per sample, every node's value is a column vector; a dense node computes $v = b + W a$ "
+        r"(the slides' $f_k = \beta_k + \Omega_k h_k$ with the graph's own parameter names). "
+        r"Gradients are written out as $\partial L / \partial v$, column vectors of the shape of $v$, "
+        r"and $\partial L / \partial W = \sum_s (\partial L / \partial v)\, a^{T}$.",
+        frac=True),
+    GraphNotation(
+        "transposed", r"the course slides with $f = W^{T} a$ and loss $\varepsilon$", r"\varepsilon",
+        frozenset({"W", "gW"}),
+        r"Per sample, column vectors; every weight is stored as the slides store it, transposed: "
+        r"a dense node computes $v = W^{T} a + b$ with $W$ of shape $n_a \times n_v$ (a node declared "
+        r"with the transposed weight then reads $W a$). So $\partial \varepsilon / \partial W = "
+        r"\sum_s a\, g_v^{T}$, and $g_v = \partial \varepsilon / \partial v$ is a column."),
+    GraphNotation(
+        "rowvector", BOOK + r" (row-vector gradients)", "J",
+        frozenset({"grad", "gW", "gb"}),
+        r"Data and parameters are column vectors, a dense node computes $v = W a + b$ with $W$ of "
+        r"shape $n_v \times n_a$. Gradients are row vectors: $g_v = \partial J / \partial v$ is "
+        r"$1 \times n_v$ (eq.~14.4); a node's Jacobian $L^{x} = \partial x_{\mathrm{out}} / "
+        r"\partial x_{\mathrm{in}}$ has one row per output (eq.~14.6) and the backward step is "
+        r"$g_{\mathrm{in}} = g_{\mathrm{out}} L^{x}$ (eq.~14.10). The parameter gradient "
+        r"$\partial J / \partial W = \sum_s a\, g_v$ has the shape of $W^{T}$ (eq.~14.29). "
+        r"Indices count from 0, as in the book.",
+        index_base=0, brackets=True),
+    GraphNotation(
+        "batch", r"the tutorial notebook's row batches $H = X W_1$", "L",
+        frozenset({"W", "gW"}),
+        r"Rows are samples: each node's symbol stands for the $B \times n$ matrix of the batch, "
+        r"$\mathbf{1}$ is a column of $B$ ones and a bias $b$ is a row. Weights are stored as in the "
+        r"notebook, $n_{\mathrm{in}} \times n_{\mathrm{out}}$, so a dense node computes "
+        r"$V = A W + \mathbf{1} b$, and by dimension balancing $\partial L / \partial W = A^{T} G_V$ "
+        r"with $G_V = \partial L / \partial V$ of shape $B \times n_V$.",
+        batch=True),
+)}
+
+
+def get_notation(name):
+    try:
+        return GRAPH_NOTATIONS[name]
+    except (KeyError, TypeError):
+        raise SymbpError(f"notation: unknown notation {name!r} for a graph (expected one of: "
+                         f"{', '.join(GRAPH_NOTATIONS)})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# printing
+# ----------------------------------------------------------------------------------------------
+
+class _Names:
+    """LaTeX of every quantity of a derivation, in one notation."""
+
+    def __init__(self, d, nt):
+        self.d, self.nt, self.graph = d, nt, d.graph
+        self.base = {}
+        for label, q in d.quantities.items():
+            self.base[label] = self._base(q)
+
+    def grad(self, of, source=""):
+        sym = symbol(of)
+        if self.nt.frac:
+            out = rf"\frac{{\partial {self.nt.loss}}}{{\partial {sym}}}"
+            return out + (rf"\Big|_{{{symbol(source)}}}" if source else "")
+        return f"g_{{{sym}}}" + (f"^{{({symbol(source)})}}" if source else "")
+
+    def _base(self, q):
+        if q.role in ("value", "target", "param"):
+            return symbol(q.of)
+        if q.role in ("grad", "param_grad"):
+            return self.grad(q.of)
+        return self.grad(q.of, q.source)
+
+    def role(self, label):
+        """Kind of a quantity for the notation's transposes: value, grad, W, b, gW, gb."""
+        q = self.d.quantities[label]
+        if q.role in ("param", "param_grad", "param_use"):
+            kind = "W" if self.graph.param(q.of).role == "weight" else "b"
+            return kind if q.role == "param" else "g" + kind
+        return "grad" if q.role in ("grad", "contribution") else "value"
+
+
+def _plain(s):
+    return not any(c in s for c in "_^{\\")
+
+
+class GraphPrinter(LatexPrinter):
+    """SymPy's LaTeX printer for a graph's equations. Index form: an entry is the quantity's
+    symbol with its indices (the sample s as a superscript (s) when ``sample``); ``vector=True``
+    prints whole vectors and products of vectors as Hadamard products."""
+
+    def __init__(self, names, sample=False, vector=False, width=None):
+        super().__init__({"mul_symbol": None})
+        self.n, self.nt = names, names.nt
+        self.sample, self.vector, self.width = sample, vector, width
+
+    def _index(self, i):
+        if isinstance(i, sp.Integer):
+            return str(int(i) + self.nt.index_base)
+        return self._print(i)
+
+    def _print_Indexed(self, e):
+        label = str(e.base.label)
+        base = self.n.base.get(label, symbol(label))
+        idx = list(e.indices)
+        sample = None
+        if idx and idx[0] in (S, T):
+            s = idx.pop(0)
+            if self.nt.batch:
+                idx.insert(0, s)
+            elif self.sample:
+                sample = self._print(s)
+        if self.vector:
+            if idx and not isinstance(idx[-1], sp.Symbol) and self.width is not None:
+                off = idx[-1].as_independent(*idx[-1].free_symbols & {naming.J, naming.I})[0]
+                lo, hi = off + self.nt.index_base, off + self.width - 1 + self.nt.index_base
+                return rf"{base}[{self._print(lo)} : {self._print(hi)}]"
+            return base
+        role = self.n.role(label) if label in self.n.d.quantities else "value"
+        if role in ("W", "gW") and "W" in self.nt.transposed:
+            idx = idx[::-1]      # the notation stores W transposed: our W[j,k] is its entry (k, j)
+        parts = [self._index(i) for i in idx]
+        sup = f"^{{({sample})}}" if sample else ""
+        if self.nt.brackets:
+            b = base if _plain(base) or sup == "" else rf"\left({base}\right)"
+            return f"{b}{sup}[{', '.join(parts)}]"
+        sep = "" if all(len(p) == 1 for p in parts) else ","
+        if _plain(base):
+            return f"{base}_{{{sep.join(parts)}}}{sup}"
+        return rf"\left({base}\right)_{{{sep.join(parts)}}}{sup}"
+
+    def _print_Symbol(self, e, style="plain"):
+        if e == BATCH:
+            return "B"
+        name = e.name
+        if name.startswith("n_") and name[2:] in self.n.d.quantities:
+            return f"n_{{{symbol(name[2:])}}}"
+        return super()._print_Symbol(e)
+
+    def _print_Sum(self, e):
+        parts = []
+        for var, lo, hi in reversed(e.limits):
+            if self.nt.index_base == 1 and lo == 0:
+                lo, hi = lo + 1, hi + 1
+            parts.append(rf"\sum_{{{self._print(var)}={self._print(lo)}}}^{{{self._print(hi)}}}")
+        body = self._print(e.function)
+        if isinstance(e.function, sp.Add):
+            body = rf"\left({body}\right)"
+        return " ".join(parts) + " " + body
+
+    def _print_KroneckerDelta(self, e, exp=None):
+        i, j = (self._index(a) for a in e.args)
+        out = rf"\delta_{{{i}{j}}}" if len(i) == len(j) == 1 else rf"\delta_{{{i},{j}}}"
+        return out if exp is None else rf"{out}^{{{exp}}}"
+
+    def _print_Heaviside(self, e, exp=None):
+        arg = self._print(e.args[0])
+        out = rf"\mathbb{{I}}\left[{arg} > 0\right]"
+        return out if exp is None else rf"{out}^{{{exp}}}"
+
+    def _print_Derivative(self, e):
+        (var, n), = e.variable_count
+        return rf"\frac{{\partial {self._print(e.expr)}}}{{\partial {self._print(var)}}}"
+
+    def _is_vec(self, e):
+        return self.vector and bool(e.atoms(sp.Indexed))
+
+    def _print_Pow(self, e):
+        if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
+            b = self._print(e.base)
+            if not isinstance(e.base, sp.Indexed):
+                b = rf"\left({b}\right)"
+            return r" \odot ".join([b] * int(e.exp)) if e.exp <= 3 else rf"{b}^{{\odot {e.exp}}}"
+        if isinstance(e.base, sp.Indexed) and not self.vector and e.exp.is_Integer and e.exp > 0:
+            return rf"{self._print(e.base)}^{{{self._print(e.exp)}}}" if self.nt.brackets else \
+                rf"\left({self._print(e.base)}\right)^{{{self._print(e.exp)}}}"
+        return super()._print_Pow(e)
+
+    def _print_Mul(self, e):
+        if not self.vector or sum(1 for f in sp.Mul.make_args(e) if self._is_vec(f)) < 2:
+            return super()._print_Mul(e)
+        num, den = [], []
+        for f in sp.Mul.make_args(e):
+            if f.is_Pow and f.exp.is_Integer and f.exp < 0:
+                den.append(f.base ** -f.exp)
+            else:
+                num.append(f)
+        neg = False
+        if num and num[0].is_Number and num[0] < 0:
+            neg, num[0] = True, -num[0]
+
+        def join(factors):
+            scal = sp.Mul(*[f for f in factors if not self._is_vec(f)])
+            vec = sorted((f for f in factors if self._is_vec(f)), key=lambda f: isinstance(f, sp.Add))
+            out = [] if scal == 1 else [self._print(scal)]
+            vs = [rf"\left({self._print(v)}\right)" if isinstance(v, sp.Add) else self._print(v) for v in vec]
+            if vs:
+                out.append(r" \odot ".join(vs))
+            return " ".join(out) or "1"
+        out = join(num) if not den else rf"\frac{{{join(num)}}}{{{join(den)}}}"
+        return f"- {out}" if neg else out
+
+    # matrix expressions (own symbols are MatrixSymbols named "own|<label>" or "ones")
+    def _print_MatrixSymbol(self, e):
+        if e.name == "ones":
+            return r"\mathbf{1}"
+        return self.n.base[e.name.split("|", 1)[1]]
+
+    def _print_Transpose(self, e):
+        s = self._print(e.arg)
+        if _plain(s) or e.arg.name == "ones":
+            return f"{s}^{{T}}"
+        return rf"\left({s}\right)^{{T}}"
+
+    def _print_MatMul(self, e):
+        return " ".join(rf"\left({self._print(a)}\right)" if isinstance(a, sp.MatAdd) else self._print(a)
+                        for a in e.args)
+
+    def _print_MatAdd(self, e):
+        return " + ".join(self._print(a) for a in e.args)
+
+
+# ----------------------------------------------------------------------------------------------
+# matrix forms (the derivation's convention, then the notation's)
+# ----------------------------------------------------------------------------------------------
+
+class _Matrices:
+    def __init__(self, d, names):
+        self.d, self.names, self.nt = d, names, names.nt
+        self.shapes = {}
+        g = d.graph
+        for label, q in d.quantities.items():
+            if q.role in ("param", "param_grad", "param_use"):
+                shape = g.param(q.of).shape
+                shape = shape if len(shape) == 2 else (shape[0], 1)
+            else:
+                shape = (g.node(q.of).width, 1)
+            self.shapes[label] = shape
+
+    def ours(self, label):
+        r, c = self.shapes[label]
+        role = self.names.role(label)
+        if self.nt.batch and role in ("value", "grad"):
+            r, c = BATCH, r
+        elif self.nt.batch and role in ("b", "gb"):
+            r, c = c, r
+        return sp.MatrixSymbol(f"ours|{label}", r, c)
+
+    def own(self, label):
+        r, c = self.ours(label).shape
+        if self.names.role(label) in self.nt.transposed:
+            r, c = c, r
+        return sp.MatrixSymbol(f"own|{label}", r, c)
+
+    def convert(self, lhs, rhs):
+        def sub(e):
+            rep = {}
+            for m in e.atoms(sp.MatrixSymbol):
+                if m.name == "ones":
+                    continue
+                label = m.name.split("|", 1)[1]
+                own = self.own(label)
+                rep[m] = own.T if self.names.role(label) in self.nt.transposed else own
+            return e.xreplace(rep).doit()
+        lhs, rhs = sub(lhs), sub(rhs)
+        if isinstance(lhs, sp.Transpose):
+            lhs, rhs = lhs.arg, rhs.T
+        return lhs, rhs
+
+    def form(self, eq):
+        """(lhs, rhs, summed) of an equation as own matrices, or None (elementwise or other)."""
+        if not isinstance(eq.lhs, sp.Indexed):
+            return None
+        form = batch_form(eq.lhs, eq.rhs)
+        label = str(eq.lhs.base.label)
+        if form is None or label not in self.shapes:
+            return None
+        lhs = self.ours(label)
+        ones = sp.MatrixSymbol("ones", BATCH, 1)
+        if isinstance(form, ColumnSum):
+            arg = self.ours(str(form.arg.label))
+            if self.nt.batch:
+                return (*self.convert(lhs, ones.T * arg), False)
+            return (*self.convert(lhs, arg), True)
+        L, R = self.ours(str(form.left.label)), self.ours(str(form.right.label))
+        opL = L.T if form.left_t else L
+        opR = R.T if form.right_t else R
+        bias = self.ours(str(form.bias.label)) if form.bias is not None else None
+        if self.nt.batch:
+            rhs = opL * opR
+            if bias is not None:
+                rhs = rhs + ones * bias
+            return (*self.convert(lhs, rhs), False)
+        if S in eq.lhs.indices:
+            if form.left_t:
+                return None
+            rhs = opR.T * L + (bias if bias is not None else sp.ZeroMatrix(*lhs.shape))
+            return (*self.convert(lhs, rhs), False)
+        if not form.left_t or form.right_t:
+            return None
+        return (*self.convert(lhs, L * R.T), True)
+
+
+# ----------------------------------------------------------------------------------------------
+# layout and picture
+# ----------------------------------------------------------------------------------------------
+
+DX, DY = 2.6, 1.75      # cm between slots of a level, between levels
+
+
+def _depths(graph):
+    """Topological depth: 1 + the deepest input; an input node sits just above its first
+    consumer (so the loss's target is drawn next to the output, not at the top)."""
+    depth = {}
+    for n in graph.nodes:
+        if n.kind != "input":
+            ins = list(n.inputs) + ([n.target] if n.kind == "loss" else [])
+            depth[n.name] = 1 + max((depth.get(i, 0) for i in ins if graph.node(i).kind != "input"),
+                                    default=0)
+    for n in graph.nodes:
+        if n.kind == "input":
+            cons = [c for c, _ in graph.consumers(n.name)]
+            depth[n.name] = min(depth[c] for c in cons) - 1
+    return depth
+
+
+def _edges(graph):
+    out = []
+    for n in graph.nodes:
+        for i in n.inputs:
+            out.append((i, n.name))
+        if n.kind == "loss":
+            out.append((n.target, n.name))
+    return out
+
+
+def _crossings(levels, preds):
+    total = 0
+    for k in range(1, len(levels)):
+        pos = {v: i for i, v in enumerate(levels[k - 1])}
+        segs = [(pos[u], i) for i, v in enumerate(levels[k]) for u in preds[v]]
+        for a in range(len(segs)):
+            for b in range(a + 1, len(segs)):
+                (u1, v1), (u2, v2) = segs[a], segs[b]
+                if (u1 - u2) * (v1 - v2) < 0:
+                    total += 1
+    return total
+
+
+def layout(graph):
+    """({name: (x, y)} in cm, [(source, target, [(x, y) of the bends])]): levels by topological
+    depth, long edges through reserved slots, each level ordered by barycentre sweeps."""
+    depth = _depths(graph)
+    order = {n: i for i, n in enumerate(graph.declared)}
+    nlev = max(depth.values()) + 1
+    levels = [[] for _ in range(nlev)]
+    for name in graph.declared:
+        levels[depth[name]].append(name)
+    preds = {n: [] for lev in levels for n in lev}
+    chains = []
+    for u, v in _edges(graph):
+        chain, prev = [], u
+        for k in range(depth[u] + 1, depth[v]):
+            dummy = f"{u}->{v}@{k}"
+            levels[k].append(dummy)
+            preds[dummy] = [prev]
+            chain.append(dummy)
+            prev = dummy
+        preds[v].append(prev)
+        chains.append((u, v, chain))
+    succs = {n: [] for n in preds}
+    for v, ps in preds.items():
+        for u in ps:
+            succs[u].append(v)
+
+    def sweep(lev, ref_of, ref_level):
+        pos = {v: i for i, v in enumerate(ref_level)}
+        def key(item):
+            i, v = item
+            refs = [pos[u] for u in ref_of[v] if u in pos]
+            return (sum(refs) / len(refs) if refs else i, i)
+        return [v for _, v in sorted(enumerate(lev), key=key)]
+
+    best, best_c = [list(l) for l in levels], _crossings(levels, preds)
+    cur = [list(l) for l in levels]
+    for _ in range(4):
+        for k in range(1, nlev):
+            cur[k] = sweep(cur[k], preds, cur[k - 1])
+        for k in range(nlev - 2, -1, -1):
+            cur[k] = sweep(cur[k], succs, cur[k + 1])
+        c = _crossings(cur, preds)
+        if c < best_c:
+            best, best_c = [list(l) for l in cur], c
+    pos = {}
+    for k, lev in enumerate(best):
+        for i, v in enumerate(lev):
+            pos[v] = (round((i - (len(lev) - 1) / 2) * DX, 3), round(-k * DY, 3))
+    edges = [(u, v, [pos[c] for c in chain]) for u, v, chain in chains]
+    return {n: pos[n] for n in order}, edges
+
+
+def _node_label(graph, n):
+    if n.kind == "loss":
+        what = f"loss: {n.loss.name}" + (", sum" if n.reduction == "sum" else "")
+        return rf"${_loss_symbol_placeholder}$", what
+    if n.kind == "activation":
+        what = n.activation.name
+    elif n.kind == "input":
+        what = "input" + (", grad" if n.grad else "")
+    else:
+        what = n.kind
+    return f"${symbol(n.name)}$", f"{_text(what)}, {n.width}"
+
+
+_loss_symbol_placeholder = "@LOSS@"
+
+
+def tikz(graph, loss="L"):
+    """A tikzpicture of the graph (see the module docstring)."""
+    pos, edges = layout(graph)
+    lines = [r"\begin{tikzpicture}[>=stealth, node/.style={draw, rounded corners=2pt, align=center, "
+             r"minimum width=1.5cm, minimum height=0.8cm, inner sep=2pt, fill=white}, "
+             r"input/.style={node, fill=black!6}, loss/.style={node, thick}]"]
+    for n in graph.nodes:
+        x, y = pos[n.name]
+        name, what = _node_label(graph, n)
+        name = name.replace(_loss_symbol_placeholder, loss)
+        style = "input" if n.kind == "input" else "loss" if n.kind == "loss" else "node"
+        extra = ""
+        if n.kind == "dense":
+            # the parameters inside the box: labels beside it would run into the next column
+            ps = [p for p in (n.weight, n.bias) if p is not None]
+            t = "^{T}" if n.transpose else ""
+            label = ", ".join(f"{symbol(p)}{t if p == n.weight else ''}" for p in ps)
+            extra = rf"\\[-1pt]{{\scriptsize\color{{black!60}}${label}$}}"
+        lines.append(rf"\node[{style}] ({_tid(n.name)}) at ({x}, {y}) {{{name}\\[-1pt]"
+                     rf"{{\scriptsize {what}}}{extra}}};")
+    for u, v, bends in edges:
+        pts = [f"({_tid(u)})"] + [f"({x}, {y})" for x, y in bends] + [f"({_tid(v)})"]
+        opt = "->, rounded corners=8pt" if bends else "->"
+        lines.append(rf"\draw[{opt}] " + " -- ".join(pts) + ";")
+    lines.append(r"\end{tikzpicture}")
+    return "\n".join(lines) + "\n"
+
+
+def _tid(name):
+    return "n-" + name.replace("_", "-")
+
+
+# ----------------------------------------------------------------------------------------------
+# the document
+# ----------------------------------------------------------------------------------------------
+
+STAGE_NAMES = {"definition": "definition", "derived": "sympy.diff", "sum": "sum"}
+
+
+def _row(lhs, rhs, note=""):
+    return {"lhs": lhs, "rhs": rhs, "note": note}
+
+
+class Renderer:
+    def __init__(self, d, nt):
+        self.d, self.nt, self.g = d, nt, d.graph
+        self.names = _Names(d, nt)
+        self.mats = _Matrices(d, self.names)
+
+    def sym(self, name):
+        return symbol(name)
+
+    def pr(self, e, **kw):
+        return GraphPrinter(self.names, **kw).doprint(e)
+
+    def index_lhs(self, eq, sample):
+        if not isinstance(eq.lhs, sp.Indexed):
+            return self.nt.loss
+        return self.pr(eq.lhs, sample=sample)
+
+    def index_rows(self, eq, labels=True):
+        sample = any(lim[0] in (S, T) for st in eq.stages for s in st[1].atoms(sp.Sum) for lim in s.limits)
+        lhs = self.index_lhs(eq, sample)
+        rows, prev = [], None
+        for name, e in eq.stages:
+            if prev is not None and e == prev:
+                continue
+            note = rf"\text{{{_text(STAGE_NAMES.get(name, name))}}}" if labels else ""
+            rows.append(_row(lhs, "= " + self.pr(e, sample=sample), note))
+            lhs, prev = "", e
+        if len(rows) == 1:
+            rows[0]["note"] = ""
+        return rows
+
+    def width_of(self, eq):
+        label = str(eq.lhs.base.label)
+        q = self.d.quantities.get(label)
+        if q is None or q.role in ("param", "param_grad", "param_use"):
+            return None
+        return self.g.node(q.of).width
+
+    def vector_row(self, eq, lhs=None):
+        """The equation as whole vectors or matrices, or None where the notation has no such form."""
+        m = self.mats.form(eq)
+        if m is not None:
+            l, r, summed = m
+            pr = GraphPrinter(self.names)
+            rhs = pr.doprint(r)
+            if summed:
+                rhs = self.sample_sum() + " " + rhs
+            return _row(pr.doprint(l) if lhs is None else lhs, "= " + rhs, self.shape_note(l))
+        if eq.rhs.has(sp.Sum) or eq.rhs.has(sp.KroneckerDelta):
+            return None
+        labels = {str(x.base.label) for x in eq.rhs.atoms(sp.Indexed)} | {str(eq.lhs.base.label)}
+        roles = {self.names.role(x) in self.nt.transposed for x in labels if x in self.d.quantities}
+        if len(roles) > 1:
+            return None     # rows and columns mixed: the entries below say it without ambiguity
+        pr = GraphPrinter(self.names, vector=True, width=self.width_of(eq))
+        return _row(pr.doprint(eq.lhs) if lhs is None else lhs, "= " + pr.doprint(eq.rhs), "")
+
+    def shape_note(self, m):
+        def p(v):
+            return "B" if v == BATCH else sp.latex(v)
+        r, c = m.shape
+        return rf"({p(r)} \times {p(c)})"
+
+    def sample_sum(self):
+        lo, hi = (1, "B") if self.nt.index_base == 1 else (0, "B - 1")
+        return rf"\sum_{{s={lo}}}^{{{hi}}}"
+
+    # -- sections
+    def graph_table(self):
+        rows = []
+        for n in self.g.nodes:
+            if n.kind == "loss":
+                what = self.loss_text(n) + f", {'mean' if n.reduction == 'mean' else 'sum'} over the batch"
+                ins = f"${symbol(n.inputs[0])}$, ${symbol(n.target)}$"
+                rows.append({"name": f"${self.nt.loss}$", "kind": "loss", "inputs": ins, "width": "1",
+                             "what": what})
+                continue
+            ins = ", ".join(f"${symbol(i)}$" for i in n.inputs)
+            if n.kind == "input":
+                what = "data" + ("; its gradient is wanted" if n.grad else "")
+                if n.name == self.g.target:
+                    what = "the target"
+            elif n.kind == "dense":
+                w = symbol(n.weight) + ("^{T}" if n.transpose else "")
+                what = f"${w} {symbol(n.inputs[0])}" + (f" + {symbol(n.bias)}$" if n.bias else "$")
+            elif n.kind == "activation":
+                what = rf"${n.activation.latex}$ elementwise" if n.activation.elementwise else \
+                    rf"${n.activation.latex}$ over the vector"
+            else:
+                what = {"add": "elementwise sum", "multiply": "elementwise product",
+                        "concat": "the inputs stacked (merge)",
+                        "expression": "elementwise: " + rf"\texttt{{{_text(n.text or '')}}}"}[n.kind]
+            rows.append({"name": f"${symbol(n.name)}$", "kind": _text(n.kind if n.kind != "activation" else n.activation.name),
+                         "inputs": ins, "width": str(n.width), "what": what})
+        return rows
+
+    @staticmethod
+    def loss_text(n):
+        """The per-sample loss formula with its a and y named."""
+        return (rf"${n.loss.latex}$ with $a = {symbol(n.inputs[0])}$, $y = {symbol(n.target)}$")
+
+    def params(self):
+        out = []
+        for p in self.g.params:
+            shape = r" \times ".join(str(s) for s in p.shape)
+            uses = ", ".join(f"${symbol(u)}$" + (" (transposed)" if t else "") for u, t in p.uses)
+            out.append({"name": f"${symbol(p.name)}$", "shape": f"${shape}$", "uses": uses,
+                        "shared": len(p.uses) > 1})
+        return out
+
+    def forward(self):
+        steps = []
+        for e in self.d.equations:
+            if not e.kind.startswith("forward_"):
+                continue
+            n = self.g.node(e.node)
+            rows = []
+            v = self.forward_vector(e, n)
+            if v is not None:
+                rows.append(v)
+            rows += self.index_rows(e, labels=False)
+            steps.append({"title": f"${symbol(n.name)}$", "text": self.forward_text(n), "rows": rows})
+        return steps
+
+    def forward_vector(self, e, n):
+        v = symbol(n.name)
+        if n.kind == "activation":
+            arg = symbol(n.inputs[0])
+            return _row(v, rf"= {n.activation.latex}\left({arg}\right)" if not _plain(arg)
+                        else rf"= {n.activation.latex}({arg})", "")
+        if n.kind == "concat":
+            if self.nt.batch:
+                return _row(v, r"= \begin{bmatrix} " + " & ".join(symbol(i) for i in n.inputs) + r" \end{bmatrix}",
+                            "")
+            return _row(v, r"= \begin{bmatrix} " + r" \\ ".join(symbol(i) for i in n.inputs) + r" \end{bmatrix}",
+                        "")
+        return self.vector_row(e)
+
+    def forward_text(self, n):
+        ins = [f"${symbol(i)}$" for i in n.inputs]
+        if n.kind == "dense":
+            t = " (the weight transposed: this node shares it)" if n.transpose else ""
+            return f"A dense (linear) node reads {ins[0]}{t}."
+        if n.kind == "activation":
+            return f"The activation {_text(n.activation.name)} applied to {ins[0]}."
+        if n.kind == "add":
+            return f"A merge by addition of {', '.join(ins)}."
+        if n.kind == "multiply":
+            return f"The elementwise product of {', '.join(ins)}."
+        if n.kind == "concat":
+            return (f"A merge: {', '.join(ins)} stacked into one vector (eq.~14.37 of {BOOK}); "
+                    "the Kronecker deltas of the index form pick each input's entries.")
+        if n.kind == "expression":
+            return f"An elementwise expression of {', '.join(ins)}."
+        return ""
+
+    def loss(self):
+        e = self.d["L"]
+        return self.index_rows(e, labels=False)
+
+    def backward(self):
+        steps = []
+        for k, e in enumerate([e for e in self.d.equations if e.kind not in ("loss",) and not e.kind.startswith("forward_")], 1):
+            steps.append(self.step(k, e))
+        return steps
+
+    def step(self, k, e):
+        title, text = self.step_text(e)
+        rows = []
+        if e.kind in ("branch_sum", "shared_sum"):
+            v = self.vector_row(e)
+            rows = [v] if v is not None else self.index_rows(e, labels=False)
+            return {"number": k, "title": title, "text": text, "rows": rows, "named": True,
+                    "kind": e.kind}
+        if e.kind == "backprop":
+            rows.append(self.jacobian_row(e))
+        v = self.vector_row(e)
+        if v is not None:
+            rows.append(v)
+        rows += self.index_rows(e)
+        return {"number": k, "title": title, "text": text, "rows": [r for r in rows if r], "named": False,
+                "kind": e.kind}
+
+    def jacobian_row(self, e):
+        """The local Jacobian entry d u_i / d v_j that SymPy derived (from the node's rules)."""
+        u = self.g.node(e.source)
+        nr = next(r for r in self.d.nodes if r.node == u.name)
+        label = str(e.lhs.base.label)
+        slots = [m for m, i in enumerate(u.inputs) if i == e.node]
+        slot = next((m for m in slots if label == f"g_{e.node}__{u.name}_{m}"), slots[0])
+        jac = nr.jacobians[slot][-1][1]
+        pr = GraphPrinter(self.names)
+        ui = pr.doprint(sp.IndexedBase(u.name)[S, naming.I])
+        vj = pr.doprint(sp.IndexedBase(e.node)[S, naming.J])
+        return _row(rf"\frac{{\partial {ui}}}{{\partial {vj}}}", "= " + pr.doprint(jac),
+                    r"\text{local Jacobian}")
+
+    def step_text(self, e):
+        nt = self.nt
+        v = symbol(e.node)
+        if e.kind == "loss_grad":
+            return (rf"the loss at ${v}$",
+                    rf"SymPy differentiates ${nt.loss}$ with respect to the network's output ${v}$.")
+        if e.kind == "output_delta":
+            out = self.g.node(self.g.output)
+            return (rf"through the output activation ${symbol(out.name)}$",
+                    rf"The output ${symbol(out.name)} = {out.activation.latex}({v})$ feeds only the loss, "
+                    r"so SymPy multiplies the loss derivative by the activation's Jacobian and simplifies "
+                    r"the product as one expression: the derivatives cancel and what is left is the "
+                    r"prediction error.")
+        if e.kind in ("grad_W", "grad_b"):
+            u = self.g.node(e.source)
+            p = symbol(e.node)
+            shared = len(self.g.param(e.node).uses) > 1
+            what = (rf"Its use in ${symbol(u.name)}$ contributes" if shared else "The gradient of")
+            body = (rf"{what} ${p}$: the parameter enters ${symbol(u.name)}$ only through the dense map, "
+                    + ("so the gradient is the outer product of the node's gradient with the node's "
+                       "input, summed over the samples of the batch."
+                       if e.kind == "grad_W" else
+                       "so the gradient is the node's gradient summed over the samples of the batch."))
+            return (rf"parameter ${p}$" + (rf" (its use in ${symbol(u.name)}$)" if shared else ""), body)
+        if e.kind == "backprop":
+            u = self.g.node(e.source)
+            us = symbol(u.name)
+            part = e.source if "__" in str(e.lhs.base.label) else ""
+            head = (rf"${v}$ through ${us}$" if part else rf"${v}$")
+            rule = {
+                "dense": (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the weight, "
+                          r"so the gradient goes back through the transposed weight (the linear layer "
+                          rf"of {BOOK}, Algorithm~14.1)."),
+                "activation": (rf"The activation is elementwise, its Jacobian is diagonal: the gradient "
+                               r"is multiplied entry by entry by the derivative, written in terms of the "
+                               r"stored forward output."
+                               if u.activation is not None and u.activation.elementwise else
+                               r"The activation couples the entries, its Jacobian is full."),
+                "add": r"An add node distributes: each input receives the upstream gradient unchanged "
+                       rf"({SLIDES}).",
+                "multiply": r"A multiply node swaps: each input receives the upstream gradient times "
+                            rf"the other input ({SLIDES}).",
+                "concat": rf"The merge hands ${v}$ its own slice of the upstream gradient "
+                          rf"(eqs.~14.39--14.41 of {BOOK}).",
+                "expression": rf"SymPy differentiates the expression of ${us}$ with respect to ${v}$.",
+            }[u.kind]
+            if part:
+                rule += (rf" This is the part of the gradient of ${v}$ that comes back through ${us}$; "
+                         r"the branch sum below adds the parts.")
+            return head, rule
+        if e.kind == "branch_sum":
+            cons = [symbol(c) for c, _ in self.g.consumers(e.node)]
+            return (rf"branch sum at ${v}$",
+                    rf"${v}$ feeds {len(cons)} nodes (${'$, $'.join(cons)}$): in the forward pass it is "
+                    r"copied (a branch), so in the backward pass the gradients that come back along "
+                    rf"its outgoing edges add, $g_{{\mathrm{{in}}}} = g^{{a}}_{{\mathrm{{out}}}} + "
+                    rf"g^{{b}}_{{\mathrm{{out}}}}$ (eq.~14.46 of {BOOK}; ``copy adds'' in {SLIDES}).")
+        if e.kind == "shared_sum":
+            uses = [symbol(u) for u, _ in self.g.param(e.node).uses]
+            return (rf"shared parameter ${v}$",
+                    rf"${v}$ is used by {len(uses)} nodes (${'$, $'.join(uses)}$): sharing a parameter "
+                    r"is a branch of the parameter, so its gradient is the sum of the gradients of its "
+                    rf"uses, $\partial {nt.loss} / \partial \theta = \sum_i \partial {nt.loss} / "
+                    rf"\partial \theta^{{i}}$ (eq.~14.47 of {BOOK}).")
+        return e.kind, _text(e.doc)
+
+    def summary(self):
+        rows = []
+        for e in self.d.equations:
+            if e.kind in ("grad_W", "grad_b", "backprop", "output_delta", "loss_grad", "branch_sum",
+                          "shared_sum") and e.name not in self.d.inlined:
+                v = self.vector_row(e)
+                rows.append(v if v is not None else self.index_rows(e, labels=False)[-1])
+                if v is None:
+                    rows[-1] = dict(rows[-1], lhs=self.index_lhs(e, False))
+        return rows
+
+    def equation_rows(self):
+        names = self.names
+        out = []
+        for e in self.d.equations:
+            sample = any(lim[0] in (S, T) for s in e.rhs.atoms(sp.Sum) for lim in s.limits)
+            lhs = self.index_lhs(e, sample)
+            out.append(_row(lhs, "= " + self.pr(e.rhs, sample=sample),
+                            rf"\text{{{_text(e.kind.replace('_', ' '))}}}"))
+        del names
+        return out
+
+
+def render(derivation, notation="cs231n", document=False):
+    from ..codegen.templates import environment
+    nt = get_notation(notation)
+    r = Renderer(derivation, nt)
+    env = environment()
+    if not document:
+        return env.get_template("latex/graph_equations.tex.j2").render(rows=r.equation_rows())
+    g = derivation.graph
+    return env.get_template("latex/graph_document.tex.j2").render(
+        name=_text(g.name), notation=nt, nt_title=nt.title, nt_note=nt.note, loss=nt.loss,
+        picture=tikz(g, nt.loss), table=r.graph_table(), params=r.params(),
+        forward=r.forward(), loss_rows=r.loss(), loss_text=r.loss_text(g.loss_node),
+        loss_name=_text(g.loss_node.loss.name),
+        backward=r.backward(), summary=r.summary(), book=BOOK, slides=SLIDES,
+        branches=[s for s in r.backward() if s["kind"] == "branch_sum"],
+        shared=[symbol(p.name) for p in g.params if len(p.uses) > 1],
+        reduction=g.reduction, index_first=nt.index_base)
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------
+
+def _first_error(log):
+    for line in log.splitlines():
+        if line.startswith("!"):
+            return line.strip()
+    return "no error line in the log"
+
+
+def compile_pdf(tex, name="graph"):
+    """(PDF bytes, log text) of a LaTeX document compiled in a temporary directory; a missing or
+    failing pdflatex raises a SymbpError naming the first error line."""
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        raise SymbpError("--pdf: pdflatex not found on PATH (install texlive-latex-base and "
+                         "texlive-pictures); nothing written")
+    with tempfile.TemporaryDirectory(prefix="symbp-graph-") as tmp:
+        (Path(tmp) / f"{name}.tex").write_text(tex, encoding="utf-8")
+        try:
+            run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", "-no-shell-escape",
+                                  f"{name}.tex"], cwd=tmp, capture_output=True, text=True, timeout=300)
+            ok = run.returncode == 0 and (Path(tmp) / f"{name}.pdf").exists()
+        except subprocess.TimeoutExpired:
+            ok = False
+        logp = Path(tmp) / f"{name}.log"
+        log = logp.read_text(encoding="utf-8", errors="replace") if logp.exists() else ""
+        if not ok:
+            raise SymbpError(f"--pdf: pdflatex failed on {name}.tex ({_first_error(log)}); nothing written")
+        return (Path(tmp) / f"{name}.pdf").read_bytes(), log
+
+
+def write_document(derivation, path, notation="cs231n", pdf=False):
+    """Write the handout to ``path`` (and the PDF beside it with ``pdf=True``), each atomically,
+    after everything was rendered and compiled. Returns the paths written."""
+    from ..codegen.load import write
+    path = Path(path)
+    tex = render(derivation, notation=notation, document=True)
+    data = compile_pdf(tex, path.stem)[0] if pdf else None
+    write(path, tex)
+    out = [path]
+    if data is not None:
+        write(path.with_suffix(".pdf"), data)
+        out.append(path.with_suffix(".pdf"))
+    return out
