@@ -136,7 +136,7 @@ def cmd_demo(args):
 
 
 COMMAND_MODULES = ("symbp.circuit", "symbp.graph_cli", "symbp.render.worked", "symbp.render.exam",
-                   "symbp.bench")
+                   "symbp.bench", "symbp.wx_norm")
 
 
 def build_parser():

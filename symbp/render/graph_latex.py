@@ -207,7 +207,9 @@ class _Names:
 
 
 def _plain(s):
-    return not any(c in s for c in "_^{\\")
+    """True where an index can be attached directly (x, \\mathrm{code}); False for symbols that
+    already carry a sub- or superscript or are fractions (those are parenthesized)."""
+    return not any(c in s for c in "_^") and "\\frac" not in s
 
 
 class GraphPrinter(LatexPrinter):
@@ -243,8 +245,8 @@ class GraphPrinter(LatexPrinter):
                 return rf"{base}[{self._print(lo)} : {self._print(hi)}]"
             return base
         role = self.n.role(label) if label in self.n.d.quantities else "value"
-        if role in ("W", "gW") and "W" in self.nt.transposed:
-            idx = idx[::-1]      # the notation stores W transposed: our W[j,k] is its entry (k, j)
+        if role in ("W", "gW") and role in self.nt.transposed:
+            idx = idx[::-1]      # the notation's matrix is our transpose: our W[j,k] is its entry (k, j)
         parts = [self._index(i) for i in idx]
         sup = f"^{{({sample})}}" if sample else ""
         if self.nt.brackets:
@@ -296,10 +298,11 @@ class GraphPrinter(LatexPrinter):
             b = self._print(e.base)
             if not isinstance(e.base, sp.Indexed):
                 b = rf"\left({b}\right)"
-            return r" \odot ".join([b] * int(e.exp)) if e.exp <= 3 else rf"{b}^{{\odot {e.exp}}}"
+            if isinstance(e.base, sp.Indexed) and e.exp <= 3:
+                return r" \odot ".join([b] * int(e.exp))
+            return rf"{b}^{{\odot {e.exp}}}"
         if isinstance(e.base, sp.Indexed) and not self.vector and e.exp.is_Integer and e.exp > 0:
-            return rf"{self._print(e.base)}^{{{self._print(e.exp)}}}" if self.nt.brackets else \
-                rf"\left({self._print(e.base)}\right)^{{{self._print(e.exp)}}}"
+            return rf"{self._print(e.base)}^{{{self._print(e.exp)}}}"
         return super()._print_Pow(e)
 
     def _print_Mul(self, e):
@@ -517,12 +520,43 @@ def layout(graph):
         c = _crossings(cur, preds)
         if c < best_c:
             best, best_c = [list(l) for l in cur], c
-    pos = {}
-    for k, lev in enumerate(best):
-        for i, v in enumerate(lev):
-            pos[v] = (round((i - (len(lev) - 1) / 2) * DX, 3), round(-k * DY, 3))
+    pos = _place(best, preds, succs)
     edges = [(u, v, [pos[c] for c in chain]) for u, v, chain in chains]
     return {n: pos[n] for n in order}, edges
+
+
+def _level_x(lev, desired):
+    """x of each slot of a level, in order, at least DX apart, as close to ``desired`` as a
+    left-to-right push and one common shift allow."""
+    xs = []
+    for v in lev:
+        xs.append(desired[v] if not xs else max(desired[v], xs[-1] + DX))
+    shift = sum(desired[v] - x for v, x in zip(lev, xs)) / len(xs)
+    return [x + shift for x in xs]
+
+
+def _place(levels, preds, succs):
+    """Coordinates: each slot under the mean of what it reads (inputs: of what reads them),
+    levels kept in their order; rounded so the output is stable."""
+    x = {}
+    for k, lev in enumerate(levels):          # down: under the predecessors
+        want = {}
+        for i, v in enumerate(lev):
+            ps = [x[u] for u in preds[v] if u in x]
+            want[v] = sum(ps) / len(ps) if ps else (i - (len(lev) - 1) / 2) * DX
+        x.update(zip(lev, _level_x(lev, want)))
+    for k in range(len(levels) - 2, -1, -1):  # up: sources move over what they feed
+        lev = levels[k]
+        want = {}
+        for v in lev:
+            ss = [x[w] for w in succs[v]]
+            want[v] = sum(ss) / len(ss) if (ss and not preds[v]) else x[v]
+        x.update(zip(lev, _level_x(lev, want)))
+    lo = min(x.values())
+    hi = max(x.values())
+    mid = (lo + hi) / 2
+    return {v: (round(x[v] - mid, 3) + 0.0, round(-k * DY, 3) + 0.0)
+            for k, lev in enumerate(levels) for v in lev}
 
 
 def _node_label(graph, n):
@@ -798,8 +832,9 @@ class Renderer:
             u = self.g.node(e.source)
             p = symbol(e.node)
             shared = len(self.g.param(e.node).uses) > 1
-            what = (rf"Its use in ${symbol(u.name)}$ contributes" if shared else "The gradient of")
-            body = (rf"{what} ${p}$: the parameter enters ${symbol(u.name)}$ only through the dense map, "
+            what = (rf"The part of the gradient of ${p}$ that comes from its use in ${symbol(u.name)}$"
+                    if shared else rf"The gradient of ${p}$")
+            body = (rf"{what}: the parameter enters ${symbol(u.name)}$ only through the dense map, "
                     + ("so the gradient is the outer product of the node's gradient with the node's "
                        "input, summed over the samples of the batch."
                        if e.kind == "grad_W" else
@@ -811,9 +846,9 @@ class Renderer:
             part = e.source if "__" in str(e.lhs.base.label) else ""
             head = (rf"${v}$ through ${us}$" if part else rf"${v}$")
             rule = {
-                "dense": (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the weight, "
-                          r"so the gradient goes back through the transposed weight (the linear layer "
-                          rf"of {BOOK}, Algorithm~14.1)."),
+                "dense": (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the matrix "
+                          r"that multiplies the input, and the backward step multiplies the upstream "
+                          rf"gradient by it (the linear layer of {BOOK}, Algorithm~14.1)."),
                 "activation": (rf"The activation is elementwise, its Jacobian is diagonal: the gradient "
                                r"is multiplied entry by entry by the derivative, written in terms of the "
                                r"stored forward output."
@@ -886,7 +921,8 @@ def render(derivation, notation="cs231n", document=False):
         backward=r.backward(), summary=r.summary(), book=BOOK, slides=SLIDES,
         branches=[s for s in r.backward() if s["kind"] == "branch_sum"],
         shared=[symbol(p.name) for p in g.params if len(p.uses) > 1],
-        reduction=g.reduction, index_first=nt.index_base)
+        reduction=g.reduction, index_first=nt.index_base,
+        part=r.names.grad("v", "u").replace(symbol("v"), "v").replace(symbol("u"), "u"))
 
 
 # ----------------------------------------------------------------------------------------------
