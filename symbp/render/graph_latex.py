@@ -68,23 +68,37 @@ def _runs(s):
     return re.findall(r"[A-Za-z]+|\d+", s)
 
 
-def _sub(s):
-    """A subscript: single letters and digits italic as they come, words upright."""
-    return "".join(_word(r) if (len(r) > 1 and not r.isdigit()) else r for r in _runs(s))
-
-
 def symbol(name):
     """A node or parameter name as a math symbol: ``W_in`` -> W_{\\mathrm{in}}, ``f1a`` ->
-    f_{1a}, ``x_target`` -> x_{\\mathrm{target}}, ``enc`` -> \\mathrm{enc}."""
+    f_{1a}, ``W_f1`` -> W_{f_{1}}, ``x_target`` -> x_{\\mathrm{target}}, ``enc`` -> \\mathrm{enc},
+    ``alpha2`` -> \\alpha_{2}: one letter (or a Greek name) and what follows as its subscript,
+    a word upright."""
+    name = name.strip("_") or name
     if "_" in name:
-        head, *rest = name.split("_")
-        return f"{symbol(head)}_{{{','.join(_sub(r) for r in rest)}}}"
+        head, *rest = [r for r in name.split("_") if r]
+        # each part after _ as a symbol of its own: W_f2 names node f2's weight, so W_{f_{2}}
+        return f"{symbol(head)}_{{{','.join(symbol(r) for r in rest)}}}"
     runs = _runs(name)
     head = runs[0]
     if head in _GREEK or len(head) == 1:
         tail = name[len(head):]
-        return _word(head) + (f"_{{{_sub(tail)}}}" if tail else "")
-    return _word(name if len(runs) == 1 else head) + ("" if len(runs) == 1 else f"_{{{_sub(name[len(head):])}}}")
+        return _word(head) + (f"_{{{tail}}}" if tail else "")
+    return _word(head) + ("" if len(runs) == 1 else f"_{{{name[len(head):]}}}")
+
+
+def symbols(graph):
+    """{node or parameter name: LaTeX} for a whole graph. Names whose symbols would coincide
+    (``f1`` and ``f_1`` are both f_{1}) are written out upright instead, so no two differ only
+    in their name."""
+    names = [n.name for n in graph.nodes] + [p.name for p in graph.params]
+    table = {n: symbol(n) for n in names}
+    count = {}
+    for t in table.values():
+        count[t] = count.get(t, 0) + 1
+    for n in names:
+        if count[table[n]] > 1:
+            table[n] = r"\mathrm{" + n.replace("_", r"\_") + "}"
+    return table
 
 
 def _text(s):
@@ -179,20 +193,22 @@ class _Names:
 
     def __init__(self, d, nt):
         self.d, self.nt, self.graph = d, nt, d.graph
+        table = symbols(d.graph)
+        self.sym = lambda name: table.get(name) or symbol(name)
         self.base = {}
         for label, q in d.quantities.items():
             self.base[label] = self._base(q)
 
     def grad(self, of, source=""):
-        sym = symbol(of)
+        sym = self.sym(of)
         if self.nt.frac:
             out = rf"\frac{{\partial {self.nt.loss}}}{{\partial {sym}}}"
-            return out + (rf"\Big|_{{{symbol(source)}}}" if source else "")
-        return f"g_{{{sym}}}" + (f"^{{({symbol(source)})}}" if source else "")
+            return out + (rf"\Big|_{{{self.sym(source)}}}" if source else "")
+        return f"g_{{{sym}}}" + (f"^{{({self.sym(source)})}}" if source else "")
 
     def _base(self, q):
         if q.role in ("value", "target", "param"):
-            return symbol(q.of)
+            return self.sym(q.of)
         if q.role in ("grad", "param_grad"):
             return self.grad(q.of)
         return self.grad(q.of, q.source)
@@ -229,7 +245,7 @@ class GraphPrinter(LatexPrinter):
 
     def _print_Indexed(self, e):
         label = str(e.base.label)
-        base = self.n.base.get(label, symbol(label))
+        base = self.n.base.get(label, self.n.sym(label))
         idx = list(e.indices)
         sample = None
         if idx and idx[0] in (S, T):
@@ -262,7 +278,7 @@ class GraphPrinter(LatexPrinter):
             return "B"
         name = e.name
         if name.startswith("n_") and name[2:] in self.n.d.quantities:
-            return f"n_{{{symbol(name[2:])}}}"
+            return f"n_{{{self.n.sym(name[2:])}}}"
         return super()._print_Symbol(e)
 
     def _print_Sum(self, e):
@@ -306,7 +322,13 @@ class GraphPrinter(LatexPrinter):
         return super()._print_Pow(e)
 
     def _print_Mul(self, e):
-        if not self.vector or sum(1 for f in sp.Mul.make_args(e) if self._is_vec(f)) < 2:
+        factors = sp.Mul.make_args(e)
+        coeff = [f for f in factors if not f.atoms(sp.Indexed, sp.Sum)]
+        rest = [f for f in factors if f.atoms(sp.Indexed, sp.Sum)]
+        if coeff and any(isinstance(f, sp.Sum) for f in rest) and sp.Mul(*coeff) != -1:
+            # a constant factor before a sum: 1/B sum_t ..., not a fraction with the sum on top
+            return f"{self._print(sp.Mul(*coeff))} {self._print(sp.Mul(*rest))}"
+        if not self.vector or sum(1 for f in factors if self._is_vec(f)) < 2:
             return super()._print_Mul(e)
         num, den = [], []
         for f in sp.Mul.make_args(e):
@@ -337,7 +359,7 @@ class GraphPrinter(LatexPrinter):
 
     def _print_Transpose(self, e):
         s = self._print(e.arg)
-        if _plain(s) or e.arg.name == "ones":
+        if "^" not in s and "\\frac" not in s:
             return f"{s}^{{T}}"
         return rf"\left({s}\right)^{{T}}"
 
@@ -559,7 +581,7 @@ def _place(levels, preds, succs):
             for k, lev in enumerate(levels) for v in lev}
 
 
-def _node_label(graph, n):
+def _node_label(graph, n, sym):
     if n.kind == "loss":
         what = f"loss: {n.loss.name}" + (", sum" if n.reduction == "sum" else "")
         return rf"${_loss_symbol_placeholder}$", what
@@ -569,7 +591,7 @@ def _node_label(graph, n):
         what = "input" + (", grad" if n.grad else "")
     else:
         what = n.kind
-    return f"${symbol(n.name)}$", f"{_text(what)}, {n.width}"
+    return f"${sym(n.name)}$", f"{_text(what)}, {n.width}"
 
 
 _loss_symbol_placeholder = "@LOSS@"
@@ -578,12 +600,14 @@ _loss_symbol_placeholder = "@LOSS@"
 def tikz(graph, loss="L"):
     """A tikzpicture of the graph (see the module docstring)."""
     pos, edges = layout(graph)
+    table = symbols(graph)
+    sym = table.__getitem__
     lines = [r"\begin{tikzpicture}[>=stealth, node/.style={draw, rounded corners=2pt, align=center, "
              r"minimum width=1.5cm, minimum height=0.8cm, inner sep=2pt, fill=white}, "
              r"input/.style={node, fill=black!6}, loss/.style={node, thick}]"]
     for n in graph.nodes:
         x, y = pos[n.name]
-        name, what = _node_label(graph, n)
+        name, what = _node_label(graph, n, sym)
         name = name.replace(_loss_symbol_placeholder, loss)
         style = "input" if n.kind == "input" else "loss" if n.kind == "loss" else "node"
         extra = ""
@@ -591,7 +615,7 @@ def tikz(graph, loss="L"):
             # the parameters inside the box: labels beside it would run into the next column
             ps = [p for p in (n.weight, n.bias) if p is not None]
             t = "^{T}" if n.transpose else ""
-            label = ", ".join(f"{symbol(p)}{t if p == n.weight else ''}" for p in ps)
+            label = ", ".join(f"{sym(p)}{t if p == n.weight else ''}" for p in ps)
             extra = rf"\\[-1pt]{{\scriptsize\color{{black!60}}${label}$}}"
         lines.append(rf"\node[{style}] ({_tid(n.name)}) at ({x}, {y}) {{{name}\\[-1pt]"
                      rf"{{\scriptsize {what}}}{extra}}};")
@@ -622,10 +646,9 @@ class Renderer:
     def __init__(self, d, nt):
         self.d, self.nt, self.g = d, nt, d.graph
         self.names = _Names(d, nt)
+        self.sym = self.names.sym
         self.mats = _Matrices(d, self.names)
 
-    def sym(self, name):
-        return symbol(name)
 
     def pr(self, e, **kw):
         return GraphPrinter(self.names, **kw).doprint(e)
@@ -691,18 +714,18 @@ class Renderer:
         for n in self.g.nodes:
             if n.kind == "loss":
                 what = self.loss_text(n) + f", {'mean' if n.reduction == 'mean' else 'sum'} over the batch"
-                ins = f"${symbol(n.inputs[0])}$, ${symbol(n.target)}$"
+                ins = f"${self.sym(n.inputs[0])}$, ${self.sym(n.target)}$"
                 rows.append({"name": f"${self.nt.loss}$", "kind": "loss", "inputs": ins, "width": "1",
                              "what": what})
                 continue
-            ins = ", ".join(f"${symbol(i)}$" for i in n.inputs)
+            ins = ", ".join(f"${self.sym(i)}$" for i in n.inputs)
             if n.kind == "input":
                 what = "data" + ("; its gradient is wanted" if n.grad else "")
                 if n.name == self.g.target:
                     what = "the target"
             elif n.kind == "dense":
-                w = symbol(n.weight) + ("^{T}" if n.transpose else "")
-                what = f"${w} {symbol(n.inputs[0])}" + (f" + {symbol(n.bias)}$" if n.bias else "$")
+                w = self.sym(n.weight) + ("^{T}" if n.transpose else "")
+                what = f"${w} {self.sym(n.inputs[0])}" + (f" + {self.sym(n.bias)}$" if n.bias else "$")
             elif n.kind == "activation":
                 what = rf"${n.activation.latex}$ elementwise" if n.activation.elementwise else \
                     rf"${n.activation.latex}$ over the vector"
@@ -710,21 +733,20 @@ class Renderer:
                 what = {"add": "elementwise sum", "multiply": "elementwise product",
                         "concat": "the inputs stacked (merge)",
                         "expression": "elementwise: " + rf"\texttt{{{_text(n.text or '')}}}"}[n.kind]
-            rows.append({"name": f"${symbol(n.name)}$", "kind": _text(n.kind if n.kind != "activation" else n.activation.name),
+            rows.append({"name": f"${self.sym(n.name)}$", "kind": _text(n.kind if n.kind != "activation" else n.activation.name),
                          "inputs": ins, "width": str(n.width), "what": what})
         return rows
 
-    @staticmethod
-    def loss_text(n):
+    def loss_text(self, n):
         """The per-sample loss formula with its a and y named."""
-        return (rf"${n.loss.latex}$ with $a = {symbol(n.inputs[0])}$, $y = {symbol(n.target)}$")
+        return (rf"${n.loss.latex}$ with $a = {self.sym(n.inputs[0])}$, $y = {self.sym(n.target)}$")
 
     def params(self):
         out = []
         for p in self.g.params:
             shape = r" \times ".join(str(s) for s in p.shape)
-            uses = ", ".join(f"${symbol(u)}$" + (" (transposed)" if t else "") for u, t in p.uses)
-            out.append({"name": f"${symbol(p.name)}$", "shape": f"${shape}$", "uses": uses,
+            uses = ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses)
+            out.append({"name": f"${self.sym(p.name)}$", "shape": f"${shape}$", "uses": uses,
                         "shared": len(p.uses) > 1})
         return out
 
@@ -739,25 +761,25 @@ class Renderer:
             if v is not None:
                 rows.append(v)
             rows += self.index_rows(e, labels=False)
-            steps.append({"title": f"${symbol(n.name)}$", "text": self.forward_text(n), "rows": rows})
+            steps.append({"title": f"${self.sym(n.name)}$", "text": self.forward_text(n), "rows": rows})
         return steps
 
     def forward_vector(self, e, n):
-        v = symbol(n.name)
+        v = self.sym(n.name)
         if n.kind == "activation":
-            arg = symbol(n.inputs[0])
+            arg = self.sym(n.inputs[0])
             return _row(v, rf"= {n.activation.latex}\left({arg}\right)" if not _plain(arg)
                         else rf"= {n.activation.latex}({arg})", "")
         if n.kind == "concat":
             if self.nt.batch:
-                return _row(v, r"= \begin{bmatrix} " + " & ".join(symbol(i) for i in n.inputs) + r" \end{bmatrix}",
+                return _row(v, r"= \begin{bmatrix} " + " & ".join(self.sym(i) for i in n.inputs) + r" \end{bmatrix}",
                             "")
-            return _row(v, r"= \begin{bmatrix} " + r" \\ ".join(symbol(i) for i in n.inputs) + r" \end{bmatrix}",
+            return _row(v, r"= \begin{bmatrix} " + r" \\ ".join(self.sym(i) for i in n.inputs) + r" \end{bmatrix}",
                         "")
         return self.vector_row(e)
 
     def forward_text(self, n):
-        ins = [f"${symbol(i)}$" for i in n.inputs]
+        ins = [f"${self.sym(i)}$" for i in n.inputs]
         if n.kind == "dense":
             t = " (the weight transposed: this node shares it)" if n.transpose else ""
             return f"A dense (linear) node reads {ins[0]}{t}."
@@ -817,32 +839,32 @@ class Renderer:
 
     def step_text(self, e):
         nt = self.nt
-        v = symbol(e.node)
+        v = self.sym(e.node)
         if e.kind == "loss_grad":
             return (rf"the loss at ${v}$",
                     rf"SymPy differentiates ${nt.loss}$ with respect to the network's output ${v}$.")
         if e.kind == "output_delta":
             out = self.g.node(self.g.output)
-            return (rf"through the output activation ${symbol(out.name)}$",
-                    rf"The output ${symbol(out.name)} = {out.activation.latex}({v})$ feeds only the loss, "
+            return (rf"through the output activation ${self.sym(out.name)}$",
+                    rf"The output ${self.sym(out.name)} = {out.activation.latex}({v})$ feeds only the loss, "
                     r"so SymPy multiplies the loss derivative by the activation's Jacobian and simplifies "
                     r"the product as one expression: the derivatives cancel and what is left is the "
                     r"prediction error.")
         if e.kind in ("grad_W", "grad_b"):
             u = self.g.node(e.source)
-            p = symbol(e.node)
+            p = self.sym(e.node)
             shared = len(self.g.param(e.node).uses) > 1
-            what = (rf"The part of the gradient of ${p}$ that comes from its use in ${symbol(u.name)}$"
+            what = (rf"The part of the gradient of ${p}$ that comes from its use in ${self.sym(u.name)}$"
                     if shared else rf"The gradient of ${p}$")
-            body = (rf"{what}: the parameter enters ${symbol(u.name)}$ only through the dense map, "
+            body = (rf"{what}: the parameter enters ${self.sym(u.name)}$ only through the dense map, "
                     + ("so the gradient is the outer product of the node's gradient with the node's "
                        "input, summed over the samples of the batch."
                        if e.kind == "grad_W" else
                        "so the gradient is the node's gradient summed over the samples of the batch."))
-            return (rf"parameter ${p}$" + (rf" (its use in ${symbol(u.name)}$)" if shared else ""), body)
+            return (rf"parameter ${p}$" + (rf" (its use in ${self.sym(u.name)}$)" if shared else ""), body)
         if e.kind == "backprop":
             u = self.g.node(e.source)
-            us = symbol(u.name)
+            us = self.sym(u.name)
             part = e.source if "__" in str(e.lhs.base.label) else ""
             head = (rf"${v}$ through ${us}$" if part else rf"${v}$")
             rule = {
@@ -867,14 +889,14 @@ class Renderer:
                          r"the branch sum below adds the parts.")
             return head, rule
         if e.kind == "branch_sum":
-            cons = [symbol(c) for c, _ in self.g.consumers(e.node)]
+            cons = [self.sym(c) for c, _ in self.g.consumers(e.node)]
             return (rf"branch sum at ${v}$",
                     rf"${v}$ feeds {len(cons)} nodes (${'$, $'.join(cons)}$): in the forward pass it is "
                     r"copied (a branch), so in the backward pass the gradients that come back along "
                     rf"its outgoing edges add, $g_{{\mathrm{{in}}}} = g^{{a}}_{{\mathrm{{out}}}} + "
                     rf"g^{{b}}_{{\mathrm{{out}}}}$ (eq.~14.46 of {BOOK}; ``copy adds'' in {SLIDES}).")
         if e.kind == "shared_sum":
-            uses = [symbol(u) for u, _ in self.g.param(e.node).uses]
+            uses = [self.sym(u) for u, _ in self.g.param(e.node).uses]
             return (rf"shared parameter ${v}$",
                     rf"${v}$ is used by {len(uses)} nodes (${'$, $'.join(uses)}$): sharing a parameter "
                     r"is a branch of the parameter, so its gradient is the sum of the gradients of its "
@@ -920,9 +942,9 @@ def render(derivation, notation="cs231n", document=False):
         loss_name=_text(g.loss_node.loss.name),
         backward=r.backward(), summary=r.summary(), book=BOOK, slides=SLIDES,
         branches=[s for s in r.backward() if s["kind"] == "branch_sum"],
-        shared=[symbol(p.name) for p in g.params if len(p.uses) > 1],
+        shared=[r.sym(p.name) for p in g.params if len(p.uses) > 1],
         reduction=g.reduction, index_first=nt.index_base,
-        part=r.names.grad("v", "u").replace(symbol("v"), "v").replace(symbol("u"), "u"))
+        part=(rf"\frac{{\partial {nt.loss}}}{{\partial v}}\Big|_{{u}}" if nt.frac else "g_{v}^{(u)}"))
 
 
 # ----------------------------------------------------------------------------------------------
