@@ -245,6 +245,11 @@ class GraphPrinter(LatexPrinter):
 
     def _print_Indexed(self, e):
         label = str(e.base.label)
+        q = self.n.d.quantities.get(label)
+        if self.nt.frac and not self.vector and q is not None and q.role in ("grad", "param_grad"):
+            # dL/d(entry), as the slides write it, rather than an entry of dL/dv
+            entry = self._print(sp.IndexedBase(q.of)[e.indices])
+            return rf"\frac{{\partial {self.nt.loss}}}{{\partial {entry}}}"
         base = self.n.base.get(label, self.n.sym(label))
         idx = list(e.indices)
         sample = None
