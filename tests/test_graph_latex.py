@@ -238,3 +238,15 @@ def test_cli_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("symbp: error: ") and message in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("notation, hu, hv", [
+    ("cs231n", r"= \left(g_{\mathrm{merged}}\right)_{1 \ldots 4}", r"= \left(g_{\mathrm{merged}}\right)_{5 \ldots 8}"),
+    ("rowvector", r"= g_{\mathrm{merged}}[0 \ldots 3]", r"= g_{\mathrm{merged}}[4 \ldots 7]"),
+    ("batch", r"= \left(g_{\mathrm{merged}}\right)_{{:},\, 1 \ldots 4}",
+     r"= \left(g_{\mathrm{merged}}\right)_{{:},\, 5 \ldots 8}"),
+])
+def test_concat_hands_each_input_its_slice(notation, hu, hv):
+    d = derive_graph(load_graph(SPECS / "two_tower.toml"))
+    r = gl.Renderer(d, gl.get_notation(notation))
+    assert r.vector_row(d["g_hu"])["rhs"] == hu and r.vector_row(d["g_hv"])["rhs"] == hv

@@ -260,11 +260,7 @@ class GraphPrinter(LatexPrinter):
             elif self.sample:
                 sample = self._print(s)
         if self.vector:
-            if idx and not isinstance(idx[-1], sp.Symbol) and self.width is not None:
-                off = idx[-1].as_independent(*idx[-1].free_symbols & {naming.J, naming.I})[0]
-                lo, hi = off + self.nt.index_base, off + self.width - 1 + self.nt.index_base
-                return rf"{base}[{self._print(lo)} : {self._print(hi)}]"
-            return base
+            return self._slice(base, label, idx)
         role = self.n.role(label) if label in self.n.d.quantities else "value"
         if role in ("W", "gW") and role in self.nt.transposed:
             idx = idx[::-1]      # the notation's matrix is our transpose: our W[j,k] is its entry (k, j)
@@ -277,6 +273,24 @@ class GraphPrinter(LatexPrinter):
         if _plain(base):
             return f"{base}_{{{sep.join(parts)}}}{sup}"
         return rf"\left({base}\right)_{{{sep.join(parts)}}}{sup}"
+
+    def _slice(self, base, label, idx):
+        """A whole vector, or the entries of a longer one that the equation reads (a concat's
+        input gets entries off + 1 ... off + n of the merged gradient), with the widths put in."""
+        q = self.n.d.quantities.get(label)
+        if not idx or self.width is None or q is None or q.role not in ("value", "grad", "contribution"):
+            return base
+        i = idx[-1]
+        off = i.as_independent(naming.J, naming.I)[0] if not isinstance(i, sp.Symbol) else sp.Integer(0)
+        if off == 0 and self.n.graph.node(q.of).width == self.width:
+            return base
+        lo = (off + self.nt.index_base).xreplace(self.n.d.sizes)
+        hi = (off + self.width - 1 + self.nt.index_base).xreplace(self.n.d.sizes)
+        b = base if _plain(base) and not self.nt.brackets else rf"\left({base}\right)"
+        if self.nt.brackets:
+            return rf"{base}[{self._print(lo)} \ldots {self._print(hi)}]"
+        cols = r"{:},\, " if self.nt.batch else ""      # a batch matrix: these columns, every row
+        return rf"{b}_{{{cols}{self._print(lo)} \ldots {self._print(hi)}}}"
 
     def _print_Symbol(self, e, style="plain"):
         if e == BATCH:
@@ -846,11 +860,11 @@ class Renderer:
         nt = self.nt
         v = self.sym(e.node)
         if e.kind == "loss_grad":
-            return (rf"the loss at ${v}$",
+            return (rf"the gradient at the output ${v}$",
                     rf"SymPy differentiates ${nt.loss}$ with respect to the network's output ${v}$.")
         if e.kind == "output_delta":
             out = self.g.node(self.g.output)
-            return (rf"through the output activation ${self.sym(out.name)}$",
+            return (rf"the gradient of ${v}$ through the output activation ${self.sym(out.name)}$",
                     rf"The output ${self.sym(out.name)} = {out.activation.latex}({v})$ feeds only the loss, "
                     r"so SymPy multiplies the loss derivative by the activation's Jacobian and simplifies "
                     r"the product as one expression: the derivatives cancel and what is left is the "
@@ -871,7 +885,7 @@ class Renderer:
             u = self.g.node(e.source)
             us = self.sym(u.name)
             part = e.source if "__" in str(e.lhs.base.label) else ""
-            head = (rf"${v}$ through ${us}$" if part else rf"${v}$")
+            head = rf"the gradient of ${v}$" + (rf" through ${us}$" if part else "")
             rule = {
                 "dense": (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the matrix "
                           r"that multiplies the input, and the backward step multiplies the upstream "
