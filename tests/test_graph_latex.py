@@ -138,18 +138,18 @@ def test_example_graphs_cover_both_named_sums(derived):
 
 # The matrix forms in each notation, as SymPy moves the transposes (autoencoder: dec = W^T code).
 FORMS = [
-    ("cs231n", "g_code", r"g_{\mathrm{code}}", r"= W g_{\mathrm{dec}}"),
-    ("cs231n", "g_W__dec", r"g_{W}^{(\mathrm{dec})}", r"= \sum_{s=1}^{B} \mathrm{code} g_{\mathrm{dec}}^{T}"),
-    ("cs231n", "g_W__enc", r"g_{W}^{(\mathrm{enc})}", r"= \sum_{s=1}^{B} g_{\mathrm{enc}} x^{T}"),
-    ("udl", "g_code", r"\frac{\partial L}{\partial \mathrm{code}}", r"= W \frac{\partial L}{\partial \mathrm{dec}}"),
-    ("transposed", "g_code", r"g_{\mathrm{code}}", r"= W^{T} g_{\mathrm{dec}}"),
-    ("transposed", "g_W__enc", r"g_{W}^{(\mathrm{enc})}", r"= \sum_{s=1}^{B} x g_{\mathrm{enc}}^{T}"),
-    ("rowvector", "g_code", r"g_{\mathrm{code}}", r"= g_{\mathrm{dec}} W^{T}"),
-    ("rowvector", "g_W__enc", r"g_{W}^{(\mathrm{enc})}", r"= \sum_{s=0}^{B - 1} x g_{\mathrm{enc}}"),
+    ("cs231n", "g_code", r"g_{\mathrm{code}}", r"= W \, g_{\mathrm{dec}}"),
+    ("cs231n", "g_W__dec", r"g_{W}^{(\mathrm{dec})}", r"= \sum_{s=1}^{B} \mathrm{code} \, g_{\mathrm{dec}}^{T}"),
+    ("cs231n", "g_W__enc", r"g_{W}^{(\mathrm{enc})}", r"= \sum_{s=1}^{B} g_{\mathrm{enc}} \, x^{T}"),
+    ("udl", "g_code", r"\frac{\partial L}{\partial \mathrm{code}}", r"= W \, \frac{\partial L}{\partial \mathrm{dec}}"),
+    ("transposed", "g_code", r"g_{\mathrm{code}}", r"= W^{T} \, g_{\mathrm{dec}}"),
+    ("transposed", "g_W__enc", r"g_{W}^{(\mathrm{enc})}", r"= \sum_{s=1}^{B} x \, g_{\mathrm{enc}}^{T}"),
+    ("rowvector", "g_code", r"g_{\mathrm{code}}", r"= g_{\mathrm{dec}} \, W^{T}"),
+    ("rowvector", "g_W__enc", r"g_{W}^{(\mathrm{enc})}", r"= \sum_{s=0}^{B - 1} x \, g_{\mathrm{enc}}"),
     ("rowvector", "g_b_dec", r"g_{b_{\mathrm{dec}}}", r"= \sum_{s=0}^{B - 1} g_{\mathrm{dec}}"),
-    ("batch", "g_code", r"g_{\mathrm{code}}", r"= g_{\mathrm{dec}} W"),
-    ("batch", "g_W__enc", r"g_{W}^{(\mathrm{enc})}", r"= x^{T} g_{\mathrm{enc}}"),
-    ("batch", "g_b_dec", r"g_{b_{\mathrm{dec}}}", r"= \mathbf{1}^{T} g_{\mathrm{dec}}"),
+    ("batch", "g_code", r"g_{\mathrm{code}}", r"= g_{\mathrm{dec}} \, W"),
+    ("batch", "g_W__enc", r"g_{W}^{(\mathrm{enc})}", r"= x^{T} \, g_{\mathrm{enc}}"),
+    ("batch", "g_b_dec", r"g_{b_{\mathrm{dec}}}", r"= \mathbf{1}^{T} \, g_{\mathrm{dec}}"),
 ]
 
 

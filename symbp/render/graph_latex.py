@@ -103,7 +103,7 @@ def symbols(graph):
 
 def _text(s):
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"),
-                 ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+                 ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("->", r"$\to$")):
         s = s.replace(a, b)
     return s
 
@@ -234,7 +234,8 @@ class GraphPrinter(LatexPrinter):
     prints whole vectors and products of vectors as Hadamard products."""
 
     def __init__(self, names, sample=False, vector=False, width=None):
-        super().__init__({"mul_symbol": None})
+        # a thin space between factors: \mathrm{B} next to \mathrm{probs} must not read "Bprobs"
+        super().__init__({"mul_symbol": r"\,"})
         self.n, self.nt = names, names.nt
         self.sample, self.vector, self.width = sample, vector, width
 
@@ -366,7 +367,7 @@ class GraphPrinter(LatexPrinter):
             vs = [rf"\left({self._print(v)}\right)" if isinstance(v, sp.Add) else self._print(v) for v in vec]
             if vs:
                 out.append(r" \odot ".join(vs))
-            return " ".join(out) or "1"
+            return r" \, ".join(out) or "1"
         out = join(num) if not den else rf"\frac{{{join(num)}}}{{{join(den)}}}"
         return f"- {out}" if neg else out
 
@@ -383,7 +384,7 @@ class GraphPrinter(LatexPrinter):
         return rf"\left({s}\right)^{{T}}"
 
     def _print_MatMul(self, e):
-        return " ".join(rf"\left({self._print(a)}\right)" if isinstance(a, sp.MatAdd) else self._print(a)
+        return r" \, ".join(rf"\left({self._print(a)}\right)" if isinstance(a, sp.MatAdd) else self._print(a)
                         for a in e.args)
 
     def _print_MatAdd(self, e):
@@ -655,6 +656,13 @@ def _tid(name):
 # ----------------------------------------------------------------------------------------------
 
 STAGE_NAMES = {"definition": "definition", "derived": "sympy.diff", "sum": "sum"}
+
+
+def stage_legend():
+    """What the labels beside SymPy's stages mean (from the passes' own docs)."""
+    from .. import simplify as simp
+    docs = [("sympy.diff", "the derivative as sympy.diff returns it")] + [(p.name, p.doc) for p in simp.PASSES]
+    return "; ".join(rf"\emph{{{_text(k)}}}: {_text(v)}" for k, v in docs)
 
 
 def _row(lhs, rhs, note=""):
@@ -962,7 +970,7 @@ def render(derivation, notation="cs231n", document=False):
         backward=r.backward(), summary=r.summary(), book=BOOK, slides=SLIDES,
         branches=[s for s in r.backward() if s["kind"] == "branch_sum"],
         shared=[r.sym(p.name) for p in g.params if len(p.uses) > 1],
-        reduction=g.reduction, index_first=nt.index_base,
+        reduction=g.reduction, index_first=nt.index_base, legend=stage_legend(),
         part=(rf"\frac{{\partial {nt.loss}}}{{\partial v}}\Big|_{{u}}" if nt.frac else "g_{v}^{(u)}"))
 
 
