@@ -250,3 +250,41 @@ def test_concat_hands_each_input_its_slice(notation, hu, hv):
     d = derive_graph(load_graph(SPECS / "two_tower.toml"))
     r = gl.Renderer(d, gl.get_notation(notation))
     assert r.vector_row(d["g_hu"])["rhs"] == hu and r.vector_row(d["g_hv"])["rhs"] == hv
+
+
+SIGMOID_MSE = """
+[graph]
+name = "sigmse"
+[[node]]
+name = "x"
+kind = "input"
+width = 2
+[[node]]
+name = "z"
+kind = "dense"
+input = "x"
+units = 1
+[[node]]
+name = "a"
+kind = "activation"
+input = "z"
+activation = "sigmoid"
+[[node]]
+name = "y"
+kind = "input"
+width = 1
+[[node]]
+name = "loss"
+kind = "loss"
+input = "a"
+target = "y"
+loss = "%s"
+"""
+
+
+@pytest.mark.parametrize("loss, cancels", [("bce", True), ("mse", False)])
+def test_prediction_error_is_claimed_only_where_sympy_found_it(loss, cancels):
+    d = derive_graph(loads_graph(SIGMOID_MSE % loss))
+    (e,) = d.of_kind("output_delta")
+    _, text = gl.Renderer(d, gl.get_notation("cs231n")).step_text(e)
+    assert ("prediction error" in text) == cancels

@@ -662,7 +662,8 @@ def stage_legend():
     """What the labels beside SymPy's stages mean (from the passes' own docs)."""
     from .. import simplify as simp
     docs = [("sympy.diff", "the derivative as sympy.diff returns it")] + [(p.name, p.doc) for p in simp.PASSES]
-    return "; ".join(rf"\emph{{{_text(k)}}}: {_text(v)}" for k, v in docs)
+    return "; ".join(rf"\emph{{{_text(k)}}}: {_text(v)}" for k, v in docs).replace(
+        r"sum\_i y\_i = 1", r"$\sum_i y_i = 1$")
 
 
 def _row(lhs, rhs, note=""):
@@ -808,7 +809,7 @@ class Renderer:
     def forward_text(self, n):
         ins = [f"${self.sym(i)}$" for i in n.inputs]
         if n.kind == "dense":
-            t = " (the weight transposed: this node shares it)" if n.transpose else ""
+            t = f" with the weight transposed, ${self.sym(n.weight)}^{{T}}$ (tied weights)" if n.transpose else ""
             return f"A dense (linear) node reads {ins[0]}{t}."
         if n.kind == "activation":
             return f"The activation {_text(n.activation.name)} applied to {ins[0]}."
@@ -872,11 +873,14 @@ class Renderer:
                     rf"SymPy differentiates ${nt.loss}$ with respect to the network's output ${v}$.")
         if e.kind == "output_delta":
             out = self.g.node(self.g.output)
+            a = sp.IndexedBase(out.name, real=True)[S, naming.J]
+            y = sp.IndexedBase(self.g.target, real=True)[S, naming.J]
+            err = sp.expand(e.rhs - self.d.batch_factor * (a - y)) == 0
             return (rf"the gradient of ${v}$ through the output activation ${self.sym(out.name)}$",
                     rf"The output ${self.sym(out.name)} = {out.activation.latex}({v})$ feeds only the loss, "
                     r"so SymPy multiplies the loss derivative by the activation's Jacobian and simplifies "
-                    r"the product as one expression: the derivatives cancel and what is left is the "
-                    r"prediction error.")
+                    r"the product as one expression"
+                    + (r": the derivatives cancel and what is left is the prediction error." if err else "."))
         if e.kind in ("grad_W", "grad_b"):
             u = self.g.node(e.source)
             p = self.sym(e.node)
@@ -894,23 +898,26 @@ class Renderer:
             us = self.sym(u.name)
             part = e.source if "__" in str(e.lhs.base.label) else ""
             head = rf"the gradient of ${v}$" + (rf" through ${us}$" if part else "")
-            rule = {
-                "dense": (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the matrix "
-                          r"that multiplies the input, and the backward step multiplies the upstream "
-                          rf"gradient by it (the linear layer of {BOOK}, Algorithm~14.1)."),
-                "activation": (rf"The activation is elementwise, its Jacobian is diagonal: the gradient "
-                               r"is multiplied entry by entry by the derivative, written in terms of the "
-                               r"stored forward output."
-                               if u.activation is not None and u.activation.elementwise else
-                               r"The activation couples the entries, its Jacobian is full."),
-                "add": r"An add node distributes: each input receives the upstream gradient unchanged "
-                       rf"({SLIDES}).",
-                "multiply": r"A multiply node swaps: each input receives the upstream gradient times "
-                            rf"the other input ({SLIDES}).",
-                "concat": rf"The merge hands ${v}$ its own slice of the upstream gradient "
-                          rf"(eqs.~14.39--14.41 of {BOOK}).",
-                "expression": rf"SymPy differentiates the expression of ${us}$ with respect to ${v}$.",
-            }[u.kind]
+            if u.kind == "dense":
+                rule = (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the matrix "
+                        r"that multiplies the input, and the backward step multiplies the upstream "
+                        rf"gradient by it (the linear layer of {BOOK}, Algorithm~14.1).")
+            elif u.kind == "activation":
+                act = rf"The activation ${us} = {u.activation.latex}({v})$"
+                rule = (act + r" is elementwise, its Jacobian is diagonal: the gradient is multiplied "
+                        r"entry by entry by the derivative, written in terms of the stored forward output."
+                        if u.activation.elementwise else act + r" couples the entries, its Jacobian is full.")
+            elif u.kind == "add":
+                rule = (r"An add node distributes: each input receives the upstream gradient unchanged "
+                        rf"({SLIDES}).")
+            elif u.kind == "multiply":
+                rule = (r"A multiply node swaps: each input receives the upstream gradient times "
+                        rf"the other input ({SLIDES}).")
+            elif u.kind == "concat":
+                rule = (rf"The merge hands ${v}$ its own slice of the upstream gradient "
+                        rf"(eqs.~14.39--14.41 of {BOOK}).")
+            else:
+                rule = rf"SymPy differentiates the expression of ${us}$ with respect to ${v}$."
             if part:
                 rule += (rf" This is the part of the gradient of ${v}$ that comes back through ${us}$; "
                          r"the branch sum below adds the parts.")
@@ -918,14 +925,14 @@ class Renderer:
         if e.kind == "branch_sum":
             cons = [self.sym(c) for c, _ in self.g.consumers(e.node)]
             return (rf"branch sum at ${v}$",
-                    rf"${v}$ feeds {len(cons)} nodes (${'$, $'.join(cons)}$): in the forward pass it is "
+                    rf"The value ${v}$ feeds {len(cons)} nodes (${'$, $'.join(cons)}$): in the forward pass it is "
                     r"copied (a branch), so in the backward pass the gradients that come back along "
                     rf"its outgoing edges add, $g_{{\mathrm{{in}}}} = g^{{a}}_{{\mathrm{{out}}}} + "
                     rf"g^{{b}}_{{\mathrm{{out}}}}$ (eq.~14.46 of {BOOK}; ``copy adds'' in {SLIDES}).")
         if e.kind == "shared_sum":
             uses = [self.sym(u) for u, _ in self.g.param(e.node).uses]
             return (rf"shared parameter ${v}$",
-                    rf"${v}$ is used by {len(uses)} nodes (${'$, $'.join(uses)}$): sharing a parameter "
+                    rf"The parameter ${v}$ is used by {len(uses)} nodes (${'$, $'.join(uses)}$): sharing a parameter "
                     r"is a branch of the parameter, so its gradient is the sum of the gradients of its "
                     rf"uses, $\partial {nt.loss} / \partial \theta = \sum_i \partial {nt.loss} / "
                     rf"\partial \theta^{{i}}$ (eq.~14.47 of {BOOK}).")
