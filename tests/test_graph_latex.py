@@ -288,3 +288,31 @@ def test_prediction_error_is_claimed_only_where_sympy_found_it(loss, cancels):
     (e,) = d.of_kind("output_delta")
     _, text = gl.Renderer(d, gl.get_notation("cs231n")).step_text(e)
     assert ("prediction error" in text) == cancels
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from test_graph_random import dags  # noqa: E402
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dags())
+def test_random_graphs_render_with_a_clean_layout(g):
+    """Any valid DAG (repeated inputs, shared and transposed weights, merges) renders in every
+    notation; its boxes never overlap, edges run downwards, long edges avoid the boxes."""
+    d = derive_graph(g)
+    for notation in gl.GRAPH_NOTATIONS:
+        tex = gl.render(d, notation=notation, document=True)
+        assert r"\begin{tikzpicture}" in tex and "Step 1:" in tex
+    pos, edges = gl.layout(g)
+    assert len(set(pos.values())) == len(pos)
+    by_level = {}                   # boxes and the bends of long edges share each level's slots
+    for x, y in list(pos.values()) + [b for _, _, bends in edges for b in bends]:
+        by_level.setdefault(y, []).append(x)
+    for xs in by_level.values():
+        xs.sort()
+        assert all(b - a >= gl.DX - 1e-6 for a, b in zip(xs, xs[1:]))
+    for u, v, bends in edges:
+        ys = [pos[u][1]] + [y for _, y in bends] + [pos[v][1]]
+        assert all(a > b for a, b in zip(ys, ys[1:]))
+        assert not set(bends) & set(pos.values())
