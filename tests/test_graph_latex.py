@@ -295,7 +295,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from test_graph_random import dags  # noqa: E402
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dags())
 def test_random_graphs_render_with_a_clean_layout(g):
     """Any valid DAG (repeated inputs, shared and transposed weights, merges) renders in every
@@ -311,7 +311,7 @@ def test_random_graphs_render_with_a_clean_layout(g):
         by_level.setdefault(y, []).append(x)
     for xs in by_level.values():
         xs.sort()
-        assert all(b - a >= gl.DX - 1e-6 for a, b in zip(xs, xs[1:]))
+        assert all(b - a >= gl.DX - 0.002 for a, b in zip(xs, xs[1:]))   # coordinates are rounded
     for u, v, bends in edges:
         ys = [pos[u][1]] + [y for _, y in bends] + [pos[v][1]]
         assert all(a > b for a, b in zip(ys, ys[1:]))

@@ -529,10 +529,10 @@ def layout(graph):
         levels[depth[name]].append(name)
     preds = {n: [] for lev in levels for n in lev}
     chains = []
-    for u, v in _edges(graph):
+    for e, (u, v) in enumerate(_edges(graph)):
         chain, prev = [], u
         for k in range(depth[u] + 1, depth[v]):
-            dummy = f"{u}->{v}@{k}"
+            dummy = f"{u}->{v}#{e}@{k}"      # one per edge: a node read twice has two edges
             levels[k].append(dummy)
             preds[dummy] = [prev]
             chain.append(dummy)
@@ -639,10 +639,16 @@ def tikz(graph, loss="L"):
             extra = rf"\\[-1pt]{{\scriptsize\color{{black!60}}${label}$}}"
         lines.append(rf"\node[{style}] ({_tid(n.name)}) at ({x}, {y}) {{{name}\\[-1pt]"
                      rf"{{\scriptsize {what}}}{extra}}};")
+    seen = {}
     for u, v, bends in edges:
         pts = [f"({_tid(u)})"] + [f"({x}, {y})" for x, y in bends] + [f"({_tid(v)})"]
-        opt = "->, rounded corners=8pt" if bends else "->"
-        lines.append(rf"\draw[{opt}] " + " -- ".join(pts) + ";")
+        if bends:
+            lines.append(r"\draw[->, rounded corners=8pt] " + " -- ".join(pts) + ";")
+            continue
+        # a node that reads the same value twice (x * x): the second arrow bends aside
+        m = seen[(u, v)] = seen.get((u, v), -1) + 1
+        how = f" to[bend left={12 * m}] " if m else " -- "
+        lines.append(r"\draw[->] " + how.join(pts) + ";")
     lines.append(r"\end{tikzpicture}")
     return "\n".join(lines) + "\n"
 
