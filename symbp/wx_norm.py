@@ -218,9 +218,12 @@ def cmd_wx_norm(args):
         from pathlib import Path
 
         from .codegen.load import write
-        from .render.circuit import compile_pdf
+        from .render.pdf import compile_pdf
         tex = r.document(decimals)
-        data = compile_pdf(tex, Path(args.latex).stem) if args.pdf else None
+        try:
+            data = compile_pdf(tex, Path(args.latex).stem)[0] if args.pdf else None
+        except SymbpError as e:
+            raise WxNormError(str(e)) from None
         write(args.latex, tex)
         out.append(str(args.latex))
         if data is not None:

@@ -27,11 +27,7 @@ Contract:
   it. A missing or failing pdflatex raises a SymbpError and writes nothing.
 Same derivation and notation, same bytes.
 """
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +35,9 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from .. import naming
-from ..derivation import ColumnSum, Product, batch_form
+from ..derivation import ColumnSum, batch_form
 from ..errors import SymbpError
+from .pdf import compile_pdf
 
 S, T = naming.S, naming.T
 BATCH = naming.BATCH
@@ -601,10 +598,9 @@ def _place(levels, preds, succs):
             for k, lev in enumerate(levels) for v in lev}
 
 
-def _node_label(graph, n, sym):
+def _node_label(graph, n, sym, loss):
     if n.kind == "loss":
-        what = f"loss: {n.loss.name}" + (", sum" if n.reduction == "sum" else "")
-        return rf"${_loss_symbol_placeholder}$", what
+        return f"${loss}$", f"loss: {n.loss.name}" + (", sum" if n.reduction == "sum" else "")
     if n.kind == "activation":
         what = n.activation.name
     elif n.kind == "input":
@@ -612,9 +608,6 @@ def _node_label(graph, n, sym):
     else:
         what = n.kind
     return f"${sym(n.name)}$", f"{_text(what)}, {n.width}"
-
-
-_loss_symbol_placeholder = "@LOSS@"
 
 
 def tikz(graph, loss="L"):
@@ -627,8 +620,7 @@ def tikz(graph, loss="L"):
              r"input/.style={node, fill=black!6}, loss/.style={node, thick}]"]
     for n in graph.nodes:
         x, y = pos[n.name]
-        name, what = _node_label(graph, n, sym)
-        name = name.replace(_loss_symbol_placeholder, loss)
+        name, what = _node_label(graph, n, sym, loss)
         style = "input" if n.kind == "input" else "loss" if n.kind == "loss" else "node"
         extra = ""
         if n.kind == "dense":
@@ -956,14 +948,12 @@ class Renderer:
         return rows
 
     def equation_rows(self):
-        names = self.names
         out = []
         for e in self.d.equations:
             sample = any(lim[0] in (S, T) for s in e.rhs.atoms(sp.Sum) for lim in s.limits)
             lhs = self.index_lhs(e, sample)
             out.append(_row(lhs, "= " + self.pr(e.rhs, sample=sample),
                             rf"\text{{{_text(e.kind.replace('_', ' '))}}}"))
-        del names
         return out
 
 
@@ -991,42 +981,13 @@ def render(derivation, notation="cs231n", document=False):
 # files
 # ----------------------------------------------------------------------------------------------
 
-def _first_error(log):
-    for line in log.splitlines():
-        if line.startswith("!"):
-            return line.strip()
-    return "no error line in the log"
-
-
-def compile_pdf(tex, name="graph"):
-    """(PDF bytes, log text) of a LaTeX document compiled in a temporary directory; a missing or
-    failing pdflatex raises a SymbpError naming the first error line."""
-    exe = shutil.which("pdflatex")
-    if exe is None:
-        raise SymbpError("--pdf: pdflatex not found on PATH (install texlive-latex-base and "
-                         "texlive-pictures); nothing written")
-    with tempfile.TemporaryDirectory(prefix="symbp-graph-") as tmp:
-        (Path(tmp) / f"{name}.tex").write_text(tex, encoding="utf-8")
-        try:
-            run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", "-no-shell-escape",
-                                  f"{name}.tex"], cwd=tmp, capture_output=True, text=True, timeout=300)
-            ok = run.returncode == 0 and (Path(tmp) / f"{name}.pdf").exists()
-        except subprocess.TimeoutExpired:
-            ok = False
-        logp = Path(tmp) / f"{name}.log"
-        log = logp.read_text(encoding="utf-8", errors="replace") if logp.exists() else ""
-        if not ok:
-            raise SymbpError(f"--pdf: pdflatex failed on {name}.tex ({_first_error(log)}); nothing written")
-        return (Path(tmp) / f"{name}.pdf").read_bytes(), log
-
-
 def write_document(derivation, path, notation="cs231n", pdf=False):
     """Write the handout to ``path`` (and the PDF beside it with ``pdf=True``), each atomically,
     after everything was rendered and compiled. Returns the paths written."""
     from ..codegen.load import write
     path = Path(path)
     tex = render(derivation, notation=notation, document=True)
-    data = compile_pdf(tex, path.stem)[0] if pdf else None
+    data = compile_pdf(tex, path.stem)[0] if pdf else None     # before any file is written
     write(path, tex)
     out = [path]
     if data is not None:
