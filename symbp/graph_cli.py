@@ -1,4 +1,6 @@
-"""Command line for DAG specs: ``symbp graph derive|generate|check SPEC``.
+"""Command line for DAG specs: ``symbp graph derive|generate|check SPEC``; ``derive`` prints the
+equations, or with ``--latex FILE [--pdf] [--notation N]`` writes the handout
+(``symbp.render.graph_latex``).
 
 Contract: ``add_command(subparsers)`` adds the ``graph`` command (listed in
 ``symbp.cli.COMMAND_MODULES``); each subcommand returns an exit code: 0 on success, 1 when a

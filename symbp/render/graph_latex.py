@@ -669,12 +669,14 @@ def _row(lhs, rhs, note=""):
 
 
 class Renderer:
+    """The pieces of the handout (rows of aligned equations, prose) for one derivation in one
+    notation; the template lays them out."""
+
     def __init__(self, d, nt):
         self.d, self.nt, self.g = d, nt, d.graph
         self.names = _Names(d, nt)
         self.sym = self.names.sym
         self.mats = _Matrices(d, self.names)
-
 
     def pr(self, e, **kw):
         return GraphPrinter(self.names, **kw).doprint(e)
