@@ -944,9 +944,10 @@ class Renderer:
             if e.kind in ("grad_W", "grad_b", "backprop", "output_delta", "loss_grad", "branch_sum",
                           "shared_sum") and e.name not in self.d.inlined:
                 v = self.vector_row(e)
-                rows.append(v if v is not None else self.index_rows(e, labels=False)[-1])
-                if v is None:
-                    rows[-1] = dict(rows[-1], lhs=self.index_lhs(e, False))
+                if v is None:      # entry by entry; the sample index only where the batch is summed
+                    sample = any(lim[0] in (S, T) for sm in e.rhs.atoms(sp.Sum) for lim in sm.limits)
+                    v = _row(self.index_lhs(e, sample), "= " + self.pr(e.rhs, sample=sample))
+                rows.append(v)
         return rows
 
     def equation_rows(self):
