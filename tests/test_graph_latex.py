@@ -316,3 +316,38 @@ def test_random_graphs_render_with_a_clean_layout(g):
         ys = [pos[u][1]] + [y for _, y in bends] + [pos[v][1]]
         assert all(a > b for a, b in zip(ys, ys[1:]))
         assert not set(bends) & set(pos.values())
+
+
+def test_expression_with_underscored_names_stays_in_math():
+    g = loads_graph("""
+[graph]
+name = "expr"
+[[node]]
+name = "x_in"
+kind = "input"
+width = 2
+[[node]]
+name = "h_lin"
+kind = "dense"
+input = "x_in"
+units = 2
+[[node]]
+name = "gate_val"
+kind = "expression"
+inputs = ["h_lin", "x_in"]
+expression = "h_lin * sigmoid(x_in)"
+[[node]]
+name = "y"
+kind = "input"
+width = 2
+[[node]]
+name = "loss"
+kind = "loss"
+input = "gate_val"
+target = "y"
+loss = "mse"
+""")
+    tex = gl.render(derive_graph(g), document=True)
+    for nm in ("x_in", "h_lin", "gate_val"):
+        assert nm.replace("_", r"\_") not in tex and nm not in tex.replace(r"\mathrm{", "")
+    assert r"h_{\mathrm{lin}}" in tex

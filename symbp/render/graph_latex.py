@@ -755,12 +755,16 @@ class Renderer:
                 w = self.sym(n.weight) + ("^{T}" if n.transpose else "")
                 what = f"${w} {self.sym(n.inputs[0])}" + (f" + {self.sym(n.bias)}$" if n.bias else "$")
             elif n.kind == "activation":
-                what = rf"${n.activation.latex}$ elementwise" if n.activation.elementwise else \
-                    rf"${n.activation.latex}$ over the vector"
+                act = n.activation
+                what = rf"${act.latex}$ elementwise" if act.elementwise else rf"${act.latex}$ over the vector"
+                if act.user:        # the reader has not met it: say what it is
+                    what = rf"${act.latex}(z) = {sp.latex(act.definition)}$, elementwise"
+            elif n.kind == "expression":
+                names = {n.symbol(i): self.sym(i) for i in n.inputs}
+                what = "elementwise: $" + sp.latex(n.expression, symbol_names=names, mul_symbol=r"\,") + "$"
             else:
                 what = {"add": "elementwise sum", "multiply": "elementwise product",
-                        "concat": "the inputs stacked (merge)",
-                        "expression": "elementwise: " + rf"\texttt{{{_text(n.text or '')}}}"}[n.kind]
+                        "concat": "the inputs stacked (merge)"}[n.kind]
             rows.append({"name": f"${self.sym(n.name)}$", "kind": _text(n.kind if n.kind != "activation" else n.activation.name),
                          "inputs": ins, "width": str(n.width), "what": what})
         return rows
