@@ -1,5 +1,6 @@
-"""The DAG handout (symbp.render.graph_latex): symbols, the TikZ layout, the named branch and
-shared-parameter steps, the five notations' matrix forms, PDFs without overfull lines, the CLI."""
+"""The DAG handout (symbp.render.graph_latex and graph_tikz): symbols, the TikZ layout, the named
+branch and shared-parameter steps, the five notations' matrix forms, PDFs without overfull lines,
+the CLI."""
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from symbp.cli import main
 from symbp.graph import load_graph, loads_graph
 from symbp.graph_derive import derive_graph
 from symbp.render import graph_latex as gl
+from symbp.render import graph_tikz as gt
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "examples" / "specs" / "graphs"
@@ -69,8 +71,8 @@ loss = "mse"
 @pytest.mark.parametrize("name", GRAPHS)
 def test_layout_is_deterministic_without_crossings(name):
     g = load_graph(SPECS / f"{name}.toml")
-    pos, edges = gl.layout(g)
-    assert (pos, edges) == gl.layout(load_graph(SPECS / f"{name}.toml"))
+    pos, edges = gt.layout(g)
+    assert (pos, edges) == gt.layout(load_graph(SPECS / f"{name}.toml"))
     assert set(pos) == {n.name for n in g.nodes}
     assert len(set(pos.values())) == len(pos)                      # no two boxes on one spot
     for u, v, bends in edges:
@@ -89,7 +91,7 @@ def test_layout_is_deterministic_without_crossings(name):
 
 
 def test_residual_skip_edge_bends_around_the_block():
-    pos, edges = gl.layout(load_graph(SPECS / "residual.toml"))
+    pos, edges = gt.layout(load_graph(SPECS / "residual.toml"))
     (bends,) = [b for u, v, b in edges if (u, v) == ("a", "r")]
     assert len(bends) == 3                  # it crosses the levels of f1, f1a and f2
     block_x = {pos[n][0] for n in ("f1", "f1a", "f2")}
@@ -108,8 +110,8 @@ def test_handout_names_its_steps_and_draws_the_graph(derived, name):
     assert r"\begin{tikzpicture}" in tex
     g = d.graph
     for n in g.nodes:
-        assert re.search(rf"\\node\[\w+\] \({gl._tid(n.name)}\) at", tex), n.name
-    assert tex.count(r"\draw[->") == len(gl._edges(g))
+        assert re.search(rf"\\node\[\w+\] \({gt._tid(n.name)}\) at", tex), n.name
+    assert tex.count(r"\draw[->") == len(gt._edges(g))
     # no node or parameter name in text mode: neither escaped nor raw with its underscore
     for nm in [n.name for n in g.nodes] + [p.name for p in g.params]:
         if "_" in nm:
@@ -304,14 +306,14 @@ def test_random_graphs_render_with_a_clean_layout(g):
     for notation in gl.GRAPH_NOTATIONS:
         tex = gl.render(d, notation=notation, document=True)
         assert r"\begin{tikzpicture}" in tex and "Step 1:" in tex
-    pos, edges = gl.layout(g)
+    pos, edges = gt.layout(g)
     assert len(set(pos.values())) == len(pos)
     by_level = {}                   # boxes and the bends of long edges share each level's slots
     for x, y in list(pos.values()) + [b for _, _, bends in edges for b in bends]:
         by_level.setdefault(y, []).append(x)
     for xs in by_level.values():
         xs.sort()
-        assert all(b - a >= gl.DX - 0.002 for a, b in zip(xs, xs[1:]))   # coordinates are rounded
+        assert all(b - a >= gt.DX - 0.002 for a, b in zip(xs, xs[1:]))   # coordinates are rounded
     for u, v, bends in edges:
         ys = [pos[u][1]] + [y for _, y in bends] + [pos[v][1]]
         assert all(a > b for a, b in zip(ys, ys[1:]))
@@ -351,3 +353,9 @@ loss = "mse"
     for nm in ("x_in", "h_lin", "gate_val"):
         assert nm.replace("_", r"\_") not in tex and nm not in tex.replace(r"\mathrm{", "")
     assert r"h_{\mathrm{lin}}" in tex
+
+
+@pytest.mark.parametrize("raw, tex", [("leaky_relu", r"leaky\_relu"), ("a -> b", r"a $\to$ b"),
+                                      ("50% & {x}", r"50\% \& \{x\}"), ("\\", r"\textbackslash{}")])
+def test_text_mode_escapes_once(raw, tex):
+    assert gt.text_mode(raw) == tex
