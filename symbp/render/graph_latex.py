@@ -704,8 +704,10 @@ class Renderer:
             what = (rf"The part of the gradient of ${p}$ that comes from its use in ${self.sym(u.name)}$"
                     if shared else rf"The gradient of ${p}$")
             body = (rf"{what}: the parameter enters ${self.sym(u.name)}$ only through the dense map, "
-                    + ("so the gradient is the outer product of the node's gradient with the node's "
-                       "input, summed over the samples of the batch."
+                    + ("so the gradient is an outer product of the node's gradient and the node's "
+                       "input, summed over the samples of the batch"
+                       + (rf"; ${self.sym(u.name)}$ uses ${p}^{{T}}$, so its contribution is transposed."
+                          if u.transpose else ".")
                        if e.kind == "grad_W" else
                        "so the gradient is the node's gradient summed over the samples of the batch."))
             return (rf"parameter ${p}$" + (rf" (its use in ${self.sym(u.name)}$)" if shared else ""), body)
