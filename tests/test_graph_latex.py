@@ -169,12 +169,17 @@ def test_gradient_shapes_follow_the_notation(derived, notation, shape):
     assert r.vector_row(derived["autoencoder"]["g_code"])["note"] == shape
 
 
-def test_rowvector_mixed_elementwise_step_stays_in_index_form(derived):
-    # g_enc = g_code * (1 - code^2): a row times a column has no vector form; the entries say it
+def test_rowvector_elementwise_step_is_g_out_times_diag(derived):
+    # g_enc = g_code * (1 - code^2) entrywise: with row gradients and column values, the book's
+    # g_in = g_out L^x with L^x = diag(...), the diagonal read off SymPy's Jacobian
     d = derived["autoencoder"]
-    assert gl.Renderer(d, gl.get_notation("rowvector")).vector_row(d["g_enc"]) is None
+    row = gl.Renderer(d, gl.get_notation("rowvector")).vector_row(d["g_enc"])
+    assert row["rhs"] == r"= g_{\mathrm{code}} \operatorname{diag}\left(1 - \mathrm{code} \odot \mathrm{code}\right)"
     row = gl.Renderer(d, gl.get_notation("cs231n")).vector_row(d["g_enc"])
-    assert r"\odot" in row["rhs"]
+    assert row["rhs"] == r"= g_{\mathrm{code}} \odot \left(1 - \mathrm{code} \odot \mathrm{code}\right)"
+    g = derived["gated"]
+    row = gl.Renderer(g, gl.get_notation("rowvector")).vector_row(g["g_y__s"])
+    assert row["rhs"] == r"= g_{s} \operatorname{diag}\left(\frac{e^{y} + s}{e^{y} + 1}\right)"
 
 
 def test_unknown_notation_is_one_line(derived):

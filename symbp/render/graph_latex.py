@@ -353,7 +353,9 @@ class GraphPrinter(LatexPrinter):
             scal = sp.Mul(*[f for f in factors if not self._is_vec(f)])
             vec = sorted((f for f in factors if self._is_vec(f)), key=lambda f: isinstance(f, sp.Add))
             out = [] if scal == 1 else [self._print(scal)]
-            vs = [rf"\left({self._print(v)}\right)" if isinstance(v, sp.Add) else self._print(v) for v in vec]
+            alone = len(vec) == 1 and scal == 1       # a sum alone over a fraction bar needs no parentheses
+            vs = [rf"\left({self._print(v)}\right)" if isinstance(v, sp.Add) and not alone else self._print(v)
+                  for v in vec]
             if vs:
                 out.append(r" \odot ".join(vs))
             return r" \, ".join(out) or "1"
@@ -534,7 +536,7 @@ class Renderer:
         labels = {str(x.base.label) for x in eq.rhs.atoms(sp.Indexed)} | {str(eq.lhs.base.label)}
         roles = {self.names.role(x) in self.nt.transposed for x in labels if x in self.d.quantities}
         if len(roles) > 1:
-            return None     # rows and columns mixed: the entries below say it without ambiguity
+            return self.diag_row(eq, lhs)      # rows and columns mixed: g_in = g_out diag(...)
         pr = GraphPrinter(self.names, vector=True, width=self.width_of(eq))
         return _row(pr.doprint(eq.lhs) if lhs is None else lhs, "= " + pr.doprint(eq.rhs), "")
 
@@ -667,14 +669,36 @@ class Renderer:
         return {"number": k, "title": title, "text": text, "rows": [r for r in rows if r], "named": False,
                 "kind": e.kind}
 
-    def jacobian_row(self, e):
-        """The local Jacobian entry d u_i / d v_j that SymPy derived (from the node's rules)."""
+    def jacobian(self, e):
+        """The local Jacobian d u[s,i] / d v[s,j] of a backprop step's edge, as SymPy derived it."""
         u = self.g.node(e.source)
         nr = next(r for r in self.d.nodes if r.node == u.name)
         label = str(e.lhs.base.label)
         slots = [m for m, i in enumerate(u.inputs) if i == e.node]
         slot = next((m for m in slots if label == f"g_{e.node}__{u.name}_{m}"), slots[0])
-        jac = nr.jacobians[slot][-1][1]
+        return nr.jacobians[slot][-1][1]
+
+    def diag_row(self, e, lhs=None):
+        """A backprop step through an elementwise node, where gradients are rows and values
+        columns (the book's convention): g_in = g_out diag(d), d the diagonal of the Jacobian
+        SymPy derived (eq. 14.10 with L^x = diag(d)); None for any other step."""
+        if e.kind != "backprop" or self.g.node(e.source).kind in ("dense", "concat"):
+            return None
+        I, J = naming.I, naming.J
+        jac = self.jacobian(e)
+        diag = jac.coeff(sp.KroneckerDelta(I, J))
+        if diag == 0 or sp.expand(jac - diag * sp.KroneckerDelta(I, J)) != 0:
+            return None
+        pr = GraphPrinter(self.names, vector=True)
+        g_out = pr.doprint(sp.IndexedBase(f"g_{e.source}")[S, J])
+        d = pr.doprint(diag.xreplace({I: J}))
+        return _row(pr.doprint(e.lhs) if lhs is None else lhs,
+                    rf"= {g_out} \operatorname{{diag}}\left({d}\right)", "")
+
+    def jacobian_row(self, e):
+        """The local Jacobian entry d u_i / d v_j that SymPy derived (from the node's rules)."""
+        u = self.g.node(e.source)
+        jac = self.jacobian(e)
         pr = GraphPrinter(self.names)
         ui = pr.doprint(sp.IndexedBase(u.name)[S, naming.I])
         vj = pr.doprint(sp.IndexedBase(e.node)[S, naming.J])
