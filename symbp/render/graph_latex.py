@@ -579,7 +579,8 @@ class Renderer:
             else:
                 what = {"add": "elementwise sum", "multiply": "elementwise product",
                         "concat": "the inputs stacked (merge)"}[n.kind]
-            rows.append({"name": f"${self.sym(n.name)}$", "kind": _text(n.kind if n.kind != "activation" else n.activation.name),
+            kind = n.activation.name if n.kind == "activation" else n.kind
+            rows.append({"name": f"${self.sym(n.name)}$", "kind": _text(kind),
                          "inputs": ins, "width": str(n.width), "what": what})
         return rows
 
@@ -616,12 +617,9 @@ class Renderer:
             arg = self.sym(n.inputs[0])
             return _row(v, rf"= {n.activation.latex}\left({arg}\right)" if not _plain(arg)
                         else rf"= {n.activation.latex}({arg})", "")
-        if n.kind == "concat":
-            if self.nt.batch:
-                return _row(v, r"= \begin{bmatrix} " + " & ".join(self.sym(i) for i in n.inputs) + r" \end{bmatrix}",
-                            "")
-            return _row(v, r"= \begin{bmatrix} " + r" \\ ".join(self.sym(i) for i in n.inputs) + r" \end{bmatrix}",
-                        "")
+        if n.kind == "concat":      # side by side in a batch (columns), else stacked
+            sep = " & " if self.nt.batch else r" \\ "
+            return _row(v, r"= \begin{bmatrix} " + sep.join(self.sym(i) for i in n.inputs) + r" \end{bmatrix}")
         return self.vector_row(e)
 
     def forward_text(self, n):
@@ -648,7 +646,8 @@ class Renderer:
 
     def backward(self):
         steps = []
-        for k, e in enumerate([e for e in self.d.equations if e.kind not in ("loss",) and not e.kind.startswith("forward_")], 1):
+        back = [e for e in self.d.equations if e.kind != "loss" and not e.kind.startswith("forward_")]
+        for k, e in enumerate(back, 1):
             steps.append(self.step(k, e))
         return steps
 
@@ -774,8 +773,8 @@ class Renderer:
         if e.kind == "shared_sum":
             uses = [self.sym(u) for u, _ in self.g.param(e.node).uses]
             return (rf"shared parameter ${v}$",
-                    rf"The parameter ${v}$ is used by {len(uses)} nodes (${'$, $'.join(uses)}$): sharing a parameter "
-                    r"is a branch of the parameter, so its gradient is the sum of the gradients of its "
+                    rf"The parameter ${v}$ is used by {len(uses)} nodes (${'$, $'.join(uses)}$): "
+                    r"sharing a parameter is a branch of the parameter, so its gradient is the sum of the gradients of its "
                     rf"uses, $\partial {nt.loss} / \partial \theta = \sum_i \partial {nt.loss} / "
                     rf"\partial \theta^{{i}}$ (eq.~14.47 of {BOOK}).")
         return e.kind, _text(e.doc)
