@@ -774,8 +774,8 @@ class Renderer:
             uses = [self.sym(u) for u, _ in self.g.param(e.node).uses]
             return (rf"shared parameter ${v}$",
                     rf"The parameter ${v}$ is used by {len(uses)} nodes (${'$, $'.join(uses)}$): "
-                    r"sharing a parameter is a branch of the parameter, so its gradient is the sum of the gradients of its "
-                    rf"uses, $\partial {nt.loss} / \partial \theta = \sum_i \partial {nt.loss} / "
+                    r"sharing a parameter is a branch of the parameter, so its gradient is the sum of "
+                    rf"the gradients of its uses, $\partial {nt.loss} / \partial \theta = \sum_i \partial {nt.loss} / "
                     rf"\partial \theta^{{i}}$ (eq.~14.47 of {BOOK}).")
         return e.kind, _text(e.doc)
 
