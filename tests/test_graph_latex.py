@@ -364,3 +364,13 @@ loss = "mse"
                                       ("50% & {x}", r"50\% \& \{x\}"), ("\\", r"\textbackslash{}")])
 def test_text_mode_escapes_once(raw, tex):
     assert gt.text_mode(raw) == tex
+
+
+@pytest.mark.parametrize("notation, enc, dec", [
+    ("cs231n", r"$W \, x + b_{\mathrm{enc}}$", r"$W^{T} \, \mathrm{code} + b_{\mathrm{dec}}$"),
+    ("transposed", r"$W^{T} \, x + b_{\mathrm{enc}}$", r"$W \, \mathrm{code} + b_{\mathrm{dec}}$"),
+    ("batch", r"$x \, W + \mathbf{1} \, b_{\mathrm{enc}}$", r"$\mathrm{code} \, W^{T} + \mathbf{1} \, b_{\mathrm{dec}}$"),
+])
+def test_node_table_writes_dense_nodes_in_the_notation(derived, notation, enc, dec):
+    rows = gl.Renderer(derived["autoencoder"], gl.get_notation(notation)).graph_table()
+    assert [r["what"] for r in rows if r["kind"] == "dense"] == [enc, dec]

@@ -379,7 +379,9 @@ class GraphPrinter(LatexPrinter):
                         for a in e.args)
 
     def _print_MatAdd(self, e):
-        return " + ".join(self._print(a) for a in e.args)
+        # the bias term last, as the courses write it: x W + 1 b, not 1 b + x W
+        args = sorted(e.args, key=lambda a: any(m.name == "ones" for m in a.atoms(sp.MatrixSymbol)))
+        return " + ".join(self._print(a) for a in args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,9 +567,8 @@ class Renderer:
                 what = "data" + ("; its gradient is wanted" if n.grad else "")
                 if n.name == self.g.target:
                     what = "the target"
-            elif n.kind == "dense":
-                w = self.sym(n.weight) + ("^{T}" if n.transpose else "")
-                what = f"${w} {self.sym(n.inputs[0])}" + (f" + {self.sym(n.bias)}$" if n.bias else "$")
+            elif n.kind == "dense":      # as the forward pass writes it in this notation
+                what = "$" + self.vector_row(self.d[n.name])["rhs"][2:] + "$"
             elif n.kind == "activation":
                 act = n.activation
                 what = rf"${act.latex}$ elementwise" if act.elementwise else rf"${act.latex}$ over the vector"
