@@ -374,3 +374,11 @@ def test_text_mode_escapes_once(raw, tex):
 def test_node_table_writes_dense_nodes_in_the_notation(derived, notation, enc, dec):
     rows = gl.Renderer(derived["autoencoder"], gl.get_notation(notation)).graph_table()
     assert [r["what"] for r in rows if r["kind"] == "dense"] == [enc, dec]
+
+
+@pytest.mark.parametrize("notation, W, b", [("cs231n", r"$3 \times 6$", r"$3 \times 1$"),
+                                            ("transposed", r"$6 \times 3$", r"$3 \times 1$"),
+                                            ("batch", r"$6 \times 3$", r"$1 \times 3$")])
+def test_parameter_table_gives_the_notations_shapes(derived, notation, W, b):
+    rows = gl.Renderer(derived["autoencoder"], gl.get_notation(notation)).params()
+    assert [r["shape"] for r in rows[:2]] == [W, b]

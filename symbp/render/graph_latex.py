@@ -592,7 +592,8 @@ class Renderer:
     def params(self):
         out = []
         for p in self.g.params:
-            shape = r" \times ".join(str(s) for s in p.shape)
+            # the shape of the notation's own matrix (stored transposed in some courses)
+            shape = r" \times ".join(str(s) for s in self.mats.own(p.name).shape)
             uses = ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses)
             out.append({"name": f"${self.sym(p.name)}$", "shape": f"${shape}$", "uses": uses,
                         "shared": len(p.uses) > 1})
