@@ -196,7 +196,7 @@ def cmd_demo(args):
 
 
 COMMAND_MODULES = ("symbp.circuit", "symbp.graph_cli", "symbp.render.worked", "symbp.render.exam",
-                   "symbp.bench")
+                   "symbp.bench", "symbp.wx_norm")
 
 
 OUT_HELP = "directory for generated kernels (default $SYMBP_GENERATED, else ./generated)"

@@ -1,4 +1,6 @@
-"""Command line for DAG specs: ``symbp graph derive|generate|check SPEC``.
+"""Command line for DAG specs: ``symbp graph derive|generate|check SPEC``; ``derive`` prints the
+equations, or with ``--latex FILE [--pdf] [--notation N]`` writes the handout
+(``symbp.render.graph_latex``).
 
 Contract: ``add_command(subparsers)`` adds the ``graph`` command (listed in
 ``symbp.cli.COMMAND_MODULES``); each subcommand returns an exit code: 0 on success, 1 when a
@@ -10,6 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from .errors import SymbpError
 
 
 def _graph(args):
@@ -26,11 +30,14 @@ def _graph(args):
 def cmd_derive(args):
     from .codegen.emit import text
     from .graph_derive import derive_graph
+    from .render.graph_latex import get_notation, write_document
+    get_notation(args.notation)          # a bad notation is reported before anything is derived
+    if args.pdf and not args.latex:
+        raise SymbpError("--pdf: give the .tex file to write with --latex FILE")
     d = derive_graph(_graph(args))
     if args.latex:
-        from .codegen.load import write
-        write(args.latex, d.latex(document=True))
-        print(f"wrote {args.latex}")
+        for path in write_document(d, args.latex, args.notation, pdf=args.pdf):
+            print(f"wrote {path}")
     if args.dump:
         sys.stdout.write(d.dump())
     elif not args.latex:
@@ -103,7 +110,9 @@ def add_command(subparsers):
     q = sub.add_parser("derive", help="derive a graph spec's backpropagation and print it")
     q.add_argument("spec")
     q.add_argument("--dump", action="store_true", help="show every simplification stage")
-    q.add_argument("--latex", metavar="FILE", help="write a LaTeX document of the equations")
+    q.add_argument("--latex", metavar="FILE", help="write the LaTeX handout (picture, steps explained)")
+    q.add_argument("--notation", default="cs231n", help="cs231n | udl | transposed | rowvector | batch")
+    q.add_argument("--pdf", action="store_true", help="also compile the handout with pdflatex")
     q.set_defaults(fn=cmd_derive)
 
     for name, fn, help_ in (("generate", cmd_generate, "emit and compile the kernel of a graph spec"),
