@@ -454,7 +454,7 @@ def test_no_bias_layer_and_relu_at_zero_one_are_stated():
     assert "b^{[2]}" in tex
     assert "(no bias)" in tex
     # ReLU'(0) = 1: the kink stage, and the one sentence that says where it comes from
-    assert r"&= \mathbb{I}\left[z \ge 0\right] && \text{kink}" in tex
+    assert r"\operatorname{ReLU}'(z) &= \mathbb{I}\left[z \ge 0\right]" in tex
     assert r"symbp uses $\operatorname{ReLU}'(0) = 1$, the derivative from the right" in tex
     assert r"\texttt{relu\_at\_zero = 1}" in tex and "Backpropagation" in tex
 
