@@ -21,6 +21,7 @@ Each result goes through the ordered passes of ``symbp.simplify`` and keeps its 
 """
 from functools import lru_cache
 
+import mpmath
 import sympy as sp
 
 from . import naming
@@ -36,20 +37,30 @@ Zs, As, Ys = naming.Z, naming.A, naming.Y
 CHECK_POINTS = tuple(sp.Rational(v) for v in ("-3", "-1", "-1/2", "0", "1/3", "1", "5/2"))
 
 
-def _numeric(expr):
+def _values(expr, points):
+    """30-digit values of an expression in naming.Z at ``points`` (mpmath: a huge power or
+    exp(exp(exp(z))) evaluates or fails fast, where exact SymPy arithmetic can take minutes or
+    overflow); None where it cannot be evaluated."""
     try:
-        v = complex(sp.N(expr, 30))
-    except (TypeError, ValueError):
-        return None
-    return v
+        fn = sp.lambdify([Zs], expr, "mpmath")
+    except simp._EVAL_ERRORS:
+        return [None] * len(points)
+    out = []
+    with mpmath.workdps(30):
+        for z0 in points:
+            try:
+                out.append(complex(fn(mpmath.mpf(z0.p) / z0.q)))
+            except simp._EVAL_ERRORS:
+                out.append(None)
+    return out
 
 
 def _agrees(candidate, fprime, f):
-    for z0 in CHECK_POINTS:
-        want = _numeric(fprime.xreplace({Zs: z0}).doit())
-        got = _numeric(candidate.xreplace({As: f.xreplace({Zs: z0})}).doit())
+    want = _values(fprime, CHECK_POINTS)
+    got = _values(candidate.xreplace({As: f}), CHECK_POINTS)
+    for w, g in zip(want, got):
         # written as "not <=" so that a NaN never passes
-        if want is None or got is None or not abs(want - got) <= 1e-12 * max(1.0, abs(want)):
+        if w is None or g is None or not abs(w - g) <= 1e-12 * max(1.0, abs(w)):
             return False
     return True
 
@@ -79,16 +90,44 @@ def _exp_route(f, fprime):
     return out
 
 
+def _exp_route_applies(f):
+    """The exp route only makes sense (and is only cheap) when every exponential in f is
+    exp(c z) for a rational c and f is small: tanh(tanh(z)) rewritten in exp nests
+    exponentials whose a = f(u) cannot be solved, and trying took minutes."""
+    e = f.rewrite(sp.exp)
+    if not e.has(sp.exp) or simp._ops(e) > simp.MAX_OPS:
+        return False
+    return all((x.args[0] / Zs).is_Rational for x in e.atoms(sp.exp))
+
+
+def _sigmoid_rewrite(expr):
+    """The derivative with exp(x) written through u = 1/(1 + exp(-x)) where exp(x) also sits in
+    a denominator (swish' = z exp(-z)/(1 + exp(-z))^2 + ... -> z u (1 - u) + u): the printer
+    turns u into its stable helper, where the original gives inf/inf for large |z|."""
+    from .codegen.graph_emit import sigmoid_forms
+    from .codegen.printer import _sigmoid
+    out = sigmoid_forms(expr)
+    return out.replace(lambda e: isinstance(e, _sigmoid), lambda e: 1 / (1 + sp.exp(-e.args[0])))
+
+
+def _fewest(forms):
+    # fewest operations; on a tie the factored form (a product) reads better: a(1 - a)
+    return min(forms, key=lambda e: (sp.count_ops(e), not isinstance(e, sp.Mul), len(str(e)), str(e)))
+
+
 @lru_cache(maxsize=None)
 def output_form(f):
     """f'(z) for an elementwise forward definition f(z), and its form in terms of a = f(z).
 
     Returns (stages, form, uses) where ``uses`` is "a" when the form reads only the layer
     output (sigmoid -> a(1-a), tanh -> 1-a^2, exp -> a, softplus -> 1-exp(-a), relu ->
-    Heaviside(a, 0)) and "z" when no exact rewrite exists (swish keeps z). Candidates come from
-    substituting f(z) -> a and z -> a (piecewise linear functions), and only if neither is
-    exact, from solving a = f(u) for u = exp(z); each is checked numerically at CHECK_POINTS
-    and the one with the fewest operations is kept.
+    Heaviside(a, 0)) and "z" when no exact and stable rewrite exists (swish keeps z).
+    Candidates come from substituting f(z) -> a and z -> a (piecewise linear functions), and
+    only if neither is exact, from solving a = f(u) for u = exp(z); each is checked to be exact
+    at CHECK_POINTS and numerically stable (``simplify.stable``: finite and accurate in float32
+    and float64 for |z| up to 1e4, with a computed by the printed forward), and the one with
+    the fewest operations is kept. In z, the stable one of the derivative as ``diff`` gives it
+    and its rewrite through the sigmoid (``_sigmoid_rewrite``); ``diff``'s form if neither is.
     """
     derived = sp.diff(f, Zs)
     stages = [("derived", derived)]
@@ -96,6 +135,7 @@ def output_form(f):
     stages.append(("kink", fprime))
     if not fprime.has(Zs):
         return tuple(stages), fprime, "a"
+    ctx = simp.Context(links=[(As, Zs, f)])
 
     def checked(cands):
         out = []
@@ -109,14 +149,21 @@ def output_form(f):
 
     # cheap candidates first; solving a = f(u) (the expensive one) only when they all fail
     good = checked([fprime.subs(f, As), fprime.xreplace({Zs: As})])
-    if not good and f.rewrite(sp.exp).has(sp.exp):
+    if not good and _exp_route_applies(f):
         good = checked(_exp_route(f, fprime))
-    if not good:
-        return tuple(stages), fprime, "z"
-    # fewest operations; on a tie the factored form (a product) reads better: a(1 - a)
-    form = min(good, key=lambda e: (sp.count_ops(e), not isinstance(e, sp.Mul), len(str(e)), str(e)))
-    stages.append(("forward_outputs", form))
-    return tuple(stages), form, "a"
+    good = [c for c in good if simp.stable(c, fprime, ctx)]
+    if good:
+        form = _fewest(good)
+        stages.append(("forward_outputs", form))
+        return tuple(stages), form, "a"
+    zforms = [fprime]
+    if simp._ops(fprime) <= simp.MAX_OPS:
+        zforms.append(_sigmoid_rewrite(fprime))
+    zforms = list(dict.fromkeys(zforms))
+    form = _fewest([c for c in zforms if simp.stable(c, fprime, ctx)] or [fprime])
+    if form != fprime:
+        stages.append(("forward_outputs", form))   # the form that pass substitutes
+    return tuple(stages), form, "z"
 
 
 def _forward_rule(layer, act, a_base, z_base, size):
@@ -172,6 +219,8 @@ def _layer_template(act):
     """All rules of one dense layer with activation ``act``, in the generic names _G."""
     g = _G
     ctx = simp.Context(forward=[_forward_rule(0, act, g["a"], g["z"], _N_OUT)])
+    if act.elementwise:
+        ctx.links.append((g["a"], g["z"], act.definition))
     zj = sp.Sum(g["W"][J, K] * g["a_in"][S, K], (K, 0, _N_IN - 1)) + g["b"][J]
     if act.elementwise:
         stages, form, uses = output_form(act.definition)
@@ -214,6 +263,8 @@ def derive(network):
     ctx = simp.Context()
     for l, layer in enumerate(network.layers, start=1):
         ctx.forward.append(_forward_rule(l, layer.activation, a[l], z[l], n[l]))
+        if layer.activation.elementwise:
+            ctx.links.append((a[l], z[l], layer.activation.definition))
     if network.loss.onehot:
         ctx.onehot.append((y, n[L]))
 

@@ -222,3 +222,17 @@ class ArrayPrinter(NumPyPrinter):
 
     def _print__softplus(self, e):
         return f"numpy.logaddexp(0, {self._print(e.args[0])})"
+
+    # NumPyPrinter prints Max/Min as functools.reduce(numpy.amax, ...), and the generated module
+    # does not import functools (nor can njit's objmode block see it): nested two-argument ufuncs.
+    def _print_Max(self, e):
+        return self._fold("numpy.maximum", e.args)
+
+    def _print_Min(self, e):
+        return self._fold("numpy.minimum", e.args)
+
+    def _fold(self, fn, args):
+        out = self._print(args[0])
+        for a in args[1:]:
+            out = f"{fn}({out}, {self._print(a)})"
+        return out
