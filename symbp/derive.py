@@ -173,6 +173,11 @@ def _forward_rule(layer, act, a_base, z_base, size):
         fprime = simp.kink(sp.diff(act.definition, Zs))
 
         def rule(expr):
+            # a Jacobian's derivative comes distributed over its Kronecker delta
+            # (d f'(z) + d g(z)); gathered, f'(z) appears whole and is replaced by its form
+            kds = sorted(expr.atoms(sp.KroneckerDelta), key=str)
+            if kds and uses == "z":
+                expr = sp.collect(expr, kds, evaluate=True)
             for zi in sorted((x for x in expr.atoms(sp.Indexed) if x.base == z_base), key=str):
                 ai = a_base[zi.indices]
                 target = form.xreplace({As: ai, Zs: zi})

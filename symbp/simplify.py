@@ -252,10 +252,12 @@ def _substituted(expr, links, printed):
 
 def _arguments(expr, zs):
     """(z dummies, other dummies, expr over dummies) or None when expr cannot be evaluated (a
-    sum, a Kronecker delta: index structure, not values). Index symbols only occur inside
+    sum: index structure, not values). Index symbols only occur inside
     quantities; the batch size and widths (positive integers) are values like the others."""
-    if expr.has(sp.Sum, sp.KroneckerDelta, sp.Derivative):
+    if expr.has(sp.Sum, sp.Derivative):
         return None
+    # a Jacobian's entries: every form is 0 off the diagonal; compare the diagonal
+    expr = expr.replace(lambda e: isinstance(e, sp.KroneckerDelta), lambda e: sp.Integer(1))
     zs = sorted((z for z in zs if expr.has(z)), key=str)
     others = sorted((x for x in expr.atoms(sp.Indexed) if x not in zs), key=str)
     dz = [sp.Dummy(f"z{i}", real=True) for i in range(len(zs))]
@@ -301,7 +303,9 @@ def _reference(exact, links):
 
 def _evaluate(candidate, links, dtype):
     """The candidate at STABILITY_POINTS in ``dtype`` arithmetic (None if it cannot be)."""
+    from .codegen.printer import stable_forms
     e, zs = _substituted(candidate, links, printed=True)
+    e = stable_forms(e)        # the candidate as printed (its sigmoids through the helper)
     args = _arguments(e, zs)
     if args is None:
         return None

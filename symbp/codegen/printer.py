@@ -44,12 +44,19 @@ def _is_exp(e):
 
 
 def stable_forms(expr):
-    """1/(1 + exp(-x)) -> _sigmoid(x); log(1 + exp(x)) -> _softplus(x); log(exp(x)) -> x."""
+    """1/(1 + exp(-x))**n -> _sigmoid(x)**n; exp(-x) _sigmoid(x) -> _sigmoid(-x) (each factor
+    overflows alone, the product does not); log(1 + exp(x)) -> _softplus(x).
+
+    The sigmoids are substituted before any distribution, so that a factor 1/B next to
+    1/(1 + exp(x)) is not multiplied into one denominator B exp(x) + B that no longer reads as
+    a sigmoid (swish's delta); products are only distributed when a pair exp(-x) _sigmoid(x)
+    can then form."""
     def sig(e):
-        if isinstance(e, sp.Pow) and e.exp == -1 and isinstance(e.base, sp.Add) and len(e.base.args) == 2:
+        if (isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp < 0 and isinstance(e.base, sp.Add)
+                and len(e.base.args) == 2):
             one, ex = sorted(e.base.args, key=lambda t: not t.is_Number)
             if one == 1 and _is_exp(ex):
-                return _sigmoid(-ex.args[0])
+                return _sigmoid(-ex.args[0]) ** (-e.exp)
         return None
 
     def soft(e):
@@ -60,22 +67,22 @@ def stable_forms(expr):
         return None
 
     def pair(e):
-        # exp(x) * 1/(1 + exp(x)) -> sigmoid(x): the two factors overflow alone, not together
         if not isinstance(e, sp.Mul):
             return None
         args = list(e.args)
         for idx, f in enumerate(args):
-            s = sig(f)
-            if s is not None and sp.exp(-s.args[0]) in args:
-                rest = [a for i, a in enumerate(args) if i != idx]
-                rest.remove(sp.exp(-s.args[0]))
-                return sp.Mul(_sigmoid(-s.args[0]), *rest)
+            base, n = (f.base, f.exp) if isinstance(f, sp.Pow) else (f, 1)
+            if isinstance(base, _sigmoid) and sp.exp(-base.args[0]) in args:
+                rest = [x for i, x in enumerate(args) if i != idx]
+                rest.remove(sp.exp(-base.args[0]))
+                return sp.Mul(_sigmoid(-base.args[0]), base ** (n - 1), *rest)
         return None
 
-    if any(sig(e) is not None for e in expr.atoms(sp.Pow)):
+    expr = expr.replace(lambda e: sig(e) is not None, sig)
+    sigmoids = [f for f in expr.atoms(_sigmoid) if expr.has(sp.exp(-f.args[0]))]
+    if sigmoids:
         expr = sp.expand(expr, power_exp=False, power_base=False, log=False, multinomial=False)
         expr = expr.replace(lambda e: pair(e) is not None, pair)
-    expr = expr.replace(lambda e: sig(e) is not None, sig)
     expr = expr.replace(lambda e: soft(e) is not None, soft)
     return expr
 
