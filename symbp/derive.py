@@ -42,7 +42,7 @@ def _values(expr, points):
     exp(exp(exp(z))) evaluates or fails fast, where exact SymPy arithmetic can take minutes or
     overflow); None where it cannot be evaluated."""
     try:
-        fn = sp.lambdify([Zs], expr, "mpmath")
+        fn = sp.lambdify([Zs], expr, simp.MPMATH, docstring_limit=0)
     except simp._EVAL_ERRORS:
         return [None] * len(points)
     out = []
@@ -250,8 +250,17 @@ def _layer_template(act):
     return t
 
 
-def _rename(stages, mapping):
-    return tuple((name, e.xreplace(mapping)) for name, e in stages)
+def _rename(stages, mapping, cache=None):
+    """Stages in a layer's names; ``cache`` (one per layer) renames each distinct expression
+    once: consecutive stages are often equal, and renaming is most of a deep network's
+    derivation time (xreplace rebuilds every node)."""
+    cache = {} if cache is None else cache
+    out = []
+    for name, e in stages:
+        if e not in cache:
+            cache[e] = e.xreplace(mapping)
+        out.append((name, cache[e]))
+    return tuple(out)
 
 
 def derive(network):
@@ -275,6 +284,7 @@ def derive(network):
 
     templates = [_layer_template(layer.activation) for layer in network.layers]
     names = [_layer_names(l) for l in range(1, L + 1)]
+    caches = [{} for _ in range(L)]
     equations = []
 
     def eq(name, kind, layer, lhs, stages, doc):
@@ -295,7 +305,8 @@ def derive(network):
     # 2. local derivatives, renamed from the per-activation templates
     layers = tuple(
         LayerRules(l, network.layers[l - 1].activation, templates[l - 1]["rule"],
-                   *(_rename(templates[l - 1][k], names[l - 1]) for k in ("jacobian", "dz_da", "dz_dW", "dz_db")))
+                   *(_rename(templates[l - 1][k], names[l - 1], caches[l - 1])
+                     for k in ("jacobian", "dz_da", "dz_dW", "dz_db")))
         for l in range(1, L + 1))
 
     # 3. backward by the general algorithm: the output delta is derived from the loss as one
@@ -309,14 +320,16 @@ def derive(network):
     for l in range(L, 0, -1):
         t, m = templates[l - 1], names[l - 1]
         if l < L:
-            eq(f"delta{l}", "delta", l, delta[l][S, J], _rename(t["delta"], m),
+            eq(f"delta{l}", "delta", l, delta[l][S, J], _rename(t["delta"], m, caches[l - 1]),
                "dL/dz = sum_i dL/da_i da_i/dz_j")
         eq(f"ga{l - 1}", "backprop" if l > 1 else "input_grad", l - 1, ga[l - 1][S, I],
-           _rename(t["g_in"], m), "dL/da_prev = W^T delta")
+           _rename(t["g_in"], m, caches[l - 1]), "dL/da_prev = W^T delta")
     for l in range(1, L + 1):
         t, m = templates[l - 1], names[l - 1]
-        eq(f"gW{l}", "grad_W", l, naming.quantity("gW", l)[P, Q], _rename(t["gW"], m), "dL/dW = delta a^T")
-        eq(f"gb{l}", "grad_b", l, naming.quantity("gb", l)[P], _rename(t["gb"], m), "dL/db = delta")
+        eq(f"gW{l}", "grad_W", l, naming.quantity("gW", l)[P, Q], _rename(t["gW"], m, caches[l - 1]),
+           "dL/dW = delta a^T")
+        eq(f"gb{l}", "grad_b", l, naming.quantity("gb", l)[P], _rename(t["gb"], m, caches[l - 1]),
+           "dL/db = delta")
 
     for e in equations:
         if e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative):

@@ -205,6 +205,15 @@ class _CheckPrinter(NumPyPrinter):
         h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
         return f"numpy.heaviside({self._print(e.args[0])}, {float(h0)!r})"
 
+    def _print_Mul(self, e):
+        # as codegen.printer.NumbaPrinter: x * Heaviside(c, 0) is 0 where c <= 0, whatever x is
+        steps = [f for f in e.args if isinstance(f, sp.Heaviside) and len(f.args) == 2 and f.args[1] == 0]
+        if not steps:
+            return super()._print_Mul(e)
+        rest = sp.Mul(*[f for f in e.args if f not in steps])
+        conds = " & ".join(f"({self._print(h.args[0])} > 0)" for h in steps)
+        return f"numpy.where({conds}, {self._print(rest)}, 0.0)"
+
     def _print_Max(self, e):
         return self._fold("numpy.maximum", e.args)
 
@@ -270,6 +279,20 @@ def _arguments(expr, zs):
     return dz, do, e
 
 
+def _guarded(fn):
+    """An mpmath function refused (OverflowError) for |x| > 1e6: mpmath computes exp(exp(30))
+    exactly, which takes minutes (exp(1e6) is far beyond any dtype anyway)."""
+    def call(x):
+        if abs(x) > 1e6:
+            raise OverflowError("argument too large to evaluate")
+        return fn(x)
+    return call
+
+
+# the mpmath namespace of every high-precision evaluation here and in derive
+MPMATH = [{"exp": _guarded(mpmath.exp), "sinh": _guarded(mpmath.sinh), "cosh": _guarded(mpmath.cosh)},
+          "mpmath"]
+
 _EVAL_ERRORS = (OverflowError, RecursionError, ZeroDivisionError, ValueError, TypeError,
                 ArithmeticError, NameError, KeyError, AttributeError)
 
@@ -283,7 +306,7 @@ def _reference(exact, links):
         return None
     dz, do, e = args
     try:
-        fn = sp.lambdify(dz + do, e, "mpmath")
+        fn = sp.lambdify(dz + do, e, MPMATH, docstring_limit=0)
     except _EVAL_ERRORS:
         return None
     out = []
@@ -315,7 +338,7 @@ def _evaluate(candidate, links, dtype):
     vals += [np.full(n, OTHER_VALUES[i % len(OTHER_VALUES)], dtype=dtype) for i in range(len(do))]
     try:
         fn = sp.lambdify(dz + do, e, modules=[{"_np_sigmoid": _np_sigmoid}, "numpy"],
-                         printer=_CheckPrinter({"fully_qualified_modules": False}))
+                         printer=_CheckPrinter({"fully_qualified_modules": False}), docstring_limit=0)
         with np.errstate(all="ignore"):
             out = np.broadcast_to(np.asarray(fn(*vals)), (n,))
     except _EVAL_ERRORS:

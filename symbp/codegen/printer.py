@@ -168,6 +168,16 @@ class NumbaPrinter(PythonCodePrinter):
         return (f"({self._const('1.0')} if {x} > 0 else ({self._print(h0)} if {x} == 0 "
                 f"else {self._const('0.0')}))")
 
+    def _print_Mul(self, e):
+        # x * Heaviside(c, 0) as a conditional: x is not used where the step is 0, so an x
+        # that overflows there (elu's exp(z) H(1 - exp(z)) at large z) gives 0, not inf * 0 = nan
+        steps = [f for f in e.args if isinstance(f, sp.Heaviside) and len(f.args) == 2 and f.args[1] == 0]
+        if not steps:
+            return super()._print_Mul(e)
+        rest = sp.Mul(*[f for f in e.args if f not in steps])
+        conds = " and ".join(f"{self._print(h.args[0])} > 0" for h in steps)
+        return f"({self._print(rest)} if {conds} else {self._const('0.0')})"
+
     def _print_Max(self, e):
         return "max(" + ", ".join(self._print(a) for a in e.args) + ")"
 
