@@ -95,7 +95,7 @@ def _exp_route_applies(f):
     exp(c z) for a rational c and f is small: tanh(tanh(z)) rewritten in exp nests
     exponentials whose a = f(u) cannot be solved, and trying took minutes."""
     e = f.rewrite(sp.exp)
-    if not e.has(sp.exp) or simp._ops(e) > simp.MAX_OPS:
+    if not e.has(sp.exp) or simp.too_big(e):
         return False
     return all((x.args[0] / Zs).is_Rational for x in e.atoms(sp.exp))
 
@@ -157,7 +157,7 @@ def output_form(f):
         stages.append(("forward_outputs", form))
         return tuple(stages), form, "a"
     zforms = [fprime]
-    if simp._ops(fprime) <= simp.MAX_OPS:
+    if not simp.too_big(fprime):
         zforms.append(_sigmoid_rewrite(fprime))
     zforms = list(dict.fromkeys(zforms))
     form = _fewest([c for c in zforms if simp.stable(c, fprime, ctx)] or [fprime])
