@@ -289,3 +289,36 @@ def test_vectorized_max_min_activation_runs(tmp, act):
     np.testing.assert_allclose(out[::37], rows, rtol=1e-13)
     loss, g = k.loss_and_grad(p, X, Yv)
     assert np.isfinite(loss) and all(np.isfinite(v).all() for v in g.values())
+
+
+# --- undefined derivatives and leaky ReLU with slope 0 ----------------------------------------
+
+@pytest.mark.parametrize("jit", [pytest.param(True, marks=pytest.mark.jit), False], ids=["jit", "python"])
+def test_undefined_derivative_gives_non_finite_gradient_not_an_exception(tmp_path, jit):
+    """abs(z)**0.5 at z = 0: the derivative is undefined; compiled code follows NumPy
+    (error_model="numpy", as the README states) instead of raising ZeroDivisionError."""
+    net = symbp.mlp([1, 1], ["root"], "mse", name="root", define={"root": "abs(z)**0.5"})
+    k = symbp.generate(symbp.derive(net), out_dir=tmp_path, jit=jit)
+    assert 'error_model="numpy"' in k.path.read_text()
+    p = {"W1": np.ones((1, 1)), "b1": np.zeros(1)}
+    with np.errstate(all="ignore"):
+        loss, g = k.loss_and_grad(p, np.array([[0.0]]), np.array([[0.5]]))
+    assert np.isfinite(loss) and not np.isfinite(g["b1"]).all()
+    loss, g = k.loss_and_grad(p, np.array([[4.0]]), np.array([[0.5]]))
+    assert g["b1"][0] == pytest.approx((2.0 - 0.5) * 0.25)
+
+
+@pytest.mark.parametrize("place", ["hidden", "output"])
+def test_leaky_relu_with_slope_zero_is_relu(tmp_path, place):
+    """slope = 0 used to fail with "could not collapse ... Piecewise"; it is ReLU."""
+    acts = {"hidden": ([{"name": "leaky_relu", "slope": 0}, "identity"], ["relu", "identity"]),
+            "output": (["tanh", {"name": "leaky_relu", "slope": 0}], ["tanh", "relu"])}[place]
+    ks = [symbp.generate(symbp.derive(symbp.mlp([2, 3, 1], a, "mse", name=f"lk{i}_{place}")),
+                         out_dir=tmp_path, jit=False) for i, a in enumerate(acts)]
+    rng = np.random.default_rng(1)
+    X, Yv = rng.normal(size=(9, 2)), rng.normal(size=(9, 1))
+    p = ks[0].init_params(3)
+    (l0, g0), (l1, g1) = (k.loss_and_grad(p, X, Yv) for k in ks)
+    assert l0 == pytest.approx(l1, rel=1e-14)
+    for key in g0:
+        np.testing.assert_allclose(g0[key], g1[key], rtol=1e-13, atol=1e-15)
