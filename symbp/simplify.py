@@ -12,10 +12,17 @@ did. The order is:
 3. ``forward_outputs``: rewrite in terms of forward values (f'(z) as a function of a = f(z)
    where exact, ``derive.output_form``), so the backward pass reuses stored outputs;
 4. ``onehot``: substitute sum_i y_i = 1 for one-hot targets (categorical cross-entropy);
-5. ``cancel``: rational cancellation, keeping the form with the fewest operations; this is
-   where sigmoid + bce and softmax + ce become a - y;
+5. ``cancel``: rational cancellation, keeping among the numerically stable forms (``stable``)
+   the one with the fewest operations; this is where sigmoid + bce and softmax + ce become
+   a - y;
 6. ``sign``: sign normalisation, -a (a - 1) -> a (1 - a).
 Common subexpression elimination happens when code is printed (``codegen.printer``).
+
+Every choice among equal forms (here and in ``derive.output_form``) is made by ``choose``:
+stable forms first (``stable``: evaluated as the kernel evaluates them, in float32 and float64,
+for |z| up to 1e4, against a 50-digit reference), then the fewest operations. SymPy has no
+timeout: expensive routines run only on expressions within MAX_OPS operations and MAX_DEGREE
+(``too_big``); larger ones keep their unsimplified, exact form.
 """
 import math
 from dataclasses import dataclass, field

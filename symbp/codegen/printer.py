@@ -5,9 +5,11 @@ as one Python expression: ``Indexed`` as ``<ident>[<indices>]`` (identifiers fro
 ``symbp.naming``), math functions as ``math.*`` (the CUDA compiler accepts those, NumPy calls it
 does not), numbers as typed constants for float32 (a bare Python float would silently promote
 float32 work to float64), integer powers as products, ``Heaviside(x, 0)`` and ``Piecewise`` as
-conditional expressions. Before printing, ``stable_forms`` rewrites 1/(1 + exp(-x)) and
-log(1 + exp(x)) into the helpers ``_sigmoid`` and ``_softplus``, whose source is in ``HELPERS``:
-stable for |x| up to 1e4 in float32 and float64.
+conditional expressions, a product with ``Heaviside(c, 0)`` as ``(x if c > 0 else 0)`` (x is
+not used where the step is 0: no inf * 0). Before printing, ``stable_forms`` rewrites
+1/(1 + exp(-x))**n and log(1 + exp(x)) into the helpers ``_sigmoid`` and ``_softplus``, whose
+source is in ``HELPERS``: stable for |x| up to 1e4 in float32 and float64. ``ArrayPrinter``
+prints Max/Min as nested ``np.maximum``/``np.minimum`` (the module imports no functools).
 """
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
