@@ -28,6 +28,7 @@ a <= 0 or a >= 1: the log of a non-positive number).
 """
 from functools import lru_cache
 
+import mpmath
 import sympy as sp
 
 from . import naming
@@ -43,20 +44,30 @@ Zs, As, Ys = naming.Z, naming.A, naming.Y
 CHECK_POINTS = tuple(sp.Rational(v) for v in ("-3", "-1", "-1/2", "0", "1/3", "1", "5/2"))
 
 
-def _numeric(expr):
+def _values(expr, points):
+    """30-digit values of an expression in naming.Z at ``points`` (mpmath: a huge power or
+    exp(exp(exp(z))) evaluates or fails fast, where exact SymPy arithmetic can take minutes or
+    overflow); None where it cannot be evaluated."""
     try:
-        v = complex(sp.N(expr, 30))
-    except (TypeError, ValueError):
-        return None
-    return v
+        fn = sp.lambdify([Zs], expr, simp.MPMATH, docstring_limit=0)
+    except simp._EVAL_ERRORS:
+        return [None] * len(points)
+    out = []
+    with mpmath.workdps(30):
+        for z0 in points:
+            try:
+                out.append(complex(fn(mpmath.mpf(z0.p) / z0.q)))
+            except simp._EVAL_ERRORS:
+                out.append(None)
+    return out
 
 
 def _agrees(candidate, fprime, f):
-    for z0 in CHECK_POINTS:
-        want = _numeric(fprime.xreplace({Zs: z0}).doit())
-        got = _numeric(candidate.xreplace({As: f.xreplace({Zs: z0})}).doit())
+    want = _values(fprime, CHECK_POINTS)
+    got = _values(candidate.xreplace({As: f}), CHECK_POINTS)
+    for w, g in zip(want, got):
         # written as "not <=" so that a NaN never passes
-        if want is None or got is None or not abs(want - got) <= 1e-12 * max(1.0, abs(want)):
+        if w is None or g is None or not abs(w - g) <= 1e-12 * max(1.0, abs(w)):
             return False
     return True
 
@@ -86,18 +97,46 @@ def _exp_route(f, fprime):
     return out
 
 
+def _exp_route_applies(f):
+    """The exp route only makes sense (and is only cheap) when every exponential in f is
+    exp(c z) for a rational c and f is small: tanh(tanh(z)) rewritten in exp nests
+    exponentials whose a = f(u) cannot be solved, and trying took minutes."""
+    e = f.rewrite(sp.exp)
+    if not e.has(sp.exp) or simp.too_big(e):
+        return False
+    return all((x.args[0] / Zs).is_Rational for x in e.atoms(sp.exp))
+
+
+def _sigmoid_rewrite(expr):
+    """The derivative with exp(x) written through u = 1/(1 + exp(-x)) where exp(x) also sits in
+    a denominator (swish' = z exp(-z)/(1 + exp(-z))^2 + ... -> z u (1 - u) + u): the printer
+    turns u into its stable helper, where the original gives inf/inf for large |z|."""
+    from .codegen.graph_emit import sigmoid_forms
+    from .codegen.printer import _sigmoid
+    out = sigmoid_forms(expr)
+    return out.replace(lambda e: isinstance(e, _sigmoid), lambda e: 1 / (1 + sp.exp(-e.args[0])))
+
+
+def _fewest(forms):
+    # fewest operations; on a tie the factored form (a product) reads better: a(1 - a)
+    return min(forms, key=lambda e: (sp.count_ops(e), not isinstance(e, sp.Mul), len(str(e)), str(e)))
+
+
 @lru_cache(maxsize=None)
 def output_form(f, at_zero=0):
     """f'(z) for an elementwise forward definition f(z), and its form in terms of a = f(z).
 
     Returns (stages, form, uses) where ``uses`` is "a" when the form reads only the layer
     output (sigmoid -> a(1-a), tanh -> 1-a^2, exp -> a, softplus -> 1-exp(-a), relu ->
-    Heaviside(a, 0)) and "z" when no exact rewrite exists (swish keeps z; so does relu with
-    ``at_zero`` = 1: Heaviside(z, 1) is 1 at z = 0, where a = max(0, z) = 0 as for z < 0).
-    ``at_zero`` is the network's relu_at_zero, given to the kink pass. Candidates come from
-    substituting f(z) -> a and z -> a (piecewise linear functions), and only if neither is
-    exact, from solving a = f(u) for u = exp(z); each is checked numerically at CHECK_POINTS
-    and the one with the fewest operations is kept.
+    Heaviside(a, 0)) and "z" when no exact and stable rewrite exists (swish keeps z; so does
+    relu with ``at_zero`` = 1: Heaviside(z, 1) is 1 at z = 0, where a = max(0, z) = 0 as for
+    z < 0). ``at_zero`` is the network's relu_at_zero, given to the kink pass.
+    Candidates come from substituting f(z) -> a and z -> a (piecewise linear functions), and
+    only if neither is exact, from solving a = f(u) for u = exp(z); each is checked to be exact
+    at CHECK_POINTS and numerically stable (``simplify.stable``: finite and accurate in float32
+    and float64 for |z| up to 1e4, with a computed by the printed forward), and the one with
+    the fewest operations is kept. In z, the stable one of the derivative as ``diff`` gives it
+    and its rewrite through the sigmoid (``_sigmoid_rewrite``); ``diff``'s form if neither is.
     """
     derived = sp.diff(f, Zs)
     stages = [("derived", derived)]
@@ -105,6 +144,7 @@ def output_form(f, at_zero=0):
     stages.append(("kink", fprime))
     if not fprime.has(Zs):
         return tuple(stages), fprime, "a"
+    ctx = simp.Context(links=[(As, Zs, f)])
 
     def checked(cands):
         out = []
@@ -118,14 +158,21 @@ def output_form(f, at_zero=0):
 
     # cheap candidates first; solving a = f(u) (the expensive one) only when they all fail
     good = checked([fprime.subs(f, As), fprime.xreplace({Zs: As})])
-    if not good and f.rewrite(sp.exp).has(sp.exp):
+    if not good and _exp_route_applies(f):
         good = checked(_exp_route(f, fprime))
-    if not good:
-        return tuple(stages), fprime, "z"
-    # fewest operations; on a tie the factored form (a product) reads better: a(1 - a)
-    form = min(good, key=lambda e: (sp.count_ops(e), not isinstance(e, sp.Mul), len(str(e)), str(e)))
-    stages.append(("forward_outputs", form))
-    return tuple(stages), form, "a"
+    good = [c for c in good if simp.stable(c, fprime, ctx)]
+    if good:
+        form = _fewest(good)
+        stages.append(("forward_outputs", form))
+        return tuple(stages), form, "a"
+    zforms = [fprime]
+    if not simp.too_big(fprime):
+        zforms.append(_sigmoid_rewrite(fprime))
+    zforms = list(dict.fromkeys(zforms))
+    form = _fewest([c for c in zforms if simp.stable(c, fprime, ctx)] or [fprime])
+    if form != fprime:
+        stages.append(("forward_outputs", form))   # the form that pass substitutes
+    return tuple(stages), form, "z"
 
 
 def _forward_rule(layer, act, a_base, z_base, size, at_zero=0):
@@ -135,6 +182,11 @@ def _forward_rule(layer, act, a_base, z_base, size, at_zero=0):
         fprime = simp.kink(sp.diff(act.definition, Zs), simp.Context(at_zero=at_zero))
 
         def rule(expr):
+            # a Jacobian's derivative comes distributed over its Kronecker delta
+            # (d f'(z) + d g(z)); gathered, f'(z) appears whole and is replaced by its form
+            kds = sorted(expr.atoms(sp.KroneckerDelta), key=str)
+            if kds and uses == "z":
+                expr = sp.collect(expr, kds, evaluate=True)
             for zi in sorted((x for x in expr.atoms(sp.Indexed) if x.base == z_base), key=str):
                 ai = a_base[zi.indices]
                 target = form.xreplace({As: ai, Zs: zi})
@@ -182,6 +234,8 @@ def _layer_template(act, bias=True, at_zero=0):
     bias: z = W a, and no dz/db or dL/db rules)."""
     g = _G
     ctx = simp.Context(forward=[_forward_rule(0, act, g["a"], g["z"], _N_OUT, at_zero)], at_zero=at_zero)
+    if act.elementwise:
+        ctx.links.append((g["a"], g["z"], act.definition))
     zj = sp.Sum(g["W"][J, K] * g["a_in"][S, K], (K, 0, _N_IN - 1)) + (g["b"][J] if bias else 0)
     if act.elementwise:
         stages, form, uses = output_form(act.definition, at_zero)
@@ -206,10 +260,19 @@ def _layer_template(act, bias=True, at_zero=0):
     return t
 
 
-def _rename(stages, mapping):
+def _rename(stages, mapping, cache=None):
+    """Stages in a layer's names; ``cache`` (one per layer) renames each distinct expression
+    once: consecutive stages are often equal, and renaming is most of a deep network's
+    derivation time (xreplace rebuilds every node)."""
     if stages is None:
         return None
-    return tuple((name, e.xreplace(mapping)) for name, e in stages)
+    cache = {} if cache is None else cache
+    out = []
+    for name, e in stages:
+        if e not in cache:
+            cache[e] = e.xreplace(mapping)
+        out.append((name, cache[e]))
+    return tuple(out)
 
 
 def derive(network):
@@ -227,11 +290,14 @@ def derive(network):
     ctx = simp.Context(at_zero=at_zero)
     for l, layer in enumerate(network.layers, start=1):
         ctx.forward.append(_forward_rule(l, layer.activation, a[l], z[l], n[l], at_zero))
+        if layer.activation.elementwise:
+            ctx.links.append((a[l], z[l], layer.activation.definition))
     if network.loss.onehot:
         ctx.onehot.append((y, n[L]))
 
     templates = [_layer_template(layer.activation, layer.bias, at_zero) for layer in network.layers]
     names = [_layer_names(l) for l in range(1, L + 1)]
+    caches = [{} for _ in range(L)]
     equations = []
 
     def eq(name, kind, layer, lhs, stages, doc):
@@ -252,7 +318,8 @@ def derive(network):
     # 2. local derivatives, renamed from the per-activation templates
     layers = tuple(
         LayerRules(l, network.layers[l - 1].activation, templates[l - 1]["rule"],
-                   *(_rename(templates[l - 1][k], names[l - 1]) for k in ("jacobian", "dz_da", "dz_dW", "dz_db")))
+                   *(_rename(templates[l - 1][k], names[l - 1], caches[l - 1])
+                     for k in ("jacobian", "dz_da", "dz_dW", "dz_db")))
         for l in range(1, L + 1))
 
     # 3. backward by the general algorithm: the output delta is derived from the loss as one
@@ -272,15 +339,17 @@ def derive(network):
     for l in range(L, 0, -1):
         t, m = templates[l - 1], names[l - 1]
         if l < L:
-            eq(f"delta{l}", "delta", l, delta[l][S, J], _rename(t["delta"], m),
+            eq(f"delta{l}", "delta", l, delta[l][S, J], _rename(t["delta"], m, caches[l - 1]),
                "dL/dz = sum_i dL/da_i da_i/dz_j")
         eq(f"ga{l - 1}", "backprop" if l > 1 else "input_grad", l - 1, ga[l - 1][S, I],
-           _rename(t["g_in"], m), "dL/da_prev = W^T delta")
+           _rename(t["g_in"], m, caches[l - 1]), "dL/da_prev = W^T delta")
     for l in range(1, L + 1):
         t, m = templates[l - 1], names[l - 1]
-        eq(f"gW{l}", "grad_W", l, naming.quantity("gW", l)[P, Q], _rename(t["gW"], m), "dL/dW = delta a^T")
+        eq(f"gW{l}", "grad_W", l, naming.quantity("gW", l)[P, Q], _rename(t["gW"], m, caches[l - 1]),
+           "dL/dW = delta a^T")
         if network.layers[l - 1].bias:
-            eq(f"gb{l}", "grad_b", l, naming.quantity("gb", l)[P], _rename(t["gb"], m), "dL/db = delta")
+            eq(f"gb{l}", "grad_b", l, naming.quantity("gb", l)[P], _rename(t["gb"], m, caches[l - 1]),
+               "dL/db = delta")
 
     for e in equations:
         if e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative):

@@ -161,6 +161,7 @@ def _template(key):
         act = key[1]
         ctx.forward.append(_forward_rule(0, act, _OUT, _in(0), _N_OUT))
         if act.elementwise:
+            ctx.links.append((_OUT, _in(0), act.definition))     # for simplify.stable
             stages, form, uses = output_form(act.definition)
             rule = ActivationRule(act, stages[0][1], stages, form, uses)
             fwd = act.at(_in(0)[S, J])
@@ -226,6 +227,8 @@ def _loss_template(loss, reduction, act):
     t = {"L": L, "grad": tuple(simp.run(sp.diff(L, _OUT[S, J]), ctx))}
     if act is not None:
         ctx.forward.append(_forward_rule(0, act, _OUT, _in(0), _N_OUT))
+        if act.elementwise:
+            ctx.links.append((_OUT, _in(0), act.definition))     # for simplify.stable
         jac = _template(("activation", act))["jacobians"][0][-1][1]
         dL = t["grad"][-1][1].xreplace({J: I})
         t["delta"] = tuple(simp.run(sp.Sum(dL * jac, (I, 0, _N_OUT - 1)), ctx))

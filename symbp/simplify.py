@@ -16,15 +16,31 @@ did. The order is:
 3. ``forward_outputs``: rewrite in terms of forward values (f'(z) as a function of a = f(z)
    where exact, ``derive.output_form``), so the backward pass reuses stored outputs;
 4. ``onehot``: substitute sum_i y_i = 1 for one-hot targets (categorical cross-entropy);
-5. ``cancel``: rational cancellation, keeping the form with the fewest operations; this is
-   where sigmoid + bce and softmax + ce become a - y;
+5. ``cancel``: rational cancellation, keeping among the numerically stable forms (``stable``)
+   the one with the fewest operations; this is where sigmoid + bce and softmax + ce become
+   a - y;
 6. ``sign``: sign normalisation, -a (a - 1) -> a (1 - a).
 Common subexpression elimination happens when code is printed (``codegen.printer``).
+
+Every choice among equal forms (here and in ``derive.output_form``) is made by ``choose``:
+stable forms first (``stable``: evaluated as the kernel evaluates them, in float32 and float64,
+for |z| up to 1e4, against a 50-digit reference), then the fewest operations. SymPy has no
+timeout: expensive routines run only on expressions within MAX_OPS operations and MAX_DEGREE
+(``too_big``); larger ones keep their unsimplified, exact form.
 """
+import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
+import mpmath
+import numpy as np
 import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
+
+from . import naming
+
+_Z = naming.Z
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,9 @@ class Context:
     forward: list = field(default_factory=list)   # callables expr -> expr
     onehot: list = field(default_factory=list)    # (y IndexedBase, unit-size symbol)
     at_zero: int = 0
+    # (a, z, f): a = f(z) for the numerical check (``stable``); a and z are IndexedBases (one
+    # layer) or the scalar symbols naming.A and naming.Z (an activation on its own)
+    links: list = field(default_factory=list)
 
 
 def _is_index_condition(cond):
@@ -64,6 +83,8 @@ def _hoist_deltas(expr):
     def hoist(pw):
         common = None
         for e, _ in pw.args:
+            if e == 0:
+                continue        # 0 = d * 0 for any d (leaky ReLU with slope 0 is ReLU)
             ds = {f for f in sp.Mul.make_args(sp.factor_terms(e)) if isinstance(f, sp.KroneckerDelta)}
             common = ds if common is None else common & ds
         if not common:
@@ -78,7 +99,11 @@ def _split_sums(expr):
     Sum_k delta(k, x) f(k) -> f(x) done here when SymPy's Sum would fold the delta back into a
     Piecewise (leaky ReLU's derivative)."""
     def split(e):
-        body = sp.expand(e.function)
+        body = e.function
+        if not (isinstance(body, sp.Mul) and any(isinstance(f, sp.KroneckerDelta) for f in body.args)):
+            # a delta times one factor needs no splitting: multiplying out (GELU's derivative)
+            # would only make a form whose large terms cancel (see ``stable``)
+            body = sp.expand(body)
         out = []
         for t in sp.Add.make_args(body):
             t = _hoist_deltas(t)
@@ -171,17 +196,258 @@ def _ops(e):
     return sp.count_ops(e, visual=False)
 
 
+# Work budget: SymPy has no timeout, so expensive routines (cancel, factor, expand, solve) are
+# only called on expressions of at most this many operations (count_ops); larger ones keep
+# their unsimplified, still exact, form. Measured (count_ops of the cancel pass's inputs): at
+# most 8 for networks of built-in activations, 13 swish, 20 mish, 30 the tanh GELU; the
+# limit leaves those their simplification. Nested exponentials grow past it quickly.
+MAX_OPS = 40
+# ... and only on polynomials of at most this degree in any one power: cancel/factor of
+# (z + 1)**100000000 expands it (24 GB, then killed).
+MAX_DEGREE = 16
+
+
+def too_big(expr):
+    """True where expensive routines are skipped (see MAX_OPS, MAX_DEGREE)."""
+    if _ops(expr) > MAX_OPS:
+        return True
+    return any(p.exp.is_Number and abs(p.exp) > MAX_DEGREE for p in expr.atoms(sp.Pow))
+
+
 def cancel(expr, ctx=None):
     if expr.has(sp.Sum):
         # Sums stay as they are; simplify the coefficients around them.
+        if too_big(expr):
+            return expr
         return sp.collect(sp.expand(expr), sorted(expr.atoms(sp.Sum), key=str), evaluate=True)
     candidates = [expr]
+    if not too_big(expr):
+        try:
+            c = sp.cancel(expr)
+            candidates += [sp.factor_terms(expr), c, sp.factor(c)]
+        except (sp.PolynomialError, TypeError):
+            candidates = [expr]   # not a rational function (e.g. Piecewise): keep it as it is
+    return choose(candidates, expr, ctx)
+
+
+def choose(candidates, exact, ctx=None):
+    """The candidate to keep among forms equal to ``exact``: the stable ones (``stable``) first,
+    then the fewest operations; ``exact`` itself when no candidate is stable."""
+    candidates = list(dict.fromkeys(candidates))
+    if ctx is not None and ctx.links and len(candidates) > 1:
+        # where no form is stable (BCE's dL/da = (a - y)/(a (1 - a)) divides by 1 - a = 0 once
+        # a rounds to 1, in every form), the one failing at the fewest points
+        fails = {c: failures(c, exact, ctx) for c in candidates}
+        least = min(fails.values())
+        candidates = [c for c in candidates if fails[c] == least]
+    return min(candidates, key=lambda e: (_ops(e), len(str(e)), str(e)))
+
+
+# --- numerical stability: a stated criterion of every choice among equal forms ----------------
+# Forms that are equal in exact arithmetic are not equal in floating point: GELU's derivative
+# multiplied out, (1 + t)(c t z^3 - c z^3 + ...) with t = tanh(...), cancels large terms and is
+# wrong by units at z = 1000 in float32; softplus + MSE written as (exp(a) - 1)(a - y) exp(-a)
+# overflows to inf/NaN for a > 88 (float32) although the value is finite. A candidate is
+# *stable* when, evaluated as a kernel evaluates it (each output a computed from z by the
+# printed forward, ``codegen.printer.stable_forms``, then the candidate, all in float32 and in
+# float64 NumPy arithmetic), it is finite and within STABILITY_TOLERANCE * max(1, |exact|) of a
+# 50-digit mpmath evaluation of the exact expression at every z in STABILITY_POINTS where that
+# exact value is real and representable in the dtype (exp(z) overflowing is legitimate).
+# Quantities other than z and a (upstream gradients, targets, weights, the batch size) take
+# the fixed moderate values OTHER_VALUES: stability here is about large pre-activations.
+STABILITY_POINTS = (0.0, 0.5, -0.5, 3.0, -3.0, 30.0, -30.0, 100.0, -100.0, 1e3, -1e3, 1e4, -1e4)
+STABILITY_TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
+OTHER_VALUES = (0.375, -0.625, 0.8125, 1.25, -1.5, 0.6875)
+# expressions larger than this are not evaluated (lambdify of a huge tree is itself slow)
+EVAL_MAX_OPS = 400
+
+
+class _CheckPrinter(NumPyPrinter):
+    """NumPy source that keeps a float32 array float32 (SymPy's Heaviside prints as an integer
+    select, which promotes), with the kernels' helpers _sigmoid/_softplus as NumPy functions."""
+
+    def _print_Heaviside(self, e):
+        h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
+        return f"numpy.heaviside({self._print(e.args[0])}, {float(h0)!r})"
+
+    def _print_Mul(self, e):
+        # as codegen.printer.NumbaPrinter: x * Heaviside(c, 0) is 0 where c <= 0, whatever x is
+        steps = [f for f in e.args if isinstance(f, sp.Heaviside) and len(f.args) == 2 and f.args[1] == 0]
+        if not steps:
+            return super()._print_Mul(e)
+        rest = sp.Mul(*[f for f in e.args if f not in steps])
+        conds = " & ".join(f"({self._print(h.args[0])} > 0)" for h in steps)
+        return f"numpy.where({conds}, {self._print(rest)}, 0.0)"
+
+    def _print_Max(self, e):
+        return self._fold("numpy.maximum", e.args)
+
+    def _print_Min(self, e):
+        return self._fold("numpy.minimum", e.args)
+
+    def _fold(self, fn, args):
+        out = self._print(args[0])
+        for a in args[1:]:
+            out = f"{fn}({out}, {self._print(a)})"
+        return out
+
+    def _print__sigmoid(self, e):
+        return f"_np_sigmoid({self._print(e.args[0])})"
+
+    def _print__softplus(self, e):
+        return f"numpy.logaddexp(0, {self._print(e.args[0])})"
+
+
+def _np_sigmoid(x):
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _substituted(expr, links, printed):
+    """(expr with each linked output a replaced by f(z), the z symbols); ``printed`` uses the
+    forward as the kernel prints it (stable helpers)."""
+    if printed:
+        from .codegen.printer import stable_forms
+    rep, zs = {}, set()
+    for a, z, f in links:
+        g = stable_forms(f) if printed else f
+        if isinstance(a, sp.Symbol):
+            if expr.has(a):
+                rep[a] = g
+            zs.add(z)
+            continue
+        for x in expr.atoms(sp.Indexed):
+            if x.base == a:
+                rep[x] = g.xreplace({_Z: z[x.indices]})
+        zs |= {x for x in expr.atoms(sp.Indexed) if x.base == z}
+        zs |= {z[x.indices] for x in rep if isinstance(x, sp.Indexed) and x.base == a}
+    return expr.xreplace(rep), zs
+
+
+def _arguments(expr, zs):
+    """(z dummies, other dummies, expr over dummies) or None when expr cannot be evaluated (a
+    sum: index structure, not values). Index symbols only occur inside
+    quantities; the batch size and widths (positive integers) are values like the others."""
+    if expr.has(sp.Sum, sp.Derivative):
+        return None
+    # a Jacobian's entries: every form is 0 off the diagonal; compare the diagonal
+    expr = expr.replace(lambda e: isinstance(e, sp.KroneckerDelta), lambda e: sp.Integer(1))
+    zs = sorted((z for z in zs if expr.has(z)), key=str)
+    others = sorted((x for x in expr.atoms(sp.Indexed) if x not in zs), key=str)
+    dz = [sp.Dummy(f"z{i}", real=True) for i in range(len(zs))]
+    do = [sp.Dummy(f"o{i}", real=True) for i in range(len(others))]
+    e = expr.xreplace(dict(zip(zs + others, dz + do)))
+    rest = sorted(e.free_symbols - set(dz) - set(do), key=str)
+    if any(x.is_integer and not x.is_positive for x in rest):
+        return None         # a free index outside any quantity: not a value
+    do += rest
+    return dz, do, e
+
+
+def _guarded(fn):
+    """An mpmath function refused (OverflowError) for |x| > 1e6: mpmath computes exp(exp(30))
+    exactly, which takes minutes (exp(1e6) is far beyond any dtype anyway)."""
+    def call(x):
+        if abs(x) > 1e6:
+            raise OverflowError("argument too large to evaluate")
+        return fn(x)
+    return call
+
+
+# the mpmath namespace of every high-precision evaluation here and in derive
+MPMATH = [{"exp": _guarded(mpmath.exp), "sinh": _guarded(mpmath.sinh), "cosh": _guarded(mpmath.cosh)},
+          "mpmath"]
+
+_EVAL_ERRORS = (OverflowError, RecursionError, ZeroDivisionError, ValueError, TypeError,
+                ArithmeticError, NameError, KeyError, AttributeError)
+
+
+@lru_cache(maxsize=4096)
+def _reference(exact, links):
+    """50-digit values of ``exact`` at STABILITY_POINTS (None where not real or not finite)."""
+    e, zs = _substituted(exact, links, printed=False)
+    args = _arguments(e, zs)
+    if args is None:
+        return None
+    dz, do, e = args
     try:
-        c = sp.cancel(expr)
-        candidates += [sp.factor_terms(expr), c, sp.factor(c)]
-    except (sp.PolynomialError, TypeError):
-        candidates = [expr]   # not a rational function (e.g. Piecewise): keep it as it is
-    return min(candidates, key=lambda e: (_ops(e), len(str(e))))
+        fn = sp.lambdify(dz + do, e, MPMATH, docstring_limit=0)
+    except _EVAL_ERRORS:
+        return None
+    out = []
+    with mpmath.workdps(50):
+        for z0 in STABILITY_POINTS:
+            try:
+                v = fn(*[mpmath.mpf(z0)] * len(dz), *[mpmath.mpf(OTHER_VALUES[i % len(OTHER_VALUES)])
+                                                       for i in range(len(do))])
+                v = complex(v)
+            except _EVAL_ERRORS:
+                out.append(None)
+                continue
+            ok = v.imag == 0 and math.isfinite(v.real)
+            out.append(v.real if ok else None)
+    return tuple(out)
+
+
+def _evaluate(candidate, links, dtype):
+    """The candidate at STABILITY_POINTS in ``dtype`` arithmetic (None if it cannot be)."""
+    from .codegen.printer import stable_forms
+    e, zs = _substituted(candidate, links, printed=True)
+    e = stable_forms(e)        # the candidate as printed (its sigmoids through the helper)
+    args = _arguments(e, zs)
+    if args is None:
+        return None
+    dz, do, e = args
+    n = len(STABILITY_POINTS)
+    vals = [np.array(STABILITY_POINTS, dtype=dtype)] * len(dz)
+    vals += [np.full(n, OTHER_VALUES[i % len(OTHER_VALUES)], dtype=dtype) for i in range(len(do))]
+    try:
+        fn = sp.lambdify(dz + do, e, modules=[{"_np_sigmoid": _np_sigmoid}, "numpy"],
+                         printer=_CheckPrinter({"fully_qualified_modules": False}), docstring_limit=0)
+        with np.errstate(all="ignore"):
+            out = np.broadcast_to(np.asarray(fn(*vals)), (n,))
+    except _EVAL_ERRORS:
+        return None
+    if out.dtype.kind == "c":
+        return None
+    return out
+
+
+def failures(candidate, exact, ctx):
+    """How many (dtype, point) pairs break the stability criterion (see above): the candidate is
+    not finite or not within tolerance of ``exact`` in float32 or float64 at a point of
+    STABILITY_POINTS where ``exact`` is representable. 0 also when there is nothing to evaluate
+    (no linked quantity, sums) or the expressions are too large to evaluate (the unsimplified
+    form is kept there anyway); every pair when the candidate cannot be evaluated at all."""
+    # only the layers this expression reads (a deep network's context links every layer)
+    links = tuple(tuple(x) for x in ctx.links if exact.has(x[0]) or exact.has(x[1])
+                  or candidate.has(x[0]) or candidate.has(x[1]))
+    if not links:
+        return 0
+    if _ops(exact) > EVAL_MAX_OPS or _ops(candidate) > EVAL_MAX_OPS:
+        return 0
+    want = _reference(exact, links)
+    if want is None:
+        return 0
+    count = 0
+    for dtype, tol in STABILITY_TOLERANCE.items():
+        got = _evaluate(candidate, links, dtype)
+        if got is None:
+            count += len(want)
+            continue
+        biggest = float(np.finfo(dtype).max)
+        for w, g in zip(want, got):
+            if w is None or abs(w) > biggest:
+                continue
+            # written as "not <=" so that a NaN never passes
+            if not abs(float(g) - w) <= tol * max(1.0, abs(w)):
+                count += 1
+    return count
+
+
+def stable(candidate, exact, ctx):
+    """The stability criterion: no failures (``failures``)."""
+    return failures(candidate, exact, ctx) == 0
 
 
 def _flip(mul):

@@ -5,9 +5,11 @@ as one Python expression: ``Indexed`` as ``<ident>[<indices>]`` (identifiers fro
 ``symbp.naming``), math functions as ``math.*`` (the CUDA compiler accepts those, NumPy calls it
 does not), numbers as typed constants for float32 (a bare Python float would silently promote
 float32 work to float64), integer powers as products, ``Heaviside(x, 0)`` and ``Piecewise`` as
-conditional expressions. Before printing, ``stable_forms`` rewrites 1/(1 + exp(-x)) and
-log(1 + exp(x)) into the helpers ``_sigmoid`` and ``_softplus``, whose source is in ``HELPERS``:
-stable for |x| up to 1e4 in float32 and float64.
+conditional expressions, a product with ``Heaviside(c, 0)`` as ``(x if c > 0 else 0)`` (x is
+not used where the step is 0: no inf * 0). Before printing, ``stable_forms`` rewrites
+1/(1 + exp(-x))**n and log(1 + exp(x)) into the helpers ``_sigmoid`` and ``_softplus``, whose
+source is in ``HELPERS``: stable for |x| up to 1e4 in float32 and float64. ``ArrayPrinter``
+prints Max/Min as nested ``np.maximum``/``np.minimum`` (the module imports no functools).
 """
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
@@ -44,12 +46,19 @@ def _is_exp(e):
 
 
 def stable_forms(expr):
-    """1/(1 + exp(-x)) -> _sigmoid(x); log(1 + exp(x)) -> _softplus(x); log(exp(x)) -> x."""
+    """1/(1 + exp(-x))**n -> _sigmoid(x)**n; exp(-x) _sigmoid(x) -> _sigmoid(-x) (each factor
+    overflows alone, the product does not); log(1 + exp(x)) -> _softplus(x).
+
+    The sigmoids are substituted before any distribution, so that a factor 1/B next to
+    1/(1 + exp(x)) is not multiplied into one denominator B exp(x) + B that no longer reads as
+    a sigmoid (swish's delta); products are only distributed when a pair exp(-x) _sigmoid(x)
+    can then form."""
     def sig(e):
-        if isinstance(e, sp.Pow) and e.exp == -1 and isinstance(e.base, sp.Add) and len(e.base.args) == 2:
+        if (isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp < 0 and isinstance(e.base, sp.Add)
+                and len(e.base.args) == 2):
             one, ex = sorted(e.base.args, key=lambda t: not t.is_Number)
             if one == 1 and _is_exp(ex):
-                return _sigmoid(-ex.args[0])
+                return _sigmoid(-ex.args[0]) ** (-e.exp)
         return None
 
     def soft(e):
@@ -60,22 +69,22 @@ def stable_forms(expr):
         return None
 
     def pair(e):
-        # exp(x) * 1/(1 + exp(x)) -> sigmoid(x): the two factors overflow alone, not together
         if not isinstance(e, sp.Mul):
             return None
         args = list(e.args)
         for idx, f in enumerate(args):
-            s = sig(f)
-            if s is not None and sp.exp(-s.args[0]) in args:
-                rest = [a for i, a in enumerate(args) if i != idx]
-                rest.remove(sp.exp(-s.args[0]))
-                return sp.Mul(_sigmoid(-s.args[0]), *rest)
+            base, n = (f.base, f.exp) if isinstance(f, sp.Pow) else (f, 1)
+            if isinstance(base, _sigmoid) and sp.exp(-base.args[0]) in args:
+                rest = [x for i, x in enumerate(args) if i != idx]
+                rest.remove(sp.exp(-base.args[0]))
+                return sp.Mul(_sigmoid(-base.args[0]), base ** (n - 1), *rest)
         return None
 
-    if any(sig(e) is not None for e in expr.atoms(sp.Pow)):
+    expr = expr.replace(lambda e: sig(e) is not None, sig)
+    sigmoids = [f for f in expr.atoms(_sigmoid) if expr.has(sp.exp(-f.args[0]))]
+    if sigmoids:
         expr = sp.expand(expr, power_exp=False, power_base=False, log=False, multinomial=False)
         expr = expr.replace(lambda e: pair(e) is not None, pair)
-    expr = expr.replace(lambda e: sig(e) is not None, sig)
     expr = expr.replace(lambda e: soft(e) is not None, soft)
     return expr
 
@@ -161,6 +170,16 @@ class NumbaPrinter(PythonCodePrinter):
         return (f"({self._const('1.0')} if {x} > 0 else ({self._print(h0)} if {x} == 0 "
                 f"else {self._const('0.0')}))")
 
+    def _print_Mul(self, e):
+        # x * Heaviside(c, 0) as a conditional: x is not used where the step is 0, so an x
+        # that overflows there (elu's exp(z) H(1 - exp(z)) at large z) gives 0, not inf * 0 = nan
+        steps = [f for f in e.args if isinstance(f, sp.Heaviside) and len(f.args) == 2 and f.args[1] == 0]
+        if not steps:
+            return super()._print_Mul(e)
+        rest = sp.Mul(*[f for f in e.args if f not in steps])
+        conds = " and ".join(f"{self._print(h.args[0])} > 0" for h in steps)
+        return f"({self._print(rest)} if {conds} else {self._const('0.0')})"
+
     def _print_Max(self, e):
         return "max(" + ", ".join(self._print(a) for a in e.args) + ")"
 
@@ -222,3 +241,17 @@ class ArrayPrinter(NumPyPrinter):
 
     def _print__softplus(self, e):
         return f"numpy.logaddexp(0, {self._print(e.args[0])})"
+
+    # NumPyPrinter prints Max/Min as functools.reduce(numpy.amax, ...), and the generated module
+    # does not import functools (nor can njit's objmode block see it): nested two-argument ufuncs.
+    def _print_Max(self, e):
+        return self._fold("numpy.maximum", e.args)
+
+    def _print_Min(self, e):
+        return self._fold("numpy.minimum", e.args)
+
+    def _fold(self, fn, args):
+        out = self._print(args[0])
+        for a in args[1:]:
+            out = f"{fn}({out}, {self._print(a)})"
+        return out
