@@ -14,6 +14,8 @@ numbers are rounded here, for display only (half away from zero, ``decimals`` in
 - ``write(c, latex=, tikz=, pdf=, decimals=)``: renders everything (and compiles the PDF in a
   temporary directory) before writing any file, each atomically; returns the paths written.
 """
+import ast
+import re
 import shutil
 import subprocess
 import tempfile
@@ -54,6 +56,74 @@ class _Printer(LatexPrinter):
 
 def _tex(e):
     return _Printer().doprint(e)
+
+
+# --- the expression as typed -----------------------------------------------------------------
+_FUNC_TEX = {"exp": r"\exp", "log": r"\log", "max": r"\max", "sigmoid": r"\sigma",
+             "relu": r"\operatorname{relu}"}
+
+
+def _name_tex(name):
+    if name == "pi":
+        return r"\pi"
+    if name == "E":
+        return "e"
+    m = re.match(r"^([A-Za-z]+)_?(\d+)$", name)
+    return f"{m.group(1)}_{{{m.group(2)}}}" if m else name
+
+
+def _typed(node):
+    """(LaTeX, precedence) of an ast node of the expression text (1 sum, 2 product, 3 sign,
+    4 power, 5 atom); the text was already accepted by the safe parser."""
+    if isinstance(node, ast.Expression):
+        return _typed(node.body)
+    if isinstance(node, ast.Name):
+        return _name_tex(node.id), 5
+    if isinstance(node, ast.Constant):
+        return str(node.value), 5
+    if isinstance(node, ast.UnaryOp):
+        t, p = _typed(node.operand)
+        sign = "-" if isinstance(node.op, ast.USub) else "+"
+        return sign + (rf"\left({t}\right)" if p <= 2 else t), 3
+    if isinstance(node, ast.Call):
+        name = node.func.id if isinstance(node.func, ast.Name) else "?"
+        args = [_typed(a)[0] for a in node.args]
+        if name == "sqrt":
+            return rf"\sqrt{{{args[0]}}}", 5
+        head = _FUNC_TEX.get(name) or r"\operatorname{%s}" % name
+        inner = ", ".join(args)
+        return rf"{head}\left({inner}\right)", 5
+    if isinstance(node, ast.BinOp):
+        (lt, lp), (rt, rp) = _typed(node.left), _typed(node.right)
+        paren = lambda t: rf"\left({t}\right)"
+        if isinstance(node.op, ast.Add):
+            return f"{lt} + {rt if rp > 1 else paren(rt)}", 1
+        if isinstance(node.op, ast.Sub):
+            return f"{lt} - {rt if rp > 1 else paren(rt)}", 1
+        if isinstance(node.op, ast.Mult):
+            lt = lt if lp >= 2 else paren(lt)
+            rt = rt if rp > 3 or (rp == 2 and not isinstance(node.right, ast.BinOp)) else paren(rt)
+            sep = r" \cdot " if rt[:1].isdigit() or rt.startswith("-") else " "
+            return f"{lt}{sep}{rt}", 2
+        if isinstance(node.op, ast.Div):
+            return rf"\frac{{{lt}}}{{{rt}}}", 5
+        if isinstance(node.op, ast.Pow):
+            return f"{{{lt if lp >= 5 else paren(lt)}}}^{{{rt}}}", 4
+    raise ValueError("not an expression of the circuit grammar")
+
+
+def typed_latex(text):
+    """LaTeX of an expression string as it was typed (its own grouping and order, not SymPy's
+    rewrite): "1/(1+exp(-(w0*x0 + w1*x1 + w2)))" -> \frac{1}{1 + \exp(-(w_{0} x_{0} + ...))}."""
+    return _typed(ast.parse(text.strip(), mode="eval"))[0]
+
+
+def title_tex(c):
+    """The circuit's expression for a title: as typed where it was typed."""
+    try:
+        return typed_latex(c.text)
+    except (SyntaxError, ValueError, AttributeError):
+        return _tex(c.expr)
 
 
 def _shown(c, n):
@@ -338,7 +408,7 @@ def document(c, decimals=2):
     d = check_decimals(decimals)
     at = r",\ ".join(f"{_tex(c.node(k).symbol)} = {_tex(c.values[k])}" for k in c.variables)
     return environment().get_template("latex/circuit_document.tex.j2").render(
-        expr=_tex(c.expr), at=at, granularity=c.granularity, gates=len(c.gates),
+        expr=title_tex(c), at=at, granularity=c.granularity, gates=len(c.gates),
         picture=tikz(c, d), steps=latex(c, d), value=fmt(c.value, d), exact=_tex(c.value),
         gradients=[(_dfd(c.node(k).symbol), fmt(v, d), _tex(v)) for k, v in c.gradients.items()],
         notes=[_text(s) for s in c.notes()])

@@ -159,12 +159,57 @@ def _error_sign(d):
     return _with(d, eqs)
 
 
+def _loss_mutation(change):
+    """A mutation of the loss equation only (its other equations keep their own forms)."""
+    def build(d):
+        eqs, changed = [], False
+        for e in d.equations:
+            if e.kind == "loss":
+                rhs = change(d, e.rhs)
+                if rhs is not None and rhs != e.rhs:
+                    e, changed = replace(e, rhs=rhs), True
+            eqs.append(e)
+        return _with(d, eqs) if changed else None
+    return build
+
+
+def _first_sample(d, rhs):
+    """Only the first sample's loss (the batch average not taken)."""
+    def cut(s):
+        limits = [(v, lo, lo if hi.has(naming.BATCH) else hi) for v, lo, hi in s.limits]
+        return sp.Sum(s.function, *limits)
+    out = rhs.replace(lambda t: isinstance(t, sp.Sum), cut)
+    return out * naming.BATCH if d.network.reduction == "mean" else out
+
+
+def _log10(d, rhs):
+    """A calculator's log key (base 10) for the natural log."""
+    return rhs.replace(lambda t: isinstance(t, sp.log), lambda t: sp.log(t.args[0]) / sp.log(10)) \
+        if rhs.has(sp.log) else None
+
+
+def _pre_activation(d, rhs):
+    """The loss of the output pre-activation z^[L] instead of a^[L]."""
+    L = d.network.depth
+    a, z = naming.quantity("a", L), naming.quantity("z", L)
+    return rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == a, lambda t: z[t.indices])
+
+
+def _flipped_target(d, rhs):
+    """The target read the other way round (1 - y for 0/1 targets)."""
+    if d.network.loss.onehot:
+        return None
+    y = naming.quantity("y")
+    return rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == y, lambda t: 1 - t)
+
+
 @dataclass(frozen=True)
 class Mutation:
     name: str
     text: str           # the mistake, as the solutions name it
     build: object       # Derivation -> Derivation or None (not applicable)
     uphill: bool = False
+    loss_only: bool = False   # changes the loss equation only (evaluated on the key's values)
 
 
 MUTATIONS = (
@@ -174,6 +219,13 @@ MUTATIONS = (
     Mutation("no_branch_sum", r"the branch sum forgotten (one term of $\sum_j W_{ji}\delta_j$)", _no_branch_sum),
     Mutation("error_sign", r"the sign of the output error flipped ($y - a$ for $a - y$)", _error_sign),
     Mutation("uphill", r"the step taken uphill ($W + \eta\,\partial L/\partial W$)", None, uphill=True),
+    Mutation("first_sample", r"the loss of sample 1 only (no average over the batch)",
+             _loss_mutation(_first_sample), loss_only=True),
+    Mutation("log10", r"$\log_{10}$ in place of the natural logarithm", _loss_mutation(_log10), loss_only=True),
+    Mutation("pre_activation", r"the loss of $z$ in place of $a$ (the output activation skipped)",
+             _loss_mutation(_pre_activation), loss_only=True),
+    Mutation("flipped_target", r"the target read the wrong way round ($1 - y$ for $y$)",
+             _loss_mutation(_flipped_target), loss_only=True),
 )
 
 
@@ -311,10 +363,14 @@ class _Redraw(Exception):
 # the screen: a cheap, reject-only pre-check of a draw
 # ------------------------------------------------------------------------------------------
 SCREEN_DPS = 50
-# The student works (and the table is given) with one decimal more than the answers: with
-# rounded hidden activations feeding the next layer, working at the answers' precision would
-# make the last digit of most answers a matter of luck.
-WORK_EXTRA = 1
+# The student works (and the table is given) at the answers' precision: one stated precision,
+# so that a student who rounds as told reproduces every key (a draw is kept only where that
+# rounded calculation and the exact values agree at the displayed decimals).
+WORK_EXTRA = 0
+# Multiple-choice options differ pairwise by at least this many units of the last decimal, so
+# that a student whose rounding differs from the key's by a unit or two still finds one option.
+GAP_UNITS = 10
+MIN_DISTRACTORS = 3
 
 
 def _asked(name):
@@ -397,7 +453,9 @@ class _Screen:
                            "_exp": lambda x: Fraction(1) if x == 0 else table(mpmath.exp)(x),
                            "_tanh": lambda x: Fraction(0) if x == 0 else table(mpmath.tanh)(x)}
         self.steps = self._compile(derivation, B)
-        self.mutants = [(m, self._compile(md, B)) for m, md in mutants if not m.uphill]
+        # Distractors that land near the key are dropped (not redrawn), so the screen need not
+        # evaluate the mutants.
+        self.mutants = []
 
     def _compile(self, d, B):
         steps = []
@@ -518,6 +576,9 @@ class Exam:
             "multiple_choice": self.multiple_choice,
             "circuit": self.circuit,
             "seed": self.seed,
+            "mean": net.reduction == "mean",
+            "gap": show(sp.Rational(GAP_UNITS, 10 ** self.decimals), 12)[0],
+            "half_up": _half_up_example(self.decimals),
         }
 
     def _variant_context(self, v):
@@ -683,37 +744,31 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
     if multiple_choice:
         mutant_evals = []
         for m, md in mutants:
+            if m.uphill:
+                continue
             try:
-                mutant_evals.append((m, evaluate(md, P, X, Y)))
+                mev = _loss_only(md, ev, B) if m.loss_only else evaluate(md, P, X, Y)
             except InputError:
                 continue
+            if mev is not None:
+                mutant_evals.append((m, mev))
+        extras = _extra_distractors(net, ev, P, eta, B, p, q, xk, targets)
+        gap = sp.Rational(GAP_UNITS, 10 ** decimals)
         mc = {}
         for key, what, get in targets:
             right = get(ev)
             right_text = show(right, decimals)[0]
-            opts, texts = [], {right_text}
-            for m, mev in mutant_evals:
-                if m.uphill and key != "update":
-                    continue
-                wrong = get(mev, up=m.uphill)
-                if _same(wrong, right):
-                    continue
-                t = show(wrong, decimals)[0]
-                if t == right_text:
-                    raise _Redraw()          # a different mistake that looks right: redraw
-                if t in texts:
-                    continue
-                texts.add(t)
-                opts.append((t, m.text))
-            mc[key] = (right_text, opts[:MAX_OPTIONS - 1])
+            cands = [(get(mev), m.text) for m, mev in mutant_evals]
+            if key == "update":
+                cands = [(get(ev, up=True), MUTATIONS_BY_NAME["uphill"].text)] + \
+                        [(P["W1"][p, q] - eta * mev.results["gW1"][(p, q)], m.text) for m, mev in mutant_evals]
+            cands += extras.get(key, [])
+            mc[key] = (right_text, _options(right, cands, decimals, gap))
         # forward values stay an open question
         questions.append(Question("forward", _forward_question(net, B),
                                   _forward_answer(net, ev, decimals, B)))
         for key, what, get in targets:
             right_text, opts = mc[key]
-            if not opts:
-                questions.append(Question(key, f"Compute {what}.", f"${right_text}$"))
-                continue
             allopts = [(right_text, None)] + opts
             rng.shuffle(allopts)
             lettered = [(LETTERS[i], f"${t}$", mistake) for i, (t, mistake) in enumerate(allopts)]
@@ -740,6 +795,82 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
     circ = _circuit_question(rng) if circuit else None
     worked = worked_example(d, P, X.tolist(), Y.tolist(), decimals=decimals, lr=eta)
     return Variant(number, P, X, Y, table, questions, worked, circ)
+
+
+MUTATIONS_BY_NAME = {m.name: m for m in MUTATIONS}
+
+
+class _LossOnly:
+    """A mutant's values where only its loss differs from the key's."""
+
+    def __init__(self, results):
+        self.results = results
+
+
+def _loss_only(md, ev, B):
+    """Evaluate only the mutated loss equation on the key's values (None: not a real number)."""
+    pe = next(pe for pe in plan(md, B) if pe.equation.kind == "loss")
+    v = pe.entries[0].expr.xreplace(ev.env)
+    num = sp.N(v, 30)
+    if not num.is_real or not num.is_finite or v.has(sp.zoo, sp.nan):
+        return None
+    results = dict(ev.results)
+    results["loss"] = {(): v}
+    return _LossOnly(results)
+
+
+def _extra_distractors(net, ev, P, eta, B, p, q, xk, targets):
+    """Mistakes that are not a change of the derivation: a wrong entry read, the update's
+    arithmetic. {question key: [(value, mistake text)]}."""
+    out = {}
+    getters = {key: get for key, what, get in targets}
+    for key, get in getters.items():
+        if not key.startswith("delta") and key != "ga0":
+            continue
+        name = key
+        asked = next(i for i in ev.results[name] if _same(get(ev), ev.results[name][i]))
+        for idx in sorted(ev.results[name]):
+            if idx == asked:
+                continue
+            what = (f"the value for sample {idx[0] + 1} (the wrong row)" if idx[0] != asked[0]
+                    else f"entry {idx[1] + 1} in place of entry {asked[1] + 1}")
+            out.setdefault(key, []).append((ev.results[name][idx], what))
+    if (q, p) in ev.results["gW1"] and (q, p) != (p, q):
+        out["gW1"] = [(ev.results["gW1"][(q, p)],
+                       r"the indices swapped ($\partial L / \partial W_{qp}$ for $W_{pq}$)")]
+    g = ev.results["gW1"][(p, q)]
+    out["update"] = [(P["W1"][p, q] - g, r"the learning rate forgotten ($W - \partial L/\partial W$)"),
+                     (-eta * g, r"the step $-\eta\,\partial L/\partial W$ alone (the old weight not added)"),
+                     (P["W1"][p, q] - eta * eta * g, r"$\eta$ applied twice")]
+    return out
+
+
+def _options(right, cands, decimals, gap):
+    """Up to MAX_OPTIONS - 1 distractors, each at least ``gap`` from the key and from each
+    other (in exact values), in the order given; fewer than MIN_DISTRACTORS: redraw."""
+    taken, opts, texts = [right], [], {show(right, decimals)[0]}
+    for wrong, mistake in cands:
+        if _same(wrong, right):
+            continue
+        if any(abs(sp.N(wrong - t, 30)) < gap for t in taken):
+            continue
+        t = show(wrong, decimals)[0]
+        if t in texts:
+            continue
+        taken.append(wrong)
+        texts.add(t)
+        opts.append((t, mistake))
+        if len(opts) == MAX_OPTIONS - 1:
+            break
+    if len(opts) < MIN_DISTRACTORS:
+        raise _Redraw()
+    return opts
+
+
+def _half_up_example(decimals):
+    """'0.0125 becomes 0.013': the rounding rule shown on the sheet, at its precision."""
+    v = sp.Rational(25, 2) / 10 ** decimals
+    return f"{show(v, decimals + 1)[0]} becomes {show(v, decimals)[0]}"
 
 
 def _same(a, b):
@@ -809,25 +940,55 @@ class CircuitQuestion:
     answer: str           # LaTeX: f and its gradients
     steps: str            # the circuit's forward and backward steps (symbp.render.circuit)
     picture: str          # its TikZ picture
+    text: str = ""        # the expression as typed
+    values: dict = field(default_factory=dict)
+
+
+def _answers(c):
+    return (c.value,) + tuple(c.gradients[v] for v in c.variables)
+
+
+def degenerate(c, text):
+    """Why a circuit variant cannot tell a careful student from a careless one, or "": two
+    variables with equal values, or two that a student may swap without changing any answer
+    (unless the expression itself is symmetric in them), a max tie, a zero value or gradient."""
+    from ..circuit import circuit
+    vals, names = c.values, c.variables
+    if any(n.tie for n in c.gates):
+        return "a max tie"
+    if c.value == 0 or any(c.gradients[v] == 0 for v in names):
+        return "a zero value or gradient"
+    for i, u in enumerate(names):
+        for v in names[i + 1:]:
+            if vals[u] == vals[v]:
+                return f"{u} = {v}"
+            su, sv = c.node(u).symbol, c.node(v).symbol
+            if sp.simplify(c.expr.xreplace({su: sv, sv: su}) - c.expr) == 0:
+                continue        # symmetric in u and v: a swap is no mistake
+            swapped = circuit(text, **{**vals, u: vals[v], v: vals[u]})
+            if _answers(swapped) == _answers(c):
+                return f"swapping {u} and {v} changes no answer"
+    return ""
 
 
 def _circuit_question(rng):
-    """One staged-circuit question: integer values in -3..3, no max tie, no zero gradient."""
+    """One staged-circuit question: distinct integer values in -3..3, not degenerate."""
     from ..circuit import circuit
+    from .circuit import typed_latex
     for _ in range(MAX_TRIES):
         text = CIRCUITS[rng.randrange(len(CIRCUITS))]
         names = sorted(set(re.findall(r"[a-z]\w*", text)) - {"max"})
-        values = {n: rng.randint(-3, 3) for n in names}
+        picked = rng.sample([v for v in range(-3, 4) if v != 0], len(names))
+        values = dict(zip(names, picked))
         c = circuit(text, **values)
-        grads = c.gradients
-        if any(n.tie for n in c.gates) or c.value == 0 or any(grads[v] == 0 for v in c.variables):
+        if degenerate(c, text):
             continue
+        grads = c.gradients
         at = ", ".join(f"{_var_tex(n)} = {values[n]}" for n in c.variables)
         ans = [f"f = {show(c.value, 0)[0]}"] + [
             rf"\frac{{\partial f}}{{\partial {_var_tex(v)}}} = {show(grads[v], 0)[0]}" for v in c.variables]
-        return CircuitQuestion(sp.latex(c.expr, symbol_names={v: _var_tex(v.name) for v in c.expr.free_symbols}),
-                               at, [_var_tex(v) for v in c.variables], ", ".join(f"${a}$" for a in ans),
-                               c.latex(0), c.tikz(0))
+        return CircuitQuestion(typed_latex(text), at, [_var_tex(v) for v in c.variables],
+                               ", ".join(f"${a}$" for a in ans), c.latex(0), c.tikz(0), text, dict(values))
     raise _Redraw()
 
 
