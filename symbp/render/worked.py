@@ -306,15 +306,20 @@ class WorkedPrinter(LatexPrinter):
     printed."""
 
     def __init__(self, values=None, decimals=2, batch=None, batch_single=False, notation="cs231n",
-                 approx=None):
+                 approx=None, exact_inputs=False):
         super().__init__({"mul_symbol": "dot" if values is not None else None})
         self.values, self.decimals, self.batch = values, decimals, batch
         self.approx = approx or {}
         self.batch_single, self.notation = batch_single, notation
+        self.exact_inputs = exact_inputs    # a rational that does not fit the decimals: exactly
         self.inexact = False
 
     def _number(self, v, approx=None):
         text, ok = show(v, self.decimals, approx)
+        if not ok and self.exact_inputs and as_sympy(v).is_Rational:
+            text, ok = _exact_text(v, self.decimals), True
+            if text.startswith("-"):
+                return rf"\left({text}\right)"
         self.inexact |= not ok
         return f"({text})" if text.startswith("-") else text
 
@@ -656,6 +661,7 @@ class Line:
     relation: str         # "=" or "\approx" before the substituted form
     value: str            # "= 0.5" or "\approx 0.73"
     split: bool = False   # long: the substituted form and value go on a second line
+    fd: str = ""          # central-difference estimate beside a parameter gradient ("\approx 0.12")
 
 
 @dataclass
@@ -682,6 +688,9 @@ class WorkedExample:
     values: dict = field(default_factory=dict)
     heads: tuple = (("z", "a"), "x")    # the table's column symbols and the input's symbol
     sample_labels: list = field(default_factory=list)
+    hand: dict = field(default_factory=dict)     # the rounded values shown, by name like values
+    given: list = field(default_factory=list)    # LaTeX items of the Given block
+    finite_differences: dict = None              # central differences by gradient name, if asked
 
     @property
     def network(self):
@@ -704,6 +713,8 @@ class WorkedExample:
             "table": self.table,
             "notes": self.notes,
             "lr": show(self.lr, MAX_DECIMALS)[0] if self.lr is not None else None,
+            "given": self.given,
+            "fd": self.finite_differences is not None,
         }
 
     def latex(self, document=False):
@@ -737,13 +748,138 @@ def _title(eq, net, notation):
         W1=symbol("W", l + 1, notation) if nxt else "", **sym)
 
 
-def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs231n"):
+FD_STEP = sp.Rational(1, 10 ** 4)      # h of the central differences a handout shows
+
+
+def _hand_evaluation(derivation, P, X, Y, decimals):
+    """(evaluation, precision): the derivation evaluated as by hand (``rounding``), at
+    ``decimals`` or, where a rounded value lands on a singularity (sigma(9) rounds to 1.00 and
+    log(1 - 1.00) is undefined), at the first precision up to MAX_DECIMALS that has none."""
+    for work in range(decimals, MAX_DECIMALS + 1):
+        try:
+            return evaluate(derivation, P, X, Y, rounding=work), work
+        except InputError:
+            continue
+    raise InputError(f"worked example: no hand calculation up to {MAX_DECIMALS} decimals avoids "
+                     "a log or reciprocal of zero")
+
+
+def _exact_text(v, decimals):
+    """A given number exactly: at ``decimals`` where that is exact, else its terminating
+    decimal expansion (up to MAX_DECIMALS), else a fraction."""
+    for d in (decimals, MAX_DECIMALS):
+        text, ok = show(v, d)
+        if ok:
+            return text
+    v = as_sympy(v)
+    sign = "-" if v < 0 else ""
+    return rf"{sign}\tfrac{{{abs(v.p)}}}{{{v.q}}}"
+
+
+def _exact_matrix(m, decimals):
+    rows = [" & ".join(_exact_text(m[i, j], decimals) for j in range(m.cols)) for i in range(m.rows)]
+    return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+
+
+def _forward_loss(derivation, B):
+    """A float64 function of {Indexed: float} (inputs and parameters) giving the loss, from the
+    Derivation's own forward and loss equations (for the central differences)."""
+    import math
+    steps = []
+    for pe in plan(derivation, B):
+        if pe.equation.kind not in ("forward_z", "forward_a", "loss"):
+            continue
+        for ent in pe.entries:
+            atoms = sorted(ent.expr.atoms(sp.Indexed), key=sp.default_sort_key)
+            dums = [sp.Dummy(f"v{i}") for i in range(len(atoms))]
+            expr = ent.expr.xreplace(dict(zip(atoms, dums))).xreplace({naming.BATCH: sp.Integer(B)})
+            steps.append((ent.lhs, atoms, sp.lambdify(dums, expr, modules=["math"])))
+
+    def loss(env):
+        env = dict(env)
+        for lhs, atoms, fn in steps:
+            env[lhs] = float(fn(*[env[a] for a in atoms]))
+        return env[steps[-1][0]]
+    return loss
+
+
+def central_differences(derivation, P, X, Y, h=FD_STEP):
+    """{"gW1": Matrix, "gb1": Matrix column, ...}: (L(theta + h) - L(theta - h)) / (2 h) for every
+    parameter entry, the loss computed in float64 from the forward pass (the course slides'
+    gradient check); ``h`` is exact, used as a float."""
+    net = derivation.network
+    B = X.rows
+    loss = _forward_loss(derivation, B)
+    env = {}
+    a0, yb = naming.quantity("a", 0), naming.quantity("y")
+    for s_ in range(B):
+        for k in range(X.cols):
+            env[a0[s_, k]] = float(X[s_, k])
+        for k in range(Y.cols):
+            env[yb[s_, k]] = float(Y[s_, k])
+    cells = {}
+    for l in range(1, net.depth + 1):
+        Wm, bm = P[naming.param_key("W", l)], P[naming.param_key("b", l)]
+        W, b = naming.quantity("W", l), naming.quantity("b", l)
+        for j in range(Wm.rows):
+            env[b[j]] = float(bm[j])
+            cells[(f"gb{l}", j, 0)] = b[j]
+            for k in range(Wm.cols):
+                env[W[j, k]] = float(Wm[j, k])
+                cells[(f"gW{l}", j, k)] = W[j, k]
+    hf = float(h)
+    out = {}
+    for (name, i, j), key in cells.items():
+        up, down = dict(env), dict(env)
+        up[key] += hf
+        down[key] -= hf
+        out[(name, i, j)] = (loss(up) - loss(down)) / (2 * hf)
+    result = {}
+    for l in range(1, net.depth + 1):
+        Wm = P[naming.param_key("W", l)]
+        result[f"gW{l}"] = sp.Matrix(Wm.rows, Wm.cols, lambda i, j: sp.Float(out[(f"gW{l}", i, j)], 17))
+        result[f"gb{l}"] = sp.Matrix(Wm.rows, 1, lambda i, j: sp.Float(out[(f"gb{l}", i, 0)], 17))
+    return result
+
+
+def _given(net, P, X, Y, eta, decimals, notation, single):
+    """LaTeX items of the Given block: every parameter, the input(s), the target(s), eta."""
+    items = []
+    for l in range(1, net.depth + 1):
+        for kind in ("W", "b"):
+            m = P[naming.param_key(kind, l)]
+            if transposed(kind, notation):
+                m = m.T
+            items.append(f"{symbol(kind, l, notation)} = {_exact_matrix(m, decimals)}")
+    xs = symbol("a", 0, notation)
+    if single:
+        items.append(f"{xs} = {_exact_matrix(X.T, decimals)}")
+        items.append(f"y = {_exact_matrix(Y.T, decimals)}")
+    else:
+        items.append(f"X = {_exact_matrix(X, decimals)}")
+        items.append(f"Y = {_exact_matrix(Y, decimals)}")
+    if eta is not None:
+        items.append(rf"\eta = {_exact_text(eta, decimals)}")
+    return items
+
+
+def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs231n",
+                   finite_differences=False):
     """The worked example of ``derivation`` at ``params``, input(s) ``x``, target(s) ``y``.
 
     params: {"W1": [[...]], "b1": [...], ...} of numbers (or numpy arrays); x: one sample
     ([x1, x2]) or a batch ([[...], [...]]); y likewise (a scalar for one output unit);
-    decimals: 0..12, digits shown; lr: learning rate of the one SGD step shown (None: no step);
-    notation: one of ``render.notation.NOTATIONS`` (symbols, index order and counting).
+    decimals: 0..12, the precision of the hand calculation shown; lr: learning rate of the one
+    SGD step shown (None: no step); notation: one of ``render.notation.NOTATIONS`` (symbols,
+    index order and counting); finite_differences: show beside each parameter gradient its
+    central-difference estimate (L(theta + h) - L(theta - h)) / (2h), h = FD_STEP, from the
+    forward pass in float64.
+
+    The steps show the calculation by hand: every result rounded to the working precision
+    (half up, on the exact value) and used rounded in the next step, every function value
+    (sigma, exp, log) rounded likewise, so that each line can be recomputed from the numbers
+    it shows; "=" where the shown numbers give the shown value exactly, "\approx" where it was
+    rounded. ``.values`` holds the exact values, ``.hand`` the rounded ones shown.
     """
     check_decimals(decimals)
     nt = _notation(notation)
@@ -756,8 +892,14 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
     if eta is not None and eta <= 0:
         raise InputError(f"lr: expected a positive learning rate, got {lr!r}")
     ev = evaluate(derivation, P, X, Y)
+    hand, work = _hand_evaluation(derivation, P, X, Y, decimals)
     B = X.rows
     single = B == 1
+    fd = central_differences(derivation, P, X, Y) if finite_differences else None
+    h_tex = r"10^{-4}"
+
+    def matrix_of(name, shape, source):
+        return _matrix(source.results[name], shape)
 
     steps, number_ = [], 0
     for pe in plan(derivation, B):
@@ -768,58 +910,76 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
         formula = f"{lhs_general} = {sym_p.doprint(eq.rhs)}"
         lines = []
         shown = pe.entries if len(pe.entries) <= MAX_ENTRY_LINES else ()
+        kind = {"grad_W": "gW", "grad_b": "gb"}.get(eq.kind)
         for ent in shown:
             sp_ = WorkedPrinter(batch_single=single, notation=notation)
-            num_p = WorkedPrinter(values=ev.env, decimals=decimals, batch=B, batch_single=single,
-                                  approx=ev.approx, notation=notation)
-            value = ev.results[eq.name][ent.index]
-            vtext, vexact = show(value, decimals, ev.approx_results[eq.name][ent.index])
+            num_p = WorkedPrinter(values=hand.env, decimals=work, batch=B, batch_single=single,
+                                  notation=notation, exact_inputs=True)
+            value = hand.results[eq.name][ent.index]
+            vtext = show(value, work)[0]
+            # "=" only where the numbers shown give exactly the value shown
+            vexact = _equal(ent.expr.xreplace(hand.env), value)
             symbolic = sp_.doprint(ent.expr)
             substituted = num_p.doprint(ent.expr)
             if isinstance(ent.expr, sp.Indexed) or ent.expr.is_number:
                 substituted = ""    # a copy of one number: the value line says it
+            fd_text = ""
+            if fd is not None and kind is not None:
+                i, j = (ent.index + (0,))[:2]
+                fd_text = r"\approx " + show(fd[eq.name][i, j], work)[0]
             lines.append(Line(_lhs_text(ent.lhs, single, notation), symbolic, substituted,
                               ("=" if not num_p.inexact else r"\approx"),
                               ("=" if vexact else r"\approx") + " " + vtext,
-                              len(symbolic) + len(substituted) > LINE_SPLIT))
+                              len(symbolic) + len(substituted) > LINE_SPLIT, fd_text))
         matrix = ""
-        if eq.kind in ("grad_W", "grad_b"):
-            kind = "gW" if eq.kind == "grad_W" else "gb"
-            m, ma = _matrix(ev.results[eq.name], pe.shape), _matrix(ev.approx_results[eq.name], pe.shape)
+        if kind is not None:
+            m = matrix_of(eq.name, pe.shape, hand)
+            exact_m = matrix_of(eq.name, pe.shape, ev)
+            fdm = fd[eq.name] if fd is not None else None
             if transposed(kind, notation):
-                m, ma = m.T, ma.T
-            matrix = f"{symbol(kind, eq.layer, notation)} = " + _latex_matrix(m, decimals, ma)
+                m, exact_m = m.T, exact_m.T
+                fdm = fdm.T if fdm is not None else None
+            rel = "=" if m == exact_m else r"\approx"
+            matrix = f"{symbol(kind, eq.layer, notation)} {rel} " + _latex_matrix(m, work)
+            ma = exact_m.applyfunc(lambda v: sp.N(v, APPROX_DIGITS))
+            if _latex_matrix(exact_m, work, ma) != _latex_matrix(m, work):
+                matrix += r"\quad \text{(exact value rounded: }" + _latex_matrix(exact_m, work, ma) + r"\text{)}"
+            if fdm is not None and not shown:
+                matrix += (rf"\quad \text{{central differences, }} h = {h_tex}\text{{: }} "
+                           + _latex_matrix(fdm, work))
         steps.append(Step(number_, PHASES[eq.kind], eq.name, _title(eq, net, notation), formula, lines, matrix,
                           len(pe.entries) - len(shown)))
 
     values = {"x": X, "y": Y}
+    handv = {"x": X, "y": Y}
     for k, m in P.items():
         values[k] = m
-    approx = {k: m.applyfunc(lambda v: sp.Float(v, APPROX_DIGITS)) for k, m in values.items()}
+        handv[k] = m
     for pe in plan(derivation, B):
         values[pe.equation.name] = _matrix(ev.results[pe.equation.name], pe.shape)
-        approx[pe.equation.name] = _matrix(ev.approx_results[pe.equation.name], pe.shape)
+        handv[pe.equation.name] = _matrix(hand.results[pe.equation.name], pe.shape)
 
     if eta is not None:
         for l in range(1, net.depth + 1):
             for kind in ("W", "b"):
                 key = naming.param_key(kind, l)
-                g = values[naming.grad_kind(kind) + str(l)]
-                new = P[key] - eta * g
-                values[f"{key}_new"] = new
-                ga = approx[naming.grad_kind(kind) + str(l)]
-                na = approx[key] - eta * ga
+                gname_ = naming.grad_kind(kind) + str(l)
+                values[f"{key}_new"] = P[key] - eta * values[gname_]
+                raw = P[key] - eta * handv[gname_]
+                new = raw.applyfunc(lambda v: rounded(v, work))
+                handv[f"{key}_new"] = new
                 number_ += 1
                 sym, gname = symbol(kind, l, notation), symbol("g" + kind, l, notation)
-                old, g_, new_ = P[key], g, new
+                old, g_, new_ = P[key], handv[gname_], new
                 if transposed(kind, notation):
-                    old, g_, new_, ga, na = old.T, g_.T, new_.T, ga.T, na.T
+                    old, g_, new_ = old.T, g_.T, new_.T
                 if transposed(kind, notation) != transposed("g" + kind, notation):
-                    gname = rf"\left({gname}\right)^{{T}}"      # seed 002's row gradients
-                eta_t = show(eta, MAX_DECIMALS)[0]
+                    gname = rf"\left({gname}\right)^{{T}}"      # row-vector gradients
+                eta_t = _exact_text(eta, work)
+                rel = "=" if new == raw else r"\approx"
                 formula = rf"{sym} \leftarrow {sym} - \eta\, {gname}, \quad \eta = {eta_t}"
-                matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_latex_matrix(old, decimals)} - {eta_t} "
-                          f"{_latex_matrix(g_, decimals, ga)} = {_latex_matrix(new_, decimals, na)}")
+                matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_exact_matrix(old, work)} - {eta_t} "
+                          f"{_latex_matrix(g_, work)} {rel} {_latex_matrix(new_, work)}")
                 steps.append(Step(number_, "update", f"{key}_new",
                                   f"SGD update of ${sym}$", formula, [], matrix))
 
@@ -828,9 +988,8 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
         for j in range(net.sizes[l]):
             cells = []
             for s in range(B):
-                z = show(values[f"z{l}"][s, j], decimals, approx[f"z{l}"][s, j])[0] if l > 0 else ""
-                a = show(X[s, j] if l == 0 else values[f"a{l}"][s, j], decimals,
-                         None if l == 0 else approx[f"a{l}"][s, j])[0]
+                z = show(handv[f"z{l}"][s, j], work)[0] if l > 0 else ""
+                a = _exact_text(X[s, j], work) if l == 0 else show(handv[f"a{l}"][s, j], work)[0]
                 cells.append((z, a))
             table.append((l, nt.index(j), cells))
 
@@ -839,22 +998,36 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
         notes.append(f"Notation: {nt.title}. {nt.note}")
     if single and nt.main != "batch":
         notes.append("One sample ($B = 1$): the sample index $s$ is dropped from the entries below.")
-    notes.append(f"Computed in exact arithmetic; numbers are shown rounded to {decimals} decimals "
-                 r"($\approx$ marks a rounded value).")
+    why = "" if work == decimals else (f" ({decimals} decimals would round an activation onto a "
+                                       "singularity of the loss)")
+    notes.append(f"Worked by hand at {work} decimals{why}: every result, and every value of a "
+                 f"function such as $\\sigma$, $\\exp$ or $\\log$, is rounded to {work} decimals "
+                 f"(half up) and used rounded in the next step, so each line can be recomputed from "
+                 r"the numbers it shows. ``$=$'' means the numbers shown give exactly the value "
+                 r"shown, ``$\approx$'' that it was rounded.")
+    if fd is not None:
+        notes.append(r"Beside each parameter gradient: its central-difference estimate "
+                     rf"$\bigl(L(\theta + h) - L(\theta - h)\bigr) / (2h)$ with $h = {h_tex}$, the loss "
+                     "computed from the forward pass in double precision (the gradient check of the "
+                     r"course slides with $f = W^{T} a$).")
     for k in ev.kinks:
         where = "$" + entry_name(naming.quantity("z", k.layer), (sp.Integer(k.sample), sp.Integer(k.unit)),
-                                 True, notation) + f" = {show(k.z, decimals)[0]}$"
+                                 True, notation) + f" = {show(k.z, work)[0]}$"
         where += "" if single else f" (sample {nt.index(k.sample)})"
         side = {"left": "the derivative from the left, as PyTorch and JAX use",
                 "right": "the derivative from the right",
                 "neither": "neither one-sided derivative"}[k.side]
         f = net.layers[k.layer - 1].activation.latex
-        zt = show(k.z, decimals)[0]
+        zt = show(k.z, work)[0]
         notes.append(f"Kink: {where} is where ${f}$ is not differentiable; the derivation "
-                     f"uses ${f}'({zt}) = {show(k.used, decimals)[0]}$ ({side}).")
+                     f"uses ${f}'({zt}) = {show(k.used, work)[0]}$ ({side}).")
     heads = (nt.scalars, symbol("a", 0, notation))
-    return WorkedExample(derivation, decimals, B, eta, steps, table, notes, values, heads,
-                         [nt.index(s_) for s_ in range(B)])
+    w = WorkedExample(derivation, work, B, eta, steps, table, notes, values, heads,
+                      [nt.index(s_) for s_ in range(B)])
+    w.hand = handv
+    w.given = _given(net, P, X, Y, eta, work, notation, single)
+    w.finite_differences = fd
+    return w
 
 
 def _lhs_text(lhs, single, notation):
@@ -949,7 +1122,8 @@ def cmd_worked(args):
         lr = lr[0]
     exact_params(net, params, where=str(args.params))   # errors name the file
     d = derive(net)
-    w = worked_example(d, params, x, y, decimals=args.decimals, lr=lr, notation=args.notation)
+    w = worked_example(d, params, x, y, decimals=args.decimals, lr=lr, notation=args.notation,
+                       finite_differences=args.finite_differences)
     # everything rendered before anything is written
     outputs = []
     if args.latex:
@@ -983,6 +1157,8 @@ def add_command(subparsers):
     p.add_argument("--decimals", type=int, default=2, help="digits shown (0..12), default 2")
     p.add_argument("--lr", default=None, help="learning rate of the SGD step shown")
     p.add_argument("--notation", default="cs231n", help="cs231n | udl | transposed | rowvector | batch")
+    p.add_argument("--finite-differences", action="store_true",
+                   help="show each parameter gradient's central-difference estimate beside it")
     p.add_argument("--latex", metavar="FILE", help="write a LaTeX document")
     p.add_argument("--markdown", metavar="FILE", help="write Markdown")
     p.add_argument("--pdf", action="store_true", help="also compile the LaTeX to PDF (needs --latex)")
