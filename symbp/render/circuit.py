@@ -113,7 +113,7 @@ def _typed(node):
 
 
 def typed_latex(text):
-    """LaTeX of an expression string as it was typed (its own grouping and order, not SymPy's
+    r"""LaTeX of an expression string as it was typed (its own grouping and order, not SymPy's
     rewrite): "1/(1+exp(-(w0*x0 + w1*x1 + w2)))" -> \frac{1}{1 + \exp(-(w_{0} x_{0} + ...))}."""
     return _typed(ast.parse(text.strip(), mode="eval"))[0]
 
