@@ -56,6 +56,10 @@ MAX_WIDTH = 32
 MAX_ENTRY_LINES = 16
 # LaTeX source length above which an entry's substituted form goes on its own line.
 LINE_SPLIT = 110
+# Matrices with this many columns or more go one per line.
+WIDE = 4
+# Visible characters (about 2.3 mm each) of one line of a long sum before it wraps at a + or -.
+WRAP = 52
 
 KIND_TITLES = {    # {a}, {z}, ... are the quantities' symbols in the chosen notation
     "forward_z": "Pre-activation of layer {l}: ${z}$",
@@ -352,6 +356,48 @@ def _latex_matrix(m, decimals, approx=None):
         rows.append(" & ".join(show(m[i, j], decimals, None if approx is None else approx[i, j])[0]
                                for j in range(m.cols)))
     return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+
+
+def _visible(tex):
+    """Rough count of the characters a LaTeX string prints (commands and braces dropped)."""
+    import re
+    return len(re.sub(r"\\[a-zA-Z]+|[{}^_ ]", "", tex))
+
+
+def _wrap(tex, width=WRAP):
+    """A long sum broken into lines of about ``width`` visible characters, at a top-level + or
+    - (never inside braces or a \\left ... \\right pair); lines joined for an align cell."""
+    if _visible(tex) <= width:
+        return tex
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(tex):
+        if tex.startswith("\\left", i):
+            depth += 1
+            i += 5
+            continue
+        if tex.startswith("\\right", i):
+            depth -= 1
+            i += 6
+            continue
+        ch = tex[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif depth == 0 and ch in "+-" and i > 0 and tex[i - 1] == " " and tex[i + 1:i + 2] == " ":
+            parts.append(tex[start:i - 1])
+            start = i
+        i += 1
+    parts.append(tex[start:])
+    lines, cur = [], ""
+    for p in parts:
+        if cur and _visible(cur) + _visible(p) > width:
+            lines.append(cur)
+            cur = p
+        else:
+            cur = f"{cur} {p}" if cur else p
+    lines.append(cur)
+    return " \\\\ &\\quad ".join(lines)
 
 
 # ------------------------------------------------------------------------------------------
@@ -689,7 +735,7 @@ class WorkedExample:
     heads: tuple = (("z", "a"), "x")    # the table's column symbols and the input's symbol
     sample_labels: list = field(default_factory=list)
     hand: dict = field(default_factory=dict)     # the rounded values shown, by name like values
-    given: list = field(default_factory=list)    # LaTeX items of the Given block
+    given: list = field(default_factory=list)    # rows of LaTeX items of the Given block
     finite_differences: dict = None              # central differences by gradient name, if asked
 
     @property
@@ -843,14 +889,19 @@ def central_differences(derivation, P, X, Y, h=FD_STEP):
 
 
 def _given(net, P, X, Y, eta, decimals, notation, single):
-    """LaTeX items of the Given block: every parameter, the input(s), the target(s), eta."""
-    items = []
+    """Rows of LaTeX items of the Given block: a row per layer (its weights and biases), then
+    the input(s), the target(s) and eta."""
+    rows = []
     for l in range(1, net.depth + 1):
+        row = []
         for kind in ("W", "b"):
             m = P[naming.param_key(kind, l)]
             if transposed(kind, notation):
                 m = m.T
-            items.append(f"{symbol(kind, l, notation)} = {_exact_matrix(m, decimals)}")
+            row.append(f"{symbol(kind, l, notation)} = {_exact_matrix(m, decimals)}")
+        rows.append(row)
+    items = []
+    rows.append(items)
     xs = symbol("a", 0, notation)
     if single:
         items.append(f"{xs} = {_exact_matrix(X.T, decimals)}")
@@ -860,7 +911,7 @@ def _given(net, P, X, Y, eta, decimals, notation, single):
         items.append(f"Y = {_exact_matrix(Y, decimals)}")
     if eta is not None:
         items.append(rf"\eta = {_exact_text(eta, decimals)}")
-    return items
+    return rows
 
 
 def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs231n",
@@ -927,10 +978,11 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
             if fd is not None and kind is not None:
                 i, j = (ent.index + (0,))[:2]
                 fd_text = r"\approx " + show(fd[eq.name][i, j], work)[0]
-            lines.append(Line(_lhs_text(ent.lhs, single, notation), symbolic, substituted,
+            split = len(symbolic) + len(substituted) > LINE_SPLIT or \
+                _visible(symbolic) + _visible(substituted) > WRAP
+            lines.append(Line(_lhs_text(ent.lhs, single, notation), _wrap(symbolic), _wrap(substituted),
                               ("=" if not num_p.inexact else r"\approx"),
-                              ("=" if vexact else r"\approx") + " " + vtext,
-                              len(symbolic) + len(substituted) > LINE_SPLIT, fd_text))
+                              ("=" if vexact else r"\approx") + " " + vtext, split, fd_text))
         matrix = ""
         if kind is not None:
             m = matrix_of(eq.name, pe.shape, hand)
@@ -940,12 +992,14 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
                 m, exact_m = m.T, exact_m.T
                 fdm = fdm.T if fdm is not None else None
             rel = "=" if m == exact_m else r"\approx"
+            # wide matrices one per line (the lines of a gather)
+            sep = r" \\ " if m.cols >= WIDE else r"\quad "
             matrix = f"{symbol(kind, eq.layer, notation)} {rel} " + _latex_matrix(m, work)
             ma = exact_m.applyfunc(lambda v: sp.N(v, APPROX_DIGITS))
             if _latex_matrix(exact_m, work, ma) != _latex_matrix(m, work):
-                matrix += r"\quad \text{(exact value rounded: }" + _latex_matrix(exact_m, work, ma) + r"\text{)}"
+                matrix += sep + r"\text{(exact value rounded: }" + _latex_matrix(exact_m, work, ma) + r"\text{)}"
             if fdm is not None and not shown:
-                matrix += (rf"\quad \text{{central differences, }} h = {h_tex}\text{{: }} "
+                matrix += (sep + rf"\text{{central differences, }} h = {h_tex}\text{{: }} "
                            + _latex_matrix(fdm, work))
         steps.append(Step(number_, PHASES[eq.kind], eq.name, _title(eq, net, notation), formula, lines, matrix,
                           len(pe.entries) - len(shown)))
@@ -978,8 +1032,9 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
                 eta_t = _exact_text(eta, work)
                 rel = "=" if new == raw else r"\approx"
                 formula = rf"{sym} \leftarrow {sym} - \eta\, {gname}, \quad \eta = {eta_t}"
-                matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_exact_matrix(old, work)} - {eta_t} "
-                          f"{_latex_matrix(g_, work)} {rel} {_latex_matrix(new_, work)}")
+                sep = r" \\ " if old.cols >= WIDE else " "
+                matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_exact_matrix(old, work)}{sep}- {eta_t} "
+                          f"{_latex_matrix(g_, work)}{sep}{rel} {_latex_matrix(new_, work)}")
                 steps.append(Step(number_, "update", f"{key}_new",
                                   f"SGD update of ${sym}$", formula, [], matrix))
 
