@@ -513,3 +513,18 @@ def test_exam_pdfs_are_clean_and_reproducible(mc_exams, tmp_path):
                 tex2 = again.questions_tex() if name == "questions" else again.solutions_tex()
                 assert tex2 == tex
                 assert compile_tex(tex2, tmp_path / "again", name)[0] == pdf
+
+
+def test_cli_worked_finite_differences(tmp_path):
+    from symbp import cli
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps(XOR_PARAMS))
+    md = tmp_path / "w.md"
+    args = ["worked", str(EXAMPLES / "xor.toml"), "--params", str(params), "--x", "0,1", "--y", "1",
+            "--decimals", "3", "--markdown", str(md)]
+    assert cli.main(args) == 0
+    assert "central difference" not in md.read_text()
+    assert cli.main(args + ["--finite-differences"]) == 0
+    text = md.read_text()
+    assert text.count(r"\text{central difference: }") == 6 + 3 + 3 + 1     # every entry of W1, b1, W2, b2
+    assert "## Given" in text.split("## Forward pass")[0]

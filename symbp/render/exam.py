@@ -807,10 +807,28 @@ class _LossOnly:
         self.results = results
 
 
+_LOSS_PLANS = {}
+
+
+def _loss_plan(md, B):
+    """The mutated loss equation expanded for batch size B (cached: the same for every draw)."""
+    key = (id(md), B)
+    hit = _LOSS_PLANS.get(key)
+    if hit is None or hit[0] is not md:
+        from .worked import _expand_sums
+        eq = next(e for e in md.equations if e.kind == "loss")
+        subs = {naming.width(l): sp.Integer(n) for l, n in enumerate(md.network.sizes)}
+        subs[naming.BATCH] = sp.Integer(B)
+        hit = (md, _expand_sums(eq.rhs, subs))
+        if len(_LOSS_PLANS) > 64:
+            _LOSS_PLANS.clear()
+        _LOSS_PLANS[key] = hit
+    return hit[1]
+
+
 def _loss_only(md, ev, B):
     """Evaluate only the mutated loss equation on the key's values (None: not a real number)."""
-    pe = next(pe for pe in plan(md, B) if pe.equation.kind == "loss")
-    v = pe.entries[0].expr.xreplace(ev.env)
+    v = _loss_plan(md, B).xreplace(ev.env)
     num = sp.N(v, 30)
     if not num.is_real or not num.is_finite or v.has(sp.zoo, sp.nan):
         return None
@@ -848,16 +866,20 @@ def _extra_distractors(net, ev, P, eta, B, p, q, xk, targets):
 def _options(right, cands, decimals, gap):
     """Up to MAX_OPTIONS - 1 distractors, each at least ``gap`` from the key and from each
     other (in exact values), in the order given; fewer than MIN_DISTRACTORS: redraw."""
-    taken, opts, texts = [right], [], {show(right, decimals)[0]}
+    num = lambda v: sp.N(v, 40)
+    r = num(right)
+    taken, opts, texts = [r], [], {show(right, decimals, r)[0]}
+    tiny = sp.Float("1e-30")
     for wrong, mistake in cands:
-        if _same(wrong, right):
+        w = num(wrong)
+        if not w.is_Number or abs(w - r) < tiny:
+            continue          # the same value: no distractor
+        if any(abs(w - t) < gap for t in taken):
             continue
-        if any(abs(sp.N(wrong - t, 30)) < gap for t in taken):
-            continue
-        t = show(wrong, decimals)[0]
+        t = show(wrong, decimals, w)[0]
         if t in texts:
             continue
-        taken.append(wrong)
+        taken.append(w)
         texts.add(t)
         opts.append((t, mistake))
         if len(opts) == MAX_OPTIONS - 1:
@@ -948,6 +970,18 @@ def _answers(c):
     return (c.value,) + tuple(c.gradients[v] for v in c.variables)
 
 
+def _symmetric(expr, u, v):
+    """Whether expr is unchanged by swapping u and v, tested at generic rational points (the
+    circuits are polynomials with max: equal at these points means equal)."""
+    free = sorted(expr.free_symbols, key=lambda t: t.name)
+    swapped = expr.xreplace({u: v, v: u})
+    for k in range(3):
+        at = {t: sp.Rational(7 * i + 3 * k + 2, 11 + 2 * i + k) * (-1) ** (i + k) for i, t in enumerate(free)}
+        if swapped.xreplace(at) != expr.xreplace(at):
+            return False
+    return True
+
+
 def degenerate(c, text):
     """Why a circuit variant cannot tell a careful student from a careless one, or "": two
     variables with equal values, or two that a student may swap without changing any answer
@@ -962,8 +996,7 @@ def degenerate(c, text):
         for v in names[i + 1:]:
             if vals[u] == vals[v]:
                 return f"{u} = {v}"
-            su, sv = c.node(u).symbol, c.node(v).symbol
-            if sp.simplify(c.expr.xreplace({su: sv, sv: su}) - c.expr) == 0:
+            if _symmetric(c.expr, c.node(u).symbol, c.node(v).symbol):
                 continue        # symmetric in u and v: a swap is no mistake
             swapped = circuit(text, **{**vals, u: vals[v], v: vals[u]})
             if _answers(swapped) == _answers(c):
