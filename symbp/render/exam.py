@@ -753,6 +753,7 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
             if mev is not None:
                 mutant_evals.append((m, mev))
         extras = _extra_distractors(net, ev, P, eta, B, p, q, xk, targets)
+        pad = (lambda t: t) if integer else (lambda t: _fixed(t, decimals))
         gap = sp.Rational(GAP_UNITS, 10 ** decimals)
         mc = {}
         for key, what, get in targets:
@@ -771,9 +772,9 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
             right_text, opts = mc[key]
             allopts = [(right_text, None)] + opts
             rng.shuffle(allopts)
-            lettered = [(LETTERS[i], f"${t}$", mistake) for i, (t, mistake) in enumerate(allopts)]
+            lettered = [(LETTERS[i], f"${pad(t)}$", mistake) for i, (t, mistake) in enumerate(allopts)]
             correct = next(letter for letter, t, mistake in lettered if mistake is None)
-            questions.append(Question(key, f"Which value is {what}?", f"${right_text}$", lettered, correct))
+            questions.append(Question(key, f"Which value is {what}?", f"${pad(right_text)}$", lettered, correct))
     else:
         questions.append(Question("forward", _forward_question(net, B),
                                   _forward_answer(net, ev, decimals, B)))
@@ -887,6 +888,15 @@ def _options(right, cands, decimals, gap):
     if len(opts) < MIN_DISTRACTORS:
         raise _Redraw()
     return opts
+
+
+def _fixed(text, decimals):
+    """A displayed number with all its decimals ("0.02" -> "0.020" at 3): every option and
+    answer of a sheet shows the precision the sheet asks for."""
+    if decimals == 0:
+        return text
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(decimals, '0')}"
 
 
 def _half_up_example(decimals):
@@ -1017,10 +1027,11 @@ def _circuit_question(rng):
         if degenerate(c, text):
             continue
         grads = c.gradients
-        at = ", ".join(f"{_var_tex(n)} = {values[n]}" for n in c.variables)
+        typed = [n for n in dict.fromkeys(re.findall(r"[a-z]\w*", text)) if n != "max"]   # as typed
+        at = ", ".join(f"{_var_tex(n)} = {values[n]}" for n in typed)
         ans = [f"f = {show(c.value, 0)[0]}"] + [
-            rf"\frac{{\partial f}}{{\partial {_var_tex(v)}}} = {show(grads[v], 0)[0]}" for v in c.variables]
-        return CircuitQuestion(typed_latex(text), at, [_var_tex(v) for v in c.variables],
+            rf"\frac{{\partial f}}{{\partial {_var_tex(v)}}} = {show(grads[v], 0)[0]}" for v in typed]
+        return CircuitQuestion(typed_latex(text), at, [_var_tex(v) for v in typed],
                                ", ".join(f"${a}$" for a in ans), c.latex(0), c.tikz(0), text, dict(values))
     raise _Redraw()
 
