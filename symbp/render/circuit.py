@@ -296,14 +296,16 @@ def _text(s):
     return "".join(rep.get(ch, ch) for ch in s)
 
 
-def _with_numbers(n, t):
-    """A gate's operation on printed numbers, as a student writes it."""
+def _with_numbers(n, t, symbols=False):
+    """A gate's operation on printed numbers (or, ``symbols``, on its inputs' symbols), its
+    operands in slot order, as a student writes it."""
     p = [f"({x})" if x.startswith("-") else x for x in t]
     k = n.gate.kind
+    times = " " if symbols else r" \cdot "
     if k in ("add", "cadd"):
         return " + ".join(p)
     if k == "mul":
-        return r" \cdot ".join(p)
+        return times.join(p)
     if k == "cmul":
         return rf"{p[1]} \cdot {p[0]}"
     if k == "neg":
@@ -314,6 +316,8 @@ def _with_numbers(n, t):
         return rf"\log {p[0]}" if not t[0].startswith("-") else rf"\log\left({t[0]}\right)"
     if k == "recip":
         return rf"\frac{{1}}{{{t[0]}}}"
+    if k == "pow" and symbols:
+        return f"{{{t[0]}}}^{{{t[1]}}}"
     if k == "pow":
         return f"{{{p[0]}}}^{{{t[1]}}}"
     if k == "max":
@@ -331,7 +335,10 @@ def _steps(c, decimals):
         # the gate's expression with the printed numbers of its inputs, then its printed value
         with_numbers = _with_numbers(n, [f(h.value[s.node]) if s.is_node else _tex(s.const)
                                          for s in n.slots])
-        forward.append(rf"{_tex(n.symbol)} &= {_tex(_shown(c, n))} = {with_numbers} "
+        # the symbols in the same order as the numbers (SymPy's printing may reorder a sum)
+        with_symbols = _with_numbers(n, [_tex(c.nodes[s.node].symbol) if s.is_node else _tex(s.const)
+                                         for s in n.slots], symbols=True)
+        forward.append(rf"{_tex(n.symbol)} &= {with_symbols} = {with_numbers} "
                        rf"{_rel(h.value_exact[n.index])} {f(h.value[n.index])} && \text{{{n.gate.name}}}")
     forward.append(rf"f &= {_tex(c.output.symbol)} = {f(h.value[c.output.index])}")
 
