@@ -1,15 +1,22 @@
 """Text, LaTeX and TikZ of a Circuit (symbp.circuit): tables, steps, pictures, documents.
 
-Contract: every function reads a built ``Circuit`` and never recomputes a value or a derivative;
-numbers are rounded here, for display only (half away from zero, ``decimals`` in 0..12).
+Contract: every function reads a built ``Circuit`` and never derives; numbers are rounded here
+(half up on the exact value, ``decimals`` in 0..12). The steps and the picture show the
+calculation by hand (``Hand``): every gate value, local gradient and upstream x local product
+rounded and used rounded further on, so each printed step recomputes from the numbers it shows
+("=" where exact, "\\approx" where rounded); the document's result gives the exact values (and
+the hand value where the two differ). Titles show the expression as typed (``typed_latex``).
 
 - ``table(c, decimals)``: plain text, one row per node (node, gate, what it computes, value,
   local gradient(s) as formula = number, gradient, gate pattern), then f, the gradients, the
   exact values and the note lines (gate patterns, the max tie convention where used).
 - ``latex(c, decimals)``: two align* blocks, the forward steps and the backward steps written
   "[upstream] x [local] = result", with the branch sums ("copy adds"); a tie note where needed.
-- ``tikz(c, decimals)``: a tikzpicture in the style of the seeds' circuit slides: gates as
+- ``tikz(c, decimals)``: a tikzpicture in the style of the course slides' circuits: gates as
   circles from left to right, forward values above each edge (green), gradients below (red).
+  Where the layout with one node per input would cross wires or overprint labels
+  (``layout_problems``), an input that feeds several gates is drawn beside each of them, each
+  copy marked with the summed gradient.
 - ``document(c, decimals)``: a standalone article with the picture, the steps and the notes.
 - ``write(c, latex=, tikz=, pdf=, decimals=)``: renders everything (and compiles the PDF in a
   temporary directory) before writing any file, each atomically; returns the paths written.

@@ -27,23 +27,33 @@ Contract:
     so the question gives a table of exactly the function values the calculation needs,
     rounded to the stated decimals (e.g. sigma(0.7) = 0.668). Which values those are comes
     from evaluating the derivation as a student would (``worked.evaluate(rounding=d)``: every
-    result rounded before it is used, every function value taken from the table). A draw is
-    kept only if that student calculation gives the same displayed answer as the exact key for
-    every number shown, so a careful student with the table reproduces the key digit for digit.
-    The table names the arguments it lists, which tells a student which z values to expect:
-    the price of a calculation without a calculator. Default decimals: 3 (2 for the integer
-    case).
+    quantity rounded before it is used, every function value taken from the table). One
+    precision: the sheet tells the student to round every quantity and table value to d
+    decimals (half up) and to answer with d decimals (default 3). A draw is kept only if that
+    calculation gives the same displayed answer as the exact value for every quantity asked, so
+    a student rounding as told (and one with a calculator) reproduces the key digit for digit;
+    the worked solution prints that very calculation.
+- The sheet states its conventions: delta^[l]_s = dL/dz^[l]_s of the batch-mean loss (so it
+  carries 1/B: the per-sample delta of some course notes would make the forgotten 1/N look
+  right), dL/dW = sum_s delta_s a_s^T, the rounding rule; it leaves a framed answer box after
+  every question, kept on the page of its question.
 - Multiple choice: the loss, the output delta and each hidden delta of sample 1, the weight
-  gradient, dL/dx_k and the updated weight are asked with options. The wrong options are the
-  same calculation on a MUTATED DERIVATION (``MUTATIONS``): the activation derivative dropped
-  (delta = dL/da), the transpose missing (W instead of W^T in the backward step where W is
-  square; where no W is square, the pre-activation z in place of a in dL/dW), the 1/N of the
-  mean forgotten, the branch sum forgotten (only the first term of the sum over the units a
-  hidden unit feeds), the sign of the output error flipped, and for the update the step taken
-  uphill. A mutation that does not change an asked value is not offered for it; one that
-  changes the exact value but not the displayed one forces a redraw; options with equal
-  displays are merged.
+  gradient, dL/dx_k and the updated weight are asked with 4 or 5 options, pairwise at least
+  GAP_UNITS units of the last decimal apart (0.01 at 3 decimals, stated on the sheet), shown
+  with all d decimals. The wrong options are the same calculation on a MUTATED DERIVATION
+  (``MUTATIONS``): the activation derivative dropped (delta = dL/da), the transpose missing (W
+  instead of W^T in the backward step where W is square; where no W is square, the
+  pre-activation z in place of a in dL/dW), the 1/N of the mean forgotten, the branch sum
+  forgotten (only the first term of the sum over the units a hidden unit feeds), the sign of
+  the output error flipped; for the loss: sample 1 only, log10 for ln, the loss of z, the target
+  read as 1 - y; plus a wrong entry read (another sample's or unit's value, dL/dW_qp for
+  dL/dW_pq) and, for the update, the step taken uphill, the learning rate forgotten, the step
+  alone and eta applied twice. A distractor closer than the gap to the key or to an earlier
+  option is dropped; fewer than three left forces a redraw.
 - Circuit questions (``circuit=True``) need ``symbp.circuit``; without it a SymbpError says so.
+  Their values are distinct non-zero integers in -3..3 and no variant is ``degenerate``: a
+  student who swaps two variables changes some answer unless the expression is symmetric in
+  them. The title shows the expression as typed (``render.circuit.typed_latex``).
 - Bad input, one line each: variants outside 1..200, an unknown activation or loss (the
   network builder's SpecError), a network string that is not like 2-2-1, widths outside 1..5.
 

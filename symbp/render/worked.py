@@ -1,22 +1,33 @@
 """Worked examples with numbers: the Derivation's own equations evaluated in exact arithmetic.
 
 Contract:
-- ``worked_example(derivation, params, x, y, decimals=2, lr=None) -> WorkedExample`` evaluates
+- ``worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs231n",
+  finite_differences=False) -> WorkedExample`` evaluates
   every equation of the Derivation (``Equation.rhs`` in index form) for concrete numbers: the
   widths ``n_l`` and the batch size ``B`` are substituted, the sums expanded with ``doit``, and
   the values of earlier equations substituted, all in exact SymPy arithmetic (inputs become
   Rationals, floats through their shortest decimal repr, ``exprparse.number``). Transcendental
-  values (exp, log) stay exact SymPy expressions; numbers are rounded only when displayed
-  (half away from zero, trailing zeros dropped; "=" where the shown number is exact, "\\approx"
-  where it is rounded).
+  values (exp, log) stay exact SymPy expressions in ``.values``.
+- What the steps print is the calculation by hand at ``decimals`` (``evaluate(rounding=...)``):
+  every result and every function value (sigma, exp, log) rounded half up on the exact value
+  and used rounded further on, so that every line can be recomputed from the numbers it shows
+  ("=" where those numbers give the printed value exactly, "\\approx" where it was rounded; a
+  given number that does not fit the decimals is printed exactly, as a fraction if need be).
+  ``.hand`` holds these values; a gradient matrix that differs from the exact one says so and
+  shows the exact values rounded. Where a rounded activation would land on a singularity of the
+  loss (sigma(9) -> 1.00, log(1 - 1.00)), the first precision up to 12 that avoids it is used.
+- A Given block (parameters, input(s), target(s), learning rate; exact) precedes step 1. With
+  ``finite_differences=True`` every parameter gradient has beside it its central-difference
+  estimate (L(theta + h) - L(theta - h)) / (2h), h = 10^-4, from the forward pass in float64.
 - ``.values`` maps names to exact values: per-sample quantities (``z1``, ``a1``, ``ga1``,
   ``delta1``, ``x``, ``y``) are ``sympy.Matrix`` (B, n) with samples as rows, ``gW1`` is
   (n_out, n_in), ``gb1`` a column (n, 1), ``loss`` a scalar; the parameters (``W1``, ``b1``)
   and, with a learning rate, the updated ones (``W1_new``, ``b1_new``) too.
-- ``.latex(document=False)`` and ``.markdown()`` render numbered steps: each equation in index
-  form, then per entry the formula, the formula with the numbers substituted, and the value
-  ("delta = (a - y)/B = (0.73 - 1)/1 = -0.27"); the forward pass also as a table of z and a per
-  layer; gradients and the SGD update W - lr dL/dW as matrices.
+- ``.latex(document=False)`` and ``.markdown()`` render the Given block and numbered steps: each
+  equation in index form, then per entry the formula, the formula with the numbers substituted,
+  and the value ("delta = (a - y)/B = (0.73 - 1)/1 = -0.27"; long sums wrap at + and -); the
+  forward pass also as a table of z and a per layer; gradients and the SGD update W - lr dL/dW
+  as matrices (wide ones one per line).
 - At a kink (ReLU exactly at z = 0) the derivation's own one-sided convention is used (relu'(0) =
   0, Heaviside(0) = 0, as PyTorch and JAX) and a note says so; no error.
 - User mistakes raise ``SymbpError`` subclasses with one line: a missing or unexpected params
