@@ -727,7 +727,7 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
         if show(new_exact, decimals, P["W1"][p, q] - eta * ev.approx_results["gW1"][(p, q)])[0] != \
                 show(new_student, decimals)[0]:
             raise _Redraw()
-        table = [(tex, show(v, work)[0]) for tex, v in student.table]
+        table = [(tex, _fixed(show(v, work)[0], work)) for tex, v in student.table]
 
     def shown(name, idx):
         return show(ev.results[name][idx], decimals, ev.approx_results[name][idx])[0]
@@ -801,8 +801,12 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
         new_t = show(new, decimals, P["W1"][p, q] - eta * ev.approx_results["gW1"][(p, q)])[0]
         questions.append(Question("update", f"Take one SGD step with $\\eta = {show(eta, 12)[0]}$: "
                                   f"what is the new ${W1pq}$?",
-                                  f"${W1pq} \\leftarrow {show(P['W1'][p, q], decimals)[0]} - "
-                                  f"{show(eta, 12)[0]} \\cdot {_paren(shown('gW1', (p, q)))} = {new_t}$"))
+                                  _update_answer(W1pq, P["W1"][p, q], eta, shown("gW1", (p, q)), new_t,
+                                                 decimals, integer)))
+    if not integer:     # every decimal number of an answer with all the decimals asked for
+        for qq in questions:
+            if not qq.options and qq.key != "update":
+                qq.answer = re.sub(r"(?<![\w.])-?\d+\.\d+", lambda m: _fixed(m.group(0), decimals), qq.answer)
     circ = _circuit_question(rng) if circuit else None
     worked = worked_example(d, P, X.tolist(), Y.tolist(), decimals=decimals, lr=eta)
     return Variant(number, P, X, Y, table, questions, worked, circ)
@@ -898,6 +902,18 @@ def _options(right, cands, decimals, gap):
     if len(opts) < MIN_DISTRACTORS:
         raise _Redraw()
     return opts
+
+
+def _update_answer(name, w, eta, g_text, new_text, decimals, integer):
+    """W <- W - eta g from the printed gradient: "=" where those numbers give the printed new
+    weight exactly, "\\approx" where it is rounded (the key is the exact value rounded, which
+    the draw made equal to the hand calculation)."""
+    g = sp.Rational(g_text)
+    raw = w - eta * g
+    rel = "=" if raw == sp.Rational(new_text) else r"\approx"
+    pad = (lambda t: t) if integer else (lambda t: _fixed(t, decimals))
+    return (f"${name} \\leftarrow {show(w, 12)[0]} - {show(eta, 12)[0]} \\cdot {_paren(pad(g_text))} "
+            f"{rel} {pad(new_text)}$")
 
 
 def _fixed(text, decimals):
