@@ -1,4 +1,5 @@
-"""y = |x - 1| (seed 003) on a generated kernel: 1-8-1 ReLU network, mean squared error.
+"""y = |x - 1| (the IT5005 slides "Multi-Layer Perceptrons") on a generated kernel:
+1-8-1 ReLU network, mean squared error.
 
 |x - 1| = relu(x - 1) + relu(1 - x): two ReLU units suffice, so the fit should be near exact.
 Run: python examples/abs.py   (exit status 0 when the maximum error is small)

@@ -1,4 +1,5 @@
-"""A tied-weight autoencoder (W and W^T) on a generated graph kernel (seed 002, section 14.8).
+"""A tied-weight autoencoder (W and W^T) on a generated graph kernel
+(the book chapter "Backpropagation", section 14.8).
 
 code = tanh(W x + b_enc), x_hat = W^T code + b_dec: the encoder and the decoder share W, so its
 gradient is the sum of the gradients of its two uses (g_W = g_W__dec + g_W__enc, a "shared_sum"

@@ -1,4 +1,5 @@
-"""Backpropagation to the data (seed 002, section 14.9): optimise the INPUT of a trained network.
+"""Backpropagation to the data (the book chapter "Backpropagation", section 14.9):
+optimise the INPUT of a trained network.
 
 A small classifier of 4x4 images (a lit column: "vertical", a lit row: "horizontal") is built
 with the Python graph builder, its input x marked grad = true, and trained on a generated
@@ -11,12 +12,13 @@ same backward pass that gives the parameter gradients.
 Run: python examples/input_optimization.py [--plot FILE]   (exit status 0 when the classifier
 reaches 95 % held-out accuracy and every optimised image has p_vertical > 0.99 and more column
 structure than row structure). With matplotlib installed, the images are saved to FILE
-(default input_optimization.png); without it the plot is skipped.
+(default input_optimization.png); without it the plot is skipped. The kernel is written into a
+temporary directory, removed at exit: this network has no committed kernel to overwrite.
 """
 import argparse
 import sys
+import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +27,6 @@ from symbp.graph import graph
 from symbp.graph_derive import derive_graph
 from symbp.graph_verify import graph_gradcheck
 
-HERE = Path(__file__).resolve().parent
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--plot", default="input_optimization.png", help="where to save the figure")
 args = ap.parse_args()
@@ -40,7 +41,8 @@ p = g.activation("p", g.dense("z2", h, units=2, weight="W2", bias="b2"), "softma
 g.loss("loss", p, g.input("label", 2), "ce")
 t0 = time.perf_counter()
 d = derive_graph(g.build())
-k = generate_graph(d, out_dir=HERE.parent / "generated").compile()
+build = tempfile.TemporaryDirectory(prefix="symbp_input_optimization_")   # removed at exit
+k = generate_graph(d, out_dir=build.name).compile()
 print(f"{d.graph}\n  derived, emitted to {k.path} and compiled in {time.perf_counter() - t0:.1f} s")
 print(f"  dL/dx: {d['g_x'].lhs} = {d['g_x'].rhs}")
 

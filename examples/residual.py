@@ -1,4 +1,5 @@
-"""A residual block y = a + f(a) (seed 002, section 14.7) on a generated graph kernel.
+"""A residual block y = a + f(a) (the book chapter "Backpropagation", section 14.7)
+on a generated graph kernel.
 
 The hidden value a feeds the block f and the skip connection: a branch, so the derivation sums
 the two gradients that come back (g_a = g_a__r + g_a__f1, a "branch_sum" step). The network

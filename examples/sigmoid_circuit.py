@@ -1,4 +1,5 @@
-"""The staged sigmoid circuit of seed 000: f(w, x) = 1/(1 + exp(-(w0 x0 + w1 x1 + w2))).
+"""The staged sigmoid circuit of the slides "Multi-Layer Networks & Back-Propagation":
+f(w, x) = 1/(1 + exp(-(w0 x0 + w1 x1 + w2))).
 
 At the slide's numbers w0 = 2, x0 = -1, w1 = -3, x1 = -2, w2 = -3 it prints the table of both
 graphs (atomic gates: *, +, *-1, exp, +1, 1/x; fused: the sigmoid gate, whose local gradient is

@@ -1,4 +1,5 @@
-"""y = x^2 (seed 003) on a generated kernel: 1-8-8-1 ReLU network, mean squared error.
+"""y = x^2 (the IT5005 slides "Multi-Layer Perceptrons") on a generated kernel:
+1-8-8-1 ReLU network, mean squared error.
 
 As in the seed, x = 5 N(0, 1) and y = x^2 + N(0, 1) noise, 100 samples. Inputs and targets are
 scaled (x/5, y/25) so plain mini-batch SGD is stable; predictions are reported unscaled.

@@ -1,4 +1,5 @@
-"""A two-tower network merged by concat (seed 002, eq. 14.37) on a generated graph kernel.
+"""A two-tower network merged by concat (the book chapter "Backpropagation", eq. 14.37)
+on a generated graph kernel.
 
 Input u (3 features) and input v (2 features) each go through their own tanh tower; the towers
 are concatenated and mixed. The label needs both towers: y = 1 when (a.u) (b.v) > 0, an XOR of

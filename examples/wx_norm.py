@@ -1,4 +1,6 @@
-"""The vectorized example of seed 000: f(x, W) = ||W x||^2, with q = W x and f = q^T q.
+"""The vectorized example of the slides "Multi-Layer Networks & Back-Propagation": f(x, W) = ||W x||^2.
+
+With q = W x and f = q^T q. The same numbers from the command line: ``symbp wx-norm [--latex F --pdf]``.
 
 SymPy derives the gradients three ways, and they are checked against each other and numerically:
 1. with matrix symbols: ``sympy.diff((W x)^T (W x), W)`` gives 2 W x x^T and ``diff(.., x)``

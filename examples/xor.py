@@ -1,4 +1,5 @@
-"""XOR (seed 004) on a generated kernel: 2-3-1 sigmoid network, binary cross-entropy, SGD.
+"""XOR (the tutorial notebook "Backpropagation") on a generated kernel:
+2-3-1 sigmoid network, binary cross-entropy, SGD.
 
 Run: python examples/xor.py   (exit status 0 when all four points are classified right)
 """

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 from .derivation import Derivation
 from .derive import derive as _derive_mlp
 from .errors import DerivationError, ExpressionError, InputError, SpecError, SymbpError
-from .network import Network, mlp
+from .network import Network, OutputRangeWarning, mlp
 from .spec import load, loads
 
 

@@ -10,8 +10,8 @@ Contract: ``circuit(expr, granularity="atomic", **values) -> Circuit``.
   or a SymPy Rational; floats by their shortest repr, 0.1 -> 1/10), so the arithmetic is exact.
 - Gates (the table ``GATES`` holds each gate's forward operation and its names, nothing else):
   add, constant add, mul, constant multiply, negation, exp, log, reciprocal, pow, max, and with
-  ``granularity="fused"`` a sigmoid gate wherever the expression contains 1/(1 + exp(-u)) (seed 000:
-  "choose a graph where local gradients are easy"). Sums and products of more than two terms
+  ``granularity="fused"`` a sigmoid gate wherever the expression contains 1/(1 + exp(-u)) (Soleymani's slides
+    "choose a graph where local gradients are easy"). Sums and products of more than two terms
   are folded left to right in SymPy's printing order, so 1/(1+exp(-(w0 x0 + w1 x1 + w2))) gives
   the seed's stages: w0*x0, w1*x1, +, + w2, *-1, exp, +1, 1/x. A sum whose terms are all negated
   becomes a negation of the sum. Equal sub-graphs are shared, so their value branches.
@@ -52,7 +52,7 @@ FUNCTIONS = ("exp", "log", "max", "sqrt", "sigmoid", "relu")
 CONSTANTS = ("pi", "E")
 MAX_DECIMALS = 12
 
-# Gate patterns of seed 000, named in the output.
+# Gate patterns of the slides "Multi-Layer Networks & Back-Propagation", named in the output.
 ADD_DISTRIBUTES = "add distributes"
 MUL_SWAPS = "mul swaps"
 MAX_ROUTES = "max routes"
@@ -85,7 +85,7 @@ class Gate:
     kind: str
     name: str
     forward: Callable            # (*inputs) -> SymPy expression
-    pattern: str = ""            # the gate pattern of seed 000 it shows, if any
+    pattern: str = ""            # the gate pattern of Soleymani's slides it shows
     display: Callable = None     # (*inputs) -> expression printed for the node (default forward)
 
     def shown(self, *args):
@@ -478,8 +478,8 @@ def _local(node, nodes):
         local.append(v)
         formula.append(d.xreplace(shown))
     if node.gate.kind == "sigmoid":
-        # Seed 000 writes this gate's local gradient as (1 - sigma) sigma: the core's rewriting
-        # of f'(z) in terms of the output a = f(z), checked there.
+        # Soleymani's slides write this gate's local gradient as (1 - sigma) sigma: the core's
+        # rewriting of f'(z) in terms of the output a = f(z), checked there.
         form = _output_form(node.gate.kind)
         if form is not None:
             node.output_formula = form.xreplace({naming.A: node.symbol})

@@ -1,22 +1,80 @@
-"""Command line: symbp demo | derive | generate | check.
+"""Command line: symbp demo | derive | generate | check (and the commands of COMMAND_MODULES).
 
 Contract: ``main(argv) -> int``. A user's mistake (a SymbpError: bad spec, bad argument, bad
-input) prints one line ``symbp: error: ...`` on stderr and returns 2, with no traceback and
-nothing written; ``check`` returns 1 when a gradient error is above tolerance.
+input; an option argparse refuses: unknown, missing, a value outside its choices or range)
+prints one line ``symbp: error: ...`` on stderr and returns 2, with no traceback and nothing
+written; ``check`` returns 1 when a gradient error is above tolerance; ``--help`` and
+``--version`` return 0. A reader that closes the pipe early (``symbp derive SPEC | head -1``)
+ends the command quietly with status 141, as a process killed by SIGPIPE would. An MLP command
+given a graph spec names the ``symbp graph`` command to use (and ``symbp graph`` the reverse).
 """
 import argparse
+import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .errors import SymbpError
+from .errors import SymbpError, cut
+
+EXIT_BROKEN_PIPE = 141    # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 
 
-def _spec(path):
-    from .spec import load
-    return load(path)
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors as the one line every symbp error is (argparse prints the
+    usage and then the message: three lines). Subparsers are built with this class too."""
+
+    def error(self, message):
+        raise SystemExit(_fail(f"{self.prog}: {message}"))
+
+
+def _fail(message):
+    # one line, and a short one, whichever module wrote the message
+    line = " ".join(str(message).splitlines())
+    print(f"symbp: error: {cut(line)}", file=sys.stderr)
+    return 2
+
+
+def number(kind, minimum=None, maximum=None, positive=False):
+    """An argparse type: an int or a finite float, optionally within bounds (checked here, so
+    that a bad value is argparse's one-line error, not a failure later)."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if positive and v <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+        if minimum is not None and v < minimum:
+            raise argparse.ArgumentTypeError(f"expected a value >= {minimum}, got {text!r}")
+        if maximum is not None and v > maximum:
+            raise argparse.ArgumentTypeError(f"expected a value <= {maximum}, got {text!r}")
+        return v
+    parse.__name__ = kind.__name__    # argparse names the type in its messages
+    return parse
+
+
+# Bounds of the numeric options (a batch or epoch count beyond these is a mistake, not a run).
+SEED = number(int, 0, 2 ** 32 - 1)
+BATCH = number(int, 1, 100_000)
+EPOCHS = number(int, 1, 10_000_000)
+POSITIVE = number(float, positive=True)
+
+
+def _spec(args):
+    """The MLP spec of ``args.spec``; a graph spec names the `symbp graph` command to use."""
+    from .spec import SpecKindError, load
+    try:
+        return load(args.spec)
+    except SpecKindError as e:
+        raise SymbpError(f"{e.where}: this is a graph spec ([graph] and [[node]] tables): use "
+                         f"`symbp graph {args.command} {args.spec}`") from None
 
 
 def _out_dir(args):
@@ -26,12 +84,12 @@ def _out_dir(args):
 def cmd_derive(args):
     from .derive import derive
     from .codegen.emit import text
-    d = derive(_spec(args.spec))
+    d = derive(_spec(args))
     if args.pdf and not args.latex:
         raise SymbpError("--pdf: give the .tex file to write with --latex FILE")
     if args.latex:
         from .render.latex import write_document
-        for path in write_document(d, args.latex, args.notation, pdf=args.pdf):
+        for path in write_document(d, args.latex, args.notation, pdf=args.pdf, stages=args.stages):
             print(f"wrote {path}")
     if args.dump:
         sys.stdout.write(d.dump())
@@ -45,7 +103,7 @@ def cmd_derive(args):
 def cmd_generate(args):
     from .derive import derive
     from . import generate
-    d = derive(_spec(args.spec))
+    d = derive(_spec(args))
     k = generate(d, target=args.target, dtype=args.dtype, out_dir=_out_dir(args), jit=not args.no_jit)
     if not args.no_jit:
         k.compile()
@@ -69,8 +127,9 @@ def _sample(net, batch, seed, dtype):
 def cmd_check(args):
     from .derive import derive
     from . import generate
-    from .verify import gradcheck
-    net = _spec(args.spec)
+    from .verify import check_tol, gradcheck
+    tol = None if args.tol is None else check_tol(args.tol, "--tol")    # before anything is written
+    net = _spec(args)
     d = derive(net)
     k = generate(d, target="cpu", dtype=args.dtype, out_dir=_out_dir(args), jit=not args.no_jit)
     params = k.init_params(seed=args.seed)
@@ -78,7 +137,7 @@ def cmd_check(args):
     for key in params:   # nonzero biases too, so every term of the gradient is exercised
         params[key] += rng.normal(0, 0.1, size=params[key].shape).astype(k.dtype)
     X, Y = _sample(net, args.batch, args.seed, k.dtype)
-    report = gradcheck(k, params, X, Y, tol=args.tol)
+    report = gradcheck(k, params, X, Y, tol=tol)
     print(f"# {net}  ({k.path})")
     print(report)
     return 0 if report.ok else 1
@@ -89,10 +148,11 @@ def cmd_demo(args):
     from .codegen.emit import text
     from .train import train
     from .verify import gradcheck, oracle_gradients
+    from .render.sources import cite
 
     out = print
     net = mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="xor")
-    out(f"1. The network (seed 004's XOR): {net}")
+    out(f"1. The network (the XOR of {cite('notebook')}): {net}")
     t = time.perf_counter()
     d = derive(net)
     out(f"\n2. Backpropagation derived by SymPy in {time.perf_counter() - t:.2f} s "
@@ -122,7 +182,7 @@ def cmd_demo(args):
         raise SymbpError("demo: the gradient check failed")
 
     out(f"\n5. Training XOR with full-batch gradient descent (lr {args.lr}) on the generated kernel:")
-    train(k, params, X, Y, lr=args.lr, epochs=args.epochs, log_every=args.epochs // 10,
+    train(k, params, X, Y, lr=args.lr, epochs=args.epochs, log_every=max(1, args.epochs // 10),
           log=lambda s: out("   " + s))
     pred = k.forward(params, X)[:, 0]
     out("\n   x1 x2 | target | output  | class")
@@ -136,46 +196,56 @@ def cmd_demo(args):
 
 
 COMMAND_MODULES = ("symbp.circuit", "symbp.graph_cli", "symbp.render.worked", "symbp.render.exam",
-                   "symbp.bench")
+                   "symbp.bench", "symbp.wx_norm")
+
+
+OUT_HELP = "directory for generated kernels (default $SYMBP_GENERATED, else ./generated)"
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="symbp", description="Derive backpropagation with SymPy, "
-                                 "render it and generate verified Numba kernels.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    from . import __version__
+    from .codegen import DTYPES, TARGETS
+    from .render.notation import NOTATIONS
+    ap = ArgumentParser(prog="symbp", description="Derive backpropagation with SymPy, "
+                        "render it and generate verified Numba kernels.")
+    ap.add_argument("--version", action="version", version=f"symbp {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="the whole pipeline on the XOR network (no arguments needed)")
-    p.add_argument("--out", help="directory for generated kernels (default ./generated)")
-    p.add_argument("--epochs", type=int, default=3000)
-    p.add_argument("--lr", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help=OUT_HELP)
+    p.add_argument("--epochs", type=EPOCHS, default=3000, help="training epochs (default 3000)")
+    p.add_argument("--lr", type=POSITIVE, default=2.0, help="learning rate (default 2.0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the initial parameters (default 0)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("derive", help="derive a spec's backpropagation and print it")
     p.add_argument("spec")
     p.add_argument("--dump", action="store_true", help="show every simplification stage")
     p.add_argument("--latex", metavar="FILE", help="write a LaTeX document")
-    p.add_argument("--notation", default="cs231n",
-                   help="cs231n | udl | transposed | rowvector | batch")
+    p.add_argument("--notation", default="cs231n", choices=tuple(NOTATIONS),
+                   help="the course notation of the LaTeX (default cs231n)")
     p.add_argument("--pdf", action="store_true", help="also compile the document with pdflatex")
+    p.add_argument("--stages", action="store_true",
+                   help="show SymPy's simplification stages, labelled with their passes, in the document")
     p.set_defaults(fn=cmd_derive)
 
     p = sub.add_parser("generate", help="emit and compile the kernel of a spec")
     p.add_argument("spec")
-    p.add_argument("--target", default="cpu")
-    p.add_argument("--dtype", default="float64")
-    p.add_argument("--out", help="directory for generated kernels (default ./generated)")
+    p.add_argument("--target", default="cpu", choices=TARGETS, help="device (default cpu)")
+    p.add_argument("--dtype", default="float64", choices=DTYPES, help="default float64")
+    p.add_argument("--out", help=OUT_HELP)
     p.add_argument("--no-jit", action="store_true", help="load as plain Python, do not compile")
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("check", help="verify a spec's kernel gradients by finite differences")
     p.add_argument("spec")
-    p.add_argument("--dtype", default="float64")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tol", type=float, default=None)
-    p.add_argument("--out", help="directory for generated kernels (default ./generated)")
-    p.add_argument("--no-jit", action="store_true")
+    p.add_argument("--dtype", default="float64", choices=DTYPES, help="default float64")
+    p.add_argument("--batch", type=BATCH, default=4, help="samples of the random batch (default 4)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of parameters and batch (default 0)")
+    p.add_argument("--tol", type=POSITIVE, default=None,
+                   help="largest relative error accepted (default: by dtype)")
+    p.add_argument("--out", help=OUT_HELP)
+    p.add_argument("--no-jit", action="store_true", help="load as plain Python, do not compile")
     p.set_defaults(fn=cmd_check)
 
     # Commands owned by feature modules: each defines add_command(subparsers), which adds its
@@ -186,13 +256,39 @@ def build_parser():
     return ap
 
 
+def _one_line_warning(show):
+    """warnings.showwarning that prints a spec warning (OutputRangeWarning: a loss allowed after
+    any output) as one line, like the errors; other warnings keep Python's format."""
+    from .network import OutputRangeWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, OutputRangeWarning):
+            print(f"symbp: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:     # --help, --version (0) and argparse's one-line errors (2)
+            sys.stdout.flush()
+            return e.code if isinstance(e.code, int) else 2
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(warnings.showwarning)
+            code = args.fn(args)
+        sys.stdout.flush()      # a closed pipe shows here, not at interpreter exit
+        return code
     except SymbpError as e:
-        print(f"symbp: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
+    except BrokenPipeError:
+        # The reader is gone (`| head`): say nothing more. stdout points at /dev/null from now
+        # on, so that the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class LayerRules:
     jacobian: tuple                  # stages of J[s,i,j] = d a[s,i] / d z[s,j]
     dz_da: tuple                     # stages of dz[s,j]/da_prev[s,k]
     dz_dW: tuple                     # stages of dz[s,j]/dW[p,q]
-    dz_db: tuple                     # stages of dz[s,j]/db[p]
+    dz_db: Optional[tuple]           # stages of dz[s,j]/db[p]; None for a layer without bias
 
 
 @dataclass(frozen=True)
@@ -140,16 +140,19 @@ class Derivation(EquationLookup):
                 out.append(f"\n## layer {lr.layer}: f = {act.name} (vector activation)")
             for label, stages in (("J[s,i,j]", lr.jacobian), ("dz/da", lr.dz_da),
                                   ("dz/dW", lr.dz_dW), ("dz/db", lr.dz_db)):
-                out += _stages(label, stages)
+                if stages is not None:
+                    out += _stages(label, stages)
         out.append("\n## equations")
         for e in self.equations:
             out += _stages(f"{e.lhs}", e.stages)
         out.append(f"\n## per-sample loss used by the kernels (in {self.loss_sample[1]}): {self.loss_sample[0]}")
         return "\n".join(out) + "\n"
 
-    def latex(self, notation="cs231n", document=False):
+    def latex(self, notation="cs231n", document=False, stages=False):
+        """LaTeX in a notation; ``stages=True`` adds every simplification stage, labelled with
+        its pass, to the document (the handout shows the textbook's steps only)."""
         from .render.latex import render
-        return render(self, notation=notation, document=document)
+        return render(self, notation=notation, document=document, stages=stages)
 
     def _repr_latex_(self):
         return self.latex()

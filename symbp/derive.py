@@ -5,19 +5,26 @@ Contract: ``derive(network) -> Derivation``. Every derivative comes from ``sympy
 function table holds forward definitions only. The steps, in index notation with the sample
 index s (rows of a batch) and symbolic widths n_l, so that the work does not grow with width:
 
-1. forward: z^l[s,j] = sum_k W^l[j,k] a^{l-1}[s,k] + b^l[j]; a^l[s,j] = f_l(z^l[s,j])
+1. forward: z^l[s,j] = sum_k W^l[j,k] a^{l-1}[s,k] + b^l[j] (no b^l for a layer without
+   bias: no dz/db, no dL/db); a^l[s,j] = f_l(z^l[s,j])
    (softmax: exp(z[s,j]) / sum_k exp(z[s,k])); L = c sum_t sum_i loss(a^L[t,i], y[t,i]) with
    c = 1/B for the mean and 1 for the sum.
 2. local derivatives: f'(z) = diff(f(z), z), rewritten in terms of a = f(z) where that is exact
    (``output_form``); the activation Jacobian J^l[s,i,j] = diff(a^l[s,i], z^l[s,j]) (diagonal for
    elementwise, full for softmax); the affine Jacobians dz/da^{l-1}, dz/dW, dz/db.
-3. the general backpropagation algorithm (Algorithm 14.1 of seed 002, g_in = g_out L^x):
+3. the general backpropagation algorithm (Algorithm 14.1 of chapter 14 "Backpropagation",
+   g_in = g_out L^x):
    delta^L[s,j] = sum_i dL/da^L[s,i] J^L[s,i,j];
    g^{l-1}[s,k] = sum_j delta^l[s,j] dz^l[s,j]/da^{l-1}[s,k]   (= (W^T delta)_k);
    delta^{l-1}[s,j] = sum_i g^{l-1}[s,i] J^{l-1}[s,i,j];
    dL/dW^l[p,q] = sum_s sum_j delta^l[s,j] dz^l[s,j]/dW^l[p,q]  (= sum_s delta_p a_q, i.e. delta a^T);
    dL/db^l[p] = sum_s sum_j delta^l[s,j] dz^l[s,j]/db^l[p]      (= sum_s delta_p).
-Each result goes through the ordered passes of ``symbp.simplify`` and keeps its stages.
+Each result goes through the ordered passes of ``symbp.simplify`` and keeps its stages. The
+network's ``relu_at_zero`` reaches the kink pass through ``simplify.Context.at_zero``.
+The output's dL/da is derived from the loss in a; when the loss is not paired with its own
+activation (``allow_any_output``: bce after ReLU) it stays (a - y)/(a(1 - a)) up to the batch
+factor, delta = f'(z) times that, and the kernels compute that loss from a (undefined where
+a <= 0 or a >= 1: the log of a non-positive number).
 """
 from functools import lru_cache
 
@@ -80,19 +87,21 @@ def _exp_route(f, fprime):
 
 
 @lru_cache(maxsize=None)
-def output_form(f):
+def output_form(f, at_zero=0):
     """f'(z) for an elementwise forward definition f(z), and its form in terms of a = f(z).
 
     Returns (stages, form, uses) where ``uses`` is "a" when the form reads only the layer
     output (sigmoid -> a(1-a), tanh -> 1-a^2, exp -> a, softplus -> 1-exp(-a), relu ->
-    Heaviside(a, 0)) and "z" when no exact rewrite exists (swish keeps z). Candidates come from
+    Heaviside(a, 0)) and "z" when no exact rewrite exists (swish keeps z; so does relu with
+    ``at_zero`` = 1: Heaviside(z, 1) is 1 at z = 0, where a = max(0, z) = 0 as for z < 0).
+    ``at_zero`` is the network's relu_at_zero, given to the kink pass. Candidates come from
     substituting f(z) -> a and z -> a (piecewise linear functions), and only if neither is
     exact, from solving a = f(u) for u = exp(z); each is checked numerically at CHECK_POINTS
     and the one with the fewest operations is kept.
     """
     derived = sp.diff(f, Zs)
     stages = [("derived", derived)]
-    fprime = simp.kink(derived)
+    fprime = simp.kink(derived, simp.Context(at_zero=at_zero))
     stages.append(("kink", fprime))
     if not fprime.has(Zs):
         return tuple(stages), fprime, "a"
@@ -119,11 +128,11 @@ def output_form(f):
     return tuple(stages), form, "a"
 
 
-def _forward_rule(layer, act, a_base, z_base, size):
+def _forward_rule(layer, act, a_base, z_base, size, at_zero=0):
     """Rewrite rule of simp.FORWARD for layer l: f(z^l) -> a^l and f'(z^l) -> its output form."""
     if act.elementwise:
-        _, form, uses = output_form(act.definition)
-        fprime = simp.kink(sp.diff(act.definition, Zs))
+        _, form, uses = output_form(act.definition, at_zero)
+        fprime = simp.kink(sp.diff(act.definition, Zs), simp.Context(at_zero=at_zero))
 
         def rule(expr):
             for zi in sorted((x for x in expr.atoms(sp.Indexed) if x.base == z_base), key=str):
@@ -168,13 +177,14 @@ def _layer_names(l):
 
 
 @lru_cache(maxsize=None)
-def _layer_template(act):
-    """All rules of one dense layer with activation ``act``, in the generic names _G."""
+def _layer_template(act, bias=True, at_zero=0):
+    """All rules of one dense layer with activation ``act``, in the generic names _G (without
+    bias: z = W a, and no dz/db or dL/db rules)."""
     g = _G
-    ctx = simp.Context(forward=[_forward_rule(0, act, g["a"], g["z"], _N_OUT)])
-    zj = sp.Sum(g["W"][J, K] * g["a_in"][S, K], (K, 0, _N_IN - 1)) + g["b"][J]
+    ctx = simp.Context(forward=[_forward_rule(0, act, g["a"], g["z"], _N_OUT, at_zero)], at_zero=at_zero)
+    zj = sp.Sum(g["W"][J, K] * g["a_in"][S, K], (K, 0, _N_IN - 1)) + (g["b"][J] if bias else 0)
     if act.elementwise:
-        stages, form, uses = output_form(act.definition)
+        stages, form, uses = output_form(act.definition, at_zero)
         rule = ActivationRule(act, stages[0][1], stages, form, uses)
         a_si, a_sj = act.at(g["z"][S, I]), act.at(g["z"][S, J])
     else:
@@ -185,18 +195,20 @@ def _layer_template(act):
     t["jacobian"] = simp.run(sp.diff(a_si, g["z"][S, J]), ctx)
     t["dz_da"] = simp.run(sp.diff(zj, g["a_in"][S, I]), ctx)
     t["dz_dW"] = simp.run(sp.diff(zj, g["W"][P, Q]), ctx)
-    t["dz_db"] = simp.run(sp.diff(zj, g["b"][P]), ctx)
+    t["dz_db"] = simp.run(sp.diff(zj, g["b"][P]), ctx) if bias else None
     jac = t["jacobian"][-1][1]
     t["delta"] = simp.run(sp.Sum(g["g"][S, I] * jac, (I, 0, _N_OUT - 1)), ctx)
     t["g_in"] = simp.run(sp.Sum(g["delta"][S, J] * t["dz_da"][-1][1], (J, 0, _N_OUT - 1)), ctx)
     t["gW"] = simp.run(sp.Sum(g["delta"][S, J] * t["dz_dW"][-1][1], (J, 0, _N_OUT - 1),
                               (S, 0, naming.BATCH - 1)), ctx)
     t["gb"] = simp.run(sp.Sum(g["delta"][S, J] * t["dz_db"][-1][1], (J, 0, _N_OUT - 1),
-                              (S, 0, naming.BATCH - 1)), ctx)
+                              (S, 0, naming.BATCH - 1)), ctx) if bias else None
     return t
 
 
 def _rename(stages, mapping):
+    if stages is None:
+        return None
     return tuple((name, e.xreplace(mapping)) for name, e in stages)
 
 
@@ -211,13 +223,14 @@ def derive(network):
     y = naming.quantity("y")
     c = 1 / naming.BATCH if network.reduction == "mean" else sp.Integer(1)
 
-    ctx = simp.Context()
+    at_zero = network.relu_at_zero
+    ctx = simp.Context(at_zero=at_zero)
     for l, layer in enumerate(network.layers, start=1):
-        ctx.forward.append(_forward_rule(l, layer.activation, a[l], z[l], n[l]))
+        ctx.forward.append(_forward_rule(l, layer.activation, a[l], z[l], n[l], at_zero))
     if network.loss.onehot:
         ctx.onehot.append((y, n[L]))
 
-    templates = [_layer_template(layer.activation) for layer in network.layers]
+    templates = [_layer_template(layer.activation, layer.bias, at_zero) for layer in network.layers]
     names = [_layer_names(l) for l in range(1, L + 1)]
     equations = []
 
@@ -247,9 +260,15 @@ def derive(network):
     dL_da = eq(f"ga{L}", "loss_grad", L, ga[L][S, J],
                simp.run(sp.diff(loss_expr, a[L][S, J]), ctx), "dL/da at the output")
     jac = layers[-1].jacobian[-1][1]
-    eq(f"delta{L}", "output_delta", L, delta[L][S, J],
-       simp.run(sp.Sum(dL_da.rhs.xreplace({J: I}) * jac, (I, 0, n[L] - 1)), ctx),
-       "dL/dz = sum_i dL/da_i da_i/dz_j")
+    stages = simp.run(sp.Sum(dL_da.rhs.xreplace({J: I}) * jac, (I, 0, n[L] - 1)), ctx)
+    out_rule, out_act = layers[-1].rule, network.layers[-1].activation
+    if out_rule is not None and network.loss.outputs and out_act.name not in network.loss.outputs:
+        # a loss after an activation it is not paired with (allow_any_output): nothing cancels
+        # between them, so delta keeps the chain-rule product f'(z) * dL/da (the UDL toy example:
+        # I[f > 0] (h - y)/(h (1 - h)))
+        fprime = out_rule.form.xreplace({As: a[L][S, J], Zs: z[L][S, J]})
+        stages.append(("chain", fprime * dL_da.rhs))
+    eq(f"delta{L}", "output_delta", L, delta[L][S, J], stages, "dL/dz = sum_i dL/da_i da_i/dz_j")
     for l in range(L, 0, -1):
         t, m = templates[l - 1], names[l - 1]
         if l < L:
@@ -260,7 +279,8 @@ def derive(network):
     for l in range(1, L + 1):
         t, m = templates[l - 1], names[l - 1]
         eq(f"gW{l}", "grad_W", l, naming.quantity("gW", l)[P, Q], _rename(t["gW"], m), "dL/dW = delta a^T")
-        eq(f"gb{l}", "grad_b", l, naming.quantity("gb", l)[P], _rename(t["gb"], m), "dL/db = delta")
+        if network.layers[l - 1].bias:
+            eq(f"gb{l}", "grad_b", l, naming.quantity("gb", l)[P], _rename(t["gb"], m), "dL/db = delta")
 
     for e in equations:
         if e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative):
@@ -281,9 +301,11 @@ def _loss_from_logits(network, aL, zL, y, size, ctx):
     """Per-sample loss for the kernels. Cross-entropies are written in the pre-activation z
     (a = f(z) substituted, logs expanded: sigmoid + bce -> log(1 + exp(z)) - y z,
     softmax + ce -> log(sum_k exp(z_k)) - sum_i y_i z_i), so no log(0) occurs for large |z|.
-    Other losses stay in a. Returns (expression per sample s, "z" or "a")."""
+    Other losses stay in a, and so does a cross-entropy after an activation it is not paired
+    with (``allow_any_output``: bce after ReLU has no logit form; it is NaN where a <= 0 or
+    a >= 1). Returns (expression per sample s, "z" or "a")."""
     loss, act = network.loss, network.layers[-1].activation
-    if loss.per_unit.has(sp.log):
+    if loss.per_unit.has(sp.log) and act.name in loss.outputs:
         if act.elementwise:
             unit = _unit_loss_from_logits(loss.per_unit, act.definition)
             return sp.Sum(unit.xreplace({Zs: zL[S, I], Ys: y[S, I]}), (I, 0, size - 1)), "z"

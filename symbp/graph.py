@@ -19,7 +19,8 @@ Node kinds (``inputs`` lists the nodes a node reads, in slot order; any node may
 - ``activation``: out = f(in) with f from ``symbp.functions.ACTIVATIONS`` (softmax included, its
   parameters such as ``slope`` as extra keys) or from the spec's ``[activations]`` expressions.
 - ``add`` / ``multiply``: elementwise sum / product of two or more inputs of one width.
-- ``concat``: the inputs' vectors one after the other (merge, eq. 14.37 of seed 002).
+- ``concat``: the inputs' vectors one after the other (merge, eq. 14.37 of chapter 14
+  "Backpropagation").
 - ``expression``: an elementwise expression of its inputs, written with their node names
   (``"x * sigmoid(g)"``), parsed by the safe parser; every input must appear in it.
 - ``loss``: ``loss`` (a kind of ``symbp.functions.LOSSES``) of ``input`` against ``target``, an
@@ -29,21 +30,29 @@ Exactly one loss node; every other node has a path to it. bce needs a sigmoid ac
 the loss input and ce a softmax node (the kernels compute those losses from the logits).
 Names are letters, digits and ``_`` (no ``__``); nodes and parameters share one namespace, and
 ``g_<name>`` is reserved for the gradient of ``<name>``.
+
+Sizes are bounded before anything is derived: at most ``MAX_NODES`` nodes, every width at most
+``network.MAX_WIDTH`` and at most ``network.MAX_PARAMETERS`` weights and biases in all. An MLP
+spec ([network] and [[layer]] tables) given to the graph reader is refused with a pointer to
+``symbp.load`` / the MLP commands.
 """
+import difflib
 import hashlib
+import heapq
 import json
+import math
 import numbers
-import tomllib
 from dataclasses import dataclass
 from typing import Optional
 
 import sympy as sp
 
 from . import naming
-from .errors import SpecError
+from .errors import SpecError, shown
 from .exprparse import parse_expression
 from .functions import ACTIVATIONS, LOSSES, REDUCTIONS, Activation, Loss, elementwise_functions, user_activation
-from .network import resolve_activation
+from .network import MAX_WIDTH, check_parameter_count, resolve_activation
+from .spec import SpecKindError, is_mlp_doc, read_toml, unknown_key
 
 KINDS = ("input", "dense", "activation", "add", "multiply", "concat", "expression", "loss")
 # Keys every node table may hold, per kind (activation parameters such as slope are added from
@@ -61,6 +70,7 @@ KEYS = {
 MULTI = ("add", "multiply", "concat", "expression")
 TOP_KEYS = ("graph", "node", "activations")
 GRAPH_KEYS = ("name",)
+MAX_NODES = 1000
 
 
 @dataclass(frozen=True)
@@ -214,23 +224,26 @@ class Graph:
 # validation
 # ----------------------------------------------------------------------------------------------
 
-def _int(value, where, key, minimum=1):
+def _int(value, where, key, minimum=1, maximum=MAX_WIDTH):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise SpecError(where, key, f"expected an integer >= {minimum}, got {value!r}")
+        raise SpecError(where, key, f"expected an integer >= {minimum}, got {shown(value)}")
+    if value > maximum:
+        raise SpecError(where, key, f"expected an integer <= {maximum} (the largest width symbp "
+                                    f"accepts), got {shown(value)}")
     return int(value)
 
 
 def _name(value, where, key, what="name"):
     if not naming.is_safe_name(value) or "__" in value:
         raise SpecError(where, key, f"expected a {what} of letters, digits and single _ starting with a "
-                                    f"letter (at most 64 characters, not a Python keyword), got {value!r}")
+                                    f"letter (at most 64 characters, not a Python keyword), got {shown(value)}")
     return value
 
 
 def _bool(table, key, where, prefix):
     v = table.get(key, False)
     if not isinstance(v, bool):
-        raise SpecError(where, f"{prefix}{key}", f"expected true or false, got {v!r}")
+        raise SpecError(where, f"{prefix}{key}", f"expected true or false, got {shown(v)}")
     return v
 
 
@@ -241,47 +254,57 @@ def _str(table, key, where, prefix, default=None):
         return default
     v = table[key]
     if not isinstance(v, str):
-        raise SpecError(where, f"{prefix}{key}", f"expected a string, got {type(v).__name__} {v!r}")
+        raise SpecError(where, f"{prefix}{key}", f"expected a string, got {type(v).__name__} {shown(v)}")
     return v
 
 
 def _find_cycle(edges, order):
     """A cycle as a list of names [a, b, ..., a] or None; ``edges[n]`` are n's inputs."""
+    # Depth-first search with an explicit stack (a recursive one would hit Python's recursion
+    # limit on a long chain of nodes): frames are (node, iterator over its inputs).
     state = {}
-    stack = []
-
-    def visit(n):
-        state[n] = "open"
-        stack.append(n)
-        for m in edges[n]:
-            if state.get(m) == "open":
-                return stack[stack.index(m):] + [m]
-            if m not in state:
-                found = visit(m)
-                if found:
-                    return found
-        stack.pop()
-        state[n] = "done"
-        return None
-
-    for n in order:
-        if n not in state:
-            found = visit(n)
-            if found:
+    for root in order:
+        if root in state:
+            continue
+        state[root] = "open"
+        path, frames = [root], [(root, iter(edges[root]))]
+        while frames:
+            n, it = frames[-1]
+            m = next(it, None)
+            if m is None:
+                frames.pop()
+                path.pop()
+                state[n] = "done"
+            elif state.get(m) == "open":
                 # edges point from consumer to input: print the cycle in data-flow order
-                return list(reversed(found))
+                return list(reversed(path[path.index(m):] + [m]))
+            elif m not in state:
+                state[m] = "open"
+                path.append(m)
+                frames.append((m, iter(edges[m])))
     return None
 
 
 def _topological(edges, order):
-    """Kahn's algorithm, ties broken by declared order (deterministic)."""
-    placed, out = set(), []
-    while len(out) < len(order):
-        for n in order:
-            if n not in placed and all(m in placed for m in edges[n]):
-                placed.add(n)
-                out.append(n)
-                break
+    """Kahn's algorithm, ties broken by declared order (deterministic): each step places the
+    first node in declared order whose inputs are all placed (a heap of ready nodes keyed by
+    declared position, so a graph of MAX_NODES nodes takes milliseconds, not seconds)."""
+    position = {n: i for i, n in enumerate(order)}
+    waiting = {n: len(set(edges[n])) for n in order}
+    consumers = {n: [] for n in order}
+    for n in order:
+        for m in dict.fromkeys(edges[n]):       # an input listed twice is one dependency
+            consumers[m].append(n)
+    ready = [position[n] for n in order if waiting[n] == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        n = order[heapq.heappop(ready)]
+        out.append(n)
+        for c in consumers[n]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, position[c])
     return out
 
 
@@ -289,10 +312,10 @@ def build_graph(name, nodes, activations=None, where=""):
     """Validate node tables (dicts as in the TOML ``[[node]]`` tables) into a Graph."""
     gkey = "graph.name"
     if not isinstance(name, str):
-        raise SpecError(where, gkey, f"expected a string, got {name!r}")
+        raise SpecError(where, gkey, f"expected a string, got {shown(name)}")
     _name(name, where, gkey, "graph name")
     if activations is not None and not isinstance(activations, dict):
-        raise SpecError(where, "activations", f"expected a table of name = expression in z, got {activations!r}")
+        raise SpecError(where, "activations", f"expected a table of name = expression in z, got {shown(activations)}")
     defined = {}
     for dname, text in (activations or {}).items():
         if not isinstance(text, str):
@@ -303,6 +326,8 @@ def build_graph(name, nodes, activations=None, where=""):
     nodes = list(nodes)
     if not nodes:
         raise SpecError(where, "node", "expected at least one [[node]] table")
+    if len(nodes) > MAX_NODES:
+        raise SpecError(where, "node", f"{len(nodes)} nodes, more than the {MAX_NODES} symbp accepts")
 
     # 1. names and kinds -------------------------------------------------------------------
     tables, order = {}, []
@@ -313,13 +338,19 @@ def build_graph(name, nodes, activations=None, where=""):
             raise SpecError(where, f"node[{idx}].name", "missing key")
         nname = t["name"]
         if not isinstance(nname, str):
-            raise SpecError(where, f"node[{idx}].name", f"expected a string, got {nname!r}")
+            raise SpecError(where, f"node[{idx}].name", f"expected a string, got {shown(nname)}")
         _name(nname, where, f"node[{idx}].name", "node name")
         if nname in tables:
             raise SpecError(where, f"node.{nname}", f"two nodes are named {nname!r} (node[{order.index(nname) + 1}] and node[{idx}])")
         kind = t.get("kind")
-        if kind not in KINDS:
-            raise SpecError(where, f"node.{nname}.kind", f"unknown node kind {kind!r} (expected one of: {', '.join(KINDS)})")
+        if "kind" not in t:
+            # a misspelled `knd` is named as such, not only reported as a missing kind
+            for key in t:
+                if difflib.get_close_matches(key, ("kind",), n=1, cutoff=0.6) and len(key) <= 100:
+                    raise unknown_key(where, f"node.{nname}.", key, ("kind",), "unknown key and no kind")
+            raise SpecError(where, f"node.{nname}.kind", f"missing key (expected one of: {', '.join(KINDS)})")
+        if not isinstance(kind, str) or kind not in KINDS:
+            raise SpecError(where, f"node.{nname}.kind", f"unknown node kind {shown(kind)} (expected one of: {', '.join(KINDS)})")
         allowed = KEYS[kind]
         if kind == "activation":
             act = t.get("activation")
@@ -328,7 +359,7 @@ def build_graph(name, nodes, activations=None, where=""):
                 allowed = allowed + tuple(p[0] for p in ACTIVATIONS[an].params)
         for key in t:
             if key not in allowed:
-                raise SpecError(where, f"node.{nname}.{key}", f"unknown key for a {kind} node (expected one of: {', '.join(allowed)})")
+                raise unknown_key(where, f"node.{nname}.", key, allowed, f"unknown key for a {kind} node")
         tables[nname] = t
         order.append(nname)
 
@@ -343,7 +374,7 @@ def build_graph(name, nodes, activations=None, where=""):
                 raise SpecError(where, f"{prefix}inputs", "missing key (expected a list of node names)")
             ins = t["inputs"]
             if isinstance(ins, str) or not isinstance(ins, (list, tuple)) or not all(isinstance(i, str) for i in ins):
-                raise SpecError(where, f"{prefix}inputs", f"expected a list of node names, got {ins!r}")
+                raise SpecError(where, f"{prefix}inputs", f"expected a list of node names, got {shown(ins)}")
             ins = list(ins)
             least = 1 if kind == "expression" else 2
             if len(ins) < least:
@@ -353,11 +384,11 @@ def build_graph(name, nodes, activations=None, where=""):
         for i in ins:
             if i not in tables:
                 raise SpecError(where, f"{prefix}{'input' if kind not in MULTI else 'inputs'}",
-                                f"edge {i!r} -> {nname!r} names no node (nodes: {', '.join(order)})")
+                                f"edge {shown(i)} -> {nname!r} names no node (nodes: {shown(', '.join(order), quote=False)})")
         if kind == "loss":
             tgt = _str(t, "target", where, prefix)
             if tgt not in tables:
-                raise SpecError(where, f"{prefix}target", f"edge {tgt!r} -> {nname!r} names no node (nodes: {', '.join(order)})")
+                raise SpecError(where, f"{prefix}target", f"edge {shown(tgt)} -> {nname!r} names no node (nodes: {shown(', '.join(order), quote=False)})")
             targets[nname] = tgt
         edges[nname] = ins
 
@@ -399,7 +430,7 @@ def build_graph(name, nodes, activations=None, where=""):
             if bias is False:
                 bias = None
             elif not isinstance(bias, str):
-                raise SpecError(where, f"{prefix}bias", f"expected a parameter name or false, got {bias!r}")
+                raise SpecError(where, f"{prefix}bias", f"expected a parameter name or false, got {shown(bias)}")
             else:
                 _name(bias, where, f"{prefix}bias", "parameter name")
             transpose = _bool(t, "transpose", where, prefix)
@@ -457,17 +488,17 @@ def build_graph(name, nodes, activations=None, where=""):
                 expr = parse_expression(text, variables, functions, where, f"{prefix}expression")
                 for i in ins:
                     if variables[i] not in expr.free_symbols:
-                        raise SpecError(where, f"{prefix}expression", f"input {i!r} of node {nname!r} does not appear in {text!r}")
+                        raise SpecError(where, f"{prefix}expression", f"input {i!r} of node {nname!r} does not appear in {shown(text)}")
                 kw.update(expression=expr, text=text)
         elif kind == "concat":
             width = sum(widths[i] for i in ins)
         else:   # loss
             lname = _str(t, "loss", where, prefix)
             if lname not in LOSSES:
-                raise SpecError(where, f"{prefix}loss", f"unknown loss {lname!r} (expected one of: {', '.join(LOSSES)})")
+                raise SpecError(where, f"{prefix}loss", f"unknown loss {shown(lname)} (expected one of: {', '.join(LOSSES)})")
             reduction = _str(t, "reduction", where, prefix, default="mean")
             if reduction not in REDUCTIONS:
-                raise SpecError(where, f"{prefix}reduction", f"expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+                raise SpecError(where, f"{prefix}reduction", f"expected one of {', '.join(REDUCTIONS)}, got {shown(reduction)}")
             kw.update(loss=LOSSES[lname], reduction=reduction, target=targets[nname])
             width = 1
         if "units" in t and kind != "dense":
@@ -516,9 +547,13 @@ def build_graph(name, nodes, activations=None, where=""):
             got = f"a {act} activation node" if act else f"a {src.kind} node"
             raise SpecError(where, f"{prefix}loss", f"loss {loss.loss.name!r} needs a {' or '.join(need)} activation "
                                                     f"node as its input, but {src.name!r} is {got}")
+    feeds = {n: [] for n in topo}               # n -> the nodes that read n
+    for c in topo:
+        for m in edges[c]:
+            feeds[m].append(c)
     reaches = {loss_name}
     for n in reversed(topo):
-        if any(c in reaches for c in topo if n in edges[c]) or n == tgt.name:
+        if any(c in reaches for c in feeds[n]) or n == tgt.name:
             reaches.add(n)
     for n in order:
         if n not in reaches:
@@ -532,6 +567,7 @@ def build_graph(name, nodes, activations=None, where=""):
                 if pname is not None and pname not in [p.name for p in plist]:
                     p = params[pname]
                     plist.append(Param(pname, p["role"], p["shape"], tuple(p["uses"])))
+    check_parameter_count(sum(math.prod(p.shape) for p in plist), where, "node")
     g = Graph(name, tuple(built[n] for n in topo), tuple(plist), tuple(order))
     if not plist and not g.grad_inputs:
         raise SpecError(where, "node", "nothing to differentiate: no dense node (parameters) and no input marked grad = true")
@@ -616,15 +652,34 @@ def graph(name, activations=None):
     return GraphBuilder(name, activations)
 
 
+def _kink_matters(act):
+    """True if ReLU'(0) = 1 changes this activation's derivative (relu, leaky_relu, ...)."""
+    from . import simplify as simp
+    if not act.elementwise:
+        return False
+    d = sp.diff(act.definition, naming.Z)
+    return simp.kink(d, simp.Context(at_zero=0)) != simp.kink(d, simp.Context(at_zero=1))
+
+
 def from_network(net, input_grad=False):
     """The graph of an MLP: input x -> dense z1 (W1, b1) -> activation a1 -> ... -> loss(aL, y).
 
     Node and parameter names follow the MLP kernels (W1, b1, ...), so one params dict serves
-    both. ``input_grad`` marks x grad (dL/dX)."""
-    b = GraphBuilder(net.name, where=f"from_network({net.name})")
+    both. ``input_grad`` marks x grad (dL/dX). A layer without bias gives a dense node with
+    ``bias = false``. The graph IR has no relu_at_zero or allow_any_output option (its kinks take
+    ReLU'(0) = 0, its bce a sigmoid): a network that sets either is refused, not changed."""
+    where = f"from_network({net.name})"
+    if net.relu_at_zero and any(_kink_matters(layer.activation) for layer in net.layers):
+        raise SpecError(where, "network.relu_at_zero", "graphs take ReLU'(0) = 0; relu_at_zero = 1 "
+                                                      "is for MLP networks (symbp.derive)")
+    if net.loss.outputs and net.layers[-1].activation.name not in net.loss.outputs:
+        raise SpecError(where, "loss.allow_any_output", "graphs pair bce with a sigmoid and ce with a "
+                                                        "softmax; allow_any_output is for MLP networks")
+    b = GraphBuilder(net.name, where=where)
     prev = b.input("x", net.inputs, grad=input_grad)
     for l, layer in enumerate(net.layers, start=1):
-        z = b.dense(f"z{l}", prev, layer.units, weight=naming.param_key("W", l), bias=naming.param_key("b", l))
+        z = b.dense(f"z{l}", prev, layer.units, weight=naming.param_key("W", l),
+                    bias=naming.param_key("b", l) if layer.bias else False)
         prev = b.activation(f"a{l}", z, layer.activation)
     b.input("y", net.sizes[-1])
     b.loss("loss", prev, "y", net.loss.name, net.reduction)
@@ -637,18 +692,18 @@ def from_network(net, input_grad=False):
 
 def loads_graph(text, where="<string>"):
     """Parse graph spec text (TOML: [graph], [[node]], optional [activations]) into a Graph."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(where, "", f"not valid TOML ({e})") from None
+    doc = read_toml(text, where)
+    if is_mlp_doc(doc):
+        raise SpecKindError(where, "mlp", "this is an MLP spec ([network] and [[layer]] tables), not a "
+                                          "graph spec: read it with symbp.load")
     for key in doc:
         if key not in TOP_KEYS:
-            raise SpecError(where, key, f"unknown key (expected one of: {', '.join(TOP_KEYS)})")
+            raise unknown_key(where, "", key, TOP_KEYS)
     if "graph" not in doc or not isinstance(doc["graph"], dict):
         raise SpecError(where, "graph", "missing table [graph] (with name = ...)")
     for key in doc["graph"]:
         if key not in GRAPH_KEYS:
-            raise SpecError(where, f"graph.{key}", f"unknown key (expected one of: {', '.join(GRAPH_KEYS)})")
+            raise unknown_key(where, "graph.", key, GRAPH_KEYS)
     if "name" not in doc["graph"]:
         raise SpecError(where, "graph.name", "missing key")
     nodes = doc.get("node")

@@ -1,29 +1,43 @@
-"""Command line for DAG specs: ``symbp graph derive|generate|check SPEC``.
+"""Command line for DAG specs: ``symbp graph derive|generate|check SPEC``; ``derive`` prints the
+equations, or with ``--latex FILE [--pdf] [--notation N]`` writes the handout
+(``symbp.render.graph_latex``).
 
 Contract: ``add_command(subparsers)`` adds the ``graph`` command (listed in
 ``symbp.cli.COMMAND_MODULES``); each subcommand returns an exit code: 0 on success, 1 when a
 gradient check fails; a SymbpError (bad spec, bad option) propagates to ``symbp.cli.main``, which
 prints one line and exits 2. Nothing is written before everything was derived and rendered.
+An MLP spec ([network] and [[layer]] tables) is refused with the MLP command to use.
 """
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from .errors import SymbpError
 
-def _graph(path):
+
+def _graph(args):
+    from .errors import SymbpError
     from .graph import load_graph
-    return load_graph(path)
+    from .spec import SpecKindError
+    try:
+        return load_graph(args.spec)
+    except SpecKindError as e:
+        raise SymbpError(f"{e.where}: this is an MLP spec ([network] and [[layer]] tables): use "
+                         f"`symbp {args.graph_command} {args.spec}`") from None
 
 
 def cmd_derive(args):
     from .codegen.emit import text
     from .graph_derive import derive_graph
-    d = derive_graph(_graph(args.spec))
+    from .render.graph_latex import get_notation, write_document
+    get_notation(args.notation)          # a bad notation is reported before anything is derived
+    if args.pdf and not args.latex:
+        raise SymbpError("--pdf: give the .tex file to write with --latex FILE")
+    d = derive_graph(_graph(args))
     if args.latex:
-        from .codegen.load import write
-        write(args.latex, d.latex(document=True))
-        print(f"wrote {args.latex}")
+        for path in write_document(d, args.latex, args.notation, pdf=args.pdf):
+            print(f"wrote {path}")
     if args.dump:
         sys.stdout.write(d.dump())
     elif not args.latex:
@@ -43,7 +57,7 @@ def cmd_derive(args):
 def _kernel(args):
     from .codegen.graph_emit import generate_graph
     from .graph_derive import derive_graph
-    d = derive_graph(_graph(args.spec))
+    d = derive_graph(_graph(args))
     return generate_graph(d, target=args.target, dtype=args.dtype,
                           out_dir=Path(args.out) if args.out else None, jit=not args.no_jit)
 
@@ -73,39 +87,45 @@ def sample(graph, batch, seed, dtype):
 
 
 def cmd_check(args):
-    from .graph_verify import graph_gradcheck
+    from .graph_verify import check_tol, graph_gradcheck
+    tol = None if args.tol is None else check_tol(args.tol, "--tol")    # before anything is written
     k = _kernel(args)
     params = k.init_params(seed=args.seed)
     rng = np.random.default_rng(args.seed + 1)
     for key in params:    # nonzero biases too, so every term of the gradient is exercised
         params[key] += rng.normal(0, 0.1, size=params[key].shape).astype(k.dtype)
     inputs, target = sample(k.graph, args.batch, args.seed, k.dtype)
-    report = graph_gradcheck(k, params, inputs, target, tol=args.tol)
+    report = graph_gradcheck(k, params, inputs, target, tol=tol)
     print(f"# {k.graph}  ({k.path})")
     print(report)
     return 0 if report.ok else 1
 
 
 def add_command(subparsers):
+    from .cli import BATCH, OUT_HELP, POSITIVE, SEED
+    from .codegen.graph_emit import DTYPES, TARGETS
     p = subparsers.add_parser("graph", help="DAG networks (branch, merge, shared parameters): derive, generate, check")
-    sub = p.add_subparsers(dest="graph_command", required=True)
+    sub = p.add_subparsers(dest="graph_command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("derive", help="derive a graph spec's backpropagation and print it")
     q.add_argument("spec")
     q.add_argument("--dump", action="store_true", help="show every simplification stage")
-    q.add_argument("--latex", metavar="FILE", help="write a LaTeX document of the equations")
+    q.add_argument("--latex", metavar="FILE", help="write the LaTeX handout (picture, steps explained)")
+    q.add_argument("--notation", default="cs231n", help="cs231n | udl | transposed | rowvector | batch")
+    q.add_argument("--pdf", action="store_true", help="also compile the handout with pdflatex")
     q.set_defaults(fn=cmd_derive)
 
     for name, fn, help_ in (("generate", cmd_generate, "emit and compile the kernel of a graph spec"),
                             ("check", cmd_check, "verify a graph kernel's gradients by finite differences")):
         q = sub.add_parser(name, help=help_)
         q.add_argument("spec")
-        q.add_argument("--target", default="cpu")
-        q.add_argument("--dtype", default="float64")
-        q.add_argument("--out", help="directory for generated kernels (default ./generated)")
+        q.add_argument("--target", default="cpu", choices=TARGETS, help="device (default cpu)")
+        q.add_argument("--dtype", default="float64", choices=DTYPES, help="default float64")
+        q.add_argument("--out", help=OUT_HELP)
         q.add_argument("--no-jit", action="store_true", help="load as plain Python, do not compile")
         if name == "check":
-            q.add_argument("--batch", type=int, default=4)
-            q.add_argument("--seed", type=int, default=0)
-            q.add_argument("--tol", type=float, default=None)
+            q.add_argument("--batch", type=BATCH, default=4, help="samples of the random batch (default 4)")
+            q.add_argument("--seed", type=SEED, default=0, help="seed of parameters and batch (default 0)")
+            q.add_argument("--tol", type=POSITIVE, default=None,
+                           help="largest relative error accepted (default: by dtype)")
         q.set_defaults(fn=fn)

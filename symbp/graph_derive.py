@@ -1,4 +1,4 @@
-"""Backpropagation over a DAG (seed 002, sections 14.7-14.9), derived with SymPy.
+"""Backpropagation over a DAG (chapter 14 "Backpropagation", sections 14.7-14.9), with SymPy.
 
 Contract: ``derive_graph(graph) -> GraphDerivation``. Every local derivative comes from
 ``sympy.diff`` of a node's forward definition, in index notation with the sample index s and
@@ -328,38 +328,11 @@ class GraphDerivation(EquationLookup):
         out.append(f"\n## per-sample loss used by the kernels (reads {reads}): {expr}")
         return "\n".join(out) + "\n"
 
-    def latex_names(self):
-        """{label Symbol: LaTeX} for every quantity (values plain, gradients g_{...})."""
-        def rm(x):
-            return r"\mathrm{" + x.replace("_", r"\_") + "}"
-        names = {}
-        for q in self.quantities.values():
-            if q.role in ("value", "target", "param"):
-                tex = rm(q.of)
-            elif q.role in ("grad", "param_grad"):
-                tex = f"g_{{{rm(q.of)}}}"
-            else:
-                tex = f"g_{{{rm(q.of)}}}^{{({rm(q.source)})}}"
-            names[sp.Symbol(q.label, real=True)] = tex
-        for sym, n in self.sizes.items():
-            names[sym] = f"n_{{{rm(str(sym)[2:])}}}"
-        return names
-
     def latex(self, notation="cs231n", document=False):
-        """A plain LaTeX list of the equations (align*), one per line, in derivation order."""
-        names = self.latex_names()
-        lines = []
-        for e in self.equations:
-            lhs = "L" if e.kind == "loss" else sp.latex(e.lhs, symbol_names=names)
-            note = r"\quad\text{(" + e.kind.replace("_", " ") + ")}"
-            lines.append(f"{lhs} &= {sp.latex(e.rhs, symbol_names=names)}{note}")
-        body = "\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}\n"
-        if not document:
-            return body
-        title = self.graph.name.replace("_", r"\_")
-        return ("\\documentclass{article}\n\\usepackage{amsmath}\n\\usepackage[margin=1.5cm]{geometry}\n"
-                f"\\begin{{document}}\n\\section*{{Backpropagation through the graph {title}}}\n"
-                "\\allowdisplaybreaks\n" + body + "\\end{document}\n")
+        """LaTeX of the derivation (``symbp.render.graph_latex``): one align* of every equation,
+        or with ``document=True`` the handout with the graph's picture and the steps explained."""
+        from .render.graph_latex import render
+        return render(self, notation=notation, document=document)
 
     def _repr_latex_(self):
         return "$$" + self.latex().replace("align*", "aligned") + "$$"

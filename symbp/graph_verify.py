@@ -20,9 +20,9 @@ import sympy as sp
 
 from . import naming
 from .errors import InputError, SymbpError
-from .verify import (DEFAULT_TOL, ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, GradcheckReport, _fold,
+from .verify import (ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, GradcheckReport, _fold,
                      _kink_convention, _rational, _symbol, _torch_activation, _torch_expr, _value,
-                     check_entries, noise_floor)
+                     check_entries, check_options, check_tol, noise_floor)  # noqa: F401 (check_tol: for graph_cli)
 
 
 def _arrays(where, graph, params, inputs, target):
@@ -33,9 +33,10 @@ def _arrays(where, graph, params, inputs, target):
         inputs = {names[0]: inputs}
     if not isinstance(params, dict) or not isinstance(inputs, dict):
         raise InputError(f"{where}: expected params and inputs as dicts")
-    if sorted(params) != sorted(shapes) or sorted(inputs) != sorted(names):
+    # compared as sets and shown in the caller's order: keys of mixed types do not sort
+    if set(params) != set(shapes) or set(inputs) != set(names):
         raise InputError(f"{where}: expected params {sorted(shapes)} and inputs {sorted(names)}, "
-                         f"got {sorted(params)} and {sorted(inputs)}")
+                         f"got {list(params)} and {list(inputs)}")
     p = {k: np.asarray(params[k], dtype=np.float64) for k in shapes}
     for k, s in shapes.items():
         if p[k].shape != tuple(s):
@@ -69,8 +70,7 @@ def _float64_twin(kernel):
 def graph_gradcheck(kernel, params, inputs, target, eps=1e-6, tol=None, max_entries=64, seed=0, directions=2):
     """Central finite differences against a GraphKernel's gradients (see ``symbp.verify.gradcheck``
     for the error, the floor and the sampling of entries); inputs marked grad are checked too."""
-    dtype = np.dtype(kernel.dtype).name
-    tol = DEFAULT_TOL[dtype] if tol is None else float(tol)
+    dtype, tol = check_options("graph_gradcheck", kernel, eps, tol, max_entries)
     graph = kernel.graph
     loss, grads = kernel.loss_and_grad(params, inputs, target)
     analytic = {k: np.asarray(v, dtype=np.float64) for k, v in grads.items()}
@@ -83,7 +83,7 @@ def graph_gradcheck(kernel, params, inputs, target, eps=1e-6, tol=None, max_entr
     def L(p, x):
         return float(ref.loss_and_grad(p, x, t64)[0])
 
-    floor = noise_floor(L(p64, x64), analytic, eps, dtype, tol)
+    floor = noise_floor(L(p64, x64), analytic, eps, dtype)
     rng = np.random.default_rng(seed)
     rows = []
     for name in list(p64) + [x.name for x in graph.grad_inputs]:

@@ -39,7 +39,7 @@ KINDS = {
     "gW": ("gW", r"\frac{\partial L}{\partial W}", "dL/dW"),
     "gb": ("gb", r"\frac{\partial L}{\partial b}", "dL/db"),
 }
-_NAME = re.compile(r"^(delta|ga|gW|gb|a|z|W|b|y)(\d*)$")
+_NAME = re.compile(r"(delta|ga|gW|gb|a|z|W|b|y)(\d*)")
 
 
 @lru_cache(maxsize=None)
@@ -52,7 +52,7 @@ def quantity(kind, layer=None):
 
 def parse(base):
     """``parse(IndexedBase('delta2')) == ("delta", 2)``; the target ``y`` gives ("y", None)."""
-    m = _NAME.match(str(base.label if hasattr(base, "label") else base))
+    m = _NAME.fullmatch(str(base.label if hasattr(base, "label") else base))
     if not m:
         raise KeyError(base)
     return m.group(1), (int(m.group(2)) if m.group(2) else None)
@@ -84,12 +84,12 @@ def grad_kind(kind):
 
 
 # Network names become directory names and Python identifiers: keep them boring.
-_SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_SAFE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 def is_safe_name(name):
     """True if ``name`` can be a directory name and part of a Python identifier."""
-    return bool(isinstance(name, str) and _SAFE_NAME.match(name)) and not keyword.iskeyword(name)
+    return bool(isinstance(name, str) and _SAFE_NAME.fullmatch(name)) and not keyword.iskeyword(name)
 
 
 def module_name(network_name, target, dtype):

@@ -7,8 +7,12 @@ did. The order is:
 
 1. ``collapse``: evaluate sums of Kronecker deltas (``doit``) and take the in-range branch of the
    ``Piecewise`` that SymPy leaves on an index range (indices are always in range here);
-2. ``kink``: ``Heaviside(x)`` -> ``Heaviside(x, 0)``: at a kink the derivative from the left
-   is used (0 for ReLU at 0), the convention of PyTorch and JAX;
+2. ``kink``: the network's ``relu_at_zero`` convention (``Context.at_zero``) at a kink:
+   ``Heaviside(x)`` -> ``Heaviside(x, h0)`` with h0 = relu_at_zero, and each branch condition of
+   a ``Piecewise`` derivative made to own (or not own) its boundary point (``one_sided``):
+   0 takes the derivative from the left (ReLU'(0) = 0, leaky ReLU'(0) = slope: PyTorch, JAX),
+   1 from the right (ReLU'(0) = 1, leaky ReLU'(0) = 1: the CS231n-style slides and the book
+   chapter "Backpropagation" take ReLU'(0) = 1);
 3. ``forward_outputs``: rewrite in terms of forward values (f'(z) as a function of a = f(z)
    where exact, ``derive.output_form``), so the backward pass reuses stored outputs;
 4. ``onehot``: substitute sum_i y_i = 1 for one-hot targets (categorical cross-entropy);
@@ -32,10 +36,12 @@ class Pass:
 
 @dataclass
 class Context:
-    """What passes need to know about the network: forward rewrites and one-hot targets."""
+    """What passes need to know about the network: forward rewrites, one-hot targets and the
+    derivative taken at a kink (``at_zero``: the network's relu_at_zero, 0 or 1)."""
 
     forward: list = field(default_factory=list)   # callables expr -> expr
     onehot: list = field(default_factory=list)    # (y IndexedBase, unit-size symbol)
+    at_zero: int = 0
 
 
 def _is_index_condition(cond):
@@ -97,9 +103,51 @@ def collapse(expr, ctx=None):
     return expr
 
 
+_STRICTER = {sp.GreaterThan: sp.StrictGreaterThan, sp.LessThan: sp.StrictLessThan}
+_LOOSER = {sp.StrictGreaterThan: sp.GreaterThan, sp.StrictLessThan: sp.LessThan}
+
+
+def _one_sided_condition(cond, at_zero):
+    """``cond`` with its boundary point given to the side ``at_zero`` asks for.
+
+    A condition ``e > 0`` (or ``<``, ``>=``, ``<=``, any two sides) linear in one real variable
+    x selects the points right of its boundary when it grows with x (``e > 0``, slope > 0)
+    and left of it otherwise. With at_zero = 1 (derivative from the right) a right-side
+    condition includes its boundary and a left-side one excludes it; with 0 the reverse.
+    Conditions on integer indices, or not linear in one variable, are left as they are."""
+    if type(cond) not in _STRICTER and type(cond) not in _LOOSER:
+        return cond
+    e = cond.lhs - cond.rhs
+    indexed = e.atoms(sp.Indexed)
+    labels = {x.base.label for x in indexed}
+    xs = sorted(indexed | {x for x in e.atoms(sp.Symbol) if not x.is_integer and x not in labels}, key=str)
+    if len(xs) != 1:
+        return cond
+    slope = sp.diff(e, xs[0])
+    if not slope.is_number or slope == 0 or sp.diff(slope, xs[0]) != 0:
+        return cond
+    greater = isinstance(cond, (sp.StrictGreaterThan, sp.GreaterThan))
+    right = greater == bool(slope > 0)
+    include = right == bool(at_zero)
+    table = _LOOSER if include else _STRICTER
+    new = table.get(type(cond))
+    return new(cond.lhs, cond.rhs) if new is not None else cond
+
+
+def one_sided(expr, at_zero):
+    """Every Piecewise condition of ``expr`` through ``_one_sided_condition`` (see ``kink``)."""
+    def fix(pw):
+        return sp.Piecewise(*[(e, _one_sided_condition(c, at_zero)) for e, c in pw.args])
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), fix)
+
+
 def kink(expr, ctx=None):
-    return expr.replace(lambda e: isinstance(e, sp.Heaviside) and (len(e.args) == 1 or e.args[1] != 0),
-                        lambda e: sp.Heaviside(e.args[0], 0))
+    """The derivative at a kink: Heaviside(0) = h0 and Piecewise boundaries owned by the side
+    that ``ctx.at_zero`` (the network's relu_at_zero, 0 by default) names."""
+    h0 = sp.Integer(ctx.at_zero if ctx is not None else 0)
+    expr = expr.replace(lambda e: isinstance(e, sp.Heaviside) and (len(e.args) == 1 or e.args[1] != h0),
+                        lambda e: sp.Heaviside(e.args[0], h0))
+    return one_sided(expr, h0)
 
 
 def forward_outputs(expr, ctx):
@@ -153,7 +201,7 @@ def sign(expr, ctx=None):
 
 
 COLLAPSE = Pass("collapse", "sum Kronecker deltas, take the in-range branch", collapse)
-KINK = Pass("kink", "Heaviside(x) -> Heaviside(x, 0): left derivative at a kink", kink)
+KINK = Pass("kink", "Heaviside(x) -> Heaviside(x, relu_at_zero): one-sided derivative at a kink", kink)
 FORWARD = Pass("forward_outputs", "rewrite in terms of forward outputs a = f(z)", forward_outputs)
 ONEHOT = Pass("onehot", "one-hot targets: sum_i y_i = 1", onehot)
 CANCEL = Pass("cancel", "rational cancellation, fewest operations", cancel)

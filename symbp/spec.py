@@ -1,34 +1,80 @@
 """Spec files: TOML text -> validated Network (through network.build, like the builder).
 
 Contract: ``load(path)`` reads the file with the standard library's ``tomllib`` and checks every
-key: unknown or misspelled keys, wrong types, sizes <= 0, unknown activations or losses, a loss
-that does not fit the output layer and unsafe names each raise ``SpecError`` naming the file,
-the key and what was expected. Expression strings under [activations] go to the safe parser;
-spec text is never evaluated.
+key: unknown or misspelled keys (named, with the closest valid key), wrong types, sizes <= 0 or
+above the stated maxima (``network.MAX_WIDTH``, ``MAX_LAYERS``, ``MAX_PARAMETERS``), unknown
+activations or losses, a loss that does not fit the output layer and unsafe names each raise
+``SpecError`` naming the file, the key and what was expected. A graph spec ([graph] and
+[[node]] tables) is recognised and refused with a pointer to ``symbp.load_graph`` /
+``symbp graph`` (a ``SpecKindError``, its ``spec_kind`` "graph"). The file is UTF-8, with or without a
+byte-order mark; TOML nested too deeply for the reader is a SpecError, not a RecursionError.
+Expression strings under [activations] go to the safe parser; spec text is never evaluated.
 
 Format::
 
-    [network]            name = "xor", inputs = 2
-    [[layer]]            units = 3, activation = "sigmoid"   (leaky_relu also takes slope = 0.1)
-    [loss]               kind = "bce", reduction = "mean"    (mse | sse | bce | ce; mean | sum)
+    [network]            name = "xor", inputs = 2            (optional relu_at_zero = 0 | 1)
+    [[layer]]            units = 3, activation = "sigmoid"   (leaky_relu also takes slope = 0.1;
+                                                              optional bias = false: z = W a)
+    [loss]               kind = "bce", reduction = "mean"    (mse | sse | bce | ce; mean | sum;
+                                                              optional allow_any_output = true)
     [activations]        swish = "z * sigmoid(z)"            (optional, expressions in z)
 """
+import difflib
 import os
 import tomllib
 
-from .errors import SpecError
+from .errors import SpecError, shown
 from .functions import ACTIVATIONS
 from .network import build
 
 TOP_KEYS = ("network", "layer", "loss", "activations")
-NETWORK_KEYS = ("name", "inputs")
-LOSS_KEYS = ("kind", "reduction")
+NETWORK_KEYS = ("name", "inputs", "relu_at_zero")
+LOSS_KEYS = ("kind", "reduction", "allow_any_output")
+
+
+def unknown_key(where, prefix, key, allowed, what="unknown key"):
+    """The SpecError for a key not in ``allowed``: it names the key and, when one is close
+    (difflib), the valid key it probably misspells."""
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) if len(key) <= 100 else []
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return SpecError(where, f"{prefix}{key}", f"{what} ({hint}expected one of: {', '.join(allowed)})")
 
 
 def _check_keys(table, allowed, where, prefix):
     for key in table:
         if key not in allowed:
-            raise SpecError(where, f"{prefix}{key}", f"unknown key (expected one of: {', '.join(allowed)})")
+            raise unknown_key(where, prefix, key, allowed)
+
+
+def read_toml(text, where):
+    """The TOML document of ``text``; a syntax error or nesting too deep for the reader (a
+    RecursionError inside tomllib) is a SpecError."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(where, "", f"not valid TOML ({e})") from None
+    except RecursionError:
+        raise SpecError(where, "", "not valid TOML for symbp (arrays or tables nested too deeply)") from None
+
+
+class SpecKindError(SpecError):
+    """A spec of the other kind: an MLP reader given a graph spec, or the reverse.
+    ``spec_kind`` is the kind the file is ("graph" or "mlp"); the command line names the
+    command to use instead."""
+
+    def __init__(self, where, spec_kind, message):
+        self.spec_kind = spec_kind
+        super().__init__(where, "", message)
+
+
+def is_graph_doc(doc):
+    """True for a parsed graph spec: it has [graph] or [[node]] and no [network] or [[layer]]."""
+    return ("graph" in doc or "node" in doc) and "network" not in doc and "layer" not in doc
+
+
+def is_mlp_doc(doc):
+    """True for a parsed MLP spec: it has [network] or [[layer]] and no [graph] or [[node]]."""
+    return ("network" in doc or "layer" in doc) and "graph" not in doc and "node" not in doc
 
 
 def _table(doc, key, where, required=True):
@@ -48,16 +94,16 @@ def _str(table, key, where, prefix, default=None):
         return default
     v = table[key]
     if not isinstance(v, str):
-        raise SpecError(where, f"{prefix}{key}", f"expected a string, got {type(v).__name__} {v!r}")
+        raise SpecError(where, f"{prefix}{key}", f"expected a string, got {type(v).__name__} {shown(v)}")
     return v
 
 
 def loads(text, where="<string>"):
     """Parse spec text (TOML) into a Network; ``where`` names the source in errors."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(where, "", f"not valid TOML ({e})") from None
+    doc = read_toml(text, where)
+    if is_graph_doc(doc):
+        raise SpecKindError(where, "graph", "this is a graph spec ([graph] and [[node]] tables), not "
+                                            "an MLP spec: read it with symbp.load_graph")
     _check_keys(doc, TOP_KEYS, where, "")
     net = _table(doc, "network", where)
     _check_keys(net, NETWORK_KEYS, where, "network.")
@@ -79,23 +125,27 @@ def loads(text, where="<string>"):
     layers = []
     for idx, t in enumerate(layers_doc, start=1):
         prefix = f"layer[{idx}]."
+        # unknown keys first: a misspelled `activaton` is named as such, not as a missing key
+        named = t.get("activation")
+        params = ACTIVATIONS[named].params if isinstance(named, str) and named in ACTIVATIONS else ()
+        _check_keys(t, ("units", "activation", "bias") + tuple(p[0] for p in params), where, prefix)
         act_name = _str(t, "activation", where, prefix)
-        params = ACTIVATIONS[act_name].params if act_name in ACTIVATIONS else ()
-        _check_keys(t, ("units", "activation") + tuple(p[0] for p in params), where, prefix)
         if "units" not in t:
             raise SpecError(where, f"{prefix}units", "missing key (expected an integer >= 1)")
         act = {"name": act_name, **{p[0]: t[p[0]] for p in params if p[0] in t}} if params else act_name
-        layers.append((t["units"], act))
+        layers.append((t["units"], act, t.get("bias", True)))
 
     loss = _table(doc, "loss", where)
     _check_keys(loss, LOSS_KEYS, where, "loss.")
     kind = _str(loss, "kind", where, "loss.")
     reduction = _str(loss, "reduction", where, "loss.", default="mean")
-    return build(name, inputs, layers, kind, reduction, define, where)
+    return build(name, inputs, layers, kind, reduction, define, where,
+                 net.get("relu_at_zero", 0), loss.get("allow_any_output", False))
 
 
 def read_text(path):
-    """(text, where) of a spec file: its UTF-8 text and its name for error messages."""
+    """(text, where) of a spec file: its UTF-8 text (a leading byte-order mark dropped, as
+    editors on Windows write one) and its name for error messages."""
     where = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -103,7 +153,7 @@ def read_text(path):
     except OSError as e:
         raise SpecError(where, "", f"cannot read the spec file ({e.strerror})") from None
     try:
-        return raw.decode("utf-8"), where
+        return raw.decode("utf-8-sig"), where
     except UnicodeDecodeError:
         raise SpecError(where, "", "not UTF-8 text") from None
 

@@ -139,27 +139,22 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
 
     The error of one comparison is ``|g - fd| / max(|g|, |fd|, floor)``: the relative error,
     except that values below ``floor`` are compared absolutely, so that an error <= tol means
-    ``|g - fd| <= tol * max(|g|, |fd|)`` or ``|g - fd| <= tol * floor``. The floor is the noise
-    the comparison cannot resolve, divided by tol:
-    ``floor = 64 * scale * max(u64 / eps, u) / tol`` with u64 = 2^-53 (rounding of the float64
-    loss, amplified by 1/eps in the difference), u the kernel's unit roundoff (2^-53 or 2^-24:
-    rounding of the analytic gradient) and ``scale = max(1, |L|, max |g|)``.
-    Default ``tol``: 1e-6 for float64 kernels, 1e-3 for float32 (see ``DEFAULT_TOL``). A point
-    where a ReLU-like kink lies within eps of some pre-activation is not differentiable there
-    and can fail legitimately.
+    ``|g - fd| <= tol * max(|g|, |fd|)`` or ``|g - fd| <= tol * floor``. The floor is the
+    magnitude at which the noise the comparison cannot resolve reaches the dtype's default
+    tolerance: ``floor = 64 * scale * max(u64 / eps, u) / DEFAULT_TOL[dtype]`` with u64 = 2^-53
+    (rounding of the float64 loss, amplified by 1/eps in the difference), u the kernel's unit
+    roundoff (2^-53 or 2^-24: rounding of the analytic gradient) and
+    ``scale = max(1, |L|, max |g|)``. It never depends on ``tol``: the errors are the same
+    numbers whatever ``tol`` is, and ``tol`` is only the threshold, so a tighter tolerance is a
+    harder check (one tighter than the noise fails an honest kernel, as it should).
+    ``tol`` is a relative error bound in (0, 1) (``check_tol``): at 1 or more a gradient off by
+    its own size would pass. Default: 1e-6 for float64 kernels, 1e-3 for float32
+    (``DEFAULT_TOL``). A point where a ReLU-like kink lies within eps of some pre-activation is
+    not differentiable there and can fail legitimately.
 
     Returns a ``GradcheckReport``: ``.ok``, ``.max_error``, ``.errors`` and a table as ``str``.
     """
-    dtype = np.dtype(kernel.dtype).name
-    if dtype not in DEFAULT_TOL:
-        raise InputError(f"gradcheck: kernel dtype: expected float32 or float64, got {dtype}")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise InputError(f"gradcheck: eps: expected a positive number, got {eps!r}")
-    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-        raise InputError(f"gradcheck: max_entries: expected an integer >= 1, got {max_entries!r}")
-    tol = DEFAULT_TOL[dtype] if tol is None else float(tol)
-    if not tol > 0:
-        raise InputError(f"gradcheck: tol: expected a positive number, got {tol!r}")
+    dtype, tol = check_options("gradcheck", kernel, eps, tol, max_entries)
 
     loss, grads = kernel.loss_and_grad(params, X, Y)
     gx = kernel.input_grad(params, X, Y)
@@ -174,7 +169,7 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
     def L(p, x):
         return float(ref.loss_and_grad(p, x, Y64)[0])
 
-    floor = noise_floor(L(p64, X64), analytic, eps, dtype, tol)
+    floor = noise_floor(L(p64, X64), analytic, eps, dtype)
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -195,12 +190,37 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
     return GradcheckReport(kernel.network.name, dtype, float(eps), tol, floor, float(loss), tuple(rows))
 
 
-def noise_floor(loss64, analytic, eps, dtype, tol):
+def check_options(where, kernel, eps, tol, max_entries):
+    """(dtype name, tol) after checking gradcheck's options; an InputError naming the option."""
+    dtype = np.dtype(kernel.dtype).name
+    if dtype not in DEFAULT_TOL:
+        raise InputError(f"{where}: kernel dtype: expected float32 or float64, got {dtype}")
+    if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and 0 < eps < math.inf):
+        raise InputError(f"{where}: eps: expected a positive number, got {eps!r}")
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+        raise InputError(f"{where}: max_entries: expected an integer >= 1, got {max_entries!r}")
+    return dtype, DEFAULT_TOL[dtype] if tol is None else check_tol(tol, f"{where}: tol")
+
+
+def check_tol(tol, where="tol"):
+    """``tol`` as a float when it is a relative error bound a check can fail, in (0, 1):
+    positive (0 fails everything, a negative or NaN bound nothing is within), finite and below 1
+    (the relative error of a gradient off by its own size is 1, of a sign flip 2); else an
+    InputError naming ``where``."""
+    ok = isinstance(tol, (int, float, np.floating)) and not isinstance(tol, bool)
+    if not (ok and 0 < float(tol) < 1):
+        raise InputError(f"{where}: expected a relative tolerance in (0, 1), e.g. 1e-6, got {tol!r}")
+    return float(tol)
+
+
+def noise_floor(loss64, analytic, eps, dtype):
     """The magnitude below which a gradient entry is compared absolutely (see gradcheck):
-    64 rounding units of the loss scale, of the float64 difference or the kernel's dtype."""
+    64 rounding units of the loss scale, of the float64 difference or the kernel's dtype, over
+    the dtype's default tolerance. Independent of the tolerance asked for: dividing by that one
+    made every tighter check easier (at tol 1e-16 every entry fell below the floor)."""
     gmax = max((float(np.max(np.abs(g))) for g in analytic.values() if g.size), default=0.0)
     scale = max(1.0, abs(loss64), gmax if gmax == gmax else 0.0)
-    return _NOISE_ULPS * scale * max(_UNIT["float64"] / eps, _UNIT[dtype]) / tol
+    return _NOISE_ULPS * scale * max(_UNIT["float64"] / eps, _UNIT[dtype]) / DEFAULT_TOL[dtype]
 
 
 def check_entries(name, arr, g, at, eps, floor, rng, max_entries, directions):
@@ -291,14 +311,46 @@ def _fold(e):
     return e.evalf(_FOLD_DIGITS)
 
 
+_RELATIONS = (sp.StrictGreaterThan, sp.GreaterThan, sp.StrictLessThan, sp.LessThan)
+
+
+def _at_kinks(definition, at_zero):
+    """The forward definition with each Piecewise boundary owned by the side whose derivative
+    the network's relu_at_zero asks for (1: right, 0: left): the value is unchanged (the pieces
+    meet there), but ``sympy.diff`` then gives that side's derivative at the boundary (leaky
+    ReLU: z > 0 becomes z >= 0 for 1). Max(0, u) needs nothing here: its derivative is
+    Heaviside(u), valued ``at_zero`` at 0 by ``_evaluate``. Written here, not taken from the
+    kink pass of ``symbp.simplify``, so that the oracle stays independent of the derivation."""
+    z = naming.Z
+
+    def owned(cond):
+        if not isinstance(cond, _RELATIONS):
+            return cond
+        e = cond.lhs - cond.rhs
+        if e.free_symbols != {z} or not e.is_polynomial(z) or sp.degree(e, z) != 1:
+            return cond
+        c = sp.solve(e, z)[0]
+        right = bool(cond.xreplace({z: c + 1}))     # the branch lies right of its boundary
+        less = isinstance(cond, (sp.StrictLessThan, sp.LessThan))
+        op = ("<=" if less else ">=") if right == bool(at_zero) else ("<" if less else ">")
+        return sp.Rel(cond.lhs, cond.rhs, op)
+
+    return definition.replace(lambda e: isinstance(e, sp.Piecewise),
+                              lambda pw: sp.Piecewise(*[(v, owned(c)) for v, c in pw.args]))
+
+
 def _layer(network, P, l, a, fold):
     """Activations of layer l (SymPy entries) from those of layer l - 1, by the definitions:
-    z_j = sum_k W[j][k] a_k + b_j, then f(z_j) by ``activation.at`` or the explicit softmax."""
-    W, b = P[naming.param_key("W", l)], P[naming.param_key("b", l)]
+    z_j = sum_k W[j][k] a_k + b_j (no b_j for a layer without bias), then f(z_j) by the
+    activation's definition (``_at_kinks``) or the explicit softmax."""
+    W, b = P[naming.param_key("W", l)], P.get(naming.param_key("b", l))
     act = network.layers[l - 1].activation
-    z = [fold(sp.Add(*[W[j][k] * a[k] for k in range(len(a))]) + b[j]) for j in range(len(b))]
+    n_out = network.sizes[l]
+    z = [fold(sp.Add(*[W[j][k] * a[k] for k in range(len(a))]) + (b[j] if b is not None else 0))
+         for j in range(n_out)]
     if act.elementwise:
-        return [fold(act.at(zj)) for zj in z]
+        f = _at_kinks(act.definition, network.relu_at_zero)
+        return [fold(f.xreplace({naming.Z: zj})) for zj in z]
     if act.name == "softmax":
         e = [sp.exp(zj) for zj in z]
         den = sp.Add(*e)
@@ -354,13 +406,14 @@ def _kink_convention(d):
     return d.replace(lambda e: isinstance(e, sp.Heaviside), lambda e: sp.Heaviside(e.args[0], 0))
 
 
-def _evaluate(expr, env, memo=None):
+def _evaluate(expr, env, memo=None, at_zero=0):
     """expr with its symbols replaced by the numbers in env, evaluated node by node.
 
     Each distinct subexpression is rebuilt once from its evaluated arguments (so the cost is
     linear in the expression's size counted as a DAG, where ``xreplace`` walks every path) and
-    folded by ``_fold``: rational operations on Rationals stay exact. Heaviside(0) is 0, the
-    kernels' relu'(0) = 0 (SymPy's default is 1/2). ``memo`` may be shared between expressions
+    folded by ``_fold``: rational operations on Rationals stay exact. Heaviside(0) is
+    ``at_zero``, the network's relu'(0) (0 unless relu_at_zero = 1; SymPy's default is 1/2).
+    ``memo`` may be shared between expressions
     evaluated at the same point (it must then hold ``env``).
     """
     memo = dict(env) if memo is None else memo
@@ -375,7 +428,7 @@ def _evaluate(expr, env, memo=None):
                                  f"({str(e)[:80]}); this activation cannot be certified")
             elif isinstance(e, sp.Heaviside):
                 u = ev(e.args[0])
-                v = sp.Integer(0) if u == 0 else sp.Heaviside(u)
+                v = sp.Integer(at_zero) if u == 0 else sp.Heaviside(u)
             else:
                 v = _fold(e.func(*[ev(arg) for arg in e.args]))
             memo[e] = v
@@ -446,8 +499,10 @@ def oracle_gradients(network, params, X, Y, exact=False, input_grad=False, entri
     Values enter as exact Rationals (a float converts exactly) and are evaluated node by node
     (``_evaluate``): rational operations stay exact, so ReLU / leaky ReLU / identity networks
     with mse or sse give exact Rationals; transcendental intermediate values are carried as
-    60-digit Floats and results reported to 30 digits. At a kink the derivative of Max(0, u)
-    is taken as 0 (Heaviside(0) = 0), as the kernels do.
+    60-digit Floats and results reported to 30 digits. At a kink the derivative is the one the
+    network's ``relu_at_zero`` names, as the kernels take it: Heaviside(0) = relu_at_zero for
+    Max(0, u), and each Piecewise boundary owned by that side (``_at_kinks``): relu'(0) = 0 and
+    leaky relu'(0) = slope by default, both 1 with relu_at_zero = 1.
 
     Returns ``(loss, grads)``: float and float64 arrays keyed like ``params`` (plus ``"X"``,
     dL/dX, when ``input_grad``). With ``exact=True`` the loss and the arrays' entries are SymPy
@@ -488,9 +543,9 @@ def oracle_gradients(network, params, X, Y, exact=False, input_grad=False, entri
     for b in range(B):
         memo = {**pvals, **{x: _rational(v) for x, v in zip(xs, X64[b])},
                 **{y: _rational(v) for y, v in zip(ys, Y64[b])}}
-        total += _evaluate(ell, None, memo)
+        total += _evaluate(ell, None, memo, network.relu_at_zero)
         for s, d in derivs.items():
-            v = _evaluate(d, None, memo)
+            v = _evaluate(d, None, memo, network.relu_at_zero)
             sums[s] += v
             xgrads[b, s] = v
 
@@ -589,8 +644,10 @@ def _torch_expr(expr, env, torch):
     return ev(expr)
 
 
-def _torch_activation(act, z, torch):
-    """a = f(z) for one layer: built-ins through torch's own functions, user ones translated."""
+def _torch_activation(act, z, torch, at_zero=0):
+    """a = f(z) for one layer: built-ins through torch's own functions, user ones translated.
+    torch's relu'(0) is 0 and leaky_relu'(0) the slope; with ``at_zero`` = 1 both are written
+    as torch.where(z >= 0, z, ...), whose derivative at 0 is that of the z branch, 1."""
     F = torch.nn.functional
     if act.user:
         return _torch_expr(act.definition, {naming.Z: z}, torch)
@@ -599,6 +656,9 @@ def _torch_activation(act, z, torch):
         return torch.sigmoid(z)
     if name == "tanh":
         return torch.tanh(z)
+    if name in ("relu", "leaky_relu") and at_zero:
+        slope = float(dict(act.values)["slope"]) if name == "leaky_relu" else 0.0
+        return torch.where(z >= 0, z, slope * z)
     if name == "relu":
         return torch.relu(z)
     if name == "leaky_relu":
@@ -617,12 +677,15 @@ def _torch_activation(act, z, torch):
 def torch_gradients(network, params, X, Y, input_grad=False):
     """Loss and gradients by PyTorch autograd in float64 (an independent reference).
 
-    Forward: z_l = a_{l-1} W_l^T + b_l (rows are samples), a_l = f_l(z_l) with torch's own
-    sigmoid, tanh, relu, leaky_relu(slope), softplus (as logaddexp(z, 0)), identity, exp and
-    softmax over units; user-defined activations are translated from their SymPy definition.
-    Loss per sample summed over units: mse 1/2 (a - y)^2, sse (a - y)^2, bce
-    -(y log a + (1 - y) log(1 - a)) computed from the logits (binary_cross_entropy_with_logits),
-    ce -sum y log a computed as -sum y log_softmax(z); then the mean or the sum over the batch.
+    Forward: z_l = a_{l-1} W_l^T + b_l (rows are samples; no b_l without bias), a_l = f_l(z_l)
+    with torch's own sigmoid, tanh, relu, leaky_relu(slope), softplus (as logaddexp(z, 0)),
+    identity, exp and softmax over units (relu and leaky_relu as torch.where(z >= 0, ...) when
+    the network's relu_at_zero is 1); user-defined activations are translated from their SymPy
+    definition. Loss per sample summed over units: mse 1/2 (a - y)^2, sse (a - y)^2, bce
+    -(y log a + (1 - y) log(1 - a)) computed from the logits (binary_cross_entropy_with_logits)
+    after a sigmoid and from a otherwise (allow_any_output), ce -sum y log a computed as
+    -sum y log_softmax(z) after a softmax and from a otherwise; then the mean or the sum over
+    the batch.
 
     Returns ``(loss, grads)`` like ``oracle_gradients`` (float64 arrays; ``"X"`` when
     ``input_grad``). Raises ImportError without torch, NotImplementedError for an activation
@@ -636,17 +699,24 @@ def torch_gradients(network, params, X, Y, input_grad=False):
     y = torch.tensor(Y64, dtype=torch.float64)
     a, z = x, None
     for l, layer in enumerate(network.layers, start=1):
-        z = a @ tp[naming.param_key("W", l)].T + tp[naming.param_key("b", l)]
-        a = _torch_activation(layer.activation, z, torch)
+        z = a @ tp[naming.param_key("W", l)].T
+        if layer.bias:
+            z = z + tp[naming.param_key("b", l)]
+        a = _torch_activation(layer.activation, z, torch, network.relu_at_zero)
     name = network.loss.name
+    out = network.layers[-1].activation.name
     if name == "mse":
         per = 0.5 * (a - y) ** 2
     elif name == "sse":
         per = (a - y) ** 2
-    elif name == "bce":     # the network builder guarantees a sigmoid output for bce
+    elif name == "bce" and out == "sigmoid":
         per = F.binary_cross_entropy_with_logits(z, y, reduction="none")
-    elif name == "ce":      # and a softmax output for ce
+    elif name == "bce":     # after another output (allow_any_output): from a, NaN outside (0, 1)
+        per = -(y * torch.log(a) + (1 - y) * torch.log(1 - a))
+    elif name == "ce" and out == "softmax":
         per = -y * torch.log_softmax(z, dim=1)
+    elif name == "ce":
+        per = -y * torch.log(a)
     else:
         raise NotImplementedError(f"torch_gradients: no torch translation of loss {name!r}")
     total = per.sum()

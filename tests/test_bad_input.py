@@ -140,6 +140,25 @@ BUILDER_CASES = {
                       ("evil", "not allowed")),
     "define_redefines_builtin": (dict(define={"tanh": "z"}), ("tanh", "built-in")),
     "softmax_one_unit": (dict(activations=["sigmoid", "softmax"], loss="ce"), ("units", "2 units")),
+    "bias_string": (dict(bias="no"), ("bias", "true or false", "'no'")),
+    "bias_list_too_short": (dict(bias=[False]), ("bias", "list of 2", "got 1")),
+    "bias_list_item": (dict(bias=[False, 1]), ("bias[1]", "true or false")),
+    "relu_at_zero_two": (dict(relu_at_zero=2), ("relu_at_zero", "0 or 1", "got 2")),
+    "relu_at_zero_bool": (dict(relu_at_zero=True), ("relu_at_zero", "0 or 1", "True")),
+    "allow_any_output_string": (dict(allow_any_output="yes"), ("allow_any_output", "true or false")),
+    "bce_after_relu_not_asked": (dict(activations=["sigmoid", "relu"]), ("loss", "sigmoid", "allow_any_output")),
+    "bce_after_softmax_even_allowed": (dict(sizes=[2, 3, 2], activations=["sigmoid", "softmax"],
+                                            allow_any_output=True), ("bce does not fit a softmax",)),
+    "name_trailing_newline": (dict(name="xor\n"), ("network.name", "'xor\\n'")),
+    "width_huge": (dict(sizes=[2, 10 ** 9, 1]), ("sizes[1]", "<= 65536", "got 1000000000")),
+    "width_2_70": (dict(sizes=[2 ** 70, 3, 1]), ("sizes[0]", "<= 65536")),
+    "too_many_parameters": (dict(sizes=[65536, 65536, 1]), ("layer", "4295098369 weights and biases")),
+    "too_many_layers": (dict(sizes=[2] * 1002, activations=["tanh"] * 1001, loss="mse"),
+                        ("sizes", "1001 layers, more than the 1000")),
+    "define_constant_tower": (dict(activations=["big", "sigmoid"],
+                                   define={"big": "((((10**100)**100)**100)**100)*z"}),
+                              ("activations.big", "a constant beyond 1e30")),
+    "long_name_is_cut": (dict(name="a" * 1_000_000), ("network.name", "'aaaa", "...")),
 }
 
 
@@ -156,6 +175,18 @@ def test_builder_bad_call(case):
     assert not SENTINEL.exists()
 
 
+def test_builder_bad_call_is_short_and_quick():
+    # a mistake is answered at once, and what the message echoes of the input is cut
+    import time
+    for case in sorted(BUILDER_CASES):
+        changes, _ = BUILDER_CASES[case]
+        t0 = time.perf_counter()
+        with pytest.raises(symbp.SpecError) as info:
+            symbp.mlp(**{**GOOD, **changes})
+        assert time.perf_counter() - t0 < 1.0, case
+        assert len(str(info.value)) <= 1000, case
+
+
 def test_builder_good_call_is_accepted():
     # The baseline every bad call above differs from must itself be valid.
     assert symbp.mlp(**GOOD).sizes == (2, 3, 1)
@@ -164,7 +195,10 @@ def test_builder_good_call_is_accepted():
 # --- the command line ---------------------------------------------------------------------
 
 CLI_FILES = ["type_units_string.toml", "expr_import_call.toml", "name_dotdot.toml",
-             "encoding_latin1.toml", "fit_ce_without_softmax.toml", "toml_syntax.toml"]
+             "encoding_latin1.toml", "fit_ce_without_softmax.toml", "toml_syntax.toml",
+             "size_units_huge.toml", "size_units_2_70.toml", "name_trailing_newline.toml",
+             "expr_power_tower_constant.toml", "expr_overflow_constant.toml",
+             "key_activation_misspelled.toml", "kind_graph_spec.toml"]
 
 
 def _one_error_line(err, out, path):
@@ -206,3 +240,102 @@ def test_cli_subprocess_rejects(tmp_path, command):
     _one_error_line(proc.stderr, proc.stdout, path)
     assert list(tmp_path.iterdir()) == []
     assert not SENTINEL.exists()
+
+
+# --- generated inputs: too large or too deep for a corpus file ----------------------------
+
+XOR_TEXT = (Path(__file__).parents[1] / "examples" / "specs" / "xor.toml").read_text()
+GRAPH_TEXT = (Path(__file__).parents[1] / "examples" / "specs" / "graphs" / "residual.toml").read_text()
+
+
+def _layers(n):
+    return "".join(f'[[layer]]\nunits = 2\nactivation = "tanh"\n' for _ in range(n))
+
+
+def _mlp_text(name='"big"', inputs="2", layers=_layers(1), extra=""):
+    return f'[network]\nname = {name}\ninputs = {inputs}\n{layers}[loss]\nkind = "mse"\n{extra}'
+
+
+GENERATED = {
+    # RecursionError inside tomllib
+    "toml_nested_20000": ("x = " + "[" * 20000 + "]" * 20000 + "\n" + XOR_TEXT, "nested too deeply"),
+    "toml_nested_tables_20000": ("x = " + "{a = " * 20000 + "1" + "}" * 20000 + "\n", "nested too deeply"),
+    "layers_1001": (_mlp_text(layers=_layers(1001)), "layer: 1001 layers, more than the 1000"),
+    "name_1mb": (_mlp_text(name='"' + "a" * 1_000_000 + '"'), "network.name: expected a name"),
+    "key_1mb": (_mlp_text(extra="b" * 1_000_000 + " = 1\n"), "unknown key"),
+    "expression_1mb": (_mlp_text(extra='[activations]\nf = "' + "z+" * 500_000 + 'z"\n'),
+                       "activations.f: expression longer than 2000"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATED))
+def test_generated_bad_spec_is_one_short_error_at_once(tmp_path, capsys, case):
+    import time
+    text, expect = GENERATED[case]
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    t0 = time.perf_counter()
+    with pytest.raises(symbp.SpecError) as info:
+        symbp.load(path)
+    assert time.perf_counter() - t0 < 1.0
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and expect in msg and "\n" not in msg, msg[:300]
+    assert len(msg) <= 1000, len(msg)
+    # the command line: one short line, exit 2, nothing written
+    from symbp import cli
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli.main(["generate", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expect in err and len(err) <= 1100
+    assert list(out.iterdir()) == []
+
+
+GENERATED_GRAPHS = {
+    "toml_nested_20000": ("x = " + "[" * 20000 + "]" * 20000 + "\n" + GRAPH_TEXT, "nested too deeply"),
+    "nodes_1001": ('[graph]\nname = "big"\n' + "".join(
+        f'[[node]]\nname = "x{i}"\nkind = "input"\nwidth = 1\n' for i in range(1001)), "node: 1001 nodes, more than the 1000"),
+    "name_1mb": ('[graph]\nname = "' + "g" * 1_000_000 + '"\n' + GRAPH_TEXT.split("[graph]")[1].split("\n", 2)[2],
+                 "graph.name: expected a graph name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATED_GRAPHS))
+def test_generated_bad_graph_is_one_short_error_at_once(tmp_path, case):
+    import time
+    text, expect = GENERATED_GRAPHS[case]
+    path = tmp_path / "graph.toml"
+    path.write_text(text)
+    t0 = time.perf_counter()
+    with pytest.raises(symbp.SpecError) as info:
+        symbp.load_graph(path)
+    assert time.perf_counter() - t0 < 1.0
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and expect in msg and "\n" not in msg, msg[:300]
+    assert len(msg) <= 1000, len(msg)
+
+
+def test_graph_with_1000_nodes_in_a_chain_is_validated_at_once():
+    # the largest graph accepted: a chain as long as MAX_NODES, declared loss first, so that a
+    # depth-first cycle search walks all of it at once (no RecursionError)
+    from symbp.graph import build_graph
+    g = symbp.graph("chain")
+    prev = g.input("x", 2)
+    for i in range(996):
+        prev = g.activation(f"h{i}", prev, "tanh")
+    g.loss("loss", g.dense("out", prev, 2), g.input("t", 2), "mse")
+    import time
+    t0 = time.perf_counter()
+    built = build_graph("chain", list(reversed(g.tables)))
+    assert time.perf_counter() - t0 < 1.0
+    assert len(built.nodes) == 1000 and built.nodes[0].name == "t"
+
+
+@pytest.mark.parametrize("reader, text", [(symbp.load, XOR_TEXT), (symbp.load_graph, GRAPH_TEXT)],
+                         ids=["mlp", "graph"])
+def test_byte_order_mark_is_accepted(tmp_path, reader, text):
+    # editors on Windows write UTF-8 with a byte-order mark: the spec is the same spec
+    plain, bom = tmp_path / "plain.toml", tmp_path / "bom.toml"
+    plain.write_bytes(text.encode("utf-8"))
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert reader(bom).digest == reader(plain).digest

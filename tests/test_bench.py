@@ -22,7 +22,7 @@ from symbp import bench
 ROOT = Path(__file__).resolve().parent.parent
 
 # Quick and short: one round of ~10 ms per implementation, no subprocess measurements.
-SHORT = ["--quick", "--cases", "xor", "--skip-extra", "--rounds", "1", "--target", "0.01"]
+SHORT = ["--quick", "--cases", "xor", "--skip-extra", "--rounds", "1", "--seconds", "0.01"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """The command line through its public entry point (symbp.cli.main and the `symbp` script)."""
+import os
 import shutil
 import subprocess
 import sys
@@ -6,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from symbp.cli import main
+import symbp
+from symbp.cli import build_parser, main
 from symbp.simplify import PASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 XOR = str(ROOT / "examples" / "specs" / "xor.toml")
+RESIDUAL = str(ROOT / "examples" / "specs" / "graphs" / "residual.toml")
 
 
 def test_derive_prints_the_equations(capsys):
@@ -61,8 +64,9 @@ def test_generate_and_check_without_jit(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["derive", "no/such/file.toml"], "cannot read the spec file"),
-    (["generate", XOR, "--dtype", "float16", "--no-jit"], "dtype: expected one of"),
-    (["derive", XOR, "--latex", "x.tex", "--notation", "klingon"], "unknown notation 'klingon'"),
+    (["generate", XOR, "--dtype", "float16", "--no-jit"], "argument --dtype: invalid choice: 'float16'"),
+    (["derive", XOR, "--latex", "x.tex", "--notation", "klingon"],
+     "argument --notation: invalid choice: 'klingon'"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -85,3 +89,185 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "delta2 = (a2 - y)/B" in out
     assert "4/4 points classified right." in out
     assert (tmp_path / "xor" / "cpu_float64.py").read_bytes() == (ROOT / "generated" / "xor" / "cpu_float64.py").read_bytes()
+
+
+def test_toy_spec_with_the_new_keys_derives_generates_and_warns_in_one_line(tmp_path, capsys):
+    """relu_at_zero, bias = false and allow_any_output from a spec file through the command line:
+    the OutputRangeWarning is one 'symbp: warning:' line, and the kernel compiles (its warm-up
+    point, a = 0, is outside the loss's domain)."""
+    spec = tmp_path / "toy.toml"
+    spec.write_text('[network]\nname = "toy"\ninputs = 2\nrelu_at_zero = 1\n'
+                    '[[layer]]\nunits = 1\nactivation = "relu"\nbias = false\n'
+                    '[loss]\nkind = "bce"\nallow_any_output = true\n')
+    assert main(["derive", str(spec)]) == 0
+    out, err = capsys.readouterr()
+    assert "z1 = W1 a0\n" in out and "Heaviside(z1, 1)" in out
+    assert err.splitlines() == [f"symbp: warning: {spec}: loss.allow_any_output: loss 'bce' after a 'relu' "
+                                "output: outputs may leave (0, 1), where the loss is undefined (the log "
+                                "of a non-positive number)"]
+    assert main(["generate", str(spec), "--out", str(tmp_path / "gen"), "--no-jit"]) == 0
+    assert (tmp_path / "gen" / "toy" / "cpu_float64.py").exists()
+
+
+# --- argparse's own errors, numeric options, --version, --help --------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "the following arguments are required: COMMAND"),
+    (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+    (["derive"], "symbp derive: the following arguments are required: spec"),
+    (["generate", XOR, "--bogus"], "unrecognized arguments: --bogus"),
+    (["generate", XOR, "--target", "tpu"], "argument --target: invalid choice: 'tpu'"),
+    (["check", XOR, "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["demo", "--epochs", "-5"], "argument --epochs: expected a value >= 1, got '-5'"),
+    (["demo", "--epochs", "0"], "argument --epochs: expected a value >= 1"),
+    (["demo", "--epochs", "ten"], "argument --epochs: expected an integer, got 'ten'"),
+    (["demo", "--lr", "0"], "argument --lr: expected a number > 0"),
+    (["demo", "--lr", "nan"], "argument --lr: expected a finite number"),
+    (["demo", "--lr", "inf"], "argument --lr: expected a finite number"),
+    (["demo", "--seed", "-1"], "argument --seed: expected a value >= 0"),
+    (["check", XOR, "--batch", "0"], "argument --batch: expected a value >= 1"),
+    (["check", XOR, "--batch", "1000000000000"], "argument --batch: expected a value <= 100000"),
+    (["check", XOR, "--tol", "-0.001"], "argument --tol: expected a number > 0"),
+    (["graph", "check", RESIDUAL, "--batch", "-2"], "argument --batch: expected a value >= 1"),
+    (["graph", "generate", RESIDUAL, "--target", "cuda"], "argument --target: invalid choice: 'cuda'"),
+    (["graph", "frobnicate"], "argument COMMAND: invalid choice"),
+])
+def test_argument_errors_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
+    # argparse prints usage + message (three lines) and exits itself; symbp's parser prints the
+    # one line every symbp error is, main() returns 2, and nothing is written.
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("symbp: error: "), captured.err
+    assert message in captured.err, captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"symbp {symbp.__version__}"
+
+
+@pytest.mark.parametrize("argv,choices", [
+    (["generate", "--help"], ["--target {cpu,cuda}", "--dtype {float64,float32}"]),
+    (["check", "--help"], ["--dtype {float64,float32}"]),
+    (["derive", "--help"], ["--notation {cs231n,udl,transposed,rowvector,batch}"]),
+    (["graph", "generate", "--help"], ["--target {cpu}", "--dtype {float64,float32}"]),
+])
+def test_help_lists_the_choices(capsys, argv, choices):
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())    # argparse wraps lines
+    for c in choices:
+        assert c in out, out
+
+
+def test_bench_seconds_option():
+    # `bench --target` meant seconds while `generate --target` is a device: the option is
+    # --seconds; the old spelling still parses, but help shows only the new one.
+    ap = build_parser()
+    assert ap.parse_args(["bench", "--seconds", "0.5"]).seconds == 0.5
+    assert ap.parse_args(["bench", "--target", "0.25"]).seconds == 0.25
+    assert ap.parse_args(["bench"]).seconds is None
+
+
+def test_bench_help_names_seconds_not_target(capsys):
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--seconds" in out and "--target" not in out
+
+
+# --- a spec of the other kind names the command to use --------------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    (["derive", RESIDUAL], f"{RESIDUAL}: this is a graph spec ([graph] and [[node]] tables): use "
+                           f"`symbp graph derive {RESIDUAL}`"),
+    (["generate", RESIDUAL, "--no-jit"], f"use `symbp graph generate {RESIDUAL}`"),
+    (["check", RESIDUAL, "--no-jit"], f"use `symbp graph check {RESIDUAL}`"),
+    (["graph", "derive", XOR], f"{XOR}: this is an MLP spec ([network] and [[layer]] tables): use "
+                               f"`symbp derive {XOR}`"),
+    (["graph", "check", XOR, "--no-jit"], f"use `symbp check {XOR}`"),
+])
+def test_spec_of_the_other_kind_names_the_command(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("symbp: error: ") and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- a reader that closes the pipe early --------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["derive", XOR, "--dump"], ["check", XOR, "--no-jit"],
+                                  ["graph", "derive", RESIDUAL], ["--help"]])
+def test_closed_pipe_ends_quietly(tmp_path, argv):
+    # `symbp derive SPEC | head -1`, made deterministic: the reading end is closed before the
+    # command writes anything, so its first write fails with EPIPE. No traceback, nothing on
+    # stderr, the exit status a SIGPIPE-killed process has.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    extra = ["--out", str(tmp_path / "gen")] if argv[0] == "check" else []
+    proc = subprocess.Popen([sys.executable, "-m", "symbp.cli", *argv, *extra], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    # (--help: argparse itself ignores a failed write of the help text, and exits 0)
+    assert proc.wait(timeout=300) == (0 if argv == ["--help"] else 141), err
+    assert err == "", err
+
+
+# --- the README's command list is the parser's ----------------------------------------------
+
+def _readme_section(title):
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _commands(parser, prefix=("symbp",)):
+    """(words, options) of every leaf command: ("symbp", "graph", "check"), ["--target", ...]."""
+    import argparse
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        opts = [s for a in parser._actions if a.help != argparse.SUPPRESS
+                for s in a.option_strings if s.startswith("--") and s != "--help"]
+        yield prefix, opts
+        return
+    for name, sub in subs[0].choices.items():
+        yield from _commands(sub, prefix + (name,))
+
+
+def test_readme_lists_every_command_and_option():
+    block = _readme_section("Command line").split("```")[1]
+    # a command's entry: from its first line to the next line starting with "symbp "
+    entries = {}
+    for chunk in ("\n" + block).split("\nsymbp ")[1:]:
+        words = chunk.split()
+        entries.setdefault(words[0], []).append(chunk)
+    leaves = list(_commands(build_parser()))
+    assert len(leaves) >= 11
+    for words, opts in leaves:
+        found = [c for c in entries.get(words[1], []) if len(words) == 2 or words[2] in c.split()[1]]
+        assert found, f"README's command list lacks `{' '.join(words)}`"
+        for o in opts:
+            assert any(o in c for c in found), f"README's `{' '.join(words)}` lacks {o}"
+
+
+def test_readme_names_every_example():
+    layout = _readme_section("Layout")
+    for script in sorted((ROOT / "examples").glob("*.py")):
+        if not script.name.startswith("_"):
+            assert f"`{script.name}`" in layout, f"README's layout does not name {script.name}"
+
+
+def test_readme_says_where_files_go():
+    where = _readme_section("Where files are written")
+    for claim in ("SYMBP_GENERATED", "current working directory", "__pycache__", "--out DIR"):
+        assert claim in where
+
+
+@pytest.mark.parametrize("at", ["x=" + "1" * 100_000, "y" * 100_000 + "=1"], ids=["long_value", "long_name"])
+def test_error_lines_are_cut(capsys, at):
+    # whichever module words the error, the command line prints one short line
+    assert main(["circuit", "x", "--at", at]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("symbp: error: ") and len(err) <= 1100, len(err)
+    assert err.rstrip().endswith("...")

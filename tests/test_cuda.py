@@ -36,13 +36,16 @@ from symbp import InputError, SymbpError      # noqa: E402
 from symbp.codegen import cuda as cu           # noqa: E402
 from symbp.codegen.cuda import emit_cuda, generate_cuda  # noqa: E402
 
-# name -> (sizes, activations, loss) or a spec file; small widths keep compilation short.
+# name -> (sizes, activations, loss[, mlp options]) or a spec file; small widths keep
+# compilation short.
 NETWORKS = {
     "sigmoid_bce": ([2, 3, 1], ["sigmoid", "sigmoid"], "bce"),
     "tanh_softmax_ce": ([3, 4, 3], ["tanh", "softmax"], "ce"),
     "relu_mse": ([2, 4, 2], ["relu", "identity"], "mse"),
     "swish_sse": ROOT / "examples" / "specs" / "swish.toml",       # a user-defined activation
     "tiles": ([7, 5, 4], ["tanh", "sigmoid"], "mse"),
+    # a layer without bias (z = W a) next to one with, and ReLU'(0) = 1
+    "nobias_relu1": ([2, 4, 2], ["relu", "identity"], "mse", {"bias": [False, True], "relu_at_zero": 1}),
 }
 
 
@@ -51,8 +54,8 @@ def derivation(name):
     spec = NETWORKS[name]
     if isinstance(spec, Path):
         return symbp.derive(symbp.load(spec))
-    sizes, acts, loss = spec
-    return symbp.derive(symbp.mlp(sizes, activations=acts, loss=loss, name=name))
+    sizes, acts, loss, *opts = spec
+    return symbp.derive(symbp.mlp(sizes, activations=acts, loss=loss, name=name, **(opts[0] if opts else {})))
 
 
 def data(d, B, dtype, seed=0):
@@ -122,6 +125,8 @@ AGREEMENT = [
     ("tiled tanh_softmax_ce float32", "tanh_softmax_ce", "float32", {"fuse_width": 1}, 5, False),
     # matrix products over several tiles of rows, columns and depth (SMALL: 8 x 8 x 4)
     ("tiled tiles float64", "tiles", "float64", {"fuse_width": 1}, 45, False),
+    ("fused nobias_relu1 float64", "nobias_relu1", "float64", {}, 5, True),
+    ("tiled nobias_relu1 float32", "nobias_relu1", "float32", {"fuse_width": 1}, 5, False),
 ]
 TOL = {"float64": 1e-11, "float32": 2e-5}
 FD_TOL = 1e-6
@@ -215,6 +220,22 @@ def check_stability(out, strategy):
     return res
 
 
+def check_kinks(out, strategy):
+    """relu_at_zero = 1 at exactly z = 0 (integer weights and inputs): the CUDA kernels take
+    ReLU'(0) = 1 as the CPU kernel does (itself checked against the oracle in test_verify).
+    Returns the differences and, to show the batch hits the kink, the count of z = 0 entries."""
+    opts = {"fuse_width": 1} if strategy == "tiled" else {}
+    k = _kernel("nobias_relu1", "float64", out, **opts)
+    ref = symbp.generate(derivation("nobias_relu1"), out_dir=Path(out) / "cpu", jit=False)
+    X = np.array([[1., 1.], [0., 2.], [-1., 0.]])
+    Y = np.array([[1., -1.], [0., 2.], [0.5, 0.]])
+    p = {"W1": np.array([[1., -1.], [1., 0.], [0., 1.], [2., 1.]]),
+         "W2": np.array([[1., 2., -1., 1.], [0., -1., 1., 0.]]), "b2": np.array([0., 1.])}
+    res = _compare(k, ref, p, X, Y)
+    res["zeros"] = float(np.sum(X @ p["W1"].T == 0))
+    return res
+
+
 def emitted_digests():
     """sha256 of every emitted source of the table (compared across processes)."""
     out = {}
@@ -235,6 +256,8 @@ def run_checks(out):
     checks["device arrays"] = lambda: check_device_arrays(out)
     checks["stable fused"] = lambda: check_stability(out, "fused")
     checks["stable tiled"] = lambda: check_stability(out, "tiled")
+    checks["kinks fused"] = lambda: check_kinks(out, "fused")
+    checks["kinks tiled"] = lambda: check_kinks(out, "tiled")
     checks["digests"] = emitted_digests
     results = {}
     for label, fn in checks.items():
@@ -287,6 +310,9 @@ def assert_check(label, values):
         tol = {key: 1e-12 for key in v}
     elif label == "device arrays":
         tol = {key: 1e-12 for key in v}
+    elif label in ("kinks fused", "kinks tiled"):
+        assert v.pop("zeros") >= 3, "the kink batch does not hit z = 0"
+        tol = {key: 1e-12 for key in v}
     elif label in ("stable fused", "stable tiled"):
         for name in ("sigmoid_bce", "tanh_softmax_ce"):
             assert v[name] == 1.0, (label, name, "not finite")
@@ -312,6 +338,7 @@ PTX_CASES = [
     ("tanh_softmax_ce", "float32", "fused"), ("tanh_softmax_ce", "float32", "tiled"),
     ("relu_mse", "float32", "fused"), ("relu_mse", "float64", "tiled"),
     ("swish_sse", "float32", "fused"), ("swish_sse", "float32", "tiled"),
+    ("nobias_relu1", "float32", "fused"), ("nobias_relu1", "float64", "tiled"),
 ]
 _PTX = {}      # (kernel source, signature) -> PTX: the matrix products repeat across networks
 
@@ -378,6 +405,11 @@ def test_device_arrays_and_sgd_step(simulated):
 @pytest.mark.parametrize("strategy", ["fused", "tiled"])
 def test_float32_stays_finite_for_large_pre_activations(simulated, strategy):
     assert_check(f"stable {strategy}", _values(simulated, f"stable {strategy}"))
+
+
+@pytest.mark.parametrize("strategy", ["fused", "tiled"])
+def test_relu_at_zero_one_is_used_at_an_exact_kink(simulated, strategy):
+    assert_check(f"kinks {strategy}", _values(simulated, f"kinks {strategy}"))
 
 
 # ---------------------------------------------------------------------------------------------

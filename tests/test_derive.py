@@ -10,7 +10,12 @@
 - deriving is deterministic (same text twice, after clearing caches, in fresh processes with
   other hash seeds); a 10-layer network derives; a softmax hidden layer gets the full Jacobian
   a_i (delta_ij - a_j).
+- the network options: a layer without bias has z = W a and no dz/db or dL/db; relu_at_zero
+  reaches the kink pass (ReLU'(0) = Heaviside(0) = 0 or 1, leaky ReLU'(0) = slope or 1) and the
+  rule of f' (relu with 1 keeps z: a = 0 cannot tell z = 0 from z < 0); bce after a ReLU
+  (allow_any_output) gives dL/da = (a - y)/(a(1 - a)) / B and delta = f'(z) times that.
 """
+import warnings
 import importlib
 import itertools
 import os
@@ -35,7 +40,8 @@ B = naming.BATCH
 q = naming.quantity
 n = naming.width
 PASS_NAMES = [p.name for p in simp.PASSES]
-STAGE_ORDER = ["definition", "derived"] + PASS_NAMES
+# "chain": the output delta of a loss after an activation it is not paired with (derive.py)
+STAGE_ORDER = ["definition", "derived"] + PASS_NAMES + ["chain"]
 
 NETS = {
     "xor": ([2, 3, 1], ["sigmoid", "sigmoid"], "bce", "mean"),
@@ -44,13 +50,20 @@ NETS = {
     "softmax_hidden": ([4, 5, 3], ["softmax", "softmax"], "ce", "mean"),
     "deep_mixed": ([3, 4, 5, 4, 2], ["softplus", "exp", "relu", "identity"], "mse", "mean"),
     "swish": ([3, 4, 2], ["swish", "identity"], "sse", "sum"),
+    # the network options (mlp keyword arguments)
+    "nobias_relu1": ([2, 3, 2], ["relu", "identity"], "mse", "mean", {"bias": [False, True], "relu_at_zero": 1}),
+    "nobias_leaky1": ([2, 3, 1], [{"name": "leaky_relu", "slope": 0.25}, "tanh"], "sse", "sum",
+                      {"bias": False, "relu_at_zero": 1}),
+    "udl_toy": ([2, 1], ["relu"], "bce", "mean", {"allow_any_output": True}),
 }
 
 
 def make(key, sizes=None):
-    s, acts, loss, red = NETS[key]
+    s, acts, loss, red, *opts = NETS[key]
     define = {"swish": "z * sigmoid(z)"} if "swish" in acts else None
-    return symbp.mlp(sizes or s, acts, loss, reduction=red, name=key, define=define)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", symbp.OutputRangeWarning)   # udl_toy asks for it
+        return symbp.mlp(sizes or s, acts, loss, reduction=red, name=key, define=define, **(opts[0] if opts else {}))
 
 
 def fingerprint(d):
@@ -74,18 +87,24 @@ def test_derivation_does_not_depend_on_widths(key):
 def _check_layer_equations(d, l):
     a_prev, a_l, W, b = q("a", l - 1), q("a", l), q("W", l), q("b", l)
     delta, ga_prev = q("delta", l), q("ga", l - 1)
+    bias = d.network.layers[l - 1].bias
     assert d[f"z{l}"].lhs == q("z", l)[S, J]
-    assert d[f"z{l}"].rhs == sp.Sum(W[J, K] * a_prev[S, K], (K, 0, n(l - 1) - 1)) + b[J]
+    assert d[f"z{l}"].rhs == sp.Sum(W[J, K] * a_prev[S, K], (K, 0, n(l - 1) - 1)) + (b[J] if bias else 0)
     assert d[f"ga{l - 1}"].rhs == sp.Sum(W[J, I] * delta[S, J], (J, 0, n(l) - 1))
     assert d[f"gW{l}"].lhs == q("gW", l)[P, Q]
     assert d[f"gW{l}"].rhs == sp.Sum(delta[S, P] * a_prev[S, Q], (S, 0, B - 1))
-    assert d[f"gb{l}"].lhs == q("gb", l)[P]
-    assert d[f"gb{l}"].rhs == sp.Sum(delta[S, P], (S, 0, B - 1))
+    if bias:
+        assert d[f"gb{l}"].lhs == q("gb", l)[P]
+        assert d[f"gb{l}"].rhs == sp.Sum(delta[S, P], (S, 0, B - 1))
+        assert batch_form(d[f"gb{l}"].lhs, d[f"gb{l}"].rhs) == ColumnSum(delta)
+    else:   # no bias: no b anywhere, no dL/db equation, no dz/db rule
+        assert f"gb{l}" not in d._by_name
+        assert d.layers[l - 1].dz_db is None
+        assert not any(e.rhs.has(b) for e in d.equations)
 
-    assert batch_form(d[f"z{l}"].lhs, d[f"z{l}"].rhs) == Product(a_prev, False, W, True, b)      # A W^T + b
+    assert batch_form(d[f"z{l}"].lhs, d[f"z{l}"].rhs) == Product(a_prev, False, W, True, b if bias else None)  # A W^T + b
     assert batch_form(d[f"ga{l - 1}"].lhs, d[f"ga{l - 1}"].rhs) == Product(delta, False, W, False)  # D W
     assert batch_form(d[f"gW{l}"].lhs, d[f"gW{l}"].rhs) == Product(delta, True, a_prev, False)   # D^T A
-    assert batch_form(d[f"gb{l}"].lhs, d[f"gb{l}"].rhs) == ColumnSum(delta)
     assert batch_form(d[f"a{l}"].lhs, d[f"a{l}"].rhs) is None
     assert batch_form(d[f"delta{l}"].lhs, d[f"delta{l}"].rhs) is None
 
@@ -122,11 +141,13 @@ def test_no_leftover_deltas_derivatives_or_piecewise(key):
     net = symbp.load(ROOT / "examples" / "specs" / f"{key[8:]}.toml") if key.startswith("example:") else make(key)
     d = symbp.derive(net)
     kinds = {e.kind for e in d.equations}
-    assert {"forward_z", "forward_a", "loss", "output_delta", "input_grad", "grad_W", "grad_b"} <= kinds
+    assert {"forward_z", "forward_a", "loss", "output_delta", "input_grad", "grad_W"} <= kinds
+    assert ("grad_b" in kinds) == any(layer.bias for layer in net.layers)
     for e in d.equations:
         assert not e.rhs.has(sp.KroneckerDelta), (e.name, e.rhs)
         assert not e.rhs.has(sp.Derivative), (e.name, e.rhs)
-        assert not e.rhs.has(sp.Piecewise), (e.name, e.rhs)      # no leaky_relu in these nets
+        if "leaky" not in key:
+            assert not e.rhs.has(sp.Piecewise), (e.name, e.rhs)      # no leaky_relu in these nets
         assert not e.rhs.has(sp.Dummy), (e.name, e.rhs)
 
 
@@ -162,11 +183,16 @@ def test_equation_stages_follow_passes(key):
         names = [s for s, _ in e.stages]
         if e.kind in ("forward_z", "forward_a", "loss"):
             assert names == ["definition"], (e.name, names)
+        elif e.kind == "output_delta" and d.network.allow_any_output:
+            assert names == ["derived"] + PASS_NAMES + ["chain"], (e.name, names)
         else:
             assert names == ["derived"] + PASS_NAMES, (e.name, names)
         assert e.stages[-1][1] == e.rhs
     for lr in d.layers:
         for stages in (lr.jacobian, lr.dz_da, lr.dz_dW, lr.dz_db):
+            if stages is None:       # dz/db of a layer without bias
+                assert not d.network.layers[lr.layer - 1].bias
+                continue
             assert [s for s, _ in stages] == ["derived"] + PASS_NAMES
 
 
@@ -286,3 +312,46 @@ def test_softmax_hidden_layer_has_the_full_jacobian():
         want = sum(g[i] * sp.diff(soft[i], w[j]) for i in range(4)).xreplace(at)
         got = rhs.xreplace({J: j, n(1): 4}).doit().xreplace(values)
         assert abs(complex(sp.N(got - want, 30))) < 1e-25, (j, got, want)
+
+
+# --- the network options ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("at_zero", [0, 1])
+def test_relu_at_zero_reaches_the_kink_pass(at_zero):
+    """Heaviside(0) = relu_at_zero in relu's f' and in the hidden delta; the kink stage of the
+    rule says it; with 1, relu's f' keeps z (a = max(0, z) = 0 cannot tell z = 0 from z < 0)."""
+    d = symbp.derive(symbp.mlp([2, 3, 2], ["relu", "identity"], "mse", relu_at_zero=at_zero))
+    rule = d.layers[0].rule
+    assert dict(rule.stages)["kink"] == sp.Heaviside(naming.Z, at_zero)
+    assert rule.uses == ("z" if at_zero else "a")
+    step = q("z" if at_zero else "a", 1)[S, J]
+    assert d["delta1"].rhs == sp.Heaviside(step, at_zero) * q("ga", 1)[S, J]
+    assert d.network.relu_at_zero == at_zero
+
+
+@pytest.mark.parametrize("at_zero,at_0", [(0, sp.Rational(1, 4)), (1, sp.Integer(1))])
+def test_relu_at_zero_gives_leaky_relu_its_one_sided_derivative(at_zero, at_0):
+    d = symbp.derive(symbp.mlp([2, 3, 1], [{"name": "leaky_relu", "slope": 0.25}, "identity"], "mse",
+                               relu_at_zero=at_zero))
+    rule = d.layers[0].rule
+    assert rule.uses == "a"     # sign(a) = sign(z): the rule reads a in both conventions
+    assert rule.form.xreplace({naming.A: 0}) == at_0
+    assert rule.form.xreplace({naming.A: sp.Rational(1, 2)}) == 1
+    assert rule.form.xreplace({naming.A: -sp.Rational(1, 2)}) == sp.Rational(1, 4)
+    delta1 = d["delta1"].rhs.xreplace({q("a", 1)[S, J]: 0, q("ga", 1)[S, J]: 1})
+    assert delta1 == at_0
+
+
+def test_udl_toy_bce_after_relu_gives_the_slide_formulas():
+    """The UDL toy example: dL/dh = (h - y)/(h (1 - h)) (over the batch size B), and the output
+    delta is I[f > 0] times that, as one product; the kernels' loss reads h (a), not f (z)."""
+    d = symbp.derive(make("udl_toy"))
+    a, y, z = q("a", 1)[S, J], q("y")[S, J], q("z", 1)[S, J]
+    ga = d["ga1"].rhs
+    assert sp.simplify(ga - (a - y) / (B * a * (1 - a))) == 0, ga
+    delta = d["delta1"].rhs
+    assert delta == sp.Heaviside(a, 0) * ga      # f'(z) * dL/da, kept as the product
+    assert d["delta1"].stages[-2][0] == "sign" and d["delta1"].stages[-1][0] == "chain"
+    loss, reads = d.loss_sample
+    assert reads == "a" and not loss.has(q("z", 1)) and loss.has(sp.log)
+    assert "chain" not in [s for s, _ in symbp.derive(make("xor"))["delta2"].stages]

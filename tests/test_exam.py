@@ -253,3 +253,20 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, main, capsys, args, 
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_exam_without_bias_has_weights_only():
+    """bias=False (the slides with f = W^T a): the variants draw weights only, nothing about b
+    is asked or shown, and a student's evaluation reproduces the key."""
+    ex = E.make_exam((2, 2, 1), "relu", "mse", variants=2, seed=5, multiple_choice=True, bias=False)
+    assert "no bias" in str(ex.derivation.network)
+    text = ex.questions_tex() + ex.solutions_tex()
+    assert "b^{[1]}" not in text and "b^{[2]}" not in text
+    for v in ex.variants:
+        assert list(v.params) == ["W1", "W2"]
+        exact = evaluate(ex.derivation, v.params, v.X, v.Y)
+        assert list(v.worked.values["gW1"]) == [exact.results["gW1"][k] for k in sorted(exact.results["gW1"])]
+
+
+def test_exam_heaviside_takes_relu_at_zero():
+    assert (E._heaviside(0), E._heaviside(0, 1), E._heaviside(2, 0), E._heaviside(-1, 1)) == (0, 1, 1, 0)

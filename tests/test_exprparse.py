@@ -270,3 +270,65 @@ def test_power_tower_is_rejected_quickly():
         pytest.fail("parsing 'z * 9**9**9' did not finish within 15 s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "activations.big" in proc.stdout
+
+
+# (text, substring): bounded work. Each is refused at the step that would start the blow-up,
+# naming the key, so that no text can stall the parser or put a huge literal into a kernel.
+BOUNDED = [
+    ("((((10**100)**100)**100)**100)*z", "a constant beyond 1e30"),
+    ("1e308*1e308*z", "the constant 1e+308"),
+    ("z + 1e-300", "the constant 1e-300"),
+    ("z * 1e400", "the constant inf"),
+    ("z * " + "9" * 400, "the constant 9999"),
+    ("2**100 * z", "a constant beyond 1e30"),
+    ("exp(100) * z", "a constant beyond 1e30"),
+    ("exp(1000) * z", "a constant beyond 1e30"),
+    ("exp(exp(exp(exp(5)))) * z", "a constant beyond 1e30"),
+    ("(z**10)**20", "a power with exponent above 100"),
+    ("(((((z+1)**100)**100)**100)**100)", "a power with exponent above 100"),
+    ("*".join(["z"] * 101), "nesting deeper than"),
+]
+
+
+@pytest.mark.parametrize("text, what", BOUNDED, ids=[t[:40] for t, _ in BOUNDED])
+def test_unbounded_work_is_refused_quickly(text, what):
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(ExpressionError) as info:
+        parse(text)
+    assert time.perf_counter() - t0 < 1.0
+    msg = str(info.value)
+    assert msg.startswith("test.toml: activations.f: ") and what in msg, msg
+    assert len(msg) < 300, msg       # the echo of the text is cut
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("z * 1e30", sp.Integer(10) ** 30 * z),
+    ("z * 1e-30", z / sp.Integer(10) ** 30),
+    ("pi**50 * z", sp.pi ** 50 * z),
+    ("exp(60) * z", sp.exp(60) * z),
+    ("z**100", z ** 100),
+    ("(z**10)**10", z ** 100),
+])
+def test_bounds_keep_reasonable_constants(text, expected):
+    assert parse(text) == expected
+
+
+def test_constant_tower_in_a_spec_is_rejected_quickly():
+    # The parser once hung on this tower (it built 10**(10**8) digit by digit); a child process
+    # bounds a regression to 15 s.
+    code = ("import symbp, sys\n"
+            "try:\n"
+            "    symbp.mlp([1, 2, 1], ['big', 'identity'], 'mse',\n"
+            "              define={'big': '((((10**100)**100)**100)**100)*z'})\n"
+            "except symbp.SpecError as e:\n"
+            "    print(e); sys.exit(0)\n"
+            "sys.exit(1)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                              timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("parsing '((((10**100)**100)**100)**100)*z' did not finish within 15 s")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "activations.big: a constant beyond 1e30" in proc.stdout

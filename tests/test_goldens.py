@@ -22,6 +22,7 @@ def test_golden_bytes(spec, dtype):
     source = emit(symbp.derive(net), "cpu", dtype)
     golden = ROOT / "generated" / net.name / f"cpu_{dtype}.py"
     if os.environ.get("SYMBP_UPDATE_GOLDENS"):
+        golden.unlink(missing_ok=True)     # replaced whatever it holds: no .edited backup
         write(golden, source)
     assert golden.exists(), f"missing golden {golden}: run with SYMBP_UPDATE_GOLDENS=1"
     assert golden.read_bytes() == source.encode("utf-8"), f"{golden} differs from a fresh emission"

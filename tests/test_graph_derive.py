@@ -167,7 +167,7 @@ def test_latex_lists_every_equation(derived, tmp_path):
     lines = tex.strip().split("\n")
     assert lines[0] == r"\begin{align*}" and lines[-1] == r"\end{align*}"
     assert len(lines) - 2 == len(d.equations) and all(l.endswith(r"\\") for l in lines[1:-2])
-    assert r"g_{\mathrm{W}}^{(\mathrm{dec})}" in tex and "shared sum" in tex
+    assert r"g_{W}^{(\mathrm{dec})}" in tex and "shared sum" in tex
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not installed")
     for name in ("autoencoder", "gated", "two_tower"):

@@ -54,13 +54,15 @@ MLPS = [
     ([2, 3, 2, 2], ["relu", {"name": "leaky_relu", "slope": 0.1}, "identity"], "mse", "sum", None),
     ([3, 4, 2], ["swish", "identity"], "sse", "sum", {"swish": "z * sigmoid(z)"}),
     ([2, 2, 2], ["softplus", "exp"], "mse", "mean", None),
+    ([2, 3, 2], ["tanh", "identity"], "mse", "mean", None, {"bias": [False, True]}),   # dense without bias
 ]
 
 
-@pytest.mark.parametrize("case", MLPS, ids=["xor", "softmax_ce", "relu_leaky", "swish", "softplus_exp"])
+@pytest.mark.parametrize("case", MLPS, ids=["xor", "softmax_ce", "relu_leaky", "swish", "softplus_exp", "nobias"])
 def test_graph_of_an_mlp_equals_the_mlp_kernel(gen, case):
-    sizes, acts, loss, reduction, define = case
-    net = symbp.mlp(sizes, acts, loss, reduction, name="mlp_" + loss + str(len(sizes)), define=define)
+    sizes, acts, loss, reduction, define, *opts = case
+    net = symbp.mlp(sizes, acts, loss, reduction, name="mlp_" + loss + str(len(sizes)) + ("_opts" if opts else ""),
+                    define=define, **(opts[0] if opts else {}))
     mk = symbp.generate(symbp.derive(net), out_dir=gen / "mlp", jit=False)
     gk = kernel(from_network(net, input_grad=True), gen)
     params = perturbed(mk, seed=len(sizes))
@@ -302,6 +304,7 @@ def test_golden_bytes(name, dtype):
     source = emit_graph(derive_graph(load_graph(SPECS / f"{name}.toml")), "cpu", dtype)
     golden = ROOT / "generated" / name / f"graph_cpu_{dtype}.py"
     if os.environ.get("SYMBP_UPDATE_GOLDENS"):
+        golden.unlink(missing_ok=True)     # replaced whatever it holds: no .edited backup
         write(golden, source)
     assert golden.exists(), f"missing golden {golden}: run with SYMBP_UPDATE_GOLDENS=1"
     assert golden.read_bytes() == source.encode("utf-8"), f"{golden} differs from a fresh emission"

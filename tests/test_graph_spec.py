@@ -124,6 +124,19 @@ def test_from_network(sizes, acts, loss):
     assert g.grad_inputs[0].name == "x" and g.loss_node.loss is net.loss
 
 
+def test_from_network_without_bias_and_the_options_graphs_lack():
+    g = from_network(symbp.mlp([2, 3, 1], ["tanh", "sigmoid"], "bce", name="m", bias=[False, True]))
+    assert g.param_shapes() == {"W1": (3, 2), "W2": (1, 3), "b2": (1,)}
+    # ReLU'(0) = 1 changes nothing in a sigmoid/tanh network: accepted; with a ReLU: refused
+    assert from_network(symbp.mlp([2, 3, 1], ["tanh", "sigmoid"], "bce", name="m", relu_at_zero=1))
+    with pytest.raises(symbp.SpecError, match="network.relu_at_zero: graphs take ReLU'\\(0\\) = 0"):
+        from_network(symbp.mlp([2, 3, 1], ["relu", "identity"], "mse", name="m", relu_at_zero=1))
+    with pytest.warns(symbp.OutputRangeWarning):
+        toy = symbp.mlp([2, 1], ["relu"], "bce", name="toy", allow_any_output=True)
+    with pytest.raises(symbp.SpecError, match="loss.allow_any_output"):
+        from_network(toy)
+
+
 # --- bad specs --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", autouse=True)
@@ -239,7 +252,9 @@ def run_cli(argv):
 
 
 CLI_FILES = ["cycle_three.toml", "expr_import.toml", "shape_add.toml", "shared_incompatible.toml",
-             "dead_node.toml", "edge_unknown_input.toml", "encoding_latin1.toml"]
+             "dead_node.toml", "edge_unknown_input.toml", "encoding_latin1.toml",
+             "size_width_huge.toml", "name_node_trailing_newline.toml", "kind_mlp_spec.toml",
+             "expr_huge_constant.toml"]
 
 
 @pytest.mark.parametrize("command", ["derive", "generate", "check"])

@@ -1,5 +1,7 @@
 """The Kernel: input checks before compiled code, plain-Python and jitted runs agree, float32
-stays float32, the Numba cache serves a second process, stability for large |z|."""
+stays float32, the Numba cache serves a second process, stability for large |z|; layers
+without bias (loops and BLAS, scalar and vectorized activations) have no b anywhere, and
+relu_at_zero is the value the emitted code takes at exactly z = 0."""
 import subprocess
 import sys
 import textwrap
@@ -150,8 +152,9 @@ def test_unknown_target_and_dtype_are_clear_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("jit", [pytest.param(True, marks=pytest.mark.jit), False], ids=["jit", "python"])
-def test_vectorized_activation_path_matches_the_fused_loops(tmp_path, jit):
+def test_vectorized_activation_path_matches_the_fused_loops(tmp_path, jit, bias):
     """Layers of at least VECTOR_MIN entries take transcendental activations from NumPy's ufuncs;
     smaller batches use the fused scalar loops. With reduction "sum" the gradients of a batch
     are the sums over its halves, so one batch above the threshold (vector path) and its halves
@@ -159,7 +162,7 @@ def test_vectorized_activation_path_matches_the_fused_loops(tmp_path, jit):
     from symbp.codegen.emit import VECTOR_MIN
     width = 32
     net = symbp.mlp([3, width, width, 2], ["tanh", "sigmoid", "softplus"], "sse", reduction="sum",
-                    name="vecpath", define=None)
+                    name="vecpath" if bias else "vecpath_nobias", define=None, bias=bias)
     k = symbp.generate(symbp.derive(net), out_dir=tmp_path, jit=jit)
     B = 2 * (VECTOR_MIN // width)          # B * width = 2 VECTOR_MIN: vector path
     half = B // 2 - 1                      # below VECTOR_MIN: scalar path
@@ -202,3 +205,39 @@ def test_bound_step_equals_loss_and_grad(tmp_path, jit):
     assert step() < loss
     with pytest.raises(InputError, match="X: expected dtype float64"):
         k.bind(p, X.astype(np.float32), Y)
+
+
+def test_no_bias_kernel_has_weights_only(tmp_path):
+    """bias=False in loops layers (3 x 4) and BLAS layers (20 x 20): no b, gb or bias line in the
+    emitted source, the parameters and gradients are the weights, and gradcheck passes."""
+    net = symbp.mlp([3, 20, 20, 2], ["tanh", "relu", "identity"], "mse", bias=False, name="nobias")
+    k = symbp.generate(symbp.derive(net), out_dir=tmp_path, jit=False)
+    src = k.path.read_text()
+    assert k.module.STRATEGIES == ["loops", "blas", "loops"]
+    assert k.module.PARAMS == ("W1", "W2", "W3")
+    for name in ("b1", "b2", "b3", "gb1", "gb2", "gb3"):
+        assert name not in src, name
+    assert "z1 = W1 a0\n" in src and "(z = W a in layer 1, 2, 3: no bias)" in src
+    p = k.init_params(0)
+    assert list(p) == ["W1", "W2", "W3"]
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
+    loss, g = k.loss_and_grad(p, X, Y)
+    assert list(g) == list(p)
+    assert symbp.gradcheck(k, p, X, Y).ok
+
+
+@pytest.mark.parametrize("at_zero", [0, 1])
+def test_relu_at_zero_is_the_value_emitted_at_exactly_zero(tmp_path, at_zero):
+    """One sample whose z1 is exactly 0 (zero weights and bias): no gradient reaches W1 with
+    ReLU'(0) = 0, the full upstream gradient with 1; the printed step takes the value at 0."""
+    net = symbp.mlp([2, 2, 1], ["relu", "identity"], "mse", relu_at_zero=at_zero, name=f"kink{at_zero}")
+    k = symbp.generate(symbp.derive(net), out_dir=tmp_path, jit=False)
+    src = k.path.read_text()
+    assert ("if Z1[s, j] == 0 else" in src) == bool(at_zero)
+    p = {"W1": np.zeros((2, 2)), "b1": np.zeros(2), "W2": np.array([[1.0, -2.0]]), "b2": np.zeros(1)}
+    X, Y = np.array([[1.0, 3.0]]), np.array([[1.0]])
+    _, g = k.loss_and_grad(p, X, Y)
+    # dL/da2 = a2 - y = -1; dL/dz1 = ReLU'(0) * W2^T (-1) = relu_at_zero * (-1, 2)
+    np.testing.assert_array_equal(g["b1"], at_zero * np.array([-1.0, 2.0]))
+    np.testing.assert_array_equal(g["W1"], at_zero * np.array([[-1.0, -3.0], [2.0, 6.0]]))

@@ -225,21 +225,79 @@ def test_notation_notes_say_where_the_weight_is_transposed(xor):
     assert "Gradients are row vectors" in xor["rowvector"]
 
 
-def test_local_derivative_stages_and_their_forward_form(xor):
+def test_local_derivative_and_its_forward_form(xor):
     tex = xor["cs231n"]
-    assert r"\sigma'(z) &= \frac{e^{- z}}{\left(1 + e^{- z}\right)^{2}} && \text{derived}" in tex
+    assert r"\sigma'(z) &= \frac{e^{- z}}{\left(1 + e^{- z}\right)^{2}} && \text{derivative of } \sigma(z)" in tex
     assert r"&= \left(1 - \sigma(z)\right) \sigma(z) && \text{in terms of } \sigma(z)" in tex
-    assert r"&= a \left(1 - a\right) && \text{forward\_outputs: } a = \sigma(z)" in tex
-    # the cancellation at the output: SymPy's stages end in a - y
-    assert r"\delta_{j}^{[2]} &= \sum_{i=1}^{n_{2}}" in tex
-    assert r"&= \frac{a_{j}^{[2]} - y_{j}}{B} && \text{cancel}" in tex
-    assert "cancels against the derivative of the bce loss" in tex
+    assert r"&= a \left(1 - a\right) && \text{with }a = \sigma(z)" in tex
+    assert "cancels against the derivative of the binary cross-entropy loss" in tex
+
+
+def test_stages_only_on_request():
+    """SymPy's passes and their stages are behind stages=True; the handout shows none."""
+    d = derivation((2, 3, 1), ("sigmoid", "sigmoid"), "bce")
+    staged, handout = render(d, "cs231n", document=True, stages=True), render(d, "cs231n", document=True)
+    for label in (r"\text{derived}", r"\text{collapse}", r"\text{cancel}", r"\text{forward\_outputs: }"):
+        assert label in staged and label not in handout, label
+    assert r"&= \frac{a_{j}^{[2]} - y_{j}}{B} && \text{cancel}" in staged
+    assert d.latex(document=True, stages=True) == staged
+
+
+def test_output_error_is_local_times_upstream_then_one_step(xor):
+    """No expand-then-refactor detour: the product, the surviving term, the result."""
+    tex = xor["cs231n"]
+    chain = (r"\delta_{j}^{[2]} &= \sum_{i=1}^{n_{2}} \mathbb{I}[i = j]\, a_{i}^{[2]} \left(1 - a_{i}^{[2]}\right) "
+             r"\cdot \frac{a_{i}^{[2]} - y_{i}}{B a_{i}^{[2]} \left(1 - a_{i}^{[2]}\right)} "
+             r"&& \text{local} \times \text{upstream} \\" "\n"
+             r" &= a_{j}^{[2]} \left(1 - a_{j}^{[2]}\right) \cdot \frac{a_{j}^{[2]} - y_{j}}{B a_{j}^{[2]} "
+             r"\left(1 - a_{j}^{[2]}\right)} && \text{only } i = j \text{ remains} \\" "\n"
+             r" &= \frac{a_{j}^{[2]} - y_{j}}{B} && \text{the activation's derivative cancels}")
+    assert chain in tex
+    # the hidden layer: the sum over the indicator, then the surviving term, nothing expanded
+    assert (r" &= a_{j}^{[1]} \left(1 - a_{j}^{[1]}\right) \frac{\partial L}{\partial a_{j}^{[1]}} "
+            r"&& \text{only } i = j \text{ remains}") in tex
+    assert r"\left(a_{j}^{[1]}\right)^{2}" not in tex
+
+
+def test_softmax_output_states_the_one_hot_step():
+    tex = render(derivation((2, 3, 3), ("tanh", "softmax"), "ce"), "cs231n", document=True)
+    assert r"&= \frac{a_{j}^{[2]} - y_{j}}{B} && \text{with } \textstyle\sum_i y_i = 1 \text{ (one-hot targets)}" in tex
+    assert r"\cdot \left(- \frac{y_{i}}{B a_{i}^{[2]}}\right)" in tex
+
+
+@pytest.mark.parametrize("loss,expected", [
+    ("bce", r"\frac{a_{j}^{[2]} - y_{j}}{B a_{j}^{[2]} \left(1 - a_{j}^{[2]}\right)}"),
+    ("mse", r"\frac{a_{j}^{[2]} - y_{j}}{B}"),
+])
+def test_loss_gradient_reads_prediction_minus_target_over_positive_factors(loss, expected):
+    """The printed dL/da: numerator a - y, denominator a product of positive factors."""
+    d = derivation((2, 2, 1), ("tanh", "sigmoid"), loss)
+    tex = render(d, "cs231n", document=True)
+    assert rf"\frac{{\partial L}}{{\partial a_{{j}}^{{[2]}}}} &= {expected} && \text{{upstream}}" in tex
+    assert "- a_{j}^{[2]} + y_{j}" not in tex and r"a_{j}^{[2]} - 1\right)" not in tex
+
+
+def test_sign_rule_is_exact():
+    """The printed form of (y - a)/(B (a - 1) a) is the same value."""
+    a, y = naming.quantity("a", 2)[naming.S, naming.J], naming.quantity("y")[naming.S, naming.J]
+    e = (y - a) / (naming.BATCH * (a - 1) * a)
+    pr = latex.Printer(Context(derivation((2, 2, 1), ("tanh", "sigmoid"), "bce"), get("cs231n")), "sample")
+    neg, num, den = pr._split(e)
+    assert not neg and sp.expand(sp.Mul(*num) / sp.Mul(*den) - e) == 0 or sp.simplify(sp.Mul(*num) / sp.Mul(*den) - e) == 0
+    assert num == [a - y] and den == [naming.BATCH, a, 1 - a]
+    neg, num, den = pr._split(-e)
+    assert neg and sp.simplify(-sp.Mul(*num) / sp.Mul(*den) + e) == 0
 
 
 def test_relu_kink_is_stated():
     tex = render(derivation((2, 2, 1), ("relu", "identity"), "mse"), "cs231n", document=True)
-    assert r"\operatorname{ReLU}'(z) &= \theta\left(z\right) && \text{derived}" in tex
-    assert r"&= \mathbb{I}[z > 0] && \text{kink}" in tex
+    assert r"\operatorname{ReLU}'(z) &= \mathbb{I}[z > 0] && \text{derivative of }" in tex
+    assert r"\text{kink}" not in tex and r"\theta\left(z\right)" not in tex
+    staged = render(derivation((2, 2, 1), ("relu", "identity"), "mse"), "cs231n", document=True, stages=True)
+    assert r"\operatorname{ReLU}'(z) &= \theta\left(z\right) && \text{derived}" in staged
+    assert r"&= \mathbb{I}[z > 0] && \text{kink}" in staged
+    # the hidden error reads 1[z > 0], as the slides write it (exact: 1[a > 0] = 1[z > 0] for ReLU)
+    assert r"&= \mathbb{I}[z_{j}^{[1]} > 0]\, \frac{\partial L}{\partial a_{j}^{[1]}}" in tex
     assert r"symbp uses $\operatorname{ReLU}'(0) = 0$, the derivative from the left" in tex
     assert "vanishing" not in tex and "cancels against" not in tex
 
@@ -256,10 +314,10 @@ def test_vanishing_gradient_bound_with_sigmoid(xor):
 def test_explicit_two_by_two_jacobians():
     d = derivation((2, 2, 2), ("sigmoid", "softmax"), "ce")
     tex = render(d, "cs231n", document=True)
-    diag = (r"\frac{\partial a^{[1]}}{\partial z^{[1]}} &= \begin{bmatrix} \left(1 - a_{1}^{[1]}\right) a_{1}^{[1]} "
-            r"& 0 \\ 0 & \left(1 - a_{2}^{[1]}\right) a_{2}^{[1]} \end{bmatrix}")
-    full = (r"\frac{\partial a^{[2]}}{\partial z^{[2]}} &= \begin{bmatrix} \left(1 - a_{1}^{[2]}\right) a_{1}^{[2]} "
-            r"& - a_{1}^{[2]} a_{2}^{[2]} \\ - a_{1}^{[2]} a_{2}^{[2]} & \left(1 - a_{2}^{[2]}\right) a_{2}^{[2]} "
+    diag = (r"\frac{\partial a^{[1]}}{\partial z^{[1]}} &= \begin{bmatrix} a_{1}^{[1]} \left(1 - a_{1}^{[1]}\right) "
+            r"& 0 \\ 0 & a_{2}^{[1]} \left(1 - a_{2}^{[1]}\right) \end{bmatrix}")
+    full = (r"\frac{\partial a^{[2]}}{\partial z^{[2]}} &= \begin{bmatrix} a_{1}^{[2]} \left(1 - a_{1}^{[2]}\right) "
+            r"& - a_{1}^{[2]} a_{2}^{[2]} \\ - a_{1}^{[2]} a_{2}^{[2]} & a_{2}^{[2]} \left(1 - a_{2}^{[2]}\right) "
             r"\end{bmatrix}")
     affine = r"&= \begin{bmatrix} W_{11}^{[2]} & W_{21}^{[2]} \\ W_{12}^{[2]} & W_{22}^{[2]} \end{bmatrix}"
     for s in (diag, full, affine):
@@ -268,7 +326,8 @@ def test_explicit_two_by_two_jacobians():
     tr = render(d, "transposed", document=True)
     assert r"&= \begin{bmatrix} W_{11}^{[2]} & W_{12}^{[2]} \\ W_{21}^{[2]} & W_{22}^{[2]} \end{bmatrix}" in tr
     # the softmax entry in general: a_i (delta_ij - a_j)
-    assert r"\frac{\partial a_{i}^{[2]}}{\partial z_{j}^{[2]}} &= \left(\delta_{ij} - a_{j}^{[2]}\right) a_{i}^{[2]}" in tex
+    assert (r"\frac{\partial a_{i}^{[2]}}{\partial z_{j}^{[2]}} &= a_{i}^{[2]} \left(\mathbb{I}[i = j] - a_{j}^{[2]}\right)"
+            in tex)
 
 
 @pytest.mark.parametrize("sizes,acts,loss", [((2, 2, 2), ("sigmoid", "softmax"), "ce"),
@@ -373,3 +432,159 @@ def test_failing_pdflatex_names_its_log_and_writes_no_document(tmp_path, monkeyp
     log = tmp_path / "xor.log"
     assert str(log) in str(e.value) and "Undefined control sequence" in str(e.value)
     assert log.exists() and not (tmp_path / "xor.tex").exists() and not (tmp_path / "xor.pdf").exists()
+
+
+# --- the network options: no bias, relu_at_zero, bce after ReLU --------------------------------
+
+@lru_cache(maxsize=None)
+def _options_derivation(key):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", symbp.OutputRangeWarning)
+        net = {"nobias_relu1": lambda: symbp.mlp([2, 2, 1], ["relu", "identity"], "mse", name="net",
+                                                bias=[False, True], relu_at_zero=1),
+               "udl_toy": lambda: symbp.mlp([2, 1], ["relu"], "bce", name="toy", allow_any_output=True)}[key]()
+    return symbp.derive(net)
+
+
+def test_no_bias_layer_and_relu_at_zero_one_are_stated():
+    tex = render(_options_derivation("nobias_relu1"), "cs231n", document=True)
+    # layer 1 has no b: not in its parameters, its affine map, its Jacobians or its gradients
+    assert "b^{[1]}" not in tex and r"\partial b^{[1]}" not in tex
+    assert "b^{[2]}" in tex
+    assert "(no bias)" in tex
+    # ReLU'(0) = 1: the kink stage, and the one sentence that says where it comes from
+    assert r"\operatorname{ReLU}'(z) &= \mathbb{I}\left[z \ge 0\right]" in tex
+    assert r"symbp uses $\operatorname{ReLU}'(0) = 1$, the derivative from the right" in tex
+    assert r"\texttt{relu\_at\_zero = 1}" in tex and "Backpropagation" in tex
+
+
+def test_default_relu_kink_names_the_option():
+    tex = render(derivation((2, 2, 1), ("relu", "identity"), "mse"), "cs231n", document=True)
+    assert r"\texttt{relu\_at\_zero = 0}, the convention of PyTorch" in tex
+
+
+@needs_pdflatex
+@pytest.mark.parametrize("notation", NOTATIONS)
+@pytest.mark.parametrize("key", ["nobias_relu1", "udl_toy"])
+def test_option_documents_compile(key, notation, tmp_path):
+    _compile(render(_options_derivation(key), notation, document=True), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceptance: the example specs' handouts in every notation, compiled and checked as a reader would
+
+import re  # noqa: E402
+
+EXAMPLES = ("xor", "square", "abs", "swish", "digits_mlp")
+HAVE_PDFTOTEXT = shutil.which("pdftotext") is not None and shutil.which("pdfinfo") is not None
+
+
+def _outside_math(tex):
+    """The text-mode part of a document body: math ($...$, align*) and \texttt{...} removed."""
+    body = tex.split(r"\begin{document}", 1)[1]
+    body = re.sub(r"\\begin\{align\*\}.*?\\end\{align\*\}", " ", body, flags=re.S)
+    body = re.sub(r"\$[^$]*\$", " ", body)
+    return re.sub(r"\\texttt\{[^}]*\}", " ", body)
+
+
+@pytest.fixture(scope="module")
+def handouts(tmp_path_factory):
+    out = {}
+    root = Path(__file__).parent.parent / "examples/specs"
+    for name in EXAMPLES:
+        d = symbp.derive(symbp.load(root / f"{name}.toml"))
+        for notation in NOTATIONS:
+            out[(name, notation)] = render(d, notation, document=True)
+    return out
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("notation", NOTATIONS)
+def test_handout_text_reads_like_a_textbook(handouts, name, notation):
+    tex = handouts[(name, notation)]
+    for bad in ("Heaviside", "KroneckerDelta", "seed 0", "issue ", "sympy.", r"\text{derived}",
+                r"\text{collapse}"):
+        assert bad not in tex.replace(r"\texttt{sympy.diff}", ""), bad
+    assert r"\_" not in _outside_math(tex) and r"\^{}" not in _outside_math(tex)
+    # the Kronecker delta is an indicator: no two-index delta beside the error delta
+    assert not re.search(r"\\delta_\{[a-z],?[a-z]\}", tex)
+    # one sample index, s; the notes say once how indices count
+    assert "^{(t)}" not in tex and tex.count("Indices count from") == 1
+    assert r"\begin{tabular}{@{}r@{\hspace{1em}}p{0.88\linewidth}@{}}" in tex     # Algorithm 14.1
+    assert r"\section*{Sources}" in tex and "Algorithm 14.1 of the book chapter 14" in tex
+
+
+@needs_pdflatex
+@pytest.mark.skipif(not HAVE_PDFTOTEXT, reason="poppler-utils not installed")
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_handout_pdf_layout(handouts, name, tmp_path):
+    """Compiled twice (references), no overfull lines, and no page nearly empty but the last."""
+    for notation in NOTATIONS:
+        work = tmp_path / notation
+        work.mkdir()
+        (work / "doc.tex").write_text(handouts[(name, notation)])
+        for _ in range(2):
+            run = subprocess.run(["pdflatex", "-halt-on-error", "-interaction=nonstopmode", "doc.tex"],
+                                 cwd=work, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stdout[-2000:]
+        log = (work / "doc.log").read_text(errors="replace")
+        assert "Overfull \\hbox" not in log, (notation, re.findall(r"Overfull \\hbox.*", log)[:3])
+        assert "undefined" not in log.lower() or "Reference" not in log
+        info = subprocess.run(["pdfinfo", "doc.pdf"], cwd=work, capture_output=True, text=True).stdout
+        pages = int(re.search(r"Pages:\s+(\d+)", info).group(1))
+        sizes = [len(subprocess.run(["pdftotext", "-f", str(k), "-l", str(k), "doc.pdf", "-"], cwd=work,
+                                    capture_output=True, text=True).stdout.split()) for k in range(1, pages + 1)]
+        for k, n in enumerate(sizes[:-1], start=1):
+            assert n >= 0.15 * max(sizes), (notation, k, sizes)
+
+
+def test_udl_toy_relu_then_bce_prints_as_the_slides():
+    """ReLU then binary cross-entropy (the toy example of the Understanding Deep Learning
+    slides): dL/df_0 = 1[f_0 > 0] (h_1 - y) / (h_1 (1 - h_1)), by the same printing rule."""
+    from symbp.functions import ACTIVATIONS, LOSSES
+    from symbp.network import Layer, Network
+    net = Network("toy", 2, (Layer(1, ACTIVATIONS["relu"]),), LOSSES["bce"], "sum")
+    tex = render(symbp.derive(net), "udl", document=True)
+    assert (r"\frac{\partial L}{\partial f_{0}} &= \mathbb{I}[f_{0} > 0] \odot "
+            r"\frac{h_{1} - y}{h_{1} \left(1 - h_{1}\right)}") in tex
+    assert r"\frac{\partial L}{\partial h_{1,j}} &= \frac{h_{1,j} - y_{j}}{h_{1,j} \left(1 - h_{1,j}\right)}" in tex
+
+
+def test_cli_stages_option(tmp_path):
+    from symbp.cli import main
+    xor = str(Path(__file__).parent.parent / "examples/specs/xor.toml")
+    plain, staged = tmp_path / "plain.tex", tmp_path / "staged.tex"
+    assert main(["derive", xor, "--latex", str(plain)]) == 0
+    assert main(["derive", xor, "--latex", str(staged), "--stages"]) == 0
+    assert r"\text{collapse}" in staged.read_text() and r"\text{collapse}" not in plain.read_text()
+    assert r"\emph{onehot}: one-hot targets: $\sum_i y_i = 1$" in staged.read_text()
+
+
+def test_every_pass_has_a_latex_legend():
+    from symbp import simplify
+    assert all(p.name in latex.PASS_LATEX for p in simplify.PASSES)
+
+
+def test_batch_index_form_is_upper_case_and_rows_are_announced(xor):
+    """Batch notation: the index form speaks of the matrices (upper case); the per-sample
+    lower-case rows appear only after a sentence saying that they are rows of those matrices."""
+    tex = xor["batch"]
+    out = tex[tex.index("Output layer: the chain rule"):tex.index("Parameter gradients")]
+    assert r"\Delta_{2,sj} &= \sum_{i=1}^{n_{2}} \frac{\partial A_{2,si}}{\partial H_{2,sj}}" in out
+    assert r"\Delta_{2,sj} &= \sum_{i=1}^{n_{2}} \mathbb{I}[i = j]\, A_{2,si} \left(1 - A_{2,si}\right)" in out
+    for block in out.split(r"\begin{align*}")[1:]:
+        if r"\delta_{" in block.split(r"\end{align*}")[0]:
+            before = out[:out.index(block)]
+            assert "one sample $s$" in before.rsplit(r"\end{align*}", 1)[-1], block[:200]
+
+
+def test_sources_table_cites_works_not_files():
+    from symbp.render import sources
+    assert set(sources.NOTATION_SOURCE) == set(NOTATIONS)
+    assert sources.cite("chapter", "eq. 14.47") == 'the book chapter 14 "Backpropagation", eq. 14.47'
+    assert sources.cite("slides") == 'Soleymani, "Multi-Layer Networks & Back-Propagation"'
+    items = sources.bibliography({"udl", "slides"})
+    assert len(items) == 2 and items[0].startswith(r"\item M. Soleymani") and r"\&" in items[0]
+    for s in sources.SOURCES.values():
+        assert "seed" not in s.full() and ".txt" not in s.full()

@@ -4,8 +4,12 @@ Checks that every shipped example spec loads, that ``symbp.mlp(...)`` and ``symb
 equivalent specs give equal Networks with equal digests, that the digest moves when any part of
 the spec moves (and is the same in a fresh process), that Networks are frozen, that numbers in
 a spec stay exact (slope 0.1 is the rational 1/10) and that parameter shapes follow
-z = W a + b with W of shape (n_out, n_in).
+z = W a + b with W of shape (n_out, n_in). The options bias (per layer), relu_at_zero and
+allow_any_output read the same from TOML and from the builder, move the digest only when set
+(existing digests stay), drop b<l> from the parameters, and warn where a loss may leave its
+domain.
 """
+import warnings
 import dataclasses
 import os
 import subprocess
@@ -132,6 +136,10 @@ def _variants():
         ("reduction", dict(base, reduction="sum")),
         ("user", dict(user, define={"act": "z * sigmoid(z)"})),
         ("user_text", dict(user, define={"act": "z * tanh(z)"})),
+        ("no_bias", dict(base, bias=False)),
+        ("no_bias_layer2", dict(base, bias=[True, False])),
+        ("relu_at_zero", dict(base, relu_at_zero=1)),
+        ("allow_any_output", dict(base, allow_any_output=True)),
     ]
 
 
@@ -255,3 +263,68 @@ def test_user_activation_may_use_an_earlier_one():
                     define={"swish": "z * sigmoid(z)", "twice": "2 * swish(z)"})
     d = net.layers[0].activation.definition
     assert sp.simplify(d - 2 * z / (1 + sp.exp(-z))) == 0
+
+
+OPTIONS_TOML = """
+[network]
+name = "opts"
+inputs = 2
+relu_at_zero = {at_zero}
+[[layer]]
+units = 3
+activation = "relu"
+bias = false
+[[layer]]
+units = 1
+activation = "relu"
+[loss]
+kind = "bce"
+allow_any_output = true
+"""
+
+
+@pytest.mark.parametrize("at_zero", [0, 1])
+def test_options_from_toml_equal_the_builder(at_zero):
+    with pytest.warns(symbp.OutputRangeWarning, match=r"loss\.allow_any_output: loss 'bce' after a 'relu' output"):
+        net = symbp.loads(OPTIONS_TOML.format(at_zero=at_zero), where="opts.toml")
+    with pytest.warns(symbp.OutputRangeWarning, match=r"outputs may leave \(0, 1\)"):
+        built = symbp.mlp([2, 3, 1], ["relu", "relu"], "bce", name="opts", bias=[False, True],
+                          relu_at_zero=at_zero, allow_any_output=True)
+    assert net == built and net.digest == built.digest
+    assert [layer.bias for layer in net.layers] == [False, True]
+    assert net.relu_at_zero == at_zero and net.allow_any_output
+    assert net.param_shapes() == {"W1": (3, 2), "W2": (1, 3), "b2": (1,)}
+    assert "no bias in layer 1" in str(net)
+
+
+def test_options_at_their_defaults_leave_the_digest_alone():
+    """Generated files carry the spec digest: networks that do not use an option keep theirs."""
+    base = symbp.mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="xor")
+    same = symbp.mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="xor", bias=[True, True],
+                     relu_at_zero=0, allow_any_output=False)
+    assert same == base and same.digest == base.digest
+    assert set(base.canonical()) == {"name", "inputs", "layers", "loss", "reduction"}
+    assert all("bias" not in layer for layer in base.canonical()["layers"])
+    toml = XOR_TOML.replace('activation = "sigmoid"', 'activation = "sigmoid"\nbias = true')
+    toml = toml.replace("inputs = 2", "inputs = 2\nrelu_at_zero = 0")
+    assert symbp.loads(toml).digest == base.digest
+    # the digest the committed kernels of examples/specs/xor.toml were generated from
+    golden = (ROOT / "generated" / "xor" / "cpu_float64.py").read_text()
+    assert symbp.load(ROOT / "examples" / "specs" / "xor.toml").digest in golden
+
+
+def test_no_bias_anywhere_has_weights_only():
+    net = symbp.mlp([4, 3, 2], ["tanh", "identity"], "mse", bias=False)
+    assert net.param_shapes() == {"W1": (3, 4), "W2": (2, 3)}
+    assert str(net).endswith("no bias")
+
+
+def test_bce_after_relu_needs_the_opt_in_and_warns():
+    with pytest.raises(symbp.SpecError, match="allow_any_output = true accepts it"):
+        symbp.mlp([2, 1], ["relu"], "bce")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # a sigmoid output: the option lifts nothing, no warning
+        symbp.mlp([2, 1], ["sigmoid"], "bce", allow_any_output=True)
+    with pytest.warns(symbp.OutputRangeWarning) as record:
+        symbp.mlp([2, 1], ["relu"], "bce", allow_any_output=True)
+    assert len(record) == 1 and "loss is undefined" in str(record[0].message)

@@ -13,8 +13,15 @@
   parameter a symbol; it follows the loss and reduction conventions exactly (sse = 2 mse, sum =
   B mean). It refuses large sizes and bad arrays, reads no derivation (it still works with
   ``symbp.derive`` broken), and user activations translate to torch.
+- The network options go through the same checks: layers without bias, relu_at_zero = 1 (on a
+  batch with pre-activations exactly 0, where the oracle, torch and the kernel must all take
+  ReLU'(0) = 1; finite differences average the two sides there, so gradcheck takes a random
+  batch), and bce after a ReLU output (allow_any_output, on a batch whose outputs stay in
+  (0, 1)).
 """
+import warnings
 import ast
+import dataclasses
 import importlib
 from pathlib import Path
 
@@ -43,16 +50,61 @@ NETS = {
     "swish": lambda: symbp.mlp([3, 4, 2], ["swish", "identity"], "sse", define={"swish": "z * sigmoid(z)"},
                                name="swish"),
     "deep": lambda: symbp.mlp([2, 3, 2, 2], ["tanh", "leaky_relu", "sigmoid"], "bce", name="deep"),
+    # the network options
+    "nobias_tanh": lambda: symbp.mlp([2, 4, 2], ["tanh", "identity"], "mse", bias=False, name="nobias_tanh"),
+    "nobias_xor": lambda: symbp.mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", bias=[False, True],
+                                    name="nobias_xor"),
+    "relu1_mse": lambda: symbp.mlp([2, 4, 2], ["relu", "identity"], "mse", relu_at_zero=1, name="relu1_mse"),
+    "leaky1_nobias": lambda: symbp.mlp([3, 4, 2], [{"name": "leaky_relu", "slope": 0.25}, "relu"], "sse", "sum",
+                                       bias=[False, True], relu_at_zero=1, name="leaky1_nobias"),
+    "relu0_kinks": lambda: symbp.mlp([2, 4, 2], ["relu", "identity"], "mse", name="relu0_kinks"),
+    "udl_toy": lambda: _quiet(lambda: symbp.mlp([2, 1], ["relu"], "bce", allow_any_output=True, name="udl_toy")),
 }
 # Compiled kernels (slow to build): three networks, each in float64 and float32. The float32
 # kernel's float64 twin (for gradcheck) is the float64 kernel already compiled in the same dir.
-JIT_CASES = [(n, d) for n in ("xor_bce", "tanh_softmax_ce", "swish") for d in ("float64", "float32")]
+JIT_CASES = ([(n, d) for n in ("xor_bce", "tanh_softmax_ce", "swish") for d in ("float64", "float32")]
+             + [("leaky1_nobias", "float64"), ("nobias_xor", "float32")])
 
 _ORACLE = {}
 
 
-def case(name, dtype="float64", seed=0):
+def _quiet(build):
+    """Build a network that asks for bce after a ReLU, without its OutputRangeWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", symbp.OutputRangeWarning)
+        return build()
+
+
+def _kink_batch(net, dtype):
+    """Integer weights and inputs in {-1, 0, 1}: several first-layer pre-activations are exactly
+    0, where relu_at_zero decides the gradient (seed chosen so that they are)."""
+    rng = np.random.default_rng(11)
+    p = {k: rng.integers(-1, 2, size=shape).astype(dtype) for k, shape in net.param_shapes().items()}
+    X = rng.integers(-1, 2, size=(BATCH, net.inputs)).astype(dtype)
+    Y = rng.integers(-1, 2, size=(BATCH, net.sizes[-1])).astype(dtype)
+    return p, X, Y
+
+
+def _toy_batch(net, dtype):
+    """The UDL toy network's numbers: outputs h = 0.4, 0.25, 0.5, inside (0, 1) where bce is
+    defined (values rounded through float32, as random_batch does)."""
+    p = {"W1": np.array([[0.4, -0.2]]), "b1": np.array([0.1])}
+    X = np.array([[1.0, 0.5], [0.5, 0.25], [1.5, 1.0]])
+    Y = np.array([[1.0], [0.0], [1.0]])
+    cast = lambda a: a.astype(np.float32).astype(dtype)   # noqa: E731
+    return {k: cast(v) for k, v in p.items()}, cast(X), cast(Y)
+
+
+# Batches other than random_batch: (batch function, whether gradcheck uses it too). At an exact
+# kink finite differences see the mean of the two one-sided derivatives, not the convention.
+SPECIAL = {"relu1_mse": (_kink_batch, False), "leaky1_nobias": (_kink_batch, False),
+           "relu0_kinks": (_kink_batch, False), "udl_toy": (_toy_batch, True)}
+
+
+def case(name, dtype="float64", seed=0, differences=False):
     net = NETS[name]()
+    if name in SPECIAL and (SPECIAL[name][1] or not differences):
+        return net, SPECIAL[name][0](net, np.dtype(dtype))
     return net, random_batch(net, BATCH, seed=seed, dtype=dtype)
 
 
@@ -97,7 +149,7 @@ RTOL = {"float64": 1e-9, "float32": 2e-4}
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", list(NETS))
 def test_plain_python_kernel_passes_gradcheck(gen_dir, name, dtype):
-    net, (p, X, Y) = case(name, dtype)
+    net, (p, X, Y) = case(name, dtype, differences=True)
     report = gradcheck(kernel(name, dtype, gen_dir), p, X, Y)
     assert report.ok, str(report)
     assert report.tol == DEFAULT_TOL[dtype]
@@ -136,9 +188,10 @@ def test_torch_and_oracle_agree(name):
 def test_compiled_kernel_verified_three_ways(gen_dir, name, dtype):
     k = kernel(name, dtype, gen_dir / "jit", jit=True)
     assert k.jit
-    net, (p, X, Y) = case(name, dtype)
+    net, (p, X, Y) = case(name, dtype, differences=True)
     report = gradcheck(k, p, X, Y)
     assert report.ok, str(report)
+    net, (p, X, Y) = case(name, dtype)
     ref_loss, ref = oracle(name)
     assert_matches(k, name, dtype, ref_loss, ref, RTOL[dtype])
     if dtype == "float64" and importlib.util.find_spec("torch") is not None:
@@ -257,7 +310,7 @@ def test_gradcheck_report_table(gen_dir):
 
 @pytest.mark.parametrize("kw,message", [
     ({"eps": 0}, "eps: expected a positive number"),
-    ({"tol": -1.0}, "tol: expected a positive number"),
+    ({"tol": -1.0}, r"tol: expected a relative tolerance in \(0, 1\)"),
     ({"max_entries": 0}, "max_entries: expected an integer >= 1"),
 ])
 def test_gradcheck_refuses_bad_arguments(gen_dir, kw, message):
@@ -418,3 +471,50 @@ def test_oracle_follows_the_loss_and_reduction_conventions():
         assert l == factor * base_loss
         assert all((g[k] == factor * base[k]).all() for k in base)
     assert any(v != 0 for v in base["W1"].ravel())
+
+
+# ---------------------------------------------------------------------------------------------
+# relu_at_zero: the batch hits the kink, and the convention changes the answer
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["relu1_mse", "leaky1_nobias", "relu0_kinks"])
+def test_kink_batch_hits_zero_and_the_convention_matters(name):
+    """The kink batches have first-layer pre-activations exactly 0, and there the other
+    relu_at_zero gives other gradients (so the kernel/oracle/torch agreement above is about the
+    convention, not a coincidence)."""
+    net, (p, X, Y) = case(name)
+    z1 = X @ p["W1"].T + (p["b1"] if "b1" in p else 0)
+    assert np.sum(z1 == 0) >= 2, z1
+    other = dataclasses.replace(net, relu_at_zero=1 - net.relu_at_zero)
+    _, g = oracle(name)
+    _, g_other = oracle_gradients(other, p, X, Y, input_grad=True)
+    assert any(not np.allclose(g[k], g_other[k]) for k in g)
+
+
+@pytest.mark.parametrize("at_zero", [0, 1])
+def test_oracle_relu_kink_takes_the_networks_convention(at_zero):
+    # z1 = 0 exactly for the one sample: relu'(0) = relu_at_zero reaches W1 (x = 2) and b1
+    net = symbp.mlp([1, 1, 1], ["relu", "identity"], "mse", name="kink", relu_at_zero=at_zero)
+    p = {"W1": np.array([[1.0]]), "b1": np.array([-2.0]), "W2": np.array([[1.0]]), "b2": np.array([0.0])}
+    _, g = oracle_gradients(net, p, np.array([[2.0]]), np.array([[1.0]]), exact=True)
+    # L = (a2 - y)^2 / 2 with a2 = 0, y = 1: dL/da2 = -1, dL/dz1 = -relu'(0)
+    assert g["W1"][0, 0] == -2 * at_zero and g["b1"][0] == -at_zero and g["b2"][0] == -1
+    if importlib.util.find_spec("torch") is not None:
+        _, gt = torch_gradients(net, p, np.array([[2.0]]), np.array([[1.0]]))
+        assert gt["W1"][0, 0] == -2 * at_zero and gt["b1"][0] == -at_zero
+
+
+@pytest.mark.parametrize("jit", [pytest.param(True, marks=pytest.mark.jit), False], ids=["jit", "python"])
+def test_udl_toy_outside_0_1_is_a_clear_error(gen_dir, jit):
+    """bce after a ReLU is computed from h: at h = 0 (f <= 0) it is a log of 0 and a division by
+    0 (inf / NaN in torch): the kernel says so in one InputError line (compiling still works:
+    compile() warms up at that very point); inside (0, 1) it is finite (the tests above)."""
+    net, (p, X, Y) = case("udl_toy")
+    k = kernel("udl_toy", "float64", gen_dir / ("jit" if jit else "py"), jit=jit).compile()
+    assert np.isfinite(k.loss_and_grad(p, X, Y)[0])
+    for call in (k.loss_and_grad, k.input_grad):
+        with pytest.raises(InputError, match="the loss is not defined at these values") as e:
+            call(p, -X, Y)      # f = 0.1 - (0.4 x1 - 0.2 x2) < 0 for these rows: h = 0
+        assert "\n" not in str(e.value) and "'bce'" in str(e.value)
+    if importlib.util.find_spec("torch") is not None:
+        assert not np.isfinite(torch_gradients(net, p, -X, Y)[0])

@@ -12,8 +12,6 @@ import sympy as sp
 import symbp
 from symbp import cli
 from symbp.errors import SymbpError
-from symbp.functions import ACTIVATIONS, LOSSES
-from symbp.network import Layer, Network
 from symbp.render.notation import NOTATIONS
 from symbp.render.worked import evaluate, show, worked_example
 
@@ -175,9 +173,12 @@ def test_latex_document_compiles(tmp_path):
 
 
 def _toy():
-    """Seed 001's toy network: ReLU straight into binary cross-entropy (built directly: the
-    spec builder wants a sigmoid under bce)."""
-    return symbp.derive(Network("toy", 2, (Layer(1, ACTIVATIONS["relu"]),), LOSSES["bce"], "mean"))
+    """The UDL toy network: ReLU straight into binary cross-entropy (allow_any_output: the
+    builder wants a sigmoid under bce unless asked)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", symbp.OutputRangeWarning)
+        return symbp.derive(symbp.mlp([2, 1], ["relu"], "bce", name="toy", allow_any_output=True))
 
 
 TOY = {"W1": [[0.4, -0.2]], "b1": [0.1]}
@@ -299,10 +300,10 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, main, capsys, args, 
     params.write_text(json.dumps({k: v for k, v in RELU_PARAMS.items()}))
     tex = tmp_path / "w.tex"
     argv = ["worked", str(spec), "--params", str(params), "--y", "1", "--latex", str(tex)] + args
-    if match is None:          # an unknown option is argparse's error (exit 2 too)
-        with pytest.raises(SystemExit) as e:
-            main(argv)
-        assert e.value.code == 2
+    if match is None:          # an unknown option is argparse's error: one line, exit 2 too
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments: --params-override" in err and len(err.splitlines()) == 1
     else:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
@@ -321,3 +322,61 @@ def test_cli_params_file_errors_name_the_file_and_key(tmp_path, main, capsys):
     params.write_text("{not json")
     assert main(["worked", str(spec), "--params", str(params), "--x", "2,1", "--y", "1"]) == 2
     assert "invalid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("at_zero", [0, 1])
+def test_no_bias_worked_example_at_a_kink_takes_relu_at_zero(tmp_path, at_zero):
+    """Layer 1 without bias, z1 = 0 exactly for unit 1: the worked example uses ReLU'(0) =
+    relu_at_zero (and says which side), shows no b1 anywhere (values, steps, SGD update), and
+    agrees with the generated kernel."""
+    net = symbp.mlp([2, 2, 1], ["relu", "identity"], "mse", name="relu_nb", bias=[False, True],
+                    relu_at_zero=at_zero)
+    d = symbp.derive(net)
+    params = {"W1": [[1, -2], [1, 1]], "W2": [[1, 1]], "b2": [0]}
+    w = worked_example(d, params, [2, 1], 1, lr=0.5)
+    assert w.values["z1"][0] == 0
+    assert w.values["ga1"][0] != 0 and w.values["delta1"][0] == at_zero * w.values["ga1"][0]
+    side = "right" if at_zero else "left"
+    assert any("Kink" in n and rf"\operatorname{{ReLU}}'(0) = {at_zero}" in n and side in n for n in w.notes)
+    assert "b1" not in w.values and "b1_new" not in w.values and "gb1" not in w.values
+    assert "W1_new" in w.values and "b2_new" in w.values
+    k = symbp.generate(d, out_dir=tmp_path, jit=False)
+    P = {key: np.array(v, dtype=float) for key, v in params.items()}
+    _, grads = k.loss_and_grad(P, np.array([[2.0, 1.0]]), np.array([[1.0]]))
+    np.testing.assert_array_equal(grads["W1"], np.array(w.values["gW1"], dtype=float))
+    assert grads["W1"][0, 0] == float(at_zero * 2 * w.values["ga1"][0])
+
+
+def test_udl_toy_worked_example_matches_the_slides():
+    """bce after a ReLU (allow_any_output): dL/dh_1 = (h_1 - y)/(h_1 (1 - h_1)) and
+    dL/df_0 = I[f_0 > 0] dL/dh_1, at the example's numbers (f_0 = 2/5, y = 1)."""
+    w = worked_example(_toy(), TOY, [1, 0.5], 1, notation="udl")
+    h = sp.Rational(2, 5)
+    assert w.values["a1"][0] == h
+    assert w.values["loss"] == -sp.log(h)
+    assert w.values["ga1"][0] == (h - 1) / (h * (1 - h)) == sp.Rational(-5, 2)
+    assert w.values["delta1"][0] == w.values["ga1"][0]
+    assert list(w.values["gW1"]) == [sp.Rational(-5, 2), sp.Rational(-5, 4)]
+
+
+def test_toy_relu_bce_example_runs_on_the_public_api(tmp_path):
+    """examples/toy_relu_bce.py builds the UDL toy with symbp.mlp (no hand-built Network),
+    prints the slide's numbers and checks its generated kernel against them."""
+    import ast
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "examples" / "toy_relu_bce.py"
+    tree = ast.parse(script.read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {"symbp.network", "symbp.functions", "symbp.codegen.load"} & imported, imported
+    env = dict(os.environ, PYTHONPATH=str(script.parents[1]))
+    run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "f_0 = 2/5, h_1 = 2/5, L = -log(2/5) = 0.9163" in run.stdout
+    assert "dL/dh_1 = -5/2, dL/df_0 = -5/2, dL/dOmega_0 = [-5/2, -5/4], dL/dbeta_0 = [-5/2]" in run.stdout
+    assert "kernel: L = 0.9163, dL/dOmega_0 = [-2.5, -1.25], dL/dbeta_0 = [-2.5]" in run.stdout
+    assert (tmp_path / "toy_relu_bce.tex").exists() and (tmp_path / "toy_relu_bce.md").exists()

@@ -44,5 +44,5 @@ def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
     source = emit(derivation, target, dtype)
     path = kernel_path(net, target, dtype, out_dir)
     write(path, source)
-    module = import_module(path, naming.import_name(net.name, target, dtype, net.digest), jit=jit)
+    module = import_module(path, naming.import_name(net.name, target, dtype, net.digest), jit=jit, digest=net.digest)
     return Kernel(derivation, module, path, target, dtype, jit)

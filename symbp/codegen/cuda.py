@@ -298,13 +298,16 @@ def _weight_contraction(eq, l, net, p, smem, per_thread):
 
 
 def _gradient_stage(d, l, p, smem, threads):
-    """Per-block sums of gW_l and gb_l: rows of the two factors staged per sample in shared
-    memory, ``samples`` at a time; each thread sums its entries over the staged samples."""
+    """Per-block sums of gW_l and gb_l (no gb_l for a layer without bias): rows of the two
+    factors staged per sample in shared memory, ``samples`` at a time; each thread sums its
+    entries over the staged samples."""
     net = d.network
-    gW, gb = d[f"gW{l}"], d[f"gb{l}"]
+    bias = net.layers[l - 1].bias
+    gW = d[f"gW{l}"]
+    gb = d[f"gb{l}"] if bias else None
     f = batch_form(gW.lhs, gW.rhs)
-    cs = batch_form(gb.lhs, gb.rhs)
-    if not isinstance(f, Product) or not isinstance(cs, ColumnSum) or cs.arg != f.left:
+    cs = batch_form(gb.lhs, gb.rhs) if bias else None
+    if not isinstance(f, Product) or (bias and (not isinstance(cs, ColumnSum) or cs.arg != f.left)):
         raise DerivationError(f"gW{l}, gb{l}: expected sum_s delta a^T and sum_s delta")
     staged, offset = [], 0
     for base in (f.left, f.right):
@@ -318,21 +321,26 @@ def _gradient_stage(d, l, p, smem, threads):
         return expr.replace(lambda e: isinstance(e, sp.Indexed) and str(e.base.label) in where,
                             lambda e: SM[O_ROW + where[str(e.base.label)] + e.indices[1]])
 
-    (sW, _), (sb, _) = _sum_of(gW.rhs), _sum_of(gb.rhs)
+    sW, _ = _sum_of(gW.rhs)
     pW, qW = gW.lhs.indices
-    pb, = gb.lhs.indices
     n_out, n_in = net.sizes[l], net.sizes[l - 1]
-    return {
+    out = {
         "staged": staged, "stride": stride,
         "samples": max(1, min(threads, smem // stride)),
-        "gW": naming.ident(gW.lhs.base), "gb": naming.ident(gb.lhs.base),
-        "gW_comment": text(gW.lhs, gW.rhs), "gb_comment": text(gb.lhs, gb.rhs),
-        "p": str(pW), "q": str(qW), "pb": str(pb), "n_out": n_out, "n_in": n_in,
-        "entries_W": n_out * n_in, "entries_b": n_out,
-        "per_thread_W": -(-n_out * n_in // threads), "per_thread_b": -(-n_out // threads),
+        "gW": naming.ident(gW.lhs.base), "gb": None,
+        "gW_comment": text(gW.lhs, gW.rhs),
+        "p": str(pW), "q": str(qW), "n_out": n_out, "n_in": n_in,
+        "entries_W": n_out * n_in,
+        "per_thread_W": -(-n_out * n_in // threads), "per_thread_b": 0,
         "gW_summand": p.doprint(staged_form(sW.function)),
-        "gb_summand": p.doprint(staged_form(sb.function)),
     }
+    if bias:
+        sb, _ = _sum_of(gb.rhs)
+        pb, = gb.lhs.indices
+        out.update({"gb": naming.ident(gb.lhs.base), "gb_comment": text(gb.lhs, gb.rhs), "pb": str(pb),
+                    "entries_b": n_out, "per_thread_b": -(-n_out // threads),
+                    "gb_summand": p.doprint(staged_form(sb.function))})
+    return out
 
 
 def _fused_context(d, dtype, geometry):
@@ -363,8 +371,8 @@ def _fused_context(d, dtype, geometry):
     for l in range(1, L + 1):
         zq, aq = d[f"z{l}"], d[f"a{l}"]
         f = batch_form(zq.lhs, zq.rhs)
-        if not isinstance(f, Product) or f.bias is None:
-            raise DerivationError(f"z{l}: expected W a + b, got {zq.rhs}")
+        if not isinstance(f, Product) or (f.bias is None) == net.layers[l - 1].bias:
+            raise DerivationError(f"z{l}: expected W a{' + b' if net.layers[l - 1].bias else ''}, got {zq.rhs}")
         act = [(aq.lhs, aq.rhs, f"{text(aq.lhs, aq.rhs)}   [{net.layers[l - 1].activation.name}]")]
         forward.append({"layer": l, "z": _weight_contraction(zq, l, net, p, smem, per_thread),
                         "rows": _rows(_CudaBlock(p, sizes), [act], naming.J, n[l])})
@@ -400,7 +408,7 @@ def _fused_context(d, dtype, geometry):
         "kernels": {"fused_forward": fwd_args, "fused_loss_and_grad": train_args},
         "n0": n[0], "nL": n[L], "input": per_thread["a0"], "gx": per_thread["ga0"],
         "acc_W": max(s["grad"]["per_thread_W"] for s in backward),
-        "acc_b": max(s["grad"]["per_thread_b"] for s in backward),
+        "acc_b": max(1, max(s["grad"]["per_thread_b"] for s in backward)),   # >= 1: a valid array
     }
 
 
@@ -445,13 +453,16 @@ def _tiled_context(d, dtype):
     for l in range(1, L + 1):
         zq, aq = d[f"z{l}"], d[f"a{l}"]
         f, gemm, args = _gemm_call(zq, f"Z{l}")
-        if f.bias is None:
-            raise DerivationError(f"z{l}: expected W a + b, got {zq.rhs}")
+        if (f.bias is None) == net.layers[l - 1].bias:
+            raise DerivationError(f"z{l}: expected W a{' + b' if net.layers[l - 1].bias else ''}, got {zq.rhs}")
         gemms.add(gemm)
         zlhs = zq.lhs
-        bias = [(zlhs, zlhs + f.bias[naming.J], text(zq.lhs, zq.rhs))]
         act = [(aq.lhs, aq.rhs, f"{text(aq.lhs, aq.rhs)}   [{net.layers[l - 1].activation.name}]")]
-        groups = [bias, act] if aq.rhs.has(sp.Sum) else [bias + act]
+        if f.bias is not None:
+            bias = [(zlhs, zlhs + f.bias[naming.J], text(zq.lhs, zq.rhs))]
+            groups = [bias, act] if aq.rhs.has(sp.Sum) else [bias + act]
+        else:   # no bias: the product already is z, the pass only applies the activation
+            groups = [act]
         k = _elementwise(f"forward{l}", p, sizes, groups, n[l])
         kernels.append(k)
         steps_fwd.append({"layer": l, "comment": text(zq.lhs, zq.rhs), "gemm": gemm, "gemm_args": args,
@@ -479,10 +490,11 @@ def _tiled_context(d, dtype):
             if ("Bf", "scalar") not in k["args"]:
                 k["args"].append(("Bf", "scalar"))
         kernels.append(k)
-        gW, gb = d[f"gW{l}"], d[f"gb{l}"]
+        gW = d[f"gW{l}"]
         _, gW_gemm, gW_args = _gemm_call(gW, naming.ident(gW.lhs.base))
-        cs = batch_form(gb.lhs, gb.rhs)
-        if not isinstance(cs, ColumnSum):
+        gb = d[f"gb{l}"] if net.layers[l - 1].bias else None
+        cs = batch_form(gb.lhs, gb.rhs) if gb is not None else None
+        if gb is not None and not isinstance(cs, ColumnSum):
             raise DerivationError(f"gb{l}: expected a sum over the samples, got {gb.rhs}")
         gq = d[f"ga{l - 1}"]
         _, ga_gemm, ga_args = _gemm_call(gq, "GX" if l == 1 else naming.ident(gq.lhs.base))
@@ -490,8 +502,9 @@ def _tiled_context(d, dtype):
         steps_bwd.append({
             "layer": l, "delta_comment": f"{dq.name}: {dq.doc}", "kernel": k,
             "gW_comment": text(gW.lhs, gW.rhs), "gW_gemm": gW_gemm, "gW_args": gW_args,
-            "gb_comment": text(gb.lhs, gb.rhs), "gb": naming.ident(gb.lhs.base),
-            "gb_arg": naming.ident(cs.arg),
+            "gb_comment": text(gb.lhs, gb.rhs) if gb is not None else None,
+            "gb": naming.ident(gb.lhs.base) if gb is not None else None,
+            "gb_arg": naming.ident(cs.arg) if gb is not None else None,
             "ga_comment": text(gq.lhs, gq.rhs), "ga_gemm": ga_gemm, "ga_args": ga_args,
         })
 
@@ -563,6 +576,7 @@ def emit_cuda(derivation, dtype="float64", fuse_width=FUSE_WIDTH, geometry=DEFAU
         "geometry": geometry,
         "zero": p.doprint(sp.Integer(0)), "why": why,
         "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
+        "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
     })
     ctx["kernels"] = dict(ctx["kernels"])
     ctx["kernels"]["fill_zero"] = [("a", 1)]
@@ -592,5 +606,5 @@ def generate_cuda(derivation, dtype="float64", out_dir=None, jit=True, *, fuse_w
     # (fuse_width, geometry) must not be served from sys.modules as the old module.
     tag = hashlib.sha256(source.encode()).hexdigest()[:8]
     name = f"{naming.import_name(net.name, TARGET, dtype, net.digest)}_{tag}"
-    module = import_module(path, name, jit=True)
+    module = import_module(path, name, jit=True, digest=net.digest)
     return CudaKernel(derivation, module, path, dtype, jit, max_chunk=max_chunk)

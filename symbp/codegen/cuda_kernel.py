@@ -13,14 +13,31 @@ when set; under the simulator ``max_chunk`` rows, or the whole batch when it is 
 and the gradients of the chunks add up on the device (the kernels receive the size of the whole
 batch for the mean), so a batch too large for the device is split, not refused.
 Without a GPU and without the simulator every call raises ``SymbpError(cuda.NO_DEVICE)``.
+
+Arguments are checked as the CPU Kernel checks them (one ``InputError`` line naming the
+argument). Threads: the device buffers (parameters, gradients, loss, per-row work) belong to
+the kernel, and the device runs one launch sequence at a time anyway, so calls from several
+threads are serialized by a lock held from the first copy to the device to the last copy back.
 """
+import functools
+import threading
+
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, SymbpError
 from . import cuda as _cuda
-from .kernel import Kernel
+from .kernel import _ABSENT, Kernel, check_keys, check_lr, check_writable
 
 MEMORY_FRACTION = 0.5   # of the free device memory, for the per-row work buffers of one chunk
+
+
+def _locked(method):
+    """The method run while holding the kernel's lock (see the module docstring)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return call
 
 
 def is_device_array(a):
@@ -37,6 +54,7 @@ class CudaKernel(Kernel):
         self._work = {}        # chunk rows -> per-row device buffers
         self._chunks = {}      # (batch, max_chunk) -> chunk rows
         self._dev = None       # device parameters, gradients and loss (no per-row size)
+        self._lock = threading.RLock()   # one call at a time uses the buffers above
 
     def __repr__(self):
         return (f"<CudaKernel {self.network.name} {self.dtype} {self.strategy} "
@@ -44,6 +62,8 @@ class CudaKernel(Kernel):
 
     # checks -------------------------------------------------------------------------------
     def _array(self, name, a, shape):
+        if a is None:
+            raise InputError(f"{name}: expected an array of shape {shape} and dtype {self.dtype}, got None")
         if is_device_array(a):
             if np.dtype(a.dtype) != self.dtype:
                 raise InputError(f"{name}: expected dtype {self.dtype} (this kernel's dtype), got {a.dtype}")
@@ -57,7 +77,7 @@ class CudaKernel(Kernel):
                              f"got {type(a).__name__}")
         return super()._array(name, a, shape)
 
-    def _check(self, params, X, Y=None):
+    def _check(self, params, X, Y=_ABSENT):
         n0, nL = self.network.sizes[0], self.network.sizes[-1]
         if not (isinstance(X, np.ndarray) or is_device_array(X)) or len(X.shape) != 2:
             got = tuple(X.shape) if hasattr(X, "shape") else type(X).__name__
@@ -66,16 +86,16 @@ class CudaKernel(Kernel):
         if B < 1:
             raise InputError("X: expected at least one row (sample)")
         X = self._array("X", X, (B, n0))
-        if Y is not None:
+        if Y is not _ABSENT:
             Y = self._array("Y", Y, (B, nL))
-        if not isinstance(params, dict):
-            raise InputError(f"params: expected a dict with keys {', '.join(self._params)}")
-        missing = [k for k in self._params if k not in params]
-        extra = sorted(k for k in params if k not in self.param_shapes)
-        if missing or extra:
-            raise InputError(f"params: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+        check_keys("params", params, self._params)
         ps = [self._array(f"params[{k!r}]", params[k], tuple(self.param_shapes[k])) for k in self._params]
         return ps, X, Y
+
+    def bind(self, params, X, Y):
+        """Not for CUDA kernels: the packed single-call step is a CPU entry point."""
+        raise SymbpError("bind: a bound step is a CPU kernel entry point; on CUDA call "
+                         "sgd_step or loss_and_grad (device arrays stay on the device)")
 
     # device memory ------------------------------------------------------------------------
     def _bytes_per_row(self):
@@ -165,6 +185,7 @@ class CudaKernel(Kernel):
         self.sgd_step(params, X, Y, 0.0)         # and the update kernels
         return self
 
+    @_locked
     def forward(self, params, X):
         """Network output a^L for the rows of X, shape (B, nL), as a NumPy array."""
         ps, X, _ = self._check(params, X)
@@ -206,6 +227,7 @@ class CudaKernel(Kernel):
                 w["GX"][:n].copy_to_host(GX[lo:hi])
         return dps, GX
 
+    @_locked
     def loss_and_grad(self, params, X, Y, copy=True):
         """(loss, {"gW1": ..., ...} keyed like params), NumPy arrays (``copy`` is accepted for
         the CPU Kernel's signature: the gradients are always fresh host arrays)."""
@@ -215,26 +237,27 @@ class CudaKernel(Kernel):
         grads = {k: g.copy_to_host() for k, g in zip(self._params, dev["grads"])}
         return float(dev["loss"].copy_to_host()[0]), grads
 
+    @_locked
     def loss(self, params, X, Y):
         ps, X, Y = self._check(params, X, Y)
         self._loss_and_grad(ps, X, Y, False)
         return float(self._device()["loss"].copy_to_host()[0])
 
+    @_locked
     def input_grad(self, params, X, Y):
         """dL/dX, shape (B, n0), as a NumPy array."""
         ps, X, Y = self._check(params, X, Y)
         return self._loss_and_grad(ps, X, Y, True)[1]
 
+    @_locked
     def sgd_step(self, params, X, Y, lr):
         """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
+        lr = check_lr(lr, self.dtype)
         ps, X, Y = self._check(params, X, Y)
-        for k, a in zip(self._params, ps):
-            if params[k] is not a:
-                raise InputError(f"params[{k!r}]: sgd_step updates in place and needs a C-contiguous "
-                                 f"array of dtype {self.dtype}")
+        check_writable(params, self._params, ps, self.dtype)
         dps, _ = self._loss_and_grad(ps, X, Y, False)
         dev = self._device()
-        self.module.sgd(*dps, *dev["grads"], float(lr))
+        self.module.sgd(*dps, *dev["grads"], lr)
         for a, d in zip(ps, dps):
             if not is_device_array(a):
                 d.copy_to_host(a)

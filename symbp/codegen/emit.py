@@ -163,10 +163,11 @@ def emit(derivation, target="cpu", dtype="float64"):
         blk = _Block(p, sizes)
         zlhs = zq.lhs
         if strategy == "blas":
-            pre, zrhs = [dot], zlhs + f.bias[J]      # the product is in Z already
+            pre, zrhs = [dot], (zlhs + f.bias[J] if f.bias is not None else None)  # product in Z
         else:
             pre, zrhs = [], zq.rhs
-        zrow = [(zlhs, zrhs, text(zq.lhs, zq.rhs))]
+        # a BLAS layer without bias has nothing left to do per entry of z
+        zrow = [(zlhs, zrhs, text(zq.lhs, zq.rhs))] if zrhs is not None else []
         act = [(aq.lhs, aq.rhs, f"{text(aq.lhs, aq.rhs)}   [{net.layers[l - 1].activation.name}]")]
         vector = None
         if aq.rhs.has(sp.Sum):
@@ -175,7 +176,7 @@ def emit(derivation, target="cpu", dtype="float64"):
             body = blk.rows(zrow + act, "j", net.sizes[l])
             rhs = stable_forms(aq.rhs)
             if is_transcendental(rhs):
-                vector = {"z_rows": _Block(p, sizes).rows(zrow, "j", net.sizes[l]),
+                vector = {"z_rows": _Block(p, sizes).rows(zrow, "j", net.sizes[l]) if zrow else [],
                           "fn": f"_vector_a{l}", "args": f"{naming.ident(zq.lhs.base)}, {naming.ident(aq.lhs.base)}",
                           "comment": text(aq.lhs, aq.rhs),
                           "stmt": f"{naming.ident(aq.lhs.base)}[...] = {ArrayPrinter().doprint(rhs)}".replace("numpy.", "np."),
@@ -195,14 +196,18 @@ def emit(derivation, target="cpu", dtype="float64"):
     for l in range(L, 0, -1):
         strategy = layer_strategy(net.sizes[l - 1], net.sizes[l])
         dq = d[f"delta{l}"]
-        gW, gb = d[f"gW{l}"], d[f"gb{l}"]
-        gWq, gbq = naming.ident(gW.lhs.base), naming.ident(gb.lhs.base)
-        cs = batch_form(gb.lhs, gb.rhs)
-        assert isinstance(cs, ColumnSum) and cs.arg == dq.lhs.base, gb
-        # the column sum dL/db = sum_s delta[s, :] is accumulated in the pass that computes delta,
-        # row by row (contiguous), instead of a strided second pass
-        then = [f"{gbq}[j] += {naming.ident(cs.arg)}[s, j]   # {text(gb.lhs, gb.rhs)}"]
-        pre, post = [f"{gbq}[:] = {p.doprint(sp.Integer(0))}"], []
+        gW = d[f"gW{l}"]
+        gWq = naming.ident(gW.lhs.base)
+        then, pre, post = [], [], []
+        if net.layers[l - 1].bias:
+            gb = d[f"gb{l}"]
+            gbq = naming.ident(gb.lhs.base)
+            cs = batch_form(gb.lhs, gb.rhs)
+            assert isinstance(cs, ColumnSum) and cs.arg == dq.lhs.base, gb
+            # the column sum dL/db = sum_s delta[s, :] is accumulated in the pass that computes
+            # delta, row by row (contiguous), instead of a strided second pass
+            then = [f"{gbq}[j] += {naming.ident(cs.arg)}[s, j]   # {text(gb.lhs, gb.rhs)}"]
+            pre = [f"{gbq}[:] = {p.doprint(sp.Integer(0))}"]
         if strategy == "blas":
             post += [f"# {text(gW.lhs, gW.rhs)}", product(gW, gWq)[1]]
         else:
@@ -264,5 +269,6 @@ def emit(derivation, target="cpu", dtype="float64"):
         "zero": p.doprint(sp.Integer(0)), "out": f"A{L}", "vector_min": VECTOR_MIN,
         "uses_scipy": any(l["vector"] and "scipy." in l["vector"]["stmt"] for l in layers_fwd),
         "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
+        "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
     }
     return environment().get_template(f"{target}/module.py.j2").render(**ctx)

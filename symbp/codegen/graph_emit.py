@@ -277,5 +277,6 @@ def generate_graph(derivation, target="cpu", dtype="float64", out_dir=None, jit=
     source = emit_graph(derivation, target, dtype)
     path = kernel_path(g, target, dtype, out_dir)
     write(path, source)
-    module = import_module(path, naming.import_name(g.name, f"graph_{target}", dtype, g.digest), jit=jit)
+    module = import_module(path, naming.import_name(g.name, f"graph_{target}", dtype, g.digest), jit=jit,
+                           digest=g.digest)
     return GraphKernel(derivation, module, path, target, dtype, jit)

@@ -4,13 +4,19 @@ Contract: every array is checked before compiled code runs (keys, shapes, dtype)
 a dict {input name: (B, width)} of the graph's input nodes (the loss's target excluded), or one
 array when the graph has exactly one such input; ``target`` is (B, target width). Parameters
 are a dict keyed like ``graph.param_shapes()`` in the kernel's dtype; gradients come back keyed
-the same way. Work buffers are kept per batch size; results are fresh arrays unless
-``copy=False``.
+the same way. Work buffers are kept per batch size and per thread (``threading.local``: calls
+from several threads at once never share a buffer, as for the MLP Kernel); results are fresh
+arrays unless ``copy=False`` (the calling thread's buffers). A mistake in an argument (a list
+for an array, a None target, a wrong dtype or shape, an empty batch, missing or unexpected
+keys, a read-only parameter or a non-finite lr for ``sgd_step``) is one ``InputError`` line
+naming it, raised before compiled code runs.
 """
+import threading
+
 import numpy as np
 
 from ..errors import InputError
-from .kernel import check_array, glorot_params
+from .kernel import _ABSENT, check_array, check_keys, check_lr, check_writable, glorot_params
 
 
 class GraphKernel:
@@ -27,7 +33,7 @@ class GraphKernel:
         self.inputs = dict(module.INPUTS)
         self.target_name, self.target_width = module.TARGET
         self._params = tuple(module.PARAMS)
-        self._work = {}
+        self._local = threading.local()    # .work: {batch size: buffers} of the calling thread
 
     def __repr__(self):
         return f"<GraphKernel {self.graph.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
@@ -41,17 +47,15 @@ class GraphKernel:
     def _array(self, name, a, shape):
         return check_array(name, a, shape, self.dtype)
 
-    def _check(self, params, inputs, target=None):
+    def _check(self, params, inputs, target=_ABSENT):
         names = list(self.inputs)
         if isinstance(inputs, np.ndarray) and len(names) == 1:
             inputs = {names[0]: inputs}
         if not isinstance(inputs, dict):
             raise InputError(f"inputs: expected a dict with keys {', '.join(names)}"
-                             + (" (or one array)" if len(names) == 1 else ""))
-        missing = [k for k in names if k not in inputs]
-        extra = sorted(k for k in inputs if k not in self.inputs)
-        if missing or extra:
-            raise InputError(f"inputs: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+                             + (" (or one array)" if len(names) == 1 else "")
+                             + f", got {type(inputs).__name__}")
+        check_keys("inputs", inputs, names)
         first = inputs[names[0]]
         if not isinstance(first, np.ndarray) or first.ndim != 2:
             got = first.shape if isinstance(first, np.ndarray) else type(first).__name__
@@ -60,28 +64,28 @@ class GraphKernel:
         if B < 1:
             raise InputError(f"inputs[{names[0]!r}]: expected at least one row (sample)")
         xs = [self._array(f"inputs[{k!r}]", inputs[k], (B, self.inputs[k])) for k in names]
-        if target is not None:
+        if target is not _ABSENT:
             target = self._array("target", target, (B, self.target_width))
-        if not isinstance(params, dict):
-            raise InputError(f"params: expected a dict with keys {', '.join(self._params)}")
-        missing = [k for k in self._params if k not in params]
-        extra = sorted(k for k in params if k not in self.param_shapes)
-        if missing or extra:
-            raise InputError(f"params: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+        check_keys("params", params, self._params)
         ps = [self._array(f"params[{k!r}]", params[k], self.param_shapes[k]) for k in self._params]
         return ps, xs, target
 
     def _buffers(self, B):
-        w = self._work.get(B)
-        if w is None:
-            m = self.module
-            fwd = {k: np.empty((B, n), self.dtype) for k, n in m.FORWARD_BUFFERS.items()}
-            bwd = {k: np.empty((B, n), self.dtype) for k, n in m.BACKWARD_BUFFERS.items()}
-            use = [np.empty(s, self.dtype) for s in m.USE_BUFFERS.values()]
-            grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
-            if len(self._work) >= 4:   # a few batch sizes (train and test) stay allocated
-                self._work.pop(next(iter(self._work)))
-            w = self._work[B] = (fwd, bwd, use, grads)
+        """The calling thread's work buffers for batch size B (made on first use)."""
+        try:
+            return self._local.work[B]      # the common case: one lookup each
+        except AttributeError:
+            work = self._local.work = {}
+        except KeyError:
+            work = self._local.work
+        m = self.module
+        fwd = {k: np.empty((B, n), self.dtype) for k, n in m.FORWARD_BUFFERS.items()}
+        bwd = {k: np.empty((B, n), self.dtype) for k, n in m.BACKWARD_BUFFERS.items()}
+        use = [np.empty(s, self.dtype) for s in m.USE_BUFFERS.values()]
+        grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
+        if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
+            work.pop(next(iter(work)))
+        w = work[B] = (fwd, bwd, use, grads)
         return w
 
     def _run(self, params, inputs, target):
@@ -125,8 +129,8 @@ class GraphKernel:
         return self._run(params, inputs, target)[0]
 
     def input_grads(self, params, inputs, target):
-        """{input: dL/dinput} for the inputs marked grad (backpropagation to the data, seed 002
-        section 14.9); shape (B, width) each."""
+        """{input: dL/dinput} for the inputs marked grad (backpropagation to the data, chapter 14
+        "Backpropagation", section 14.9); shape (B, width) each."""
         if not self.module.INPUT_GRADS:
             raise InputError(f"input_grads: no input of graph {self.graph.name!r} is marked grad = true")
         _, _, bwd, _ = self._run(params, inputs, target)
@@ -140,10 +144,8 @@ class GraphKernel:
 
     def sgd_step(self, params, inputs, target, lr):
         """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
+        lr = check_lr(lr, self.dtype)
         ps, xs, t = self._check(params, inputs, target)
-        for k, a in zip(self._params, ps):
-            if params[k] is not a:
-                raise InputError(f"params[{k!r}]: sgd_step updates in place and needs a C-contiguous "
-                                 f"array of dtype {self.dtype}")
+        check_writable(params, self._params, ps, self.dtype)
         fwd, bwd, use, grads = self._buffers(xs[0].shape[0])
-        return float(self.module.sgd_step(*xs, t, *ps, *fwd.values(), *bwd.values(), *use, *grads, float(lr)))
+        return float(self.module.sgd_step(*xs, t, *ps, *fwd.values(), *bwd.values(), *use, *grads, lr))

@@ -1,19 +1,78 @@
 """Kernel: the Python face of a generated module.
 
-Contract: a Kernel checks every array it is given before any compiled code runs (keys, shapes,
-dtype, finiteness is not checked), keeps one set of work buffers per batch size, and returns
-fresh arrays unless ``copy=False`` is asked for. Parameters are a dict {"W1": (n1, n0),
+Contract: a Kernel checks every argument before any compiled code runs (keys, shapes, dtype,
+numpy arrays not lists, at least one row, Y given where a loss is computed, writable parameters
+and a finite real lr for ``sgd_step``; finiteness of the arrays is not checked) and reports a
+mistake as one ``InputError`` line naming the argument; a non-contiguous array is copied. It
+returns fresh arrays unless ``copy=False`` is asked for. Parameters are a dict {"W1": (n1, n0),
 "b1": (n1,), ...} in the kernel's dtype; X is (B, n0) and Y is (B, nL), batch rows.
+
+Threads: a Kernel may be called from several threads at once. Work buffers (one set per batch
+size) are kept per thread (``threading.local``), so concurrent calls never write into each
+other's buffers; ``copy=False`` returns the calling thread's buffers, which only that thread's
+next call overwrites. A ``BoundStep`` owns its arrays and belongs to one thread.
+
+An output outside the loss's domain (bce with a = 0 or 1 exactly, possible only with
+``allow_any_output``) is one ``InputError`` line.
 """
+import math
+import numbers
+import threading
+
 import numpy as np
 
 from ..errors import InputError
+
+_ABSENT = object()     # "no Y/target argument" (forward), as opposed to a None passed by mistake
+
+
+def check_lr(lr, dtype=np.float64, where="lr"):
+    """``lr`` as a float when it is one real number, finite in ``dtype`` (a float32 kernel
+    steps with DTYPE(lr)), not a bool, not an array; else an InputError naming ``where``. A
+    negative lr is allowed (gradient ascent)."""
+    if isinstance(lr, np.ndarray) and lr.ndim == 0:
+        lr = lr[()]
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) \
+            or abs(float(lr)) > float(np.finfo(dtype).max):
+        got = f"an array of shape {lr.shape}" if isinstance(lr, np.ndarray) else repr(lr)
+        raise InputError(f"{where}: expected one finite real number (in {np.dtype(dtype).name}), got {got}")
+    return float(lr)
+
+
+def check_seed(seed):
+    """``seed`` for numpy.random.default_rng: a non-negative integer (or None: fresh entropy)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise InputError(f"seed: expected a non-negative integer, got {seed!r}")
+    return seed
+
+
+def check_keys(where, given, expected):
+    """An InputError naming ``where`` unless ``given`` is a dict with exactly the keys
+    ``expected`` (names listed in the caller's order, unexpected ones in the dict's order)."""
+    if not isinstance(given, dict):
+        raise InputError(f"{where}: expected a dict with keys {', '.join(expected)}, got {type(given).__name__}")
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    if missing or extra:
+        raise InputError(f"{where}: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+
+
+def check_writable(params, keys, checked, dtype):
+    """sgd_step updates in place: each checked array must be the caller's own (no copy was
+    needed: C-contiguous, right dtype) and writable."""
+    for k, a in zip(keys, checked):
+        if params[k] is not a:
+            raise InputError(f"params[{k!r}]: sgd_step updates in place and needs a C-contiguous "
+                             f"array of dtype {dtype}")
+        if isinstance(a, np.ndarray) and not a.flags.writeable:
+            raise InputError(f"params[{k!r}]: sgd_step updates in place and needs a writable array "
+                             f"(this one is read-only)")
 
 
 def glorot_params(shapes, dtype, seed=0):
     """Parameters for ``shapes`` ({name: shape}): matrices W ~ U(-r, r) with
     r = sqrt(6 / (rows + columns)) (Glorot), vectors zero."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     params = {}
     for key, shape in shapes.items():
         if len(shape) == 2:
@@ -26,6 +85,8 @@ def glorot_params(shapes, dtype, seed=0):
 
 def check_array(name, a, shape, dtype):
     """``a`` as a C-contiguous array of ``shape`` and ``dtype``, or an InputError naming ``name``."""
+    if a is None or a is _ABSENT:
+        raise InputError(f"{name}: expected an array of shape {shape} and dtype {dtype}, got None")
     if not isinstance(a, np.ndarray):
         raise InputError(f"{name}: expected a numpy array of dtype {dtype}, got {type(a).__name__}")
     if a.dtype != dtype:
@@ -49,7 +110,7 @@ class Kernel:
         self._params = tuple(module.PARAMS)
         self._shapes = tuple(tuple(self.param_shapes[k]) for k in self._params)
         self._n0, self._nL = self.network.sizes[0], self.network.sizes[-1]
-        self._work = {}
+        self._local = threading.local()    # .work: {batch size: buffers} of the calling thread
 
     def __repr__(self):
         return f"<Kernel {self.network.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
@@ -66,13 +127,13 @@ class Kernel:
     def _fast(self, a, shape):
         return type(a) is np.ndarray and a.dtype == self.dtype and a.shape == shape and a.flags.c_contiguous
 
-    def _check(self, params, X, Y=None):
-        """(parameter arrays in order, X, Y), all checked; the common case costs a few
-        attribute reads per array, the messages are built only on failure."""
+    def _check(self, params, X, Y=_ABSENT):
+        """(parameter arrays in order, X, Y), all checked (Y stays _ABSENT when not given); the
+        common case costs a few attribute reads per array, the messages are built only on failure."""
         dt, n0, nL = self.dtype, self._n0, self._nL
         if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1 and X.shape[1] == n0 \
                 and X.dtype == dt and X.flags.c_contiguous \
-                and (Y is None or self._fast(Y, (X.shape[0], nL))) and type(params) is dict:
+                and (Y is _ABSENT or self._fast(Y, (X.shape[0], nL))) and type(params) is dict:
             try:
                 ps = [params[k] for k in self._params]
             except KeyError:
@@ -90,29 +151,29 @@ class Kernel:
         if B < 1:
             raise InputError("X: expected at least one row (sample)")
         X = self._array("X", X, (B, n0))
-        if Y is not None:
+        if Y is not _ABSENT:
             Y = self._array("Y", Y, (B, nL))
-        if not isinstance(params, dict):
-            raise InputError(f"params: expected a dict with keys {', '.join(self._params)}")
-        missing = [k for k in self._params if k not in params]
-        extra = sorted(k for k in params if k not in self.param_shapes)
-        if missing or extra:
-            raise InputError(f"params: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+        check_keys("params", params, self._params)
         ps = [self._array(f"params[{k!r}]", params[k], shape) for k, shape in zip(self._params, self._shapes)]
         return ps, X, Y
 
     def _buffers(self, B):
-        w = self._work.get(B)
-        if w is None:
-            m = self.module
-            widths = m.BUFFER_WIDTHS
-            fwd = [np.empty((B, widths[n]), self.dtype) for n in m.FORWARD_BUFFERS]
-            bwd = [np.empty((B, widths[n]), self.dtype) for n in m.BACKWARD_BUFFERS]
-            grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
-            gx = np.empty((B, self.network.sizes[0]), self.dtype)
-            if len(self._work) >= 4:   # a few batch sizes (train and test) stay allocated
-                self._work.pop(next(iter(self._work)))
-            w = self._work[B] = (fwd, bwd, grads, gx)
+        """The calling thread's work buffers for batch size B (made on first use)."""
+        try:
+            return self._local.work[B]      # the common case: one lookup each
+        except AttributeError:
+            work = self._local.work = {}
+        except KeyError:
+            work = self._local.work
+        m = self.module
+        widths = m.BUFFER_WIDTHS
+        fwd = [np.empty((B, widths[n]), self.dtype) for n in m.FORWARD_BUFFERS]
+        bwd = [np.empty((B, widths[n]), self.dtype) for n in m.BACKWARD_BUFFERS]
+        grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
+        gx = np.empty((B, self.network.sizes[0]), self.dtype)
+        if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
+            work.pop(next(iter(work)))
+        w = work[B] = (fwd, bwd, grads, gx)
         return w
 
     def compile(self):
@@ -122,10 +183,26 @@ class Kernel:
         X = np.zeros((1, self.network.sizes[0]), self.dtype)
         Y = np.zeros((1, self.network.sizes[-1]), self.dtype)
         self.forward(params, X)
-        self.loss_and_grad(params, X, Y)
-        self.input_grad(params, X, Y)
-        self.sgd_step(params, X, Y, 0.0)
+        # A loss allowed after any output (bce after ReLU: allow_any_output) is undefined at this
+        # all-zero point (a = 0); each entry point is compiled before it fails there.
+        for call in (self.loss_and_grad, self.input_grad, lambda *a: self.sgd_step(*a, 0.0)):
+            try:
+                call(params, X, Y)
+            except InputError as e:
+                if not isinstance(e.__cause__, (ArithmeticError, ValueError)):
+                    raise
         return self
+
+    def _run(self, where, fn, *args):
+        """fn(*args); an output outside the loss's domain (bce with a = 0 or 1 exactly, possible
+        only with allow_any_output) is a division by zero in compiled code or a math domain
+        error in plain Python: one InputError line instead. Elsewhere outside (0, 1) the loss
+        is NaN (log of a negative number), as NumPy would give."""
+        try:
+            return fn(*args)
+        except (ArithmeticError, ValueError) as e:
+            raise InputError(f"{where}: the loss is not defined at these values ({e}): an output "
+                             f"is outside the domain of loss {self.network.loss.name!r}") from e
 
     # calls --------------------------------------------------------------------------------
     def forward(self, params, X):
@@ -138,7 +215,7 @@ class Kernel:
         """(loss, {"gW1": ..., ...} keyed like params). copy=False returns the work buffers."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        loss = self.module.loss_and_grad(X, Y, *ps, *fwd, *bwd, *grads)
+        loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *grads)
         return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
 
     def bind(self, params, X, Y):
@@ -151,21 +228,19 @@ class Kernel:
         return self.loss_and_grad(params, X, Y, copy=False)[0]
 
     def input_grad(self, params, X, Y):
-        """dL/dX, shape (B, n0): backpropagation to the data (seed 002, section 14.9)."""
+        """dL/dX, shape (B, n0): backpropagation to the data (chapter 14 "Backpropagation", 14.9)."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, gx = self._buffers(X.shape[0])
-        self.module.loss_and_input_grad(X, Y, *ps, *fwd, *bwd, *grads, gx)
+        self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
         return gx.copy()
 
     def sgd_step(self, params, X, Y, lr):
         """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
+        lr = check_lr(lr, self.dtype)
         ps, X, Y = self._check(params, X, Y)
-        for k, a in zip(self._params, ps):
-            if params[k] is not a:
-                raise InputError(f"params[{k!r}]: sgd_step updates in place and needs a C-contiguous "
-                                 f"array of dtype {self.dtype}")
+        check_writable(params, self._params, ps, self.dtype)
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        return float(self.module.sgd_step(X, Y, *ps, *fwd, *bwd, *grads, float(lr)))
+        return float(self._run("sgd_step", self.module.sgd_step, X, Y, *ps, *fwd, *bwd, *grads, lr))
 
 
 class BoundStep:

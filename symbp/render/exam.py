@@ -263,7 +263,7 @@ def _check_sizes(sizes):
     return tuple(sizes)
 
 
-def build_network(sizes, activation, loss, output_activation=None):
+def build_network(sizes, activation, loss, output_activation=None, bias=True, relu_at_zero=0):
     from ..network import mlp
     if not isinstance(loss, str) or loss not in LOSSES:
         raise SpecError("exam", "loss", f"unknown loss {loss!r} (expected one of: {', '.join(LOSSES)})")
@@ -273,7 +273,7 @@ def build_network(sizes, activation, loss, output_activation=None):
     if output_activation is None:
         output_activation = {"bce": "sigmoid", "ce": "softmax"}.get(loss, activation)
     acts = [activation] * (len(sizes) - 2) + [output_activation]
-    return mlp(list(sizes), acts, loss, name="exam")
+    return mlp(list(sizes), acts, loss, name="exam", bias=bias, relu_at_zero=relu_at_zero)
 
 
 def _matrix_tex(m):
@@ -399,7 +399,8 @@ class _FractionPrinter(PythonCodePrinter):
         return str(e.p)
 
     def _print_Heaviside(self, e):
-        return f"_heaviside({self._print(e.args[0])})"
+        h = e.args[1] if len(e.args) > 1 else 0     # the network's relu_at_zero
+        return f"_heaviside({self._print(e.args[0])}, {self._print(h)})"
 
     def _print_Max(self, e):
         return "max(" + ", ".join(self._print(a) for a in e.args) + ")"
@@ -418,7 +419,7 @@ class _FractionPrinter(PythonCodePrinter):
 
 
 def _heaviside(x, h=0):
-    return 1 if x > 0 else 0
+    return 1 if x > 0 else (h if x == 0 else 0)
 
 
 def _round_fraction(x, decimals):
@@ -634,14 +635,15 @@ class Exam:
 
 def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variants=10, seed=7,
               multiple_choice=False, circuit=False, decimals=None, batch=None, lr=0.1,
-              output_activation=None):
-    """Draw ``variants`` exam variants (see the module contract)."""
+              output_activation=None, bias=True, relu_at_zero=0):
+    """Draw ``variants`` exam variants (see the module contract); ``bias`` and ``relu_at_zero``
+    as for ``symbp.mlp`` (no bias: z = W a; ReLU'(0) of the course)."""
     if isinstance(variants, bool) or not isinstance(variants, int) or not 1 <= variants <= MAX_VARIANTS:
         raise InputError(f"variants: expected an integer from 1 to {MAX_VARIANTS}, got {variants!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed: expected an integer, got {seed!r}")
     sizes = _check_sizes(network_sizes)
-    net = build_network(sizes, activation, loss, output_activation)
+    net = build_network(sizes, activation, loss, output_activation, bias, relu_at_zero)
     if circuit and importlib.util.find_spec("symbp.circuit") is None:
         raise SymbpError("circuit: circuit questions need symbp.circuit, which this installation lacks")
     integer = all(_integer_preserving(l.activation) for l in net.layers) and loss in ("mse", "sse")
@@ -980,7 +982,7 @@ def _input_answer(net, ev, decimals, B):
 
 
 # Circuit expressions whose gates keep integers integral (add, mul, max, constant add), each
-# showing a gate pattern of seed 000: add distributes, mul swaps, max routes, copy adds.
+# showing a gate pattern of Soleymani's slides ("Multi-Layer Networks & Back-Propagation"): add distributes, mul swaps, max routes, copy adds.
 CIRCUITS = (
     "(x + y)*z",
     "x*y + y*z",

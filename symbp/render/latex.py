@@ -1,26 +1,39 @@
 """LaTeX of a Derivation: a teaching document in one of five notations, or its summary.
 
 Contract:
-- ``render(derivation, notation="cs231n", document=False) -> str`` reads the Derivation only
-  (never re-derives) and prints every formula with a SymPy printer. ``document=False`` gives the
-  summary: one ``align*`` environment (starts with ``\\begin``, so Jupyter's ``_repr_latex_`` and
-  a LaTeX document can both take it) with the matrix equations of the forward and backward pass
-  and their shapes. ``document=True`` gives the handout (templates/latex/derivation.tex.j2):
-  forward equations, loss, each local derivative with SymPy's stages (derived, kink,
-  forward_outputs) and its rewriting in the forward outputs, the Jacobians (explicit matrices
-  when both sizes are at most ``SMALL``), the chain rule at the output with the stages that
-  cancel to a - y, the delta recursion with the Hadamard product, the parameter and input
-  gradients, shapes beside every matrix equation (dimension balancing), and the
-  vanishing-gradient bound when a layer is a sigmoid.
+- ``render(derivation, notation="cs231n", document=False, stages=False) -> str`` reads the
+  Derivation only (never re-derives) and prints every formula with a SymPy printer.
+  ``document=False`` gives the summary: one ``align*`` environment (starts with ``\\begin``, so
+  Jupyter's ``_repr_latex_`` and a LaTeX document can both take it) with the matrix equations of
+  the forward and backward pass and their shapes. ``document=True`` gives the handout
+  (templates/latex/derivation.tex.j2): the network, Algorithm 14.1 of the book chapter
+  "Backpropagation" in a box (templates/latex/algorithm.tex.j2), forward equations, loss, each
+  local derivative and its rewriting in the forward outputs, the Jacobians (explicit matrices
+  when both sizes are at most ``SMALL``), the chain rule at the output written as a textbook
+  does (local factor, upstream factor, their product, then the simplification as one explained
+  step), the delta recursion with the Hadamard product, the parameter and input gradients,
+  shapes beside every matrix equation (dimension balancing), the vanishing-gradient bound when
+  a layer is a sigmoid, and the works it cites (``render.sources``).
+- ``stages=True`` (``symbp derive --latex F --stages``) adds every stage of SymPy's passes,
+  labelled with the pass (legend ``PASS_LATEX``); the handout shows none of them.
+- Printing rules: a Kronecker delta prints as the indicator ``\\mathbb{I}[i = j]`` (delta is the
+  error in three notations); Heaviside(x, 0) as ``\\mathbb{I}[x > 0]``, in z where the derivation
+  shows 1[a > 0] = 1[z > 0] (ReLU); products print their factors in a fixed order (indicators,
+  weights, the activation's factors, the incoming gradient last); and every product follows one
+  sign rule (``Printer._split``): a denominator is a product of positive factors (a - 1 ->
+  1 - a), a numerator reads prediction minus target (y - a -> a - y). The output layer's dL/da
+  and dL/dz are printed as one factored fraction (``Renderer.printed``, an exact rewrite), so
+  binary cross-entropy gives (a - y) / (a (1 - a)) after any output activation.
 - Notations (``NOTATIONS``, symbols and conventions in ``render.notation``): the matrix
   equations are read off the index form (``derivation.batch_form``) as SymPy matrix
   expressions in the derivation's convention, then each of the derivation's matrices is
   replaced by the notation's own matrix or its transpose and SymPy moves the transposes; so
   f = W^T a gives dW = a delta^T and the row-vector convention gives g_in = g_out W.
-- ``write_document(derivation, path, notation, pdf=False)`` writes the .tex atomically; with
-  ``pdf=True`` it first compiles it with ``pdflatex -halt-on-error`` in a temporary directory
-  and puts the PDF beside the .tex. A missing or failing pdflatex raises a SymbpError (the
-  failing run's log is kept beside the .tex and named) and writes neither file.
+- ``write_document(derivation, path, notation, pdf=False, stages=False)`` writes the .tex
+  atomically; with ``pdf=True`` it first compiles it (twice, for the section references) with
+  ``pdflatex -halt-on-error`` in a temporary directory and puts the PDF beside the .tex. A
+  missing or failing pdflatex raises a SymbpError (the failing run's log is kept beside the
+  .tex and named) and writes neither file.
 Same Derivation, same bytes.
 """
 import os
@@ -39,15 +52,12 @@ from ..codegen.templates import environment
 from ..derivation import ColumnSum, Product, batch_form
 from ..errors import SymbpError
 from . import notation as _notation
+from . import sources as _sources
 
 NOTATIONS = tuple(_notation.NOTATIONS)
 SMALL = 3            # explicit Jacobian matrices when both of their sizes are at most this
 S, T, I, J = naming.S, naming.T, naming.I, naming.J
 SAMPLE = (S, T)
-
-STAGE_DOCS = dict([("definition", "the forward definition"), ("derived", "sympy.diff")]
-                  + [(p.name, p.doc) for p in simp.PASSES])
-
 
 def _text(s):
     """Plain text for LaTeX text mode."""
@@ -56,6 +66,36 @@ def _text(s):
                  ("->", r"$\to$"), ("<", r"$<$"), (">", r"$>$")):
         s = s.replace(a, b)
     return s
+
+
+# What each stage of SymPy's work did, for the legend of ``stages=True`` (math in math mode;
+# a pass added to symbp.simplify without an entry here falls back to its plain doc).
+PASS_LATEX = {
+    "definition": "the forward definition",
+    "derived": r"\texttt{sympy.diff} of the definition ($\theta$ is the unit step)",
+    "collapse": r"sum over the indicators $\mathbb{I}[i = j]$, keep the in-range branch",
+    "kink": r"at a kink the derivative from the left: $\theta(x) \to \mathbb{I}[x > 0]$",
+    "forward_outputs": r"rewrite in terms of the forward outputs $a = f(z)$",
+    "onehot": r"one-hot targets: $\sum_i y_i = 1$",
+    "cancel": "rational cancellation, the form with the fewest operations",
+    "sign": r"sign normalisation: $-a (a - 1) \to a (1 - a)$",
+}
+STAGE_DOCS = dict([("definition", PASS_LATEX["definition"]), ("derived", PASS_LATEX["derived"])]
+                  + [(p.name, PASS_LATEX.get(p.name) or _text(p.doc)) for p in simp.PASSES])
+
+
+# The losses in prose (name, description with its math in math mode); a loss added to the
+# function table without an entry here falls back to its plain name and doc.
+LOSS_TEXT = {
+    "mse": ("squared-error", r"half the squared error $\tfrac12 \lVert a - y \rVert^2$ per sample"),
+    "sse": ("squared-error", r"the squared error $\lVert a - y \rVert^2$ per sample"),
+    "bce": ("binary cross-entropy", "binary cross-entropy"),
+    "ce": ("cross-entropy", r"categorical cross-entropy (one-hot $y$)"),
+}
+
+
+def _loss_text(loss):
+    return LOSS_TEXT.get(loss.name, (_text(loss.name), _text(loss.doc)))
 
 
 def _call(fn, arg):
@@ -123,21 +163,30 @@ class Printer(LatexPrinter):
                 lo, hi = lo + 1, hi + 1
             parts.append(rf"\sum_{{{self._print(var)}={self._print(lo)}}}^{{{self._print(hi)}}}")
         body = self._print(e.function)
-        if isinstance(e.function, sp.Add):
+        if isinstance(e.function, sp.Add) or body.startswith("-"):
             body = rf"\left({body}\right)"
         return " ".join(parts) + " " + body
 
     def _print_KroneckerDelta(self, e, exp=None):
+        # an indicator, never a delta: delta is the error in three of the notations
         i, j = (self._index(a) for a in e.args)
-        out = rf"\delta_{{{i}{j}}}" if len(i) == len(j) == 1 else rf"\delta_{{{i},{j}}}"
-        return out if exp is None else rf"{out}^{{{exp}}}"
+        out = rf"{INDICATOR}[{i} = {j}]"
+        return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
 
     def _print_Heaviside(self, e, exp=None):
         if len(e.args) == 2 and e.args[1] == 0:
-            arg = self._print(e.args[0])
-            out = (rf"\mathbb{{I}}\left[{arg} > 0\right]" if "\\frac" in arg
-                   else rf"\mathbb{{I}}[{arg} > 0]")
-            return out if exp is None else rf"{out}^{{{exp}}}"
+            x = e.args[0]
+            if isinstance(x, sp.Indexed) and self.ctx.indicator_in_z(x):
+                # ReLU-like: 1[a > 0] = 1[z > 0], as the slides write it (the kink stage)
+                kind, layer = naming.parse(x.base)
+                x = naming.quantity("z", layer)[x.indices]
+            arg = self._print(x)
+            out = (rf"{INDICATOR}\left[{arg} > 0\right]" if "\\frac" in arg
+                   else rf"{INDICATOR}[{arg} > 0]")
+            return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
+        if len(e.args) == 2 and e.args[1] == 1:     # relu_at_zero = 1: the step includes 0
+            out = rf"{INDICATOR}\left[{self._print(e.args[0])} \ge 0\right]"
+            return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
         return super()._print_Heaviside(e, exp)
 
     def _print_Derivative(self, e):
@@ -164,30 +213,85 @@ class Printer(LatexPrinter):
             return rf"\left({self._print(e.base)}\right)^{{{self._print(e.exp)}}}"
         return super()._print_Pow(e)
 
-    def _print_Mul(self, e):
-        if not self.vector or sum(1 for f in sp.Mul.make_args(e) if self._is_vec(f)) < 2:
-            return super()._print_Mul(e)
+    def _split(self, e):
+        """(negative, numerator factors, denominator factors) of a product, in the printed form.
+
+        The sign rule of the printed derivatives, for every loss: a denominator is a product of
+        positive factors (a - 1 -> 1 - a) and a numerator reads prediction minus target
+        (y - a -> a - y); each flip moves a factor -1 to the front, so the value is unchanged; a
+        minus left over flips a numerator factor a - 1 -> 1 - a."""
+        coeff, rest = e.as_coeff_mul()
+        neg = bool(coeff.is_negative)
+        coeff = -coeff if neg else coeff
         num, den = [], []
-        for f in sp.Mul.make_args(e):
-            if f.is_Pow and f.exp.is_Integer and f.exp < 0:
-                den.append(f.base ** -f.exp)
+        if coeff.is_Rational:
+            num += [sp.Integer(coeff.p)] if coeff.p != 1 else []
+            den += [sp.Integer(coeff.q)] if coeff.q != 1 else []
+        elif coeff != 1:
+            num.append(coeff)
+        for f in rest:
+            if f.is_Pow and f.exp.is_Rational and f.exp.is_negative:
+                den.append(f.base if f.exp == -1 else sp.Pow(f.base, -f.exp))
             else:
                 num.append(f)
-        neg = False
-        if num and num[0].is_Number and num[0] < 0:
-            neg, num[0] = True, -num[0]
+        for part, flip in ((den, _negative_constant), (num, _target_minus_prediction)):
+            for k, f in enumerate(part):
+                if isinstance(f, sp.Add) and flip(f):
+                    part[k], neg = -f, not neg
+        # a minus left over goes into a numerator factor a - 1 -> 1 - a where there is one
+        for k, f in enumerate(num):
+            if neg and isinstance(f, sp.Add) and _negative_constant(f):
+                num[k], neg = -f, False
+        return neg, sorted(num, key=_factor_key), sorted(den, key=_factor_key)
 
-        def join(factors):
-            scal = sp.Mul(*[f for f in factors if not self._is_vec(f)])
-            # plain vectors before sums: a ⊙ (1 - a), as the seeds write sigma'
-            vec = sorted((f for f in factors if self._is_vec(f)), key=lambda f: isinstance(f, sp.Add))
-            out = [] if scal == 1 else [self._print(scal)]
-            vs = [rf"\left({self._print(v)}\right)" if isinstance(v, sp.Add) else self._print(v) for v in vec]
-            if vs:
-                out.append(r" \odot ".join(vs))
-            return " ".join(out) or "1"
-        out = join(num) if not den else rf"\frac{{{join(num)}}}{{{join(den)}}}"
+    def _join(self, factors, sep, alone=True):
+        out = []
+        for f in factors:
+            s = self._print(f)
+            if isinstance(f, sp.Add) and not (alone and len(factors) == 1):
+                s = rf"\left({s}\right)"
+            if _is_indicator(f) and f is not factors[-1]:
+                s += r"\,"                 # 1[i = j]\, a_i: the bracket is not a product
+            out.append(s)
+        return sep.join(out) or "1"
+
+    def _print_Mul(self, e):
+        vector = self.vector and sum(1 for f in sp.Mul.make_args(e) if self._is_vec(f)) >= 2
+        if not vector and not e.atoms(sp.Indexed):
+            return super()._print_Mul(e)
+        neg, num, den = self._split(e)
+        if vector:
+            def join(factors, sep=r" \odot "):
+                scal = [f for f in factors if not self._is_vec(f)]
+                vec = [f for f in factors if self._is_vec(f)]
+                out = [self._join(scal, " ")] if scal else []
+                if vec:
+                    out.append(self._join(vec, sep, alone=not scal))
+                return " ".join(out) or "1"
+        else:
+            def join(factors, sep=" "):
+                return self._join(factors, sep)
+        if not den:
+            out = join(num)
+        else:
+            # indicators stay in front of the fraction: 1[z > 0] (a - y) / (a (1 - a))
+            front = [f for f in num if _is_indicator(f)]
+            rest = [f for f in num if not _is_indicator(f)]
+            frac = rf"\frac{{{join(rest)}}}{{{join(den, ' ')}}}"
+            out = (join(front) + (r" \odot " if vector else " ") + frac) if front else frac
         return f"- {out}" if neg else out
+
+    def _print_Add(self, expr, order=None):
+        # the terms print their own sign (the sign rule of _split may put a minus in front)
+        out = ""
+        for k, term in enumerate(self._as_ordered_terms(expr, order=order)):
+            t = self._print(term)
+            if self._needs_add_brackets(term):
+                t = rf"\left({t}\right)"
+            neg = t.startswith("-")
+            t = t[1:].lstrip() if neg else t
+            out += (("- " if neg else "") + t) if k == 0 else (f" - {t}" if neg else f" + {t}")
+        return out
 
     # -- matrix expressions
     def _bmatrix(self, m):
@@ -219,6 +323,62 @@ class Printer(LatexPrinter):
         args = sorted(e.args, key=lambda a: (not _is_derivative(a), sp.default_sort_key(a)))
         return r" \odot ".join(rf"\left({self._print(a)}\right)" if isinstance(a, (sp.MatMul, sp.MatAdd))
                                else self._print(a) for a in args)
+
+
+INDICATOR = r"\mathbb{I}"     # 1[condition]; amssymb has no double-struck one
+
+
+def _is_indicator(f):
+    return isinstance(f, (sp.KroneckerDelta, sp.Heaviside))
+
+
+def _kind(x):
+    try:
+        return naming.parse(x.base)[0]
+    except KeyError:
+        return None
+
+
+def _negative_constant(f):
+    """a - 1: its constant is negative, so 1 - a is the positive factor."""
+    c, _ = f.as_coeff_Add()
+    return bool(c.is_negative)
+
+
+def _target_minus_prediction(f):
+    """y - a (a target with +, an activation with -): printed as a - y."""
+    signs = {}
+    for t in f.args:
+        c, m = t.as_coeff_Mul()
+        if isinstance(m, sp.Indexed):
+            signs.setdefault(_kind(m), set()).add(bool(c.is_positive))
+    return signs.get("y") == {True} and signs.get("a") == {False}
+
+
+def _factor_key(f):
+    """Print order of a product's factors: numbers and sizes, indicators, weights, the
+    activation's factors (a before 1 - a), other quantities, the incoming gradient last (local times
+    upstream, as f'(z) * (W^T delta) is written), sums at the end."""
+    kinds = {_kind(x) for x in f.atoms(sp.Indexed)}
+    if f.is_Number:
+        group = 0
+    elif not kinds and not f.has(sp.Sum):
+        group = 1
+    elif _is_indicator(f):
+        group = 2
+    elif f.has(sp.Sum):
+        group = 6
+    elif kinds & {"ga", "delta", "gW", "gb"} or isinstance(f, sp.Derivative):
+        group = 5
+    elif isinstance(f, sp.Function) or (f.is_Pow and isinstance(f.base, sp.Function)):
+        group = 4.5              # y log a: functions after the quantities they are weighted by
+    elif kinds == {"W"}:
+        group = 3                # W x: the weight before what it multiplies
+    elif kinds <= {"a", "z"}:
+        group = 3.5
+    else:
+        group = 4
+    return group, isinstance(f, sp.Add) or (f.is_Pow and isinstance(f.base, sp.Add)), sp.default_sort_key(f)
 
 
 def _is_derivative(m):
@@ -305,6 +465,18 @@ class Context:
             lhs, rhs = lhs.arg, rhs.T
         return MatEq(lhs, rhs, summed)
 
+    def indicator_in_z(self, x):
+        """True when layer l's derivative 1[a > 0] is the derivation's kink stage 1[z > 0]
+        written in a (ReLU, leaky ReLU): the document prints it in z, as the slides do."""
+        kind, layer = naming.parse(x.base)
+        if kind != "a" or not layer:
+            return False
+        rule = self.d.layers[layer - 1].rule
+        if rule is None or rule.uses != "a" or not rule.form.has(sp.Heaviside):
+            return False
+        kinked = [e for name, e in rule.stages if name == "kink"]
+        return bool(kinked) and kinked[0] == rule.form.xreplace({naming.A: naming.Z})
+
     def own_latex(self, name, flavor, sample):
         _, kind, layer, _f = name.split("|")
         layer = None if layer == "None" else int(layer)
@@ -381,6 +553,9 @@ class Doc:
     def text(self, s):
         self.sections[-1]["blocks"].append({"kind": "text", "text": s})
 
+    def algorithm(self):
+        self.sections[-1]["blocks"].append({"kind": "algorithm"})
+
     def align(self, rows):
         if rows:
             self.sections[-1]["blocks"].append({"kind": "align", "rows": rows})
@@ -390,13 +565,19 @@ def _row(lhs, rhs, note=""):
     return {"lhs": lhs, "rhs": rhs, "note": note}
 
 
+def _ends(stages):
+    """The first and the last stage: what SymPy derived and what the passes made of it."""
+    return [stages[0], stages[-1]] if len(stages) > 1 else list(stages)
+
+
 def _has_sample_sum(e):
     return any(lim[0] in SAMPLE for s in e.atoms(sp.Sum) for lim in s.limits)
 
 
 class Renderer:
-    def __init__(self, derivation, nt):
-        self.d, self.nt = derivation, nt
+    def __init__(self, derivation, nt, stages=False):
+        self.d, self.nt, self.stages = derivation, nt, stages
+        self.cited = []
         self.ctx = Context(derivation, nt)
         self.net = derivation.network
         self.L = self.net.depth
@@ -404,23 +585,35 @@ class Renderer:
         self.main = nt.main
 
     # -- printing helpers
+    def cite(self, key, at=""):
+        """A citation in the text; the work is listed under Sources at the end."""
+        self.cited.append(key)
+        return _sources.latex_cite(key, at)
+
     def pr(self, e, flavor="sample", **kw):
         return Printer(self.ctx, flavor, **kw).doprint(e)
 
-    def index_rows(self, eq, flavor=None):
-        """The stages of an equation in index form, one row each (repeats skipped), labelled
-        with the pass that produced them."""
+    def index_rows(self, eq, flavor=None, why=""):
+        """An equation in index form. With ``stages`` every stage SymPy went through, one row
+        each, labelled with its pass; otherwise as a textbook writes it: the derived form (the
+        upstream gradient times the local derivative) and the result, the step between them
+        explained by ``why`` (LaTeX text) instead of expanding and refactoring on the page."""
         flavor = flavor or self.main
-        sample = _has_sample_sum(eq.rhs) or _has_sample_sum(eq.stages[0][1])
+        stages = eq.stages if self.stages else _ends(eq.stages)
+        # one sample index: t only where a second one is needed beside s
+        stages = [(n, e.xreplace({T: S}) if e.has(T) and not e.has(S) else e) for n, e in stages]
+        sample = any(_has_sample_sum(e) for _, e in stages)
         pr = Printer(self.ctx, flavor, sample=sample)
         lhs = pr.doprint(eq.lhs) if isinstance(eq.lhs, sp.Indexed) else self.nt.loss
         rows, prev = [], None
-        for name, e in eq.stages:
-            if prev is not None and e == prev:
+        for name, e in stages:
+            rhs = "= " + pr.doprint(e)
+            if rhs == prev:
                 continue
-            rows.append(_row(lhs, "= " + pr.doprint(e), rf"\text{{{_text(name)}}}"))
-            lhs, prev = "", e
-        if len(rows) == 1 and eq.stages[0][0] == "definition":
+            note = rf"\text{{{_text(name)}}}" if self.stages else (rf"\text{{{why}}}" if rows and why else "")
+            rows.append(_row(lhs, rhs, note))
+            lhs, prev = "", rhs
+        if len(rows) == 1:
             rows[0]["note"] = ""          # a definition needs no label
         return rows
 
@@ -455,7 +648,7 @@ class Renderer:
             base = naming.quantity("delta", layer)
             return sp.Matrix(n[layer], 1, lambda r, c: base[S, r])
         if kind == "ga":
-            rhs = self.d[f"ga{layer}"].rhs
+            rhs = self.printed(self.d[f"ga{layer}"])
             return sp.Matrix(n[layer], 1, lambda r, c: rhs.xreplace({J: r}))
         raise KeyError(kind)
 
@@ -476,13 +669,17 @@ class Renderer:
         rows = []
         for l, layer in enumerate(self.net.layers, start=1):
             W = self.ctx.own("W", l, self.main)
-            b = self.ctx.own("b", l, self.main)
             pr = Printer(self.ctx, self.main)
+            params = rf"{pr.doprint(W)} \in \mathbb{{R}}^{{{W.shape[0]} \times {W.shape[1]}}}"
+            if layer.bias:
+                b = self.ctx.own("b", l, self.main)
+                params += rf",\ {pr.doprint(b)} \in \mathbb{{R}}^{{{b.shape[0]} \times {b.shape[1]}}}"
+            else:
+                params += r" (no bias)"
             rows.append({
                 "layer": l, "width": layer.units, "activation": _text(layer.activation.name),
                 "f": self.pr(layer.activation.definition, scalars=self.scalar_names()),
-                "params": rf"{pr.doprint(W)} \in \mathbb{{R}}^{{{W.shape[0]} \times {W.shape[1]}}},\ "
-                          rf"{pr.doprint(b)} \in \mathbb{{R}}^{{{b.shape[0]} \times {b.shape[1]}}}",
+                "params": params,
             })
             if not layer.activation.elementwise:
                 rows[-1]["f"] = rf"{layer.activation.latex}"
@@ -490,12 +687,13 @@ class Renderer:
         loss = self.net.loss
         red = ("the mean over a batch of $B$ samples" if self.net.reduction == "mean"
                else "the sum over a batch of $B$ samples")
-        doc.text(rf"Input width $n_0 = {self.n[0]}$; loss: {_text(loss.doc)}, summed over the "
+        doc.text(rf"Input width $n_0 = {self.n[0]}$; loss: {_loss_text(loss)[1]}, summed over the "
                  rf"{self.n[-1]} output unit{'s' if self.n[-1] > 1 else ''} and taken as {red}. "
                  r"Every derivative below was computed by SymPy (\texttt{sympy.diff}) and simplified "
                  r"by symbp's passes; nothing is written by hand.")
-        doc.text(rf"\textbf{{Notation: {_text(self.nt.name)}}} --- {self.nt.title}. {self.nt.note} "
-                 + self.index_note())
+        src = self.cite(_sources.NOTATION_SOURCE[self.nt.name])
+        doc.text(rf"\textbf{{Notation: {_text(self.nt.name)}}} --- {self.nt.title}, after {src}. "
+                 rf"{self.nt.note} " + self.index_note())
 
     def index_note(self):
         first = "0" if self.nt.index_base == 0 else "1"
@@ -512,6 +710,20 @@ class Renderer:
     def scalar_names(self):
         pre, post = self.nt.scalars
         return {naming.Z: pre, naming.A: post, naming.Y: "y"}
+
+    def algorithm(self, doc):
+        doc.section(r"The algorithm\label{sec:algorithm}")
+        doc.text(rf"The derivation follows Algorithm 14.1 of {self.cite('chapter')}, reproduced in the "
+                 r"box in the chapter's own notation (gradients $\mathbf{g}_l$ are row vectors, "
+                 r"$\mathbf{L}_l^{\mathbf{x}}$ and $\mathbf{L}_l^{\theta}$ the layer's Jacobians with "
+                 r"respect to its input and its parameters):")
+        doc.algorithm()
+        doc.text(r"SymPy derives each layer's $\mathbf{L}_l$ from its forward definition "
+                 r"(sections~\ref{sec:local} and~\ref{sec:jacobians}); line~9 is the output layer "
+                 r"(section~\ref{sec:output}), line~12 the backward step of each layer "
+                 r"(section~\ref{sec:backward}) and line~13 its parameter gradients "
+                 r"(section~\ref{sec:gradients}). Here a layer is split into its affine map and its "
+                 r"activation, and the error of a layer is the gradient at its pre-activation.")
 
     def forward(self, doc):
         doc.section("Forward pass")
@@ -533,9 +745,14 @@ class Renderer:
         doc.align(self.index_rows(self.d["loss"]))
 
     def local(self, doc):
-        doc.section("Local derivatives")
-        legend = "; ".join(rf"\emph{{{_text(k)}}}: {_text(v)}" for k, v in STAGE_DOCS.items())
-        doc.text(r"Each line is one stage of SymPy's work, labelled on the right: " + legend + ".")
+        doc.section(r"Local derivatives\label{sec:local}")
+        if self.stages:
+            legend = "; ".join(rf"\emph{{{_text(k)}}}: {v}" for k, v in STAGE_DOCS.items())
+            doc.text(r"Each line is one stage of SymPy's work, labelled on the right: " + legend + ".")
+        else:
+            doc.text(r"Each activation's derivative, as SymPy differentiates its definition, then "
+                     r"written in terms of the layer's output where that is exact, so that the "
+                     r"backward pass reuses the values stored by the forward pass.")
         groups = []          # (activation, layers): elementwise rules once, softmax per layer
         for lr in self.d.layers:
             same = [g for g in groups if lr.rule is not None and g[0] == lr.activation]
@@ -557,7 +774,10 @@ class Renderer:
             doc.text(rf"Layer{'s' if len(layers) > 1 else ''} {which}: {_text(act.name)}, "
                      rf"${_call(act.latex, pre)} = {self.pr(act.definition, scalars=names)}$.")
             rows, prev, first = [], None, True
-            for name, e in lr.rule.stages:
+            stages = lr.rule.stages
+            if not self.stages and len(stages) > 1 and stages[1][0] == "kink":
+                stages = stages[1:]        # the kink convention is stated below the rows
+            for name, e in stages:
                 if prev is not None and e == prev:
                     continue
                 if name == "forward_outputs" and lr.rule.uses == "a":
@@ -567,11 +787,13 @@ class Renderer:
                     if mid != lr.rule.form and mid != prev:
                         rows.append(_row("", "= " + self.pr(mid, scalars=names),
                                          rf"\text{{in terms of }} {_call(act.latex, pre)}"))
+                    label = r"\text{forward\_outputs: }" if self.stages else r"\text{with }"
                     rows.append(_row("", "= " + self.pr(e, scalars=names),
-                                     rf"\text{{forward\_outputs: }} {post} = {_call(act.latex, pre)}"))
+                                     rf"{label}{post} = {_call(act.latex, pre)}"))
                 else:
-                    rows.append(_row(fname if first else "", "= " + self.pr(e, scalars=names),
-                                     rf"\text{{{_text(name)}}}"))
+                    label = (rf"\text{{{_text(name)}}}" if self.stages else
+                             rf"\text{{derivative of }} {_call(act.latex, pre)}" if first else "")
+                    rows.append(_row(fname if first else "", "= " + self.pr(e, scalars=names), label))
                 prev, first = e, False
             doc.align(rows)
             note = self.kink_note(lr)
@@ -611,8 +833,17 @@ class Renderer:
             notes.append(rf"At ${pre} = {sp.latex(p0)}$ {_text(act.name)} is not differentiable "
                          rf"(derivative ${sp.latex(left)}$ from the left, ${sp.latex(right)}$ from the "
                          rf"right); symbp uses ${act.latex}'({sp.latex(p0)}) = {sp.latex(value)}$, {side} "
-                         r"(the kink pass; the generated kernels use the same value).")
+                         r"(the generated kernels use the same value"
+                         + self.at_zero_reason() + ").")
         return " ".join(notes)
+
+    def at_zero_reason(self):
+        """Where the network's relu_at_zero convention comes from (part of the kink note)."""
+        if self.net.relu_at_zero:
+            return (r"; the network sets \texttt{relu\_at\_zero = 1}, as the CS231n-style slides and "
+                    r"the book chapter ``Backpropagation'' take ReLU$'(0) = 1$")
+        return (r"; \texttt{relu\_at\_zero = 0}, the convention of PyTorch; "
+                r"\texttt{relu\_at\_zero = 1} takes the derivative from the right")
 
     def softmax_rule(self, doc, lr):
         l = lr.layer
@@ -625,20 +856,23 @@ class Renderer:
                  rf"${pr.doprint(fwd.lhs)} = {pr.doprint(fwd.rhs)}$: every output depends on every "
                  r"input, and SymPy differentiates the quotient:")
         rows, prev, first = [], None, True
-        for name, e in lr.jacobian:
+        for name, e in (lr.jacobian if self.stages else _ends(lr.jacobian)):
             if prev is not None and e == prev:
                 continue
-            rows.append(_row(pr.doprint(lhs) if first else "", "= " + pr.doprint(e), rf"\text{{{_text(name)}}}"))
+            note = (rf"\text{{{_text(name)}}}" if self.stages else
+                    "" if first else r"\text{in terms of the outputs}")
+            rows.append(_row(pr.doprint(lhs) if first else "", "= " + pr.doprint(e), note))
             prev, first = e, False
         doc.align(rows)
 
     def jacobians(self, doc):
-        doc.section("Jacobians")
+        doc.section(r"Jacobians\label{sec:jacobians}")
         lay = ("one row per entry of the variable (denominator layout)" if self.nt.layout == "denominator"
                else "one row per entry of the function (numerator layout)")
         doc.text(rf"Jacobians are written with {lay}; they are shown in full where both sizes are at "
-                 rf"most {SMALL}. In index form $\delta_{{ij}}$ is the Kronecker delta (1 if $i = j$, "
-                 r"else 0).")
+                 rf"most {SMALL}. In index form ${INDICATOR}[i = j]$ is the indicator: 1 if $i = j$, "
+                 r"else 0." + ("" if self.main == "sample" else
+                              " " + self.one_sample("They are those of one sample")[:-1] + "."))
         pr = Printer(self.ctx, "sample")
         for lr in self.d.layers:
             l = lr.layer
@@ -653,8 +887,10 @@ class Renderer:
                 _row(pr.doprint(sp.Derivative(a[S, I], z[S, J], evaluate=False)), "= " + pr.doprint(lr.jacobian[-1][1])),
                 _row(pr.doprint(sp.Derivative(z[S, J], ap[S, I], evaluate=False)), "= " + pr.doprint(lr.dz_da[-1][1])),
                 _row(pr.doprint(sp.Derivative(z[S, J], W[P, Q], evaluate=False)), "= " + pr.doprint(lr.dz_dW[-1][1])),
-                _row(pr.doprint(sp.Derivative(z[S, J], b[P], evaluate=False)), "= " + pr.doprint(lr.dz_db[-1][1])),
             ]
+            if lr.dz_db is not None:    # a layer without bias has no b
+                rows.append(_row(pr.doprint(sp.Derivative(z[S, J], b[P], evaluate=False)),
+                                 "= " + pr.doprint(lr.dz_db[-1][1])))
             doc.align(rows)
             rows = []
             if self.small(self.n[l]):
@@ -697,14 +933,25 @@ class Renderer:
             return None
         return self.ctx.convert(self.ctx.ours("Jz", l, "sample"), rhs)
 
+    def one_sample(self, text):
+        """Lead-in of per-sample equations; in the batch notation they are the lower-case rows of
+        its upper-case matrices, said once each time they appear."""
+        if self.main == "sample":
+            return text + ":"
+        if getattr(self, "_rows_said", False):
+            return text + r" $s$ (its rows, lower case):"
+        self._rows_said = True
+        return (text + r" $s$ (lower case: $h_l$, $a_l$ and $\delta_l$ are row $s$ of $H_l$, $A_l$ "
+                r"and $\Delta_l$, written as vectors):")
+
     def output(self, doc):
         L = self.L
         lr = self.d.layers[-1]
-        doc.section("Output layer: the chain rule")
+        doc.section(r"Output layer: the chain rule\label{sec:output}")
         a, z = naming.quantity("a", L), naming.quantity("z", L)
         ga = naming.quantity("ga", L)
         delta = naming.quantity("delta", L)
-        pr = Printer(self.ctx, "sample")
+        pr = Printer(self.ctx, self.main)     # index form: entries of the notation's matrices
         chain = sp.Sum(ga[S, I] * sp.Derivative(a[S, I], z[S, J], evaluate=False), (I, 0, naming.width(L) - 1))
         doc.text(rf"The loss reaches ${self.nt.symbol('z', L, 'sample')}$ (the output layer, {L}) only "
                  r"through the activation, so "
@@ -713,14 +960,21 @@ class Renderer:
         fl = "sample"
         jac = self.ctx.convert(self.ctx.ours("delta", L, fl),
                                self.ctx.ours("Ja", L, fl) * self.ctx.ours("ga", L, fl))
-        rows = [_row(pr.doprint(delta[S, J]), "= " + pr.doprint(chain)), self.mat_row(jac, flavor=fl)]
-        doc.align(rows)
-        doc.text("SymPy differentiates the loss with respect to the output activation:")
-        doc.align(self.index_rows(self.d[f"ga{L}"]))
-        doc.text("and multiplies by the activation Jacobian, summing over $i$:")
+        if self.main == fl:
+            doc.align([_row(pr.doprint(delta[S, J]), "= " + pr.doprint(chain)), self.mat_row(jac, flavor=fl)])
+        else:
+            doc.align([_row(pr.doprint(delta[S, J]), "= " + pr.doprint(chain))])
+            doc.text(self.one_sample("With the Jacobians, for one sample"))
+            doc.align([self.mat_row(jac, flavor=fl)])
         eq = self.d[f"delta{L}"]
-        doc.align(self.index_rows(eq))
         cancel = self.cancellation()
+        if self.stages:
+            doc.text("SymPy differentiates the loss with respect to the output activation:")
+            doc.align(self.index_rows(self.d[f"ga{L}"]))
+            doc.text("and multiplies by the activation Jacobian, summing over $i$:")
+            doc.align(self.index_rows(eq))
+        else:
+            self.output_chain(doc, lr, cancel)
         if cancel:
             doc.text(cancel)
         rows = []
@@ -734,16 +988,83 @@ class Renderer:
         doc.align(rows)
         if self.small(self.n[L]):
             ex = self.explicit([("Ja", L, self.explicit_ours("Ja", L)), ("ga", L, self.explicit_ours("ga", L))])
-            res = sp.Matrix(self.n[L], 1, lambda r, c: eq.rhs.xreplace({J: r}))
+            out = self.printed(eq)
+            res = sp.Matrix(self.n[L], 1, lambda r, c: out.xreplace({J: r}))
             pe = Printer(self.ctx, "sample", explicit=ex)
-            doc.text("Entry by entry, for one sample:")
+            doc.text(self.one_sample("Entry by entry, for one sample"))
             doc.align([_row(pr.doprint(jac.lhs), "= " + pe.doprint(jac.rhs)),
                        _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
 
+    def output_chain(self, doc, lr, cancel):
+        """The output error as a textbook writes it: the upstream factor (SymPy's derivative of
+        the loss), the local factor (the activation's Jacobian entry), their product, and the
+        simplification as one explained step."""
+        L = self.L
+        a, z, y = naming.quantity("a", L), naming.quantity("z", L), naming.quantity("y")
+        ga, delta = naming.quantity("ga", L), naming.quantity("delta", L)
+        pr = Printer(self.ctx, self.main)
+        up = self.printed(self.d[f"ga{L}"])
+        local = lr.jacobian[-1][1]
+        act = lr.activation
+        doc.text(rf"The local factor is the derivative of the {_text(act.name)} output (its Jacobian "
+                 rf"entry, section~\ref{{sec:jacobians}}), the upstream factor SymPy's derivative of the "
+                 rf"{_loss_text(self.net.loss)[0]} loss with respect to the output:")
+        doc.align([_row(pr.doprint(sp.Derivative(a[S, I], z[S, J], evaluate=False)),
+                        "= " + pr.doprint(local), r"\text{local}"),
+                   _row(pr.doprint(ga[S, J]), "= " + pr.doprint(up), r"\text{upstream}")])
+
+        def factor(e):
+            out = pr.doprint(e)
+            return rf"\left({out}\right)" if isinstance(e, sp.Add) or out.startswith("-") else out
+        n = pr.doprint(naming.width(L))
+        lo = self.nt.index(0)
+        total = rf"\sum_{{i={lo}}}^{{{n if self.nt.index_base == 1 else n + ' - 1'}}} "
+        # local times upstream, in the order of the matrix form above
+        rows = [_row(pr.doprint(delta[S, J]), "= " + total + factor(local) + r" \cdot "
+                     + factor(up.xreplace({J: I})), r"\text{local} \times \text{upstream}")]
+        if lr.rule is not None:
+            # diagonal: the indicator keeps the term i = j
+            fp = lr.rule.form.xreplace({naming.A: a[S, J], naming.Z: z[S, J]})
+            prod = factor(up) if fp == 1 else factor(fp) + r" \cdot " + factor(up)
+            rows.append(_row("", "= " + prod,
+                             rf"\text{{only }} i = j \text{{ remains}}"))
+            why = ("the activation's derivative cancels" if cancel else "simplified")
+        else:
+            before = [e for name, e in self.d[f"delta{L}"].stages if name == "onehot"]
+            prev = [e for (name, e), (nxt, _) in zip(self.d[f"delta{L}"].stages, self.d[f"delta{L}"].stages[1:])
+                    if nxt == "onehot"]
+            if prev and before and prev[0] != before[0]:
+                rows.append(_row("", "= " + pr.doprint(prev[0]), r"\text{sum over } i"))
+                why = r"with } \textstyle\sum_i y_i = 1 \text{ (one-hot targets)"
+            else:
+                why = "sum over } i \text{"
+        final = "= " + pr.doprint(self.printed(self.d[f"delta{L}"]))
+        same = lr.rule is not None and final == "= " + pr.doprint(sp.Mul(fp, up))
+        if final != rows[-1]["rhs"] and not same:
+            rows.append(_row("", final, rf"\text{{{why}}}"))
+        doc.align(rows)
+
+    def printed(self, eq):
+        """The printed form of the output layer's dL/da and dL/dz: one fraction, factored, so
+        that the sign rule of the printer (``Printer._split``) reads (a - y) / (a (1 - a)) for
+        every loss and output activation. An exact rewrite (cancel, factor; checked); other
+        equations print as derived."""
+        e = eq.rhs
+        if eq.name not in (f"ga{self.L}", f"delta{self.L}") or e.has(sp.Sum, sp.Piecewise):
+            return e
+        try:
+            f = sp.factor(sp.cancel(e))
+        except (sp.PolynomialError, TypeError, ValueError):
+            return e
+        if sp.cancel(f - e) != 0 or sp.count_ops(f) > sp.count_ops(e) + 2:
+            return e
+        return f
+
     def vector_rhs(self, eq, flavor):
         """An elementwise equation's right side as whole vectors; transposed to a row where the
-        notation's quantity of the left side is a row (the gradients of seed 002)."""
-        out = Printer(self.ctx, flavor, vector=True).doprint(eq.rhs)
+        notation's quantity of the left side is a row (the row-vector gradients of the book
+        chapter "Backpropagation", eq. 14.4)."""
+        out = Printer(self.ctx, flavor, vector=True).doprint(self.printed(eq))
         if naming.parse(eq.lhs.base)[0] in self.nt.transposed[flavor]:
             out = rf"\left({out}\right)^{{T}}"
         return out
@@ -759,17 +1080,17 @@ class Renderer:
         if not den.has(a) and self.d.layers[-1].rule is not None:
             return ""
         changed = [n for (n, e), (_, prev) in zip(delta.stages[1:], delta.stages) if e != prev]
-        how = " with $\\sum_i y_i = 1$ for one-hot targets (onehot)" if "onehot" in changed else ""
+        how = " with $\\sum_i y_i = 1$ for one-hot targets" if "onehot" in changed else ""
         pr = Printer(self.ctx, self.main, vector=True)
         act = self.d.layers[-1].activation
         return (rf"The derivative of the {_text(act.name)} output cancels against the derivative of "
-                rf"the {_text(self.net.loss.name)} loss{how}: what is left is the prediction error, "
+                rf"the {_loss_text(self.net.loss)[0]} loss{how}: what is left is the prediction error, "
                 rf"${pr.doprint(delta.lhs)} = {self.vector_rhs(delta, self.main)}$.")
 
     def backward(self, doc):
         if self.L < 2:
             return
-        doc.section(r"Backward pass: the delta recursion")
+        doc.section(r"Backward pass: the delta recursion\label{sec:backward}")
         doc.text(r"Each hidden layer receives the error of the layer above through that layer's "
                  r"weights (the backward step of its affine map), then multiplies it elementwise "
                  r"(Hadamard product $\odot$) by the derivative of its own activation, written in terms "
@@ -793,17 +1114,21 @@ class Renderer:
                                      self.ctx.ours("Ja", l, fs) * self.ctx.ours("Jz", l + 1, fs)
                                      * self.ctx.ours("delta", l + 1, fs))
             doc.align(rows)
-            doc.text("With the Jacobians, for one sample:")
+            doc.text(self.one_sample("With the Jacobians, for one sample"))
             doc.align([self.mat_row(chain, flavor=fs)])
-            doc.text("In index form, SymPy's stages:")
-            doc.align(self.index_rows(self.d[f"ga{l}"]) + self.index_rows(self.d[f"delta{l}"]))
+            if self.stages:
+                doc.text("In index form, SymPy's stages:")
+            else:
+                doc.text(r"In index form, the upstream gradient times the local derivative:")
+            why = r"only } i = j \text{ remains" if lr.rule is not None else r"sum over } i \text{"
+            doc.align(self.index_rows(self.d[f"ga{l}"]) + self.index_rows(self.d[f"delta{l}"], why=why))
             if self.small(self.n[l], self.n[l + 1]):
                 ex = self.explicit([("Ja", l, self.explicit_ours("Ja", l)),
                                     ("Jz", l + 1, self.explicit_ours("Jz", l + 1)),
                                     ("delta", l + 1, self.explicit_ours("delta", l + 1))])
                 res = self.hidden_delta_entries(l)
                 pe = Printer(self.ctx, "sample", explicit=ex)
-                doc.text("Entry by entry:")
+                doc.text(self.one_sample("Entry by entry, for one sample"))
                 doc.align([_row(Printer(self.ctx, "sample").doprint(chain.lhs), "= " + pe.doprint(chain.rhs)),
                            _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
 
@@ -821,16 +1146,16 @@ class Renderer:
         return sp.Matrix(self.n[l], 1, lambda r, c: entry(r))
 
     def gradients(self, doc):
-        doc.section("Parameter gradients")
+        doc.section(r"Parameter gradients\label{sec:gradients}")
         doc.text(r"The parameters of a layer enter only through its affine map, so each parameter "
                  r"gradient is the layer's error times the derivative of the affine map, summed over the "
                  r"samples of the batch.")
         for l in range(1, self.L + 1):
             doc.text(rf"\textbf{{Layer {l}.}}")
-            rows = [self.mat_row(self.ctx.equation(self.d[f"gW{l}"], self.main)),
-                    self.mat_row(self.ctx.equation(self.d[f"gb{l}"], self.main))]
-            doc.align(rows)
-            doc.align(self.index_rows(self.d[f"gW{l}"]) + self.index_rows(self.d[f"gb{l}"]))
+            grads = [f"gW{l}"] + ([f"gb{l}"] if self.net.layers[l - 1].bias else [])
+            doc.align([self.mat_row(self.ctx.equation(self.d[g], self.main)) for g in grads])
+            why = r"only } j = p \text{ remains"
+            doc.align([r for g in grads for r in self.index_rows(self.d[g], why=why)])
             if self.small(self.n[l], self.n[l - 1]):
                 gW = self.d[f"gW{l}"].rhs
                 summand = gW.function if isinstance(gW, sp.Sum) else gW
@@ -844,8 +1169,8 @@ class Renderer:
 
     def input_grad(self, doc):
         doc.section("Gradient with respect to the input")
-        doc.text("The same step as the recursion, without an activation below: "
-                 "backpropagation to the data (seed 002, section 14.9).")
+        doc.text("The same step as the recursion, without an activation below: backpropagation to "
+                 rf"the data ({self.cite('chapter', 'section 14.9')}).")
         doc.align([self.mat_row(self.ctx.equation(self.d["ga0"], self.main))])
         doc.align(self.index_rows(self.d["ga0"]))
 
@@ -881,7 +1206,7 @@ class Renderer:
             doc.text(rf"The gradient that reaches $W$ of the first layer carries {k} such factor"
                      rf"{'s' if k > 1 else ''}, together at most ${sp.latex(bound ** k)}$ (times the "
                      r"weights): with many sigmoid layers the gradients of the early layers vanish "
-                     r"(seed 003).")
+                     rf"({self.cite('it5005', 'the vanishing gradient problem')}).")
         else:
             doc.text(r"In this network the output's derivative cancels against the loss and no hidden "
                      r"layer is a sigmoid, so no such factor appears; each added sigmoid layer would "
@@ -901,26 +1226,30 @@ class Renderer:
             lr = self.d.layers[l - 1]
             ours_ga = self.ctx.product(self.d[f"ga{l}"], fl)[1]
             if lr.rule is not None:
-                had = sp.HadamardProduct(self.ctx.ours("fpa", l, fl), ours_ga)
+                # a derivative that keeps z (swish) is long: the summary names it f'(z)
+                kind = "fpa" if lr.rule.uses == "a" else "fp"
+                had = sp.HadamardProduct(self.ctx.ours(kind, l, fl), ours_ga)
                 rows.append(self.mat_row(self.ctx.convert(self.ctx.ours("delta", l, fl), had)))
             else:
                 rows.append(self.mat_row(self.ctx.equation(self.d[f"ga{l}"], fl)))
         for l in range(self.L, 0, -1):
             rows.append(self.mat_row(self.ctx.equation(self.d[f"gW{l}"], fl)))
-            rows.append(self.mat_row(self.ctx.equation(self.d[f"gb{l}"], fl)))
+            if self.net.layers[l - 1].bias:
+                rows.append(self.mat_row(self.ctx.equation(self.d[f"gb{l}"], fl)))
         rows.append(self.mat_row(self.ctx.equation(self.d["ga0"], fl)))
         return rows
 
 
-def render(derivation, notation="cs231n", document=False):
+def render(derivation, notation="cs231n", document=False, stages=False):
     nt = _notation.get(notation)
-    r = Renderer(derivation, nt)
+    r = Renderer(derivation, nt, stages=stages)
     env = environment()
     if not document:
         return env.get_template("latex/derivation.tex.j2").render(
             document=False, summary=r.summary_rows())
     doc = Doc()
     r.setup(doc)
+    r.algorithm(doc)
     r.forward(doc)
     r.local(doc)
     r.jacobians(doc)
@@ -935,7 +1264,8 @@ def render(derivation, notation="cs231n", document=False):
         document=True, name=_text(net.name), arch=arch,
         acts=", ".join(_text(l.activation.name) for l in net.layers),
         loss=_text(net.loss.name), notation=_text(nt.name), table=r.table,
-        sections=doc.sections, summary=r.summary_rows())
+        sections=doc.sections, summary=r.summary_rows(),
+        sources=_sources.bibliography(set(r.cited)))
 
 
 def _first_error(log):
@@ -945,12 +1275,12 @@ def _first_error(log):
     return "no error line in the log"
 
 
-def write_document(derivation, path, notation="cs231n", pdf=False):
+def write_document(derivation, path, notation="cs231n", pdf=False, stages=False):
     """Write the LaTeX document to ``path`` (atomically); with ``pdf=True`` compile it first
     and write the PDF beside it (same stem). Returns the list of paths written."""
     from ..codegen.load import write
     path = Path(path)
-    tex = render(derivation, notation=notation, document=True)
+    tex = render(derivation, notation=notation, document=True, stages=stages)
     if not pdf:
         write(path, tex)
         return [path]
@@ -962,10 +1292,14 @@ def write_document(derivation, path, notation="cs231n", pdf=False):
     with tempfile.TemporaryDirectory(prefix="symbp-latex-") as tmp:
         src = Path(tmp) / "document.tex"
         src.write_text(tex, encoding="utf-8")
+        ok = True
         try:
-            run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", "-no-shell-escape",
-                                  src.name], cwd=tmp, capture_output=True, text=True, timeout=300)
-            ok = run.returncode == 0 and (Path(tmp) / "document.pdf").exists()
+            for _ in range(2):      # twice: the section references resolve on the second run
+                run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", "-no-shell-escape",
+                                      src.name], cwd=tmp, capture_output=True, text=True, timeout=300)
+                ok = run.returncode == 0 and (Path(tmp) / "document.pdf").exists()
+                if not ok:
+                    break
         except subprocess.TimeoutExpired:
             ok = False
         if not ok:

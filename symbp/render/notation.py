@@ -15,10 +15,12 @@ samples. A notation states
   where sums over the batch are written out) and, for ``batch`` only, ``"batch"`` (B x n
   matrices, the sample is the row index); ``main`` is the flavor its matrix equations use;
 - ``transposed[flavor]``: the kinds whose own matrix is the transpose of the derivation's, e.g.
-  the stored weight W^{[l]} of ``f = W^T a`` (seed 003) or the row-vector gradients of seed 002.
+  the stored weight W^{[l]} of ``f = W^T a`` (the IT5005 slides "Multi-Layer Perceptrons") or
+  the row-vector gradients of the book chapter "Backpropagation" (eq. 14.4).
   Renderers substitute own = ours or own^T = ours and let SymPy move the transposes, so each
   notation's equations are correct in its convention, not only renamed;
-- index style: subscripts counted from 1, or brackets counted from 0 (seed 002).
+- index style: subscripts counted from 1, or brackets counted from 0 (the book chapter).
+The works themselves are cited from ``render.sources`` (``NOTATION_SOURCE``).
 
 ``naming.latex_base`` reads the symbols from here.
 """
@@ -56,7 +58,7 @@ class Notation:
     note: str                       # LaTeX prose: the conventions, for the document
     main: str = "sample"            # flavor of the matrix equations
     index_base: int = 1
-    brackets: bool = False          # x[j] (seed 002) instead of x_j
+    brackets: bool = False          # x[j] (the book chapter's style) instead of x_j
     flavors: tuple = field(default=("sample",))
 
     def _stem(self, kind, layer, flavor):
@@ -122,7 +124,7 @@ def _layered(a, z, delta, x="x"):
 
 CS231N = Notation(
     name="cs231n",
-    title="CS231n / CMU 11-785 slides (seed 000)",
+    title="column vectors and errors $\\delta^{[l]}$, as in CS231n and CMU 11-785",
     loss="L",
     stems={"sample": _layered("a", "z", r"\delta")},
     transposed={"sample": frozenset()},
@@ -138,7 +140,7 @@ CS231N = Notation(
 
 UDL = Notation(
     name="udl",
-    title="Understanding Deep Learning (seed 001)",
+    title="the notation of Understanding Deep Learning ($\\beta$, $\\Omega$, $h$, $f$)",
     loss="L",
     stems={"sample": {
         "x": lambda l: ("x", "", ""),
@@ -161,7 +163,7 @@ UDL = Notation(
 
 TRANSPOSED = Notation(
     name="transposed",
-    title="slides with $f = W^{T} a$ and loss $\\varepsilon$ (seed 003)",
+    title="stored weights with $f = W^{T} a$ and loss $\\varepsilon$",
     loss=r"\varepsilon",
     stems={"sample": _layered("a", "f", r"\delta")},
     transposed={"sample": frozenset({"W", "gW"})},
@@ -180,7 +182,7 @@ TRANSPOSED = Notation(
 
 ROWVECTOR = Notation(
     name="rowvector",
-    title="row-vector gradients (seed 002, chapter 14)",
+    title="row-vector gradients $g$, $L^{x}$ and $L^{\\theta}$",
     loss="J",
     stems={"sample": {
         "x": lambda l: ("x", "0", ""),
@@ -205,14 +207,14 @@ ROWVECTOR = Notation(
           r"The parameter gradient $\partial J / \partial W_l = x_{l-1}\, g_{z_l}$ has shape "
           r"$n_{l-1} \times n_l$, the transpose of $W_l$ (eq.~14.29), so the update is "
           r"$W_l \leftarrow W_l - \eta (\partial J / \partial W_l)^{T}$ (eq.~14.9); "
-          r"$\partial J / \partial b_l = g_{z_l}$ is a row. Indices count from 0, as in the book."),
+          r"$\partial J / \partial b_l = g_{z_l}$ is a row."),
     index_base=0,
     brackets=True,
 )
 
 BATCH = Notation(
     name="batch",
-    title="row batches $H = X W_1$ (seed 004)",
+    title="row batches $H = X W_1$",
     loss="L",
     stems={
         "batch": {
@@ -244,7 +246,7 @@ BATCH = Notation(
           r"(entry $W_{l,kj}$ connects input $k$ to unit $j$), so its gradient is the transpose of "
           r"$\sum_s \delta a^{T}$: $\partial L / \partial W_l = A_{l-1}^{T} \Delta_l$ with "
           r"$\Delta_l = \partial L / \partial H_l$ of shape $B \times n_l$ (dimension balancing, "
-          r"seed 000: $Z = XW$ gives $\partial L / \partial W = X^{T} \delta$ and "
+          r"as in the CS231n slides: $Z = XW$ gives $\partial L / \partial W = X^{T} \delta$ and "
           r"$\partial L / \partial X = \delta W^{T}$). For one sample $s$, $x, h_l, a_l$ are columns "
           r"(row $s$ of $H_l$ is $h_l^{T}$) while $b_l$ and the gradients "
           r"$\delta_l = \partial L / \partial h_l$ are rows (row $s$ of $\Delta_l$), and a Jacobian has "

@@ -28,8 +28,9 @@ Contract:
   and the value ("delta = (a - y)/B = (0.73 - 1)/1 = -0.27"; long sums wrap at + and -); the
   forward pass also as a table of z and a per layer; gradients and the SGD update W - lr dL/dW
   as matrices (wide ones one per line).
-- At a kink (ReLU exactly at z = 0) the derivation's own one-sided convention is used (relu'(0) =
-  0, Heaviside(0) = 0, as PyTorch and JAX) and a note says so; no error.
+- At a kink (ReLU exactly at z = 0) the derivation's own one-sided convention is used (the
+  network's relu_at_zero: relu'(0) = 0, Heaviside(0) = 0, as PyTorch and JAX, or 1) and a note
+  says so; no error. A layer without bias has no ``b<l>`` in params, values or updates.
 - User mistakes raise ``SymbpError`` subclasses with one line: a missing or unexpected params
   key, a wrong shape, a non-number, decimals outside 0..12, a log or reciprocal of zero (or a
   log of a negative number) in the loss or its gradient.
@@ -279,8 +280,8 @@ def entry_name(base, indices, batch_single=False, notation="cs231n"):
     """LaTeX name of an entry in a notation (render.notation): z^{[1]}_{2}, f_{0,1} (udl),
     \\frac{\\partial L}{\\partial W^{[1]}_{12}}, ...
 
-    Concrete indices are counted as the notation counts (from 1, or from 0 in seed 002); our
-    0-based (row, column) become (column, row) for the kinds a notation stores transposed. The
+    Concrete indices are counted as the notation counts (from 1, or from 0 in chapter 14 "Backpropagation");
+    our 0-based (row, column) become (column, row) for the kinds a notation stores transposed. The
     sample index of per-sample quantities is a superscript (s), or the row index in the batch
     notation; with ``batch_single`` (a batch of one) it is dropped. No indices: the symbol."""
     nt = _notation(notation)
@@ -352,7 +353,8 @@ class WorkedPrinter(LatexPrinter):
         return super()._print_Symbol(e)
 
     def _print_Heaviside(self, e, exp=None):
-        return rf"\mathbb{{I}}\left[{self._print(e.args[0])} > 0\right]"
+        rel = r"\ge" if len(e.args) == 2 and e.args[1] == 1 else ">"    # relu_at_zero = 1 or 0
+        return rf"\mathbb{{I}}\left[{self._print(e.args[0])} {rel} 0\right]"
 
     def _print_Sum(self, e):
         # Counted as the entries are (from 1 in most notations): sum_{k=1}^{n} for k = 0 .. n-1.
@@ -601,9 +603,10 @@ def evaluate(derivation, P, X, Y, rounding=None):
             env[yb[s, k]] = Y[s, k]
     for l in range(1, net.depth + 1):
         W, b = naming.quantity("W", l), naming.quantity("b", l)
-        Wm, bm = P[naming.param_key("W", l)], P[naming.param_key("b", l)]
+        Wm, bm = P[naming.param_key("W", l)], P.get(naming.param_key("b", l))   # no b: no bias
         for j in range(Wm.rows):
-            env[b[j]] = bm[j]
+            if bm is not None:
+                env[b[j]] = bm[j]
             for k in range(Wm.cols):
                 env[W[j, k]] = Wm[j, k]
     env[naming.BATCH] = sp.Integer(B)
@@ -876,11 +879,12 @@ def central_differences(derivation, P, X, Y, h=FD_STEP):
             env[yb[s_, k]] = float(Y[s_, k])
     cells = {}
     for l in range(1, net.depth + 1):
-        Wm, bm = P[naming.param_key("W", l)], P[naming.param_key("b", l)]
+        Wm, bm = P[naming.param_key("W", l)], P.get(naming.param_key("b", l))   # no b: no bias
         W, b = naming.quantity("W", l), naming.quantity("b", l)
         for j in range(Wm.rows):
-            env[b[j]] = float(bm[j])
-            cells[(f"gb{l}", j, 0)] = b[j]
+            if bm is not None:
+                env[b[j]] = float(bm[j])
+                cells[(f"gb{l}", j, 0)] = b[j]
             for k in range(Wm.cols):
                 env[W[j, k]] = float(Wm[j, k])
                 cells[(f"gW{l}", j, k)] = W[j, k]
@@ -895,7 +899,8 @@ def central_differences(derivation, P, X, Y, h=FD_STEP):
     for l in range(1, net.depth + 1):
         Wm = P[naming.param_key("W", l)]
         result[f"gW{l}"] = sp.Matrix(Wm.rows, Wm.cols, lambda i, j: sp.Float(out[(f"gW{l}", i, j)], 17))
-        result[f"gb{l}"] = sp.Matrix(Wm.rows, 1, lambda i, j: sp.Float(out[(f"gb{l}", i, 0)], 17))
+        if naming.param_key("b", l) in P:
+            result[f"gb{l}"] = sp.Matrix(Wm.rows, 1, lambda i, j: sp.Float(out[(f"gb{l}", i, 0)], 17))
     return result
 
 
@@ -906,7 +911,9 @@ def _given(net, P, X, Y, eta, decimals, notation, single):
     for l in range(1, net.depth + 1):
         row = []
         for kind in ("W", "b"):
-            m = P[naming.param_key(kind, l)]
+            m = P.get(naming.param_key(kind, l))
+            if m is None:       # a layer without bias
+                continue
             if transposed(kind, notation):
                 m = m.T
             row.append(f"{symbol(kind, l, notation)} = {_exact_matrix(m, decimals)}")
@@ -1028,6 +1035,8 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
         for l in range(1, net.depth + 1):
             for kind in ("W", "b"):
                 key = naming.param_key(kind, l)
+                if key not in P:      # a layer without bias
+                    continue
                 gname_ = naming.grad_kind(kind) + str(l)
                 values[f"{key}_new"] = P[key] - eta * values[gname_]
                 raw = P[key] - eta * handv[gname_]
@@ -1039,7 +1048,7 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
                 if transposed(kind, notation):
                     old, g_, new_ = old.T, g_.T, new_.T
                 if transposed(kind, notation) != transposed("g" + kind, notation):
-                    gname = rf"\left({gname}\right)^{{T}}"      # row-vector gradients
+                    gname = rf"\left({gname}\right)^{{T}}"      # the book chapter's row gradients
                 eta_t = _exact_text(eta, work)
                 rel = "=" if new == raw else r"\approx"
                 formula = rf"{sym} \leftarrow {sym} - \eta\, {gname}, \quad \eta = {eta_t}"
@@ -1081,7 +1090,7 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
                                  True, notation) + f" = {show(k.z, work)[0]}$"
         where += "" if single else f" (sample {nt.index(k.sample)})"
         side = {"left": "the derivative from the left, as PyTorch and JAX use",
-                "right": "the derivative from the right",
+                "right": "the derivative from the right, relu_at_zero = 1",
                 "neither": "neither one-sided derivative"}[k.side]
         f = net.layers[k.layer - 1].activation.latex
         zt = show(k.z, work)[0]

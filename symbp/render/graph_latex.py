@@ -1,0 +1,842 @@
+"""LaTeX handout of a DAG's backpropagation (a ``GraphDerivation``), with a TikZ picture.
+
+Contract:
+- ``render(derivation, notation="cs231n", document=False) -> str`` reads the GraphDerivation
+  only (never derives): ``document=False`` gives one ``align*`` listing every equation;
+  ``document=True`` the handout (templates/latex/graph_document.tex.j2): the graph as a TikZ
+  picture and a table of its nodes and parameters, the notation, the forward pass, the loss, and
+  the backward pass as numbered steps in reverse topological order, each with prose (which rule
+  of the book chapter "Backpropagation" it applies), its vector form where one exists in the
+  notation, and SymPy's stages in index form. Branch sums (eq. 14.46) and shared-parameter sums
+  (eq. 14.47) are named steps of their own, and a summary lists the gradients.
+- Node and parameter names print as math symbols (``symbol``): ``b_enc`` is
+  b_{\\mathrm{enc}}, ``f1a`` is f_{1a}; a gradient is g_{<symbol>}, one consumer's part of a
+  branch g_{<symbol>}^{(<consumer>)}.
+- Notations (``GRAPH_NOTATIONS``): cs231n (column vectors, g = dL/dv a column), udl (the same
+  conventions, gradients written as dL/dv), transposed (stored weight W' = W^T: f = W'^T a),
+  rowvector (gradients are rows, g_in = g_out L^x, loss J, indices from 0) and batch (rows are
+  samples, H = X W' with W' = W^T). Matrix forms are SymPy matrix expressions in the
+  derivation's convention; each matrix is replaced by the notation's own one or its transpose
+  and SymPy moves the transposes, so each notation is correct in its convention.
+- The picture comes from ``symbp.render.graph_tikz``.
+- ``write_document(derivation, path, notation, pdf=False)`` writes the .tex atomically; with
+  ``pdf=True`` it compiles it first (pdflatex in a temporary directory) and writes the PDF beside
+  it. A missing or failing pdflatex raises a SymbpError and writes nothing.
+Same derivation and notation, same bytes.
+"""
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import sympy as sp
+from sympy.printing.latex import LatexPrinter
+
+from .. import naming
+from ..derivation import ColumnSum, batch_form
+from ..errors import SymbpError
+from .graph_tikz import text_mode as _text
+from .graph_tikz import tikz
+from .pdf import compile_pdf
+
+S, T = naming.S, naming.T
+BATCH = naming.BATCH
+_GREEK = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+          "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "phi", "chi", "psi", "omega")
+BOOK = r"the book chapter ``Backpropagation''"
+SLIDES = r"the slides ``Multi-Layer Networks \& Back-Propagation''"
+
+
+# ----------------------------------------------------------------------------------------------
+# symbols
+# ----------------------------------------------------------------------------------------------
+
+def _word(run):
+    if run.isdigit():
+        return run
+    if run in _GREEK:
+        return "\\" + run
+    if len(run) == 1:
+        return run
+    return r"\mathrm{" + run + "}"
+
+
+def _runs(s):
+    return re.findall(r"[A-Za-z]+|\d+", s)
+
+
+def symbol(name):
+    """A node or parameter name as a math symbol: ``W_in`` -> W_{\\mathrm{in}}, ``f1a`` ->
+    f_{1a}, ``W_f1`` -> W_{f_{1}}, ``x_target`` -> x_{\\mathrm{target}}, ``enc`` -> \\mathrm{enc},
+    ``alpha2`` -> \\alpha_{2}: one letter (or a Greek name) and what follows as its subscript,
+    a word upright."""
+    name = name.strip("_") or name
+    if "_" in name:
+        head, *rest = [r for r in name.split("_") if r]
+        # each part after _ as a symbol of its own: W_f2 names node f2's weight, so W_{f_{2}}
+        return f"{symbol(head)}_{{{','.join(symbol(r) for r in rest)}}}"
+    runs = _runs(name)
+    head = runs[0]
+    if head in _GREEK or len(head) == 1:
+        tail = name[len(head):]
+        return _word(head) + (f"_{{{tail}}}" if tail else "")
+    return _word(head) + ("" if len(runs) == 1 else f"_{{{name[len(head):]}}}")
+
+
+def symbols(graph):
+    """{node or parameter name: LaTeX} for a whole graph. Names whose symbols would coincide
+    (``f1`` and ``f_1`` are both f_{1}) are written out upright instead, so no two differ only
+    in their name."""
+    names = [n.name for n in graph.nodes] + [p.name for p in graph.params]
+    table = {n: symbol(n) for n in names}
+    count = {}
+    for t in table.values():
+        count[t] = count.get(t, 0) + 1
+    for n in names:
+        if count[table[n]] > 1:
+            table[n] = r"\mathrm{" + n.replace("_", r"\_") + "}"
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# notations
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GraphNotation:
+    """How one course writes a DAG's quantities. ``transposed``: roles whose own matrix is the
+    transpose of the derivation's (``grad`` = every gradient of a node value, ``gb`` bias
+    gradients, ``W`` / ``gW`` weights and their gradients); ``frac``: gradients written as
+    dL/dv instead of g_v; ``batch``: values are B x n matrices (rows are samples)."""
+
+    name: str
+    title: str
+    loss: str
+    transposed: frozenset
+    note: str
+    frac: bool = False
+    batch: bool = False
+    index_base: int = 1
+    brackets: bool = False
+
+
+GRAPH_NOTATIONS = {nt.name: nt for nt in (
+    GraphNotation(
+        "cs231n", r"the CS231n-style slides ``Multi-Layer Networks \& Back-Propagation''", "L",
+        frozenset(),
+        r"Per sample, every node's value $v$ is a column vector; a dense node computes "
+        r"$v = W a + b$ with $W$ of shape $n_v \times n_a$. The gradient $g_v = \partial L / \partial v$ "
+        r"is a column vector of the shape of $v$ (the shape rule of the slides), and a parameter's "
+        r"gradient has the parameter's shape: $\partial L / \partial W = \sum_s g_v\, a^{T}$."),
+    GraphNotation(
+        "udl", r"the slides in the notation of \emph{Understanding Deep Learning}", "L",
+        frozenset(),
+        r"Per sample, every node's value is a column vector; a dense node computes $v = b + W a$ "
+        r"(the slides' $f_k = \beta_k + \Omega_k h_k$ with the graph's own parameter names). "
+        r"Gradients are written out as $\partial L / \partial v$, column vectors of the shape of $v$, "
+        r"and $\partial L / \partial W = \sum_s (\partial L / \partial v)\, a^{T}$.",
+        frac=True),
+    GraphNotation(
+        "transposed", r"the course slides with $f = W^{T} a$ and loss $\varepsilon$", r"\varepsilon",
+        frozenset({"W", "gW"}),
+        r"Per sample, column vectors; every weight is stored as the slides store it, transposed: "
+        r"a dense node computes $v = W^{T} a + b$ with $W$ of shape $n_a \times n_v$ (a node declared "
+        r"with the transposed weight then reads $W a$). So $\partial \varepsilon / \partial W = "
+        r"\sum_s a\, g_v^{T}$, and $g_v = \partial \varepsilon / \partial v$ is a column."),
+    GraphNotation(
+        "rowvector", BOOK + r" (row-vector gradients)", "J",
+        frozenset({"grad", "gW", "gb"}),
+        r"Data and parameters are column vectors, a dense node computes $v = W a + b$ with $W$ of "
+        r"shape $n_v \times n_a$. Gradients are row vectors: $g_v = \partial J / \partial v$ is "
+        r"$1 \times n_v$ (eq.~14.4); a node's Jacobian $L^{x} = \partial x_{\mathrm{out}} / "
+        r"\partial x_{\mathrm{in}}$ has one row per output (eq.~14.6) and the backward step is "
+        r"$g_{\mathrm{in}} = g_{\mathrm{out}} L^{x}$ (eq.~14.10). The parameter gradient "
+        r"$\partial J / \partial W = \sum_s a\, g_v$ has the shape of $W^{T}$ (eq.~14.29). "
+        r"Indices count from 0, as in the book.",
+        index_base=0, brackets=True),
+    GraphNotation(
+        "batch", r"the tutorial notebook's row batches $H = X W_1$", "L",
+        frozenset({"W", "gW"}),
+        r"Rows are samples: each node's symbol stands for the $B \times n$ matrix of the batch, "
+        r"$\mathbf{1}$ is a column of $B$ ones and a bias $b$ is a row. Weights are stored as in the "
+        r"notebook, $n_{\mathrm{in}} \times n_{\mathrm{out}}$, so a dense node computes "
+        r"$V = A W + \mathbf{1} b$, and by dimension balancing $\partial L / \partial W = A^{T} G_V$ "
+        r"with $G_V = \partial L / \partial V$ of shape $B \times n_V$.",
+        batch=True),
+)}
+
+
+def get_notation(name):
+    try:
+        return GRAPH_NOTATIONS[name]
+    except (KeyError, TypeError):
+        raise SymbpError(f"notation: unknown notation {name!r} for a graph (expected one of: "
+                         f"{', '.join(GRAPH_NOTATIONS)})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# printing
+# ----------------------------------------------------------------------------------------------
+
+class _Names:
+    """LaTeX of every quantity of a derivation, in one notation."""
+
+    def __init__(self, d, nt):
+        self.d, self.nt, self.graph = d, nt, d.graph
+        table = symbols(d.graph)
+        self.sym = lambda name: table.get(name) or symbol(name)
+        self.base = {}
+        for label, q in d.quantities.items():
+            self.base[label] = self._base(q)
+
+    def grad(self, of, source=""):
+        sym = self.sym(of)
+        if self.nt.frac:
+            out = rf"\frac{{\partial {self.nt.loss}}}{{\partial {sym}}}"
+            return out + (rf"\Big|_{{{self.sym(source)}}}" if source else "")
+        return f"g_{{{sym}}}" + (f"^{{({self.sym(source)})}}" if source else "")
+
+    def _base(self, q):
+        if q.role in ("value", "target", "param"):
+            return self.sym(q.of)
+        if q.role in ("grad", "param_grad"):
+            return self.grad(q.of)
+        return self.grad(q.of, q.source)
+
+    def role(self, label):
+        """Kind of a quantity for the notation's transposes: value, grad, W, b, gW, gb."""
+        q = self.d.quantities[label]
+        if q.role in ("param", "param_grad", "param_use"):
+            kind = "W" if self.graph.param(q.of).role == "weight" else "b"
+            return kind if q.role == "param" else "g" + kind
+        return "grad" if q.role in ("grad", "contribution") else "value"
+
+
+def _plain(s):
+    """True where an index can be attached directly (x, \\mathrm{code}); False for symbols that
+    already carry a sub- or superscript or are fractions (those are parenthesized)."""
+    return not any(c in s for c in "_^") and "\\frac" not in s
+
+
+class GraphPrinter(LatexPrinter):
+    """SymPy's LaTeX printer for a graph's equations. Index form: an entry is the quantity's
+    symbol with its indices (the sample s as a superscript (s) when ``sample``); ``vector=True``
+    prints whole vectors and products of vectors as Hadamard products."""
+
+    def __init__(self, names, sample=False, vector=False, width=None):
+        # a thin space between factors: \mathrm{B} next to \mathrm{probs} must not read "Bprobs"
+        super().__init__({"mul_symbol": r"\,"})
+        self.n, self.nt = names, names.nt
+        self.sample, self.vector, self.width = sample, vector, width
+
+    def _index(self, i):
+        if isinstance(i, sp.Integer):
+            return str(int(i) + self.nt.index_base)
+        return self._print(i)
+
+    def _print_Indexed(self, e):
+        label = str(e.base.label)
+        q = self.n.d.quantities.get(label)
+        if self.nt.frac and not self.vector and q is not None and q.role in ("grad", "param_grad"):
+            # dL/d(entry), as the slides write it, rather than an entry of dL/dv
+            entry = self._print(sp.IndexedBase(q.of)[e.indices])
+            return rf"\frac{{\partial {self.nt.loss}}}{{\partial {entry}}}"
+        base = self.n.base.get(label, self.n.sym(label))
+        idx = list(e.indices)
+        sample = None
+        if idx and idx[0] in (S, T):
+            s = idx.pop(0)
+            if self.nt.batch:
+                idx.insert(0, s)
+            elif self.sample:
+                sample = self._print(s)
+        if self.vector:
+            return self._slice(base, label, idx)
+        role = self.n.role(label) if label in self.n.d.quantities else "value"
+        if role in ("W", "gW") and role in self.nt.transposed:
+            idx = idx[::-1]      # the notation's matrix is our transpose: our W[j,k] is its entry (k, j)
+        parts = [self._index(i) for i in idx]
+        sup = f"^{{({sample})}}" if sample else ""
+        if self.nt.brackets:
+            b = base if _plain(base) or sup == "" else rf"\left({base}\right)"
+            return f"{b}{sup}[{', '.join(parts)}]"
+        sep = "" if all(len(p) == 1 for p in parts) else ","
+        if _plain(base):
+            return f"{base}_{{{sep.join(parts)}}}{sup}"
+        return rf"\left({base}\right)_{{{sep.join(parts)}}}{sup}"
+
+    def _slice(self, base, label, idx):
+        """A whole vector, or the entries of a longer one that the equation reads (a concat's
+        input gets entries off + 1 ... off + n of the merged gradient), with the widths put in."""
+        q = self.n.d.quantities.get(label)
+        if not idx or self.width is None or q is None or q.role not in ("value", "grad", "contribution"):
+            return base
+        i = idx[-1]
+        off = i.as_independent(naming.J, naming.I)[0] if not isinstance(i, sp.Symbol) else sp.Integer(0)
+        if off == 0 and self.n.graph.node(q.of).width == self.width:
+            return base
+        lo = (off + self.nt.index_base).xreplace(self.n.d.sizes)
+        hi = (off + self.width - 1 + self.nt.index_base).xreplace(self.n.d.sizes)
+        b = base if _plain(base) and not self.nt.brackets else rf"\left({base}\right)"
+        if self.nt.brackets:
+            return rf"{base}[{self._print(lo)} \ldots {self._print(hi)}]"
+        cols = r"{:},\, " if self.nt.batch else ""      # a batch matrix: these columns, every row
+        return rf"{b}_{{{cols}{self._print(lo)} \ldots {self._print(hi)}}}"
+
+    def _print_Symbol(self, e, style="plain"):
+        if e == BATCH:
+            return "B"
+        name = e.name
+        if name.startswith("n_") and name[2:] in self.n.d.quantities:
+            return f"n_{{{self.n.sym(name[2:])}}}"
+        return super()._print_Symbol(e)
+
+    def _print_Sum(self, e):
+        parts = []
+        for var, lo, hi in reversed(e.limits):
+            if self.nt.index_base == 1 and lo == 0:
+                lo, hi = lo + 1, hi + 1
+            parts.append(rf"\sum_{{{self._print(var)}={self._print(lo)}}}^{{{self._print(hi)}}}")
+        body = self._print(e.function)
+        if isinstance(e.function, sp.Add):
+            body = rf"\left({body}\right)"
+        return " ".join(parts) + " " + body
+
+    def _print_KroneckerDelta(self, e, exp=None):
+        i, j = (self._index(a) for a in e.args)
+        out = rf"\delta_{{{i}{j}}}" if len(i) == len(j) == 1 else rf"\delta_{{{i},{j}}}"
+        return out if exp is None else rf"{out}^{{{exp}}}"
+
+    def _print_Heaviside(self, e, exp=None):
+        arg = self._print(e.args[0])
+        out = rf"\mathbb{{I}}\left[{arg} > 0\right]"
+        return out if exp is None else rf"{out}^{{{exp}}}"
+
+    def _print_Derivative(self, e):
+        (var, n), = e.variable_count
+        return rf"\frac{{\partial {self._print(e.expr)}}}{{\partial {self._print(var)}}}"
+
+    def _is_vec(self, e):
+        return self.vector and bool(e.atoms(sp.Indexed))
+
+    def _print_Pow(self, e):
+        if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
+            b = self._print(e.base)
+            if not isinstance(e.base, sp.Indexed):
+                b = rf"\left({b}\right)"
+            if isinstance(e.base, sp.Indexed) and e.exp <= 3:
+                return r" \odot ".join([b] * int(e.exp))
+            return rf"{b}^{{\odot {e.exp}}}"
+        if isinstance(e.base, sp.Indexed) and not self.vector and e.exp.is_Integer and e.exp > 0:
+            return rf"{self._print(e.base)}^{{{self._print(e.exp)}}}"
+        return super()._print_Pow(e)
+
+    def _print_Mul(self, e):
+        factors = sp.Mul.make_args(e)
+        coeff = [f for f in factors if not f.atoms(sp.Indexed, sp.Sum)]
+        rest = [f for f in factors if f.atoms(sp.Indexed, sp.Sum)]
+        if coeff and any(isinstance(f, sp.Sum) for f in rest) and sp.Mul(*coeff) != -1:
+            # a constant factor before a sum: 1/B sum_t ..., not a fraction with the sum on top
+            return f"{self._print(sp.Mul(*coeff))} {self._print(sp.Mul(*rest))}"
+        if not self.vector or sum(1 for f in factors if self._is_vec(f)) < 2:
+            return super()._print_Mul(e)
+        num, den = [], []
+        for f in sp.Mul.make_args(e):
+            if f.is_Pow and f.exp.is_Integer and f.exp < 0:
+                den.append(f.base ** -f.exp)
+            else:
+                num.append(f)
+        neg = False
+        if num and num[0].is_Number and num[0] < 0:
+            neg, num[0] = True, -num[0]
+
+        def join(factors):
+            scal = sp.Mul(*[f for f in factors if not self._is_vec(f)])
+            vec = sorted((f for f in factors if self._is_vec(f)), key=lambda f: isinstance(f, sp.Add))
+            out = [] if scal == 1 else [self._print(scal)]
+            alone = len(vec) == 1 and scal == 1       # a sum alone over a fraction bar needs no parentheses
+            vs = [rf"\left({self._print(v)}\right)" if isinstance(v, sp.Add) and not alone else self._print(v)
+                  for v in vec]
+            if vs:
+                out.append(r" \odot ".join(vs))
+            return r" \, ".join(out) or "1"
+        out = join(num) if not den else rf"\frac{{{join(num)}}}{{{join(den)}}}"
+        return f"- {out}" if neg else out
+
+    # matrix expressions (own symbols are MatrixSymbols named "own|<label>" or "ones")
+    def _print_MatrixSymbol(self, e):
+        if e.name == "ones":
+            return r"\mathbf{1}"
+        return self.n.base[e.name.split("|", 1)[1]]
+
+    def _print_Transpose(self, e):
+        s = self._print(e.arg)
+        if "^" not in s and "\\frac" not in s:
+            return f"{s}^{{T}}"
+        return rf"\left({s}\right)^{{T}}"
+
+    def _print_MatMul(self, e):
+        return r" \, ".join(rf"\left({self._print(a)}\right)" if isinstance(a, sp.MatAdd) else self._print(a)
+                        for a in e.args)
+
+    def _print_MatAdd(self, e):
+        # the bias term last, as the courses write it: x W + 1 b, not 1 b + x W
+        args = sorted(e.args, key=lambda a: any(m.name == "ones" for m in a.atoms(sp.MatrixSymbol)))
+        return " + ".join(self._print(a) for a in args)
+
+
+# ----------------------------------------------------------------------------------------------
+# matrix forms (the derivation's convention, then the notation's)
+# ----------------------------------------------------------------------------------------------
+
+class _Matrices:
+    def __init__(self, d, names):
+        self.d, self.names, self.nt = d, names, names.nt
+        self.shapes = {}
+        g = d.graph
+        for label, q in d.quantities.items():
+            if q.role in ("param", "param_grad", "param_use"):
+                shape = g.param(q.of).shape
+                shape = shape if len(shape) == 2 else (shape[0], 1)
+            else:
+                shape = (g.node(q.of).width, 1)
+            self.shapes[label] = shape
+
+    def ours(self, label):
+        r, c = self.shapes[label]
+        role = self.names.role(label)
+        if self.nt.batch and role in ("value", "grad"):
+            r, c = BATCH, r
+        elif self.nt.batch and role in ("b", "gb"):
+            r, c = c, r
+        return sp.MatrixSymbol(f"ours|{label}", r, c)
+
+    def own(self, label):
+        r, c = self.ours(label).shape
+        if self.names.role(label) in self.nt.transposed:
+            r, c = c, r
+        return sp.MatrixSymbol(f"own|{label}", r, c)
+
+    def convert(self, lhs, rhs):
+        def sub(e):
+            rep = {}
+            for m in e.atoms(sp.MatrixSymbol):
+                if m.name == "ones":
+                    continue
+                label = m.name.split("|", 1)[1]
+                own = self.own(label)
+                rep[m] = own.T if self.names.role(label) in self.nt.transposed else own
+            return e.xreplace(rep).doit()
+        lhs, rhs = sub(lhs), sub(rhs)
+        if isinstance(lhs, sp.Transpose):
+            lhs, rhs = lhs.arg, rhs.T
+        return lhs, rhs
+
+    def form(self, eq):
+        """(lhs, rhs, summed) of an equation as own matrices, or None (elementwise or other)."""
+        if not isinstance(eq.lhs, sp.Indexed):
+            return None
+        form = batch_form(eq.lhs, eq.rhs)
+        label = str(eq.lhs.base.label)
+        if form is None or label not in self.shapes:
+            return None
+        lhs = self.ours(label)
+        ones = sp.MatrixSymbol("ones", BATCH, 1)
+        if isinstance(form, ColumnSum):
+            arg = self.ours(str(form.arg.label))
+            if self.nt.batch:
+                return (*self.convert(lhs, ones.T * arg), False)
+            return (*self.convert(lhs, arg), True)
+        L, R = self.ours(str(form.left.label)), self.ours(str(form.right.label))
+        opL = L.T if form.left_t else L
+        opR = R.T if form.right_t else R
+        bias = self.ours(str(form.bias.label)) if form.bias is not None else None
+        if self.nt.batch:
+            rhs = opL * opR
+            if bias is not None:
+                rhs = rhs + ones * bias
+            return (*self.convert(lhs, rhs), False)
+        if S in eq.lhs.indices:
+            if form.left_t:
+                return None
+            rhs = opR.T * L + (bias if bias is not None else sp.ZeroMatrix(*lhs.shape))
+            return (*self.convert(lhs, rhs), False)
+        if not form.left_t or form.right_t:
+            return None
+        return (*self.convert(lhs, L * R.T), True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the document
+# ----------------------------------------------------------------------------------------------
+
+STAGE_NAMES = {"definition": "definition", "derived": "sympy.diff", "sum": "sum"}
+
+
+def stage_legend():
+    """What the labels beside SymPy's stages mean (from the passes' own docs)."""
+    from .. import simplify as simp
+    docs = [("sympy.diff", "the derivative as sympy.diff returns it")] + [(p.name, p.doc) for p in simp.PASSES]
+    return "; ".join(rf"\emph{{{_text(k)}}}: {_text(v)}" for k, v in docs).replace(
+        r"sum\_i y\_i = 1", r"$\sum_i y_i = 1$")
+
+
+def _row(lhs, rhs, note=""):
+    return {"lhs": lhs, "rhs": rhs, "note": note}
+
+
+class Renderer:
+    """The pieces of the handout (rows of aligned equations, prose) for one derivation in one
+    notation; the template lays them out."""
+
+    def __init__(self, d, nt):
+        self.d, self.nt, self.g = d, nt, d.graph
+        self.names = _Names(d, nt)
+        self.sym = self.names.sym
+        self.mats = _Matrices(d, self.names)
+
+    def pr(self, e, **kw):
+        return GraphPrinter(self.names, **kw).doprint(e)
+
+    def index_lhs(self, eq, sample):
+        if not isinstance(eq.lhs, sp.Indexed):
+            return self.nt.loss
+        return self.pr(eq.lhs, sample=sample)
+
+    def index_rows(self, eq, labels=True):
+        sample = any(lim[0] in (S, T) for st in eq.stages for s in st[1].atoms(sp.Sum) for lim in s.limits)
+        lhs = self.index_lhs(eq, sample)
+        rows, prev = [], None
+        for name, e in eq.stages:
+            if prev is not None and e == prev:
+                continue
+            note = rf"\text{{{_text(STAGE_NAMES.get(name, name))}}}" if labels else ""
+            rows.append(_row(lhs, "= " + self.pr(e, sample=sample), note))
+            lhs, prev = "", e
+        if len(rows) == 1:
+            rows[0]["note"] = ""
+        return rows
+
+    def width_of(self, eq):
+        label = str(eq.lhs.base.label)
+        q = self.d.quantities.get(label)
+        if q is None or q.role in ("param", "param_grad", "param_use"):
+            return None
+        return self.g.node(q.of).width
+
+    def vector_row(self, eq, lhs=None):
+        """The equation as whole vectors or matrices, or None where the notation has no such form."""
+        m = self.mats.form(eq)
+        if m is not None:
+            l, r, summed = m
+            pr = GraphPrinter(self.names)
+            rhs = pr.doprint(r)
+            if summed:
+                rhs = self.sample_sum() + " " + rhs
+            return _row(pr.doprint(l) if lhs is None else lhs, "= " + rhs, self.shape_note(l))
+        if eq.rhs.has(sp.Sum) or eq.rhs.has(sp.KroneckerDelta):
+            return None
+        labels = {str(x.base.label) for x in eq.rhs.atoms(sp.Indexed)} | {str(eq.lhs.base.label)}
+        roles = {self.names.role(x) in self.nt.transposed for x in labels if x in self.d.quantities}
+        if len(roles) > 1:
+            return self.diag_row(eq, lhs)      # rows and columns mixed: g_in = g_out diag(...)
+        pr = GraphPrinter(self.names, vector=True, width=self.width_of(eq))
+        return _row(pr.doprint(eq.lhs) if lhs is None else lhs, "= " + pr.doprint(eq.rhs), "")
+
+    def shape_note(self, m):
+        def p(v):
+            return "B" if v == BATCH else sp.latex(v)
+        r, c = m.shape
+        return rf"({p(r)} \times {p(c)})"
+
+    def sample_sum(self):
+        lo, hi = (1, "B") if self.nt.index_base == 1 else (0, "B - 1")
+        return rf"\sum_{{s={lo}}}^{{{hi}}}"
+
+    # -- sections
+    def graph_table(self):
+        rows = []
+        for n in self.g.nodes:
+            if n.kind == "loss":
+                what = self.loss_text(n) + f", {'mean' if n.reduction == 'mean' else 'sum'} over the batch"
+                ins = f"${self.sym(n.inputs[0])}$, ${self.sym(n.target)}$"
+                rows.append({"name": f"${self.nt.loss}$", "kind": "loss", "inputs": ins, "width": "1",
+                             "what": what})
+                continue
+            ins = ", ".join(f"${self.sym(i)}$" for i in n.inputs)
+            if n.kind == "input":
+                what = "data" + ("; its gradient is wanted" if n.grad else "")
+                if n.name == self.g.target:
+                    what = "the target"
+            elif n.kind == "dense":      # as the forward pass writes it in this notation
+                what = "$" + self.vector_row(self.d[n.name])["rhs"][2:] + "$"
+            elif n.kind == "activation":
+                act = n.activation
+                what = rf"${act.latex}$ elementwise" if act.elementwise else rf"${act.latex}$ over the vector"
+                if act.user:        # the reader has not met it: say what it is
+                    what = rf"${act.latex}(z) = {sp.latex(act.definition)}$, elementwise"
+            elif n.kind == "expression":
+                names = {n.symbol(i): self.sym(i) for i in n.inputs}
+                what = "elementwise: $" + sp.latex(n.expression, symbol_names=names, mul_symbol=r"\,") + "$"
+            else:
+                what = {"add": "elementwise sum", "multiply": "elementwise product",
+                        "concat": "the inputs stacked (merge)"}[n.kind]
+            kind = n.activation.name if n.kind == "activation" else n.kind
+            rows.append({"name": f"${self.sym(n.name)}$", "kind": _text(kind),
+                         "inputs": ins, "width": str(n.width), "what": what})
+        return rows
+
+    def loss_text(self, n):
+        """The per-sample loss formula with its a and y named."""
+        return (rf"${n.loss.latex}$ with $a = {self.sym(n.inputs[0])}$, $y = {self.sym(n.target)}$")
+
+    def params(self):
+        out = []
+        for p in self.g.params:
+            # the shape of the notation's own matrix (stored transposed in some courses)
+            shape = r" \times ".join(str(s) for s in self.mats.own(p.name).shape)
+            uses = ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses)
+            out.append({"name": f"${self.sym(p.name)}$", "shape": f"${shape}$", "uses": uses,
+                        "shared": len(p.uses) > 1})
+        return out
+
+    def forward(self):
+        steps = []
+        for e in self.d.equations:
+            if not e.kind.startswith("forward_"):
+                continue
+            n = self.g.node(e.node)
+            rows = []
+            v = self.forward_vector(e, n)
+            if v is not None:
+                rows.append(v)
+            rows += self.index_rows(e, labels=False)
+            steps.append({"title": f"${self.sym(n.name)}$", "text": self.forward_text(n), "rows": rows})
+        return steps
+
+    def forward_vector(self, e, n):
+        v = self.sym(n.name)
+        if n.kind == "activation":
+            arg = self.sym(n.inputs[0])
+            return _row(v, rf"= {n.activation.latex}\left({arg}\right)" if not _plain(arg)
+                        else rf"= {n.activation.latex}({arg})", "")
+        if n.kind == "concat":      # side by side in a batch (columns), else stacked
+            sep = " & " if self.nt.batch else r" \\ "
+            return _row(v, r"= \begin{bmatrix} " + sep.join(self.sym(i) for i in n.inputs) + r" \end{bmatrix}")
+        return self.vector_row(e)
+
+    def forward_text(self, n):
+        ins = [f"${self.sym(i)}$" for i in n.inputs]
+        if n.kind == "dense":
+            t = f" with the weight transposed, ${self.sym(n.weight)}^{{T}}$ (tied weights)" if n.transpose else ""
+            return f"A dense (linear) node reads {ins[0]}{t}."
+        if n.kind == "activation":
+            return f"The activation {_text(n.activation.name)} applied to {ins[0]}."
+        if n.kind == "add":
+            return f"A merge by addition of {', '.join(ins)}."
+        if n.kind == "multiply":
+            return f"The elementwise product of {', '.join(ins)}."
+        if n.kind == "concat":
+            return (f"A merge: {', '.join(ins)} stacked into one vector (eq.~14.37 of {BOOK}); "
+                    "the Kronecker deltas of the index form pick each input's entries.")
+        if n.kind == "expression":
+            return f"An elementwise expression of {', '.join(ins)}."
+        return ""
+
+    def loss(self):
+        e = self.d["L"]
+        return self.index_rows(e, labels=False)
+
+    def backward(self):
+        steps = []
+        back = [e for e in self.d.equations if e.kind != "loss" and not e.kind.startswith("forward_")]
+        for k, e in enumerate(back, 1):
+            steps.append(self.step(k, e))
+        return steps
+
+    def step(self, k, e):
+        title, text = self.step_text(e)
+        rows = []
+        if e.kind in ("branch_sum", "shared_sum"):
+            v = self.vector_row(e)
+            rows = [v] if v is not None else self.index_rows(e, labels=False)
+            return {"number": k, "title": title, "text": text, "rows": rows, "named": True,
+                    "kind": e.kind}
+        if e.kind == "backprop":
+            rows.append(self.jacobian_row(e))
+        v = self.vector_row(e)
+        if v is not None:
+            rows.append(v)
+        rows += self.index_rows(e)
+        return {"number": k, "title": title, "text": text, "rows": [r for r in rows if r], "named": False,
+                "kind": e.kind}
+
+    def jacobian(self, e):
+        """The local Jacobian d u[s,i] / d v[s,j] of a backprop step's edge, as SymPy derived it."""
+        u = self.g.node(e.source)
+        nr = next(r for r in self.d.nodes if r.node == u.name)
+        label = str(e.lhs.base.label)
+        slots = [m for m, i in enumerate(u.inputs) if i == e.node]
+        slot = next((m for m in slots if label == f"g_{e.node}__{u.name}_{m}"), slots[0])
+        return nr.jacobians[slot][-1][1]
+
+    def diag_row(self, e, lhs=None):
+        """A backprop step through an elementwise node, where gradients are rows and values
+        columns (the book's convention): g_in = g_out diag(d), d the diagonal of the Jacobian
+        SymPy derived (eq. 14.10 with L^x = diag(d)); None for any other step."""
+        if e.kind != "backprop" or self.g.node(e.source).kind in ("dense", "concat"):
+            return None
+        I, J = naming.I, naming.J
+        jac = self.jacobian(e)
+        diag = jac.coeff(sp.KroneckerDelta(I, J))
+        if diag == 0 or sp.expand(jac - diag * sp.KroneckerDelta(I, J)) != 0:
+            return None
+        pr = GraphPrinter(self.names, vector=True)
+        g_out = pr.doprint(sp.IndexedBase(f"g_{e.source}")[S, J])
+        d = pr.doprint(diag.xreplace({I: J}))
+        return _row(pr.doprint(e.lhs) if lhs is None else lhs,
+                    rf"= {g_out} \operatorname{{diag}}\left({d}\right)", "")
+
+    def jacobian_row(self, e):
+        """The local Jacobian entry d u_i / d v_j that SymPy derived (from the node's rules)."""
+        u = self.g.node(e.source)
+        jac = self.jacobian(e)
+        pr = GraphPrinter(self.names)
+        ui = pr.doprint(sp.IndexedBase(u.name)[S, naming.I])
+        vj = pr.doprint(sp.IndexedBase(e.node)[S, naming.J])
+        return _row(rf"\frac{{\partial {ui}}}{{\partial {vj}}}", "= " + pr.doprint(jac),
+                    r"\text{local Jacobian}")
+
+    def step_text(self, e):
+        nt = self.nt
+        v = self.sym(e.node)
+        if e.kind == "loss_grad":
+            return (rf"the gradient at the output ${v}$",
+                    rf"SymPy differentiates ${nt.loss}$ with respect to the network's output ${v}$.")
+        if e.kind == "output_delta":
+            out = self.g.node(self.g.output)
+            a = sp.IndexedBase(out.name, real=True)[S, naming.J]
+            y = sp.IndexedBase(self.g.target, real=True)[S, naming.J]
+            err = sp.expand(e.rhs - self.d.batch_factor * (a - y)) == 0
+            return (rf"the gradient of ${v}$ through the output activation ${self.sym(out.name)}$",
+                    rf"The output ${self.sym(out.name)} = {out.activation.latex}({v})$ feeds only the loss, "
+                    r"so SymPy multiplies the loss derivative by the activation's Jacobian and simplifies "
+                    r"the product as one expression"
+                    + (r": the derivatives cancel and what is left is the prediction error." if err else "."))
+        if e.kind in ("grad_W", "grad_b"):
+            u = self.g.node(e.source)
+            p = self.sym(e.node)
+            shared = len(self.g.param(e.node).uses) > 1
+            what = (rf"The part of the gradient of ${p}$ that comes from its use in ${self.sym(u.name)}$"
+                    if shared else rf"The gradient of ${p}$")
+            body = (rf"{what}: the parameter enters ${self.sym(u.name)}$ only through the dense map, "
+                    + ("so the gradient is an outer product of the node's gradient and the node's "
+                       "input, summed over the samples of the batch"
+                       + (rf"; ${self.sym(u.name)}$ uses ${p}^{{T}}$, so its contribution is transposed."
+                          if u.transpose else ".")
+                       if e.kind == "grad_W" else
+                       "so the gradient is the node's gradient summed over the samples of the batch."))
+            return (rf"parameter ${p}$" + (rf" (its use in ${self.sym(u.name)}$)" if shared else ""), body)
+        if e.kind == "backprop":
+            u = self.g.node(e.source)
+            us = self.sym(u.name)
+            part = e.source if "__" in str(e.lhs.base.label) else ""
+            head = rf"the gradient of ${v}$" + (rf" through ${us}$" if part else "")
+            if u.kind == "dense":
+                rule = (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the matrix "
+                        r"that multiplies the input, and the backward step multiplies the upstream "
+                        rf"gradient by it (the linear layer of {BOOK}, Algorithm~14.1).")
+            elif u.kind == "activation":
+                act = rf"The activation ${us} = {u.activation.latex}({v})$"
+                rule = (act + r" is elementwise, its Jacobian is diagonal: the gradient is multiplied "
+                        r"entry by entry by the derivative, written in terms of the stored forward output."
+                        if u.activation.elementwise else act + r" couples the entries, its Jacobian is full.")
+            elif u.kind == "add":
+                rule = (r"An add node distributes: each input receives the upstream gradient unchanged "
+                        rf"({SLIDES}).")
+            elif u.kind == "multiply":
+                rule = (r"A multiply node swaps: each input receives the upstream gradient times "
+                        rf"the other input ({SLIDES}).")
+            elif u.kind == "concat":
+                rule = (rf"The merge hands ${v}$ its own slice of the upstream gradient "
+                        rf"(eqs.~14.39--14.41 of {BOOK}).")
+            else:
+                rule = rf"SymPy differentiates the expression of ${us}$ with respect to ${v}$."
+            if part:
+                rule += (rf" This is the part of the gradient of ${v}$ that comes back through ${us}$; "
+                         r"the branch sum below adds the parts.")
+            return head, rule
+        if e.kind == "branch_sum":
+            cons = [self.sym(c) for c, _ in self.g.consumers(e.node)]
+            return (rf"branch sum at ${v}$",
+                    rf"The value ${v}$ feeds {len(cons)} nodes (${'$, $'.join(cons)}$): in the forward pass it is "
+                    r"copied (a branch), so in the backward pass the gradients that come back along "
+                    rf"its outgoing edges add, $g_{{\mathrm{{in}}}} = g^{{a}}_{{\mathrm{{out}}}} + "
+                    rf"g^{{b}}_{{\mathrm{{out}}}}$ (eq.~14.46 of {BOOK}; ``copy adds'' in {SLIDES}).")
+        if e.kind == "shared_sum":
+            uses = [self.sym(u) for u, _ in self.g.param(e.node).uses]
+            return (rf"shared parameter ${v}$",
+                    rf"The parameter ${v}$ is used by {len(uses)} nodes (${'$, $'.join(uses)}$): "
+                    r"sharing a parameter is a branch of the parameter, so its gradient is the sum of "
+                    rf"the gradients of its uses, $\partial {nt.loss} / \partial \theta = \sum_i \partial {nt.loss} / "
+                    rf"\partial \theta^{{i}}$ (eq.~14.47 of {BOOK}).")
+        return e.kind, _text(e.doc)
+
+    def summary(self):
+        rows = []
+        for e in self.d.equations:
+            if e.kind in ("grad_W", "grad_b", "backprop", "output_delta", "loss_grad", "branch_sum",
+                          "shared_sum") and e.name not in self.d.inlined:
+                v = self.vector_row(e)
+                if v is None:      # entry by entry; the sample index only where the batch is summed
+                    sample = any(lim[0] in (S, T) for sm in e.rhs.atoms(sp.Sum) for lim in sm.limits)
+                    v = _row(self.index_lhs(e, sample), "= " + self.pr(e.rhs, sample=sample))
+                rows.append(v)
+        return rows
+
+    def equation_rows(self):
+        out = []
+        for e in self.d.equations:
+            sample = any(lim[0] in (S, T) for s in e.rhs.atoms(sp.Sum) for lim in s.limits)
+            lhs = self.index_lhs(e, sample)
+            out.append(_row(lhs, "= " + self.pr(e.rhs, sample=sample),
+                            rf"\text{{{_text(e.kind.replace('_', ' '))}}}"))
+        return out
+
+
+def render(derivation, notation="cs231n", document=False):
+    from ..codegen.templates import environment
+    nt = get_notation(notation)
+    r = Renderer(derivation, nt)
+    env = environment()
+    if not document:
+        return env.get_template("latex/graph_equations.tex.j2").render(rows=r.equation_rows())
+    g = derivation.graph
+    return env.get_template("latex/graph_document.tex.j2").render(
+        name=_text(g.name), notation=nt, nt_title=nt.title, nt_note=nt.note, loss=nt.loss,
+        picture=tikz(g, r.sym, nt.loss), table=r.graph_table(), params=r.params(),
+        forward=r.forward(), loss_rows=r.loss(), loss_text=r.loss_text(g.loss_node),
+        loss_name=_text(g.loss_node.loss.name),
+        backward=r.backward(), summary=r.summary(), book=BOOK, slides=SLIDES,
+        branches=[s for s in r.backward() if s["kind"] == "branch_sum"],
+        shared=[r.sym(p.name) for p in g.params if len(p.uses) > 1],
+        reduction=g.reduction, index_first=nt.index_base, legend=stage_legend(),
+        part=(rf"\frac{{\partial {nt.loss}}}{{\partial v}}\Big|_{{u}}" if nt.frac else "g_{v}^{(u)}"))
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------
+
+def write_document(derivation, path, notation="cs231n", pdf=False):
+    """Write the handout to ``path`` (and the PDF beside it with ``pdf=True``), each atomically,
+    after everything was rendered and compiled. Returns the paths written."""
+    from ..codegen.load import write
+    path = Path(path)
+    tex = render(derivation, notation=notation, document=True)
+    data = compile_pdf(tex, path.stem)[0] if pdf else None     # before any file is written
+    write(path, tex)
+    out = [path]
+    if data is not None:
+        write(path.with_suffix(".pdf"), data)
+        out.append(path.with_suffix(".pdf"))
+    return out
