@@ -264,7 +264,7 @@ def test_every_option_set_has_four_distinct_options_further_apart_than_the_round
 def test_sheets_state_the_delta_and_batch_convention(mc_exams):
     q = mc_exams[1].questions_tex()
     assert r"\delta^{[l]}_s = \partial L / \partial z^{[l]}_s" in q
-    assert r"factor $\frac{1}{B}$" in q and "per-sample" in q
+    assert r"factor $\frac{1}{B}$" in q and "per-sample" in q and "IT5005" in q
     assert "mean over the 2 samples" in q
 
 

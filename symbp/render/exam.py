@@ -76,6 +76,7 @@ from .. import naming
 from ..derivation import Derivation
 from ..errors import InputError, SpecError, SymbpError
 from ..functions import ACTIVATIONS, LOSSES
+from .sources import latex_cite
 from .worked import (as_sympy, check_decimals, evaluate, exact, pdflatex, plan, rounded, show,
                      worked_example, entry_name)
 
@@ -590,6 +591,7 @@ class Exam:
             "mean": net.reduction == "mean",
             "gap": show(sp.Rational(GAP_UNITS, 10 ** self.decimals), 12)[0],
             "half_up": _half_up_example(self.decimals),
+            "per_sample_sources": f"{latex_cite('slides')} and {latex_cite('it5005')}",
         }
 
     def _variant_context(self, v):

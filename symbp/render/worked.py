@@ -59,6 +59,7 @@ from sympy.printing.str import StrPrinter
 
 from .. import naming
 from ..errors import InputError, SymbpError
+from .sources import latex_cite
 from ..exprparse import number
 
 MAX_DECIMALS = 12
@@ -1083,8 +1084,8 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
     if fd is not None:
         notes.append(r"Beside each parameter gradient: its central-difference estimate "
                      rf"$\bigl(L(\theta + h) - L(\theta - h)\bigr) / (2h)$ with $h = {h_tex}$, the loss "
-                     "computed from the forward pass in double precision (the gradient check of the "
-                     r"course slides with $f = W^{T} a$).")
+                     "computed from the forward pass in double precision (the gradient check of "
+                     + latex_cite("it5005", "checking gradients with central differences") + ").")
     for k in ev.kinks:
         where = "$" + entry_name(naming.quantity("z", k.layer), (sp.Integer(k.sample), sp.Integer(k.unit)),
                                  True, notation) + f" = {show(k.z, work)[0]}$"
