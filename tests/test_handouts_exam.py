@@ -476,7 +476,7 @@ def test_the_shared_wx_layout_crossed_and_is_drawn_as_a_tree():
     assert layout_problems(c, split=False)          # what the picture used to be
     pic = c.tikz(3)
     assert pic.count("$x_{1}$") == 2 and pic.count("$x_{2}$") == 2       # one beside each gate
-    assert pic.count(r"\Sigma\ -0.112") == 2 and pic.count(r"\Sigma\ 0.636") == 2
+    assert pic.count(r"\Sigma\ {-0.112}") == 2 and pic.count(r"\Sigma\ 0.636") == 2
 
 
 @needs_pdflatex

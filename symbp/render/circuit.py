@@ -558,6 +558,11 @@ def _label_pos(c, drawn_id, split):
     return 0.72 if n is not None and c.uses(n) > 1 else 0.42
 
 
+def _sigma(text):
+    """The summed-gradient label; a negative number braced, so its minus is a sign."""
+    return rf"\Sigma\ {{{text}}}" if text.startswith("-") else rf"\Sigma\ {text}"
+
+
 def _bends(m):
     """TikZ path operations for m parallel edges between the same two nodes."""
     if m == 1:
@@ -594,9 +599,10 @@ def tikz(c, decimals=2):
             # Wires of a branching value start together: label them near their gate instead.
             edges.append({"src": src, "dst": dst, "how": how, "pos": f"{_label_pos(c, src, split):.2f}",
                           "value": f(h.value[e.src]), "grad": f(h.send[(e.dst, e.slot)])})
-    sums = [{"id": key, "text": rf"\Sigma\ {f(h.grad[by_name.get(key, by_name[key.split('-', 1)[0]]).index])}"}
-            for key in pos
-            if c.uses(by_name.get(key) or by_name[key.split("-", 1)[0]]) > 1]
+    def node_of(key):      # a drawn id: a node's name, or "name-consumer" for an input's copy
+        return by_name.get(key) or by_name[key.split("-", 1)[0]]
+    sums = [{"id": key, "text": _sigma(f(h.grad[node_of(key).index]))}
+            for key in pos if c.uses(node_of(key)) > 1]
     ox, oy = pos[c.output.name]
     return environment().get_template("latex/circuit_tikz.tex.j2").render(
         nodes=nodes, edges=edges, sums=sums, output={
