@@ -48,15 +48,13 @@ WX_AT = dict(W11=0.1, W12=0.5, W21=-0.3, W22=0.8, x1=0.2, x2=0.4)
 # helpers: rounding as a student does, compiling as a lecturer does
 # ------------------------------------------------------------------------------------------
 def half_up(value, decimals):
-    """Exact decimal rounding, half away from zero, of an exact or 50-digit value: a Fraction."""
+    """Decimal rounding, half away from zero: exact on a Fraction, else on the value's
+    50-digit decimal expansion (a SymPy or mpmath number). Returns a Fraction."""
     if isinstance(value, Fraction):
-        d = Decimal(value.numerator) / Decimal(value.denominator) if value.denominator != 1 else Decimal(value.numerator)
-        # exact for terminating fractions; else 60 significant digits decide the rounding
-        with_ctx = Decimal(str(mpmath.mpf(value.numerator) / value.denominator)) if value.denominator != 1 else d
-        d = with_ctx
-    else:
-        d = Decimal(str(value))
-    q = d.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+        scaled = abs(value) * 10 ** decimals
+        n = (scaled + Fraction(1, 2)).__floor__()
+        return Fraction(n if value >= 0 else -n, 10 ** decimals)
+    q = Decimal(str(value)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
     return Fraction(str(q))
 
 
@@ -277,10 +275,6 @@ def test_the_forgotten_mean_is_never_the_key(mc_exams):
                 for letter, t, mistake in qq.options:
                     if mistake and "1/N" in mistake:
                         assert letter != qq.correct and t != qq.answer
-
-
-def _sigma(z):
-    return 1 / (1 + mpmath.exp(-z))
 
 
 def _student(ex, v):

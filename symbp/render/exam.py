@@ -590,7 +590,6 @@ class Exam:
             "seed": self.seed,
             "mean": net.reduction == "mean",
             "gap": show(sp.Rational(GAP_UNITS, 10 ** self.decimals), 12)[0],
-            "half_up": _half_up_example(self.decimals),
             "per_sample_sources": f"{latex_cite('slides')} and {latex_cite('it5005')}",
         }
 
@@ -927,12 +926,6 @@ def _fixed(text, decimals):
         return text
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(decimals, '0')}"
-
-
-def _half_up_example(decimals):
-    """'0.0125 becomes 0.013': the rounding rule shown on the sheet, at its precision."""
-    v = sp.Rational(25, 2) / 10 ** decimals
-    return f"{show(v, decimals + 1)[0]} becomes {show(v, decimals)[0]}"
 
 
 def _same(a, b):

@@ -845,7 +845,6 @@ def _exact_matrix(m, decimals):
 def _forward_loss(derivation, B):
     """A float64 function of {Indexed: float} (inputs and parameters) giving the loss, from the
     Derivation's own forward and loss equations (for the central differences)."""
-    import math
     steps = []
     for pe in plan(derivation, B):
         if pe.equation.kind not in ("forward_z", "forward_a", "loss"):
