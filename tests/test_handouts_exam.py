@@ -522,3 +522,13 @@ def test_cli_worked_finite_differences(tmp_path):
     text = md.read_text()
     assert text.count(r"\text{central difference: }") == 6 + 3 + 3 + 1     # every entry of W1, b1, W2, b2
     assert "## Given" in text.split("## Forward pass")[0]
+
+
+def test_open_answers_use_equals_only_for_exact_values():
+    sig = E.make_exam((2, 2, 1), "sigmoid", "mse", variants=1, seed=5)
+    answers = {q.key: q.answer for q in sig.variants[0].questions}
+    assert answers["loss"].startswith(r"$L \approx ") and r"\approx \begin{bmatrix}" in answers["ga0"]
+    assert answers["forward"].startswith(r"$z^{[1]} = ")          # W x + b of given numbers: exact
+    relu = E.make_exam((2, 2, 1), "relu", "mse", variants=1, seed=5)
+    answers = {q.key: q.answer for q in relu.variants[0].questions}
+    assert r"\approx" not in answers["loss"] + answers["deltas"] + answers["ga0"]

@@ -735,6 +735,9 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
     def shown(name, idx):
         return show(ev.results[name][idx], decimals, ev.approx_results[name][idx])[0]
 
+    def rel(name, idx):     # "=" only where the printed number is the exact value
+        return "=" if show(ev.results[name][idx], decimals, ev.approx_results[name][idx])[1] else r"\approx"
+
     # what is asked: (key, LaTeX of the quantity, exact-value getter on an evaluation)
     single = B == 1
     sample = "" if single else " for sample 1"
@@ -791,12 +794,12 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
     else:
         questions.append(Question("forward", _forward_question(net, B),
                                   _forward_answer(net, ev, decimals, B)))
-        questions.append(Question("loss", "Compute the loss $L$.", f"$L = {shown('loss', ())}$"))
+        questions.append(Question("loss", "Compute the loss $L$.", f"$L {rel('loss', ())} {shown('loss', ())}$"))
         deltas = ", ".join(f"$\\delta^{{[{l}]}}$" for l in range(L, 0, -1))
         questions.append(Question("deltas", f"Compute the deltas {deltas} (backward pass).",
                                   _vector_answers(net, ev, decimals, B, "delta")))
         questions.append(Question("gW1", f"Compute ${entry_name(naming.quantity('gW', 1), (p, q))}$.",
-                                  f"${entry_name(naming.quantity('gW', 1), (p, q))} = {shown('gW1', (p, q))}$"))
+                                  f"${entry_name(naming.quantity('gW', 1), (p, q))} {rel('gW1', (p, q))} {shown('gW1', (p, q))}$"))
         questions.append(Question("ga0", "Compute the gradient with respect to the input, "
                                   r"$\partial L / \partial x$" + sample + ".",
                                   _input_answer(net, ev, decimals, B)))
@@ -958,12 +961,13 @@ def _vector_text(net, ev, decimals, B, kind, l):
     name = entry_name(base, (), True) if kind != "ga" else None
     rows = []
     for s in range(B):
-        vals = [show(ev.results[f"{kind}{l}"][(s, j)], decimals, ev.approx_results[f"{kind}{l}"][(s, j)])[0]
-                for j in range(net.sizes[l])]
-        rows.append(r"\begin{bmatrix} " + r" \\ ".join(vals) + r" \end{bmatrix}")
+        shown = [show(ev.results[f"{kind}{l}"][(s, j)], decimals, ev.approx_results[f"{kind}{l}"][(s, j)])
+                 for j in range(net.sizes[l])]
+        rel = "=" if all(ok for _, ok in shown) else r"\approx"     # "=" only where exact
+        rows.append((rel, r"\begin{bmatrix} " + r" \\ ".join(t for t, _ in shown) + r" \end{bmatrix}"))
     if B == 1:
-        return f"${name} = {rows[0]}$"
-    return ", ".join(f"${name}_{{(s={s + 1})}} = {r}$" for s, r in enumerate(rows))
+        return f"${name} {rows[0][0]} {rows[0][1]}$"
+    return ", ".join(f"${name}_{{(s={s + 1})}} {rel} {r}$" for s, (rel, r) in enumerate(rows))
 
 
 def _vector_answers(net, ev, decimals, B, kind):
@@ -971,9 +975,11 @@ def _vector_answers(net, ev, decimals, B, kind):
 
 
 def _input_answer(net, ev, decimals, B):
-    vals = [show(ev.results["ga0"][(0, k)], decimals, ev.approx_results["ga0"][(0, k)])[0]
-            for k in range(net.sizes[0])]
-    return r"$\frac{\partial L}{\partial x} = \begin{bmatrix} " + r" \\ ".join(vals) + r" \end{bmatrix}$"
+    shown = [show(ev.results["ga0"][(0, k)], decimals, ev.approx_results["ga0"][(0, k)])
+             for k in range(net.sizes[0])]
+    rel = "=" if all(ok for _, ok in shown) else r"\approx"
+    return (rf"$\frac{{\partial L}}{{\partial x}} {rel} \begin{{bmatrix}} " + r" \\ ".join(t for t, _ in shown)
+            + r" \end{bmatrix}$")
 
 
 # Circuit expressions whose gates keep integers integral (add, mul, max, constant add), each
