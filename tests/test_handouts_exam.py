@@ -532,3 +532,14 @@ def test_open_answers_use_equals_only_for_exact_values():
     relu = E.make_exam((2, 2, 1), "relu", "mse", variants=1, seed=5)
     answers = {q.key: q.answer for q in relu.variants[0].questions}
     assert r"\approx" not in answers["loss"] + answers["deltas"] + answers["ga0"]
+
+
+@needs_pdflatex
+@pytest.mark.parametrize("notation", ["cs231n", "udl", "transposed", "rowvector", "batch"])
+def test_worked_pdf_in_every_notation_has_no_overfull_line(notation, tmp_path):
+    net = symbp.load(str(EXAMPLES / "xor.toml"))
+    w = Wk.worked_example(symbp.derive(net), XOR_PARAMS, [[0, 1], [1, 1]], [1, 0], decimals=3, lr=0.5,
+                          notation=notation, finite_differences=True)
+    tex = w.latex(document=True)
+    _, log = compile_tex(tex, tmp_path, "w")
+    assert_clean(tex, log)

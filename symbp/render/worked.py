@@ -378,11 +378,36 @@ def _visible(tex):
     return len(re.sub(r"\\[a-zA-Z]+|[{}^_ ]", "", tex))
 
 
+def _split_frac(tex):
+    """(numerator, denominator) where ``tex`` is one \\frac{..}{..} and nothing else, else None."""
+    if not tex.startswith("\\frac{"):
+        return None
+    groups, i = [], len("\\frac")
+    for _ in range(2):
+        if i >= len(tex) or tex[i] != "{":
+            return None
+        depth, j = 0, i
+        while j < len(tex):
+            depth += {"{": 1, "}": -1}.get(tex[j], 0)
+            if depth == 0:
+                break
+            j += 1
+        groups.append(tex[i + 1:j])
+        i = j + 1
+    return tuple(groups) if i == len(tex) else None
+
+
 def _wrap(tex, width=WRAP):
     """A long sum broken into lines of about ``width`` visible characters, at a top-level + or
     - (never inside braces or a \\left ... \\right pair); lines joined for an align cell."""
     if _visible(tex) <= width:
         return tex
+    frac = _split_frac(tex)
+    if frac is not None:     # a long sum over a short denominator: 1/B times the sum, broken
+        num, den = frac
+        inner = _wrap(num, width)
+        if inner != num:
+            return rf"\frac{{1}}{{{den}}} \Bigl( {inner} \Bigr)"
     parts, depth, start, i = [], 0, 0, 0
     while i < len(tex):
         if tex.startswith("\\left", i):
@@ -996,8 +1021,9 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
             if fd is not None and kind is not None:
                 i, j = (ent.index + (0,))[:2]
                 fd_text = r"\approx " + show(fd[eq.name][i, j], work)[0]
+            # the central-difference column takes about 20 characters of the line
             split = len(symbolic) + len(substituted) > LINE_SPLIT or \
-                _visible(symbolic) + _visible(substituted) > WRAP
+                _visible(symbolic) + _visible(substituted) + (20 if fd_text else 0) > WRAP
             lines.append(Line(_lhs_text(ent.lhs, single, notation), _wrap(symbolic), _wrap(substituted),
                               ("=" if not num_p.inexact else r"\approx"),
                               ("=" if vexact else r"\approx") + " " + vtext, split, fd_text))
