@@ -259,7 +259,7 @@ def test_seed_text_outputs():
     assert tex.count(r"\begin{align*}") == 2
     assert (r"\frac{\partial f}{\partial x_{0}} &= \frac{\partial f}{\partial n_{1}}\,"
             r"\frac{\partial n_{1}}{\partial x_{0}} = [0.20] \times \left[w_{0}\right] = "
-            r"[0.20] \times [2.00] = 0.39 && \text{mul swaps}") in tex
+            r"[0.20] \times [2.00] = 0.40 && \text{mul swaps}") in tex    # as printed: not 0.39
     pic = c.tikz()
     assert pic.count(r"\node[gate]") == 8 and pic.count(r"\node[var]") == 6      # 5 inputs and f
     assert pic.count(r"\draw[wire]") == 13                                        # 12 wires + output

@@ -85,13 +85,14 @@ def test_relu_network_with_integers_is_exact():
     assert v["loss"] == sp.Rational(9, 2)
 
 
-def test_rounding_happens_only_for_display():
+def test_a_given_number_that_does_not_fit_the_decimals_is_shown_exactly():
     net = symbp.mlp([1, 1], ["identity"], "mse", name="third")
     w = worked_example(symbp.derive(net), {"W1": [[3]], "b1": [0]}, [Fraction(1, 3)], 0)
     assert w.values["z1"][0] == 1                      # 3 * 1/3, not 3 * 0.33
     tex = w.latex()
     line = next(l for l in tex.splitlines() if l.startswith("z_{1}^{[1]} &="))
-    assert r"3 \cdot 0.33" in line and line.rstrip(" \\").endswith("= 1")
+    # recomputable from what it shows: 3 * 0.33 = 1 would not be
+    assert r"3 \cdot \tfrac{1}{3}" in line and line.rstrip(" \\").endswith("= 1")
     assert show(sp.Rational(1, 3), 2) == ("0.33", False) and show(sp.Rational(1, 4), 2) == ("0.25", True)
     assert show(sp.Rational(-1, 1000), 2)[0] == "0" and show(sp.Rational(5, 1000), 2)[0] == "0.01"
     assert show(sp.Rational(-5, 1000), 2)[0] == "-0.01"     # half away from zero

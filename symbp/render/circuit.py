@@ -1,19 +1,28 @@
 """Text, LaTeX and TikZ of a Circuit (symbp.circuit): tables, steps, pictures, documents.
 
-Contract: every function reads a built ``Circuit`` and never recomputes a value or a derivative;
-numbers are rounded here, for display only (half away from zero, ``decimals`` in 0..12).
+Contract: every function reads a built ``Circuit`` and never derives; numbers are rounded here
+(half up on the exact value, ``decimals`` in 0..12). The steps and the picture show the
+calculation by hand (``Hand``): every gate value, local gradient and upstream x local product
+rounded and used rounded further on, so each printed step recomputes from the numbers it shows
+("=" where exact, "\\approx" where rounded); the document's result gives the exact values (and
+the hand value where the two differ). Titles show the expression as typed (``typed_latex``).
 
 - ``table(c, decimals)``: plain text, one row per node (node, gate, what it computes, value,
   local gradient(s) as formula = number, gradient, gate pattern), then f, the gradients, the
   exact values and the note lines (gate patterns, the max tie convention where used).
 - ``latex(c, decimals)``: two align* blocks, the forward steps and the backward steps written
   "[upstream] x [local] = result", with the branch sums ("copy adds"); a tie note where needed.
-- ``tikz(c, decimals)``: a tikzpicture in the style of the seeds' circuit slides: gates as
+- ``tikz(c, decimals)``: a tikzpicture in the style of the course slides' circuits: gates as
   circles from left to right, forward values above each edge (green), gradients below (red).
+  Where the layout with one node per input would cross wires or overprint labels
+  (``layout_problems``), an input that feeds several gates is drawn beside each of them, each
+  copy marked with the summed gradient.
 - ``document(c, decimals)``: a standalone article with the picture, the steps and the notes.
 - ``write(c, latex=, tikz=, pdf=, decimals=)``: renders everything (and compiles the PDF in a
   temporary directory) before writing any file, each atomically; returns the paths written.
 """
+import ast
+import re
 import shutil
 import subprocess
 import tempfile
@@ -56,6 +65,74 @@ def _tex(e):
     return _Printer().doprint(e)
 
 
+# --- the expression as typed -----------------------------------------------------------------
+_FUNC_TEX = {"exp": r"\exp", "log": r"\log", "max": r"\max", "sigmoid": r"\sigma",
+             "relu": r"\operatorname{relu}"}
+
+
+def _name_tex(name):
+    if name == "pi":
+        return r"\pi"
+    if name == "E":
+        return "e"
+    m = re.match(r"^([A-Za-z]+)_?(\d+)$", name)
+    return f"{m.group(1)}_{{{m.group(2)}}}" if m else name
+
+
+def _typed(node):
+    """(LaTeX, precedence) of an ast node of the expression text (1 sum, 2 product, 3 sign,
+    4 power, 5 atom); the text was already accepted by the safe parser."""
+    if isinstance(node, ast.Expression):
+        return _typed(node.body)
+    if isinstance(node, ast.Name):
+        return _name_tex(node.id), 5
+    if isinstance(node, ast.Constant):
+        return str(node.value), 5
+    if isinstance(node, ast.UnaryOp):
+        t, p = _typed(node.operand)
+        sign = "-" if isinstance(node.op, ast.USub) else "+"
+        return sign + (rf"\left({t}\right)" if p <= 2 else t), 3
+    if isinstance(node, ast.Call):
+        name = node.func.id if isinstance(node.func, ast.Name) else "?"
+        args = [_typed(a)[0] for a in node.args]
+        if name == "sqrt":
+            return rf"\sqrt{{{args[0]}}}", 5
+        head = _FUNC_TEX.get(name) or r"\operatorname{%s}" % name
+        inner = ", ".join(args)
+        return rf"{head}\left({inner}\right)", 5
+    if isinstance(node, ast.BinOp):
+        (lt, lp), (rt, rp) = _typed(node.left), _typed(node.right)
+        paren = lambda t: rf"\left({t}\right)"
+        if isinstance(node.op, ast.Add):
+            return f"{lt} + {rt if rp > 1 else paren(rt)}", 1
+        if isinstance(node.op, ast.Sub):
+            return f"{lt} - {rt if rp > 1 else paren(rt)}", 1
+        if isinstance(node.op, ast.Mult):
+            lt = lt if lp >= 2 else paren(lt)
+            rt = rt if rp > 3 or (rp == 2 and not isinstance(node.right, ast.BinOp)) else paren(rt)
+            sep = r" \cdot " if rt[:1].isdigit() or rt.startswith("-") else " "
+            return f"{lt}{sep}{rt}", 2
+        if isinstance(node.op, ast.Div):
+            return rf"\frac{{{lt}}}{{{rt}}}", 5
+        if isinstance(node.op, ast.Pow):
+            return f"{{{lt if lp >= 5 else paren(lt)}}}^{{{rt}}}", 4
+    raise ValueError("not an expression of the circuit grammar")
+
+
+def typed_latex(text):
+    r"""LaTeX of an expression string as it was typed (its own grouping and order, not SymPy's
+    rewrite): "1/(1+exp(-(w0*x0 + w1*x1 + w2)))" -> \frac{1}{1 + \exp(-(w_{0} x_{0} + ...))}."""
+    return _typed(ast.parse(text.strip(), mode="eval"))[0]
+
+
+def title_tex(c):
+    """The circuit's expression for a title: as typed where it was typed."""
+    try:
+        return typed_latex(c.text)
+    except (SyntaxError, ValueError, AttributeError):
+        return _tex(c.expr)
+
+
 def _shown(c, n):
     """The expression a gate computes, in its inputs' symbols."""
     return n.gate.shown(*[c.nodes[s.node].symbol if s.is_node else s.const for s in n.slots])
@@ -82,6 +159,84 @@ def _signed_sum(parts):
 
 def _copy_sum(c, n, f):
     return f"{_signed_sum([f(x) for (_, _, x) in n.sends])} = {f(n.grad)}"
+
+
+# --- the calculation by hand ----------------------------------------------------------------
+
+def _round(v, decimals):
+    """The exact Rational that ``fmt`` shows for ``v``."""
+    return sp.Rational(fmt(v, decimals))
+
+
+class Hand:
+    """The circuit worked by hand at ``decimals``: every gate value, local gradient and
+    upstream x local product rounded (half up) and used rounded further on, so that each step
+    printed can be recomputed from the numbers it shows. ``exact[...]`` says whether a printed
+    result is exactly what its printed operands give (printed with "=", else "\\approx").
+    Input values are the given numbers themselves."""
+
+    def __init__(self, c, decimals):
+        self.d = decimals
+        val, exact = {}, {}
+        for n in c.nodes:
+            if n.is_input:
+                val[n.index] = n.value
+                continue
+            ins = [val[s.node] if s.is_node else s.const for s in n.slots]
+            raw = n.gate.forward(*ins)
+            val[n.index] = _round(raw, decimals)
+            exact[n.index] = _same(raw, val[n.index])
+        local, local_exact = {}, {}
+        for n in c.gates:
+            at = {c.nodes[s.node].symbol: val[s.node] for s in n.slots if s.is_node}
+            at[n.symbol] = val[n.index]
+            for k, s in enumerate(n.slots):
+                if not s.is_node:
+                    continue
+                if n.gate.kind == "max":
+                    raw = n.local[k]        # 0 or 1: the router's choice (and tie convention)
+                elif n.output_formula is not None:
+                    raw = n.output_formula.xreplace(at)
+                else:
+                    raw = n.local_formula[k].xreplace(at)
+                local[(n.index, k)] = _round(raw, decimals)
+                local_exact[(n.index, k)] = _same(raw, local[(n.index, k)])
+        grad, sends, send_exact = {c.output.index: sp.Integer(1)}, {}, {}
+        for n in reversed(c.nodes):
+            if n is not c.output:
+                grad[n.index] = sp.Add(*[sends[(i, j)] for (i, j, _) in n.sends]) if n.sends else sp.Integer(0)
+            for k, s in enumerate(n.slots):
+                if s.is_node:
+                    raw = grad[n.index] * local[(n.index, k)]
+                    sends[(n.index, k)] = _round(raw, decimals)
+                    send_exact[(n.index, k)] = _same(raw, sends[(n.index, k)])
+        self.value, self.value_exact, self.local, self.local_exact = val, exact, local, local_exact
+        self.grad, self.send, self.send_exact = grad, sends, send_exact
+
+    def text(self, v):
+        """A hand value as printed (the given inputs exactly)."""
+        text = fmt(v, self.d)
+        return text if sp.Rational(text) == v else _given_text(v)
+
+
+def _same(a, b):
+    d = sp.nsimplify(a - b) if not (a - b).is_Rational else a - b
+    if d.is_zero is not None:
+        return bool(d.is_zero)
+    return abs(sp.N(a - b, 50)) < sp.Float("1e-40")
+
+
+def _given_text(v):
+    v = sp.Rational(v)
+    for d in range(0, 13):
+        text = fmt(v, d)
+        if sp.Rational(text) == v:
+            return text
+    return sp.latex(v)
+
+
+def _rel(ok):
+    return "=" if ok else r"\approx"
 
 
 # --- plain text ------------------------------------------------------------------------------
@@ -148,12 +303,51 @@ def _text(s):
     return "".join(rep.get(ch, ch) for ch in s)
 
 
+def _with_numbers(n, t, symbols=False):
+    """A gate's operation on printed numbers (or, ``symbols``, on its inputs' symbols), its
+    operands in slot order, as a student writes it."""
+    p = [f"({x})" if x.startswith("-") else x for x in t]
+    k = n.gate.kind
+    times = " " if symbols else r" \cdot "
+    if k in ("add", "cadd"):
+        return " + ".join(p)
+    if k == "mul":
+        return times.join(p)
+    if k == "cmul":
+        return rf"{p[1]} \cdot {p[0]}"
+    if k == "neg":
+        return f"-{p[0]}"
+    if k == "exp":
+        return f"e^{{{t[0]}}}"
+    if k == "log":
+        return rf"\log {p[0]}" if not t[0].startswith("-") else rf"\log\left({t[0]}\right)"
+    if k == "recip":
+        return rf"\frac{{1}}{{{t[0]}}}"
+    if k == "pow" and symbols:
+        return f"{{{t[0]}}}^{{{t[1]}}}"
+    if k == "pow":
+        return f"{{{p[0]}}}^{{{t[1]}}}"
+    if k == "max":
+        return rf"\max\left({', '.join(t)}\right)"
+    if k == "sigmoid":
+        return rf"\sigma\left({t[0]}\right)"
+    return ", ".join(t)
+
+
 def _steps(c, decimals):
-    f = lambda v: fmt(v, decimals)
+    h = Hand(c, decimals)
+    f = h.text
     forward = []
     for n in c.gates:
-        forward.append(rf"{_tex(n.symbol)} &= {_tex(_shown(c, n))} = {f(n.value)} && \text{{{n.gate.name}}}")
-    forward.append(rf"f &= {_tex(c.output.symbol)} = {f(c.value)}")
+        # the gate's expression with the printed numbers of its inputs, then its printed value
+        with_numbers = _with_numbers(n, [f(h.value[s.node]) if s.is_node else _tex(s.const)
+                                         for s in n.slots])
+        # the symbols in the same order as the numbers (SymPy's printing may reorder a sum)
+        with_symbols = _with_numbers(n, [_tex(c.nodes[s.node].symbol) if s.is_node else _tex(s.const)
+                                         for s in n.slots], symbols=True)
+        forward.append(rf"{_tex(n.symbol)} &= {with_symbols} = {with_numbers} "
+                       rf"{_rel(h.value_exact[n.index])} {f(h.value[n.index])} && \text{{{n.gate.name}}}")
+    forward.append(rf"f &= {_tex(c.output.symbol)} = {f(h.value[c.output.index])}")
 
     # A branching value gets its sum line right after its last contribution (lowest consumer).
     last = {}
@@ -171,7 +365,6 @@ def _steps(c, decimals):
             if not s.is_node:
                 continue
             src = c.nodes[s.node]
-            contrib = next(x for (i, j, x) in src.sends if i == n.index and j == k)
             lhs = _dfd(src.symbol)
             if c.uses(src) > 1:
                 seen[s.node] = seen.get(s.node, 0) + 1
@@ -181,20 +374,22 @@ def _steps(c, decimals):
                 lhs = rf"\left.{lhs}\right|_{{{via}}}"
             local = rf"\frac{{\partial {_tex(n.symbol)}}}{{\partial {_tex(src.symbol)}}}"
             form = n.local_formula[k]
-            rhs = rf"{_dfd(n.symbol)}\,{local} = [{f(n.grad)}] \times "
+            up = f(h.grad[n.index])
+            rhs = rf"{_dfd(n.symbol)}\,{local} = [{up}] \times "
             if not form.is_Number:
                 sym = _tex(form)
                 if n.output_formula is not None:
                     sym += f" = {_tex(n.output_formula)}"
-                rhs += rf"\left[{sym}\right] = [{f(n.grad)}] \times "
-            rhs += rf"[{f(n.local[k])}] = {f(contrib)}"
+                rhs += rf"\left[{sym}\right] {_rel(h.local_exact[(n.index, k)])} [{up}] \times "
+            rhs += (rf"[{f(h.local[(n.index, k)])}] {_rel(h.send_exact[(n.index, k)])} "
+                    rf"{f(h.send[(n.index, k)])}")
             tag = n.gate.pattern or n.gate.name
             backward.append(rf"{lhs} &= {rhs} && \text{{{tag}}}")
         for k in sorted({s.node for s in n.slots if s.is_node}):
             if last.get(k) == n.index:
                 src = c.nodes[k]
-                parts = _signed_sum([f(x) for (_, _, x) in src.sends])
-                backward.append(rf"{_dfd(src.symbol)} &= {parts} = {f(src.grad)} && \text{{copy adds}}")
+                parts = _signed_sum([f(h.send[(i, j)]) for (i, j, _) in src.sends])
+                backward.append(rf"{_dfd(src.symbol)} &= {parts} = {f(h.grad[k])} && \text{{copy adds}}")
     ties = [n for n in c.gates if n.tie]
     return forward, backward, ties
 
@@ -237,20 +432,22 @@ def _gate_label(c, n):
     return {"exp": r"\exp", "log": r"\log", "max": r"\max", "sigmoid": r"\sigma"}[k]
 
 
-def _layout(c):
-    """Columns by depth (inputs just left of their first consumer); rows by a tidy tree walk.
+def _layout(c, split=False):
+    """Positions of the drawn nodes: {drawn id: (x, y)}, their columns, and for every edge
+    (src, dst, slot) the drawn id of its source.
 
-    Rows: the graph is unfolded into a tree (a value used twice appears twice), each leaf gets
-    the next row, a gate sits at the mean of its inputs, and a value that branches sits at the
-    mean of its occurrences. Where the unfolded tree would be large (deep sharing), a value is
-    placed at its first occurrence instead. Then nodes of one column are pushed a row apart.
+    Columns by depth (inputs just left of their first consumer); rows by a tidy tree walk: the
+    graph is unfolded into a tree (a value used twice appears twice), each leaf gets the next
+    row, a gate sits at the mean of its inputs, and a value that branches sits at the mean of
+    its occurrences. Where the unfolded tree would be large (deep sharing), a value is placed at
+    its first occurrence instead. Then nodes of one column are pushed a row apart.
+
+    ``split``: an input that feeds several gates is drawn once beside each of them (its copies
+    carry the summed gradient), which keeps the picture a tree: no wire crosses another.
     """
     depth = {}
     for n in c.nodes:
         depth[n.index] = 0 if n.is_input else 1 + max(depth[s.node] for s in n.slots if s.is_node)
-    col = dict(depth)
-    for n in c.inputs:
-        col[n.index] = min(depth[i] for (i, _, _) in n.sends) - 1
     kids = {}
     for n in c.nodes:
         kids[n.index] = []
@@ -261,22 +458,35 @@ def _layout(c):
     for n in c.nodes:
         size[n.index] = 1 if n.is_input else sum(size[k] for k in kids[n.index])
     unfold = size[c.output.index] <= MAX_UNFOLDED
-    occurrences, leaves = {}, [0]
 
-    def walk(i):
-        if not unfold and i in occurrences:
-            return occurrences[i][0]
+    def drawn(i, parent):
+        n = c.nodes[i]
+        if split and n.is_input and c.uses(n) > 1 and parent is not None:
+            return f"{n.name}-{c.nodes[parent].name}"
+        return n.name
+
+    occurrences, leaves, col = {}, [0], {}
+    for n in c.nodes:
+        if not n.is_input:
+            col[n.name] = depth[n.index]
+
+    def walk(i, parent):
+        key = drawn(i, parent)
+        if not unfold and key in occurrences:
+            return occurrences[key][0]
         if c.nodes[i].is_input:
             r = leaves[0]
             leaves[0] += 1
+            consumers = [parent] if key != c.nodes[i].name else [j for (j, _, _) in c.nodes[i].sends]
+            col[key] = min(depth[j] for j in consumers) - 1
         else:
-            rows = [walk(k) for k in kids[i]]
+            rows = [walk(k, i) for k in kids[i]]
             r = sum(rows) / len(rows)
-        occurrences.setdefault(i, []).append(r)
+        occurrences.setdefault(key, []).append(r)
         return r
 
-    walk(c.output.index)
-    row = {i: sum(rs) / len(rs) for i, rs in occurrences.items()}
+    walk(c.output.index, None)
+    row = {k: sum(rs) / len(rs) for k, rs in occurrences.items()}
     # Shared values can put two nodes of one column on (almost) the same row: push apart.
     for k in sorted(set(col.values())):
         prev = None
@@ -284,7 +494,73 @@ def _layout(c):
             if prev is not None and row[i] < prev + 1:
                 row[i] = prev + 1
             prev = row[i]
-    return {i: (col[i] * DX, -row[i] * DY) for i in row}, col
+    source = {}
+    for n in c.gates:
+        for k, s in enumerate(n.slots):
+            if s.is_node:
+                source[(s.node, n.index, k)] = drawn(s.node, n.index)
+    return {i: (col[i] * DX, -row[i] * DY) for i in row}, col, source
+
+
+def _segments_cross(p1, p2, p3, p4):
+    """Whether two segments cross at a point that is not an endpoint of both."""
+    def orient(a, b, q):
+        v = (b[0] - a[0]) * (q[1] - a[1]) - (b[1] - a[1]) * (q[0] - a[0])
+        return 0 if abs(v) < 1e-9 else (1 if v > 0 else -1)
+    if {p1, p2} & {p3, p4}:
+        return False         # wires that meet at a node
+    o1, o2, o3, o4 = orient(p1, p2, p3), orient(p1, p2, p4), orient(p3, p4, p1), orient(p3, p4, p2)
+    return o1 * o2 < 0 and o3 * o4 < 0
+
+
+def _geometry(c, split):
+    pos, col, source = _layout(c, split)
+    wires = []
+    for e in c.edges():
+        src = source[(e.src, e.dst, e.slot)]
+        wires.append((src, c.nodes[e.dst].name, e))
+    return pos, col, wires
+
+
+def layout_problems(c, split=None):
+    """What a reader would trip over in the picture: pairs of wires that cross, and pairs of
+    edge labels placed closer than a label's height. ``split=None``: the layout tikz() uses."""
+    if split is None:
+        split = _needs_split(c)
+    pos, col, wires = _geometry(c, split)
+    problems = []
+    segs = [(pos[a], pos[b], a, b) for a, b, _ in wires]
+    for i in range(len(segs)):
+        for j in range(i + 1, len(segs)):
+            if _segments_cross(segs[i][0], segs[i][1], segs[j][0], segs[j][1]):
+                problems.append(f"wires {segs[i][2]}->{segs[i][3]} and {segs[j][2]}->{segs[j][3]} cross")
+    anchors = []
+    for a, b, e in wires:
+        t = _label_pos(c, a, split)
+        (x0, y0), (x1, y1) = pos[a], pos[b]
+        anchors.append(((x0 + t * (x1 - x0), y0 + t * (y1 - y0)), f"{a}->{b}"))
+    for i in range(len(anchors)):
+        for j in range(i + 1, len(anchors)):
+            (p, n1), (q, n2) = anchors[i], anchors[j]
+            if p != q and abs(p[0] - q[0]) < 0.9 and abs(p[1] - q[1]) < 0.55:
+                problems.append(f"labels of {n1} and {n2} overlap")
+    return problems
+
+
+def _needs_split(c):
+    if not any(n.is_input and c.uses(n) > 1 for n in c.nodes):
+        return False
+    return bool(layout_problems(c, split=False))
+
+
+def _label_pos(c, drawn_id, split):
+    n = next((m for m in c.nodes if m.name == drawn_id), None)
+    return 0.72 if n is not None and c.uses(n) > 1 else 0.42
+
+
+def _sigma(text):
+    """The summed-gradient label; a negative number braced, so its minus is a sign."""
+    return rf"\Sigma\ {{{text}}}" if text.startswith("-") else rf"\Sigma\ {text}"
 
 
 def _bends(m):
@@ -300,33 +576,38 @@ def _bends(m):
 
 def tikz(c, decimals=2):
     d = check_decimals(decimals)
-    f = lambda v: fmt(v, d)
-    pos, col = _layout(c)
+    h = Hand(c, d)
+    f = h.text
+    split = _needs_split(c)
+    pos, col, wires = _geometry(c, split)
+    by_name = {n.name: n for n in c.nodes}
     nodes = []
-    for n in c.nodes:
-        x, y = pos[n.index]
+    for key, (x, y) in pos.items():
+        n = by_name.get(key) or by_name[key.split("-", 1)[0]]
         label = _tex(n.symbol) if n.is_input else _gate_label(c, n)
-        nodes.append({"id": n.name, "style": "var" if n.is_input else "gate",
+        nodes.append({"id": key, "style": "var" if n.is_input else "gate",
                       "x": f"{x:.2f}", "y": f"{y:.2f}", "label": label})
     edges = []
     pairs = {}
-    for e in c.edges():
-        pairs.setdefault((e.src, e.dst), []).append(e)
+    for a, b, e in wires:
+        pairs.setdefault((a, b), []).append(e)
     for (src, dst), group in pairs.items():
         skip = col[dst] - col[src] > 1
         for e, how in zip(group, _bends(len(group))):
             if skip and how == "--":
                 how = "to[bend left=25]"    # a wire over a column bends around the gates in it
             # Wires of a branching value start together: label them near their gate instead.
-            edges.append({"src": c.nodes[src].name, "dst": c.nodes[dst].name, "how": how,
-                          "pos": "0.72" if c.uses(c.nodes[src]) > 1 else "0.42",
-                          "value": f(e.value), "grad": f(e.grad)})
-    sums = [{"id": n.name, "text": rf"\Sigma\ {f(n.grad)}"} for n in c.nodes if c.uses(n) > 1]
-    ox, oy = pos[c.output.index]
+            edges.append({"src": src, "dst": dst, "how": how, "pos": f"{_label_pos(c, src, split):.2f}",
+                          "value": f(h.value[e.src]), "grad": f(h.send[(e.dst, e.slot)])})
+    def node_of(key):      # a drawn id: a node's name, or "name-consumer" for an input's copy
+        return by_name.get(key) or by_name[key.split("-", 1)[0]]
+    sums = [{"id": key, "text": _sigma(f(h.grad[node_of(key).index]))}
+            for key in pos if c.uses(node_of(key)) > 1]
+    ox, oy = pos[c.output.name]
     return environment().get_template("latex/circuit_tikz.tex.j2").render(
         nodes=nodes, edges=edges, sums=sums, output={
             "src": c.output.name, "x": f"{ox + OUT:.2f}", "y": f"{oy:.2f}",
-            "value": f(c.value), "grad": f(sp.Integer(1))})
+            "value": f(h.value[c.output.index]), "grad": f(sp.Integer(1))})
 
 
 _picture = tikz   # write() takes a ``tikz`` path argument that hides this function
@@ -338,10 +619,25 @@ def document(c, decimals=2):
     d = check_decimals(decimals)
     at = r",\ ".join(f"{_tex(c.node(k).symbol)} = {_tex(c.values[k])}" for k in c.variables)
     return environment().get_template("latex/circuit_document.tex.j2").render(
-        expr=_tex(c.expr), at=at, granularity=c.granularity, gates=len(c.gates),
-        picture=tikz(c, d), steps=latex(c, d), value=fmt(c.value, d), exact=_tex(c.value),
-        gradients=[(_dfd(c.node(k).symbol), fmt(v, d), _tex(v)) for k, v in c.gradients.items()],
+        expr=title_tex(c), at=at, granularity=c.granularity, gates=len(c.gates),
+        picture=tikz(c, d), steps=latex(c, d), decimals=d,
+        results=_results(c, d),
         notes=[_text(s) for s in c.notes()])
+
+
+def _results(c, d):
+    """Rows (lhs, relation, rounded exact value, exact value in LaTeX or "", value by hand if it
+    differs from the rounded exact one, else "")."""
+    h = Hand(c, d)
+    rows = []
+    for lhs, node, v in [("f", c.output, c.value)] + [
+            (_dfd(c.node(k).symbol), c.node(k), g) for k, g in c.gradients.items()]:
+        shown = fmt(v, d)
+        exact = sp.Rational(shown) == v
+        by_hand = h.text(h.value[node.index] if node is c.output else h.grad[node.index])
+        rows.append((lhs, "=" if exact else r"\approx", shown, "" if exact else _tex(v),
+                     "" if sp.Rational(by_hand) == sp.Rational(shown) else by_hand))
+    return rows
 
 
 def compile_pdf(tex, name="circuit"):

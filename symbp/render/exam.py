@@ -27,23 +27,33 @@ Contract:
     so the question gives a table of exactly the function values the calculation needs,
     rounded to the stated decimals (e.g. sigma(0.7) = 0.668). Which values those are comes
     from evaluating the derivation as a student would (``worked.evaluate(rounding=d)``: every
-    result rounded before it is used, every function value taken from the table). A draw is
-    kept only if that student calculation gives the same displayed answer as the exact key for
-    every number shown, so a careful student with the table reproduces the key digit for digit.
-    The table names the arguments it lists, which tells a student which z values to expect:
-    the price of a calculation without a calculator. Default decimals: 3 (2 for the integer
-    case).
+    quantity rounded before it is used, every function value taken from the table). One
+    precision: the sheet tells the student to round every quantity and table value to d
+    decimals (half up) and to answer with d decimals (default 3). A draw is kept only if that
+    calculation gives the same displayed answer as the exact value for every quantity asked, so
+    a student rounding as told (and one with a calculator) reproduces the key digit for digit;
+    the worked solution prints that very calculation.
+- The sheet states its conventions: delta^[l]_s = dL/dz^[l]_s of the batch-mean loss (so it
+  carries 1/B: the per-sample delta of some course notes would make the forgotten 1/N look
+  right), dL/dW = sum_s delta_s a_s^T, the rounding rule; it leaves a framed answer box after
+  every question, kept on the page of its question.
 - Multiple choice: the loss, the output delta and each hidden delta of sample 1, the weight
-  gradient, dL/dx_k and the updated weight are asked with options. The wrong options are the
-  same calculation on a MUTATED DERIVATION (``MUTATIONS``): the activation derivative dropped
-  (delta = dL/da), the transpose missing (W instead of W^T in the backward step where W is
-  square; where no W is square, the pre-activation z in place of a in dL/dW), the 1/N of the
-  mean forgotten, the branch sum forgotten (only the first term of the sum over the units a
-  hidden unit feeds), the sign of the output error flipped, and for the update the step taken
-  uphill. A mutation that does not change an asked value is not offered for it; one that
-  changes the exact value but not the displayed one forces a redraw; options with equal
-  displays are merged.
+  gradient, dL/dx_k and the updated weight are asked with 4 or 5 options, pairwise at least
+  GAP_UNITS units of the last decimal apart (0.01 at 3 decimals, stated on the sheet), shown
+  with all d decimals. The wrong options are the same calculation on a MUTATED DERIVATION
+  (``MUTATIONS``): the activation derivative dropped (delta = dL/da), the transpose missing (W
+  instead of W^T in the backward step where W is square; where no W is square, the
+  pre-activation z in place of a in dL/dW), the 1/N of the mean forgotten, the branch sum
+  forgotten (only the first term of the sum over the units a hidden unit feeds), the sign of
+  the output error flipped; for the loss: sample 1 only, log10 for ln, the loss of z, the target
+  read as 1 - y; plus a wrong entry read (another sample's or unit's value, dL/dW_qp for
+  dL/dW_pq) and, for the update, the step taken uphill, the learning rate forgotten, the step
+  alone and eta applied twice. A distractor closer than the gap to the key or to an earlier
+  option is dropped; fewer than three left forces a redraw.
 - Circuit questions (``circuit=True``) need ``symbp.circuit``; without it a SymbpError says so.
+  Their values are distinct non-zero integers in -3..3 and no variant is ``degenerate``: a
+  student who swaps two variables changes some answer unless the expression is symmetric in
+  them. The title shows the expression as typed (``render.circuit.typed_latex``).
 - Bad input, one line each: variants outside 1..200, an unknown activation or loss (the
   network builder's SpecError), a network string that is not like 2-2-1, widths outside 1..5.
 
@@ -66,6 +76,7 @@ from .. import naming
 from ..derivation import Derivation
 from ..errors import InputError, SpecError, SymbpError
 from ..functions import ACTIVATIONS, LOSSES
+from .sources import latex_cite
 from .worked import (as_sympy, check_decimals, evaluate, exact, pdflatex, plan, rounded, show,
                      worked_example, entry_name)
 
@@ -159,12 +170,57 @@ def _error_sign(d):
     return _with(d, eqs)
 
 
+def _loss_mutation(change):
+    """A mutation of the loss equation only (its other equations keep their own forms)."""
+    def build(d):
+        eqs, changed = [], False
+        for e in d.equations:
+            if e.kind == "loss":
+                rhs = change(d, e.rhs)
+                if rhs is not None and rhs != e.rhs:
+                    e, changed = replace(e, rhs=rhs), True
+            eqs.append(e)
+        return _with(d, eqs) if changed else None
+    return build
+
+
+def _first_sample(d, rhs):
+    """Only the first sample's loss (the batch average not taken)."""
+    def cut(s):
+        limits = [(v, lo, lo if hi.has(naming.BATCH) else hi) for v, lo, hi in s.limits]
+        return sp.Sum(s.function, *limits)
+    out = rhs.replace(lambda t: isinstance(t, sp.Sum), cut)
+    return out * naming.BATCH if d.network.reduction == "mean" else out
+
+
+def _log10(d, rhs):
+    """A calculator's log key (base 10) for the natural log."""
+    return rhs.replace(lambda t: isinstance(t, sp.log), lambda t: sp.log(t.args[0]) / sp.log(10)) \
+        if rhs.has(sp.log) else None
+
+
+def _pre_activation(d, rhs):
+    """The loss of the output pre-activation z^[L] instead of a^[L]."""
+    L = d.network.depth
+    a, z = naming.quantity("a", L), naming.quantity("z", L)
+    return rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == a, lambda t: z[t.indices])
+
+
+def _flipped_target(d, rhs):
+    """The target read the other way round (1 - y for 0/1 targets)."""
+    if d.network.loss.onehot:
+        return None
+    y = naming.quantity("y")
+    return rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == y, lambda t: 1 - t)
+
+
 @dataclass(frozen=True)
 class Mutation:
     name: str
     text: str           # the mistake, as the solutions name it
     build: object       # Derivation -> Derivation or None (not applicable)
     uphill: bool = False
+    loss_only: bool = False   # changes the loss equation only (evaluated on the key's values)
 
 
 MUTATIONS = (
@@ -174,6 +230,13 @@ MUTATIONS = (
     Mutation("no_branch_sum", r"the branch sum forgotten (one term of $\sum_j W_{ji}\delta_j$)", _no_branch_sum),
     Mutation("error_sign", r"the sign of the output error flipped ($y - a$ for $a - y$)", _error_sign),
     Mutation("uphill", r"the step taken uphill ($W + \eta\,\partial L/\partial W$)", None, uphill=True),
+    Mutation("first_sample", r"the loss of sample 1 only (no average over the batch)",
+             _loss_mutation(_first_sample), loss_only=True),
+    Mutation("log10", r"$\log_{10}$ in place of the natural logarithm", _loss_mutation(_log10), loss_only=True),
+    Mutation("pre_activation", r"the loss of $z$ in place of $a$ (the output activation skipped)",
+             _loss_mutation(_pre_activation), loss_only=True),
+    Mutation("flipped_target", r"the target read the wrong way round ($1 - y$ for $y$)",
+             _loss_mutation(_flipped_target), loss_only=True),
 )
 
 
@@ -311,10 +374,14 @@ class _Redraw(Exception):
 # the screen: a cheap, reject-only pre-check of a draw
 # ------------------------------------------------------------------------------------------
 SCREEN_DPS = 50
-# The student works (and the table is given) with one decimal more than the answers: with
-# rounded hidden activations feeding the next layer, working at the answers' precision would
-# make the last digit of most answers a matter of luck.
-WORK_EXTRA = 1
+# The student works (and the table is given) at the answers' precision: one stated precision,
+# so that a student who rounds as told reproduces every key (a draw is kept only where that
+# rounded calculation and the exact values agree at the displayed decimals).
+WORK_EXTRA = 0
+# Multiple-choice options differ pairwise by at least this many units of the last decimal, so
+# that a student whose rounding differs from the key's by a unit or two still finds one option.
+GAP_UNITS = 10
+MIN_DISTRACTORS = 3
 
 
 def _asked(name):
@@ -398,7 +465,9 @@ class _Screen:
                            "_exp": lambda x: Fraction(1) if x == 0 else table(mpmath.exp)(x),
                            "_tanh": lambda x: Fraction(0) if x == 0 else table(mpmath.tanh)(x)}
         self.steps = self._compile(derivation, B)
-        self.mutants = [(m, self._compile(md, B)) for m, md in mutants if not m.uphill]
+        # Distractors that land near the key are dropped (not redrawn), so the screen need not
+        # evaluate the mutants.
+        self.mutants = []
 
     def _compile(self, d, B):
         steps = []
@@ -519,6 +588,9 @@ class Exam:
             "multiple_choice": self.multiple_choice,
             "circuit": self.circuit,
             "seed": self.seed,
+            "mean": net.reduction == "mean",
+            "gap": show(sp.Rational(GAP_UNITS, 10 ** self.decimals), 12)[0],
+            "per_sample_sources": f"{latex_cite('slides')} and {latex_cite('it5005')}",
         }
 
     def _variant_context(self, v):
@@ -658,10 +730,13 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
         if show(new_exact, decimals, P["W1"][p, q] - eta * ev.approx_results["gW1"][(p, q)])[0] != \
                 show(new_student, decimals)[0]:
             raise _Redraw()
-        table = [(tex, show(v, work)[0]) for tex, v in student.table]
+        table = [(tex, _fixed(show(v, work)[0], work)) for tex, v in student.table]
 
     def shown(name, idx):
         return show(ev.results[name][idx], decimals, ev.approx_results[name][idx])[0]
+
+    def rel(name, idx):     # "=" only where the printed number is the exact value
+        return "=" if show(ev.results[name][idx], decimals, ev.approx_results[name][idx])[1] else r"\approx"
 
     # what is asked: (key, LaTeX of the quantity, exact-value getter on an evaluation)
     single = B == 1
@@ -685,51 +760,46 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
     if multiple_choice:
         mutant_evals = []
         for m, md in mutants:
+            if m.uphill:
+                continue
             try:
-                mutant_evals.append((m, evaluate(md, P, X, Y)))
+                mev = _loss_only(md, ev, B) if m.loss_only else evaluate(md, P, X, Y)
             except InputError:
                 continue
+            if mev is not None:
+                mutant_evals.append((m, mev))
+        extras = _extra_distractors(net, ev, P, eta, B, p, q, xk, targets)
+        pad = (lambda t: t) if integer else (lambda t: _fixed(t, decimals))
+        gap = sp.Rational(GAP_UNITS, 10 ** decimals)
         mc = {}
         for key, what, get in targets:
             right = get(ev)
             right_text = show(right, decimals)[0]
-            opts, texts = [], {right_text}
-            for m, mev in mutant_evals:
-                if m.uphill and key != "update":
-                    continue
-                wrong = get(mev, up=m.uphill)
-                if _same(wrong, right):
-                    continue
-                t = show(wrong, decimals)[0]
-                if t == right_text:
-                    raise _Redraw()          # a different mistake that looks right: redraw
-                if t in texts:
-                    continue
-                texts.add(t)
-                opts.append((t, m.text))
-            mc[key] = (right_text, opts[:MAX_OPTIONS - 1])
+            cands = [(get(mev), m.text) for m, mev in mutant_evals]
+            if key == "update":
+                cands = [(get(ev, up=True), MUTATIONS_BY_NAME["uphill"].text)] + \
+                        [(P["W1"][p, q] - eta * mev.results["gW1"][(p, q)], m.text) for m, mev in mutant_evals]
+            cands += extras.get(key, [])
+            mc[key] = (right_text, _options(right, cands, decimals, gap))
         # forward values stay an open question
         questions.append(Question("forward", _forward_question(net, B),
                                   _forward_answer(net, ev, decimals, B)))
         for key, what, get in targets:
             right_text, opts = mc[key]
-            if not opts:
-                questions.append(Question(key, f"Compute {what}.", f"${right_text}$"))
-                continue
             allopts = [(right_text, None)] + opts
             rng.shuffle(allopts)
-            lettered = [(LETTERS[i], f"${t}$", mistake) for i, (t, mistake) in enumerate(allopts)]
+            lettered = [(LETTERS[i], f"${pad(t)}$", mistake) for i, (t, mistake) in enumerate(allopts)]
             correct = next(letter for letter, t, mistake in lettered if mistake is None)
-            questions.append(Question(key, f"Which value is {what}?", f"${right_text}$", lettered, correct))
+            questions.append(Question(key, f"Which value is {what}?", f"${pad(right_text)}$", lettered, correct))
     else:
         questions.append(Question("forward", _forward_question(net, B),
                                   _forward_answer(net, ev, decimals, B)))
-        questions.append(Question("loss", "Compute the loss $L$.", f"$L = {shown('loss', ())}$"))
+        questions.append(Question("loss", "Compute the loss $L$.", f"$L {rel('loss', ())} {shown('loss', ())}$"))
         deltas = ", ".join(f"$\\delta^{{[{l}]}}$" for l in range(L, 0, -1))
         questions.append(Question("deltas", f"Compute the deltas {deltas} (backward pass).",
                                   _vector_answers(net, ev, decimals, B, "delta")))
         questions.append(Question("gW1", f"Compute ${entry_name(naming.quantity('gW', 1), (p, q))}$.",
-                                  f"${entry_name(naming.quantity('gW', 1), (p, q))} = {shown('gW1', (p, q))}$"))
+                                  f"${entry_name(naming.quantity('gW', 1), (p, q))} {rel('gW1', (p, q))} {shown('gW1', (p, q))}$"))
         questions.append(Question("ga0", "Compute the gradient with respect to the input, "
                                   r"$\partial L / \partial x$" + sample + ".",
                                   _input_answer(net, ev, decimals, B)))
@@ -737,11 +807,128 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
         new_t = show(new, decimals, P["W1"][p, q] - eta * ev.approx_results["gW1"][(p, q)])[0]
         questions.append(Question("update", f"Take one SGD step with $\\eta = {show(eta, 12)[0]}$: "
                                   f"what is the new ${W1pq}$?",
-                                  f"${W1pq} \\leftarrow {show(P['W1'][p, q], decimals)[0]} - "
-                                  f"{show(eta, 12)[0]} \\cdot {_paren(shown('gW1', (p, q)))} = {new_t}$"))
+                                  _update_answer(W1pq, P["W1"][p, q], eta, shown("gW1", (p, q)), new_t,
+                                                 decimals, integer)))
+    if not integer:     # every decimal number of an answer with all the decimals asked for
+        for qq in questions:
+            if not qq.options and qq.key != "update":
+                qq.answer = re.sub(r"(?<![\w.])-?\d+\.\d+", lambda m: _fixed(m.group(0), decimals), qq.answer)
     circ = _circuit_question(rng) if circuit else None
     worked = worked_example(d, P, X.tolist(), Y.tolist(), decimals=decimals, lr=eta)
     return Variant(number, P, X, Y, table, questions, worked, circ)
+
+
+MUTATIONS_BY_NAME = {m.name: m for m in MUTATIONS}
+
+
+class _LossOnly:
+    """A mutant's values where only its loss differs from the key's."""
+
+    def __init__(self, results):
+        self.results = results
+
+
+_LOSS_PLANS = {}
+
+
+def _loss_plan(md, B):
+    """The mutated loss equation expanded for batch size B (cached: the same for every draw)."""
+    key = (id(md), B)
+    hit = _LOSS_PLANS.get(key)
+    if hit is None or hit[0] is not md:
+        from .worked import _expand_sums
+        eq = next(e for e in md.equations if e.kind == "loss")
+        subs = {naming.width(l): sp.Integer(n) for l, n in enumerate(md.network.sizes)}
+        subs[naming.BATCH] = sp.Integer(B)
+        hit = (md, _expand_sums(eq.rhs, subs))
+        if len(_LOSS_PLANS) > 64:
+            _LOSS_PLANS.clear()
+        _LOSS_PLANS[key] = hit
+    return hit[1]
+
+
+def _loss_only(md, ev, B):
+    """Evaluate only the mutated loss equation on the key's values (None: not a real number)."""
+    v = _loss_plan(md, B).xreplace(ev.env)
+    num = sp.N(v, 30)
+    if not num.is_real or not num.is_finite or v.has(sp.zoo, sp.nan):
+        return None
+    results = dict(ev.results)
+    results["loss"] = {(): v}
+    return _LossOnly(results)
+
+
+def _extra_distractors(net, ev, P, eta, B, p, q, xk, targets):
+    """Mistakes that are not a change of the derivation: a wrong entry read, the update's
+    arithmetic. {question key: [(value, mistake text)]}."""
+    out = {}
+    getters = {key: get for key, what, get in targets}
+    for key, get in getters.items():
+        if not key.startswith("delta") and key != "ga0":
+            continue
+        name = key
+        asked = next(i for i in ev.results[name] if _same(get(ev), ev.results[name][i]))
+        for idx in sorted(ev.results[name]):
+            if idx == asked:
+                continue
+            what = (f"the value for sample {idx[0] + 1} (the wrong row)" if idx[0] != asked[0]
+                    else f"entry {idx[1] + 1} in place of entry {asked[1] + 1}")
+            out.setdefault(key, []).append((ev.results[name][idx], what))
+    if (q, p) in ev.results["gW1"] and (q, p) != (p, q):
+        out["gW1"] = [(ev.results["gW1"][(q, p)],
+                       r"the indices swapped ($\partial L / \partial W_{qp}$ for $W_{pq}$)")]
+    g = ev.results["gW1"][(p, q)]
+    out["update"] = [(P["W1"][p, q] - g, r"the learning rate forgotten ($W - \partial L/\partial W$)"),
+                     (-eta * g, r"the step $-\eta\,\partial L/\partial W$ alone (the old weight not added)"),
+                     (P["W1"][p, q] - eta * eta * g, r"$\eta$ applied twice")]
+    return out
+
+
+def _options(right, cands, decimals, gap):
+    """Up to MAX_OPTIONS - 1 distractors, each at least ``gap`` from the key and from each
+    other (in exact values), in the order given; fewer than MIN_DISTRACTORS: redraw."""
+    num = lambda v: sp.N(v, 40)
+    r = num(right)
+    taken, opts, texts = [r], [], {show(right, decimals, r)[0]}
+    tiny = sp.Float("1e-30")
+    for wrong, mistake in cands:
+        w = num(wrong)
+        if not w.is_Number or abs(w - r) < tiny:
+            continue          # the same value: no distractor
+        if any(abs(w - t) < gap for t in taken):
+            continue
+        t = show(wrong, decimals, w)[0]
+        if t in texts:
+            continue
+        taken.append(w)
+        texts.add(t)
+        opts.append((t, mistake))
+        if len(opts) == MAX_OPTIONS - 1:
+            break
+    if len(opts) < MIN_DISTRACTORS:
+        raise _Redraw()
+    return opts
+
+
+def _update_answer(name, w, eta, g_text, new_text, decimals, integer):
+    """W <- W - eta g from the printed gradient: "=" where those numbers give the printed new
+    weight exactly, "\\approx" where it is rounded (the key is the exact value rounded, which
+    the draw made equal to the hand calculation)."""
+    g = sp.Rational(g_text)
+    raw = w - eta * g
+    rel = "=" if raw == sp.Rational(new_text) else r"\approx"
+    pad = (lambda t: t) if integer else (lambda t: _fixed(t, decimals))
+    return (f"${name} \\leftarrow {show(w, 12)[0]} - {show(eta, 12)[0]} \\cdot {_paren(pad(g_text))} "
+            f"{rel} {pad(new_text)}$")
+
+
+def _fixed(text, decimals):
+    """A displayed number with all its decimals ("0.02" -> "0.020" at 3): every option and
+    answer of a sheet shows the precision the sheet asks for."""
+    if decimals == 0:
+        return text
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(decimals, '0')}"
 
 
 def _same(a, b):
@@ -774,12 +961,13 @@ def _vector_text(net, ev, decimals, B, kind, l):
     name = entry_name(base, (), True) if kind != "ga" else None
     rows = []
     for s in range(B):
-        vals = [show(ev.results[f"{kind}{l}"][(s, j)], decimals, ev.approx_results[f"{kind}{l}"][(s, j)])[0]
-                for j in range(net.sizes[l])]
-        rows.append(r"\begin{bmatrix} " + r" \\ ".join(vals) + r" \end{bmatrix}")
+        shown = [show(ev.results[f"{kind}{l}"][(s, j)], decimals, ev.approx_results[f"{kind}{l}"][(s, j)])
+                 for j in range(net.sizes[l])]
+        rel = "=" if all(ok for _, ok in shown) else r"\approx"     # "=" only where exact
+        rows.append((rel, r"\begin{bmatrix} " + r" \\ ".join(t for t, _ in shown) + r" \end{bmatrix}"))
     if B == 1:
-        return f"${name} = {rows[0]}$"
-    return ", ".join(f"${name}_{{(s={s + 1})}} = {r}$" for s, r in enumerate(rows))
+        return f"${name} {rows[0][0]} {rows[0][1]}$"
+    return ", ".join(f"${name}_{{(s={s + 1})}} {rel} {r}$" for s, (rel, r) in enumerate(rows))
 
 
 def _vector_answers(net, ev, decimals, B, kind):
@@ -787,9 +975,11 @@ def _vector_answers(net, ev, decimals, B, kind):
 
 
 def _input_answer(net, ev, decimals, B):
-    vals = [show(ev.results["ga0"][(0, k)], decimals, ev.approx_results["ga0"][(0, k)])[0]
-            for k in range(net.sizes[0])]
-    return r"$\frac{\partial L}{\partial x} = \begin{bmatrix} " + r" \\ ".join(vals) + r" \end{bmatrix}$"
+    shown = [show(ev.results["ga0"][(0, k)], decimals, ev.approx_results["ga0"][(0, k)])
+             for k in range(net.sizes[0])]
+    rel = "=" if all(ok for _, ok in shown) else r"\approx"
+    return (rf"$\frac{{\partial L}}{{\partial x}} {rel} \begin{{bmatrix}} " + r" \\ ".join(t for t, _ in shown)
+            + r" \end{bmatrix}$")
 
 
 # Circuit expressions whose gates keep integers integral (add, mul, max, constant add), each
@@ -811,25 +1001,67 @@ class CircuitQuestion:
     answer: str           # LaTeX: f and its gradients
     steps: str            # the circuit's forward and backward steps (symbp.render.circuit)
     picture: str          # its TikZ picture
+    text: str = ""        # the expression as typed
+    values: dict = field(default_factory=dict)
+
+
+def _answers(c):
+    return (c.value,) + tuple(c.gradients[v] for v in c.variables)
+
+
+def _symmetric(expr, u, v):
+    """Whether expr is unchanged by swapping u and v, tested at generic rational points (the
+    circuits are polynomials with max: equal at these points means equal)."""
+    free = sorted(expr.free_symbols, key=lambda t: t.name)
+    swapped = expr.xreplace({u: v, v: u})
+    for k in range(3):
+        at = {t: sp.Rational(7 * i + 3 * k + 2, 11 + 2 * i + k) * (-1) ** (i + k) for i, t in enumerate(free)}
+        if swapped.xreplace(at) != expr.xreplace(at):
+            return False
+    return True
+
+
+def degenerate(c, text):
+    """Why a circuit variant cannot tell a careful student from a careless one, or "": two
+    variables with equal values, or two that a student may swap without changing any answer
+    (unless the expression itself is symmetric in them), a max tie, a zero value or gradient."""
+    from ..circuit import circuit
+    vals, names = c.values, c.variables
+    if any(n.tie for n in c.gates):
+        return "a max tie"
+    if c.value == 0 or any(c.gradients[v] == 0 for v in names):
+        return "a zero value or gradient"
+    for i, u in enumerate(names):
+        for v in names[i + 1:]:
+            if vals[u] == vals[v]:
+                return f"{u} = {v}"
+            if _symmetric(c.expr, c.node(u).symbol, c.node(v).symbol):
+                continue        # symmetric in u and v: a swap is no mistake
+            swapped = circuit(text, **{**vals, u: vals[v], v: vals[u]})
+            if _answers(swapped) == _answers(c):
+                return f"swapping {u} and {v} changes no answer"
+    return ""
 
 
 def _circuit_question(rng):
-    """One staged-circuit question: integer values in -3..3, no max tie, no zero gradient."""
+    """One staged-circuit question: distinct integer values in -3..3, not degenerate."""
     from ..circuit import circuit
+    from .circuit import typed_latex
     for _ in range(MAX_TRIES):
         text = CIRCUITS[rng.randrange(len(CIRCUITS))]
         names = sorted(set(re.findall(r"[a-z]\w*", text)) - {"max"})
-        values = {n: rng.randint(-3, 3) for n in names}
+        picked = rng.sample([v for v in range(-3, 4) if v != 0], len(names))
+        values = dict(zip(names, picked))
         c = circuit(text, **values)
-        grads = c.gradients
-        if any(n.tie for n in c.gates) or c.value == 0 or any(grads[v] == 0 for v in c.variables):
+        if degenerate(c, text):
             continue
-        at = ", ".join(f"{_var_tex(n)} = {values[n]}" for n in c.variables)
+        grads = c.gradients
+        typed = [n for n in dict.fromkeys(re.findall(r"[a-z]\w*", text)) if n != "max"]   # as typed
+        at = ", ".join(f"{_var_tex(n)} = {values[n]}" for n in typed)
         ans = [f"f = {show(c.value, 0)[0]}"] + [
-            rf"\frac{{\partial f}}{{\partial {_var_tex(v)}}} = {show(grads[v], 0)[0]}" for v in c.variables]
-        return CircuitQuestion(sp.latex(c.expr, symbol_names={v: _var_tex(v.name) for v in c.expr.free_symbols}),
-                               at, [_var_tex(v) for v in c.variables], ", ".join(f"${a}$" for a in ans),
-                               c.latex(0), c.tikz(0))
+            rf"\frac{{\partial f}}{{\partial {_var_tex(v)}}} = {show(grads[v], 0)[0]}" for v in typed]
+        return CircuitQuestion(typed_latex(text), at, [_var_tex(v) for v in typed],
+                               ", ".join(f"${a}$" for a in ans), c.latex(0), c.tikz(0), text, dict(values))
     raise _Redraw()
 
 

@@ -1,22 +1,33 @@
 """Worked examples with numbers: the Derivation's own equations evaluated in exact arithmetic.
 
 Contract:
-- ``worked_example(derivation, params, x, y, decimals=2, lr=None) -> WorkedExample`` evaluates
+- ``worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs231n",
+  finite_differences=False) -> WorkedExample`` evaluates
   every equation of the Derivation (``Equation.rhs`` in index form) for concrete numbers: the
   widths ``n_l`` and the batch size ``B`` are substituted, the sums expanded with ``doit``, and
   the values of earlier equations substituted, all in exact SymPy arithmetic (inputs become
   Rationals, floats through their shortest decimal repr, ``exprparse.number``). Transcendental
-  values (exp, log) stay exact SymPy expressions; numbers are rounded only when displayed
-  (half away from zero, trailing zeros dropped; "=" where the shown number is exact, "\\approx"
-  where it is rounded).
+  values (exp, log) stay exact SymPy expressions in ``.values``.
+- What the steps print is the calculation by hand at ``decimals`` (``evaluate(rounding=...)``):
+  every result and every function value (sigma, exp, log) rounded half up on the exact value
+  and used rounded further on, so that every line can be recomputed from the numbers it shows
+  ("=" where those numbers give the printed value exactly, "\\approx" where it was rounded; a
+  given number that does not fit the decimals is printed exactly, as a fraction if need be).
+  ``.hand`` holds these values; a gradient matrix that differs from the exact one says so and
+  shows the exact values rounded. Where a rounded activation would land on a singularity of the
+  loss (sigma(9) -> 1.00, log(1 - 1.00)), the first precision up to 12 that avoids it is used.
+- A Given block (parameters, input(s), target(s), learning rate; exact) precedes step 1. With
+  ``finite_differences=True`` every parameter gradient has beside it its central-difference
+  estimate (L(theta + h) - L(theta - h)) / (2h), h = 10^-4, from the forward pass in float64.
 - ``.values`` maps names to exact values: per-sample quantities (``z1``, ``a1``, ``ga1``,
   ``delta1``, ``x``, ``y``) are ``sympy.Matrix`` (B, n) with samples as rows, ``gW1`` is
   (n_out, n_in), ``gb1`` a column (n, 1), ``loss`` a scalar; the parameters (``W1``, ``b1``)
   and, with a learning rate, the updated ones (``W1_new``, ``b1_new``) too.
-- ``.latex(document=False)`` and ``.markdown()`` render numbered steps: each equation in index
-  form, then per entry the formula, the formula with the numbers substituted, and the value
-  ("delta = (a - y)/B = (0.73 - 1)/1 = -0.27"); the forward pass also as a table of z and a per
-  layer; gradients and the SGD update W - lr dL/dW as matrices.
+- ``.latex(document=False)`` and ``.markdown()`` render the Given block and numbered steps: each
+  equation in index form, then per entry the formula, the formula with the numbers substituted,
+  and the value ("delta = (a - y)/B = (0.73 - 1)/1 = -0.27"; long sums wrap at + and -); the
+  forward pass also as a table of z and a per layer; gradients and the SGD update W - lr dL/dW
+  as matrices (wide ones one per line).
 - At a kink (ReLU exactly at z = 0) the derivation's own one-sided convention is used (the
   network's relu_at_zero: relu'(0) = 0, Heaviside(0) = 0, as PyTorch and JAX, or 1) and a note
   says so; no error. A layer without bias has no ``b<l>`` in params, values or updates.
@@ -48,6 +59,7 @@ from sympy.printing.str import StrPrinter
 
 from .. import naming
 from ..errors import InputError, SymbpError
+from .sources import latex_cite
 from ..exprparse import number
 
 MAX_DECIMALS = 12
@@ -57,6 +69,10 @@ MAX_WIDTH = 32
 MAX_ENTRY_LINES = 16
 # LaTeX source length above which an entry's substituted form goes on its own line.
 LINE_SPLIT = 110
+# Matrices with this many columns or more go one per line.
+WIDE = 4
+# Visible characters (about 2.3 mm each) of one line of a long sum before it wraps at a + or -.
+WRAP = 52
 
 KIND_TITLES = {    # {a}, {z}, ... are the quantities' symbols in the chosen notation
     "forward_z": "Pre-activation of layer {l}: ${z}$",
@@ -307,15 +323,20 @@ class WorkedPrinter(LatexPrinter):
     printed."""
 
     def __init__(self, values=None, decimals=2, batch=None, batch_single=False, notation="cs231n",
-                 approx=None):
+                 approx=None, exact_inputs=False):
         super().__init__({"mul_symbol": "dot" if values is not None else None})
         self.values, self.decimals, self.batch = values, decimals, batch
         self.approx = approx or {}
         self.batch_single, self.notation = batch_single, notation
+        self.exact_inputs = exact_inputs    # a rational that does not fit the decimals: exactly
         self.inexact = False
 
     def _number(self, v, approx=None):
         text, ok = show(v, self.decimals, approx)
+        if not ok and self.exact_inputs and as_sympy(v).is_Rational:
+            text, ok = _exact_text(v, self.decimals), True
+            if text.startswith("-"):
+                return rf"\left({text}\right)"
         self.inexact |= not ok
         return f"({text})" if text.startswith("-") else text
 
@@ -349,6 +370,73 @@ def _latex_matrix(m, decimals, approx=None):
         rows.append(" & ".join(show(m[i, j], decimals, None if approx is None else approx[i, j])[0]
                                for j in range(m.cols)))
     return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+
+
+def _visible(tex):
+    """Rough count of the characters a LaTeX string prints (commands and braces dropped)."""
+    import re
+    return len(re.sub(r"\\[a-zA-Z]+|[{}^_ ]", "", tex))
+
+
+def _split_frac(tex):
+    """(numerator, denominator) where ``tex`` is one \\frac{..}{..} and nothing else, else None."""
+    if not tex.startswith("\\frac{"):
+        return None
+    groups, i = [], len("\\frac")
+    for _ in range(2):
+        if i >= len(tex) or tex[i] != "{":
+            return None
+        depth, j = 0, i
+        while j < len(tex):
+            depth += {"{": 1, "}": -1}.get(tex[j], 0)
+            if depth == 0:
+                break
+            j += 1
+        groups.append(tex[i + 1:j])
+        i = j + 1
+    return tuple(groups) if i == len(tex) else None
+
+
+def _wrap(tex, width=WRAP):
+    """A long sum broken into lines of about ``width`` visible characters, at a top-level + or
+    - (never inside braces or a \\left ... \\right pair); lines joined for an align cell."""
+    if _visible(tex) <= width:
+        return tex
+    frac = _split_frac(tex)
+    if frac is not None:     # a long sum over a short denominator: 1/B times the sum, broken
+        num, den = frac
+        inner = _wrap(num, width)
+        if inner != num:
+            return rf"\frac{{1}}{{{den}}} \Bigl( {inner} \Bigr)"
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(tex):
+        if tex.startswith("\\left", i):
+            depth += 1
+            i += 5
+            continue
+        if tex.startswith("\\right", i):
+            depth -= 1
+            i += 6
+            continue
+        ch = tex[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif depth == 0 and ch in "+-" and i > 0 and tex[i - 1] == " " and tex[i + 1:i + 2] == " ":
+            parts.append(tex[start:i - 1])
+            start = i
+        i += 1
+    parts.append(tex[start:])
+    lines, cur = [], ""
+    for p in parts:
+        if cur and _visible(cur) + _visible(p) > width:
+            lines.append(cur)
+            cur = p
+        else:
+            cur = f"{cur} {p}" if cur else p
+    lines.append(cur)
+    return " \\\\ &\\quad ".join(lines)
 
 
 # ------------------------------------------------------------------------------------------
@@ -659,6 +747,7 @@ class Line:
     relation: str         # "=" or "\approx" before the substituted form
     value: str            # "= 0.5" or "\approx 0.73"
     split: bool = False   # long: the substituted form and value go on a second line
+    fd: str = ""          # central-difference estimate beside a parameter gradient ("\approx 0.12")
 
 
 @dataclass
@@ -685,6 +774,9 @@ class WorkedExample:
     values: dict = field(default_factory=dict)
     heads: tuple = (("z", "a"), "x")    # the table's column symbols and the input's symbol
     sample_labels: list = field(default_factory=list)
+    hand: dict = field(default_factory=dict)     # the rounded values shown, by name like values
+    given: list = field(default_factory=list)    # rows of LaTeX items of the Given block
+    finite_differences: dict = None              # central differences by gradient name, if asked
 
     @property
     def network(self):
@@ -707,6 +799,8 @@ class WorkedExample:
             "table": self.table,
             "notes": self.notes,
             "lr": show(self.lr, MAX_DECIMALS)[0] if self.lr is not None else None,
+            "given": self.given,
+            "fd": self.finite_differences is not None,
         }
 
     def latex(self, document=False):
@@ -740,13 +834,146 @@ def _title(eq, net, notation):
         W1=symbol("W", l + 1, notation) if nxt else "", **sym)
 
 
-def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs231n"):
+FD_STEP = sp.Rational(1, 10 ** 4)      # h of the central differences a handout shows
+
+
+def _hand_evaluation(derivation, P, X, Y, decimals):
+    """(evaluation, precision): the derivation evaluated as by hand (``rounding``), at
+    ``decimals`` or, where a rounded value lands on a singularity (sigma(9) rounds to 1.00 and
+    log(1 - 1.00) is undefined), at the first precision up to MAX_DECIMALS that has none."""
+    for work in range(decimals, MAX_DECIMALS + 1):
+        try:
+            return evaluate(derivation, P, X, Y, rounding=work), work
+        except InputError:
+            continue
+    raise InputError(f"worked example: no hand calculation up to {MAX_DECIMALS} decimals avoids "
+                     "a log or reciprocal of zero")
+
+
+def _exact_text(v, decimals):
+    """A given number exactly: at ``decimals`` where that is exact, else its terminating
+    decimal expansion (up to MAX_DECIMALS), else a fraction."""
+    for d in (decimals, MAX_DECIMALS):
+        text, ok = show(v, d)
+        if ok:
+            return text
+    v = as_sympy(v)
+    sign = "-" if v < 0 else ""
+    return rf"{sign}\tfrac{{{abs(v.p)}}}{{{v.q}}}"
+
+
+def _exact_matrix(m, decimals):
+    rows = [" & ".join(_exact_text(m[i, j], decimals) for j in range(m.cols)) for i in range(m.rows)]
+    return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+
+
+def _forward_loss(derivation, B):
+    """A float64 function of {Indexed: float} (inputs and parameters) giving the loss, from the
+    Derivation's own forward and loss equations (for the central differences)."""
+    steps = []
+    for pe in plan(derivation, B):
+        if pe.equation.kind not in ("forward_z", "forward_a", "loss"):
+            continue
+        for ent in pe.entries:
+            atoms = sorted(ent.expr.atoms(sp.Indexed), key=sp.default_sort_key)
+            dums = [sp.Dummy(f"v{i}") for i in range(len(atoms))]
+            expr = ent.expr.xreplace(dict(zip(atoms, dums))).xreplace({naming.BATCH: sp.Integer(B)})
+            steps.append((ent.lhs, atoms, sp.lambdify(dums, expr, modules=["math"])))
+
+    def loss(env):
+        env = dict(env)
+        for lhs, atoms, fn in steps:
+            env[lhs] = float(fn(*[env[a] for a in atoms]))
+        return env[steps[-1][0]]
+    return loss
+
+
+def central_differences(derivation, P, X, Y, h=FD_STEP):
+    """{"gW1": Matrix, "gb1": Matrix column, ...}: (L(theta + h) - L(theta - h)) / (2 h) for every
+    parameter entry, the loss computed in float64 from the forward pass (the course slides'
+    gradient check); ``h`` is exact, used as a float."""
+    net = derivation.network
+    B = X.rows
+    loss = _forward_loss(derivation, B)
+    env = {}
+    a0, yb = naming.quantity("a", 0), naming.quantity("y")
+    for s_ in range(B):
+        for k in range(X.cols):
+            env[a0[s_, k]] = float(X[s_, k])
+        for k in range(Y.cols):
+            env[yb[s_, k]] = float(Y[s_, k])
+    cells = {}
+    for l in range(1, net.depth + 1):
+        Wm, bm = P[naming.param_key("W", l)], P.get(naming.param_key("b", l))   # no b: no bias
+        W, b = naming.quantity("W", l), naming.quantity("b", l)
+        for j in range(Wm.rows):
+            if bm is not None:
+                env[b[j]] = float(bm[j])
+                cells[(f"gb{l}", j, 0)] = b[j]
+            for k in range(Wm.cols):
+                env[W[j, k]] = float(Wm[j, k])
+                cells[(f"gW{l}", j, k)] = W[j, k]
+    hf = float(h)
+    out = {}
+    for (name, i, j), key in cells.items():
+        up, down = dict(env), dict(env)
+        up[key] += hf
+        down[key] -= hf
+        out[(name, i, j)] = (loss(up) - loss(down)) / (2 * hf)
+    result = {}
+    for l in range(1, net.depth + 1):
+        Wm = P[naming.param_key("W", l)]
+        result[f"gW{l}"] = sp.Matrix(Wm.rows, Wm.cols, lambda i, j: sp.Float(out[(f"gW{l}", i, j)], 17))
+        if naming.param_key("b", l) in P:
+            result[f"gb{l}"] = sp.Matrix(Wm.rows, 1, lambda i, j: sp.Float(out[(f"gb{l}", i, 0)], 17))
+    return result
+
+
+def _given(net, P, X, Y, eta, decimals, notation, single):
+    """Rows of LaTeX items of the Given block: a row per layer (its weights and biases), then
+    the input(s), the target(s) and eta."""
+    rows = []
+    for l in range(1, net.depth + 1):
+        row = []
+        for kind in ("W", "b"):
+            m = P.get(naming.param_key(kind, l))
+            if m is None:       # a layer without bias
+                continue
+            if transposed(kind, notation):
+                m = m.T
+            row.append(f"{symbol(kind, l, notation)} = {_exact_matrix(m, decimals)}")
+        rows.append(row)
+    items = []
+    rows.append(items)
+    xs = symbol("a", 0, notation)
+    if single:
+        items.append(f"{xs} = {_exact_matrix(X.T, decimals)}")
+        items.append(f"y = {_exact_matrix(Y.T, decimals)}")
+    else:
+        items.append(f"X = {_exact_matrix(X, decimals)}")
+        items.append(f"Y = {_exact_matrix(Y, decimals)}")
+    if eta is not None:
+        items.append(rf"\eta = {_exact_text(eta, decimals)}")
+    return rows
+
+
+def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs231n",
+                   finite_differences=False):
     """The worked example of ``derivation`` at ``params``, input(s) ``x``, target(s) ``y``.
 
     params: {"W1": [[...]], "b1": [...], ...} of numbers (or numpy arrays); x: one sample
     ([x1, x2]) or a batch ([[...], [...]]); y likewise (a scalar for one output unit);
-    decimals: 0..12, digits shown; lr: learning rate of the one SGD step shown (None: no step);
-    notation: one of ``render.notation.NOTATIONS`` (symbols, index order and counting).
+    decimals: 0..12, the precision of the hand calculation shown; lr: learning rate of the one
+    SGD step shown (None: no step); notation: one of ``render.notation.NOTATIONS`` (symbols,
+    index order and counting); finite_differences: show beside each parameter gradient its
+    central-difference estimate (L(theta + h) - L(theta - h)) / (2h), h = FD_STEP, from the
+    forward pass in float64.
+
+    The steps show the calculation by hand: every result rounded to the working precision
+    (half up, on the exact value) and used rounded in the next step, every function value
+    (sigma, exp, log) rounded likewise, so that each line can be recomputed from the numbers
+    it shows; "=" where the shown numbers give the shown value exactly, "\approx" where it was
+    rounded. ``.values`` holds the exact values, ``.hand`` the rounded ones shown.
     """
     check_decimals(decimals)
     nt = _notation(notation)
@@ -759,8 +986,14 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
     if eta is not None and eta <= 0:
         raise InputError(f"lr: expected a positive learning rate, got {lr!r}")
     ev = evaluate(derivation, P, X, Y)
+    hand, work = _hand_evaluation(derivation, P, X, Y, decimals)
     B = X.rows
     single = B == 1
+    fd = central_differences(derivation, P, X, Y) if finite_differences else None
+    h_tex = r"10^{-4}"
+
+    def matrix_of(name, shape, source):
+        return _matrix(source.results[name], shape)
 
     steps, number_ = [], 0
     for pe in plan(derivation, B):
@@ -771,37 +1004,58 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
         formula = f"{lhs_general} = {sym_p.doprint(eq.rhs)}"
         lines = []
         shown = pe.entries if len(pe.entries) <= MAX_ENTRY_LINES else ()
+        kind = {"grad_W": "gW", "grad_b": "gb"}.get(eq.kind)
         for ent in shown:
             sp_ = WorkedPrinter(batch_single=single, notation=notation)
-            num_p = WorkedPrinter(values=ev.env, decimals=decimals, batch=B, batch_single=single,
-                                  approx=ev.approx, notation=notation)
-            value = ev.results[eq.name][ent.index]
-            vtext, vexact = show(value, decimals, ev.approx_results[eq.name][ent.index])
+            num_p = WorkedPrinter(values=hand.env, decimals=work, batch=B, batch_single=single,
+                                  notation=notation, exact_inputs=True)
+            value = hand.results[eq.name][ent.index]
+            vtext = show(value, work)[0]
+            # "=" only where the numbers shown give exactly the value shown
+            vexact = _equal(ent.expr.xreplace(hand.env), value)
             symbolic = sp_.doprint(ent.expr)
             substituted = num_p.doprint(ent.expr)
             if isinstance(ent.expr, sp.Indexed) or ent.expr.is_number:
                 substituted = ""    # a copy of one number: the value line says it
-            lines.append(Line(_lhs_text(ent.lhs, single, notation), symbolic, substituted,
+            fd_text = ""
+            if fd is not None and kind is not None:
+                i, j = (ent.index + (0,))[:2]
+                fd_text = r"\approx " + show(fd[eq.name][i, j], work)[0]
+            # the central-difference column takes about 20 characters of the line
+            split = len(symbolic) + len(substituted) > LINE_SPLIT or \
+                _visible(symbolic) + _visible(substituted) + (20 if fd_text else 0) > WRAP
+            lines.append(Line(_lhs_text(ent.lhs, single, notation), _wrap(symbolic), _wrap(substituted),
                               ("=" if not num_p.inexact else r"\approx"),
-                              ("=" if vexact else r"\approx") + " " + vtext,
-                              len(symbolic) + len(substituted) > LINE_SPLIT))
+                              ("=" if vexact else r"\approx") + " " + vtext, split, fd_text))
         matrix = ""
-        if eq.kind in ("grad_W", "grad_b"):
-            kind = "gW" if eq.kind == "grad_W" else "gb"
-            m, ma = _matrix(ev.results[eq.name], pe.shape), _matrix(ev.approx_results[eq.name], pe.shape)
+        if kind is not None:
+            m = matrix_of(eq.name, pe.shape, hand)
+            exact_m = matrix_of(eq.name, pe.shape, ev)
+            fdm = fd[eq.name] if fd is not None else None
             if transposed(kind, notation):
-                m, ma = m.T, ma.T
-            matrix = f"{symbol(kind, eq.layer, notation)} = " + _latex_matrix(m, decimals, ma)
+                m, exact_m = m.T, exact_m.T
+                fdm = fdm.T if fdm is not None else None
+            rel = "=" if m == exact_m else r"\approx"
+            # wide matrices one per line (the lines of a gather)
+            sep = r" \\ " if m.cols >= WIDE else r"\quad "
+            matrix = f"{symbol(kind, eq.layer, notation)} {rel} " + _latex_matrix(m, work)
+            ma = exact_m.applyfunc(lambda v: sp.N(v, APPROX_DIGITS))
+            if _latex_matrix(exact_m, work, ma) != _latex_matrix(m, work):
+                matrix += sep + r"\text{(exact value rounded: }" + _latex_matrix(exact_m, work, ma) + r"\text{)}"
+            if fdm is not None and not shown:
+                matrix += (sep + rf"\text{{central differences, }} h = {h_tex}\text{{: }} "
+                           + _latex_matrix(fdm, work))
         steps.append(Step(number_, PHASES[eq.kind], eq.name, _title(eq, net, notation), formula, lines, matrix,
                           len(pe.entries) - len(shown)))
 
     values = {"x": X, "y": Y}
+    handv = {"x": X, "y": Y}
     for k, m in P.items():
         values[k] = m
-    approx = {k: m.applyfunc(lambda v: sp.Float(v, APPROX_DIGITS)) for k, m in values.items()}
+        handv[k] = m
     for pe in plan(derivation, B):
         values[pe.equation.name] = _matrix(ev.results[pe.equation.name], pe.shape)
-        approx[pe.equation.name] = _matrix(ev.approx_results[pe.equation.name], pe.shape)
+        handv[pe.equation.name] = _matrix(hand.results[pe.equation.name], pe.shape)
 
     if eta is not None:
         for l in range(1, net.depth + 1):
@@ -809,22 +1063,24 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
                 key = naming.param_key(kind, l)
                 if key not in P:      # a layer without bias
                     continue
-                g = values[naming.grad_kind(kind) + str(l)]
-                new = P[key] - eta * g
-                values[f"{key}_new"] = new
-                ga = approx[naming.grad_kind(kind) + str(l)]
-                na = approx[key] - eta * ga
+                gname_ = naming.grad_kind(kind) + str(l)
+                values[f"{key}_new"] = P[key] - eta * values[gname_]
+                raw = P[key] - eta * handv[gname_]
+                new = raw.applyfunc(lambda v: rounded(v, work))
+                handv[f"{key}_new"] = new
                 number_ += 1
                 sym, gname = symbol(kind, l, notation), symbol("g" + kind, l, notation)
-                old, g_, new_ = P[key], g, new
+                old, g_, new_ = P[key], handv[gname_], new
                 if transposed(kind, notation):
-                    old, g_, new_, ga, na = old.T, g_.T, new_.T, ga.T, na.T
+                    old, g_, new_ = old.T, g_.T, new_.T
                 if transposed(kind, notation) != transposed("g" + kind, notation):
                     gname = rf"\left({gname}\right)^{{T}}"      # the book chapter's row gradients
-                eta_t = show(eta, MAX_DECIMALS)[0]
+                eta_t = _exact_text(eta, work)
+                rel = "=" if new == raw else r"\approx"
                 formula = rf"{sym} \leftarrow {sym} - \eta\, {gname}, \quad \eta = {eta_t}"
-                matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_latex_matrix(old, decimals)} - {eta_t} "
-                          f"{_latex_matrix(g_, decimals, ga)} = {_latex_matrix(new_, decimals, na)}")
+                sep = r" \\ " if old.cols >= WIDE else " "
+                matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_exact_matrix(old, work)}{sep}- {eta_t} "
+                          f"{_latex_matrix(g_, work)}{sep}{rel} {_latex_matrix(new_, work)}")
                 steps.append(Step(number_, "update", f"{key}_new",
                                   f"SGD update of ${sym}$", formula, [], matrix))
 
@@ -833,9 +1089,8 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
         for j in range(net.sizes[l]):
             cells = []
             for s in range(B):
-                z = show(values[f"z{l}"][s, j], decimals, approx[f"z{l}"][s, j])[0] if l > 0 else ""
-                a = show(X[s, j] if l == 0 else values[f"a{l}"][s, j], decimals,
-                         None if l == 0 else approx[f"a{l}"][s, j])[0]
+                z = show(handv[f"z{l}"][s, j], work)[0] if l > 0 else ""
+                a = _exact_text(X[s, j], work) if l == 0 else show(handv[f"a{l}"][s, j], work)[0]
                 cells.append((z, a))
             table.append((l, nt.index(j), cells))
 
@@ -844,22 +1099,36 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
         notes.append(f"Notation: {nt.title}. {nt.note}")
     if single and nt.main != "batch":
         notes.append("One sample ($B = 1$): the sample index $s$ is dropped from the entries below.")
-    notes.append(f"Computed in exact arithmetic; numbers are shown rounded to {decimals} decimals "
-                 r"($\approx$ marks a rounded value).")
+    why = "" if work == decimals else (f" ({decimals} decimals would round an activation onto a "
+                                       "singularity of the loss)")
+    notes.append(f"Worked by hand at {work} decimals{why}: every result, and every value of a "
+                 f"function such as $\\sigma$, $\\exp$ or $\\log$, is rounded to {work} decimals "
+                 f"(half up) and used rounded in the next step, so each line can be recomputed from "
+                 r"the numbers it shows. ``$=$'' means the numbers shown give exactly the value "
+                 r"shown, ``$\approx$'' that it was rounded.")
+    if fd is not None:
+        notes.append(r"Beside each parameter gradient: its central-difference estimate "
+                     rf"$\bigl(L(\theta + h) - L(\theta - h)\bigr) / (2h)$ with $h = {h_tex}$, the loss "
+                     "computed from the forward pass in double precision (the gradient check of "
+                     + latex_cite("it5005", "checking gradients with central differences") + ").")
     for k in ev.kinks:
         where = "$" + entry_name(naming.quantity("z", k.layer), (sp.Integer(k.sample), sp.Integer(k.unit)),
-                                 True, notation) + f" = {show(k.z, decimals)[0]}$"
+                                 True, notation) + f" = {show(k.z, work)[0]}$"
         where += "" if single else f" (sample {nt.index(k.sample)})"
         side = {"left": "the derivative from the left, as PyTorch and JAX use",
                 "right": "the derivative from the right, relu_at_zero = 1",
                 "neither": "neither one-sided derivative"}[k.side]
         f = net.layers[k.layer - 1].activation.latex
-        zt = show(k.z, decimals)[0]
+        zt = show(k.z, work)[0]
         notes.append(f"Kink: {where} is where ${f}$ is not differentiable; the derivation "
-                     f"uses ${f}'({zt}) = {show(k.used, decimals)[0]}$ ({side}).")
+                     f"uses ${f}'({zt}) = {show(k.used, work)[0]}$ ({side}).")
     heads = (nt.scalars, symbol("a", 0, notation))
-    return WorkedExample(derivation, decimals, B, eta, steps, table, notes, values, heads,
-                         [nt.index(s_) for s_ in range(B)])
+    w = WorkedExample(derivation, work, B, eta, steps, table, notes, values, heads,
+                      [nt.index(s_) for s_ in range(B)])
+    w.hand = handv
+    w.given = _given(net, P, X, Y, eta, work, notation, single)
+    w.finite_differences = fd
+    return w
 
 
 def _lhs_text(lhs, single, notation):
@@ -954,7 +1223,8 @@ def cmd_worked(args):
         lr = lr[0]
     exact_params(net, params, where=str(args.params))   # errors name the file
     d = derive(net)
-    w = worked_example(d, params, x, y, decimals=args.decimals, lr=lr, notation=args.notation)
+    w = worked_example(d, params, x, y, decimals=args.decimals, lr=lr, notation=args.notation,
+                       finite_differences=args.finite_differences)
     # everything rendered before anything is written
     outputs = []
     if args.latex:
@@ -988,6 +1258,8 @@ def add_command(subparsers):
     p.add_argument("--decimals", type=int, default=2, help="digits shown (0..12), default 2")
     p.add_argument("--lr", default=None, help="learning rate of the SGD step shown")
     p.add_argument("--notation", default="cs231n", help="cs231n | udl | transposed | rowvector | batch")
+    p.add_argument("--finite-differences", action="store_true",
+                   help="show each parameter gradient's central-difference estimate beside it")
     p.add_argument("--latex", metavar="FILE", help="write a LaTeX document")
     p.add_argument("--markdown", metavar="FILE", help="write Markdown")
     p.add_argument("--pdf", action="store_true", help="also compile the LaTeX to PDF (needs --latex)")
