@@ -24,6 +24,8 @@ import math
 import numba
 import numpy as np
 
+# Every function is compiled with error_model="numpy": a division by zero (a derivative that is
+# undefined at a point, abs(z)**0.5 at z = 0) gives inf/NaN as in NumPy instead of raising.
 NETWORK = "abs"
 SPEC_DIGEST = "1ad7db91846b60d5166a3f6fff53d9d1670f3855319e38dddb064eedb8e5701f"
 SYMBP_VERSION = "0.1.0"
@@ -46,7 +48,7 @@ STRATEGIES = ['loops', 'loops']
 
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     """Forward pass; fills Z{l}, A{l} and returns A2."""
     B = X.shape[0]
@@ -73,7 +75,7 @@ def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     return A2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2):
     """Loss (mse, mean over the batch) and its gradients, written into g*."""
     forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2)
@@ -111,14 +113,14 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
     for s in range(B):
         for j in range(8):
             # delta1 = ga1*Heaviside(a1, 0)
-            D1[s, j] = (np.float32(1.0) if A1[s, j] > 0 else np.float32(0.0))*G1[s, j]
+            D1[s, j] = (G1[s, j] if A1[s, j] > 0 else np.float32(0.0))
             gb1[j] += D1[s, j]   # gb1 = sum_s delta1
             for q in range(1):   # gW1 = sum_s delta1 a0^T
                 gW1[j, q] += X[s, q]*D1[s, j]
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad_packed(X, Y, theta, gtheta, work):
     """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
     back in PARAMS order, work every buffer; the views are taken here, so a step passes five
@@ -142,7 +144,7 @@ def loss_and_grad_packed(X, Y, theta, gtheta, work):
     return loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, G0):
     """As loss_and_grad, and dL/dX into G0: ga0 = W1^T delta1."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
@@ -157,7 +159,7 @@ def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, g
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd_step(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, lr):
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)

@@ -46,7 +46,7 @@ GRADS = ("g_W", "g_b_enc", "g_b_dec", )
 INPUT_GRADS = {}
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def forward(v_x, p_W, p_b_enc, p_b_dec, v_enc, v_code, v_dec):
     """Forward pass in topological order; fills the node values and returns v_dec."""
     B = v_x.shape[0]
@@ -68,7 +68,7 @@ def forward(v_x, p_W, p_b_enc, p_b_dec, v_enc, v_code, v_dec):
     return v_dec
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad(v_x, v_x_target, p_W, p_b_enc, p_b_dec, v_enc, v_code, v_dec, g_dec, g_code, g_enc, g_W__dec, g_W__enc, g_W, g_b_enc, g_b_dec):
     """Loss (mse, mean over the batch) and its gradients, in reverse topological order."""
     forward(v_x, p_W, p_b_enc, p_b_dec, v_enc, v_code, v_dec)
@@ -115,7 +115,7 @@ def loss_and_grad(v_x, v_x_target, p_W, p_b_enc, p_b_dec, v_enc, v_code, v_dec, 
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd_step(v_x, v_x_target, p_W, p_b_enc, p_b_dec, v_enc, v_code, v_dec, g_dec, g_code, g_enc, g_W__dec, g_W__enc, g_W, g_b_enc, g_b_dec, lr):
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(v_x, v_x_target, p_W, p_b_enc, p_b_dec, v_enc, v_code, v_dec, g_dec, g_code, g_enc, g_W__dec, g_W__enc, g_W, g_b_enc, g_b_dec)

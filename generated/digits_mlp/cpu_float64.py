@@ -24,6 +24,8 @@ import math
 import numba
 import numpy as np
 
+# Every function is compiled with error_model="numpy": a division by zero (a derivative that is
+# undefined at a point, abs(z)**0.5 at z = 0) gives inf/NaN as in NumPy instead of raising.
 NETWORK = "digits_mlp"
 SPEC_DIGEST = "78a781cfbb1b161cb75140549c8231dc5343740fd87e81ba75ce338bc7420b23"
 SYMBP_VERSION = "0.1.0"
@@ -46,14 +48,14 @@ STRATEGIES = ['blas', 'blas']
 
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _vector_a1(Z1, A1):
     """a1 = tanh(z1) over the whole layer, by NumPy's vectorized ufuncs."""
     with numba.objmode():
         A1[...] = np.tanh(Z1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     """Forward pass; fills Z{l}, A{l} and returns A2."""
     B = X.shape[0]
@@ -90,7 +92,7 @@ def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     return A2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2):
     """Loss (ce, mean over the batch) and its gradients, written into g*."""
     forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2)
@@ -133,7 +135,7 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad_packed(X, Y, theta, gtheta, work):
     """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
     back in PARAMS order, work every buffer; the views are taken here, so a step passes five
@@ -157,7 +159,7 @@ def loss_and_grad_packed(X, Y, theta, gtheta, work):
     return loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, G0):
     """As loss_and_grad, and dL/dX into G0: ga0 = W1^T delta1."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
@@ -165,7 +167,7 @@ def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, g
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd_step(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, lr):
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)

@@ -23,7 +23,7 @@ Derived equations (per sample, column vectors):
     g_prod = W_out^T g_out   [backprop]
     g_s = g_prod*y   [backprop]
     g_y__prod = g_prod*s   [backprop]
-    g_y__s = g_s*(s + exp(y))/(exp(y) + 1)   [backprop]
+    g_y__s = g_s*(-1 + 1/(exp(y) + 1))*(-y/(exp(y) + 1) - 1)   [backprop]
     g_y = g_y__prod + g_y__s   [branch_sum]
     g_h = g_y/(1 + exp(-g))   [backprop]
     g_g = g_y*h*exp(g)/(exp(g) + 1)**2   [backprop]
@@ -60,7 +60,7 @@ GRADS = ("g_W_h", "g_b_h", "g_W_g", "g_b_g", "g_W_out", "g_b_out", )
 INPUT_GRADS = {'x': 'g_x'}
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _sigmoid(x):
     # 1/(1+exp(-x)) without overflow: exp of a non-positive number only.
     if x >= np.float32(0.0):
@@ -69,7 +69,7 @@ def _sigmoid(x):
     return e / (np.float32(1.0) + e)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def forward(v_x, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v_h, v_g, v_y, v_s, v_prod, v_out, v_probs):
     """Forward pass in topological order; fills the node values and returns v_probs."""
     B = v_x.shape[0]
@@ -112,7 +112,7 @@ def forward(v_x, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v_h, v_g, v_y, v_
     return v_probs
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad(v_x, v_onehot, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v_h, v_g, v_y, v_s, v_prod, v_out, v_probs, g_out, g_prod, g_s, g_y__prod, g_y__s, g_y, g_h, g_g, g_x__g, g_x__h, g_x, g_W_h, g_b_h, g_W_g, g_b_g, g_W_out, g_b_out):
     """Loss (ce, mean over the batch) and its gradients, in reverse topological order."""
     forward(v_x, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v_h, v_g, v_y, v_s, v_prod, v_out, v_probs)
@@ -154,8 +154,8 @@ def loss_and_grad(v_x, v_onehot, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v
             # g_y__prod = g_prod*s   [backprop from prod]
             g_y__prod[s, j] = g_prod[s, j]*v_s[s, j]
         for j in range(2):
-            # g_y__s = g_s*(s + exp(y))/(exp(y) + 1)   [backprop from s]
-            g_y__s[s, j] = _sigmoid(-v_y[s, j])*g_s[s, j]*v_s[s, j] + _sigmoid(v_y[s, j])*g_s[s, j]
+            # g_y__s = g_s*(-1 + 1/(exp(y) + 1))*(-y/(exp(y) + 1) - 1)   [backprop from s]
+            g_y__s[s, j] = (-_sigmoid(-v_y[s, j])*v_y[s, j] + np.float32(-1.0))*(_sigmoid(-v_y[s, j]) + np.float32(-1.0))*g_s[s, j]
         for j in range(2):
             # g_y = g_y__prod + g_y__s   [branch_sum: branch: y feeds 2 nodes, their gradients add (eq. 14.46)]
             g_y[s, j] = g_y__prod[s, j] + g_y__s[s, j]
@@ -164,7 +164,7 @@ def loss_and_grad(v_x, v_onehot, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v
             g_h[s, j] = _sigmoid(v_g[s, j])*g_y[s, j]
         for j in range(2):
             # g_g = g_y*h*exp(g)/(exp(g) + 1)**2   [backprop from y]
-            g_g[s, j] = (np.float32(1.0) - _sigmoid(v_g[s, j]))*_sigmoid(v_g[s, j])*g_y[s, j]*v_h[s, j]
+            g_g[s, j] = _sigmoid(-v_g[s, j])*_sigmoid(v_g[s, j])*g_y[s, j]*v_h[s, j]
     # g_W_g = sum_s g_g x^T   [grad_W from g]
     np.dot(g_g.T, v_x, g_W_g)
     # g_b_g = sum_s g_g   [grad_b from g]
@@ -192,7 +192,7 @@ def loss_and_grad(v_x, v_onehot, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd_step(v_x, v_onehot, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v_h, v_g, v_y, v_s, v_prod, v_out, v_probs, g_out, g_prod, g_s, g_y__prod, g_y__s, g_y, g_h, g_g, g_x__g, g_x__h, g_x, g_W_h, g_b_h, g_W_g, g_b_g, g_W_out, g_b_out, lr):
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(v_x, v_onehot, p_W_h, p_b_h, p_W_g, p_b_g, p_W_out, p_b_out, v_h, v_g, v_y, v_s, v_prod, v_out, v_probs, g_out, g_prod, g_s, g_y__prod, g_y__s, g_y, g_h, g_g, g_x__g, g_x__h, g_x, g_W_h, g_b_h, g_W_g, g_b_g, g_W_out, g_b_out)

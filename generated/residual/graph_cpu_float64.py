@@ -59,7 +59,7 @@ GRADS = ("g_W_in", "g_b_in", "g_W_f1", "g_b_f1", "g_W_f2", "g_b_f2", "g_W_out", 
 INPUT_GRADS = {}
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def forward(v_x, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2, p_W_out, p_b_out, v_h, v_a, v_f1, v_f1a, v_f2, v_r, v_out):
     """Forward pass in topological order; fills the node values and returns v_out."""
     B = v_x.shape[0]
@@ -99,7 +99,7 @@ def forward(v_x, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2, p_W_out, p_b_ou
     return v_out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad(v_x, v_target, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2, p_W_out, p_b_out, v_h, v_a, v_f1, v_f1a, v_f2, v_r, v_out, g_out, g_r, g_a__r, g_f2, g_f1a, g_f1, g_a__f1, g_a, g_h, g_W_in, g_b_in, g_W_f1, g_b_f1, g_W_f2, g_b_f2, g_W_out, g_b_out):
     """Loss (mse, mean over the batch) and its gradients, in reverse topological order."""
     forward(v_x, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2, p_W_out, p_b_out, v_h, v_a, v_f1, v_f1a, v_f2, v_r, v_out)
@@ -176,7 +176,7 @@ def loss_and_grad(v_x, v_target, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2,
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd_step(v_x, v_target, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2, p_W_out, p_b_out, v_h, v_a, v_f1, v_f1a, v_f2, v_r, v_out, g_out, g_r, g_a__r, g_f2, g_f1a, g_f1, g_a__f1, g_a, g_h, g_W_in, g_b_in, g_W_f1, g_b_f1, g_W_f2, g_b_f2, g_W_out, g_b_out, lr):
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(v_x, v_target, p_W_in, p_b_in, p_W_f1, p_b_f1, p_W_f2, p_b_f2, p_W_out, p_b_out, v_h, v_a, v_f1, v_f1a, v_f2, v_r, v_out, g_out, g_r, g_a__r, g_f2, g_f1a, g_f1, g_a__f1, g_a, g_h, g_W_in, g_b_in, g_W_f1, g_b_f1, g_W_f2, g_b_f2, g_W_out, g_b_out)

@@ -30,6 +30,8 @@ import math
 import numba
 import numpy as np
 
+# Every function is compiled with error_model="numpy": a division by zero (a derivative that is
+# undefined at a point, abs(z)**0.5 at z = 0) gives inf/NaN as in NumPy instead of raising.
 NETWORK = "square"
 SPEC_DIGEST = "8f12875b166128432bc80e2a9f8a11064e8f7a54b9e35c7f585606f8e281555e"
 SYMBP_VERSION = "0.1.0"
@@ -52,7 +54,7 @@ STRATEGIES = ['loops', 'loops', 'loops']
 
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def forward(X, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3):
     """Forward pass; fills Z{l}, A{l} and returns A3."""
     B = X.shape[0]
@@ -89,7 +91,7 @@ def forward(X, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3):
     return A3
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3):
     """Loss (mse, mean over the batch) and its gradients, written into g*."""
     forward(X, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3)
@@ -127,7 +129,7 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, 
     for s in range(B):
         for j in range(8):
             # delta2 = ga2*Heaviside(a2, 0)
-            D2[s, j] = (1.0 if A2[s, j] > 0 else 0.0)*G2[s, j]
+            D2[s, j] = (G2[s, j] if A2[s, j] > 0 else 0.0)
             gb2[j] += D2[s, j]   # gb2 = sum_s delta2
             for q in range(8):   # gW2 = sum_s delta2 a1^T
                 gW2[j, q] += A1[s, q]*D2[s, j]
@@ -145,14 +147,14 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, 
     for s in range(B):
         for j in range(8):
             # delta1 = ga1*Heaviside(a1, 0)
-            D1[s, j] = (1.0 if A1[s, j] > 0 else 0.0)*G1[s, j]
+            D1[s, j] = (G1[s, j] if A1[s, j] > 0 else 0.0)
             gb1[j] += D1[s, j]   # gb1 = sum_s delta1
             for q in range(1):   # gW1 = sum_s delta1 a0^T
                 gW1[j, q] += X[s, q]*D1[s, j]
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad_packed(X, Y, theta, gtheta, work):
     """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
     back in PARAMS order, work every buffer; the views are taken here, so a step passes five
@@ -184,7 +186,7 @@ def loss_and_grad_packed(X, Y, theta, gtheta, work):
     return loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_input_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3, G0):
     """As loss_and_grad, and dL/dX into G0: ga0 = W1^T delta1."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3)
@@ -199,7 +201,7 @@ def loss_and_input_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd_step(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3, lr):
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, W3, b3, Z1, A1, Z2, A2, Z3, A3, G1, G2, D1, D2, D3, gW1, gb1, gW2, gb2, gW3, gb3)

@@ -12,7 +12,7 @@ Derived equations (per sample, column vectors; g = dL/da, delta = dL/dz):
     ga2 = 2*a2 - 2*y
     delta2 = 2*a2 - 2*y
     ga1 = W2^T delta2
-    delta1 = ga1*(a1 + exp(z1))/(exp(z1) + 1)
+    delta1 = ga1*(-1 + 1/(exp(z1) + 1))*(-z1/(exp(z1) + 1) - 1)
     ga0 = W1^T delta1
     gW1 = sum_s delta1 a0^T
     gb1 = sum_s delta1
@@ -25,6 +25,8 @@ import numba
 import numpy as np
 import scipy.special
 
+# Every function is compiled with error_model="numpy": a division by zero (a derivative that is
+# undefined at a point, abs(z)**0.5 at z = 0) gives inf/NaN as in NumPy instead of raising.
 NETWORK = "swish"
 SPEC_DIGEST = "f91ee7b3d9cddda128568d2bb680822ab4e015659326512835cd4b539fac171d"
 SYMBP_VERSION = "0.1.0"
@@ -46,7 +48,7 @@ VECTOR_MIN = 1024
 STRATEGIES = ['loops', 'loops']
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _sigmoid(x):
     # 1/(1+exp(-x)) without overflow: exp of a non-positive number only.
     if x >= np.float32(0.0):
@@ -56,14 +58,14 @@ def _sigmoid(x):
 
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _vector_a1(Z1, A1):
     """a1 = z1/(1 + exp(-z1)) over the whole layer, by NumPy's vectorized ufuncs."""
     with numba.objmode():
         A1[...] = scipy.special.expit(Z1)*Z1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     """Forward pass; fills Z{l}, A{l} and returns A2."""
     B = X.shape[0]
@@ -100,7 +102,7 @@ def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     return A2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2):
     """Loss (sse, sum over the batch) and its gradients, written into g*."""
     forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2)
@@ -137,15 +139,15 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
     gW1[:, :] = np.float32(0.0)
     for s in range(B):
         for j in range(4):
-            # delta1 = ga1*(a1 + exp(z1))/(exp(z1) + 1)
-            D1[s, j] = _sigmoid(-Z1[s, j])*A1[s, j]*G1[s, j] + _sigmoid(Z1[s, j])*G1[s, j]
+            # delta1 = ga1*(-1 + 1/(exp(z1) + 1))*(-z1/(exp(z1) + 1) - 1)
+            D1[s, j] = (-_sigmoid(-Z1[s, j])*Z1[s, j] + np.float32(-1.0))*(_sigmoid(-Z1[s, j]) + np.float32(-1.0))*G1[s, j]
             gb1[j] += D1[s, j]   # gb1 = sum_s delta1
             for q in range(3):   # gW1 = sum_s delta1 a0^T
                 gW1[j, q] += X[s, q]*D1[s, j]
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad_packed(X, Y, theta, gtheta, work):
     """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
     back in PARAMS order, work every buffer; the views are taken here, so a step passes five
@@ -169,7 +171,7 @@ def loss_and_grad_packed(X, Y, theta, gtheta, work):
     return loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, G0):
     """As loss_and_grad, and dL/dX into G0: ga0 = W1^T delta1."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
@@ -184,7 +186,7 @@ def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, g
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd_step(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, lr):
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)

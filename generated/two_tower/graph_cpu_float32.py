@@ -61,7 +61,7 @@ GRADS = ("g_W_u", "g_b_u", "g_W_v", "g_b_v", "g_W_mix", "g_b_mix", "g_W_out", "g
 INPUT_GRADS = {}
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _sigmoid(x):
     # 1/(1+exp(-x)) without overflow: exp of a non-positive number only.
     if x >= np.float32(0.0):
@@ -70,13 +70,13 @@ def _sigmoid(x):
     return e / (np.float32(1.0) + e)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _softplus(x):
     # log(1+exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for any finite x.
     return max(x, np.float32(0.0)) + math.log1p(math.exp(-abs(x)))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def forward(v_u, v_v, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mix, p_W_out, p_b_out, v_tu, v_hu, v_tv, v_hv, v_merged, v_mix, v_mixa, v_logit, v_p):
     """Forward pass in topological order; fills the node values and returns v_p."""
     B = v_u.shape[0]
@@ -124,7 +124,7 @@ def forward(v_u, v_v, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mix, p_W_out, p_b
     return v_p
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad(v_u, v_v, v_label, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mix, p_W_out, p_b_out, v_tu, v_hu, v_tv, v_hv, v_merged, v_mix, v_mixa, v_logit, v_p, g_logit, g_mixa, g_mix, g_merged, g_hu, g_hv, g_tv, g_tu, g_W_u, g_b_u, g_W_v, g_b_v, g_W_mix, g_b_mix, g_W_out, g_b_out):
     """Loss (bce, mean over the batch) and its gradients, in reverse topological order."""
     forward(v_u, v_v, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mix, p_W_out, p_b_out, v_tu, v_hu, v_tv, v_hv, v_merged, v_mix, v_mixa, v_logit, v_p)
@@ -199,7 +199,7 @@ def loss_and_grad(v_u, v_v, v_label, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mi
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd_step(v_u, v_v, v_label, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mix, p_W_out, p_b_out, v_tu, v_hu, v_tv, v_hv, v_merged, v_mix, v_mixa, v_logit, v_p, g_logit, g_mixa, g_mix, g_merged, g_hu, g_hv, g_tv, g_tu, g_W_u, g_b_u, g_W_v, g_b_v, g_W_mix, g_b_mix, g_W_out, g_b_out, lr):
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(v_u, v_v, v_label, p_W_u, p_b_u, p_W_v, p_b_v, p_W_mix, p_b_mix, p_W_out, p_b_out, v_tu, v_hu, v_tv, v_hv, v_merged, v_mix, v_mixa, v_logit, v_p, g_logit, g_mixa, g_mix, g_merged, g_hu, g_hv, g_tv, g_tu, g_W_u, g_b_u, g_W_v, g_b_v, g_W_mix, g_b_mix, g_W_out, g_b_out)

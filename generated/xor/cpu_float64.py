@@ -25,6 +25,8 @@ import numba
 import numpy as np
 import scipy.special
 
+# Every function is compiled with error_model="numpy": a division by zero (a derivative that is
+# undefined at a point, abs(z)**0.5 at z = 0) gives inf/NaN as in NumPy instead of raising.
 NETWORK = "xor"
 SPEC_DIGEST = "c63920bd331c3b4c006a62f162b895de0b7567aaefc6b84b7da253463140dce0"
 SYMBP_VERSION = "0.1.0"
@@ -46,7 +48,7 @@ VECTOR_MIN = 1024
 STRATEGIES = ['loops', 'loops']
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _sigmoid(x):
     # 1/(1+exp(-x)) without overflow: exp of a non-positive number only.
     if x >= 0.0:
@@ -55,28 +57,28 @@ def _sigmoid(x):
     return e / (1.0 + e)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _softplus(x):
     # log(1+exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for any finite x.
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _vector_a1(Z1, A1):
     """a1 = 1/(1 + exp(-z1)) over the whole layer, by NumPy's vectorized ufuncs."""
     with numba.objmode():
         A1[...] = scipy.special.expit(Z1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _vector_a2(Z2, A2):
     """a2 = 1/(1 + exp(-z2)) over the whole layer, by NumPy's vectorized ufuncs."""
     with numba.objmode():
         A2[...] = scipy.special.expit(Z2)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     """Forward pass; fills Z{l}, A{l} and returns A2."""
     B = X.shape[0]
@@ -123,7 +125,7 @@ def forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2):
     return A2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2):
     """Loss (bce, mean over the batch) and its gradients, written into g*."""
     forward(X, W1, b1, W2, b2, Z1, A1, Z2, A2)
@@ -168,7 +170,7 @@ def loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_grad_packed(X, Y, theta, gtheta, work):
     """loss_and_grad on packed arrays: theta (gtheta) holds every parameter (gradient) back to
     back in PARAMS order, work every buffer; the views are taken here, so a step passes five
@@ -192,7 +194,7 @@ def loss_and_grad_packed(X, Y, theta, gtheta, work):
     return loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, G0):
     """As loss_and_grad, and dL/dX into G0: ga0 = W1^T delta1."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
@@ -207,7 +209,7 @@ def loss_and_input_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, g
     return loss
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd_step(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2, lr):
     """One step of gradient descent, theta <- theta - lr dL/dtheta, in place; returns the loss."""
     loss = loss_and_grad(X, Y, W1, b1, W2, b2, Z1, A1, Z2, A2, G1, D1, D2, gW1, gb1, gW2, gb2)
