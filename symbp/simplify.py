@@ -334,8 +334,9 @@ def _arguments(expr, zs):
     expr = expr.replace(lambda e: isinstance(e, sp.KroneckerDelta), lambda e: sp.Integer(1))
     zs = sorted((z for z in zs if expr.has(z)), key=str)
     others = sorted((x for x in expr.atoms(sp.Indexed) if x not in zs), key=str)
-    dz = [sp.Dummy(f"z{i}", real=True) for i in range(len(zs))]
-    do = [sp.Dummy(f"o{i}", real=True) for i in range(len(others))]
+    dz = [sp.Symbol(f"_zarg{i}", real=True) for i in range(len(zs))]   # Symbols, not
+    # Dummies: lambdify rebuilds an expression over Dummies (seconds for nested tanh)
+    do = [sp.Symbol(f"_oarg{i}", real=True) for i in range(len(others))]
     e = expr.xreplace(dict(zip(zs + others, dz + do)))
     rest = sorted(e.free_symbols - set(dz) - set(do), key=str)
     if any(x.is_integer and not x.is_positive for x in rest):

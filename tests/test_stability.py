@@ -266,16 +266,22 @@ def test_hard_expressions_answer_within_seconds(text):
     assert time.perf_counter() - t < 10
 
 
-def test_thousand_layer_spec_derives_and_emits_in_seconds():
+def _derive_and_emit(depth):
     from symbp.codegen.emit import emit
     t = time.perf_counter()
-    net = symbp.mlp([2] + [3] * 1000 + [1], ["tanh"] * 1000 + ["sigmoid"], "bce", name="deep")
-    d = symbp.derive(net)
-    src = emit(d)
-    assert "def loss_and_grad" in src
-    # measured 20 s (derive 10 s, emit 10 s) on a 2-core machine shared with other jobs; linear
-    # in depth (the rules are derived once per activation, then renamed per layer)
-    assert time.perf_counter() - t < 60
+    net = symbp.mlp([2] + [3] * depth + [1], ["tanh"] * depth + ["sigmoid"], "bce", name="deep")
+    assert "def loss_and_grad" in emit(symbp.derive(net))
+    return time.perf_counter() - t
+
+
+def test_deep_spec_work_is_linear_in_depth():
+    """Rules are derived once per activation and renamed per layer: derive + emit grow linearly
+    with depth (a 1000-layer spec: about 20 s on a 2-core machine shared with other jobs). A
+    wall-clock bound on 1000 layers is at the mercy of the machine's load; the ratio of two
+    depths is not: 4x the layers must cost well under 16x (quadratic) the time."""
+    _derive_and_emit(2)          # the per-activation templates, cached
+    small, big = _derive_and_emit(40), _derive_and_emit(160)
+    assert big < 8 * small, (small, big)
 
 
 # --- vectorized activations with max/min (the generated module imports no functools) -------
