@@ -44,19 +44,23 @@ Zs, As, Ys = naming.Z, naming.A, naming.Y
 CHECK_POINTS = tuple(sp.Rational(v) for v in ("-3", "-1", "-1/2", "0", "1/3", "1", "5/2"))
 
 
-def _values(expr, points):
-    """30-digit values of an expression in naming.Z at ``points`` (mpmath: a huge power or
-    exp(exp(exp(z))) evaluates or fails fast, where exact SymPy arithmetic can take minutes or
-    overflow); None where it cannot be evaluated."""
+def _values(expr, points, f=None):
+    """30-digit values of an expression in naming.Z (and naming.A = f(z) when ``f`` is given)
+    at ``points`` (mpmath: a huge power or exp(exp(exp(z))) evaluates or fails fast, where exact
+    SymPy arithmetic can take minutes or overflow); None where it cannot be evaluated. a is
+    computed as a number first: substituting f into the expression symbolically makes SymPy
+    evaluate Heaviside and Abs of the compound argument, which took seconds."""
     try:
-        fn = sp.lambdify([Zs], expr, simp.MPMATH, docstring_limit=0)
+        fn = simp.mpmath_function([Zs, As], expr)
+        fa = simp.mpmath_function([Zs], f) if f is not None else None
     except simp._EVAL_ERRORS:
         return [None] * len(points)
     out = []
     with mpmath.workdps(30):
         for z0 in points:
             try:
-                out.append(complex(fn(mpmath.mpf(z0.p) / z0.q)))
+                zv = mpmath.mpf(z0.p) / z0.q
+                out.append(complex(fn(zv, fa(zv) if fa is not None else mpmath.nan)))
             except simp._EVAL_ERRORS:
                 out.append(None)
     return out
@@ -64,7 +68,7 @@ def _values(expr, points):
 
 def _agrees(candidate, fprime, f):
     want = _values(fprime, CHECK_POINTS)
-    got = _values(candidate.xreplace({As: f}), CHECK_POINTS)
+    got = _values(candidate, CHECK_POINTS, f)
     for w, g in zip(want, got):
         # written as "not <=" so that a NaN never passes
         if w is None or g is None or not abs(w - g) <= 1e-12 * max(1.0, abs(w)):
@@ -100,11 +104,16 @@ def _exp_route(f, fprime):
 def _exp_route_applies(f):
     """The exp route only makes sense (and is only cheap) when every exponential in f is
     exp(c z) for a rational c and f is small: tanh(tanh(z)) rewritten in exp nests
-    exponentials whose a = f(u) cannot be solved, and trying took minutes."""
-    e = f.rewrite(sp.exp)
+    exponentials whose a = f(u) cannot be solved, and trying took minutes. The rates c are
+    bounded too: exp(1003 z) = u^1003, and factoring a polynomial of that degree takes minutes."""
+    try:
+        e = f.rewrite(sp.exp)
+    except (ValueError, TypeError):     # Max(z, sqrt(cos(2/5))) in exp: a "complex" constant
+        return False
     if not e.has(sp.exp) or simp.too_big(e):
         return False
-    return all((x.args[0] / Zs).is_Rational for x in e.atoms(sp.exp))
+    rates = [x.args[0] / Zs for x in e.atoms(sp.exp)]
+    return all(c.is_Rational and abs(c) <= simp.MAX_DEGREE and c.q <= simp.MAX_DEGREE for c in rates)
 
 
 def _sigmoid_rewrite(expr):

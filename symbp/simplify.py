@@ -34,6 +34,7 @@ from functools import lru_cache
 from typing import Callable
 
 import mpmath
+from sympy.printing.pycode import MpmathPrinter
 import numpy as np
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
@@ -355,9 +356,41 @@ def _guarded(fn):
     return call
 
 
+def _heaviside(x, h0):
+    return mpmath.mpf(1) if x > 0 else (mpmath.mpf(0) if x < 0 else mpmath.mpf(h0))
+
+
+class _MpmathPrinter(MpmathPrinter):
+    """mpmath source with Heaviside as a plain step (SymPy's printer rewrites it as a Piecewise
+    and simplifies that: half a minute for a derivative of max/min of a few functions)."""
+
+    def _print_Heaviside(self, e):
+        h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
+        return f"_heaviside({self._print(e.args[0])}, {self._print(h0)})"
+
+    def _print_Pow(self, e, rational=False):
+        if e.exp.is_Integer and abs(e.exp) <= 64:
+            return super()._print_Pow(e, rational)
+        return f"_pow({self._print(e.base)}, {self._print(e.exp)})"
+
+
+def _pow(base, exp):
+    """base**exp refused (OverflowError) where its logarithm exceeds 1e6, as _guarded does for
+    exp: mpmath would compute cosh(z)**exp(z) at z = 1e4 exactly, for minutes."""
+    if base != 0 and abs(exp * mpmath.log(abs(base))) > 1e6:
+        raise OverflowError("power too large to evaluate")
+    return base ** exp
+
+
 # the mpmath namespace of every high-precision evaluation here and in derive
-MPMATH = [{"exp": _guarded(mpmath.exp), "sinh": _guarded(mpmath.sinh), "cosh": _guarded(mpmath.cosh)},
-          "mpmath"]
+MPMATH = [{"exp": _guarded(mpmath.exp), "sinh": _guarded(mpmath.sinh), "cosh": _guarded(mpmath.cosh),
+           "_heaviside": _heaviside, "_pow": _pow}, "mpmath"]
+
+
+def mpmath_function(args, expr):
+    """lambdify(args, expr) evaluated with mpmath (see MPMATH, _MpmathPrinter)."""
+    return sp.lambdify(args, expr, MPMATH, printer=_MpmathPrinter({"fully_qualified_modules": False}),
+                       docstring_limit=0)
 
 _EVAL_ERRORS = (OverflowError, RecursionError, ZeroDivisionError, ValueError, TypeError,
                 ArithmeticError, NameError, KeyError, AttributeError)
@@ -372,7 +405,7 @@ def _reference(exact, links):
         return None
     dz, do, e = args
     try:
-        fn = sp.lambdify(dz + do, e, MPMATH, docstring_limit=0)
+        fn = mpmath_function(dz + do, e)
     except _EVAL_ERRORS:
         return None
     out = []

@@ -430,7 +430,12 @@ def _evaluate(expr, env, memo=None, at_zero=0):
                 u = ev(e.args[0])
                 v = sp.Integer(at_zero) if u == 0 else sp.Heaviside(u)
             else:
-                v = _fold(e.func(*[ev(arg) for arg in e.args]))
+                args = [ev(arg) for arg in e.args]
+                try:
+                    v = _fold(e.func(*args))
+                except (TypeError, ValueError) as err:   # Max/Min/Heaviside of a non-real value
+                    raise SymbpError(f"oracle: {e.func.__name__} of a value that is not real at this "
+                                     f"point ({str(err)[:80]})") from None
             memo[e] = v
         return v
 

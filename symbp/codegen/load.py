@@ -18,7 +18,9 @@ Contract:
   second process), and never executes a file whose seal does not hold: a body that does not
   hash to its seal, no seal, or (``digest`` given) a spec digest other than the expected one is
   a one-line ``GeneratedFileError`` naming the file. With ``jit=False`` the decorators are
-  disabled while the module executes, so the same source runs as plain Python.
+  disabled while the module executes, so the same source runs as plain Python, its ``math``
+  replaced by ``NUMPY_MATH`` so that it computes what the compiled code computes (NaN and inf,
+  never ValueError or OverflowError).
 - A Numba cache entry next to the file that cannot be read (a truncated ``.nbc``, a garbage
   ``.nbi``: anything that raises while Numba loads it) is discarded (the function's index is
   reset) and the function compiled anew, with one line on stderr per file and process, instead
@@ -26,6 +28,7 @@ Contract:
 """
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -33,6 +36,7 @@ import threading
 from pathlib import Path
 
 import numba
+import numpy as np
 
 from ..errors import SymbpError
 from .templates import SEAL as _SEAL, seal  # noqa: F401  (seal: part of this module's API)
@@ -153,7 +157,30 @@ def import_module(path, name, jit=True, digest=None):
             numba.config.DISABLE_JIT = saved
     if jit:
         guard_caches(mod, path)
+    else:
+        mod.math = NUMPY_MATH
     return mod
+
+
+class _NumpyMath:
+    """``math`` for generated code run as plain Python: the same functions with NumPy's
+    floating-point semantics, as the compiled code has (``error_model="numpy"``): log(-1) is
+    NaN and exp(1000) is inf, where Python's math raises ValueError or OverflowError."""
+
+    def __getattr__(self, name):
+        fn = getattr(np, name, None)
+        if not callable(fn) or name in ("isfinite", "isnan", "isinf"):
+            return getattr(math, name)
+
+        def call(*args):
+            with np.errstate(all="ignore"):
+                return fn(*args)
+        call.__name__ = name
+        setattr(self, name, call)       # looked up once
+        return call
+
+
+NUMPY_MATH = _NumpyMath()
 
 
 # ----------------------------------------------------------------------------------------------

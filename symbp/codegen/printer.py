@@ -57,14 +57,15 @@ def stable_forms(expr):
         if (isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp < 0 and isinstance(e.base, sp.Add)
                 and len(e.base.args) == 2):
             one, ex = sorted(e.base.args, key=lambda t: not t.is_Number)
-            if one == 1 and _is_exp(ex):
+            # a constant is printed as a number (and _sigmoid(5/2) inside Max cannot be compared)
+            if one == 1 and _is_exp(ex) and not ex.args[0].is_number:
                 return _sigmoid(-ex.args[0]) ** (-e.exp)
         return None
 
     def soft(e):
         if isinstance(e, sp.log) and isinstance(e.args[0], sp.Add) and len(e.args[0].args) == 2:
             one, ex = sorted(e.args[0].args, key=lambda t: not t.is_Number)
-            if one == 1 and _is_exp(ex):
+            if one == 1 and _is_exp(ex) and not ex.args[0].is_number:
                 return _softplus(ex.args[0])
         return None
 
