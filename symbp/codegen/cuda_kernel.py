@@ -238,6 +238,15 @@ class CudaKernel(Kernel):
         return float(dev["loss"].copy_to_host()[0]), grads
 
     @_locked
+    def loss_and_grads(self, params, X, Y):
+        """(loss, gradients keyed like params, dL/dX) from one launch sequence, NumPy arrays."""
+        ps, X, Y = self._check(params, X, Y)
+        _, GX = self._loss_and_grad(ps, X, Y, True)
+        dev = self._device()
+        grads = {k: g.copy_to_host() for k, g in zip(self._params, dev["grads"])}
+        return float(dev["loss"].copy_to_host()[0]), grads, GX
+
+    @_locked
     def loss(self, params, X, Y):
         ps, X, Y = self._check(params, X, Y)
         self._loss_and_grad(ps, X, Y, False)
