@@ -39,6 +39,7 @@ import hashlib
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
@@ -264,6 +265,8 @@ def _sig(dtype, args):
             types.append(dtype)
         elif kind == "int":
             types.append("int64")
+        elif kind == "index":
+            types.append("int64[::1]")
         else:
             types.append(f"{dtype}[{', '.join([':'] * (kind - 1) + ['::1'])}]")
     return f"void({', '.join(types)})"
@@ -449,6 +452,7 @@ def _tiled_context(d, dtype):
     sizes[naming.BATCH] = BF
     p = CudaPrinter(dtype, {BF: "Bf"})
     kernels, steps_fwd, steps_bwd, gemms = [], [], [], set()
+    column_sums = False      # a column-sum kernel only where a bias gradient is not folded
 
     for l in range(1, L + 1):
         zq, aq = d[f"z{l}"], d[f"a{l}"]
@@ -499,12 +503,18 @@ def _tiled_context(d, dtype):
         gq = d[f"ga{l - 1}"]
         _, ga_gemm, ga_args = _gemm_call(gq, "GX" if l == 1 else naming.ident(gq.lhs.base))
         gemms.update((gW_gemm, ga_gemm))
+        # dL/db = sum_s delta: the row sums of delta^T, which the product dL/dW = delta^T A reads
+        # tile by tile anyway, so the product also writes them (no column-sum launch)
+        folded = (gb is not None and gW_gemm == "gemm_tn"
+                  and gW_args.split(", ")[0] == naming.ident(cs.arg))
+        if not folded and gb is not None:
+            column_sums = True
         steps_bwd.append({
             "layer": l, "delta_comment": f"{dq.name}: {dq.doc}", "kernel": k,
             "gW_comment": text(gW.lhs, gW.rhs), "gW_gemm": gW_gemm, "gW_args": gW_args,
             "gb_comment": text(gb.lhs, gb.rhs) if gb is not None else None,
             "gb": naming.ident(gb.lhs.base) if gb is not None else None,
-            "gb_arg": naming.ident(cs.arg) if gb is not None else None,
+            "gb_arg": naming.ident(cs.arg) if gb is not None else None, "gb_folded": folded,
             "ga_comment": text(gq.lhs, gq.rhs), "ga_gemm": ga_gemm, "ga_args": ga_args,
         })
 
@@ -514,13 +524,14 @@ def _tiled_context(d, dtype):
               **{f"G{l}": n[l] for l in range(1, L)}, **{f"D{l}": n[l] for l in range(1, L + 1)}}
     sig = {k["name"]: k["args"] for k in kernels}
     for g in sorted(gemms):
-        sig[g] = [("L", 2), ("R", 2), ("C", 2), ("accumulate", "int")]
-    sig["column_sum"] = [("D", 2), ("g", 1)]
+        sig[g] = [("L", 2), ("R", 2), ("C", 2), ("accumulate", "int"), ("S", 1), ("with_sum", "int")]
+    if column_sums:
+        sig["column_sum"] = [("D", 2), ("g", 1)]
     return p, {
         "strategy": "tiled", "kernels_ew": kernels, "gemms": sorted(gemms),
         "forward": steps_fwd, "backward": steps_bwd, "loss_pass": loss,
         "fwd_buffers": fwd_buffers, "bwd_buffers": bwd_buffers, "buffer_widths": widths,
-        "kernels": sig, "out": f"A{L}", "n0": n[0], "nL": n[L],
+        "kernels": sig, "out": f"A{L}", "n0": n[0], "nL": n[L], "column_sums": column_sums,
     }
 
 
@@ -579,8 +590,16 @@ def emit_cuda(derivation, dtype="float64", fuse_width=FUSE_WIDTH, geometry=DEFAU
         "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
     })
     ctx["kernels"] = dict(ctx["kernels"])
-    ctx["kernels"]["fill_zero"] = [("a", 1)]
-    ctx["kernels"]["sgd_update"] = [("theta", 1), ("g", 1), ("lr", "scalar")]
+    # zeroing and the update: one launch each over all parameters, flat, in PARAMS order
+    flat, start = [], 0
+    for k, shape in net.param_shapes().items():
+        size = int(np.prod(shape))
+        flat.append({"name": k, "start": start, "end": start + size})
+        start += size
+    ctx.update(flat_params=flat, flat_total=start)
+    ctx["kernels"]["zero_all"] = [("g" + k, 1) for k in params] + [("LOSS", 1)]
+    ctx["kernels"]["sgd_all"] = [(k, 1) for k in params] + [("g" + k, 1) for k in params] + [("lr", "scalar")]
+    ctx["kernels"]["gather_rows"] = [("src", 2), ("idx", "index"), ("dst", 2)]
     ctx["signatures"] = {k: _sig(dtype, a) for k, a in ctx["kernels"].items()}
     ctx["arglists"] = {k: ", ".join(n for n, _ in a) for k, a in ctx["kernels"].items()}
     return environment().get_template(f"cuda/{strategy}.py.j2").render(**ctx)
