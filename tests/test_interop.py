@@ -101,7 +101,7 @@ def test_torch_cpu_tensors_reach_the_kernel_without_a_copy(out, monkeypatch):
 
 @pytest.mark.parametrize("case,message", [
     ("float32", "X: expected dtype float64"),
-    ("Y grad", "Y: the kernel gives no gradient with respect to the targets"),
+    ("Y grad", "Y: the kernel gives no gradient with respect to it"),
     ("arity", "torch_function: expected 6 arguments (W1, b1, W2, b2, X, Y), got 5"),
 ])
 def test_torch_mistakes_are_one_line(out, case, message):
@@ -224,3 +224,63 @@ def test_missing_library_is_one_line(out, monkeypatch, method, install):
     msg = str(e.value)
     assert msg.startswith(f"{method}: needs ") and install in msg and "\n" not in msg
     assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+# ---------------------------------------------------------------------------------------------
+# GraphKernel: data are the graph's inputs (INPUTS order), then the target
+# ---------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def graph_kernel(name, out):
+    g = symbp.load_graph(ROOT / "examples" / "specs" / "graphs" / f"{name}.toml")
+    return symbp.generate(symbp.derive(g), out_dir=out, jit=False)
+
+
+def graph_batch(k, B=3, seed=0):
+    rng = np.random.default_rng(seed)
+    ps = [0.5 * rng.normal(size=k.param_shapes[key]) for key in k.module.PARAMS]
+    xs = [rng.normal(size=(B, w)) for w in k.module.INPUTS.values()]
+    t = np.eye(k.target_width)[rng.integers(0, k.target_width, B)] if k.target_width > 1 \
+        else rng.uniform(0.1, 0.9, size=(B, 1))
+    return ps, xs, t
+
+
+@pytest.mark.parametrize("name", ["gated", "two_tower"])
+def test_graph_kernel_torch_and_jax(out, jax64, name):
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+    from jax.test_util import check_grads
+    k = graph_kernel(name, out)
+    ps, xs, t = graph_batch(k)
+    grad_inputs = [key in k.module.INPUT_GRADS for key in k.module.INPUTS]
+    F = k.torch_function()
+    args = [torch.tensor(a, requires_grad=True) for a in ps]
+    args += [torch.tensor(x, requires_grad=g) for x, g in zip(xs, grad_inputs)] + [torch.tensor(t)]
+    assert torch.autograd.gradcheck(F.apply, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+    loss, grads, ig = k.loss_and_input_grads(dict(zip(k.module.PARAMS, ps)),
+                                             dict(zip(k.module.INPUTS, xs)), t)
+    value = F.apply(*args)
+    value.backward()
+    assert abs(value.item() - loss) <= 1e-14 * max(1.0, abs(loss))
+    for key, a in zip(k.module.PARAMS, args):
+        np.testing.assert_allclose(a.grad.numpy(), grads[key], rtol=1e-14, atol=0)
+    for key, a in zip(k.module.INPUTS, args[len(ps):]):
+        if key in ig:
+            np.testing.assert_allclose(a.grad.numpy(), ig[key], rtol=1e-14, atol=0)
+    # an input not marked grad = true is data: asking torch for its gradient is one line
+    plain = [key for key, g in zip(k.module.INPUTS, grad_inputs) if not g]
+    if plain:
+        i = len(ps) + list(k.module.INPUTS).index(plain[0])
+        args[i] = args[i].detach().requires_grad_(True)
+        with pytest.raises(InputError, match=rf"inputs\['{plain[0]}'\]: the kernel gives no gradient"):
+            F.apply(*args).backward()
+    # JAX: the parameters and the inputs marked grad (the others and the target held fixed)
+    f = k.jax_function()
+    fixed = {i: jnp.asarray(a) for i, a in enumerate(xs + [t]) if i == len(xs) or not grad_inputs[i]}
+    free = [jnp.asarray(a) for a in ps] + [jnp.asarray(x) for x, g in zip(xs, grad_inputs) if g]
+
+    def of_free(*a):
+        it = iter(a[len(ps):])
+        data = [fixed[i] if i in fixed else next(it) for i in range(len(xs) + 1)]
+        return f(*a[:len(ps)], *data)
+    check_grads(of_free, tuple(free), order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert abs(float(of_free(*free)) - loss) <= 1e-14 * max(1.0, abs(loss))
