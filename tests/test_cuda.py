@@ -324,6 +324,43 @@ def check_bind(out, strategy):
     return res
 
 
+def check_interop(out):
+    """torch_function and jax_function of a CUDA kernel (NumPy-side tensors): the loss and the
+    gradients (parameters and X) of the CPU kernel. A library not installed adds no numbers."""
+    k = _kernel("sigmoid_bce", "float64", out)
+    ref = symbp.generate(derivation("sigmoid_bce"), out_dir=Path(out) / "cpu", jit=False)
+    X, Y = data(derivation("sigmoid_bce"), 5, "float64")
+    p = params(k)
+    keys = list(k.module.PARAMS)
+    loss, g, gx = ref.loss_and_grads(p, X, Y)
+    res = {}
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        args = [torch.tensor(p[key], requires_grad=True) for key in keys]
+        args += [torch.tensor(X, requires_grad=True), torch.tensor(Y)]
+        value = k.torch_function().apply(*args)
+        value.backward()
+        res["torch loss"] = rel(value.item(), loss)
+        res.update({f"torch grad {key}": rel(a.grad.numpy(), g[key]) for key, a in zip(keys, args)})
+        res["torch X"] = rel(args[len(keys)].grad.numpy(), gx)
+    try:
+        import jax
+    except ImportError:
+        jax = None
+    if jax is not None:
+        jax.config.update("jax_enable_x64", True)
+        f = k.jax_function()
+        value, grads = jax.value_and_grad(f, argnums=tuple(range(len(keys) + 1)))(
+            *[p[key] for key in keys], X, Y)
+        res["jax loss"] = rel(float(value), loss)
+        res.update({f"jax grad {key}": rel(np.asarray(a), g[key]) for key, a in zip(keys, grads)})
+        res["jax X"] = rel(np.asarray(grads[-1]), gx)
+    return res
+
+
 def emitted_digests():
     """sha256 of every emitted source of the table (compared across processes)."""
     out = {}
@@ -348,6 +385,7 @@ def run_checks(out):
     checks["kinks tiled"] = lambda: check_kinks(out, "tiled")
     checks["bind fused"] = lambda: check_bind(out, "fused")
     checks["bind tiled"] = lambda: check_bind(out, "tiled")
+    checks["interop"] = lambda: check_interop(out)
     checks["digests"] = emitted_digests
     results = {}
     for label, fn in checks.items():
@@ -407,6 +445,11 @@ def assert_check(label, values):
         assert v.pop("flags") == 1.0, "a gradient or loss is not a device array, or not in place"
         assert v.pop("launches") == LAUNCHES[label.split()[1]](2)
         assert v.pop("host copies") == 6 and v.pop("largest host copy") == 1   # 2 epochs x 3 steps
+        tol = {key: 1e-12 for key in v}
+    elif label == "interop":
+        import importlib.util
+        for lib in ("torch", "jax"):        # installed here: the subprocess checked it too
+            assert (importlib.util.find_spec(lib) is None) or f"{lib} loss" in v, lib
         tol = {key: 1e-12 for key in v}
     elif label in ("stable fused", "stable tiled"):
         for name in ("sigmoid_bce", "tanh_softmax_ce"):
@@ -500,6 +543,10 @@ def test_device_arrays_and_sgd_step(simulated):
 @pytest.mark.parametrize("strategy", ["fused", "tiled"])
 def test_bind_keeps_gradients_loss_and_training_on_the_device(simulated, strategy):
     assert_check(f"bind {strategy}", _values(simulated, f"bind {strategy}"))
+
+
+def test_torch_and_jax_functions_of_a_cuda_kernel(simulated):
+    assert_check("interop", _values(simulated, "interop"))
 
 
 # Launches of one training step (zero, loss and gradients, update) for a network of L layers:
