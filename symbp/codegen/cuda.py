@@ -32,6 +32,13 @@ Two strategies, chosen by width:
   contractions that ``batch_form`` reads off the equations, and one elementwise kernel per pass
   (bias and activation, output delta with the loss, hidden deltas), launched in sequence.
 
+Launches: besides the strategy's kernels, one kernel zeroes every gradient and the loss and
+one updates every parameter (``zero_all``, ``sgd_all``: one thread per entry of the parameters
+laid end to end), and the tiled weight-gradient product dL/dW = delta^T A also writes the bias
+gradient sum_s delta (the row sums of the delta^T tiles it already holds in shared memory), so a
+training step is 3 launches fused and 5 L + 1 tiled (L layers). ``gather_rows`` assembles a
+shuffled mini-batch of device arrays on the device.
+
 The batch factor's B (``Bf``) is a kernel argument: the size of the whole batch, so that a batch
 split into chunks (``CudaKernel``) sums to the gradients of the whole batch.
 """
