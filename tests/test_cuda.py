@@ -293,6 +293,14 @@ def check_bind(out, strategy):
     s3 = k.bind(p, X, Y)
     res["split loss"] = rel(s3(), loss)
     res.update({f"split grad {key}": rel(s3.grads[key].copy_to_host(), g[key]) for key in p})
+    # two blocks of 32 samples, whole and in chunks: the last block (of the last chunk) updates
+    X2, Y2 = data(d, 45, "float64", seed=4)
+    _, g2 = k.loss_and_grad(p, X2, Y2)
+    for mc in (None, 20):
+        k.max_chunk = mc
+        hp = {key: v.copy() for key, v in p.items()}
+        k.sgd_step(hp, X2, Y2, lr)
+        res.update({f"sgd 45 rows max_chunk={mc} {key}": rel(hp[key], p[key] - lr * g2[key]) for key in p})
     k.max_chunk = None
     res["flags"] = float(all(flags))
     # launches of one sgd_step (device parameters: no copies either way)
@@ -550,18 +558,19 @@ def test_torch_and_jax_functions_of_a_cuda_kernel(simulated):
 
 
 # Launches of one training step (zero, loss and gradients, update) for a network of L layers:
-# fused, one each (it was 2 + 2 * params: a zeroing launch per array, an update per parameter);
+# fused, zeroing and the kernel, whose epilogue updates (it was 2 + 2 * params: a zeroing launch
+# per array, an update per parameter, 14 for three layers);
 # tiled, a matrix product and an elementwise pass per layer forward, an elementwise pass and the
 # weight-gradient product (bias gradient folded in) per layer backward and L - 1 products for
 # dL/da (it was 30 for three layers: separate zeroing, column sums and updates).
-LAUNCHES = {"fused": lambda L: 3, "tiled": lambda L: 1 + 2 * L + 2 * L + (L - 1) + 1}
+LAUNCHES = {"fused": lambda L: 2, "tiled": lambda L: 1 + 2 * L + 2 * L + (L - 1) + 1}
 
 
 @pytest.mark.parametrize("sizes,strategy", [([4, 8, 8, 3], "fused"), ([784, 256, 128, 10], "tiled"),
                                             ([2, 3, 2], "fused"), ([3, 130, 2], "tiled")])
 def test_launches_per_training_step(tmp_path, sizes, strategy):
     """Counted on the module's host functions with stand-in launches (no device needed): the
-    step CudaKernel.sgd_step runs is zero_grads, loss_and_grad, sgd."""
+    step CudaKernel.sgd_step runs is zero_grads, then loss_and_grad with the update."""
     L = len(sizes) - 1
     net = symbp.mlp(sizes, activations=["relu"] * (L - 1) + ["softmax"], loss="ce", name=f"launch{L}")
     with warnings.catch_warnings():
@@ -584,8 +593,7 @@ def test_launches_per_training_step(tmp_path, sizes, strategy):
     work = [np.zeros((B, m.BUFFER_WIDTHS[b]), dt) for b in m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS]
     X, Y, loss = np.zeros((B, sizes[0]), dt), np.zeros((B, sizes[-1]), dt), np.zeros(1, dt)
     m.zero_grads(*gs, loss)
-    m.loss_and_grad(X, Y, *ps, *work, *gs, loss, X.copy(), False, B)
-    m.sgd(*ps, *gs, 0.1)
+    m.loss_and_grad(X, Y, *ps, *work, *gs, loss, X.copy(), False, B, np.zeros(1, np.int32), 0.1, True)
     assert counter[0] == LAUNCHES[strategy](L)
     assert "column_sum" not in m.SIGNATURES       # every bias gradient folded into a product
 

@@ -36,7 +36,11 @@ Launches: besides the strategy's kernels, one kernel zeroes every gradient and t
 one updates every parameter (``zero_all``, ``sgd_all``: one thread per entry of the parameters
 laid end to end), and the tiled weight-gradient product dL/dW = delta^T A also writes the bias
 gradient sum_s delta (the row sums of the delta^T tiles it already holds in shared memory), so a
-training step is 3 launches fused and 5 L + 1 tiled (L layers). ``gather_rows`` assembles a
+training step is 5 L + 1 launches tiled (L layers). The fused kernel folds the update into its
+epilogue when asked (``update``): the block that finishes last (an atomic ticket counter
+``DONE``, after a memory fence; every other block's gradient sums are then in g*) applies
+theta <- theta - lr g, reading g by atomic adds of 0 (coherent with the other blocks' atomics),
+and resets the counter; a fused training step is 2 launches (zero, loss-gradient-update). ``gather_rows`` assembles a
 shuffled mini-batch of device arrays on the device.
 
 The batch factor's B (``Bf``) is a kernel argument: the size of the whole batch, so that a batch
@@ -274,6 +278,8 @@ def _sig(dtype, args):
             types.append("int64")
         elif kind == "index":
             types.append("int64[::1]")
+        elif kind == "counter":
+            types.append("int32[::1]")
         else:
             types.append(f"{dtype}[{', '.join([':'] * (kind - 1) + ['::1'])}]")
     return f"void({', '.join(types)})"
@@ -407,7 +413,8 @@ def _fused_context(d, dtype, geometry):
     fwd_args = [("X", 2)] + [(k, len(s)) for k, s in net.param_shapes().items()] + [(f"A{L}", 2)]
     train_args = ([("X", 2), ("Y", 2)] + [(k, len(s)) for k, s in net.param_shapes().items()]
                   + [(g, len(s)) for g, s in zip(grads, net.param_shapes().values())]
-                  + [("LOSS", 1), ("GX", 2), ("want_gx", "int"), ("Bf", "scalar")])
+                  + [("LOSS", 1), ("GX", 2), ("want_gx", "int"), ("Bf", "scalar"),
+                     ("lr", "scalar"), ("update", "int"), ("DONE", "counter")])
     return p, {
         "strategy": "fused", "shared": smem,
         "locals_fwd": locals_fwd, "locals_bwd": locals_bwd, "forward": forward, "backward": backward,
@@ -601,7 +608,8 @@ def emit_cuda(derivation, dtype="float64", fuse_width=FUSE_WIDTH, geometry=DEFAU
     flat, start = [], 0
     for k, shape in net.param_shapes().items():
         size = int(np.prod(shape))
-        flat.append({"name": k, "start": start, "end": start + size})
+        flat.append({"name": k, "start": start, "end": start + size, "size": size,
+                     "cols": shape[1] if len(shape) == 2 else None})
         start += size
     ctx.update(flat_params=flat, flat_total=start)
     ctx["kernels"]["zero_all"] = [("g" + k, 1) for k in params] + [("LOSS", 1)]

@@ -21,7 +21,7 @@ loss to the host only when asked; ``as_batch``/``take_rows`` let ``symbp.train``
 batches on the device (mini-batches gathered there). A step is one launch to zero every
 gradient and the loss, the loss-and-gradient launches (fused: one kernel; tiled: the matrix
 products, with the bias gradients folded into them, and the elementwise passes) and one launch
-for the update of every parameter.
+for the update of every parameter (fused: folded into the kernel's epilogue instead).
 
 Arguments are checked as the CPU Kernel checks them (one ``InputError`` line naming the
 argument). Threads: the device buffers (parameters, gradients, loss, per-row work) belong to
@@ -169,6 +169,8 @@ class CudaKernel(Kernel):
                 "params": [cuda.device_array(shapes[k], self.dtype) for k in self._params],
                 "grads": [cuda.device_array(shapes[k], self.dtype) for k in self._params],
                 "loss": cuda.device_array(1, self.dtype),
+                # the fused kernel's ticket counter for the update in its epilogue (0 between launches)
+                "done": cuda.to_device(np.zeros(1, np.int32)),
             }
         return self._dev
 
@@ -240,8 +242,9 @@ class CudaKernel(Kernel):
             res.copy_to_host(out[lo:hi])
         return out
 
-    def _loss_and_grad(self, ps, X, Y, want_gx):
-        """Runs the chunks; leaves the loss and gradients on the device; returns (dps, GX)."""
+    def _loss_and_grad(self, ps, X, Y, want_gx, lr=None):
+        """Runs the chunks; leaves the loss and gradients on the device; returns (dps, GX).
+        With lr, the last chunk's launch also updates the parameters (theta - lr g)."""
         self._ready()
         m = self.module
         B = X.shape[0]
@@ -257,7 +260,8 @@ class CudaKernel(Kernel):
             dX = self._slice(X, lo, hi, w["X"])
             dY = self._slice(Y, lo, hi, w["Y"])
             m.loss_and_grad(dX, dY, *dps, *[b[:n] for b in w["fwd"]], *[b[:n] for b in w["bwd"]],
-                            *dev["grads"], dev["loss"], w["GX"][:n], want_gx, B)
+                            *dev["grads"], dev["loss"], w["GX"][:n], want_gx, B, dev["done"],
+                            0.0 if lr is None else lr, lr is not None and hi == B)
             if want_gx:
                 w["GX"][:n].copy_to_host(GX[lo:hi])
         return dps, GX
@@ -301,9 +305,8 @@ class CudaKernel(Kernel):
         lr = check_lr(lr, self.dtype)
         ps, X, Y = self._check(params, X, Y)
         check_writable(params, self._params, ps, self.dtype)
-        dps, _ = self._loss_and_grad(ps, X, Y, False)
+        dps, _ = self._loss_and_grad(ps, X, Y, False, lr)     # the update in the last launch
         dev = self._device()
-        self.module.sgd(*dps, *dev["grads"], lr)
         for a, d in zip(ps, dps):
             if not is_device_array(a):
                 d.copy_to_host(a)
@@ -354,24 +357,26 @@ class CudaBoundStep:
         self._fwd = [cuda.device_array((c, m.BUFFER_WIDTHS[b]), dt) for b in m.FORWARD_BUFFERS]
         self._bwd = [cuda.device_array((c, m.BUFFER_WIDTHS[b]), dt) for b in m.BACKWARD_BUFFERS]
         self._gx = cuda.device_array((c, n[0]), dt)
+        self._done = cuda.to_device(np.zeros(1, np.int32))
         self._ps = [self.params[k] for k in keys]
         self._gs = [self.grads[k] for k in keys]
 
-    def run(self):
-        """Loss and gradients into loss_device and grads; nothing is copied to the host."""
+    def run(self, lr=None):
+        """Loss and gradients into loss_device and grads; nothing is copied to the host. With lr
+        (``sgd``), the last launch also updates the parameters."""
         m, B, c = self.kernel.module, self.B, self.chunk
         m.zero_grads(*self._gs, self.loss_device)
         for lo in range(0, B, c):
             hi = min(lo + c, B)
             k = hi - lo
             m.loss_and_grad(self.X[lo:hi], self.Y[lo:hi], *self._ps, *[b[:k] for b in self._fwd],
-                            *[b[:k] for b in self._bwd], *self._gs, self.loss_device, self._gx[:k], False, B)
+                            *[b[:k] for b in self._bwd], *self._gs, self.loss_device, self._gx[:k],
+                            False, B, self._done, 0.0 if lr is None else lr, lr is not None and hi == B)
 
     def sgd(self, lr):
-        """run(), then theta <- theta - lr dL/dtheta on the device (one launch)."""
-        lr = check_lr(lr, self.kernel.dtype)
-        self.run()
-        self.kernel.module.sgd(*self._ps, *self._gs, lr)
+        """Loss, gradients and theta <- theta - lr dL/dtheta on the device: 2 launches fused
+        (the update in the kernel's epilogue), 5 L + 1 tiled."""
+        self.run(check_lr(lr, self.kernel.dtype))
 
     @property
     def loss(self):
