@@ -33,7 +33,7 @@ import threading
 
 import numpy as np
 
-from ..errors import InputError, SymbpError
+from ..errors import InputError
 from . import cuda as _cuda
 from .kernel import _ABSENT, Kernel, check_keys, check_lr, check_writable
 
