@@ -118,12 +118,13 @@ def torch_function(kernel):
             if len(args) != total:
                 raise InputError(f"torch_function: expected {total} arguments ({ad.signature()}), "
                                  f"got {len(args)}")
-            ref = args[n]          # results go to the first data argument's device
+            # results go to the device of the first tensor argument
+            device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
             loss, grads, dgrads = ad.run([_torch_array(kernel, a) for a in args])
             ctx.have = [True] * n + [g is not None for g in dgrads]
-            out = [torch.from_numpy(g).to(ref.device) for g in grads + [g for g in dgrads if g is not None]]
+            out = [torch.from_numpy(g).to(device) for g in grads + [g for g in dgrads if g is not None]]
             ctx.save_for_backward(*out)
-            return torch.tensor(loss, dtype=out[0].dtype, device=ref.device)
+            return torch.tensor(loss, dtype=out[0].dtype, device=device)
 
         @staticmethod
         @once_differentiable
