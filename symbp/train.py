@@ -7,6 +7,8 @@ list of per-epoch mean losses. ``one_hot(labels, classes)`` builds targets for c
 """
 import numpy as np
 
+from .codegen.cuda_kernel import as_batch, take_rows
+
 
 def one_hot(labels, classes, dtype=np.float64):
     labels = np.asarray(labels)
@@ -16,8 +18,8 @@ def one_hot(labels, classes, dtype=np.float64):
 
 
 def train(kernel, params, X, Y, lr, epochs, batch_size=None, seed=0, log_every=0, log=print):
-    X = np.ascontiguousarray(X, dtype=kernel.dtype)
-    Y = np.ascontiguousarray(Y, dtype=kernel.dtype)
+    # device arrays of a CUDA kernel stay on the device (mini-batches gathered there)
+    X, Y = as_batch(kernel, X), as_batch(kernel, Y)
     n = X.shape[0]
     bs = n if batch_size is None else int(batch_size)
     rng = np.random.default_rng(seed)
@@ -30,7 +32,8 @@ def train(kernel, params, X, Y, lr, epochs, batch_size=None, seed=0, log_every=0
             total = 0.0
             for start in range(0, n, bs):
                 idx = order[start:start + bs]
-                total += kernel.sgd_step(params, X[idx], Y[idx], lr) * len(idx)
+                total += kernel.sgd_step(params, take_rows(kernel, X, idx, 0),
+                                         take_rows(kernel, Y, idx, 1), lr) * len(idx)
             loss = total / n
         history.append(loss)
         if log_every and (epoch % log_every == 0 or epoch == 1 or epoch == epochs):

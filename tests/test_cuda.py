@@ -236,6 +236,139 @@ def check_kinks(out, strategy):
     return res
 
 
+class _Counted:
+    """A kernel of a generated module that counts its launches (and still runs them)."""
+
+    def __init__(self, real, counter):
+        self.real, self.counter = real, counter
+
+    def __getitem__(self, config):
+        self.counter[0] += 1
+        return self.real[config]
+
+
+def count_launches(module):
+    """Replace every kernel of ``module`` by a counting wrapper (the host functions look the
+    kernels up as module globals at call time); returns the one-element counter."""
+    counter = [0]
+    for name in module.SIGNATURES:
+        setattr(module, name, _Counted(getattr(module, name), counter))
+    return counter
+
+
+def check_bind(out, strategy):
+    """bind() on CUDA: the bound step's loss and device gradients are the kernel's, its sgd is
+    theta - lr g on the device, device parameters are updated in place, a split batch adds up;
+    loss_and_grad(copy=False), device_grads and device_loss give device arrays; sgd_step is
+    LAUNCHES[strategy] launches; symbp.train on device arrays copies nothing to the host but the
+    one-number loss of each step, and trains as the CPU kernel does."""
+    from numba import cuda
+    from symbp.codegen.cuda_kernel import is_device_array
+    from symbp.train import train
+    opts = {"fuse_width": 1} if strategy == "tiled" else {}
+    k = _kernel("relu_mse", "float64", out, **opts)
+    d = derivation("relu_mse")
+    X, Y = data(d, 5, "float64")
+    p = params(k)
+    loss, g = k.loss_and_grad(p, X, Y)
+    res = {}
+    step = k.bind(p, X, Y)
+    step.run()
+    res["loss"] = rel(step.loss, loss)
+    res.update({f"grad {key}": rel(step.grads[key].copy_to_host(), g[key]) for key in p})
+    flags = [is_device_array(v) for v in step.grads.values()] + [is_device_array(step.loss_device)]
+    _, dg = k.loss_and_grad(p, X, Y, copy=False)
+    flags += [dg[key] is k.device_grads[key] and is_device_array(dg[key]) for key in p]
+    res["device_loss"] = rel(k.device_loss.copy_to_host()[0], loss)
+    lr = 0.25
+    step.sgd(lr)
+    host = step.params_to_host()
+    res.update({f"sgd {key}": rel(host[key], p[key] - lr * g[key]) for key in p})
+    dp = {key: cuda.to_device(v) for key, v in p.items()}
+    s2 = k.bind(dp, cuda.to_device(X), cuda.to_device(Y))
+    s2.sgd(lr)
+    flags += [s2.params[key] is dp[key] for key in p]
+    res.update({f"in place {key}": rel(dp[key].copy_to_host(), p[key] - lr * g[key]) for key in p})
+    k.max_chunk = 2
+    s3 = k.bind(p, X, Y)
+    res["split loss"] = rel(s3(), loss)
+    res.update({f"split grad {key}": rel(s3.grads[key].copy_to_host(), g[key]) for key in p})
+    # two blocks of 32 samples, whole and in chunks: the last block (of the last chunk) updates
+    X2, Y2 = data(d, 45, "float64", seed=4)
+    _, g2 = k.loss_and_grad(p, X2, Y2)
+    for mc in (None, 20):
+        k.max_chunk = mc
+        hp = {key: v.copy() for key, v in p.items()}
+        k.sgd_step(hp, X2, Y2, lr)
+        res.update({f"sgd 45 rows max_chunk={mc} {key}": rel(hp[key], p[key] - lr * g2[key]) for key in p})
+    k.max_chunk = None
+    res["flags"] = float(all(flags))
+    # launches of one sgd_step (device parameters: no copies either way)
+    counter = count_launches(k.module)
+    k.sgd_step(dp, cuda.to_device(X), cuda.to_device(Y), lr)
+    res["launches"] = counter[0]
+    # symbp.train on device arrays: every copy to the host is the loss (one number)
+    dX, dY = cuda.to_device(X), cuda.to_device(Y)
+    dp = {key: cuda.to_device(v) for key, v in p.items()}
+    copies = []
+    cls = type(dX)
+    real = cls.copy_to_host
+
+    def spy(self, *args, **kwargs):
+        copies.append(int(np.prod(self.shape)))
+        return real(self, *args, **kwargs)
+    cls.copy_to_host = spy
+    try:
+        hist = train(k, dp, dX, dY, lr=0.1, epochs=2, batch_size=2, log_every=0)
+    finally:
+        cls.copy_to_host = real
+    res["host copies"] = len(copies)
+    res["largest host copy"] = max(copies)
+    ref = symbp.generate(d, out_dir=Path(out) / "cpu", jit=False)
+    hp = {key: v.copy() for key, v in p.items()}
+    ref_hist = train(ref, hp, X, Y, lr=0.1, epochs=2, batch_size=2, log_every=0)
+    res["train loss"] = rel(hist, ref_hist)
+    res.update({f"train {key}": rel(dp[key].copy_to_host(), hp[key]) for key in p})
+    return res
+
+
+def check_interop(out):
+    """torch_function and jax_function of a CUDA kernel (NumPy-side tensors): the loss and the
+    gradients (parameters and X) of the CPU kernel. A library not installed adds no numbers."""
+    k = _kernel("sigmoid_bce", "float64", out)
+    ref = symbp.generate(derivation("sigmoid_bce"), out_dir=Path(out) / "cpu", jit=False)
+    X, Y = data(derivation("sigmoid_bce"), 5, "float64")
+    p = params(k)
+    keys = list(k.module.PARAMS)
+    loss, g, gx = ref.loss_and_grads(p, X, Y)
+    res = {}
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        args = [torch.tensor(p[key], requires_grad=True) for key in keys]
+        args += [torch.tensor(X, requires_grad=True), torch.tensor(Y)]
+        value = k.torch_function().apply(*args)
+        value.backward()
+        res["torch loss"] = rel(value.item(), loss)
+        res.update({f"torch grad {key}": rel(a.grad.numpy(), g[key]) for key, a in zip(keys, args)})
+        res["torch X"] = rel(args[len(keys)].grad.numpy(), gx)
+    try:
+        import jax
+    except ImportError:
+        jax = None
+    if jax is not None:
+        jax.config.update("jax_enable_x64", True)
+        f = k.jax_function()
+        value, grads = jax.value_and_grad(f, argnums=tuple(range(len(keys) + 1)))(
+            *[p[key] for key in keys], X, Y)
+        res["jax loss"] = rel(float(value), loss)
+        res.update({f"jax grad {key}": rel(np.asarray(a), g[key]) for key, a in zip(keys, grads)})
+        res["jax X"] = rel(np.asarray(grads[-1]), gx)
+    return res
+
+
 def emitted_digests():
     """sha256 of every emitted source of the table (compared across processes)."""
     out = {}
@@ -258,6 +391,9 @@ def run_checks(out):
     checks["stable tiled"] = lambda: check_stability(out, "tiled")
     checks["kinks fused"] = lambda: check_kinks(out, "fused")
     checks["kinks tiled"] = lambda: check_kinks(out, "tiled")
+    checks["bind fused"] = lambda: check_bind(out, "fused")
+    checks["bind tiled"] = lambda: check_bind(out, "tiled")
+    checks["interop"] = lambda: check_interop(out)
     checks["digests"] = emitted_digests
     results = {}
     for label, fn in checks.items():
@@ -312,6 +448,16 @@ def assert_check(label, values):
         tol = {key: 1e-12 for key in v}
     elif label in ("kinks fused", "kinks tiled"):
         assert v.pop("zeros") >= 3, "the kink batch does not hit z = 0"
+        tol = {key: 1e-12 for key in v}
+    elif label in ("bind fused", "bind tiled"):
+        assert v.pop("flags") == 1.0, "a gradient or loss is not a device array, or not in place"
+        assert v.pop("launches") == LAUNCHES[label.split()[1]](2)
+        assert v.pop("host copies") == 6 and v.pop("largest host copy") == 1   # 2 epochs x 3 steps
+        tol = {key: 1e-12 for key in v}
+    elif label == "interop":
+        import importlib.util
+        for lib in ("torch", "jax"):        # installed here: the subprocess checked it too
+            assert (importlib.util.find_spec(lib) is None) or f"{lib} loss" in v, lib
         tol = {key: 1e-12 for key in v}
     elif label in ("stable fused", "stable tiled"):
         for name in ("sigmoid_bce", "tanh_softmax_ce"):
@@ -400,6 +546,56 @@ def test_batch_split_into_chunks_adds_up(simulated, strategy):
 
 def test_device_arrays_and_sgd_step(simulated):
     assert_check("device arrays", _values(simulated, "device arrays"))
+
+
+@pytest.mark.parametrize("strategy", ["fused", "tiled"])
+def test_bind_keeps_gradients_loss_and_training_on_the_device(simulated, strategy):
+    assert_check(f"bind {strategy}", _values(simulated, f"bind {strategy}"))
+
+
+def test_torch_and_jax_functions_of_a_cuda_kernel(simulated):
+    assert_check("interop", _values(simulated, "interop"))
+
+
+# Launches of one training step (zero, loss and gradients, update) for a network of L layers:
+# fused, zeroing and the kernel, whose epilogue updates (it was 2 + 2 * params: a zeroing launch
+# per array, an update per parameter, 14 for three layers);
+# tiled, a matrix product and an elementwise pass per layer forward, an elementwise pass and the
+# weight-gradient product (bias gradient folded in) per layer backward and L - 1 products for
+# dL/da (it was 30 for three layers: separate zeroing, column sums and updates).
+LAUNCHES = {"fused": lambda L: 2, "tiled": lambda L: 1 + 2 * L + 2 * L + (L - 1) + 1}
+
+
+@pytest.mark.parametrize("sizes,strategy", [([4, 8, 8, 3], "fused"), ([784, 256, 128, 10], "tiled"),
+                                            ([2, 3, 2], "fused"), ([3, 130, 2], "tiled")])
+def test_launches_per_training_step(tmp_path, sizes, strategy):
+    """Counted on the module's host functions with stand-in launches (no device needed): the
+    step CudaKernel.sgd_step runs is zero_grads, then loss_and_grad with the update."""
+    L = len(sizes) - 1
+    net = symbp.mlp(sizes, activations=["relu"] * (L - 1) + ["softmax"], loss="ce", name=f"launch{L}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k = generate_cuda(symbp.derive(net), "float32", out_dir=tmp_path, jit=False)
+    m = k.module
+    assert m.STRATEGY == strategy
+    counter = [0]
+
+    class Stub:
+        def __getitem__(self, config):
+            def launch(*args):
+                counter[0] += 1
+            return launch
+    for name in m.SIGNATURES:
+        setattr(m, name, Stub())
+    B, dt = 3, np.float32
+    ps = [np.zeros(k.param_shapes[key], dt) for key in m.PARAMS]
+    gs = [np.zeros_like(a) for a in ps]
+    work = [np.zeros((B, m.BUFFER_WIDTHS[b]), dt) for b in m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS]
+    X, Y, loss = np.zeros((B, sizes[0]), dt), np.zeros((B, sizes[-1]), dt), np.zeros(1, dt)
+    m.zero_grads(*gs, loss)
+    m.loss_and_grad(X, Y, *ps, *work, *gs, loss, X.copy(), False, B, np.zeros(1, np.int32), 0.1, True)
+    assert counter[0] == LAUNCHES[strategy](L)
+    assert "column_sum" not in m.SIGNATURES       # every bias gradient folded into a product
 
 
 @pytest.mark.parametrize("strategy", ["fused", "tiled"])

@@ -112,7 +112,7 @@ def fill(face, message):
 
 
 CASES = [(kind, label, method, mutate, msg) for kind in KINDS for label, methods, mutate, msg in BAD
-         for method in methods if not (kind != "mlp" and method == "bind")]
+         for method in methods if not (kind == "graph" and method == "bind")]
 
 
 @pytest.mark.parametrize("kind,label,method,mutate,message", CASES,
@@ -184,9 +184,14 @@ def test_init_params_refuses_a_bad_seed(faces, kind, seed):
         faces[kind].k.init_params(seed)
 
 
-def test_cuda_bind_is_a_clear_error(faces):
+def test_cuda_bind_checks_its_arguments_before_the_device(faces):
+    """CUDA bind works (tests/test_cuda.py); here, without a device: a bad argument is its
+    InputError line, good arguments reach the "no GPU" error."""
+    from symbp.codegen.cuda import NO_DEVICE
     face = faces["cuda"]
-    with pytest.raises(SymbpError, match=r"^bind: a bound step is a CPU kernel entry point"):
+    with pytest.raises(InputError, match=r"^X: expected dtype float64"):
+        face.k.bind(face.params(), face.X.astype(np.float32), face.Y)
+    with pytest.raises(SymbpError, match=NO_DEVICE.split(";")[0]):
         face.k.bind(face.params(), face.X, face.Y)
 
 

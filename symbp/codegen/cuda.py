@@ -32,6 +32,17 @@ Two strategies, chosen by width:
   contractions that ``batch_form`` reads off the equations, and one elementwise kernel per pass
   (bias and activation, output delta with the loss, hidden deltas), launched in sequence.
 
+Launches: besides the strategy's kernels, one kernel zeroes every gradient and the loss and
+one updates every parameter (``zero_all``, ``sgd_all``: one thread per entry of the parameters
+laid end to end), and the tiled weight-gradient product dL/dW = delta^T A also writes the bias
+gradient sum_s delta (the row sums of the delta^T tiles it already holds in shared memory), so a
+training step is 5 L + 1 launches tiled (L layers). The fused kernel folds the update into its
+epilogue when asked (``update``): the block that finishes last (an atomic ticket counter
+``DONE``, after a memory fence; every other block's gradient sums are then in g*) applies
+theta <- theta - lr g, reading g by atomic adds of 0 (coherent with the other blocks' atomics),
+and resets the counter; a fused training step is 2 launches (zero, loss-gradient-update). ``gather_rows`` assembles a
+shuffled mini-batch of device arrays on the device.
+
 The batch factor's B (``Bf``) is a kernel argument: the size of the whole batch, so that a batch
 split into chunks (``CudaKernel``) sums to the gradients of the whole batch.
 """
@@ -39,6 +50,7 @@ import hashlib
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
@@ -264,6 +276,10 @@ def _sig(dtype, args):
             types.append(dtype)
         elif kind == "int":
             types.append("int64")
+        elif kind == "index":
+            types.append("int64[::1]")
+        elif kind == "counter":
+            types.append("int32[::1]")
         else:
             types.append(f"{dtype}[{', '.join([':'] * (kind - 1) + ['::1'])}]")
     return f"void({', '.join(types)})"
@@ -397,7 +413,8 @@ def _fused_context(d, dtype, geometry):
     fwd_args = [("X", 2)] + [(k, len(s)) for k, s in net.param_shapes().items()] + [(f"A{L}", 2)]
     train_args = ([("X", 2), ("Y", 2)] + [(k, len(s)) for k, s in net.param_shapes().items()]
                   + [(g, len(s)) for g, s in zip(grads, net.param_shapes().values())]
-                  + [("LOSS", 1), ("GX", 2), ("want_gx", "int"), ("Bf", "scalar")])
+                  + [("LOSS", 1), ("GX", 2), ("want_gx", "int"), ("Bf", "scalar"),
+                     ("lr", "scalar"), ("update", "int"), ("DONE", "counter")])
     return p, {
         "strategy": "fused", "shared": smem,
         "locals_fwd": locals_fwd, "locals_bwd": locals_bwd, "forward": forward, "backward": backward,
@@ -449,6 +466,7 @@ def _tiled_context(d, dtype):
     sizes[naming.BATCH] = BF
     p = CudaPrinter(dtype, {BF: "Bf"})
     kernels, steps_fwd, steps_bwd, gemms = [], [], [], set()
+    column_sums = False      # a column-sum kernel only where a bias gradient is not folded
 
     for l in range(1, L + 1):
         zq, aq = d[f"z{l}"], d[f"a{l}"]
@@ -499,12 +517,18 @@ def _tiled_context(d, dtype):
         gq = d[f"ga{l - 1}"]
         _, ga_gemm, ga_args = _gemm_call(gq, "GX" if l == 1 else naming.ident(gq.lhs.base))
         gemms.update((gW_gemm, ga_gemm))
+        # dL/db = sum_s delta: the row sums of delta^T, which the product dL/dW = delta^T A reads
+        # tile by tile anyway, so the product also writes them (no column-sum launch)
+        folded = (gb is not None and gW_gemm == "gemm_tn"
+                  and gW_args.split(", ")[0] == naming.ident(cs.arg))
+        if not folded and gb is not None:
+            column_sums = True
         steps_bwd.append({
             "layer": l, "delta_comment": f"{dq.name}: {dq.doc}", "kernel": k,
             "gW_comment": text(gW.lhs, gW.rhs), "gW_gemm": gW_gemm, "gW_args": gW_args,
             "gb_comment": text(gb.lhs, gb.rhs) if gb is not None else None,
             "gb": naming.ident(gb.lhs.base) if gb is not None else None,
-            "gb_arg": naming.ident(cs.arg) if gb is not None else None,
+            "gb_arg": naming.ident(cs.arg) if gb is not None else None, "gb_folded": folded,
             "ga_comment": text(gq.lhs, gq.rhs), "ga_gemm": ga_gemm, "ga_args": ga_args,
         })
 
@@ -514,13 +538,14 @@ def _tiled_context(d, dtype):
               **{f"G{l}": n[l] for l in range(1, L)}, **{f"D{l}": n[l] for l in range(1, L + 1)}}
     sig = {k["name"]: k["args"] for k in kernels}
     for g in sorted(gemms):
-        sig[g] = [("L", 2), ("R", 2), ("C", 2), ("accumulate", "int")]
-    sig["column_sum"] = [("D", 2), ("g", 1)]
+        sig[g] = [("L", 2), ("R", 2), ("C", 2), ("accumulate", "int"), ("S", 1), ("with_sum", "int")]
+    if column_sums:
+        sig["column_sum"] = [("D", 2), ("g", 1)]
     return p, {
         "strategy": "tiled", "kernels_ew": kernels, "gemms": sorted(gemms),
         "forward": steps_fwd, "backward": steps_bwd, "loss_pass": loss,
         "fwd_buffers": fwd_buffers, "bwd_buffers": bwd_buffers, "buffer_widths": widths,
-        "kernels": sig, "out": f"A{L}", "n0": n[0], "nL": n[L],
+        "kernels": sig, "out": f"A{L}", "n0": n[0], "nL": n[L], "column_sums": column_sums,
     }
 
 
@@ -579,8 +604,17 @@ def emit_cuda(derivation, dtype="float64", fuse_width=FUSE_WIDTH, geometry=DEFAU
         "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
     })
     ctx["kernels"] = dict(ctx["kernels"])
-    ctx["kernels"]["fill_zero"] = [("a", 1)]
-    ctx["kernels"]["sgd_update"] = [("theta", 1), ("g", 1), ("lr", "scalar")]
+    # zeroing and the update: one launch each over all parameters, flat, in PARAMS order
+    flat, start = [], 0
+    for k, shape in net.param_shapes().items():
+        size = int(np.prod(shape))
+        flat.append({"name": k, "start": start, "end": start + size, "size": size,
+                     "cols": shape[1] if len(shape) == 2 else None})
+        start += size
+    ctx.update(flat_params=flat, flat_total=start)
+    ctx["kernels"]["zero_all"] = [("g" + k, 1) for k in params] + [("LOSS", 1)]
+    ctx["kernels"]["sgd_all"] = [(k, 1) for k in params] + [("g" + k, 1) for k in params] + [("lr", "scalar")]
+    ctx["kernels"]["gather_rows"] = [("src", 2), ("idx", "index"), ("dst", 2)]
     ctx["signatures"] = {k: _sig(dtype, a) for k, a in ctx["kernels"].items()}
     ctx["arglists"] = {k: ", ".join(n for n, _ in a) for k, a in ctx["kernels"].items()}
     return environment().get_template(f"cuda/{strategy}.py.j2").render(**ctx)

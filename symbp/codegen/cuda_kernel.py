@@ -14,6 +14,15 @@ and the gradients of the chunks add up on the device (the kernels receive the si
 batch for the mean), so a batch too large for the device is split, not refused.
 Without a GPU and without the simulator every call raises ``SymbpError(cuda.NO_DEVICE)``.
 
+Staying on the device: ``loss_and_grad(..., copy=False)`` and ``device_grads`` give the
+kernel's device gradient arrays and ``device_loss`` its loss array (no copy); ``bind`` returns a
+``CudaBoundStep`` that holds parameters, batch, gradients and loss on the device and copies the
+loss to the host only when asked; ``as_batch``/``take_rows`` let ``symbp.train`` keep device
+batches on the device (mini-batches gathered there). A step is one launch to zero every
+gradient and the loss, the loss-and-gradient launches (fused: one kernel; tiled: the matrix
+products, with the bias gradients folded into them, and the elementwise passes) and one launch
+for the update of every parameter (fused: folded into the kernel's epilogue instead).
+
 Arguments are checked as the CPU Kernel checks them (one ``InputError`` line naming the
 argument). Threads: the device buffers (parameters, gradients, loss, per-row work) belong to
 the kernel, and the device runs one launch sequence at a time anyway, so calls from several
@@ -24,7 +33,7 @@ import threading
 
 import numpy as np
 
-from ..errors import InputError, SymbpError
+from ..errors import InputError
 from . import cuda as _cuda
 from .kernel import _ABSENT, Kernel, check_keys, check_lr, check_writable
 
@@ -55,6 +64,7 @@ class CudaKernel(Kernel):
         self._chunks = {}      # (batch, max_chunk) -> chunk rows
         self._dev = None       # device parameters, gradients and loss (no per-row size)
         self._lock = threading.RLock()   # one call at a time uses the buffers above
+        self._gathered = {}    # (slot, width) -> device buffer of take_rows
 
     def __repr__(self):
         return (f"<CudaKernel {self.network.name} {self.dtype} {self.strategy} "
@@ -93,9 +103,36 @@ class CudaKernel(Kernel):
         return ps, X, Y
 
     def bind(self, params, X, Y):
-        """Not for CUDA kernels: the packed single-call step is a CPU entry point."""
-        raise SymbpError("bind: a bound step is a CPU kernel entry point; on CUDA call "
-                         "sgd_step or loss_and_grad (device arrays stay on the device)")
+        """A CudaBoundStep: parameters, batch, gradients and loss held on the device, so that a
+        training step is a few launches and no copy between host and device (see its doc)."""
+        return CudaBoundStep(self, params, X, Y)
+
+    @property
+    def device_grads(self):
+        """The gradients of the last loss_and_grad, loss, input_grad or sgd_step call as the
+        kernel's own device arrays keyed like params (no copy; the next call overwrites them)."""
+        dev = self._device()
+        return dict(zip(self._params, dev["grads"]))
+
+    @property
+    def device_loss(self):
+        """The loss of the last call as the kernel's device array of shape (1,) (no copy)."""
+        return self._device()["loss"]
+
+    @_locked
+    def take_rows(self, a, idx, slot=0):
+        """Rows ``idx`` (integers) of ``a``: ``a[idx]`` for a NumPy array; for a device array a
+        gather on the device into a buffer of the kernel kept per ``slot`` (X and Y of a
+        mini-batch use two slots), returned as a device array; nothing goes to the host."""
+        if not is_device_array(a):
+            return a[idx]
+        from numba import cuda
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        key = (slot, a.shape[1])
+        buf = self._gathered.get(key)
+        if buf is None or buf.shape[0] < idx.shape[0]:
+            buf = self._gathered[key] = cuda.device_array((idx.shape[0], a.shape[1]), self.dtype)
+        return self.module.gather(a, cuda.to_device(idx), buf)
 
     # device memory ------------------------------------------------------------------------
     def _bytes_per_row(self):
@@ -132,6 +169,8 @@ class CudaKernel(Kernel):
                 "params": [cuda.device_array(shapes[k], self.dtype) for k in self._params],
                 "grads": [cuda.device_array(shapes[k], self.dtype) for k in self._params],
                 "loss": cuda.device_array(1, self.dtype),
+                # the fused kernel's ticket counter for the update in its epilogue (0 between launches)
+                "done": cuda.to_device(np.zeros(1, np.int32)),
             }
         return self._dev
 
@@ -203,8 +242,9 @@ class CudaKernel(Kernel):
             res.copy_to_host(out[lo:hi])
         return out
 
-    def _loss_and_grad(self, ps, X, Y, want_gx):
-        """Runs the chunks; leaves the loss and gradients on the device; returns (dps, GX)."""
+    def _loss_and_grad(self, ps, X, Y, want_gx, lr=None):
+        """Runs the chunks; leaves the loss and gradients on the device; returns (dps, GX).
+        With lr, the last chunk's launch also updates the parameters (theta - lr g)."""
         self._ready()
         m = self.module
         B = X.shape[0]
@@ -212,9 +252,7 @@ class CudaKernel(Kernel):
         w = self._rows(c)
         dev = self._device()
         dps = self._params_on_device(ps)
-        for g in dev["grads"]:
-            m.zero(g)
-        m.zero(dev["loss"])
+        m.zero_grads(*dev["grads"], dev["loss"])      # one launch
         GX = np.empty((B, self.network.sizes[0]), self.dtype) if want_gx else None
         for lo in range(0, B, c):
             hi = min(lo + c, B)
@@ -222,20 +260,32 @@ class CudaKernel(Kernel):
             dX = self._slice(X, lo, hi, w["X"])
             dY = self._slice(Y, lo, hi, w["Y"])
             m.loss_and_grad(dX, dY, *dps, *[b[:n] for b in w["fwd"]], *[b[:n] for b in w["bwd"]],
-                            *dev["grads"], dev["loss"], w["GX"][:n], want_gx, B)
+                            *dev["grads"], dev["loss"], w["GX"][:n], want_gx, B, dev["done"],
+                            0.0 if lr is None else lr, lr is not None and hi == B)
             if want_gx:
                 w["GX"][:n].copy_to_host(GX[lo:hi])
         return dps, GX
 
     @_locked
     def loss_and_grad(self, params, X, Y, copy=True):
-        """(loss, {"gW1": ..., ...} keyed like params), NumPy arrays (``copy`` is accepted for
-        the CPU Kernel's signature: the gradients are always fresh host arrays)."""
+        """(loss, {"W1": dL/dW1, ...} keyed like params) as NumPy arrays; ``copy=False`` gives
+        the kernel's device gradient arrays instead (``device_grads``: no copy to the host)."""
         ps, X, Y = self._check(params, X, Y)
         self._loss_and_grad(ps, X, Y, False)
         dev = self._device()
+        if not copy:           # the kernel's device arrays, as device_grads
+            return float(dev["loss"].copy_to_host()[0]), dict(zip(self._params, dev["grads"]))
         grads = {k: g.copy_to_host() for k, g in zip(self._params, dev["grads"])}
         return float(dev["loss"].copy_to_host()[0]), grads
+
+    @_locked
+    def loss_and_grads(self, params, X, Y):
+        """(loss, gradients keyed like params, dL/dX) from one launch sequence, NumPy arrays."""
+        ps, X, Y = self._check(params, X, Y)
+        _, GX = self._loss_and_grad(ps, X, Y, True)
+        dev = self._device()
+        grads = {k: g.copy_to_host() for k, g in zip(self._params, dev["grads"])}
+        return float(dev["loss"].copy_to_host()[0]), grads, GX
 
     @_locked
     def loss(self, params, X, Y):
@@ -255,10 +305,88 @@ class CudaKernel(Kernel):
         lr = check_lr(lr, self.dtype)
         ps, X, Y = self._check(params, X, Y)
         check_writable(params, self._params, ps, self.dtype)
-        dps, _ = self._loss_and_grad(ps, X, Y, False)
+        dps, _ = self._loss_and_grad(ps, X, Y, False, lr)     # the update in the last launch
         dev = self._device()
-        self.module.sgd(*dps, *dev["grads"], lr)
         for a, d in zip(ps, dps):
             if not is_device_array(a):
                 d.copy_to_host(a)
         return float(dev["loss"].copy_to_host()[0])
+
+
+def as_batch(kernel, a):
+    """A batch for a training loop (symbp.train): a device array of a CUDA kernel as it is (no
+    copy to the host), anything else as a C-contiguous NumPy array of the kernel's dtype."""
+    if is_device_array(a) and getattr(kernel, "target", None) == _cuda.TARGET:
+        return a
+    return np.ascontiguousarray(a, dtype=kernel.dtype)
+
+
+def take_rows(kernel, a, idx, slot=0):
+    """Rows ``idx`` of a batch: ``a[idx]``, or a gather on the device (``CudaKernel.take_rows``)."""
+    if is_device_array(a):
+        return kernel.take_rows(a, idx, slot)
+    return a[idx]
+
+
+class CudaBoundStep:
+    """A training step on the device (``CudaKernel.bind``).
+
+    ``params`` are device arrays (the caller's own device arrays, updated in place, or device
+    copies of NumPy parameters made at bind time: read them back with ``params_to_host()``);
+    ``grads`` are device arrays keyed like params and ``loss_device`` a device array of shape
+    (1,), all owned by the step. ``run()`` computes the loss and gradients (one launch to zero,
+    the loss-and-gradient launches of each chunk) and copies nothing; ``sgd(lr)`` is ``run()``
+    and one update launch; ``loss`` copies the loss (one number) to the host when asked;
+    ``step()`` is ``run()`` and returns that loss, like the CPU BoundStep. A step belongs to one
+    thread.
+    """
+
+    def __init__(self, kernel, params, X, Y):
+        from numba import cuda
+        ps, X, Y = kernel._check(params, X, Y)
+        kernel._ready()
+        self.kernel, m, n = kernel, kernel.module, kernel.network.sizes
+        keys, dt = kernel._params, kernel.dtype
+        dev = lambda a: a if is_device_array(a) else cuda.to_device(a)
+        self.params = {k: dev(a) for k, a in zip(keys, ps)}
+        self.grads = {k: cuda.device_array(kernel.param_shapes[k], dt) for k in keys}
+        self.loss_device = cuda.device_array(1, dt)
+        self.X, self.Y = dev(X), dev(Y)
+        self.B = X.shape[0]
+        c = self.chunk = kernel.chunk_size(self.B)
+        self._fwd = [cuda.device_array((c, m.BUFFER_WIDTHS[b]), dt) for b in m.FORWARD_BUFFERS]
+        self._bwd = [cuda.device_array((c, m.BUFFER_WIDTHS[b]), dt) for b in m.BACKWARD_BUFFERS]
+        self._gx = cuda.device_array((c, n[0]), dt)
+        self._done = cuda.to_device(np.zeros(1, np.int32))
+        self._ps = [self.params[k] for k in keys]
+        self._gs = [self.grads[k] for k in keys]
+
+    def run(self, lr=None):
+        """Loss and gradients into loss_device and grads; nothing is copied to the host. With lr
+        (``sgd``), the last launch also updates the parameters."""
+        m, B, c = self.kernel.module, self.B, self.chunk
+        m.zero_grads(*self._gs, self.loss_device)
+        for lo in range(0, B, c):
+            hi = min(lo + c, B)
+            k = hi - lo
+            m.loss_and_grad(self.X[lo:hi], self.Y[lo:hi], *self._ps, *[b[:k] for b in self._fwd],
+                            *[b[:k] for b in self._bwd], *self._gs, self.loss_device, self._gx[:k],
+                            False, B, self._done, 0.0 if lr is None else lr, lr is not None and hi == B)
+
+    def sgd(self, lr):
+        """Loss, gradients and theta <- theta - lr dL/dtheta on the device: 2 launches fused
+        (the update in the kernel's epilogue), 5 L + 1 tiled."""
+        self.run(check_lr(lr, self.kernel.dtype))
+
+    @property
+    def loss(self):
+        """The loss of the last run, copied to the host now (a float)."""
+        return float(self.loss_device.copy_to_host()[0])
+
+    def params_to_host(self):
+        """The parameters as fresh NumPy arrays keyed like params."""
+        return {k: a.copy_to_host() for k, a in self.params.items()}
+
+    def __call__(self):
+        self.run()
+        return self.loss

@@ -149,3 +149,15 @@ class GraphKernel:
         check_writable(params, self._params, ps, self.dtype)
         fwd, bwd, use, grads = self._buffers(xs[0].shape[0])
         return float(self.module.sgd_step(*xs, t, *ps, *fwd.values(), *bwd.values(), *use, *grads, lr))
+
+    # interop (symbp.codegen.interop) ----------------------------------------------------
+    def torch_function(self):
+        """A torch.autograd.Function: ``F.apply(*params, *inputs, target)`` (PARAMS and INPUTS
+        order) is the loss, with gradients for the parameters and the inputs marked grad."""
+        from .interop import torch_function
+        return torch_function(self)
+
+    def jax_function(self):
+        """A jax.custom_vjp function ``f(*params, *inputs, target)`` -> loss (pure_callback)."""
+        from .interop import jax_function
+        return jax_function(self)

@@ -242,6 +242,25 @@ class Kernel:
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
         return float(self._run("sgd_step", self.module.sgd_step, X, Y, *ps, *fwd, *bwd, *grads, lr))
 
+    def loss_and_grads(self, params, X, Y):
+        """(loss, {"W1": dL/dW1, ...}, dL/dX) from one call of the kernel, fresh arrays."""
+        ps, X, Y = self._check(params, X, Y)
+        fwd, bwd, grads, gx = self._buffers(X.shape[0])
+        loss = self._run("loss_and_grads", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
+        return float(loss), {k: g.copy() for k, g in zip(self._params, grads)}, gx.copy()
+
+    # interop (symbp.codegen.interop) ----------------------------------------------------
+    def torch_function(self):
+        """A torch.autograd.Function: ``F.apply(W1, b1, ..., X, Y)`` is the loss, with
+        gradients for the parameters and X from this kernel."""
+        from .interop import torch_function
+        return torch_function(self)
+
+    def jax_function(self):
+        """A jax.custom_vjp function ``f(W1, b1, ..., X, Y)`` -> loss (through pure_callback)."""
+        from .interop import jax_function
+        return jax_function(self)
+
 
 class BoundStep:
     """One training-gradient step bound to packed arrays (``Kernel.bind``).
