@@ -242,8 +242,8 @@ def build_parser():
     p.add_argument("--dtype", default="float64", choices=DTYPES, help="default float64")
     p.add_argument("--batch", type=BATCH, default=4, help="samples of the random batch (default 4)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of parameters and batch (default 0)")
-    p.add_argument("--tol", type=POSITIVE, default=None,
-                   help="largest relative error accepted (default: by dtype)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="largest relative error accepted, in (0, 1) (default: by dtype)")
     p.add_argument("--out", help=OUT_HELP)
     p.add_argument("--no-jit", action="store_true", help="load as plain Python, do not compile")
     p.set_defaults(fn=cmd_check)

@@ -102,7 +102,7 @@ def cmd_check(args):
 
 
 def add_command(subparsers):
-    from .cli import BATCH, OUT_HELP, POSITIVE, SEED
+    from .cli import BATCH, OUT_HELP, SEED
     from .codegen.graph_emit import DTYPES, TARGETS
     p = subparsers.add_parser("graph", help="DAG networks (branch, merge, shared parameters): derive, generate, check")
     sub = p.add_subparsers(dest="graph_command", required=True, metavar="COMMAND")
@@ -126,6 +126,6 @@ def add_command(subparsers):
         if name == "check":
             q.add_argument("--batch", type=BATCH, default=4, help="samples of the random batch (default 4)")
             q.add_argument("--seed", type=SEED, default=0, help="seed of parameters and batch (default 0)")
-            q.add_argument("--tol", type=POSITIVE, default=None,
-                           help="largest relative error accepted (default: by dtype)")
+            q.add_argument("--tol", type=float, default=None,
+                           help="largest relative error accepted, in (0, 1) (default: by dtype)")
         q.set_defaults(fn=fn)

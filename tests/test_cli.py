@@ -127,7 +127,7 @@ def test_toy_spec_with_the_new_keys_derives_generates_and_warns_in_one_line(tmp_
     (["demo", "--seed", "-1"], "argument --seed: expected a value >= 0"),
     (["check", XOR, "--batch", "0"], "argument --batch: expected a value >= 1"),
     (["check", XOR, "--batch", "1000000000000"], "argument --batch: expected a value <= 100000"),
-    (["check", XOR, "--tol", "-0.001"], "argument --tol: expected a number > 0"),
+    (["check", XOR, "--tol", "-0.001"], "--tol: expected a relative tolerance in (0, 1)"),
     (["graph", "check", RESIDUAL, "--batch", "-2"], "argument --batch: expected a value >= 1"),
     (["graph", "generate", RESIDUAL, "--target", "cuda"], "argument --target: invalid choice: 'cuda'"),
     (["graph", "frobnicate"], "argument COMMAND: invalid choice"),

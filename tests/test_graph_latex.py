@@ -179,7 +179,10 @@ def test_rowvector_elementwise_step_is_g_out_times_diag(derived):
     assert row["rhs"] == r"= g_{\mathrm{code}} \odot \left(1 - \mathrm{code} \odot \mathrm{code}\right)"
     g = derived["gated"]
     row = gl.Renderer(g, gl.get_notation("rowvector")).vector_row(g["g_y__s"])
-    assert row["rhs"] == r"= g_{s} \operatorname{diag}\left(\frac{e^{y} + s}{e^{y} + 1}\right)"
+    # the derivative of s = y sigmoid(y) in the form the stability check keeps (no e^y / (e^y + 1),
+    # which is inf / inf for large y): sigmoid(y) (1 + y (1 - sigmoid(y))) written with 1/(e^y + 1)
+    assert row["rhs"] == (r"= g_{s} \operatorname{diag}\left(\left(-1 + \frac{1}{e^{y} + 1}\right) \odot "
+                          r"\left(-1 - \frac{y}{e^{y} + 1}\right)\right)")
 
 
 def test_unknown_notation_is_one_line(derived):
