@@ -16,7 +16,7 @@ sum_k exp(x_k) = exp(m) r with r = sum_k exp(x_k - m), substituted and simplifie
 import numpy as np
 import sympy as sp
 
-from .. import __version__, naming
+from .. import __version__, naming, optim
 from ..derivation import ColumnSum, Product, batch_form
 from .printer import (ArrayPrinter, NumbaPrinter, helper_source, helpers_used, is_transcendental,
                       stable_forms)
@@ -136,6 +136,42 @@ LOOPS_MAX = 64
 def layer_strategy(n_in, n_out):
     """"loops" or "blas" for a dense layer of n_out x n_in weights (see LOOPS_MAX)."""
     return "loops" if n_in * n_out <= LOOPS_MAX else "blas"
+
+
+def optimizer_steps(dtype):
+    """Per optimizer kind of ``symbp.optim.RULES``, the printed pieces of its fused step
+    ``train_step_<kind>``: the rule's assignments printed per element of the packed arrays (p as
+    theta[i], g as a local gradient, a state buffer s as state_s[i]), its per-step scalars
+    printed in float64 from the hyper array, and the clipping by global norm."""
+    steps = []
+    for rule in optim.RULES.values():
+        names = optim.hyper_names(rule)
+        slot = {name: i for i, name in enumerate(names)}
+        # per-step scalars: float64, straight from the hyper array
+        wide = NumbaPrinter("float64", {**{getattr(optim, h): f"hyper[{slot[h]}]" for h in names[:-1]},
+                                        optim.t: "t", optim.sq: "sq"})
+        # per element: the kernel's dtype; hyperparameters cast once into locals of that name
+        elem = NumbaPrinter(dtype, {optim.p: "theta[i]", optim.g: "g",
+                                    **{s: f"state_{s}[i]" for s in rule.state}})
+        hyper_locals = [f"{h} = DTYPE(hyper[{slot[h]}])" for h, _ in rule.hyper]
+        scalars = [f"{lhs} = DTYPE({wide.doprint(rhs)})" for lhs, rhs in rule.scalars]
+        body = []
+        for lhs, rhs in rule.updates:
+            target = "theta[i]" if lhs == optim.p else elem.doprint(lhs)
+            body.append(f"{target} = {elem.doprint(rhs)}")
+        clip_sym, clip_rhs = optim.CLIP_SCALAR
+        red_sym, red_rhs = optim.CLIP_REDUCTION
+        gfull = NumbaPrinter(dtype, {optim.g: "gtheta[i]", clip_sym: str(clip_sym)})
+        steps.append({
+            "kind": rule.name, "title": rule.title, "doc": rule.doc, "hyper": names,
+            "state": [f"state_{s}" for s in rule.state], "hyper_locals": hyper_locals,
+            "scalars": scalars, "body": body, "t_slot": slot["t"], "clip_slot": slot["max_grad_norm"],
+            "clip_sum": f"{red_sym} += {gfull.doprint(red_rhs)}",
+            "clip_scalar": f"{clip_sym} = DTYPE({wide.doprint(clip_rhs)})",
+            "clip_update": f"gtheta[i] = {gfull.doprint(optim.CLIP_UPDATE[1])}",
+            "updates": [f"{lhs} <- {rhs}" for lhs, rhs in rule.updates],
+        })
+    return steps
 
 
 def emit(derivation, target="cpu", dtype="float64"):
@@ -270,5 +306,6 @@ def emit(derivation, target="cpu", dtype="float64"):
         "uses_scipy": any(l["vector"] and "scipy." in l["vector"]["stmt"] for l in layers_fwd),
         "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
         "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
+        "optimizers": optimizer_steps(dtype),
     }
     return environment().get_template(f"{target}/module.py.j2").render(**ctx)

@@ -218,11 +218,13 @@ class Kernel:
         loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *grads)
         return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
 
-    def bind(self, params, X, Y):
+    def bind(self, params, X, Y, optimizer=None):
         """A BoundStep: the parameters copied into one packed array and the batch fixed, so that
-        each call of the step is a single five-array call into compiled code (for training loops
-        and benchmarks where the per-call cost matters)."""
-        return BoundStep(self, params, X, Y)
+        each call of the step is a single call into compiled code (for training loops and
+        benchmarks where the per-call cost matters). With ``optimizer`` (symbp.SGD, Adam, AdamW,
+        see symbp.optim) each call is one fused training step: forward, backward and update of
+        the packed parameters, the optimizer's state kept in ``step.state``."""
+        return BoundStep(self, params, X, Y, optimizer)
 
     def loss(self, params, X, Y):
         return self.loss_and_grad(params, X, Y, copy=False)[0]
@@ -249,11 +251,23 @@ class BoundStep:
     ``step()`` returns the loss and leaves the gradients in ``step.grads`` (views into one
     packed array, keyed like params); ``step.params`` are views into the packed parameters
     (a copy made at bind time: update them in place, e.g. ``step.theta -= lr * step.gtheta``).
+
+    With an optimizer, ``step()`` also updates ``step.theta`` (one compiled call,
+    ``train_step_<kind>`` of the generated module); ``step.state`` holds the optimizer's buffers
+    (m, v or the momentum buffer, each of theta's size, back to back), ``step.hyper`` its
+    hyperparameters and, last, the number of steps taken; ``step.grads`` are the gradients of
+    the last step (after clipping). ``rebatch(X, Y)`` binds another batch (checked);
+    ``write_back(params)`` copies the packed parameters into the caller's arrays.
     """
 
-    def __init__(self, kernel, params, X, Y):
+    def __init__(self, kernel, params, X, Y, optimizer=None):
+        opt = None
+        if optimizer is not None:
+            from ..optim import optimizer as make_optimizer
+            opt = make_optimizer(optimizer)
         ps, X, Y = kernel._check(params, X, Y)
         keys = kernel._params
+        self._kernel = kernel
         self.theta = np.concatenate([a.ravel() for a in ps])
         self.gtheta = np.zeros_like(self.theta)
         self.work = np.empty(X.shape[0] * kernel.module.WORK_WIDTH, kernel.dtype)
@@ -262,8 +276,39 @@ class BoundStep:
             self.params[key] = self.theta[off:off + a.size].reshape(a.shape)
             self.grads[key] = self.gtheta[off:off + a.size].reshape(a.shape)
             off += a.size
-        self._fn = kernel.module.loss_and_grad_packed
-        self._args = (X, Y, self.theta, self.gtheta, self.work)
+        self.optimizer = opt
+        if opt is None:
+            self._fn = kernel.module.loss_and_grad_packed
+            self._tail = ()
+        else:
+            self._fn = getattr(kernel.module, f"train_step_{opt.kind}")
+            self.state = np.zeros(len(opt.rule.state) * self.theta.size, kernel.dtype)
+            self.hyper = opt.hyper_array()
+            self._tail = (self.state, self.hyper)
+        self._args = (X, Y, self.theta, self.gtheta, self.work) + self._tail
+
+    @property
+    def steps(self):
+        """Number of optimizer steps taken (0 without an optimizer)."""
+        return 0 if self.optimizer is None else int(self.hyper[-1])
+
+    def rebatch(self, X, Y):
+        """Bind the batch (X, Y) instead (checked as by the kernel; the work array grows when
+        the batch is larger than any bound before)."""
+        _, X, Y = self._kernel._check(self.params, X, Y)
+        self._set_batch(X, Y)
+
+    def _set_batch(self, X, Y):
+        # X, Y already checked (C-contiguous, the kernel's dtype and widths)
+        need = X.shape[0] * self._kernel.module.WORK_WIDTH
+        if self.work.size < need:
+            self.work = np.empty(need, self._kernel.dtype)
+        self._args = (X, Y, self.theta, self.gtheta, self.work) + self._tail
+
+    def write_back(self, params):
+        """Copy the packed parameters into the arrays of ``params`` (in place)."""
+        for key, a in self.params.items():
+            params[key][...] = a
 
     def __call__(self):
         return self._fn(*self._args)
