@@ -271,11 +271,12 @@ def emit(derivation, target="cpu", dtype="float64"):
 
     params = [k for k in net.param_shapes()]
     # packed entry point: every parameter (gradient, work buffer) back to back in one array
-    packed, off = [], 0
+    packed, packed_grads, off = [], [], 0
     for key, shape in net.param_shapes().items():
         size = int(np.prod(shape))
         view = f"[{off}:{off + size}]" + (f".reshape({shape})" if len(shape) == 2 else "")
         packed += [f"{key} = theta{view}", f"g{key} = gtheta{view}"]
+        packed_grads.append(f"g{key} = gtheta{view}")
         off += size
     fwd_buffers = [n for l in range(1, L + 1) for n in (f"Z{l}", f"A{l}")]
     bwd_buffers = [f"G{l}" for l in range(1, L)] + [f"D{l}" for l in range(1, L + 1)]
@@ -284,9 +285,10 @@ def emit(derivation, target="cpu", dtype="float64"):
               **{f"A{l}": net.sizes[l] for l in range(1, L + 1)},
               **{f"G{l}": net.sizes[l] for l in range(1, L)},
               **{f"D{l}": net.sizes[l] for l in range(1, L + 1)}}
-    off = 0
+    off, packed_work = 0, []
     for name in fwd_buffers + bwd_buffers:
         packed.append(f"{name} = work[B * {off}:B * {off + widths[name]}].reshape((B, {widths[name]}))")
+        packed_work.append(packed[-1])
         off += widths[name]
     work_width = off
     used = helpers_used([stable_forms(e.rhs) for e in d.equations] + [stable_forms(loss_expr)])
@@ -298,6 +300,7 @@ def emit(derivation, target="cpu", dtype="float64"):
         "param_shapes": net.param_shapes(), "params": params, "grads": grads,
         "fwd_buffers": fwd_buffers, "bwd_buffers": bwd_buffers,
         "buffer_widths": widths, "packed": packed, "work_width": work_width,
+        "packed_grads": packed_grads, "packed_work": packed_work,
         "helpers": [helper_source(h, p) for h in used], "layers": layers_fwd, "loss_lines": loss_lines,
         "loss_scale": loss_scale, "loss_reads": loss_reads, "backward": backward,
         "input_grad": input_grad, "input_grad_buffer": naming.ident(d["ga0"].lhs.base),

@@ -17,6 +17,7 @@ An output outside the loss's domain (bce with a = 0 or 1 exactly, possible only 
 """
 import math
 import numbers
+import operator
 import threading
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from ..errors import InputError
 
 _ABSENT = object()     # "no Y/target argument" (forward), as opposed to a None passed by mistake
+_SHAPE = operator.attrgetter("shape")
 
 
 def check_lr(lr, dtype=np.float64, where="lr"):
@@ -111,6 +113,9 @@ class Kernel:
         self._shapes = tuple(tuple(self.param_shapes[k]) for k in self._params)
         self._n0, self._nL = self.network.sizes[0], self.network.sizes[-1]
         self._local = threading.local()    # .work: {batch size: buffers} of the calling thread
+        keys = self._params
+        self._getter = operator.itemgetter(*keys) if len(keys) > 1 else (lambda d, k=keys[0]: (d[k],))
+        self._sizes = tuple(int(np.prod(s)) for s in self._shapes)
 
     def __repr__(self):
         return f"<Kernel {self.network.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
@@ -129,17 +134,28 @@ class Kernel:
 
     def _check(self, params, X, Y=_ABSENT):
         """(parameter arrays in order, X, Y), all checked (Y stays _ABSENT when not given); the
-        common case costs a few attribute reads per array, the messages are built only on failure."""
+        common case costs a few attribute reads per array, the messages are built only on failure.
+
+        The parameter arrays that passed the full check last are remembered per thread (by
+        identity, holding a reference so that no other array can take their id): the same arrays
+        again (a training loop) are only checked for their shapes. An array whose dtype or
+        strides are reassigned in place between calls (``a.dtype = ...``) is not checked again."""
         dt, n0, nL = self.dtype, self._n0, self._nL
         if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1 and X.shape[1] == n0 \
                 and X.dtype == dt and X.flags.c_contiguous \
-                and (Y is _ABSENT or self._fast(Y, (X.shape[0], nL))) and type(params) is dict:
+                and (Y is _ABSENT or self._fast(Y, (X.shape[0], nL))) and type(params) is dict \
+                and len(params) == len(self._params):
             try:
-                ps = [params[k] for k in self._params]
+                ps = self._getter(params)
             except KeyError:
                 ps = None
-            if ps is not None and len(params) == len(ps) and all(map(self._fast, ps, self._shapes)):
-                return ps, X, Y
+            if ps is not None:
+                local = self._local
+                if tuple(map(id, ps)) == getattr(local, "ids", None) and tuple(map(_SHAPE, ps)) == self._shapes:
+                    return ps, X, Y
+                if all(map(self._fast, ps, self._shapes)):
+                    local.ids, local.held = tuple(map(id, ps)), ps
+                    return ps, X, Y
         return self._check_slow(params, X, Y)
 
     def _check_slow(self, params, X, Y):
@@ -158,7 +174,9 @@ class Kernel:
         return ps, X, Y
 
     def _buffers(self, B):
-        """The calling thread's work buffers for batch size B (made on first use)."""
+        """The calling thread's work buffers for batch size B (made on first use): (forward
+        buffers, backward buffers, gradients, dL/dX, work, gtheta), the buffers and gradients
+        views into the packed ``work`` and ``gtheta`` in the layout of loss_and_grad_packed."""
         try:
             return self._local.work[B]      # the common case: one lookup each
         except AttributeError:
@@ -167,13 +185,22 @@ class Kernel:
             work = self._local.work
         m = self.module
         widths = m.BUFFER_WIDTHS
-        fwd = [np.empty((B, widths[n]), self.dtype) for n in m.FORWARD_BUFFERS]
-        bwd = [np.empty((B, widths[n]), self.dtype) for n in m.BACKWARD_BUFFERS]
-        grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
+        packed = np.empty(B * sum(widths[n] for n in m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS), self.dtype)
+        views, off = {}, 0
+        for n in m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS:
+            views[n] = packed[B * off:B * (off + widths[n])].reshape((B, widths[n]))
+            off += widths[n]
+        fwd = [views[n] for n in m.FORWARD_BUFFERS]
+        bwd = [views[n] for n in m.BACKWARD_BUFFERS]
+        gtheta = np.empty(sum(self._sizes), self.dtype)
+        grads, off = [], 0
+        for size, shape in zip(self._sizes, self._shapes):
+            grads.append(gtheta[off:off + size].reshape(shape))
+            off += size
         gx = np.empty((B, self.network.sizes[0]), self.dtype)
         if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
             work.pop(next(iter(work)))
-        w = work[B] = (fwd, bwd, grads, gx)
+        w = work[B] = (fwd, bwd, grads, gx, packed, gtheta)
         return w
 
     def compile(self):
@@ -201,22 +228,51 @@ class Kernel:
         try:
             return fn(*args)
         except (ArithmeticError, ValueError) as e:
-            raise InputError(f"{where}: the loss is not defined at these values ({e}): an output "
-                             f"is outside the domain of loss {self.network.loss.name!r}") from e
+            raise self._domain_error(where, e) from e
+
+    def _domain_error(self, where, e):
+        return InputError(f"{where}: the loss is not defined at these values ({e}): an output "
+                          f"is outside the domain of loss {self.network.loss.name!r}")
 
     # calls --------------------------------------------------------------------------------
     def forward(self, params, X):
         """Network output a^L for the rows of X, shape (B, nL)."""
         ps, X, _ = self._check(params, X)
-        fwd, _, _, _ = self._buffers(X.shape[0])
-        return self.module.forward(X, *ps, *fwd).copy()
+        return self.module.forward(X, *ps, *self._buffers(X.shape[0])[0]).copy()
 
-    def loss_and_grad(self, params, X, Y, copy=True):
-        """(loss, {"gW1": ..., ...} keyed like params). copy=False returns the work buffers."""
+    def loss_and_grad(self, params, X, Y, copy=True, out=None):
+        """(loss, {"W1": dL/dW1, ...} keyed like params). copy=False returns the calling
+        thread's work buffers (overwritten by its next call); ``out`` (a dict keyed like params
+        of C-contiguous, writable arrays of the parameters' shapes and the kernel's dtype)
+        receives the gradients instead and is returned."""
         ps, X, Y = self._check(params, X, Y)
-        fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *grads)
-        return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
+        fwd, bwd, grads, _, work, gtheta = self._buffers(X.shape[0])
+        if out is not None:
+            outs = self._out(out)
+            loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *outs)
+            return float(loss), out
+        try:
+            loss = self.module.loss_and_grad_split(X, Y, *ps, gtheta, work)
+        except (ArithmeticError, ValueError) as e:
+            raise self._domain_error("loss_and_grad", e) from e
+        if copy:
+            return float(loss), {k: g.copy() for k, g in zip(self._params, grads)}
+        return float(loss), dict(zip(self._params, grads))
+
+    def _out(self, out):
+        """The arrays of ``out`` (loss_and_grad), checked as parameters are, and writable."""
+        if type(out) is dict and len(out) == len(self._params):
+            try:
+                outs = self._getter(out)
+            except KeyError:
+                outs = None
+            if outs is not None and all(map(self._fast, outs, self._shapes)) \
+                    and all(o.flags.writeable for o in outs):
+                return outs
+        check_keys("out", out, self._params)
+        outs = [self._array(f"out[{k!r}]", out[k], s) for k, s in zip(self._params, self._shapes)]
+        check_writable(out, self._params, outs, self.dtype)
+        return outs
 
     def bind(self, params, X, Y, optimizer=None):
         """A BoundStep: the parameters copied into one packed array and the batch fixed, so that
@@ -232,7 +288,7 @@ class Kernel:
     def input_grad(self, params, X, Y):
         """dL/dX, shape (B, n0): backpropagation to the data (chapter 14 "Backpropagation", 14.9)."""
         ps, X, Y = self._check(params, X, Y)
-        fwd, bwd, grads, gx = self._buffers(X.shape[0])
+        fwd, bwd, grads, gx, _, _ = self._buffers(X.shape[0])
         self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
         return gx.copy()
 
@@ -241,7 +297,7 @@ class Kernel:
         lr = check_lr(lr, self.dtype)
         ps, X, Y = self._check(params, X, Y)
         check_writable(params, self._params, ps, self.dtype)
-        fwd, bwd, grads, _ = self._buffers(X.shape[0])
+        fwd, bwd, grads, _, _, _ = self._buffers(X.shape[0])
         return float(self._run("sgd_step", self.module.sgd_step, X, Y, *ps, *fwd, *bwd, *grads, lr))
 
 
