@@ -301,6 +301,7 @@ def emit(derivation, target="cpu", dtype="float64"):
         "fwd_buffers": fwd_buffers, "bwd_buffers": bwd_buffers,
         "buffer_widths": widths, "packed": packed, "work_width": work_width,
         "packed_grads": packed_grads, "packed_work": packed_work,
+        "packed_fwd": packed_work[:len(fwd_buffers)],
         "helpers": [helper_source(h, p) for h in used], "layers": layers_fwd, "loss_lines": loss_lines,
         "loss_scale": loss_scale, "loss_reads": loss_reads, "backward": backward,
         "input_grad": input_grad, "input_grad_buffer": naming.ident(d["ga0"].lhs.base),

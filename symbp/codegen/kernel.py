@@ -238,7 +238,7 @@ class Kernel:
     def forward(self, params, X):
         """Network output a^L for the rows of X, shape (B, nL)."""
         ps, X, _ = self._check(params, X)
-        return self.module.forward(X, *ps, *self._buffers(X.shape[0])[0]).copy()
+        return self.module.forward_split(X, *ps, self._buffers(X.shape[0])[4]).copy()
 
     def loss_and_grad(self, params, X, Y, copy=True, out=None):
         """(loss, {"W1": dL/dW1, ...} keyed like params). copy=False returns the calling
@@ -297,8 +297,8 @@ class Kernel:
         lr = check_lr(lr, self.dtype)
         ps, X, Y = self._check(params, X, Y)
         check_writable(params, self._params, ps, self.dtype)
-        fwd, bwd, grads, _, _, _ = self._buffers(X.shape[0])
-        return float(self._run("sgd_step", self.module.sgd_step, X, Y, *ps, *fwd, *bwd, *grads, lr))
+        b = self._buffers(X.shape[0])
+        return float(self._run("sgd_step", self.module.sgd_step_split, X, Y, *ps, b[5], b[4], lr))
 
 
 class BoundStep:
