@@ -271,7 +271,10 @@ class Kernel:
                 return outs
         check_keys("out", out, self._params)
         outs = [self._array(f"out[{k!r}]", out[k], s) for k, s in zip(self._params, self._shapes)]
-        check_writable(out, self._params, outs, self.dtype)
+        for k, o in zip(self._params, outs):
+            if out[k] is not o or not o.flags.writeable:
+                raise InputError(f"out[{k!r}]: loss_and_grad writes the gradients into it and needs a "
+                                 f"writable C-contiguous array of dtype {self.dtype}")
         return outs
 
     def bind(self, params, X, Y, optimizer=None):
