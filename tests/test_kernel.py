@@ -279,6 +279,11 @@ def test_remembered_parameters_are_still_checked_for_their_shape(xor_py):
         xor_py.loss_and_grad(p, X, Y)
     p["W1"].shape = (3, 2)
     xor_py.forward(p, X)
+    xor_py.forward(p, X)
+    X.shape = (2, 4)       # the remembered X, reshaped in place
+    with pytest.raises(InputError, match=r"^X: expected shape \(2, 2\), got \(2, 4\)$"):
+        xor_py.forward(p, X)
+    X.shape = (4, 2)
     p["b1"] = p["b1"].astype(np.float32)
     with pytest.raises(InputError, match=r"^params\['b1'\]: expected dtype float64"):
         xor_py.forward(p, X)

@@ -136,25 +136,28 @@ class Kernel:
         """(parameter arrays in order, X, Y), all checked (Y stays _ABSENT when not given); the
         common case costs a few attribute reads per array, the messages are built only on failure.
 
-        The parameter arrays that passed the full check last are remembered per thread (by
-        identity, holding a reference so that no other array can take their id): the same arrays
-        again (a training loop) are only checked for their shapes. An array whose dtype or
-        strides are reassigned in place between calls (``a.dtype = ...``) is not checked again."""
-        dt, n0, nL = self.dtype, self._n0, self._nL
-        if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1 and X.shape[1] == n0 \
-                and X.dtype == dt and X.flags.c_contiguous \
-                and (Y is _ABSENT or self._fast(Y, (X.shape[0], nL))) and type(params) is dict \
-                and len(params) == len(self._params):
+        The arrays that passed the full check last (X, Y and the parameters) are remembered per
+        thread, by identity (a reference is held, so no other array can take their ids): the
+        same arrays again, as in a training loop, are only checked for their shapes. An array
+        whose dtype or strides are reassigned in place between calls (``a.dtype = ...``) is not
+        checked again."""
+        if type(params) is dict and len(params) == len(self._params):
             try:
                 ps = self._getter(params)
             except KeyError:
                 ps = None
             if ps is not None:
+                arrays = (X, *ps) if Y is _ABSENT else (X, Y, *ps)
+                ids = tuple(map(id, arrays))
                 local = self._local
-                if tuple(map(id, ps)) == getattr(local, "ids", None) and tuple(map(_SHAPE, ps)) == self._shapes:
+                if ids == getattr(local, "ids", None) and tuple(map(_SHAPE, arrays)) == local.shapes:
                     return ps, X, Y
-                if all(map(self._fast, ps, self._shapes)):
-                    local.ids, local.held = tuple(map(id, ps)), ps
+                dt, n0, nL = self.dtype, self._n0, self._nL
+                if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1 and X.shape[1] == n0 \
+                        and X.dtype == dt and X.flags.c_contiguous \
+                        and (Y is _ABSENT or self._fast(Y, (X.shape[0], nL))) \
+                        and all(map(self._fast, ps, self._shapes)):
+                    local.ids, local.held, local.shapes = ids, arrays, tuple(map(_SHAPE, arrays))
                     return ps, X, Y
         return self._check_slow(params, X, Y)
 
