@@ -161,7 +161,10 @@ class Optimizer:
         self.max_grad_norm = clip_norm
 
     def __repr__(self):
-        args = [f"{k}={v!r}" for k, v in self.hyper.items()]
+        hyper = dict(self.hyper)
+        if "beta1" in hyper:        # spelled as the constructor takes them
+            hyper = {"lr": hyper.pop("lr"), "betas": (hyper.pop("beta1"), hyper.pop("beta2")), **hyper}
+        args = [f"{k}={v!r}" for k, v in hyper.items()]
         if self.max_grad_norm is not None:
             args.append(f"max_grad_norm={self.max_grad_norm!r}")
         return f"{self.rule.title}({', '.join(args)})"

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from .codegen.kernel import check_seed, check_writable
+from .codegen.kernel import Kernel, check_seed, check_writable
 from .errors import InputError, shown
 from .optim import SGD, optimizer as make_optimizer
 
@@ -107,6 +107,9 @@ def train(kernel, params, X, Y, optimizer=None, epochs=1, batch_size=None, shuff
         raise InputError("train: lr: give the learning rate inside the optimizer, e.g. "
                          "optimizer=symbp.Adam(lr=1e-3), not both optimizer= and lr=")
     opt = make_optimizer(optimizer) if optimizer is not None else SGD(lr=lr)
+    if not isinstance(kernel, Kernel):
+        raise InputError(f"train: kernel: expected the Kernel of an MLP (symbp.generate of a symbp.mlp network), "
+                         f"got {type(kernel).__name__}; a graph kernel trains with its sgd_step in a loop of your own")
     epochs = _positive_int("epochs", epochs, "a whole number of epochs >= 1")
     if not isinstance(shuffle, (bool, np.bool_)):
         raise InputError(f"train: shuffle: expected True or False, got {shown(shuffle)}")

@@ -152,11 +152,21 @@ def test_read_only_parameters_are_refused_before_any_step(k, optimizer):
     assert all(np.array_equal(p[key], before[key]) for key in p)
 
 
-def test_a_fused_optimizer_needs_a_cpu_mlp_kernel(tmp_path):
+@pytest.mark.parametrize("optimizer", [symbp.Adam(), symbp.SGD(lr=0.1)], ids=["fused", "sgd_step"])
+def test_train_needs_an_mlp_kernel(tmp_path, optimizer):
     from symbp.codegen.graph_emit import generate_graph
     from symbp.graph import load_graph
     from symbp.graph_derive import derive_graph
     g = generate_graph(derive_graph(load_graph(ROOT / "examples" / "specs" / "graphs" / "gated.toml")),
                        out_dir=tmp_path, jit=False)
-    with pytest.raises(InputError, match=r"^train: optimizer: Adam\(.*\) runs as a fused step of an MLP kernel"):
-        symbp.train(g, g.init_params(0), np.zeros((4, 3)), np.zeros((4, 2)), optimizer=symbp.Adam())
+    with pytest.raises(InputError, match=r"^train: kernel: expected the Kernel of an MLP .* got GraphKernel; "):
+        symbp.train(g, g.init_params(0), {"x": np.zeros((4, 3))}, np.zeros((4, 2)), optimizer=optimizer)
+
+
+def test_a_fused_optimizer_needs_a_cpu_kernel(tmp_path):
+    from symbp.codegen.cuda import generate_cuda
+    k = generate_cuda(symbp.derive(symbp.mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="train_cuda")),
+                      "float64", out_dir=tmp_path, jit=False)
+    X, Y = np.zeros((4, 2)), np.zeros((4, 1))
+    with pytest.raises(InputError, match=r"^train: optimizer: Adam\(.*\) runs as a fused step of an MLP kernel on the CPU"):
+        symbp.train(k, k.init_params(0), X, Y, optimizer=symbp.Adam())
