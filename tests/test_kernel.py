@@ -128,6 +128,7 @@ def test_large_pre_activations_stay_finite(tmp_path, dtype, spec):
 
 @pytest.mark.jit
 def test_second_process_uses_the_numba_cache(tmp_path):
+    """The entry points the Kernel calls (compiled by compile()) load from Numba's cache."""
     d = symbp.derive(symbp.mlp([2, 4, 1], ["tanh", "sigmoid"], "bce", name="cached"))
     symbp.generate(d, out_dir=tmp_path).compile()
     script = textwrap.dedent(f"""
@@ -135,7 +136,7 @@ def test_second_process_uses_the_numba_cache(tmp_path):
         d = symbp.derive(symbp.mlp([2, 4, 1], ["tanh", "sigmoid"], "bce", name="cached"))
         k = symbp.generate(d, out_dir={str(tmp_path)!r})
         k.compile()
-        fs = [k.module.forward, k.module.loss_and_grad, k.module.loss_and_input_grad, k.module.sgd_step]
+        fs = [k.module.forward_split, k.module.loss_and_grad_split, k.module.loss_and_input_grad, k.module.sgd_step_split]
         print(sum(len(f.stats.cache_hits) for f in fs), sum(len(f.stats.cache_misses) for f in fs))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
