@@ -249,7 +249,10 @@ class Kernel:
         of C-contiguous, writable arrays of the parameters' shapes and the kernel's dtype)
         receives the gradients instead and is returned."""
         ps, X, Y = self._check(params, X, Y)
-        fwd, bwd, grads, _, work, gtheta = self._buffers(X.shape[0])
+        try:
+            fwd, bwd, grads, _, work, gtheta = self._local.work[X.shape[0]]    # the common case
+        except (AttributeError, KeyError):
+            fwd, bwd, grads, _, work, gtheta = self._buffers(X.shape[0])
         if out is not None:
             outs = self._out(out)
             loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *outs)
