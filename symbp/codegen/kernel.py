@@ -14,6 +14,14 @@ next call overwrites. A ``BoundStep`` owns its arrays and belongs to one thread.
 
 An output outside the loss's domain (bce with a = 0 or 1 exactly, possible only with
 ``allow_any_output``) is one ``InputError`` line.
+
+Cost per call: the arrays that passed the checks last are remembered per thread (by identity,
+holding references to them until the thread's next call), so a loop over the same arrays pays
+for their shapes only; ``loss_and_grad``, ``forward`` and ``sgd_step`` pass the work buffers and
+gradients packed (``*_split`` entry points of the generated module), since Numba's call cost
+grows with the number of array arguments. ``loss_and_grad(..., out=grads)`` writes into the
+caller's arrays instead of fresh ones. ``bind(params, X, Y, optimizer)`` fuses an optimizer's
+update into the step (symbp.optim).
 """
 import math
 import numbers
