@@ -22,6 +22,8 @@ from .graph import Graph, from_network, graph, load_graph, loads_graph  # noqa: 
 from .graph_derive import GraphDerivation, derive_graph  # noqa: E402
 from .render.exam import make_exam  # noqa: E402
 from .render.worked import worked_example  # noqa: E402
+from .optim import SGD, Adam, AdamW  # noqa: E402
+from .train import train  # noqa: E402  (the function; the module stays importable)
 
 
 def derive(spec):
@@ -47,6 +49,6 @@ def gradcheck(kernel, params, X, Y, **kw):
     return _gradcheck(kernel, params, X, Y, **kw)
 
 
-__all__ = ["circuit", "Derivation", "Graph", "GraphDerivation", "derive_graph", "from_network",
+__all__ = ["Adam", "AdamW", "SGD", "train", "circuit", "Derivation", "Graph", "GraphDerivation", "derive_graph", "from_network",
            "graph", "load_graph", "loads_graph", "make_exam", "worked_example", "DerivationError", "ExpressionError", "InputError", "Network", "SpecError",
            "SymbpError", "derive", "generate", "gradcheck", "load", "loads", "mlp"]

@@ -16,7 +16,7 @@ sum_k exp(x_k) = exp(m) r with r = sum_k exp(x_k - m), substituted and simplifie
 import numpy as np
 import sympy as sp
 
-from .. import __version__, naming
+from .. import __version__, naming, optim
 from ..derivation import ColumnSum, Product, batch_form
 from .printer import (ArrayPrinter, NumbaPrinter, helper_source, helpers_used, is_transcendental,
                       stable_forms)
@@ -138,6 +138,42 @@ def layer_strategy(n_in, n_out):
     return "loops" if n_in * n_out <= LOOPS_MAX else "blas"
 
 
+def optimizer_steps(dtype):
+    """Per optimizer kind of ``symbp.optim.RULES``, the printed pieces of its fused step
+    ``train_step_<kind>``: the rule's assignments printed per element of the packed arrays (p as
+    theta[i], g as a local gradient, a state buffer s as state_s[i]), its per-step scalars
+    printed in float64 from the hyper array, and the clipping by global norm."""
+    steps = []
+    for rule in optim.RULES.values():
+        names = optim.hyper_names(rule)
+        slot = {name: i for i, name in enumerate(names)}
+        # per-step scalars: float64, straight from the hyper array
+        wide = NumbaPrinter("float64", {**{getattr(optim, h): f"hyper[{slot[h]}]" for h in names[:-1]},
+                                        optim.t: "t", optim.sq: "sq"})
+        # per element: the kernel's dtype; hyperparameters cast once into locals of that name
+        elem = NumbaPrinter(dtype, {optim.p: "theta[i]", optim.g: "g",
+                                    **{s: f"state_{s}[i]" for s in rule.state}})
+        hyper_locals = [f"{h} = DTYPE(hyper[{slot[h]}])" for h, _ in rule.hyper]
+        scalars = [f"{lhs} = DTYPE({wide.doprint(rhs)})" for lhs, rhs in rule.scalars]
+        body = []
+        for lhs, rhs in rule.updates:
+            target = "theta[i]" if lhs == optim.p else elem.doprint(lhs)
+            body.append(f"{target} = {elem.doprint(rhs)}")
+        clip_sym, clip_rhs = optim.CLIP_SCALAR
+        red_sym, red_rhs = optim.CLIP_REDUCTION
+        gfull = NumbaPrinter(dtype, {optim.g: "gtheta[i]", clip_sym: str(clip_sym)})
+        steps.append({
+            "kind": rule.name, "title": rule.title, "doc": rule.doc, "hyper": names,
+            "state": [f"state_{s}" for s in rule.state], "hyper_locals": hyper_locals,
+            "scalars": scalars, "body": body, "t_slot": slot["t"], "clip_slot": slot["max_grad_norm"],
+            "clip_sum": f"{red_sym} += {gfull.doprint(red_rhs)}",
+            "clip_scalar": f"{clip_sym} = DTYPE({wide.doprint(clip_rhs)})",
+            "clip_update": f"gtheta[i] = {gfull.doprint(optim.CLIP_UPDATE[1])}",
+            "updates": [f"{lhs} <- {rhs}" for lhs, rhs in rule.updates],
+        })
+    return steps
+
+
 def emit(derivation, target="cpu", dtype="float64"):
     """Source text of the kernel module for ``derivation``."""
     net = derivation.network
@@ -235,11 +271,12 @@ def emit(derivation, target="cpu", dtype="float64"):
 
     params = [k for k in net.param_shapes()]
     # packed entry point: every parameter (gradient, work buffer) back to back in one array
-    packed, off = [], 0
+    packed, packed_grads, off = [], [], 0
     for key, shape in net.param_shapes().items():
         size = int(np.prod(shape))
         view = f"[{off}:{off + size}]" + (f".reshape({shape})" if len(shape) == 2 else "")
         packed += [f"{key} = theta{view}", f"g{key} = gtheta{view}"]
+        packed_grads.append(f"g{key} = gtheta{view}")
         off += size
     fwd_buffers = [n for l in range(1, L + 1) for n in (f"Z{l}", f"A{l}")]
     bwd_buffers = [f"G{l}" for l in range(1, L)] + [f"D{l}" for l in range(1, L + 1)]
@@ -248,9 +285,10 @@ def emit(derivation, target="cpu", dtype="float64"):
               **{f"A{l}": net.sizes[l] for l in range(1, L + 1)},
               **{f"G{l}": net.sizes[l] for l in range(1, L)},
               **{f"D{l}": net.sizes[l] for l in range(1, L + 1)}}
-    off = 0
+    off, packed_work = 0, []
     for name in fwd_buffers + bwd_buffers:
         packed.append(f"{name} = work[B * {off}:B * {off + widths[name]}].reshape((B, {widths[name]}))")
+        packed_work.append(packed[-1])
         off += widths[name]
     work_width = off
     used = helpers_used([stable_forms(e.rhs) for e in d.equations] + [stable_forms(loss_expr)])
@@ -262,6 +300,8 @@ def emit(derivation, target="cpu", dtype="float64"):
         "param_shapes": net.param_shapes(), "params": params, "grads": grads,
         "fwd_buffers": fwd_buffers, "bwd_buffers": bwd_buffers,
         "buffer_widths": widths, "packed": packed, "work_width": work_width,
+        "packed_grads": packed_grads, "packed_work": packed_work,
+        "packed_fwd": packed_work[:len(fwd_buffers)],
         "helpers": [helper_source(h, p) for h in used], "layers": layers_fwd, "loss_lines": loss_lines,
         "loss_scale": loss_scale, "loss_reads": loss_reads, "backward": backward,
         "input_grad": input_grad, "input_grad_buffer": naming.ident(d["ga0"].lhs.base),
@@ -270,5 +310,6 @@ def emit(derivation, target="cpu", dtype="float64"):
         "uses_scipy": any(l["vector"] and "scipy." in l["vector"]["stmt"] for l in layers_fwd),
         "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
         "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
+        "optimizers": optimizer_steps(dtype),
     }
     return environment().get_template(f"{target}/module.py.j2").render(**ctx)

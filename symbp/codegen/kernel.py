@@ -14,9 +14,18 @@ next call overwrites. A ``BoundStep`` owns its arrays and belongs to one thread.
 
 An output outside the loss's domain (bce with a = 0 or 1 exactly, possible only with
 ``allow_any_output``) is one ``InputError`` line.
+
+Cost per call: the arrays that passed the checks last are remembered per thread (by identity,
+holding references to them until the thread's next call), so a loop over the same arrays pays
+for their shapes only; ``loss_and_grad``, ``forward`` and ``sgd_step`` pass the work buffers and
+gradients packed (``*_split`` entry points of the generated module), since Numba's call cost
+grows with the number of array arguments. ``loss_and_grad(..., out=grads)`` writes into the
+caller's arrays instead of fresh ones. ``bind(params, X, Y, optimizer)`` fuses an optimizer's
+update into the step (symbp.optim).
 """
 import math
 import numbers
+import operator
 import threading
 
 import numpy as np
@@ -24,6 +33,7 @@ import numpy as np
 from ..errors import InputError
 
 _ABSENT = object()     # "no Y/target argument" (forward), as opposed to a None passed by mistake
+_SHAPE = operator.attrgetter("shape")
 
 
 def check_lr(lr, dtype=np.float64, where="lr"):
@@ -111,6 +121,9 @@ class Kernel:
         self._shapes = tuple(tuple(self.param_shapes[k]) for k in self._params)
         self._n0, self._nL = self.network.sizes[0], self.network.sizes[-1]
         self._local = threading.local()    # .work: {batch size: buffers} of the calling thread
+        keys = self._params
+        self._getter = operator.itemgetter(*keys) if len(keys) > 1 else (lambda d, k=keys[0]: (d[k],))
+        self._sizes = tuple(int(np.prod(s)) for s in self._shapes)
 
     def __repr__(self):
         return f"<Kernel {self.network.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
@@ -129,17 +142,31 @@ class Kernel:
 
     def _check(self, params, X, Y=_ABSENT):
         """(parameter arrays in order, X, Y), all checked (Y stays _ABSENT when not given); the
-        common case costs a few attribute reads per array, the messages are built only on failure."""
-        dt, n0, nL = self.dtype, self._n0, self._nL
-        if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1 and X.shape[1] == n0 \
-                and X.dtype == dt and X.flags.c_contiguous \
-                and (Y is _ABSENT or self._fast(Y, (X.shape[0], nL))) and type(params) is dict:
+        common case costs a few attribute reads per array, the messages are built only on failure.
+
+        The arrays that passed the full check last (X, Y and the parameters) are remembered per
+        thread, by identity (a reference is held, so no other array can take their ids): the
+        same arrays again, as in a training loop, are only checked for their shapes. An array
+        whose dtype or strides are reassigned in place between calls (``a.dtype = ...``) is not
+        checked again."""
+        if type(params) is dict and len(params) == len(self._params):
             try:
-                ps = [params[k] for k in self._params]
+                ps = self._getter(params)
             except KeyError:
                 ps = None
-            if ps is not None and len(params) == len(ps) and all(map(self._fast, ps, self._shapes)):
-                return ps, X, Y
+            if ps is not None:
+                arrays = (X, *ps) if Y is _ABSENT else (X, Y, *ps)
+                ids = tuple(map(id, arrays))
+                local = self._local
+                if ids == getattr(local, "ids", None) and tuple(map(_SHAPE, arrays)) == local.shapes:
+                    return ps, X, Y
+                dt, n0, nL = self.dtype, self._n0, self._nL
+                if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1 and X.shape[1] == n0 \
+                        and X.dtype == dt and X.flags.c_contiguous \
+                        and (Y is _ABSENT or self._fast(Y, (X.shape[0], nL))) \
+                        and all(map(self._fast, ps, self._shapes)):
+                    local.ids, local.held, local.shapes = ids, arrays, tuple(map(_SHAPE, arrays))
+                    return ps, X, Y
         return self._check_slow(params, X, Y)
 
     def _check_slow(self, params, X, Y):
@@ -158,7 +185,9 @@ class Kernel:
         return ps, X, Y
 
     def _buffers(self, B):
-        """The calling thread's work buffers for batch size B (made on first use)."""
+        """The calling thread's work buffers for batch size B (made on first use): (forward
+        buffers, backward buffers, gradients, dL/dX, work, gtheta), the buffers and gradients
+        views into the packed ``work`` and ``gtheta`` in the layout of loss_and_grad_packed."""
         try:
             return self._local.work[B]      # the common case: one lookup each
         except AttributeError:
@@ -167,13 +196,22 @@ class Kernel:
             work = self._local.work
         m = self.module
         widths = m.BUFFER_WIDTHS
-        fwd = [np.empty((B, widths[n]), self.dtype) for n in m.FORWARD_BUFFERS]
-        bwd = [np.empty((B, widths[n]), self.dtype) for n in m.BACKWARD_BUFFERS]
-        grads = [np.empty(self.param_shapes[k], self.dtype) for k in self._params]
+        packed = np.empty(B * sum(widths[n] for n in m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS), self.dtype)
+        views, off = {}, 0
+        for n in m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS:
+            views[n] = packed[B * off:B * (off + widths[n])].reshape((B, widths[n]))
+            off += widths[n]
+        fwd = [views[n] for n in m.FORWARD_BUFFERS]
+        bwd = [views[n] for n in m.BACKWARD_BUFFERS]
+        gtheta = np.empty(sum(self._sizes), self.dtype)
+        grads, off = [], 0
+        for size, shape in zip(self._sizes, self._shapes):
+            grads.append(gtheta[off:off + size].reshape(shape))
+            off += size
         gx = np.empty((B, self.network.sizes[0]), self.dtype)
         if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
             work.pop(next(iter(work)))
-        w = work[B] = (fwd, bwd, grads, gx)
+        w = work[B] = (fwd, bwd, grads, gx, packed, gtheta)
         return w
 
     def compile(self):
@@ -201,28 +239,65 @@ class Kernel:
         try:
             return fn(*args)
         except (ArithmeticError, ValueError) as e:
-            raise InputError(f"{where}: the loss is not defined at these values ({e}): an output "
-                             f"is outside the domain of loss {self.network.loss.name!r}") from e
+            raise self._domain_error(where, e) from e
+
+    def _domain_error(self, where, e):
+        return InputError(f"{where}: the loss is not defined at these values ({e}): an output "
+                          f"is outside the domain of loss {self.network.loss.name!r}")
 
     # calls --------------------------------------------------------------------------------
     def forward(self, params, X):
         """Network output a^L for the rows of X, shape (B, nL)."""
         ps, X, _ = self._check(params, X)
-        fwd, _, _, _ = self._buffers(X.shape[0])
-        return self.module.forward(X, *ps, *fwd).copy()
+        return self.module.forward_split(X, *ps, self._buffers(X.shape[0])[4]).copy()
 
-    def loss_and_grad(self, params, X, Y, copy=True):
-        """(loss, {"gW1": ..., ...} keyed like params). copy=False returns the work buffers."""
+    def loss_and_grad(self, params, X, Y, copy=True, out=None):
+        """(loss, {"W1": dL/dW1, ...} keyed like params). copy=False returns the calling
+        thread's work buffers (overwritten by its next call); ``out`` (a dict keyed like params
+        of C-contiguous, writable arrays of the parameters' shapes and the kernel's dtype)
+        receives the gradients instead and is returned."""
         ps, X, Y = self._check(params, X, Y)
-        fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *grads)
-        return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
+        try:
+            fwd, bwd, grads, _, work, gtheta = self._local.work[X.shape[0]]    # the common case
+        except (AttributeError, KeyError):
+            fwd, bwd, grads, _, work, gtheta = self._buffers(X.shape[0])
+        if out is not None:
+            outs = self._out(out)
+            loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *outs)
+            return float(loss), out
+        try:
+            loss = self.module.loss_and_grad_split(X, Y, *ps, gtheta, work)
+        except (ArithmeticError, ValueError) as e:
+            raise self._domain_error("loss_and_grad", e) from e
+        if copy:
+            return float(loss), {k: g.copy() for k, g in zip(self._params, grads)}
+        return float(loss), dict(zip(self._params, grads))
 
-    def bind(self, params, X, Y):
+    def _out(self, out):
+        """The arrays of ``out`` (loss_and_grad), checked as parameters are, and writable."""
+        if type(out) is dict and len(out) == len(self._params):
+            try:
+                outs = self._getter(out)
+            except KeyError:
+                outs = None
+            if outs is not None and all(map(self._fast, outs, self._shapes)) \
+                    and all(o.flags.writeable for o in outs):
+                return outs
+        check_keys("out", out, self._params)
+        outs = [self._array(f"out[{k!r}]", out[k], s) for k, s in zip(self._params, self._shapes)]
+        for k, o in zip(self._params, outs):
+            if out[k] is not o or not o.flags.writeable:
+                raise InputError(f"out[{k!r}]: loss_and_grad writes the gradients into it and needs a "
+                                 f"writable C-contiguous array of dtype {self.dtype}")
+        return outs
+
+    def bind(self, params, X, Y, optimizer=None):
         """A BoundStep: the parameters copied into one packed array and the batch fixed, so that
-        each call of the step is a single five-array call into compiled code (for training loops
-        and benchmarks where the per-call cost matters)."""
-        return BoundStep(self, params, X, Y)
+        each call of the step is a single call into compiled code (for training loops and
+        benchmarks where the per-call cost matters). With ``optimizer`` (symbp.SGD, Adam, AdamW,
+        see symbp.optim) each call is one fused training step: forward, backward and update of
+        the packed parameters, the optimizer's state kept in ``step.state``."""
+        return BoundStep(self, params, X, Y, optimizer)
 
     def loss(self, params, X, Y):
         return self.loss_and_grad(params, X, Y, copy=False)[0]
@@ -230,7 +305,7 @@ class Kernel:
     def input_grad(self, params, X, Y):
         """dL/dX, shape (B, n0): backpropagation to the data (chapter 14 "Backpropagation", 14.9)."""
         ps, X, Y = self._check(params, X, Y)
-        fwd, bwd, grads, gx = self._buffers(X.shape[0])
+        fwd, bwd, grads, gx, _, _ = self._buffers(X.shape[0])
         self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
         return gx.copy()
 
@@ -239,8 +314,8 @@ class Kernel:
         lr = check_lr(lr, self.dtype)
         ps, X, Y = self._check(params, X, Y)
         check_writable(params, self._params, ps, self.dtype)
-        fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        return float(self._run("sgd_step", self.module.sgd_step, X, Y, *ps, *fwd, *bwd, *grads, lr))
+        b = self._buffers(X.shape[0])
+        return float(self._run("sgd_step", self.module.sgd_step_split, X, Y, *ps, b[5], b[4], lr))
 
     def loss_and_grads(self, params, X, Y):
         """(loss, {"W1": dL/dW1, ...}, dL/dX) from one call of the kernel, fresh arrays."""
@@ -268,11 +343,23 @@ class BoundStep:
     ``step()`` returns the loss and leaves the gradients in ``step.grads`` (views into one
     packed array, keyed like params); ``step.params`` are views into the packed parameters
     (a copy made at bind time: update them in place, e.g. ``step.theta -= lr * step.gtheta``).
+
+    With an optimizer, ``step()`` also updates ``step.theta`` (one compiled call,
+    ``train_step_<kind>`` of the generated module); ``step.state`` holds the optimizer's buffers
+    (m, v or the momentum buffer, each of theta's size, back to back), ``step.hyper`` its
+    hyperparameters and, last, the number of steps taken; ``step.grads`` are the gradients of
+    the last step (after clipping). ``rebatch(X, Y)`` binds another batch (checked);
+    ``write_back(params)`` copies the packed parameters into the caller's arrays.
     """
 
-    def __init__(self, kernel, params, X, Y):
+    def __init__(self, kernel, params, X, Y, optimizer=None):
+        opt = None
+        if optimizer is not None:
+            from ..optim import optimizer as make_optimizer
+            opt = make_optimizer(optimizer)
         ps, X, Y = kernel._check(params, X, Y)
         keys = kernel._params
+        self._kernel = kernel
         self.theta = np.concatenate([a.ravel() for a in ps])
         self.gtheta = np.zeros_like(self.theta)
         self.work = np.empty(X.shape[0] * kernel.module.WORK_WIDTH, kernel.dtype)
@@ -281,8 +368,39 @@ class BoundStep:
             self.params[key] = self.theta[off:off + a.size].reshape(a.shape)
             self.grads[key] = self.gtheta[off:off + a.size].reshape(a.shape)
             off += a.size
-        self._fn = kernel.module.loss_and_grad_packed
-        self._args = (X, Y, self.theta, self.gtheta, self.work)
+        self.optimizer = opt
+        if opt is None:
+            self._fn = kernel.module.loss_and_grad_packed
+            self._tail = ()
+        else:
+            self._fn = getattr(kernel.module, f"train_step_{opt.kind}")
+            self.state = np.zeros(len(opt.rule.state) * self.theta.size, kernel.dtype)
+            self.hyper = opt.hyper_array()
+            self._tail = (self.state, self.hyper)
+        self._args = (X, Y, self.theta, self.gtheta, self.work) + self._tail
+
+    @property
+    def steps(self):
+        """Number of optimizer steps taken (0 without an optimizer)."""
+        return 0 if self.optimizer is None else int(self.hyper[-1])
+
+    def rebatch(self, X, Y):
+        """Bind the batch (X, Y) instead (checked as by the kernel; the work array grows when
+        the batch is larger than any bound before)."""
+        _, X, Y = self._kernel._check(self.params, X, Y)
+        self._set_batch(X, Y)
+
+    def _set_batch(self, X, Y):
+        # X, Y already checked (C-contiguous, the kernel's dtype and widths)
+        need = X.shape[0] * self._kernel.module.WORK_WIDTH
+        if self.work.size < need:
+            self.work = np.empty(need, self._kernel.dtype)
+        self._args = (X, Y, self.theta, self.gtheta, self.work) + self._tail
+
+    def write_back(self, params):
+        """Copy the packed parameters into the arrays of ``params`` (in place)."""
+        for key, a in self.params.items():
+            params[key][...] = a
 
     def __call__(self):
         return self._fn(*self._args)
