@@ -19,9 +19,8 @@ existing digests stay as they were):
   ce a softmax) is lifted, for the Understanding Deep Learning toy example (ReLU then binary
   cross-entropy). The loss is then computed from a, not from the logits, and is undefined where
   an output leaves the loss's domain (bce: a <= 0 or a >= 1, the log of a non-positive number):
-  NaN in the kernels where a < 0 or a > 1, and at a = 0 or 1 exactly (a ReLU output that is 0)
-  a division by zero that the Kernel reports as one InputError line; an ``OutputRangeWarning``
-  says so when the network is built.
+  NaN or inf in the kernels (as in NumPy and PyTorch; at a = 0 exactly, a ReLU output that is
+  0, log(0) = -inf); an ``OutputRangeWarning`` says so when the network is built.
 
 Sizes are bounded when the spec is built, before anything is derived or written: every width
 (inputs, units) at most ``MAX_WIDTH``, at most ``MAX_LAYERS`` layers, and at most

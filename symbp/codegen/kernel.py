@@ -12,8 +12,10 @@ size) are kept per thread (``threading.local``), so concurrent calls never write
 other's buffers; ``copy=False`` returns the calling thread's buffers, which only that thread's
 next call overwrites. A ``BoundStep`` owns its arrays and belongs to one thread.
 
-An output outside the loss's domain (bce with a = 0 or 1 exactly, possible only with
-``allow_any_output``) is one ``InputError`` line.
+Arithmetic follows NumPy's error model (compiled with ``error_model="numpy"``; plain Python
+through ``load.NUMPY_MATH``): an output outside the loss's domain (bce with a <= 0 or a >= 1,
+possible only with ``allow_any_output``) or an undefined derivative gives an inf or NaN loss or
+gradient, never an exception.
 
 Cost per call: the arrays that passed the checks last are remembered per thread (by identity,
 holding references to them until the thread's next call), so a loop over the same arrays pays
@@ -232,18 +234,18 @@ class Kernel:
         return self
 
     def _run(self, where, fn, *args):
-        """fn(*args); an output outside the loss's domain (bce with a = 0 or 1 exactly, possible
-        only with allow_any_output) is a division by zero in compiled code or a math domain
-        error in plain Python: one InputError line instead. Elsewhere outside (0, 1) the loss
-        is NaN (log of a negative number), as NumPy would give."""
+        """fn(*args). The generated code follows NumPy's error model (inf and NaN, see the
+        module contract), so no arithmetic exception is expected; should one escape (a file
+        generated before that model), it is one InputError line naming the call, not a
+        traceback from generated code."""
         try:
             return fn(*args)
         except (ArithmeticError, ValueError) as e:
             raise self._domain_error(where, e) from e
 
     def _domain_error(self, where, e):
-        return InputError(f"{where}: the loss is not defined at these values ({e}): an output "
-                          f"is outside the domain of loss {self.network.loss.name!r}")
+        return InputError(f"{where}: the generated code raised {type(e).__name__} ({e}) at these "
+                          f"values (is an output outside the domain of loss {self.network.loss.name!r}?)")
 
     # calls --------------------------------------------------------------------------------
     def forward(self, params, X):
