@@ -132,10 +132,33 @@ class _Block:
 # BLAS threads), so loops are used while a layer has at most LOOPS_MAX weights.
 LOOPS_MAX = 64
 
+# Both cores: every module also holds ``*_parallel`` variants of forward and loss_and_grad whose
+# per-row passes run over the batch with numba.prange (BLAS already threads its own products).
+# Rows go in chunks of CHUNK_ROWS; a chunk accumulates its own partial loss and gradients and the
+# partials are added in chunk order, so the result does not depend on the thread count or the
+# schedule (bit-identical across runs and across NUMBA_NUM_THREADS). The Kernel calls the
+# parallel variant when batch x PARALLEL_COST (the module's per-sample work in the passes that
+# prange splits: multiply-adds of the loops layers, entries of the elementwise passes) reaches
+# PARALLEL_MIN and Numba has more than one thread; below, a thread fork/join (about 5-10 us)
+# costs more than it saves, and the serial variant is the unchanged single-thread code, compiled
+# without parallel=True (a parallel compile takes about 3x longer, so it happens only on use).
+# Measured by benchmarks/threads.py (see there for the table).
+CHUNK_ROWS = 64
+PARALLEL_MIN = 200_000
+
 
 def layer_strategy(n_in, n_out):
     """"loops" or "blas" for a dense layer of n_out x n_in weights (see LOOPS_MAX)."""
     return "loops" if n_in * n_out <= LOOPS_MAX else "blas"
+
+
+def _to_partial(line, accumulated):
+    """``line`` with its accumulation ``g[j] += ...`` into a gradient g of ``accumulated``
+    redirected to chunk c's partial, ``Pg[c, j] += ...``; other lines unchanged."""
+    for g, _ in accumulated:
+        if line.lstrip().startswith(f"{g}["):
+            return line.replace(f"{g}[", f"P{g}[c, ", 1)
+    return line
 
 
 def emit(derivation, target="cpu", dtype="float64"):
@@ -192,13 +215,17 @@ def emit(derivation, target="cpu", dtype="float64"):
     loss_lines = lred + [f"loss += {p.doprint(lexpr)}"]
     loss_scale = p.doprint(d.batch_factor.xreplace(sizes))
 
+    # per-sample work of the passes that the parallel variant splits over rows: forward rows
+    # (plus the z = W a multiply-adds of loops layers) here, backward rows below
+    cost = sum(net.sizes[l] * (2 + (net.sizes[l - 1] if layer_strategy(net.sizes[l - 1], net.sizes[l]) == "loops" else 0))
+               for l in range(1, L + 1))
     backward = []
     for l in range(L, 0, -1):
         strategy = layer_strategy(net.sizes[l - 1], net.sizes[l])
         dq = d[f"delta{l}"]
         gW = d[f"gW{l}"]
         gWq = naming.ident(gW.lhs.base)
-        then, pre, post = [], [], []
+        then, pre, post, accumulated = [], [], [], []
         if net.layers[l - 1].bias:
             gb = d[f"gb{l}"]
             gbq = naming.ident(gb.lhs.base)
@@ -208,6 +235,7 @@ def emit(derivation, target="cpu", dtype="float64"):
             # delta, row by row (contiguous), instead of a strided second pass
             then = [f"{gbq}[j] += {naming.ident(cs.arg)}[s, j]   # {text(gb.lhs, gb.rhs)}"]
             pre = [f"{gbq}[:] = {p.doprint(sp.Integer(0))}"]
+            accumulated.append((gbq, (net.sizes[l],)))
         if strategy == "blas":
             post += [f"# {text(gW.lhs, gW.rhs)}", product(gW, gWq)[1]]
         else:
@@ -215,18 +243,30 @@ def emit(derivation, target="cpu", dtype="float64"):
             (q, lo, hi), = [lim for lim in gW.rhs.limits]
             term = gW.rhs.function.xreplace({P: J})
             pre.append(f"{gWq}[:, :] = {p.doprint(sp.Integer(0))}")
+            accumulated.append((gWq, (net.sizes[l], net.sizes[l - 1])))
             then += [f"for q in range({net.sizes[l - 1]}):   # {text(gW.lhs, gW.rhs)}",
                      f"    {gWq}[j, q] += {p.doprint(term)}"]
         blk = _Block(p, sizes)
         rows = blk.rows([(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))], "j", net.sizes[l], then=then)
+        # the parallel variant: the same pass per chunk c of rows, accumulating into the chunk's
+        # own partial gradients P<g>[c, ...], added in chunk order afterwards
+        partial = [("P" + g, shape) for g, shape in accumulated]
+        then_par = [_to_partial(t, accumulated) for t in then]
+        rows_par = _Block(p, sizes).rows([(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))], "j", net.sizes[l],
+                                         then=then_par)
         step = {"layer": l, "strategy": strategy, "delta_comment": f"{dq.name}: {dq.doc}",
-                "pre": pre, "rows": rows, "post": post}
+                "pre": pre, "rows": rows, "post": post,
+                "par": {"partial": [(name, ", ".join(str(n) for n in shape)) for name, shape in partial],
+                        "rows": rows_par,
+                        "reduce": [(g, shape) for g, shape in accumulated]}}
+        cost += net.sizes[l] + (net.sizes[l] * net.sizes[l - 1] if strategy == "loops" else 0)
         gq = d[f"ga{l - 1}"]
         ga = {"comment": text(gq.lhs, gq.rhs)}
         if strategy == "blas":
             ga["dot"] = product(gq, naming.ident(gq.lhs.base))[1]
         else:
             ga["rows"] = _Block(p, sizes).rows([(gq.lhs, gq.rhs, text(gq.lhs, gq.rhs))], "i", net.sizes[l - 1])
+            cost += net.sizes[l - 1] * net.sizes[l] if l > 1 else 0
         if l > 1:
             step["ga"] = ga
         else:
@@ -270,5 +310,7 @@ def emit(derivation, target="cpu", dtype="float64"):
         "uses_scipy": any(l["vector"] and "scipy." in l["vector"]["stmt"] for l in layers_fwd),
         "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
         "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
+        "loss_lines_par": [ln.replace("loss += ", "lossc += ", 1) for ln in loss_lines],
+        "chunk_rows": CHUNK_ROWS, "parallel_min": PARALLEL_MIN, "parallel_cost": cost,
     }
     return environment().get_template(f"{target}/module.py.j2").render(**ctx)

@@ -176,6 +176,16 @@ class Kernel:
         w = work[B] = (fwd, bwd, grads, gx)
         return w
 
+    def _parallel(self, B):
+        """Whether a step of B rows takes the module's ``*_parallel`` variant: enough work per
+        call (B x PARALLEL_COST >= PARALLEL_MIN, see symbp.codegen.emit) and more than one Numba
+        thread. Modules without the variants (graph kernels) stay serial."""
+        m = self.module
+        if not self.jit or B * getattr(m, "PARALLEL_COST", 0) < getattr(m, "PARALLEL_MIN", 1):
+            return False
+        import numba
+        return numba.get_num_threads() > 1
+
     def compile(self):
         """Compile every entry point now (Numba compiles lazily, on the first call); returns self.
         A second process loads the compiled code from Numba's cache next to the generated file."""
@@ -215,7 +225,8 @@ class Kernel:
         """(loss, {"gW1": ..., ...} keyed like params). copy=False returns the work buffers."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *grads)
+        fn = self.module.loss_and_grad_parallel if self._parallel(X.shape[0]) else self.module.loss_and_grad
+        loss = self._run("loss_and_grad", fn, X, Y, *ps, *fwd, *bwd, *grads)
         return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
 
     def bind(self, params, X, Y):
@@ -262,7 +273,8 @@ class BoundStep:
             self.params[key] = self.theta[off:off + a.size].reshape(a.shape)
             self.grads[key] = self.gtheta[off:off + a.size].reshape(a.shape)
             off += a.size
-        self._fn = kernel.module.loss_and_grad_packed
+        m = kernel.module
+        self._fn = m.loss_and_grad_packed_parallel if kernel._parallel(X.shape[0]) else m.loss_and_grad_packed
         self._args = (X, Y, self.theta, self.gtheta, self.work)
 
     def __call__(self):
