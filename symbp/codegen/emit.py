@@ -311,6 +311,7 @@ def emit(derivation, target="cpu", dtype="float64"):
         "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
         "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
         "loss_lines_par": [ln.replace("loss += ", "lossc += ", 1) for ln in loss_lines],
+        "partials": [name for step in backward for name, _ in step["par"]["partial"]],
         "all_loops": all(l["strategy"] == "loops" for l in layers_fwd), "chunk_rows": CHUNK_ROWS, "parallel_min": PARALLEL_MIN, "parallel_cost": cost,
     }
     return environment().get_template(f"{target}/module.py.j2").render(**ctx)
