@@ -49,6 +49,26 @@ FLOPS = [
 ]
 
 
+def _result(key, speedup, roof):
+    case = next(c for c in bench.CASES if c.key == key)
+    return {"key": key, "case": case.label, "dtype": "float32", "ms": {"symbp": 1.0, "jax": speedup},
+            "speedup_vs_fastest_peer": speedup, "fastest_peer": "jax", "roofline_fraction": {"symbp": roof}}
+
+
+@pytest.mark.parametrize("threads, expected", [
+    # one thread: xor >= 10x, mlp64 >= 1.5x, mnist >= 1x and >= 0.85 of the roofline, large >= 0.95
+    (1, [False, True, True, True, False]),
+    # all cores: at least as fast as the fastest peer in every case
+    (None, [True, True, True, True]),
+])
+def test_speed_targets_depend_on_threads(threads, expected):
+    results = [_result("xor", 9.0, 0.01), _result("mlp64", 1.6, 0.5), _result("mnist", 1.1, 0.9),
+               _result("large", 1.2, 0.9)]
+    got = bench.targets(results, {}, threads)
+    assert [met for _, met, _ in got] == expected
+    assert all(("one thread" if threads == 1 else "all cores") in what for what, _, _ in got)
+
+
 @pytest.mark.parametrize("sizes, batch, flops", FLOPS)
 def test_gemm_flops(sizes, batch, flops):
     assert bench.gemm_flops(sizes, batch) == flops

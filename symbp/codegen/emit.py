@@ -144,7 +144,7 @@ LOOPS_MAX = 64
 # without parallel=True (a parallel compile takes about 3x longer, so it happens only on use).
 # Measured by benchmarks/threads.py (see there for the table).
 CHUNK_ROWS = 64
-PARALLEL_MIN = 200_000
+PARALLEL_MIN = 1_000_000
 
 
 def layer_strategy(n_in, n_out):
