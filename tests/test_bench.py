@@ -51,8 +51,10 @@ FLOPS = [
 
 def _result(key, speedup, roof):
     case = next(c for c in bench.CASES if c.key == key)
-    return {"key": key, "case": case.label, "dtype": "float32", "ms": {"symbp": 1.0, "jax": speedup},
-            "speedup_vs_fastest_peer": speedup, "fastest_peer": "jax", "roofline_fraction": {"symbp": roof}}
+    # the hand-written Numba baseline is faster than every target peer: it is not a target
+    return {"key": key, "case": case.label, "dtype": "float32",
+            "ms": {"symbp": 1.0, "jax": speedup, "numpy": 2 * speedup, "numba": 0.5},
+            "speedup_vs_fastest_peer": 0.5, "fastest_peer": "numba", "roofline_fraction": {"symbp": roof}}
 
 
 @pytest.mark.parametrize("threads, expected", [

@@ -132,19 +132,35 @@ class _Block:
 # BLAS threads), so loops are used while a layer has at most LOOPS_MAX weights.
 LOOPS_MAX = 64
 
-# Both cores: every module also holds ``*_parallel`` variants of forward and loss_and_grad whose
-# per-row passes run over the batch with numba.prange (BLAS already threads its own products).
-# Rows go in chunks of CHUNK_ROWS; a chunk accumulates its own partial loss and gradients and the
-# partials are added in chunk order, so the result does not depend on the thread count or the
-# schedule (bit-identical across runs and across NUMBA_NUM_THREADS). The Kernel calls the
-# parallel variant when batch x PARALLEL_COST (the module's per-sample work in the passes that
-# prange splits: multiply-adds of the loops layers, entries of the elementwise passes) reaches
-# PARALLEL_MIN and Numba has more than one thread; below, a thread fork/join (about 5-10 us)
-# costs more than it saves, and the serial variant is the unchanged single-thread code, compiled
-# without parallel=True (a parallel compile takes about 3x longer, so it happens only on use).
-# Measured by benchmarks/threads.py (see there for the table).
+# Both cores: every module also holds ``*_parallel`` variants of loss_and_grad whose per-row
+# passes run over the batch with numba.prange (BLAS already threads its own products). Rows go in
+# chunks of CHUNK_ROWS; a chunk accumulates its own partial loss and gradients and the partials
+# are added in chunk order, so the result does not depend on the thread count or the schedule
+# (bit-identical across runs and across NUMBA_NUM_THREADS; equal to the serial variant to
+# rounding). When every layer is fused loops, the whole step is one prange over the chunks, each
+# chunk a call of a serially compiled helper (the same machine code as the serial kernel). The
+# Kernel calls the parallel variant when batch x PARALLEL_COST (the module's per-sample work in
+# the passes that prange splits: multiply-adds of loops layers, entries of elementwise passes)
+# reaches PARALLEL_MIN and Numba has more than one thread; below, the serial variant runs, the
+# unchanged single-thread code compiled without parallel=True (a parallel compile takes about 3x
+# longer, so it happens only on first use).
+# Measured by benchmarks/threads.py (float32, best of 9 interleaved rounds, serial / parallel
+# time) on this project's 2-core machine, shared with other jobs (load average 4-9):
+# - one Numba thread: the parallel variant runs at 0.4-0.9 of the serial speed (xor 2-3-1
+#   B=1024..16384: 0.69-0.88; 8-8-8-8 tanh: 0.38-0.69): per chunk it takes transcendental
+#   activations from scalar math.exp/math.tanh (10-20 ns an entry), where the serial variant
+#   uses NumPy's SIMD ufuncs above VECTOR_MIN entries (1-2 ns);
+# - two threads, OMP_WAIT_POLICY=passive: xor B=1024..16384 0.54-0.64, 8-8-8-8 0.34-0.50, the
+#   BLAS cases swamped by OpenBLAS's own threads contending (mnist B=1024 serial 25-124 ms against
+#   13 ms pinned to one core); at one quiet moment xor B=8192 gained 1.42x (512 -> 361 us);
+# - with libgomp's default (spinning) wait policy, one empty prange region cost 9-16 ms here
+#   (8 us passive): a parallel region waits for every thread to get a core.
+# Threads did not pay at any size measured under this load; the threshold sits above every loops
+# case measured (the largest, xor B=16384, is 0.54M) and above the mnist case (1.2M), so that on
+# this machine the bench cases with their default batches stay serial except the 1024-wide one
+# (37M, where the elementwise passes are a few per cent of the step). Re-measure on free cores.
 CHUNK_ROWS = 64
-PARALLEL_MIN = 1_000_000
+PARALLEL_MIN = 2_000_000
 
 
 def layer_strategy(n_in, n_out):
