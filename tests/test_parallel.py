@@ -1,11 +1,11 @@
-"""The CPU kernels' parallel variants (prange over row chunks, symbp.codegen.emit.PARALLEL_MIN).
+"""The CPU kernels' parallel variant (prange over row chunks, symbp.codegen.emit.PARALLEL_MIN).
 
 loss_and_grad_parallel must give bit-identical results on every run and for any number of
 Numba threads (each chunk of CHUNK_ROWS rows has its own partial loss and gradients, added in
 chunk order), and equal the serial loss_and_grad to rounding. The Kernel takes the parallel
-variant only when the batch is large enough and Numba has more than one thread. One network on
-the fused-loops path and one on the BLAS + vectorized path; the batch is not a multiple of
-CHUNK_ROWS, so the last chunk is short.
+variant only when the batch is large enough and Numba has more than one thread, and a kernel
+with a BLAS layer has none. Two fused-loops networks (sigmoid + bce; tanh, softmax + ce with its
+per-row reductions); the batch is not a multiple of CHUNK_ROWS, so the last chunk is short.
 """
 import json
 import os
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 NETS = {
     "loops": ([2, 3, 1], ["sigmoid", "sigmoid"], "bce", {"loops"}),
-    "blas": ([64, 32, 10], ["tanh", "softmax"], "ce", {"blas"}),
+    "softmax": ([4, 8, 3], ["tanh", "softmax"], "ce", {"loops"}),
 }
 B = 300
 
@@ -109,3 +109,13 @@ def test_kernel_picks_the_parallel_variant_by_size(tmp_path, monkeypatch):
     for (key, g), s in zip(grads.items(), serial[1:]):
         np.testing.assert_allclose(g, s, rtol=1e-4, atol=1e-6 * np.abs(s).max(), err_msg=key)
         np.testing.assert_array_equal(step.grads[key], g)
+
+
+def test_blas_kernel_has_no_parallel_variant(tmp_path):
+    """BLAS already threads the products; the module stays serial (see emit.PARALLEL_MIN)."""
+    net = symbp.mlp([64, 32, 10], ["tanh", "softmax"], "ce", name="par_blas")
+    k = symbp.generate(symbp.derive(net), out_dir=tmp_path, jit=False)
+    assert "blas" in k.module.STRATEGIES
+    assert not hasattr(k.module, "loss_and_grad_parallel") and "prange" not in k.path.read_text()
+    k.jit = True        # as if compiled: the choice still falls on the serial variant
+    assert not k._parallel(10 ** 9)

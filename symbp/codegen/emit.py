@@ -132,33 +132,34 @@ class _Block:
 # BLAS threads), so loops are used while a layer has at most LOOPS_MAX weights.
 LOOPS_MAX = 64
 
-# Both cores: every module also holds ``*_parallel`` variants of loss_and_grad whose per-row
-# passes run over the batch with numba.prange (BLAS already threads its own products). Rows go in
-# chunks of CHUNK_ROWS; a chunk accumulates its own partial loss and gradients and the partials
-# are added in chunk order, so the result does not depend on the thread count or the schedule
-# (bit-identical across runs and across NUMBA_NUM_THREADS; equal to the serial variant to
-# rounding). When every layer is fused loops, the whole step is one prange over the chunks, each
-# chunk a call of a serially compiled helper (the same machine code as the serial kernel). The
-# Kernel calls the parallel variant when batch x PARALLEL_COST (the module's per-sample work in
-# the passes that prange splits: multiply-adds of loops layers, entries of elementwise passes)
-# reaches PARALLEL_MIN and Numba has more than one thread; below, the serial variant runs, the
-# unchanged single-thread code compiled without parallel=True (a parallel compile takes about 3x
-# longer, so it happens only on first use).
+# Both cores: a module whose layers are all fused loops also holds ``loss_and_grad_parallel``
+# (and its packed form): one numba.prange over chunks of CHUNK_ROWS rows, each chunk forward,
+# loss and backward sample by sample in a serially compiled helper (the same machine code as the
+# serial kernel), into its own partial loss and gradients, added in chunk order afterwards: the
+# result does not depend on the thread count or the schedule (bit-identical across runs and
+# across NUMBA_NUM_THREADS; equal to the serial variant to rounding). The Kernel calls it when
+# batch x PARALLEL_COST (per-sample multiply-adds and elementwise entries) reaches PARALLEL_MIN
+# and Numba has more than one thread; otherwise the serial variant runs, the unchanged
+# single-thread code compiled without parallel=True (a parallel compile takes about 3x longer,
+# so it happens only on first use). A module with a BLAS layer has no parallel variant: its
+# products already run on BLAS's threads, and a second thread pool around them lost (below).
 # Measured by benchmarks/threads.py (float32, best of 9 interleaved rounds, serial / parallel
-# time) on this project's 2-core machine, shared with other jobs (load average 4-9):
+# time) and bound steps side by side, on this project's 2-core machine shared with other jobs
+# (load average 4-9):
 # - one Numba thread: the parallel variant runs at 0.4-0.9 of the serial speed (xor 2-3-1
 #   B=1024..16384: 0.69-0.88; 8-8-8-8 tanh: 0.38-0.69): per chunk it takes transcendental
 #   activations from scalar math.exp/math.tanh (10-20 ns an entry), where the serial variant
 #   uses NumPy's SIMD ufuncs above VECTOR_MIN entries (1-2 ns);
-# - two threads, OMP_WAIT_POLICY=passive: xor B=1024..16384 0.54-0.64, 8-8-8-8 0.34-0.50, the
-#   BLAS cases swamped by OpenBLAS's own threads contending (mnist B=1024 serial 25-124 ms against
-#   13 ms pinned to one core); at one quiet moment xor B=8192 gained 1.42x (512 -> 361 us);
+# - two threads, OMP_WAIT_POLICY=passive: xor B=1024..16384 0.54-0.64, 8-8-8-8 0.34-0.50; at one
+#   quiet moment xor B=8192 gained 1.42x (512 -> 361 us);
 # - with libgomp's default (spinning) wait policy, one empty prange region cost 9-16 ms here
-#   (8 us passive): a parallel region waits for every thread to get a core.
-# Threads did not pay at any size measured under this load; the threshold sits above every loops
-# case measured (the largest, xor B=16384, is 0.54M) and above the mnist case (1.2M), so that on
-# this machine the bench cases with their default batches stay serial except the 1024-wide one
-# (37M, where the elementwise passes are a few per cent of the step). Re-measure on free cores.
+#   (8 us passive): a parallel region waits for every thread to get a core;
+# - BLAS nets with prange elementwise passes between the products (an earlier version):
+#   784-256-128-10 B=1024 60 -> 285 ms, 1024-wide B=4096 1265 -> 1592 ms (median, two threads):
+#   Numba's and OpenBLAS's workers contend for the two cores.
+# Threads did not pay at any size measured under this load; the threshold sits above every case
+# measured (the largest, xor B=16384, is 0.54M): on this machine the loops path stays serial up
+# to about 60k rows of xor. Re-measure on free cores.
 CHUNK_ROWS = 64
 PARALLEL_MIN = 2_000_000
 
@@ -328,6 +329,7 @@ def emit(derivation, target="cpu", dtype="float64"):
         "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
         "loss_lines_par": [ln.replace("loss += ", "lossc += ", 1) for ln in loss_lines],
         "partials": [name for step in backward for name, _ in step["par"]["partial"]],
-        "all_loops": all(l["strategy"] == "loops" for l in layers_fwd), "chunk_rows": CHUNK_ROWS, "parallel_min": PARALLEL_MIN, "parallel_cost": cost,
+        "all_loops": all(l["strategy"] == "loops" for l in layers_fwd),
+        "chunk_rows": CHUNK_ROWS, "parallel_min": PARALLEL_MIN, "parallel_cost": cost,
     }
     return environment().get_template(f"{target}/module.py.j2").render(**ctx)

@@ -179,7 +179,7 @@ class Kernel:
     def _parallel(self, B):
         """Whether a step of B rows takes the module's ``*_parallel`` variant: enough work per
         call (B x PARALLEL_COST >= PARALLEL_MIN, see symbp.codegen.emit) and more than one Numba
-        thread. Modules without the variants (graph kernels) stay serial."""
+        thread. Modules without the variant (a BLAS layer; graph kernels) stay serial."""
         m = self.module
         if not self.jit or B * getattr(m, "PARALLEL_COST", 0) < getattr(m, "PARALLEL_MIN", 1):
             return False
