@@ -377,8 +377,9 @@ def run_case(case, dtype, args, baselines, missing, gemm):
             impls["symbp"] = k
             # which variant the bound step runs: "parallel" (prange over row chunks) or "serial",
             # chosen by the Kernel from the batch size and Numba's thread count
-            result["symbp_variant"] = ("parallel" if bound._fn is k.module.loss_and_grad_packed_parallel
-                                       else "serial")
+            result["symbp_variant"] = (
+                "parallel" if bound._fn is getattr(k.module, "loss_and_grad_packed_parallel", None)
+                else "serial" if bound._fn is k.module.loss_and_grad_packed else "serial, one BLAS thread")
             # Kernel.bind: parameters and batch bound once, the gradients stay in the step's
             # packed buffer, as PyTorch's stay in .grad and the Numba baseline's in its own;
             # loss_and_grad (copy=False / copy=True) is timed in the breakdown.
@@ -643,9 +644,8 @@ def report(out, data, labels):
         f"{data['load_average'][0]} before, {data['load_average'][1]} after (a shared machine inflates "
         f"timings)")
     out(f"  symbp: Kernel.bind(params, X, Y)() (one packed call per step); kernels in {a['out']}")
-    par = [f"{r['case']} {r['dtype']}" for r in results if r.get("symbp_variant") == "parallel"]
-    out(f"  symbp variant: parallel (prange over row chunks) for {', '.join(par)}; serial elsewhere"
-        if par else "  symbp variant: serial in every case (batch x work below PARALLEL_MIN, or one thread)")
+    out("  symbp variant (see symbp.codegen.emit PARALLEL_MIN, BLAS_THREADS_MIN): " + "; ".join(
+        f"{r['case']} {r['dtype']} {r['symbp_variant']}" for r in results if r.get("symbp_variant")))
     if data["baselines"] is None:
         out(f"  {BASELINES_HINT}")
     out("")

@@ -119,3 +119,28 @@ def test_blas_kernel_has_no_parallel_variant(tmp_path):
     assert not hasattr(k.module, "loss_and_grad_parallel") and "prange" not in k.path.read_text()
     k.jit = True        # as if compiled: the choice still falls on the serial variant
     assert not k._parallel(10 ** 9)
+
+
+def test_small_blas_steps_run_on_one_blas_thread(tmp_path):
+    """Below BLAS_THREADS_MIN product FLOPs the Kernel wraps the step with blas.one_thread: the
+    BLAS thread count inside the call is 1, restored afterwards; the results are the same."""
+    from symbp.codegen import blas
+    if blas._setter() is None:
+        pytest.skip("SciPy's OpenBLAS (openblas_set_num_threads_local) not found")
+    get = blas._getter()
+    assert blas.one_thread(get)() == 1
+    before = get()
+    net = symbp.mlp([64, 64, 64, 10], ["tanh", "tanh", "softmax"], "ce", name="par_blas1")
+    k = symbp.generate(symbp.derive(net), out_dir=tmp_path, dtype="float32")
+    m = k.module
+    assert 256 * m.BLAS_FLOPS < m.BLAS_THREADS_MIN <= 10 ** 6 * m.BLAS_FLOPS
+    small, large = k._step_fn(256), k._step_fn(10 ** 6)
+    assert small is not m.loss_and_grad and large is m.loss_and_grad
+    assert k.bind(*random_batch(net, 256, dtype="float32"))._fn is not m.loss_and_grad_packed
+    p, X, Y = random_batch(net, 256, seed=5, dtype="float32")
+    loss, grads = k.loss_and_grad(p, X, Y)
+    ref = raw_call(k, m.loss_and_grad, p, X, Y)
+    np.testing.assert_allclose(loss, ref[0], rtol=1e-6)
+    for g, r in zip(grads.values(), ref[1:]):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7 * np.abs(r).max())
+    assert get() == before

@@ -161,6 +161,15 @@ LOOPS_MAX = 64
 # measured (the largest, xor B=16384, is 0.54M): on this machine the loops path stays serial up
 # to about 60k rows of xor. Re-measure on free cores.
 CHUNK_ROWS = 64
+
+# BLAS threads: a step whose matrix products take fewer than BLAS_THREADS_MIN FLOPs (the module's
+# BLAS_FLOPS per sample x batch; 2 per multiply-add, forward, weight and input gradients) runs on
+# one BLAS thread (symbp.codegen.blas.one_thread); above, BLAS uses all its threads. Measured
+# side by side in one process, bound step, float32, 2-core machine shared with other jobs
+# (median ms, BLAS on 2 threads / on 1): 64-64-64-10 B=256 (0.0115 GFLOP) 22.8 / 0.77;
+# 784-256-128-10 B=1024 (1.03 GFLOP) 280 / 43; 1024-wide B=4096 (68.7 GFLOP): 2 threads faster
+# (1580 ms unpinned against 1900 ms on one pinned core, in two bench runs).
+BLAS_THREADS_MIN = 8e9
 PARALLEL_MIN = 2_000_000
 
 
@@ -330,6 +339,9 @@ def emit(derivation, target="cpu", dtype="float64"):
         "loss_lines_par": [ln.replace("loss += ", "lossc += ", 1) for ln in loss_lines],
         "partials": [name for step in backward for name, _ in step["par"]["partial"]],
         "all_loops": all(l["strategy"] == "loops" for l in layers_fwd),
+        "blas_threads_min": f"{BLAS_THREADS_MIN:g}",
+        "blas_flops": sum(2 * net.sizes[l - 1] * net.sizes[l] * (2 if l == 1 else 3) for l in range(1, L + 1)
+                          if layer_strategy(net.sizes[l - 1], net.sizes[l]) == "blas"),
         "chunk_rows": CHUNK_ROWS, "parallel_min": PARALLEL_MIN, "parallel_cost": cost,
     }
     return environment().get_template(f"{target}/module.py.j2").render(**ctx)

@@ -186,6 +186,20 @@ class Kernel:
         import numba
         return numba.get_num_threads() > 1
 
+    def _step_fn(self, B, packed=False):
+        """The module's loss_and_grad (``packed``: loss_and_grad_packed) for B rows: the parallel
+        variant (see _parallel), else the serial one, on one BLAS thread when the step's products
+        are small (B x BLAS_FLOPS < BLAS_THREADS_MIN, see symbp.codegen.emit)."""
+        m = self.module
+        if self._parallel(B):
+            return m.loss_and_grad_packed_parallel if packed else m.loss_and_grad_parallel
+        fn = m.loss_and_grad_packed if packed else m.loss_and_grad
+        flops = B * getattr(m, "BLAS_FLOPS", 0)
+        if self.jit and 0 < flops < m.BLAS_THREADS_MIN:
+            from .blas import one_thread
+            fn = one_thread(fn)
+        return fn
+
     def compile(self):
         """Compile every entry point now (Numba compiles lazily, on the first call); returns self.
         A second process loads the compiled code from Numba's cache next to the generated file."""
@@ -225,8 +239,7 @@ class Kernel:
         """(loss, {"gW1": ..., ...} keyed like params). copy=False returns the work buffers."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, _ = self._buffers(X.shape[0])
-        fn = self.module.loss_and_grad_parallel if self._parallel(X.shape[0]) else self.module.loss_and_grad
-        loss = self._run("loss_and_grad", fn, X, Y, *ps, *fwd, *bwd, *grads)
+        loss = self._run("loss_and_grad", self._step_fn(X.shape[0]), X, Y, *ps, *fwd, *bwd, *grads)
         return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
 
     def bind(self, params, X, Y):
@@ -273,8 +286,7 @@ class BoundStep:
             self.params[key] = self.theta[off:off + a.size].reshape(a.shape)
             self.grads[key] = self.gtheta[off:off + a.size].reshape(a.shape)
             off += a.size
-        m = kernel.module
-        self._fn = m.loss_and_grad_packed_parallel if kernel._parallel(X.shape[0]) else m.loss_and_grad_packed
+        self._fn = kernel._step_fn(X.shape[0], packed=True)
         self._args = (X, Y, self.theta, self.gtheta, self.work)
 
     def __call__(self):
