@@ -1,6 +1,7 @@
 """Measure where the CPU kernels' parallel variants pay (symbp.codegen.emit.PARALLEL_MIN).
 
-For a few networks and batch sizes, time (best of interleaved rounds) the raw generated loss_and_grad (serial) and
+Only kernels whose layers are all fused loops have a parallel variant. For a few such networks
+and batch sizes, time (best of interleaved rounds) the raw generated loss_and_grad (serial) and
 loss_and_grad_parallel (prange over row chunks) with prebuilt buffers, float32, and print
 batch x PARALLEL_COST (the module's per-sample work of the passes prange splits) next to the
 ratio serial / parallel. The threshold is the smallest batch x cost where the ratio is
@@ -20,8 +21,7 @@ import symbp
 NETS = {
     "xor": ([2, 3, 1], ["sigmoid", "sigmoid"], "bce", (64, 256, 1024, 4096, 16384)),
     "w8": ([8, 8, 8, 8], ["tanh", "tanh", "identity"], "mse", (64, 256, 1024, 4096)),
-    "mlp64": ([64, 64, 64, 10], ["tanh", "tanh", "softmax"], "ce", (64, 256, 1024, 4096)),
-    "mnist": ([784, 256, 128, 10], ["relu", "relu", "softmax"], "ce", (256, 1024)),
+    "w8relu": ([8, 8, 8, 8], ["relu", "relu", "identity"], "mse", (1024, 4096, 16384)),
 }
 
 

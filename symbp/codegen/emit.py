@@ -157,9 +157,11 @@ LOOPS_MAX = 64
 # - BLAS nets with prange elementwise passes between the products (an earlier version):
 #   784-256-128-10 B=1024 60 -> 285 ms, 1024-wide B=4096 1265 -> 1592 ms (median, two threads):
 #   Numba's and OpenBLAS's workers contend for the two cores.
-# Threads did not pay at any size measured under this load; the threshold sits above every case
-# measured (the largest, xor B=16384, is 0.54M): on this machine the loops path stays serial up
-# to about 60k rows of xor. Re-measure on free cores.
+# - relu 8-8-8-8 (no transcendental function), two threads, passive: B=1024 (0.6M) 0.82,
+#   B=4096 (2.4M) 0.72, B=16384 (9.6M) 1.21.
+# The threshold sits between the last loss and the first gain; with transcendental activations
+# the single-thread handicap above keeps threads from paying at any size measured here.
+# Re-measure on free cores (benchmarks/threads.py).
 CHUNK_ROWS = 64
 
 # BLAS threads: a step whose matrix products take fewer than BLAS_THREADS_MIN FLOPs (the module's
@@ -170,7 +172,7 @@ CHUNK_ROWS = 64
 # 784-256-128-10 B=1024 (1.03 GFLOP) 280 / 43; 1024-wide B=4096 (68.7 GFLOP): 2 threads faster
 # (1580 ms unpinned against 1900 ms on one pinned core, in two bench runs).
 BLAS_THREADS_MIN = 8e9
-PARALLEL_MIN = 2_000_000
+PARALLEL_MIN = 5_000_000
 
 
 def layer_strategy(n_in, n_out):
