@@ -111,6 +111,7 @@ class Kernel:
         self._shapes = tuple(tuple(self.param_shapes[k]) for k in self._params)
         self._n0, self._nL = self.network.sizes[0], self.network.sizes[-1]
         self._local = threading.local()    # .work: {batch size: buffers} of the calling thread
+        self._serial_fns = {}              # (batch size, packed): the step function, see _step_fn
 
     def __repr__(self):
         return f"<Kernel {self.network.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
@@ -190,14 +191,19 @@ class Kernel:
         """The module's loss_and_grad (``packed``: loss_and_grad_packed) for B rows: the parallel
         variant (see _parallel), else the serial one, on one BLAS thread when the step's products
         are small (B x BLAS_FLOPS < BLAS_THREADS_MIN, see symbp.codegen.emit)."""
+        fn = self._serial_fns.get((B, packed))      # the common case: one lookup
+        if fn is not None:
+            return fn
         m = self.module
-        if self._parallel(B):
+        if self._parallel(B):      # not cached: it depends on the calling thread's thread count
             return m.loss_and_grad_packed_parallel if packed else m.loss_and_grad_parallel
         fn = m.loss_and_grad_packed if packed else m.loss_and_grad
         flops = B * getattr(m, "BLAS_FLOPS", 0)
         if self.jit and 0 < flops < m.BLAS_THREADS_MIN:
             from .blas import one_thread
             fn = one_thread(fn)
+        if B * getattr(m, "PARALLEL_COST", 0) < getattr(m, "PARALLEL_MIN", 1) and len(self._serial_fns) < 16:
+            self._serial_fns[(B, packed)] = fn     # serial at any thread count
         return fn
 
     def compile(self):
