@@ -49,6 +49,28 @@ FLOPS = [
 ]
 
 
+def _result(key, speedup, roof):
+    case = next(c for c in bench.CASES if c.key == key)
+    # the hand-written Numba baseline is faster than every target peer: it is not a target
+    return {"key": key, "case": case.label, "dtype": "float32",
+            "ms": {"symbp": 1.0, "jax": speedup, "numpy": 2 * speedup, "numba": 0.5},
+            "speedup_vs_fastest_peer": 0.5, "fastest_peer": "numba", "roofline_fraction": {"symbp": roof}}
+
+
+@pytest.mark.parametrize("threads, expected", [
+    # one thread: xor >= 10x, mlp64 >= 1.5x, mnist >= 1x and >= 0.85 of the roofline, large >= 0.95
+    (1, [False, True, True, True, False]),
+    # all cores: at least as fast as the fastest peer in every case
+    (None, [True, True, True, True]),
+])
+def test_speed_targets_depend_on_threads(threads, expected):
+    results = [_result("xor", 9.0, 0.01), _result("mlp64", 1.6, 0.5), _result("mnist", 1.1, 0.9),
+               _result("large", 1.2, 0.9)]
+    got = bench.targets(results, {}, threads)
+    assert [met for _, met, _ in got] == expected
+    assert all(("one thread" if threads == 1 else "all cores") in what for what, _, _ in got)
+
+
 @pytest.mark.parametrize("sizes, batch, flops", FLOPS)
 def test_gemm_flops(sizes, batch, flops):
     assert bench.gemm_flops(sizes, batch) == flops
@@ -92,8 +114,9 @@ def test_bench_xor_symbp_and_numpy(tmp_path, kernels, capsys):
     assert r["vs_fastest_peer"]["numpy"] == pytest.approx(1.0)
     assert r["reference"] == "numpy float64" and set(r["check"]) >= {"symbp", "numpy"}
     assert all(e <= bench.TOL["float32"] for n, e in r["check"].items() if not n.startswith("ref-vs-"))
-    # torch and jax are not asked for here, so no xor speed target can be judged.
-    assert data["targets"] == []
+    # the xor target is judged against the fastest of the target peers run, here NumPy alone
+    assert [t["target"].split(":")[0] for t in data["targets"]] == ["xor 2-3-1 float32, all cores"]
+    assert data["targets"][0]["measured"].endswith("the speed of numpy")
     # The table on stdout and a progress line per stage on stderr.
     assert "symbp ms" in cap.out and "numpy ms" in cap.out and "fastest peer" in cap.out
     assert "xor 2-3-1 B=4  float32" in cap.out and "fraction of the roofline" in cap.out

@@ -132,6 +132,48 @@ class _Block:
 # BLAS threads), so loops are used while a layer has at most LOOPS_MAX weights.
 LOOPS_MAX = 64
 
+# Both cores: a module whose layers are all fused loops also holds ``loss_and_grad_parallel``
+# (and its packed form): one numba.prange over chunks of CHUNK_ROWS rows, each chunk forward,
+# loss and backward sample by sample in a serially compiled helper (the same machine code as the
+# serial kernel), into its own partial loss and gradients, added in chunk order afterwards: the
+# result does not depend on the thread count or the schedule (bit-identical across runs and
+# across NUMBA_NUM_THREADS; equal to the serial variant to rounding). The Kernel calls it when
+# batch x PARALLEL_COST (per-sample multiply-adds and elementwise entries) reaches PARALLEL_MIN
+# and Numba has more than one thread; otherwise the serial variant runs, the unchanged
+# single-thread code compiled without parallel=True (a parallel compile takes about 3x longer,
+# so it happens only on first use). A module with a BLAS layer has no parallel variant: its
+# products already run on BLAS's threads, and a second thread pool around them lost (below).
+# Measured by benchmarks/threads.py (float32, best of 9 interleaved rounds, serial / parallel
+# time) and bound steps side by side, on this project's 2-core machine shared with other jobs
+# (load average 4-9):
+# - one Numba thread: the parallel variant runs at 0.4-0.9 of the serial speed (xor 2-3-1
+#   B=1024..16384: 0.69-0.88; 8-8-8-8 tanh: 0.38-0.69): per chunk it takes transcendental
+#   activations from scalar math.exp/math.tanh (10-20 ns an entry), where the serial variant
+#   uses NumPy's SIMD ufuncs above VECTOR_MIN entries (1-2 ns);
+# - two threads, OMP_WAIT_POLICY=passive: xor B=1024..16384 0.54-0.64, 8-8-8-8 0.34-0.50; at one
+#   quiet moment xor B=8192 gained 1.42x (512 -> 361 us);
+# - with libgomp's default (spinning) wait policy, one empty prange region cost 9-16 ms here
+#   (8 us passive): a parallel region waits for every thread to get a core;
+# - BLAS nets with prange elementwise passes between the products (an earlier version):
+#   784-256-128-10 B=1024 60 -> 285 ms, 1024-wide B=4096 1265 -> 1592 ms (median, two threads):
+#   Numba's and OpenBLAS's workers contend for the two cores.
+# - relu 8-8-8-8 (no transcendental function), two threads, passive: B=1024 (0.6M) 0.82,
+#   B=4096 (2.4M) 0.72, B=16384 (9.6M) 1.21.
+# The threshold sits between the last loss and the first gain; with transcendental activations
+# the single-thread handicap above keeps threads from paying at any size measured here.
+# Re-measure on free cores (benchmarks/threads.py).
+CHUNK_ROWS = 64
+
+# BLAS threads: a step whose matrix products take fewer than BLAS_THREADS_MIN FLOPs (the module's
+# BLAS_FLOPS per sample x batch; 2 per multiply-add, forward, weight and input gradients) runs on
+# one BLAS thread (symbp.codegen.blas.one_thread); above, BLAS uses all its threads. Measured
+# side by side in one process, bound step, float32, 2-core machine shared with other jobs
+# (median ms, BLAS on 2 threads / on 1): 64-64-64-10 B=256 (0.0115 GFLOP) 22.8 / 0.77;
+# 784-256-128-10 B=1024 (1.03 GFLOP) 280 / 43; 1024-wide B=4096 (68.7 GFLOP): 2 threads faster
+# (1580 ms unpinned against 1900 ms on one pinned core, in two bench runs).
+BLAS_THREADS_MIN = 8e9
+PARALLEL_MIN = 5_000_000
+
 
 def layer_strategy(n_in, n_out):
     """"loops" or "blas" for a dense layer of n_out x n_in weights (see LOOPS_MAX)."""
@@ -172,6 +214,15 @@ def optimizer_steps(dtype):
             "updates": [f"{lhs} <- {rhs}" for lhs, rhs in rule.updates],
         })
     return steps
+
+
+def _to_partial(line, accumulated):
+    """``line`` with its accumulation ``g[j] += ...`` into a gradient g of ``accumulated``
+    redirected to chunk c's partial, ``Pg[c, j] += ...``; other lines unchanged."""
+    for g, _ in accumulated:
+        if line.lstrip().startswith(f"{g}["):
+            return line.replace(f"{g}[", f"P{g}[c, ", 1)
+    return line
 
 
 def emit(derivation, target="cpu", dtype="float64"):
@@ -228,13 +279,17 @@ def emit(derivation, target="cpu", dtype="float64"):
     loss_lines = lred + [f"loss += {p.doprint(lexpr)}"]
     loss_scale = p.doprint(d.batch_factor.xreplace(sizes))
 
+    # per-sample work of the passes that the parallel variant splits over rows: forward rows
+    # (plus the z = W a multiply-adds of loops layers) here, backward rows below
+    cost = sum(net.sizes[l] * (2 + (net.sizes[l - 1] if layer_strategy(net.sizes[l - 1], net.sizes[l]) == "loops" else 0))
+               for l in range(1, L + 1))
     backward = []
     for l in range(L, 0, -1):
         strategy = layer_strategy(net.sizes[l - 1], net.sizes[l])
         dq = d[f"delta{l}"]
         gW = d[f"gW{l}"]
         gWq = naming.ident(gW.lhs.base)
-        then, pre, post = [], [], []
+        then, pre, post, accumulated = [], [], [], []
         if net.layers[l - 1].bias:
             gb = d[f"gb{l}"]
             gbq = naming.ident(gb.lhs.base)
@@ -244,6 +299,7 @@ def emit(derivation, target="cpu", dtype="float64"):
             # delta, row by row (contiguous), instead of a strided second pass
             then = [f"{gbq}[j] += {naming.ident(cs.arg)}[s, j]   # {text(gb.lhs, gb.rhs)}"]
             pre = [f"{gbq}[:] = {p.doprint(sp.Integer(0))}"]
+            accumulated.append((gbq, (net.sizes[l],)))
         if strategy == "blas":
             post += [f"# {text(gW.lhs, gW.rhs)}", product(gW, gWq)[1]]
         else:
@@ -251,18 +307,30 @@ def emit(derivation, target="cpu", dtype="float64"):
             (q, lo, hi), = [lim for lim in gW.rhs.limits]
             term = gW.rhs.function.xreplace({P: J})
             pre.append(f"{gWq}[:, :] = {p.doprint(sp.Integer(0))}")
+            accumulated.append((gWq, (net.sizes[l], net.sizes[l - 1])))
             then += [f"for q in range({net.sizes[l - 1]}):   # {text(gW.lhs, gW.rhs)}",
                      f"    {gWq}[j, q] += {p.doprint(term)}"]
         blk = _Block(p, sizes)
         rows = blk.rows([(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))], "j", net.sizes[l], then=then)
+        # the parallel variant: the same pass per chunk c of rows, accumulating into the chunk's
+        # own partial gradients P<g>[c, ...], added in chunk order afterwards
+        partial = [("P" + g, shape) for g, shape in accumulated]
+        then_par = [_to_partial(t, accumulated) for t in then]
+        rows_par = _Block(p, sizes).rows([(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))], "j", net.sizes[l],
+                                         then=then_par)
         step = {"layer": l, "strategy": strategy, "delta_comment": f"{dq.name}: {dq.doc}",
-                "pre": pre, "rows": rows, "post": post}
+                "pre": pre, "rows": rows, "post": post,
+                "par": {"partial": [(name, ", ".join(str(n) for n in shape)) for name, shape in partial],
+                        "rows": rows_par,
+                        "reduce": [(g, shape) for g, shape in accumulated]}}
+        cost += net.sizes[l] + (net.sizes[l] * net.sizes[l - 1] if strategy == "loops" else 0)
         gq = d[f"ga{l - 1}"]
         ga = {"comment": text(gq.lhs, gq.rhs)}
         if strategy == "blas":
             ga["dot"] = product(gq, naming.ident(gq.lhs.base))[1]
         else:
             ga["rows"] = _Block(p, sizes).rows([(gq.lhs, gq.rhs, text(gq.lhs, gq.rhs))], "i", net.sizes[l - 1])
+            cost += net.sizes[l - 1] * net.sizes[l] if l > 1 else 0
         if l > 1:
             step["ga"] = ga
         else:
@@ -311,5 +379,12 @@ def emit(derivation, target="cpu", dtype="float64"):
         "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
         "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
         "optimizers": optimizer_steps(dtype),
+        "loss_lines_par": [ln.replace("loss += ", "lossc += ", 1) for ln in loss_lines],
+        "partials": [name for step in backward for name, _ in step["par"]["partial"]],
+        "all_loops": all(l["strategy"] == "loops" for l in layers_fwd),
+        "blas_threads_min": f"{BLAS_THREADS_MIN:g}",
+        "blas_flops": sum(2 * net.sizes[l - 1] * net.sizes[l] * (2 if l == 1 else 3) for l in range(1, L + 1)
+                          if layer_strategy(net.sizes[l - 1], net.sizes[l]) == "blas"),
+        "chunk_rows": CHUNK_ROWS, "parallel_min": PARALLEL_MIN, "parallel_cost": cost,
     }
     return environment().get_template(f"{target}/module.py.j2").render(**ctx)

@@ -126,6 +126,7 @@ class Kernel:
         keys = self._params
         self._getter = operator.itemgetter(*keys) if len(keys) > 1 else (lambda d, k=keys[0]: (d[k],))
         self._sizes = tuple(int(np.prod(s)) for s in self._shapes)
+        self._serial_fns = {}              # (batch size, packed): the step function, see _step_fn
 
     def __repr__(self):
         return f"<Kernel {self.network.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
@@ -216,6 +217,35 @@ class Kernel:
         w = work[B] = (fwd, bwd, grads, gx, packed, gtheta)
         return w
 
+    def _parallel(self, B):
+        """Whether a step of B rows takes the module's ``*_parallel`` variant: enough work per
+        call (B x PARALLEL_COST >= PARALLEL_MIN, see symbp.codegen.emit) and more than one Numba
+        thread. Modules without the variant (a BLAS layer; graph kernels) stay serial."""
+        m = self.module
+        if not self.jit or B * getattr(m, "PARALLEL_COST", 0) < getattr(m, "PARALLEL_MIN", 1):
+            return False
+        import numba
+        return numba.get_num_threads() > 1
+
+    def _step_fn(self, B, packed=False):
+        """The module's loss_and_grad (``packed``: loss_and_grad_packed) for B rows: the parallel
+        variant (see _parallel), else the serial one, on one BLAS thread when the step's products
+        are small (B x BLAS_FLOPS < BLAS_THREADS_MIN, see symbp.codegen.emit)."""
+        fn = self._serial_fns.get((B, packed))      # the common case: one lookup
+        if fn is not None:
+            return fn
+        m = self.module
+        if self._parallel(B):      # not cached: it depends on the calling thread's thread count
+            return m.loss_and_grad_packed_parallel if packed else m.loss_and_grad_parallel
+        fn = m.loss_and_grad_packed if packed else m.loss_and_grad
+        flops = B * getattr(m, "BLAS_FLOPS", 0)
+        if self.jit and 0 < flops < m.BLAS_THREADS_MIN:
+            from .blas import one_thread
+            fn = one_thread(fn)
+        if B * getattr(m, "PARALLEL_COST", 0) < getattr(m, "PARALLEL_MIN", 1) and len(self._serial_fns) < 16:
+            self._serial_fns[(B, packed)] = fn     # serial at any thread count
+        return fn
+
     def compile(self):
         """Compile every entry point now (Numba compiles lazily, on the first call); returns self.
         A second process loads the compiled code from Numba's cache next to the generated file."""
@@ -267,6 +297,10 @@ class Kernel:
             outs = self._out(out)
             loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *outs)
             return float(loss), out
+        variant = self._step_fn(X.shape[0])
+        if variant is not self.module.loss_and_grad:     # parallel, or on one BLAS thread
+            loss = self._run("loss_and_grad", variant, X, Y, *ps, *fwd, *bwd, *grads)
+            return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
         try:
             loss = self.module.loss_and_grad_split(X, Y, *ps, gtheta, work)
         except (ArithmeticError, ValueError) as e:
@@ -372,7 +406,7 @@ class BoundStep:
             off += a.size
         self.optimizer = opt
         if opt is None:
-            self._fn = kernel.module.loss_and_grad_packed
+            self._fn = kernel._step_fn(X.shape[0], packed=True)
             self._tail = ()
         else:
             self._fn = getattr(kernel.module, f"train_step_{opt.kind}")
