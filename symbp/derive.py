@@ -89,13 +89,18 @@ def _exp_route(f, fprime):
         # checked numerically afterwards, so SymPy's own checks are skipped.
         num = sp.numer(sp.together(fu - As))
         if num.is_polynomial(u):
-            sols = list(sp.roots(sp.Poly(num, u)))
+            poly = sp.Poly(num, u)
+            # cubic and higher roots are radicals no reader wants, and cancelling the derivative
+            # at them took minutes (tanh(2 z) / cosh(z))
+            sols = list(sp.roots(poly)) if poly.degree() <= 2 else []
         else:
             sols = sp.solve(sp.Eq(As, fu), u, check=False, simplify=False)
     except (NotImplementedError, ValueError, TypeError, sp.PolynomialError):
         return []
     out = []
     for sol in sols:
+        if simp.too_big(sol):
+            continue
         c = sp.cancel(fpu.subs(u, sol))
         out += [c, sp.factor(c), sp.expand(c)]
     return out

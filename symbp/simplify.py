@@ -368,6 +368,16 @@ class _MpmathPrinter(MpmathPrinter):
         h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
         return f"_heaviside({self._print(e.args[0])}, {self._print(h0)})"
 
+    # abs' of an argument SymPy cannot prove real is written with re, im and arg
+    def _print_re(self, e):
+        return f"re({self._print(e.args[0])})"
+
+    def _print_im(self, e):
+        return f"im({self._print(e.args[0])})"
+
+    def _print_arg(self, e):
+        return f"arg({self._print(e.args[0])})"
+
     def _print_Pow(self, e, rational=False):
         if e.exp.is_Integer and abs(e.exp) <= 64:
             return super()._print_Pow(e, rational)
@@ -393,7 +403,7 @@ def mpmath_function(args, expr):
                        docstring_limit=0)
 
 _EVAL_ERRORS = (OverflowError, RecursionError, ZeroDivisionError, ValueError, TypeError,
-                ArithmeticError, NameError, KeyError, AttributeError)
+                ArithmeticError, NameError, KeyError, AttributeError, NotImplementedError)
 
 
 @lru_cache(maxsize=4096)

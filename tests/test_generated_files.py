@@ -135,7 +135,9 @@ SCRIPT = textwrap.dedent("""
     k = symbp.generate(d, out_dir={out!r}).compile()
     p = k.init_params(0)
     X = np.array([[0.5, -1.0], [2.0, 0.25]]); Y = np.array([[1.0], [0.0]])
-    fs = [k.module.forward, k.module.loss_and_grad, k.module.loss_and_input_grad, k.module.sgd_step]
+    # the entry points the Kernel calls (each links the functions it calls into its own code)
+    fs = [k.module.forward_split, k.module.loss_and_grad_split, k.module.loss_and_input_grad,
+          k.module.sgd_step_split]
     print(repr(k.loss_and_grad(p, X, Y)[0]), repr(float(k.forward(p, X)[0, 0])),
           sum(len(f.stats.cache_hits) for f in fs))
 """)
@@ -150,8 +152,8 @@ def test_a_damaged_numba_cache_is_discarded_and_rebuilt(tmp_path):
     first = run(tmp_path)
     assert first.returncode == 0, first.stderr
     cache = tmp_path / "damaged" / "__pycache__"
-    nbc = sorted(cache.glob("cpu_float64.loss_and_grad-*.nbc"))
-    nbi = sorted(cache.glob("cpu_float64.forward-*.nbi"))
+    nbc = sorted(cache.glob("cpu_float64.loss_and_grad_split-*.nbc"))
+    nbi = sorted(cache.glob("cpu_float64.forward_split-*.nbi"))
     assert nbc and nbi
     nbc[0].write_bytes(nbc[0].read_bytes()[:40])      # truncated
     nbi[0].write_bytes(b"garbage\x00" * 16)            # not a pickle at all

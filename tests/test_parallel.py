@@ -38,7 +38,7 @@ def build(tmp_path, path, dtype="float64"):
 
 
 def raw_call(k, fn, params, X, Y):
-    fwd, bwd, grads, _ = k._buffers(X.shape[0])
+    fwd, bwd, grads, *_ = k._buffers(X.shape[0])
     loss = fn(X, Y, *[params[q] for q in k._params], *fwd, *bwd, *grads)
     return [np.array(loss)] + [g.copy() for g in grads]
 

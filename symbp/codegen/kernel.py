@@ -356,7 +356,7 @@ class Kernel:
     def loss_and_grads(self, params, X, Y):
         """(loss, {"W1": dL/dW1, ...}, dL/dX) from one call of the kernel, fresh arrays."""
         ps, X, Y = self._check(params, X, Y)
-        fwd, bwd, grads, gx = self._buffers(X.shape[0])
+        fwd, bwd, grads, gx, _, _ = self._buffers(X.shape[0])
         loss = self._run("loss_and_grads", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
         return float(loss), {k: g.copy() for k, g in zip(self._params, grads)}, gx.copy()
 

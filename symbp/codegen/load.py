@@ -19,8 +19,8 @@ Contract:
   hash to its seal, no seal, or (``digest`` given) a spec digest other than the expected one is
   a one-line ``GeneratedFileError`` naming the file. With ``jit=False`` the decorators are
   disabled while the module executes, so the same source runs as plain Python, its ``math``
-  replaced by ``NUMPY_MATH`` so that it computes what the compiled code computes (NaN and inf,
-  never ValueError or OverflowError).
+  replaced by ``NUMPY_MATH`` and its min/max/abs by NumPy's, so that it computes what the
+  compiled code computes (NaN and inf, never ValueError, OverflowError or ZeroDivisionError).
 - A Numba cache entry next to the file that cannot be read (a truncated ``.nbc``, a garbage
   ``.nbi``: anything that raises while Numba loads it) is discarded (the function's index is
   reset) and the function compiled anew, with one line on stderr per file and process, instead
@@ -159,7 +159,24 @@ def import_module(path, name, jit=True, digest=None):
         guard_caches(mod, path)
     else:
         mod.math = NUMPY_MATH
+        # Python's min/max/abs of a float and a NumPy scalar can return a Python float, whose
+        # division by zero raises; NumPy's give inf as the compiled code does
+        mod.min, mod.max, mod.abs = _np_min, _np_max, np.abs
     return mod
+
+
+def _np_min(*args):
+    out = args[0]
+    for a in args[1:]:
+        out = np.minimum(out, a)
+    return out
+
+
+def _np_max(*args):
+    out = args[0]
+    for a in args[1:]:
+        out = np.maximum(out, a)
+    return out
 
 
 class _NumpyMath:

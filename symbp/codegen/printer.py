@@ -16,6 +16,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import naming
+from ..errors import DerivationError
 
 
 class _sigmoid(sp.Function):
@@ -208,11 +209,25 @@ class NumbaPrinter(PythonCodePrinter):
     def _print__softplus(self, e):
         return f"_softplus({self._print(e.args[0])})"
 
+    # abs' of an argument SymPy cannot prove real comes with re, im and arg. The kernel computes
+    # in real arithmetic: where the argument is real these are x, 0 and 0 or pi; where it is not
+    # (z**0.5 of a negative z) the kernel's value is already NaN, and stays NaN.
+    def _print_re(self, e):
+        return self._print(e.args[0])
+
+    def _print_im(self, e):
+        return self._print(sp.Float(0.0))
+
+    def _print_arg(self, e):
+        x = self._print(e.args[0])
+        return f"({self._print(sp.Float(0.0))} if {x} >= 0 else {self._print(sp.pi)})"
+
     def _print_Function(self, e):
         name = type(e).__name__
         if name in ("exp", "log", "tanh", "sinh", "cosh", "sin", "cos", "atan", "sqrt"):
             return f"math.{name}({', '.join(self._print(a) for a in e.args)})"
-        raise ValueError(f"cannot print the function {name} for Numba")
+        raise DerivationError(f"the derivative contains the function {name}, which symbp cannot "
+                              f"print for Numba: {str(e)[:80]}")
 
     _print_exp = _print_log = _print_tanh = _print_sinh = _print_cosh = _print_Function
     _print_sin = _print_cos = _print_atan = _print_Function
