@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from symbp.bench import main  # noqa: E402
+from symbp.cli.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

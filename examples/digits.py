@@ -7,7 +7,7 @@
 
 The network is examples/specs/digits_mlp.toml (64-32-10, tanh then softmax, cross-entropy,
 mean over the batch). SymPy derives its backpropagation, symbp generates the Numba kernel, and
-mini-batch SGD runs on that kernel (``symbp.train.train``). The 1797 images are split 75 / 25
+mini-batch SGD runs on that kernel (``symbp.training.loop.train``). The 1797 images are split 75 / 25
 into a training and a held-out test set, stratified by digit, with a fixed seed; each pixel is
 standardized with the training set's mean and standard deviation. One line per epoch shows the
 training loss and the train and test accuracy. The plot of the per-epoch loss is written when
@@ -24,7 +24,7 @@ import numpy as np
 
 from _common import HERE
 import symbp
-from symbp.train import one_hot, train
+from symbp.training.loop import one_hot, train
 
 TARGET = 0.95
 

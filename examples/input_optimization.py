@@ -23,9 +23,9 @@ import time
 import numpy as np
 
 from symbp.codegen.graph_emit import generate_graph
-from symbp.graph import graph
-from symbp.graph_derive import derive_graph
-from symbp.graph_verify import graph_gradcheck
+from symbp.model.graph import graph
+from symbp.derivation.graph import derive_graph
+from symbp.verify.graph import graph_gradcheck
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--plot", default="input_optimization.png", help="where to save the figure")

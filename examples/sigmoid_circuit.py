@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from symbp.circuit import circuit
+from symbp.model.circuit import circuit
 from symbp.render.circuit import fmt
 
 EXPR = "1/(1+exp(-(w0*x0 + w1*x1 + w2)))"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from symbp.codegen.graph_emit import generate_graph
-from symbp.graph import load_graph
-from symbp.graph_derive import derive_graph
-from symbp.graph_verify import graph_gradcheck
+from symbp.model.graph import load_graph
+from symbp.derivation.graph import derive_graph
+from symbp.verify.graph import graph_gradcheck
 
 HERE = Path(__file__).resolve().parent
 t0 = time.perf_counter()

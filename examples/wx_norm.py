@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
-from symbp.circuit import circuit
+from symbp.model.circuit import circuit
 from symbp.codegen.load import write
 from symbp.codegen.templates import environment
 from symbp.render.circuit import compile_pdf, fmt

@@ -9,7 +9,7 @@ import numpy as np
 
 from _common import kernel_for
 from symbp import gradcheck
-from symbp.train import train
+from symbp.training.loop import train
 
 k = kernel_for("xor")
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)

@@ -10,20 +10,20 @@
 """
 __version__ = "0.1.0"
 
-from .derivation import Derivation
-from .derive import derive as _derive_mlp
+from .derivation.equations import Derivation
+from .derivation.chain import derive as _derive_mlp
 from .errors import DerivationError, ExpressionError, InputError, SpecError, SymbpError
-from .network import Network, OutputRangeWarning, mlp
-from .spec import load, loads
+from .model.network import Network, OutputRangeWarning, mlp
+from .model.spec import load, loads
 
 
-from .circuit import circuit  # noqa: E402  (the function; the module stays importable)
-from .graph import Graph, from_network, graph, load_graph, loads_graph  # noqa: E402
-from .graph_derive import GraphDerivation, derive_graph  # noqa: E402
+from .model.circuit import circuit  # noqa: E402  (the function; the module stays importable)
+from .model.graph import Graph, from_network, graph, load_graph, loads_graph  # noqa: E402
+from .derivation.graph import GraphDerivation, derive_graph  # noqa: E402
 from .render.exam import make_exam  # noqa: E402
 from .render.worked import worked_example  # noqa: E402
-from .optim import SGD, Adam, AdamW  # noqa: E402
-from .train import train  # noqa: E402  (the function; the module stays importable)
+from .training.optim import SGD, Adam, AdamW  # noqa: E402
+from .training.loop import train  # noqa: E402  (the function; the module stays importable)
 
 
 def derive(spec):
@@ -43,9 +43,9 @@ def gradcheck(kernel, params, X, Y, **kw):
     """Central finite differences against the kernel's gradients (see symbp.verify)."""
     from .codegen.graph_kernel import GraphKernel
     if isinstance(kernel, GraphKernel):
-        from .graph_verify import graph_gradcheck
+        from .verify.graph import graph_gradcheck
         return graph_gradcheck(kernel, params, X, Y, **kw)
-    from .verify import gradcheck as _gradcheck
+    from .verify.chain import gradcheck as _gradcheck
     return _gradcheck(kernel, params, X, Y, **kw)
 
 

@@ -211,7 +211,7 @@ def _one_error_line(err, out, path):
 
 @pytest.mark.parametrize("name", CLI_FILES)
 def test_cli_generate_rejects_in_process(tmp_path, capsys, name):
-    from symbp import cli
+    from symbp.cli import commands as cli
 
     path = BAD_DIR / name
     out_dir = tmp_path / "out"
@@ -282,7 +282,7 @@ def test_generated_bad_spec_is_one_short_error_at_once(tmp_path, capsys, case):
     assert msg.startswith(f"{path}: ") and expect in msg and "\n" not in msg, msg[:300]
     assert len(msg) <= 1000, len(msg)
     # the command line: one short line, exit 2, nothing written
-    from symbp import cli
+    from symbp.cli import commands as cli
     out = tmp_path / "out"
     out.mkdir()
     assert cli.main(["generate", str(path), "--out", str(out)]) == 2
@@ -318,7 +318,7 @@ def test_generated_bad_graph_is_one_short_error_at_once(tmp_path, case):
 def test_graph_with_1000_nodes_in_a_chain_is_validated_at_once():
     # the largest graph accepted: a chain as long as MAX_NODES, declared loss first, so that a
     # depth-first cycle search walks all of it at once (no RecursionError)
-    from symbp.graph import build_graph
+    from symbp.model.graph import build_graph
     g = symbp.graph("chain")
     prev = g.input("x", 2)
     for i in range(996):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sympy as sp
 
-from symbp.circuit import CircuitError, add_command, circuit, parse_values
+from symbp.model.circuit import CircuitError, add_command, circuit, parse_values
 from symbp.errors import SymbpError
 from symbp.render.circuit import fmt
 

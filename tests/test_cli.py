@@ -1,4 +1,4 @@
-"""The command line through its public entry point (symbp.cli.main and the `symbp` script)."""
+"""The command line through its public entry point (symbp.cli.commands.main and the `symbp` script)."""
 import os
 import shutil
 import subprocess
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import symbp
-from symbp.cli import build_parser, main
-from symbp.simplify import PASSES
+from symbp.cli.commands import build_parser, main
+from symbp.derivation.simplify import PASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 XOR = str(ROOT / "examples" / "specs" / "xor.toml")

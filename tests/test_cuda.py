@@ -264,7 +264,7 @@ def check_bind(out, strategy):
     one-number loss of each step, and trains as the CPU kernel does."""
     from numba import cuda
     from symbp.codegen.cuda_kernel import is_device_array
-    from symbp.train import train
+    from symbp.training.loop import train
     opts = {"fuse_width": 1} if strategy == "tiled" else {}
     k = _kernel("relu_mse", "float64", out, **opts)
     d = derivation("relu_mse")
@@ -634,7 +634,7 @@ def test_no_gpu_and_no_simulator_is_one_clear_error(monkeypatch, tmp_path):
                     reason="symbp.generate(target='cuda') is not wired yet")
 def test_cli_without_gpu_prints_one_line(monkeypatch, tmp_path, capsys):
     from numba import cuda
-    from symbp.cli import main
+    from symbp.cli.commands import main
     monkeypatch.setattr(cu, "simulator", lambda: False)
     monkeypatch.setattr(cuda, "is_available", lambda: False)
     rc = main(["generate", str(ROOT / "examples" / "specs" / "xor.toml"), "--target", "cuda",

@@ -5,7 +5,7 @@
   z = A W^T + b, g = D W, gW = D^T A, gb = column sum of D, in exactly the index form
   gW_l[p, q] = Sum_s delta_l[s, p] a_{l-1}[s, q];
 - no equation keeps a KroneckerDelta, a Derivative or an index-range Piecewise;
-- every rule carries its stages in the order of ``symbp.simplify.PASSES`` (which is the order
+- every rule carries its stages in the order of ``symbp.derivation.simplify.PASSES`` (which is the order
   the module docstring states), and ``Derivation.dump()`` lists them in that order;
 - deriving is deterministic (same text twice, after clearing caches, in fresh processes with
   other hash seeds); a 10-layer network derives; a softmax hidden layer gets the full Jacobian
@@ -29,10 +29,10 @@ import sympy as sp
 
 import symbp
 from symbp import naming
-from symbp import simplify as simp
-from symbp.derivation import ColumnSum, Product, batch_form
+from symbp.derivation import simplify as simp
+from symbp.derivation.equations import ColumnSum, Product, batch_form
 
-derive_mod = importlib.import_module("symbp.derive")   # symbp.derive is also the function
+derive_mod = importlib.import_module("symbp.derivation.chain")   # symbp.derive is also the function
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples" / "specs").glob("*.toml"))
 S, I, J, K, P, Q = naming.S, naming.I, naming.J, naming.K, naming.P, naming.Q

@@ -19,8 +19,8 @@ import sympy as sp
 
 import symbp
 from symbp import naming
-from symbp.derive import output_form
-from symbp.functions import ACTIVATIONS, LOSSES, REDUCTIONS, user_activation
+from symbp.derivation.chain import output_form
+from symbp.model.functions import ACTIVATIONS, LOSSES, REDUCTIONS, user_activation
 
 z, a, yv = naming.Z, naming.A, naming.Y
 S, J = naming.S, naming.J

@@ -24,8 +24,8 @@ from symbp.codegen import load
 from symbp.codegen.cuda import generate_cuda
 from symbp.codegen.graph_emit import generate_graph
 from symbp.codegen.load import GeneratedFileError, import_module
-from symbp.graph import load_graph
-from symbp.graph_derive import derive_graph
+from symbp.model.graph import load_graph
+from symbp.derivation.graph import derive_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 XOR = ROOT / "examples" / "specs" / "xor.toml"
@@ -114,7 +114,7 @@ def test_generate_replaces_an_edited_file_and_keeps_it(tmp_path, kind, capfd):
 
 
 def test_cli_generate_over_an_edited_file_says_one_line(tmp_path, capsys):
-    from symbp.cli import main
+    from symbp.cli.commands import main
     assert main(["generate", str(XOR), "--out", str(tmp_path), "--no-jit"]) == 0
     path = tmp_path / "xor" / "cpu_float64.py"
     edit(path)

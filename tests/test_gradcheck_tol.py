@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 import symbp
-from symbp.cli import main
+from symbp.cli.commands import main
 from symbp.errors import InputError
-from symbp.graph import load_graph
-from symbp.graph_cli import sample
-from symbp.graph_derive import derive_graph
+from symbp.model.graph import load_graph
+from symbp.cli.graph import sample
+from symbp.derivation.graph import derive_graph
 from symbp.codegen.graph_emit import generate_graph
-from symbp.graph_verify import graph_gradcheck
-from symbp.verify import gradcheck
+from symbp.verify.graph import graph_gradcheck
+from symbp.verify.chain import gradcheck
 
 from conftest import random_batch
 from test_graph_spec import run_cli

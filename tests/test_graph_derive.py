@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import sympy as sp
 
-from symbp.derivation import Equation
-from symbp.graph import graph, load_graph
-from symbp.graph_derive import GraphEquation, derive_graph
+from symbp.derivation.equations import Equation
+from symbp.model.graph import graph, load_graph
+from symbp.derivation.graph import GraphEquation, derive_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "examples" / "specs" / "graphs"

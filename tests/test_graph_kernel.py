@@ -9,10 +9,10 @@ import pytest
 import symbp
 from symbp.codegen.graph_emit import emit_graph, generate_graph
 from symbp.errors import InputError, SymbpError
-from symbp.graph import from_network, graph, load_graph
-from symbp.graph_cli import sample
-from symbp.graph_derive import derive_graph
-from symbp.graph_verify import graph_gradcheck, graph_oracle_gradients, graph_torch_gradients
+from symbp.model.graph import from_network, graph, load_graph
+from symbp.cli.graph import sample
+from symbp.derivation.graph import derive_graph
+from symbp.verify.graph import graph_gradcheck, graph_oracle_gradients, graph_torch_gradients
 from test_graph_spec import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from symbp.cli import main
-from symbp.graph import load_graph, loads_graph
-from symbp.graph_derive import derive_graph
+from symbp.cli.commands import main
+from symbp.model.graph import load_graph, loads_graph
+from symbp.derivation.graph import derive_graph
 from symbp.render import graph_latex as gl
 from symbp.render import graph_tikz as gt
 

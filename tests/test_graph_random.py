@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from symbp.codegen.graph_emit import generate_graph
-from symbp.graph import graph
-from symbp.graph_cli import sample
-from symbp.graph_derive import derive_graph
-from symbp.graph_verify import graph_gradcheck, graph_oracle_gradients, graph_torch_gradients
+from symbp.model.graph import graph
+from symbp.cli.graph import sample
+from symbp.derivation.graph import derive_graph
+from symbp.verify.graph import graph_gradcheck, graph_oracle_gradients, graph_torch_gradients
 
 ACTIVATIONS = ["sigmoid", "tanh", "softplus", "identity", "relu", {"name": "leaky_relu", "slope": 0.2}, "swish"]
 # elementwise expressions by number of inputs ({0}, {1}: input names)

@@ -12,7 +12,7 @@ import pytest
 
 import symbp
 from symbp.errors import SpecError
-from symbp.graph import Graph, build_graph, from_network, graph, load_graph, loads_graph
+from symbp.model.graph import Graph, build_graph, from_network, graph, load_graph, loads_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_DIR = Path(__file__).parent / "bad_graphs"
@@ -100,7 +100,7 @@ def test_expression_node_and_user_activation():
     g = load_graph(ROOT / "examples" / "specs" / "graphs" / "gated.toml")
     y = g.node("y")
     h, gg = y.symbol("h"), y.symbol("g")
-    assert y.expression == h / (1 + symbp.functions.sp.exp(-gg))
+    assert y.expression == h / (1 + symbp.model.functions.sp.exp(-gg))
     assert g.node("s").activation.user and g.node("s").activation.name == "swish"
     assert [n.name for n in g.grad_inputs] == ["x"]
 
@@ -109,7 +109,7 @@ def test_activation_parameters_in_the_node():
     text = (ROOT / "examples" / "specs" / "graphs" / "residual.toml").read_text()
     text = text.replace('activation = "tanh"\n', 'activation = "leaky_relu"\nslope = 0.2\n', 1)
     g = loads_graph(text, "inline")
-    assert dict(g.node("a").activation.values) == {"slope": symbp.functions.sp.Rational(1, 5)}
+    assert dict(g.node("a").activation.values) == {"slope": symbp.model.functions.sp.Rational(1, 5)}
 
 
 @pytest.mark.parametrize("sizes,acts,loss", [([2, 3, 1], ["sigmoid", "sigmoid"], "bce"),
@@ -237,12 +237,12 @@ def test_unreadable_path_is_a_spec_error(tmp_path, where):
 # --- the command line -------------------------------------------------------------------------
 
 def run_cli(argv):
-    """symbp.cli.main(argv) with the graph command registered (whether or not cli.py lists
+    """symbp.cli.commands.main(argv) with the graph command registered (whether or not cli.py lists
     symbp.graph_cli in COMMAND_MODULES yet)."""
-    from symbp import cli
+    from symbp.cli import commands as cli
     saved = cli.COMMAND_MODULES
-    if "symbp.graph_cli" not in saved:
-        cli.COMMAND_MODULES = tuple(saved) + ("symbp.graph_cli",)
+    if "symbp.cli.graph" not in saved:
+        cli.COMMAND_MODULES = tuple(saved) + ("symbp.cli.graph",)
     try:
         return cli.main(argv)
     except SystemExit as e:   # main() should return its status; sys.exit is tolerated

@@ -30,7 +30,7 @@ import sympy as sp
 
 import symbp
 from symbp import naming
-from symbp.circuit import circuit
+from symbp.model.circuit import circuit
 from symbp.render import exam as E
 from symbp.render import worked as Wk
 from symbp.render.circuit import layout_problems, typed_latex
@@ -510,7 +510,7 @@ def test_exam_pdfs_are_clean_and_reproducible(mc_exams, tmp_path):
 
 
 def test_cli_worked_finite_differences(tmp_path):
-    from symbp import cli
+    from symbp.cli import commands as cli
     params = tmp_path / "p.json"
     params.write_text(json.dumps(XOR_PARAMS))
     md = tmp_path / "w.md"

@@ -18,8 +18,8 @@ import symbp
 from symbp.codegen.cuda import generate_cuda
 from symbp.codegen.graph_emit import generate_graph
 from symbp.errors import InputError, SymbpError
-from symbp.graph import load_graph
-from symbp.graph_derive import derive_graph
+from symbp.model.graph import load_graph
+from symbp.derivation.graph import derive_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 XOR = ROOT / "examples" / "specs" / "xor.toml"

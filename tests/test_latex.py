@@ -16,7 +16,7 @@ import sympy as sp
 import symbp
 from symbp import naming
 from symbp.errors import SpecError, SymbpError
-from symbp.functions import ACTIVATIONS, LOSSES
+from symbp.model.functions import ACTIVATIONS, LOSSES
 from symbp.render import latex
 from symbp.render.latex import NOTATIONS, Context, render, write_document
 from symbp.render.notation import get
@@ -542,8 +542,8 @@ def test_handout_pdf_layout(handouts, name, tmp_path):
 def test_udl_toy_relu_then_bce_prints_as_the_slides():
     """ReLU then binary cross-entropy (the toy example of the Understanding Deep Learning
     slides): dL/df_0 = 1[f_0 > 0] (h_1 - y) / (h_1 (1 - h_1)), by the same printing rule."""
-    from symbp.functions import ACTIVATIONS, LOSSES
-    from symbp.network import Layer, Network
+    from symbp.model.functions import ACTIVATIONS, LOSSES
+    from symbp.model.network import Layer, Network
     net = Network("toy", 2, (Layer(1, ACTIVATIONS["relu"]),), LOSSES["bce"], "sum")
     tex = render(symbp.derive(net), "udl", document=True)
     assert (r"\frac{\partial L}{\partial f_{0}} &= \mathbb{I}[f_{0} > 0] \odot "
@@ -552,7 +552,7 @@ def test_udl_toy_relu_then_bce_prints_as_the_slides():
 
 
 def test_cli_stages_option(tmp_path):
-    from symbp.cli import main
+    from symbp.cli.commands import main
     xor = str(Path(__file__).parent.parent / "examples/specs/xor.toml")
     plain, staged = tmp_path / "plain.tex", tmp_path / "staged.tex"
     assert main(["derive", xor, "--latex", str(plain)]) == 0
@@ -562,7 +562,7 @@ def test_cli_stages_option(tmp_path):
 
 
 def test_every_pass_has_a_latex_legend():
-    from symbp import simplify
+    from symbp.derivation import simplify
     assert all(p.name in latex.PASS_LATEX for p in simplify.PASSES)
 
 

@@ -142,5 +142,7 @@ def test_small_blas_steps_run_on_one_blas_thread(tmp_path):
     ref = raw_call(k, m.loss_and_grad, p, X, Y)
     np.testing.assert_allclose(loss, ref[0], rtol=1e-6)
     for g, r in zip(grads.values(), ref[1:]):
-        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7 * np.abs(r).max())
+        # float32 sums in another order (BLAS threads split them): equal to float32 rounding of
+        # the largest entry, not of each entry (a small entry can come from cancellation)
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * np.abs(r).max())
     assert get() == before

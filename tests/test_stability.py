@@ -14,9 +14,10 @@ import pytest
 import sympy as sp
 
 import symbp
-from symbp import naming, simplify as simp
+from symbp import naming
+from symbp.derivation import simplify as simp
 from symbp.codegen.emit import LOOPS_MAX, VECTOR_MIN, layer_strategy
-from symbp.functions import ACTIVATIONS, LOSSES
+from symbp.model.functions import ACTIVATIONS, LOSSES
 
 Z, A, Y = naming.Z, naming.A, naming.Y
 
@@ -48,7 +49,7 @@ CASES = _cases()
 
 def _definition(act):
     if act in USER:
-        return symbp.functions.user_activation(act, USER[act]).definition
+        return symbp.model.functions.user_activation(act, USER[act]).definition
     a = ACTIVATIONS[act]
     return a.instantiate("test").definition if a.params else a.definition
 

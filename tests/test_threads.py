@@ -22,8 +22,8 @@ import pytest
 import symbp
 from symbp.codegen.emit import VECTOR_MIN
 from symbp.codegen.graph_emit import generate_graph
-from symbp.graph import from_network, load_graph
-from symbp.graph_derive import derive_graph
+from symbp.model.graph import from_network, load_graph
+from symbp.derivation.graph import derive_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 4

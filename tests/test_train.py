@@ -155,8 +155,8 @@ def test_read_only_parameters_are_refused_before_any_step(k, optimizer):
 @pytest.mark.parametrize("optimizer", [symbp.Adam(), symbp.SGD(lr=0.1)], ids=["fused", "sgd_step"])
 def test_train_needs_an_mlp_kernel(tmp_path, optimizer):
     from symbp.codegen.graph_emit import generate_graph
-    from symbp.graph import load_graph
-    from symbp.graph_derive import derive_graph
+    from symbp.model.graph import load_graph
+    from symbp.derivation.graph import derive_graph
     g = generate_graph(derive_graph(load_graph(ROOT / "examples" / "specs" / "graphs" / "gated.toml")),
                        out_dir=tmp_path, jit=False)
     with pytest.raises(InputError, match=r"^train: kernel: expected the Kernel of an MLP .* got GraphKernel; "):

@@ -10,7 +10,7 @@ import pytest
 import sympy as sp
 
 import symbp
-from symbp import cli
+from symbp.cli import commands as cli
 from symbp.errors import SymbpError
 from symbp.render.notation import NOTATIONS
 from symbp.render.worked import evaluate, show, worked_example
@@ -371,7 +371,7 @@ def test_toy_relu_bce_example_runs_on_the_public_api(tmp_path):
     tree = ast.parse(script.read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert not {"symbp.network", "symbp.functions", "symbp.codegen.load"} & imported, imported
+    assert not {"symbp.model.network", "symbp.model.functions", "symbp.codegen.load"} & imported, imported
     env = dict(os.environ, PYTHONPATH=str(script.parents[1]))
     run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
                          timeout=600, env=env)

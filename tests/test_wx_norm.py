@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sympy as sp
 
-from symbp.cli import main
-from symbp.wx_norm import WxNormError, parse_numbers, wx_norm
+from symbp.cli.commands import main
+from symbp.derivation.wx_norm import WxNormError, parse_numbers, wx_norm
 
 ROOT = Path(__file__).resolve().parent.parent
 R = sp.Rational

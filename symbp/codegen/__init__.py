@@ -29,7 +29,7 @@ def kernel_path(network, target, dtype, out_dir=None):
 
 def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
     """Emit the kernel of ``derivation`` for ``target`` in ``dtype``, write it, import it."""
-    from ..graph_derive import GraphDerivation
+    from ..derivation.graph import GraphDerivation
     if isinstance(derivation, GraphDerivation):
         from .graph_emit import generate_graph
         return generate_graph(derivation, target=target, dtype=dtype, out_dir=out_dir, jit=jit)

@@ -55,7 +55,7 @@ import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import __version__, naming
-from ..derivation import ColumnSum, Product, batch_form
+from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import DerivationError, SymbpError
 from .emit import BF, _Block, text
 from .load import import_module, write

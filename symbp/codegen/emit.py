@@ -16,8 +16,9 @@ sum_k exp(x_k) = exp(m) r with r = sum_k exp(x_k - m), substituted and simplifie
 import numpy as np
 import sympy as sp
 
-from .. import __version__, naming, optim
-from ..derivation import ColumnSum, Product, batch_form
+from .. import __version__, naming
+from ..training import optim
+from ..derivation.equations import ColumnSum, Product, batch_form
 from .printer import (ArrayPrinter, NumbaPrinter, helper_source, helpers_used, is_transcendental,
                       stable_forms)
 

@@ -16,8 +16,9 @@ Python) and returns a ``GraphKernel``.
 """
 import sympy as sp
 
-from .. import __version__, naming, simplify
-from ..derivation import ColumnSum, Product, batch_form
+from .. import __version__, naming
+from ..derivation import simplify
+from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import SymbpError
 from .emit import BF, _Block, text
 from .printer import NumbaPrinter, _sigmoid, helper_source, helpers_used, stable_forms

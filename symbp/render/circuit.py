@@ -32,7 +32,7 @@ from pathlib import Path
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from ..circuit import CircuitError, check_decimals
+from ..model.circuit import CircuitError, check_decimals
 from ..codegen.load import write as write_text
 from ..codegen.templates import environment
 
@@ -397,7 +397,7 @@ def _steps(c, decimals):
 def latex(c, decimals=2):
     d = check_decimals(decimals)
     forward, backward, ties = _steps(c, d)
-    from ..circuit import TIE_NOTE
+    from ..model.circuit import TIE_NOTE
     return environment().get_template("latex/circuit_steps.tex.j2").render(
         forward=forward, backward=backward,
         tie_note=(_text(f"At {', '.join(n.name for n in ties)}: {TIE_NOTE}.") if ties else ""))

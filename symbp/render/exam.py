@@ -73,9 +73,9 @@ from fractions import Fraction
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import naming
-from ..derivation import Derivation
+from ..derivation.equations import Derivation
 from ..errors import InputError, SpecError, SymbpError
-from ..functions import ACTIVATIONS, LOSSES
+from ..model.functions import ACTIVATIONS, LOSSES
 from .sources import latex_cite
 from .worked import (as_sympy, check_decimals, evaluate, exact, pdflatex, plan, rounded, show,
                      worked_example, entry_name)
@@ -265,7 +265,7 @@ def _check_sizes(sizes):
 
 
 def build_network(sizes, activation, loss, output_activation=None, bias=True, relu_at_zero=0):
-    from ..network import mlp
+    from ..model.network import mlp
     if not isinstance(loss, str) or loss not in LOSSES:
         raise SpecError("exam", "loss", f"unknown loss {loss!r} (expected one of: {', '.join(LOSSES)})")
     if not isinstance(activation, str) or activation not in ACTIVATIONS or activation == "softmax":
@@ -645,7 +645,7 @@ def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variant
         raise InputError(f"seed: expected an integer, got {seed!r}")
     sizes = _check_sizes(network_sizes)
     net = build_network(sizes, activation, loss, output_activation, bias, relu_at_zero)
-    if circuit and importlib.util.find_spec("symbp.circuit") is None:
+    if circuit and importlib.util.find_spec("symbp.model.circuit") is None:
         raise SymbpError("circuit: circuit questions need symbp.circuit, which this installation lacks")
     integer = all(_integer_preserving(l.activation) for l in net.layers) and loss in ("mse", "sse")
     if decimals is None:
@@ -658,7 +658,7 @@ def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variant
     eta = exact(lr, "lr", "learning rate")
     if eta <= 0:
         raise InputError(f"lr: expected a positive learning rate, got {lr!r}")
-    from ..derive import derive
+    from ..derivation.chain import derive
     d = derive(net)
     mutants = []
     if multiple_choice:
@@ -1025,7 +1025,7 @@ def degenerate(c, text):
     """Why a circuit variant cannot tell a careful student from a careless one, or "": two
     variables with equal values, or two that a student may swap without changing any answer
     (unless the expression itself is symmetric in them), a max tie, a zero value or gradient."""
-    from ..circuit import circuit
+    from ..model.circuit import circuit
     vals, names = c.values, c.variables
     if any(n.tie for n in c.gates):
         return "a max tie"
@@ -1045,7 +1045,7 @@ def degenerate(c, text):
 
 def _circuit_question(rng):
     """One staged-circuit question: distinct integer values in -3..3, not degenerate."""
-    from ..circuit import circuit
+    from ..model.circuit import circuit
     from .circuit import typed_latex
     for _ in range(MAX_TRIES):
         text = CIRCUITS[rng.randrange(len(CIRCUITS))]

@@ -32,7 +32,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from .. import naming
-from ..derivation import ColumnSum, batch_form
+from ..derivation.equations import ColumnSum, batch_form
 from ..errors import SymbpError
 from .graph_tikz import text_mode as _text
 from .graph_tikz import tikz
@@ -474,7 +474,7 @@ STAGE_NAMES = {"definition": "definition", "derived": "sympy.diff", "sum": "sum"
 
 def stage_legend():
     """What the labels beside SymPy's stages mean (from the passes' own docs)."""
-    from .. import simplify as simp
+    from ..derivation import simplify as simp
     docs = [("sympy.diff", "the derivative as sympy.diff returns it")] + [(p.name, p.doc) for p in simp.PASSES]
     return "; ".join(rf"\emph{{{_text(k)}}}: {_text(v)}" for k, v in docs).replace(
         r"sum\_i y\_i = 1", r"$\sum_i y_i = 1$")

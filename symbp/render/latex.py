@@ -47,9 +47,9 @@ from sympy.core.function import AppliedUndef
 from sympy.printing.latex import LatexPrinter
 
 from .. import naming
-from .. import simplify as simp
+from ..derivation import simplify as simp
 from ..codegen.templates import environment
-from ..derivation import ColumnSum, Product, batch_form
+from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import SymbpError
 from . import notation as _notation
 from . import sources as _sources

@@ -60,7 +60,7 @@ from sympy.printing.str import StrPrinter
 from .. import naming
 from ..errors import InputError, SymbpError
 from .sources import latex_cite
-from ..exprparse import number
+from ..model.exprparse import number
 
 MAX_DECIMALS = 12
 MAX_BATCH = 16
@@ -1207,8 +1207,8 @@ def _no_constant(name):
 
 
 def cmd_worked(args):
-    from ..derive import derive
-    from ..spec import load
+    from ..derivation.chain import derive
+    from ..model.spec import load
     from ..codegen.load import write
     check_decimals(args.decimals)
     _notation(args.notation)

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from . import naming
-from .errors import SpecError, shown
+from .. import naming
+from ..errors import SpecError, shown
 from .functions import ACTIVATIONS, LOSSES, REDUCTIONS, Activation, Loss, user_activation
 
 MAX_WIDTH = 65536            # units of a layer, width of an input

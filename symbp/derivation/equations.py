@@ -14,7 +14,7 @@ from typing import Optional
 
 import sympy as sp
 
-from . import naming
+from .. import naming
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class Derivation(EquationLookup):
     def latex(self, notation="cs231n", document=False, stages=False):
         """LaTeX in a notation; ``stages=True`` adds every simplification stage, labelled with
         its pass, to the document (the handout shows the textbook's steps only)."""
-        from .render.latex import render
+        from ..render.latex import render
         return render(self, notation=notation, document=document, stages=stages)
 
     def _repr_latex_(self):

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from . import naming
-from .errors import SpecError
+from .. import naming
+from ..errors import SpecError
 from .exprparse import number, parse_expression
 
 z, a, y = naming.Z, naming.A, naming.Y

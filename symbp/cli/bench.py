@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SymbpError
+from ..errors import SymbpError
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,7 @@ def check(impls, params, X, Y, net, baselines):
         ref_name = "numpy float64"
         ref_loss, ref = baselines.NumpyMLP(net, "float64").loss_and_grad(p64, X64, Y64)
     else:
-        from .verify import torch_gradients
+        from ..verify.chain import torch_gradients
         try:
             ref_loss, ref = torch_gradients(net, p64, X64, Y64)
         except ImportError:
@@ -871,7 +871,7 @@ def run(args):
     data["targets"] = targets(results, extra, args.threads)
     report(print, data, labels)
     if args.json:
-        from .codegen.load import write
+        from ..codegen.load import write
         data["targets"] = [{"target": w, "met": m, "measured": h} for w, m, h in data["targets"]]
         write(Path(args.json), json.dumps(data, indent=2) + "\n")
         log(f"wrote {args.json}")

@@ -18,9 +18,9 @@ Each returns ``(loss, {param: grad}, {input marked grad: grad})`` (the report fo
 import numpy as np
 import sympy as sp
 
-from . import naming
-from .errors import InputError, SymbpError
-from .verify import (ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, GradcheckReport, _fold,
+from .. import naming
+from ..errors import InputError, SymbpError
+from .chain import (ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, GradcheckReport, _fold,
                      _kink_convention, _rational, _symbol, _torch_activation, _torch_expr, _value,
                      check_entries, check_options, check_tol, noise_floor)  # noqa: F401 (check_tol: for graph_cli)
 
@@ -62,7 +62,7 @@ def _arrays(where, graph, params, inputs, target):
 def _float64_twin(kernel):
     if np.dtype(kernel.dtype) == np.float64:
         return kernel
-    from .codegen.graph_emit import generate_graph
+    from ..codegen.graph_emit import generate_graph
     return generate_graph(kernel.derivation, target=kernel.target, dtype="float64",
                           out_dir=kernel.path.parent.parent, jit=kernel.jit)
 

@@ -31,10 +31,10 @@ from functools import lru_cache
 import mpmath
 import sympy as sp
 
-from . import naming
+from .. import naming
 from . import simplify as simp
-from .derivation import ActivationRule, Derivation, Equation, LayerRules
-from .errors import DerivationError
+from .equations import ActivationRule, Derivation, Equation, LayerRules
+from ..errors import DerivationError
 
 S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
 Zs, As, Ys = naming.Z, naming.A, naming.Y
@@ -125,8 +125,8 @@ def _sigmoid_rewrite(expr):
     """The derivative with exp(x) written through u = 1/(1 + exp(-x)) where exp(x) also sits in
     a denominator (swish' = z exp(-z)/(1 + exp(-z))^2 + ... -> z u (1 - u) + u): the printer
     turns u into its stable helper, where the original gives inf/inf for large |z|."""
-    from .codegen.graph_emit import sigmoid_forms
-    from .codegen.printer import _sigmoid
+    from ..codegen.graph_emit import sigmoid_forms
+    from ..codegen.printer import _sigmoid
     out = sigmoid_forms(expr)
     return out.replace(lambda e: isinstance(e, _sigmoid), lambda e: 1 / (1 + sp.exp(-e.args[0])))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SymbpError, cut
+from ..errors import SymbpError, cut
 
 EXIT_BROKEN_PIPE = 141    # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 
@@ -69,7 +69,7 @@ POSITIVE = number(float, positive=True)
 
 def _spec(args):
     """The MLP spec of ``args.spec``; a graph spec names the `symbp graph` command to use."""
-    from .spec import SpecKindError, load
+    from ..model.spec import SpecKindError, load
     try:
         return load(args.spec)
     except SpecKindError as e:
@@ -82,13 +82,13 @@ def _out_dir(args):
 
 
 def cmd_derive(args):
-    from .derive import derive
-    from .codegen.emit import text
+    from ..derivation.chain import derive
+    from ..codegen.emit import text
     d = derive(_spec(args))
     if args.pdf and not args.latex:
         raise SymbpError("--pdf: give the .tex file to write with --latex FILE")
     if args.latex:
-        from .render.latex import write_document
+        from ..render.latex import write_document
         for path in write_document(d, args.latex, args.notation, pdf=args.pdf, stages=args.stages):
             print(f"wrote {path}")
     if args.dump:
@@ -101,8 +101,8 @@ def cmd_derive(args):
 
 
 def cmd_generate(args):
-    from .derive import derive
-    from . import generate
+    from ..derivation.chain import derive
+    from .. import generate
     d = derive(_spec(args))
     k = generate(d, target=args.target, dtype=args.dtype, out_dir=_out_dir(args), jit=not args.no_jit)
     if not args.no_jit:
@@ -125,9 +125,9 @@ def _sample(net, batch, seed, dtype):
 
 
 def cmd_check(args):
-    from .derive import derive
-    from . import generate
-    from .verify import check_tol, gradcheck
+    from ..derivation.chain import derive
+    from .. import generate
+    from ..verify.chain import check_tol, gradcheck
     tol = None if args.tol is None else check_tol(args.tol, "--tol")    # before anything is written
     net = _spec(args)
     d = derive(net)
@@ -144,11 +144,11 @@ def cmd_check(args):
 
 
 def cmd_demo(args):
-    from . import derive, generate, mlp
-    from .codegen.emit import text
-    from .train import train
-    from .verify import gradcheck, oracle_gradients
-    from .render.sources import cite
+    from .. import derive, generate, mlp
+    from ..codegen.emit import text
+    from ..training.loop import train
+    from ..verify.chain import gradcheck, oracle_gradients
+    from ..render.sources import cite
 
     out = print
     net = mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="xor")
@@ -195,17 +195,17 @@ def cmd_demo(args):
     return 0 if right == 4 else 1
 
 
-COMMAND_MODULES = ("symbp.circuit", "symbp.graph_cli", "symbp.render.worked", "symbp.render.exam",
-                   "symbp.bench", "symbp.wx_norm")
+COMMAND_MODULES = ("symbp.model.circuit", "symbp.cli.graph", "symbp.render.worked", "symbp.render.exam",
+                   "symbp.cli.bench", "symbp.derivation.wx_norm")
 
 
 OUT_HELP = "directory for generated kernels (default $SYMBP_GENERATED, else ./generated)"
 
 
 def build_parser():
-    from . import __version__
-    from .codegen import DTYPES, TARGETS
-    from .render.notation import NOTATIONS
+    from .. import __version__
+    from ..codegen import DTYPES, TARGETS
+    from ..render.notation import NOTATIONS
     ap = ArgumentParser(prog="symbp", description="Derive backpropagation with SymPy, "
                         "render it and generate verified Numba kernels.")
     ap.add_argument("--version", action="version", version=f"symbp {__version__}")
@@ -259,7 +259,7 @@ def build_parser():
 def _one_line_warning(show):
     """warnings.showwarning that prints a spec warning (OutputRangeWarning: a loss allowed after
     any output) as one line, like the errors; other warnings keep Python's format."""
-    from .network import OutputRangeWarning
+    from ..model.network import OutputRangeWarning
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, OutputRangeWarning):

@@ -39,7 +39,7 @@ import numpy as np
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from . import naming
+from .. import naming
 
 _Z = naming.Z
 
@@ -308,7 +308,7 @@ def _substituted(expr, links, printed):
     """(expr with each linked output a replaced by f(z), the z symbols); ``printed`` uses the
     forward as the kernel prints it (stable helpers)."""
     if printed:
-        from .codegen.printer import stable_forms
+        from ..codegen.printer import stable_forms
     rep, zs = {}, set()
     for a, z, f in links:
         g = stable_forms(f) if printed else f
@@ -435,7 +435,7 @@ def _reference(exact, links):
 
 def _evaluate(candidate, links, dtype):
     """The candidate at STABILITY_POINTS in ``dtype`` arithmetic (None if it cannot be)."""
-    from .codegen.printer import stable_forms
+    from ..codegen.printer import stable_forms
     e, zs = _substituted(candidate, links, printed=True)
     e = stable_forms(e)        # the candidate as printed (its sigmoids through the helper)
     args = _arguments(e, zs)

@@ -4,7 +4,7 @@ equations, or with ``--latex FILE [--pdf] [--notation N]`` writes the handout
 
 Contract: ``add_command(subparsers)`` adds the ``graph`` command (listed in
 ``symbp.cli.COMMAND_MODULES``); each subcommand returns an exit code: 0 on success, 1 when a
-gradient check fails; a SymbpError (bad spec, bad option) propagates to ``symbp.cli.main``, which
+gradient check fails; a SymbpError (bad spec, bad option) propagates to ``symbp.cli.commands.main``, which
 prints one line and exits 2. Nothing is written before everything was derived and rendered.
 An MLP spec ([network] and [[layer]] tables) is refused with the MLP command to use.
 """
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SymbpError
+from ..errors import SymbpError
 
 
 def _graph(args):
-    from .errors import SymbpError
-    from .graph import load_graph
-    from .spec import SpecKindError
+    from ..errors import SymbpError
+    from ..model.graph import load_graph
+    from ..model.spec import SpecKindError
     try:
         return load_graph(args.spec)
     except SpecKindError as e:
@@ -28,9 +28,9 @@ def _graph(args):
 
 
 def cmd_derive(args):
-    from .codegen.emit import text
-    from .graph_derive import derive_graph
-    from .render.graph_latex import get_notation, write_document
+    from ..codegen.emit import text
+    from ..derivation.graph import derive_graph
+    from ..render.graph_latex import get_notation, write_document
     get_notation(args.notation)          # a bad notation is reported before anything is derived
     if args.pdf and not args.latex:
         raise SymbpError("--pdf: give the .tex file to write with --latex FILE")
@@ -55,8 +55,8 @@ def cmd_derive(args):
 
 
 def _kernel(args):
-    from .codegen.graph_emit import generate_graph
-    from .graph_derive import derive_graph
+    from ..codegen.graph_emit import generate_graph
+    from ..derivation.graph import derive_graph
     d = derive_graph(_graph(args))
     return generate_graph(d, target=args.target, dtype=args.dtype,
                           out_dir=Path(args.out) if args.out else None, jit=not args.no_jit)
@@ -87,7 +87,7 @@ def sample(graph, batch, seed, dtype):
 
 
 def cmd_check(args):
-    from .graph_verify import check_tol, graph_gradcheck
+    from ..verify.graph import check_tol, graph_gradcheck
     tol = None if args.tol is None else check_tol(args.tol, "--tol")    # before anything is written
     k = _kernel(args)
     params = k.init_params(seed=args.seed)
@@ -102,8 +102,8 @@ def cmd_check(args):
 
 
 def add_command(subparsers):
-    from .cli import BATCH, OUT_HELP, SEED
-    from .codegen.graph_emit import DTYPES, TARGETS
+    from .commands import BATCH, OUT_HELP, SEED
+    from ..codegen.graph_emit import DTYPES, TARGETS
     p = subparsers.add_parser("graph", help="DAG networks (branch, merge, shared parameters): derive, generate, check")
     sub = p.add_subparsers(dest="graph_command", required=True, metavar="COMMAND")
 

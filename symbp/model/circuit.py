@@ -42,8 +42,8 @@ from typing import Callable
 import sympy as sp
 from sympy.core.sorting import default_sort_key
 
-from . import naming
-from .errors import SymbpError
+from .. import naming
+from ..errors import SymbpError
 from .exprparse import number, parse_expression
 from .functions import ACTIVATIONS, elementwise_functions
 
@@ -488,7 +488,7 @@ def _local(node, nodes):
 
 @lru_cache(maxsize=None)
 def _output_form(kind):
-    from .derive import output_form
+    from ..derivation.chain import output_form
     _, form, uses = output_form(GATES[kind].forward(naming.Z))
     return form if uses == "a" else None
 
@@ -565,24 +565,24 @@ class Circuit:
         return lines
 
     def table(self, decimals=2):
-        from .render.circuit import table
+        from ..render.circuit import table
         return table(self, decimals)
 
     def latex(self, decimals=2):
-        from .render.circuit import latex
+        from ..render.circuit import latex
         return latex(self, decimals)
 
     def tikz(self, decimals=2):
-        from .render.circuit import tikz
+        from ..render.circuit import tikz
         return tikz(self, decimals)
 
     def document(self, decimals=2):
-        from .render.circuit import document
+        from ..render.circuit import document
         return document(self, decimals)
 
     def write(self, latex=None, tikz=None, pdf=False, decimals=2):
         """Write the document (and its PDF) and/or the TikZ picture; all rendered first."""
-        from .render.circuit import write
+        from ..render.circuit import write
         return write(self, latex=latex, tikz=tikz, pdf=pdf, decimals=decimals)
 
     def __str__(self):

@@ -24,7 +24,7 @@ from fractions import Fraction
 import numpy as np
 import sympy as sp
 
-from .errors import SymbpError
+from ..errors import SymbpError
 
 DEFAULT_W = "0.1,0.5;-0.3,0.8"
 DEFAULT_X = "0.2,0.4"
@@ -112,8 +112,8 @@ class WxNorm:
         ]) + "\n"
 
     def document(self, decimals=3):
-        from .circuit import circuit
-        from .codegen.templates import environment
+        from ..model.circuit import circuit
+        from ..codegen.templates import environment
 
         def bmatrix(M, d):
             rows = [" & ".join(_num(v, d) for v in M.row(i)) for i in range(M.rows)]
@@ -137,7 +137,7 @@ class WxNorm:
 def _num(v, decimals):
     """A value as the shortest decimal that is exact within ``decimals`` places (0.1, 0.22,
     0.116), else rounded to ``decimals`` places."""
-    from .render.circuit import fmt
+    from ..render.circuit import fmt
     for d in range(decimals + 1):
         s = fmt(v, d)
         if sp.Rational(s) == v:
@@ -201,7 +201,7 @@ def _fd_error(Wv, xv, gW, gx, h=1e-6):
 # --- command line ----------------------------------------------------------------------------
 
 def cmd_wx_norm(args):
-    from .circuit import check_decimals
+    from ..model.circuit import check_decimals
     try:
         decimals = check_decimals(args.decimals)
     except SymbpError:
@@ -217,8 +217,8 @@ def cmd_wx_norm(args):
     if args.latex:
         from pathlib import Path
 
-        from .codegen.load import write
-        from .render.pdf import compile_pdf
+        from ..codegen.load import write
+        from ..render.pdf import compile_pdf
         tex = r.document(decimals)
         try:
             data = compile_pdf(tex, Path(args.latex).stem)[0] if args.pdf else None

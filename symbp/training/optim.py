@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from .errors import InputError, shown
+from ..errors import InputError, shown
 
 # per element: the parameter p, its gradient g; per step: the step count t
 p, g, t = sp.symbols("p g t", real=True)

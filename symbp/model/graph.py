@@ -47,8 +47,8 @@ from typing import Optional
 
 import sympy as sp
 
-from . import naming
-from .errors import SpecError, shown
+from .. import naming
+from ..errors import SpecError, shown
 from .exprparse import parse_expression
 from .functions import ACTIVATIONS, LOSSES, REDUCTIONS, Activation, Loss, elementwise_functions, user_activation
 from .network import MAX_WIDTH, check_parameter_count, resolve_activation
@@ -654,7 +654,7 @@ def graph(name, activations=None):
 
 def _kink_matters(act):
     """True if ReLU'(0) = 1 changes this activation's derivative (relu, leaky_relu, ...)."""
-    from . import simplify as simp
+    from ..derivation import simplify as simp
     if not act.elementwise:
         return False
     d = sp.diff(act.definition, naming.Z)

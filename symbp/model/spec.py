@@ -23,7 +23,7 @@ import difflib
 import os
 import tomllib
 
-from .errors import SpecError, shown
+from ..errors import SpecError, shown
 from .functions import ACTIVATIONS
 from .network import build
 

@@ -22,7 +22,7 @@ from fractions import Fraction
 
 import sympy as sp
 
-from .errors import ExpressionError, shown
+from ..errors import ExpressionError, shown
 
 MAX_LENGTH = 2000
 MAX_DEPTH = 60

@@ -32,11 +32,11 @@ from typing import Optional
 
 import sympy as sp
 
-from . import naming
+from .. import naming
 from . import simplify as simp
-from .derivation import ActivationRule, Equation, EquationLookup
-from .derive import _forward_rule, _loss_from_logits, _softmax_z, output_form
-from .errors import DerivationError
+from .equations import ActivationRule, Equation, EquationLookup
+from .chain import _forward_rule, _loss_from_logits, _softmax_z, output_form
+from ..errors import DerivationError
 
 S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
 BATCH = naming.BATCH
@@ -334,7 +334,7 @@ class GraphDerivation(EquationLookup):
     def latex(self, notation="cs231n", document=False):
         """LaTeX of the derivation (``symbp.render.graph_latex``): one align* of every equation,
         or with ``document=True`` the handout with the graph's picture and the steps explained."""
-        from .render.graph_latex import render
+        from ..render.graph_latex import render
         return render(self, notation=notation, document=document)
 
     def _repr_latex_(self):

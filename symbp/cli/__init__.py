@@ -1,0 +1,4 @@
+"""The command line: ``symbp`` (main), its graph commands and ``symbp bench``."""
+from .commands import main
+
+__all__ = ["main"]

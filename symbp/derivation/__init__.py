@@ -1,0 +1,7 @@
+"""Stage 2: the derivation. SymPy derives the chain-rule expressions (``chain`` for MLPs,
+``graph`` for DAGs, ``circuit`` scalar graphs in ``symbp.model.circuit``), simplified by the
+ordered passes of ``simplify``; ``equations`` holds the Derivation types every renderer and
+emitter reads."""
+from .equations import Derivation, Equation
+
+__all__ = ["Derivation", "Equation"]

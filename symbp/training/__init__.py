@@ -1,0 +1,1 @@
+"""Training on generated kernels: the optimizer rules (``optim``) and the loop (``loop``)."""
