@@ -14,14 +14,17 @@ cross-entropies), row reductions of exp(...) shifted by the row maximum as in ``
 whole source was rendered, imports it (``load.import_module``; ``jit=False`` runs it as plain
 Python) and returns a ``GraphKernel``.
 """
+import numpy as np
 import sympy as sp
 
 from .. import __version__, naming
 from ..derivation import simplify
 from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import SymbpError
-from .emit import BF, _Block, text
-from .printer import NumbaPrinter, _sigmoid, helper_source, helpers_used, stable_forms
+from .emit import (BF, BLAS_THREADS_MIN, LOOPS_MAX, VECTOR_MIN, _Block, layer_strategy, optimizer_steps,
+                   text)
+from .printer import (ArrayPrinter, NumbaPrinter, _sigmoid, helper_source, helpers_used, is_transcendental,
+                      stable_forms)
 from .templates import environment
 
 TARGETS = ("cpu",)
@@ -97,23 +100,227 @@ def kernel_path(graph, target, dtype, out_dir=None):
     return base / graph.name / f"graph_{target}_{dtype}.py"
 
 
-def _item(rows, lines):
-    return {"rows": rows, "lines": list(lines)}
+def _label(base):
+    return str(base.label)
 
 
-def _merge(items):
-    """Consecutive per-row items share one loop over the samples."""
-    out = []
+# ----------------------------------------------------------------------------------------------
+# items and passes
+#
+# The emitter first lists what the kernel computes, in the derivation's order, as items:
+# - "stmt": statements outside any loop over the samples (np.dot, a shared parameter's sum);
+# - "rows": assignments OUT[s, j] = expr over the j < width entries of one row, plus statements
+#   fused into the same loop over j (``then``: gradient accumulations) and statements to run
+#   once before the loop over the samples that holds them (``pre``: zeroing an accumulator);
+# - "raw": per-sample lines printed as they are (concat's slices).
+# ``_layout`` then prints consecutive row items in one loop over the samples (one pass), and
+# consecutive row items of the same width in one loop over j when the later ones are elementwise
+# (no sum) and read what the loop already wrote only at [s, j]: the bias add and its activation,
+# an activation's backward and the gradient that feeds it, are one pass over each row.
+# ----------------------------------------------------------------------------------------------
+
+def _rows(width, assign, fuse, writes=(), vector=None):
+    return {"kind": "rows", "width": width, "assign": list(assign), "fuse": fuse, "then": [], "pre": [],
+            "writes": set(writes), "vector": vector}
+
+
+def _stmt(lines):
+    return {"kind": "stmt", "lines": list(lines)}
+
+
+def _raw(lines, writes=()):
+    return {"kind": "raw", "lines": list(lines), "pre": [], "writes": set(writes), "vector": None}
+
+
+def _reads_only_here(assign, written):
+    """True if every quantity of ``written`` that ``assign`` reads is read at [s, j]."""
+    here = (naming.S, naming.J)
+    for _, rhs, _ in assign:
+        for e in rhs.atoms(sp.Indexed):
+            if _label(e.base) in written and tuple(e.indices) != here:
+                return False
+    return True
+
+
+def _pass_body(items, p, sizes):
+    """Lines of one loop over the samples (the body of ``for s in range(B):``)."""
+    groups = []
     for it in items:
-        if out and it["rows"] and out[-1]["rows"]:
-            out[-1]["lines"] += it["lines"]
+        last = groups[-1] if groups else None
+        if it["kind"] == "raw":
+            groups.append(it)
+        elif (last is not None and last["kind"] == "rows" and it["fuse"] and last["width"] == it["width"]
+              and _reads_only_here(it["assign"], last["writes"])):
+            last["assign"] += it["assign"]
+            last["then"] += it["then"]
+            last["writes"] |= it["writes"]
         else:
-            out.append(_item(it["rows"], it["lines"]))
+            groups.append({"kind": "rows", "width": it["width"], "assign": list(it["assign"]),
+                           "then": list(it["then"]), "writes": set(it["writes"])})
+    lines = []
+    for g in groups:
+        if g["kind"] == "raw":
+            lines += g["lines"]
+        else:
+            lines += _Block(p, sizes).rows(g["assign"], "j", g["width"], then=g["then"])
+    return lines
+
+
+def _indent(lines, n):
+    return [" " * n + ln for ln in lines]
+
+
+def _layout(items, p, sizes):
+    """The function body (at indentation 0) of a list of items; see the comment above. A row
+    item with ``vector`` (a big transcendental activation) ends its pass, which is printed twice:
+    fused, for B x width < VECTOR_MIN entries, and else without that item, which is computed by
+    the vector function (NumPy's ufuncs in objmode) after the pass."""
+    passes, cur = [], None
+    for it in items:
+        if it["kind"] == "stmt":
+            if cur:
+                passes.append(cur)
+                cur = None
+            passes.append(it)
+            continue
+        cur = cur or []
+        cur.append(it)
+        if it["vector"] is not None:
+            passes.append(cur)
+            cur = None
+    if cur:
+        passes.append(cur)
+    out = []
+    for ps in passes:
+        if isinstance(ps, dict):
+            out += ps["lines"]
+            continue
+        out += [ln for it in ps for ln in it["pre"]]
+        v = ps[-1]["vector"]
+        if v is None:
+            out += ["for s in range(B):"] + _indent(_pass_body(ps, p, sizes), 4)
+            continue
+        out += [f"if B * {v['width']} < VECTOR_MIN:", "    for s in range(B):"]
+        out += _indent(_pass_body(ps, p, sizes), 8)
+        out.append("else:")
+        if len(ps) > 1:
+            out += ["    for s in range(B):"] + _indent(_pass_body(ps[:-1], p, sizes), 8)
+        out.append(f"    {v['fn']}({v['args']})   # {v['comment']}")
     return out
 
 
-def _label(base):
-    return str(base.label)
+class GraphArrayPrinter(ArrayPrinter):
+    """ArrayPrinter whose indexed quantities print as the graph's whole arrays."""
+
+    def __init__(self, idents):
+        super().__init__()
+        self.idents = idents
+
+    def _print_Indexed(self, e):
+        return self.idents[_label(e.base)]
+
+
+def strategies(graph):
+    """{dense node: "loops" | "blas"}: the MLP emitter's measured choice per layer
+    (``emit.layer_strategy``, LOOPS_MAX weights), applied to each dense node's weights."""
+    return {n.name: layer_strategy(graph.node(n.inputs[0]).width, n.width)
+            for n in graph.nodes if n.kind == "dense"}
+
+
+def _why(strategy, n_in, n_out):
+    if strategy == "loops":
+        return (f"loops: {n_out}x{n_in} = {n_in * n_out} weights <= LOOPS_MAX {LOOPS_MAX}, fused per-sample "
+                f"loops beat a BLAS call at this size")
+    return (f"blas: {n_out}x{n_in} = {n_in * n_out} weights > LOOPS_MAX {LOOPS_MAX}, np.dot into the "
+            f"preallocated buffer (BLAS gemm) beats scalar loops at this size")
+
+
+
+class _Emission:
+    """What the per-kind emitters share while one graph is emitted: the printer, identifiers,
+    the loops/BLAS choice per dense node, and what they record (expressions printed, for the
+    helpers; whether SciPy is used; the FLOPs of the BLAS products per sample)."""
+
+    def __init__(self, derivation, printer, ids, strategy, sizes):
+        self.d, self.g, self.p, self.ids = derivation, derivation.graph, printer, ids
+        self.strategy, self.sizes = strategy, sizes
+        self.printed, self.uses_scipy, self.blas_flops = [], False, 0
+
+    def ident(self, base):
+        return self.ids[_label(base)]
+
+    def dot(self, eq, out):
+        """(Product, "np.dot(left, right, out)") of a contraction ``batch_form`` recognises, or (None, None)."""
+        f = batch_form(eq.lhs, eq.rhs)
+        if not isinstance(f, Product):
+            return None, None
+        left = self.ident(f.left) + (".T" if f.left_t else "")
+        right = self.ident(f.right) + (".T" if f.right_t else "")
+        return f, f"np.dot({left}, {right}, {out})"
+
+    def row_item(self, eq, comment, width, vector=None):
+        """The row item of ``eq`` (per sample, over j < width), printed in its stable form."""
+        rhs = sigmoid_forms(stable_forms(eq.rhs))
+        self.printed.append(rhs)
+        return _rows(width, [(eq.lhs, rhs, comment)], fuse=not rhs.has(sp.Sum), writes=[_label(eq.lhs.base)],
+                     vector=vector)
+
+
+# Forward emission per node kind (a contraction, slices, an elementwise map): each returns the
+# node's items. Keyed by node kind, so that the op registry's ``realize`` can key it.
+
+def _dense_forward(c, n, eq):
+    """out = W in + b: fused per-sample loops (the sum printed inside the loop over j, with the
+    bias) for a loops node; np.dot into the node's buffer, then the bias row by row, for BLAS."""
+    n_in = c.g.node(n.inputs[0]).width
+    comment = text(eq.lhs, eq.rhs) + ("   [W transposed]" if n.transpose else "")
+    why = f"# {n.name} ({_why(c.strategy[n.name], n_in, n.width)})"
+    if c.strategy[n.name] == "loops":
+        return [_raw([why]), c.row_item(eq, comment, n.width)]
+    f, line = c.dot(eq, c.ids[n.name])
+    c.blas_flops += 2 * n_in * n.width
+    items = [_stmt([why, f"# {comment}", line])]
+    if f.bias is not None:
+        # the bias add is elementwise: the following activation joins its loop over j
+        items.append(_rows(n.width, [(eq.lhs, eq.lhs + f.bias[naming.J], f"{n.name} += {_label(f.bias)}   [bias]")],
+                           fuse=True, writes=[n.name]))
+    return items
+
+
+def _concat_forward(c, n, eq):
+    """out = [in_0, in_1, ...]: each input copied into its slice of the row."""
+    out = c.ids[n.name]
+    lines, offset = [f"# {n.name} = [{', '.join(n.inputs)}]   (concat: each input's slice)"], 0
+    for src in n.inputs:
+        w = c.g.node(src).width
+        at = f"j + {offset}" if offset else "j"
+        lines += [f"for j in range({w}):", f"    {out}[s, {at}] = {c.ids[src]}[s, j]"]
+        offset += w
+    return [_raw(lines, writes=[n.name])]
+
+
+def _elementwise_forward(c, n, eq):
+    """out[s, j] = f(in[s, j], ...) row by row; an activation whose printed form calls a
+    transcendental function also gets a vector function (NumPy's SIMD ufuncs in objmode), which
+    the kernel runs instead of the scalar loop from VECTOR_MIN entries (batch x width) on."""
+    what = n.activation.name if n.kind == "activation" else n.kind
+    comment = f"{text(eq.lhs, eq.rhs)}   [{what}]"
+    rhs = sigmoid_forms(stable_forms(eq.rhs))
+    vector = None
+    if n.kind in _VECTOR_KINDS and not rhs.has(sp.Sum) and is_transcendental(rhs):
+        out = c.ids[n.name]
+        stmt = f"{out}[...] = {GraphArrayPrinter(c.ids).doprint(rhs)}".replace("numpy.", "np.")
+        c.uses_scipy = c.uses_scipy or "scipy." in stmt
+        args = [c.ids[lab] for lab in sorted({_label(e.base) for e in rhs.atoms(sp.Indexed)})] + [out]
+        vector = {"fn": f"_vector_{n.name}", "args": ", ".join(args), "stmt": stmt,
+                  "comment": text(eq.lhs, eq.rhs), "width": n.width}
+    return [c.row_item(eq, comment, n.width, vector)]
+
+
+_FORWARD = {"dense": _dense_forward, "concat": _concat_forward, "activation": _elementwise_forward,
+            "add": _elementwise_forward, "multiply": _elementwise_forward, "expression": _elementwise_forward}
+# node kinds whose big transcendental maps go to NumPy's ufuncs (as emit.py does for activations)
+_VECTOR_KINDS = ("activation",)
 
 
 def emit_graph(derivation, target="cpu", dtype="float64"):
@@ -127,51 +334,19 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
     sizes = dict(d.sizes)
     sizes[naming.BATCH] = BF
     p = GraphPrinter(dtype, ids, {BF: "Bf"})
-    S, J = naming.S, naming.J
+    S, J, P, Q = naming.S, naming.J, naming.P, naming.Q
+    zero = p.doprint(sp.Integer(0))
+    strategy = strategies(g)
 
-    def ident(base):
-        return ids[_label(base)]
-
-    def dot(eq, out):
-        f = batch_form(eq.lhs, eq.rhs)
-        if not isinstance(f, Product):
-            return None, None
-        left = ident(f.left) + (".T" if f.left_t else "")
-        right = ident(f.right) + (".T" if f.right_t else "")
-        return f, f"np.dot({left}, {right}, {out})"
-
-    printed = []     # every expression the kernel evaluates (for the helpers it needs)
-
-    def rows(eq, comment, width):
-        rhs = sigmoid_forms(stable_forms(eq.rhs))
-        printed.append(rhs)
-        return _Block(p, sizes).rows([(eq.lhs, rhs, comment)], "j", width)
-
-    # forward ------------------------------------------------------------------------------
+    c = _Emission(d, p, ids, strategy, sizes)
     fwd = []
     for n in g.nodes:
         if n.kind in ("input", "loss"):
             continue
-        eq = d[n.name]
-        out = ids[n.name]
-        if n.kind == "dense":
-            f, line = dot(eq, out)
-            comment = text(eq.lhs, eq.rhs)
-            fwd.append(_item(False, [f"# {n.name}: {comment}" + ("   [W transposed]" if n.transpose else ""), line]))
-            if f.bias is not None:
-                lhs = eq.lhs
-                fwd.append(_item(True, _Block(p, sizes).rows([(lhs, lhs + f.bias[J], comment)], "j", n.width)))
-        elif n.kind == "concat":
-            lines, offset = [f"# {n.name} = [{', '.join(n.inputs)}]   (concat: each input's slice)"], 0
-            for src in n.inputs:
-                w = g.node(src).width
-                at = f"j + {offset}" if offset else "j"
-                lines += [f"for j in range({w}):", f"    {out}[s, {at}] = {ids[src]}[s, j]"]
-                offset += w
-            fwd.append(_item(True, lines))
-        else:
-            what = n.activation.name if n.kind == "activation" else n.kind
-            fwd.append(_item(True, rows(eq, f"{text(eq.lhs, eq.rhs)}   [{what}]", n.width)))
+        if n.kind not in _FORWARD:
+            raise SymbpError(f"{g.name}: node {n.name}: no CPU emission for node kind {n.kind!r}")
+        fwd += _FORWARD[n.kind](c, n, d[n.name])
+    printed = c.printed
 
     # loss ---------------------------------------------------------------------------------
     loss_expr, loss_reads = d.loss_sample
@@ -188,6 +363,19 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
         shapes[f"g_{prm.name}"] = prm.shape
         for node, _ in prm.uses:
             shapes[f"g_{prm.name}__{node}"] = prm.shape
+    writer = {}      # label of a per-sample gradient -> the row item that computes it
+
+    def accumulate(node, lines, pre):
+        """Fuse ``lines`` (a parameter gradient's per-sample term, over j of g_<node>) into the
+        pass that computes g_<node>, or a pass of their own when BLAS computed it."""
+        item = writer.get(f"g_{node}")
+        if item is None:
+            item = _rows(g.node(node).width, [], fuse=True)
+            bwd.append(item)
+            writer[f"g_{node}"] = item
+        item["then"] += lines
+        item["pre"] += pre
+
     started = False
     for eq in d.equations:
         if eq.kind == "loss":
@@ -204,41 +392,88 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
         if S in eq.lhs.indices:
             w = g.node(eq.node).width
             bwd_buffers[label] = w
-            f, line = dot(eq, ids[label])
-            if f is not None:
-                bwd.append(_item(False, [f"# {comment}", line]))
+            if strategy.get(eq.source) == "blas":      # g_in = g_out W through a BLAS dense node
+                src = g.node(eq.source)
+                f, line = c.dot(eq, ids[label])
+                assert f is not None, eq
+                bwd.append(_stmt([f"# {comment}   (blas)", line]))
+                c.blas_flops += 2 * g.node(src.inputs[0]).width * src.width
             else:
-                bwd.append(_item(True, rows(eq, comment, w)))
+                item = c.row_item(eq, comment, w)
+                bwd.append(item)
+                writer[label] = item
             continue
         if label not in grads:
             use_buffers[label] = shapes[label]
         shape = shapes[label]
         form = batch_form(eq.lhs, eq.rhs)
         if eq.kind == "grad_W":
-            f, line = dot(eq, ids[label])
-            bwd.append(_item(False, [f"# {comment}", line]))
+            node = g.node(eq.source)
+            n_in = g.node(node.inputs[0]).width
+            if strategy[node.name] == "blas":
+                f, line = c.dot(eq, ids[label])
+                bwd.append(_stmt([f"# {comment}   ({strategy[node.name]})", line]))
+                c.blas_flops += 2 * n_in * node.width
+                continue
+            # loops: dL/dW[p, q] = sum_s (term of sample s), accumulated in the pass that computes
+            # g_<node> (zeroed before it), over the entries j of g_<node>'s row
+            (s_, lo, hi), = eq.rhs.limits
+            term = eq.rhs.function
+            gidx, = {ix for e in term.atoms(sp.Indexed) if _label(e.base) == f"g_{node.name}"
+                     for ix in e.indices if ix in (P, Q)}
+            other = Q if gidx == P else P
+            n_other = shape[list(eq.lhs.indices).index(other)]
+            lhs = eq.lhs.xreplace({gidx: J})
+            accumulate(node.name, [f"for {other} in range({n_other}):   # {comment}",
+                                   f"    {p.doprint(lhs)} += {p.doprint(term.xreplace({gidx: J}))}"],
+                       [f"{ids[label]}[:, :] = {zero}"])
         elif isinstance(form, ColumnSum):
-            zero = p.doprint(sp.Integer(0))
-            bwd.append(_item(False, [f"# {comment}", f"for p in range({shape[0]}):", f"    acc = {zero}",
-                                     "    for s in range(B):", f"        acc += {ident(form.arg)}[s, p]",
-                                     f"    {ids[label]}[p] = acc"]))
+            # dL/db = sum_s g[s, :], accumulated row by row (contiguous) in the pass that computes
+            # g, instead of a strided pass over the columns afterwards
+            node = eq.source
+            assert _label(form.arg) == f"g_{node}", eq
+            accumulate(node, [f"{ids[label]}[j] += {c.ident(form.arg)}[s, j]   # {comment}"],
+                       [f"{ids[label]}[:] = {zero}"])
         else:   # elementwise over the parameter's entries (shared_sum)
             idx = [str(i) for i in eq.lhs.indices]
             lines = [f"# {comment}"]
             for depth, (i, n) in enumerate(zip(idx, shape)):
                 lines.append("    " * depth + f"for {i} in range({n}):")
             lines.append("    " * len(shape) + f"{p.doprint(eq.lhs)} = {p.doprint(eq.rhs)}")
-            bwd.append(_item(False, lines))
+            bwd.append(_stmt(lines))
 
     params = [prm.name for prm in g.params]
     grad_labels = [d.param_grads[k] for k in params]
     inputs = {n.name: n.width for n in g.inputs}
     tnode = g.node(g.target)
     fwd_buffers = {n.name: n.width for n in g.nodes if n.kind not in ("input", "loss")}
+    data_args = [ids[k] for k in inputs] + [ids[tnode.name]]
     fwd_args = [ids[k] for k in inputs] + [f"p_{k}" for k in params] + [ids[k] for k in fwd_buffers]
-    all_args = ([ids[k] for k in inputs] + [ids[tnode.name]] + [f"p_{k}" for k in params]
+    all_args = (data_args + [f"p_{k}" for k in params]
                 + [ids[k] for k in fwd_buffers] + [ids[k] for k in bwd_buffers]
                 + [ids[k] for k in use_buffers] + [ids[k] for k in grad_labels])
+    # packed entry points: parameters (gradients) back to back in PARAMS order in theta
+    # (gtheta); node values, node gradients (B rows each) and then the per-use parameter
+    # gradients back to back in work
+    pshapes = g.param_shapes()
+    theta_views, grad_views, off = [], [], 0
+    for k, gl in zip(params, grad_labels):
+        shape = tuple(pshapes[k])
+        size = int(np.prod(shape))
+        view = f"[{off}:{off + size}]" + (f".reshape({shape})" if len(shape) == 2 else "")
+        theta_views.append(f"p_{k} = theta{view}")
+        grad_views.append(f"{ids[gl]} = gtheta{view}")
+        off += size
+    work_views, off = [], 0
+    for name, w in list(fwd_buffers.items()) + list(bwd_buffers.items()):
+        work_views.append(f"{ids[name]} = work[B * {off}:B * {off + w}].reshape((B, {w}))")
+        off += w
+    work_width, use_off = off, 0
+    for label, shape in use_buffers.items():
+        size = int(np.prod(shape))
+        view = f"work[B * {work_width} + {use_off}:B * {work_width} + {use_off + size}]"
+        work_views.append(f"{ids[label]} = {view}" + (f".reshape({tuple(shape)})" if len(shape) == 2 else ""))
+        use_off += size
     used = helpers_used(printed)
     equations = []
     for e in d.equations:
@@ -255,16 +490,25 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
         "version": __version__, "digest": g.digest, "name": g.name, "target": target, "dtype": dtype,
         "description": str(g), "equations": equations,
         "inputs": inputs, "target_spec": repr((tnode.name, tnode.width)), "output": g.output,
-        "output_ident": ids[g.output], "params": params, "param_shapes": g.param_shapes(),
-        "fwd_buffers": fwd_buffers, "bwd_buffers": bwd_buffers, "use_buffers": use_buffers,
+        "output_ident": ids[g.output], "params": params, "param_shapes": pshapes,
+        "fwd_buffers": list(fwd_buffers), "bwd_buffers": list(bwd_buffers),
+        "buffer_widths": {**fwd_buffers, **bwd_buffers}, "use_buffers": use_buffers,
+        "work_width": work_width, "use_size": use_off,
         "grads": grad_labels, "input_grads": dict(d.input_grads),
         "helpers": [helper_source(h, p) for h in used],
+        "vectors": [it["vector"] for it in fwd if it["vector"] is not None], "uses_scipy": c.uses_scipy,
+        "vector_min": VECTOR_MIN, "strategies": strategy, "loops_max": LOOPS_MAX,
+        "blas_flops": c.blas_flops, "blas_threads_min": f"{BLAS_THREADS_MIN:g}",
+        "data_args": ", ".join(data_args), "input_args": ", ".join(ids[k] for k in inputs),
+        "param_args": ", ".join(f"p_{k}" for k in params),
         "fwd_args": ", ".join(fwd_args), "all_args": ", ".join(all_args),
+        "theta_views": theta_views, "grad_views": grad_views, "work_views": work_views,
+        "fwd_views": work_views[:len(fwd_buffers)],
         "batch_from": ids[next(iter(inputs))],
-        "forward": _merge(fwd), "backward": _merge(bwd),
+        "forward": _layout(fwd, p, sizes), "backward": _layout(bwd, p, sizes),
         "loss": g.loss_node.loss.name, "reduction": g.reduction, "loss_lines": loss_lines,
         "loss_scale": p.doprint(d.batch_factor.xreplace(sizes)), "loss_reads": loss_reads,
-        "zero": p.doprint(sp.Integer(0)),
+        "zero": zero, "optimizers": optimizer_steps(dtype),
         "updates": [(f"p_{k}", ids[gl]) for k, gl in zip(params, grad_labels)],
     }
     return environment().get_template(f"{target}/graph.py.j2").render(**ctx)
@@ -272,7 +516,7 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
 
 def generate_graph(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
     """Emit the kernel of a GraphDerivation, write it atomically, import it; a GraphKernel."""
-    from .graph_kernel import GraphKernel
+    from .kernel import GraphKernel
     from .load import import_module, write
     g = derivation.graph
     source = emit_graph(derivation, target, dtype)
