@@ -496,7 +496,7 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
         "work_width": work_width, "use_size": use_off,
         "grads": grad_labels, "input_grads": dict(d.input_grads),
         "helpers": [helper_source(h, p) for h in used],
-        "vectors": [it["vector"] for it in fwd if it["vector"] is not None], "uses_scipy": c.uses_scipy,
+        "vectors": [it["vector"] for it in fwd if it.get("vector")], "uses_scipy": c.uses_scipy,
         "vector_min": VECTOR_MIN, "strategies": strategy, "loops_max": LOOPS_MAX,
         "blas_flops": c.blas_flops, "blas_threads_min": f"{BLAS_THREADS_MIN:g}",
         "data_args": ", ".join(data_args), "input_args": ", ".join(ids[k] for k in inputs),

@@ -109,27 +109,33 @@ def check_array(name, a, shape, dtype):
     return np.ascontiguousarray(a)
 
 
-class Kernel:
+class BaseKernel:
+    """The Python face of a generated CPU module, for an MLP (``Kernel``: data X, Y) and a graph
+    (``GraphKernel``: data its inputs, then the target) alike: argument checks, buffers per
+    thread, the packed calls, ``bind``, ``init_params``, ``torch_function``/``jax_function``.
+
+    Internally the data are a tuple of input arrays (one for an MLP: X) and the target; every
+    generated module takes them first, in that order, then the parameters. The subclasses only
+    name the data (``_labels``, ``_yname``) and add the calls that exist in one kind only."""
+
+    _labels = ("X",)       # names of the input arrays in messages
+    _yname = "Y"           # name of the target in messages
+
     def __init__(self, derivation, module, path, target, dtype, jit):
         self.derivation = derivation
-        self.network = derivation.network
         self.module = module
         self.path = path
         self.target = target
         self.dtype = np.dtype(dtype)
         self.jit = jit
-        self.param_shapes = dict(module.PARAM_SHAPES)
+        self.param_shapes = {k: tuple(v) for k, v in module.PARAM_SHAPES.items()}
         self._params = tuple(module.PARAMS)
         self._shapes = tuple(tuple(self.param_shapes[k]) for k in self._params)
-        self._n0, self._nL = self.network.sizes[0], self.network.sizes[-1]
         self._local = threading.local()    # .work: {batch size: buffers} of the calling thread
         keys = self._params
         self._getter = operator.itemgetter(*keys) if len(keys) > 1 else (lambda d, k=keys[0]: (d[k],))
         self._sizes = tuple(int(np.prod(s)) for s in self._shapes)
         self._serial_fns = {}              # (batch size, packed): the step function, see _step_fn
-
-    def __repr__(self):
-        return f"<Kernel {self.network.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
 
     # parameters ---------------------------------------------------------------------------
     def init_params(self, seed=0):
@@ -143,12 +149,18 @@ class Kernel:
     def _fast(self, a, shape):
         return type(a) is np.ndarray and a.dtype == self.dtype and a.shape == shape and a.flags.c_contiguous
 
-    def _check(self, params, X, Y=_ABSENT):
-        """(parameter arrays in order, X, Y), all checked (Y stays _ABSENT when not given); the
-        common case costs a few attribute reads per array, the messages are built only on failure.
+    def _inputs_tuple(self, inputs):
+        """The input arrays of ``inputs`` as a tuple, unchecked, or None when they are not given
+        in the plain form (the slow check then says what is wrong)."""
+        return (inputs,)
 
-        The arrays that passed the full check last (X, Y and the parameters) are remembered per
-        thread, by identity (a reference is held, so no other array can take their ids): the
+    def _check_data(self, params, inputs, Y=_ABSENT):
+        """(parameter arrays in order, input arrays (tuple), Y), all checked (Y stays _ABSENT
+        when not given); the common case costs a few attribute reads per array, the messages are
+        built only on failure.
+
+        The arrays that passed the full check last (inputs, Y and the parameters) are remembered
+        per thread, by identity (a reference is held, so no other array can take their ids): the
         same arrays again, as in a training loop, are only checked for their shapes. An array
         whose dtype or strides are reassigned in place between calls (``a.dtype = ...``) is not
         checked again."""
@@ -157,40 +169,50 @@ class Kernel:
                 ps = self._getter(params)
             except KeyError:
                 ps = None
-            if ps is not None:
-                arrays = (X, *ps) if Y is _ABSENT else (X, Y, *ps)
+            xs = self._inputs_tuple(inputs) if ps is not None else None
+            if xs is not None:
+                arrays = (*xs, *ps) if Y is _ABSENT else (*xs, Y, *ps)
                 ids = tuple(map(id, arrays))
                 local = self._local
                 if ids == getattr(local, "ids", None) and tuple(map(_SHAPE, arrays)) == local.shapes:
-                    return ps, X, Y
-                dt, n0, nL = self.dtype, self._n0, self._nL
-                if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1 and X.shape[1] == n0 \
-                        and X.dtype == dt and X.flags.c_contiguous \
-                        and (Y is _ABSENT or self._fast(Y, (X.shape[0], nL))) \
-                        and all(map(self._fast, ps, self._shapes)):
-                    local.ids, local.held, local.shapes = ids, arrays, tuple(map(_SHAPE, arrays))
-                    return ps, X, Y
-        return self._check_slow(params, X, Y)
+                    return ps, xs, Y
+                X = xs[0]
+                if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1:
+                    B = X.shape[0]
+                    if all(self._fast(x, (B, w)) for x, w in zip(xs, self._in_widths)) \
+                            and (Y is _ABSENT or self._fast(Y, (B, self._y_width))) \
+                            and all(map(self._fast, ps, self._shapes)):
+                        local.ids, local.held, local.shapes = ids, arrays, tuple(map(_SHAPE, arrays))
+                        return ps, xs, Y
+        return self._check_slow(params, inputs, Y)
 
-    def _check_slow(self, params, X, Y):
-        n0, nL = self._n0, self._nL
+    def _check_slow(self, params, inputs, Y):
+        xs = self._inputs_tuple(inputs)
+        label, w0 = self._labels[0], self._in_widths[0]
+        X = xs[0]
         if not isinstance(X, np.ndarray) or X.ndim != 2:
             got = X.shape if isinstance(X, np.ndarray) else type(X).__name__
-            raise InputError(f"X: expected an array of shape (batch, {n0}), got {got}")
+            raise InputError(f"{label}: expected an array of shape (batch, {w0}), got {got}")
         B = X.shape[0]
         if B < 1:
-            raise InputError("X: expected at least one row (sample)")
-        X = self._array("X", X, (B, n0))
+            raise InputError(f"{label}: expected at least one row (sample)")
+        xs = tuple(self._array(name, x, (B, w)) for name, x, w in zip(self._labels, xs, self._in_widths))
         if Y is not _ABSENT:
-            Y = self._array("Y", Y, (B, nL))
+            Y = self._array(self._yname, Y, (B, self._y_width))
         check_keys("params", params, self._params)
         ps = [self._array(f"params[{k!r}]", params[k], shape) for k, shape in zip(self._params, self._shapes)]
-        return ps, X, Y
+        return ps, xs, Y
+
+    def _work_size(self, B):
+        """Entries of the packed work array for B rows: B x WORK_WIDTH, then USE_SIZE."""
+        return B * self.module.WORK_WIDTH + getattr(self.module, "USE_SIZE", 0)
 
     def _buffers(self, B):
         """The calling thread's work buffers for batch size B (made on first use): (forward
         buffers, backward buffers, gradients, dL/dX, work, gtheta), the buffers and gradients
-        views into the packed ``work`` and ``gtheta`` in the layout of loss_and_grad_packed."""
+        views into the packed ``work`` and ``gtheta`` in the layout of loss_and_grad_packed
+        (for a graph the backward buffers end with the per-use parameter gradients; dL/dX is
+        None where the module has no loss_and_input_grad)."""
         try:
             return self._local.work[B]      # the common case: one lookup each
         except AttributeError:
@@ -199,19 +221,24 @@ class Kernel:
             work = self._local.work
         m = self.module
         widths = m.BUFFER_WIDTHS
-        packed = np.empty(B * sum(widths[n] for n in m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS), self.dtype)
+        packed = np.empty(self._work_size(B), self.dtype)
         views, off = {}, 0
         for n in m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS:
             views[n] = packed[B * off:B * (off + widths[n])].reshape((B, widths[n]))
             off += widths[n]
         fwd = [views[n] for n in m.FORWARD_BUFFERS]
         bwd = [views[n] for n in m.BACKWARD_BUFFERS]
+        off = B * off
+        for shape in getattr(m, "USE_BUFFERS", {}).values():
+            size = int(np.prod(shape))
+            bwd.append(packed[off:off + size].reshape(shape))
+            off += size
         gtheta = np.empty(sum(self._sizes), self.dtype)
         grads, off = [], 0
         for size, shape in zip(self._sizes, self._shapes):
             grads.append(gtheta[off:off + size].reshape(shape))
             off += size
-        gx = np.empty((B, self.network.sizes[0]), self.dtype)
+        gx = np.empty((B, self._in_widths[0]), self.dtype) if hasattr(m, "loss_and_input_grad") else None
         if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
             work.pop(next(iter(work)))
         w = work[B] = (fwd, bwd, grads, gx, packed, gtheta)
@@ -246,22 +273,33 @@ class Kernel:
             self._serial_fns[(B, packed)] = fn     # serial at any thread count
         return fn
 
+    def _zero_data(self):
+        """One all-zero row of each input and of the target (for compile)."""
+        xs = tuple(np.zeros((1, w), self.dtype) for w in self._in_widths)
+        return self._as_inputs(xs), np.zeros((1, self._y_width), self.dtype)
+
+    def _as_inputs(self, xs):
+        """The caller's form of the input arrays ``xs`` (X for an MLP)."""
+        return xs[0]
+
     def compile(self):
         """Compile every entry point now (Numba compiles lazily, on the first call); returns self.
         A second process loads the compiled code from Numba's cache next to the generated file."""
         params = self.init_params(0)
-        X = np.zeros((1, self.network.sizes[0]), self.dtype)
-        Y = np.zeros((1, self.network.sizes[-1]), self.dtype)
+        X, Y = self._zero_data()
         self.forward(params, X)
         # A loss allowed after any output (bce after ReLU: allow_any_output) is undefined at this
         # all-zero point (a = 0); each entry point is compiled before it fails there.
-        for call in (self.loss_and_grad, self.input_grad, lambda *a: self.sgd_step(*a, 0.0)):
+        for call in self._compile_calls():
             try:
                 call(params, X, Y)
             except InputError as e:
                 if not isinstance(e.__cause__, (ArithmeticError, ValueError)):
                     raise
         return self
+
+    def _compile_calls(self):
+        return (self.loss_and_grad, lambda *a: self.sgd_step(*a, 0.0))
 
     def _run(self, where, fn, *args):
         """fn(*args). The generated code follows NumPy's error model (inf and NaN, see the
@@ -275,34 +313,35 @@ class Kernel:
 
     def _domain_error(self, where, e):
         return InputError(f"{where}: the generated code raised {type(e).__name__} ({e}) at these "
-                          f"values (is an output outside the domain of loss {self.network.loss.name!r}?)")
+                          f"values (is an output outside the domain of loss {self._loss_name!r}?)")
 
     # calls --------------------------------------------------------------------------------
     def forward(self, params, X):
-        """Network output a^L for the rows of X, shape (B, nL)."""
-        ps, X, _ = self._check(params, X)
-        return self.module.forward_split(X, *ps, self._buffers(X.shape[0])[4]).copy()
+        """The output the loss reads (MLP: a^L), shape (B, width), for the rows of the inputs."""
+        ps, xs, _ = self._check_data(params, X)
+        return self.module.forward_split(*xs, *ps, self._buffers(xs[0].shape[0])[4]).copy()
 
     def loss_and_grad(self, params, X, Y, copy=True, out=None):
         """(loss, {"W1": dL/dW1, ...} keyed like params). copy=False returns the calling
         thread's work buffers (overwritten by its next call); ``out`` (a dict keyed like params
         of C-contiguous, writable arrays of the parameters' shapes and the kernel's dtype)
         receives the gradients instead and is returned."""
-        ps, X, Y = self._check(params, X, Y)
+        ps, xs, Y = self._check_data(params, X, Y)
+        B = xs[0].shape[0]
         try:
-            fwd, bwd, grads, _, work, gtheta = self._local.work[X.shape[0]]    # the common case
+            fwd, bwd, grads, _, work, gtheta = self._local.work[B]    # the common case
         except (AttributeError, KeyError):
-            fwd, bwd, grads, _, work, gtheta = self._buffers(X.shape[0])
+            fwd, bwd, grads, _, work, gtheta = self._buffers(B)
         if out is not None:
             outs = self._out(out)
-            loss = self._run("loss_and_grad", self.module.loss_and_grad, X, Y, *ps, *fwd, *bwd, *outs)
+            loss = self._run("loss_and_grad", self.module.loss_and_grad, *xs, Y, *ps, *fwd, *bwd, *outs)
             return float(loss), out
-        variant = self._step_fn(X.shape[0])
+        variant = self._step_fn(B)
         if variant is not self.module.loss_and_grad:     # parallel, or on one BLAS thread
-            loss = self._run("loss_and_grad", variant, X, Y, *ps, *fwd, *bwd, *grads)
+            loss = self._run("loss_and_grad", variant, *xs, Y, *ps, *fwd, *bwd, *grads)
             return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
         try:
-            loss = self.module.loss_and_grad_split(X, Y, *ps, gtheta, work)
+            loss = self.module.loss_and_grad_split(*xs, Y, *ps, gtheta, work)
         except (ArithmeticError, ValueError) as e:
             raise self._domain_error("loss_and_grad", e) from e
         if copy:
@@ -338,20 +377,54 @@ class Kernel:
     def loss(self, params, X, Y):
         return self.loss_and_grad(params, X, Y, copy=False)[0]
 
+    def sgd_step(self, params, X, Y, lr):
+        """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
+        lr = check_lr(lr, self.dtype)
+        ps, xs, Y = self._check_data(params, X, Y)
+        check_writable(params, self._params, ps, self.dtype)
+        b = self._buffers(xs[0].shape[0])
+        return float(self._run("sgd_step", self.module.sgd_step_split, *xs, Y, *ps, b[5], b[4], lr))
+
+    # interop (symbp.codegen.interop) ----------------------------------------------------
+    def torch_function(self):
+        """A torch.autograd.Function: ``F.apply(*params, *data)`` is the loss, with gradients
+        for the parameters and the data the kernel differentiates (see symbp.codegen.interop)."""
+        from .interop import torch_function
+        return torch_function(self)
+
+    def jax_function(self):
+        """A jax.custom_vjp function ``f(*params, *data)`` -> loss (through pure_callback)."""
+        from .interop import jax_function
+        return jax_function(self)
+
+
+class Kernel(BaseKernel):
+    """The kernel of an MLP: data X (B, n0) and Y (B, nL)."""
+
+    def __init__(self, derivation, module, path, target, dtype, jit):
+        super().__init__(derivation, module, path, target, dtype, jit)
+        self.network = derivation.network
+        self._n0, self._nL = self.network.sizes[0], self.network.sizes[-1]
+        self._in_widths, self._y_width = (self._n0,), self._nL
+        self._loss_name = self.network.loss.name
+
+    def __repr__(self):
+        return f"<Kernel {self.network.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
+
+    def _check(self, params, X, Y=_ABSENT):
+        """(parameter arrays in order, X, Y), all checked (see BaseKernel._check_data)."""
+        ps, xs, Y = self._check_data(params, X, Y)
+        return ps, xs[0], Y
+
+    def _compile_calls(self):
+        return (self.loss_and_grad, self.input_grad, lambda *a: self.sgd_step(*a, 0.0))
+
     def input_grad(self, params, X, Y):
         """dL/dX, shape (B, n0): backpropagation to the data (chapter 14 "Backpropagation", 14.9)."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, gx, _, _ = self._buffers(X.shape[0])
         self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
         return gx.copy()
-
-    def sgd_step(self, params, X, Y, lr):
-        """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
-        lr = check_lr(lr, self.dtype)
-        ps, X, Y = self._check(params, X, Y)
-        check_writable(params, self._params, ps, self.dtype)
-        b = self._buffers(X.shape[0])
-        return float(self._run("sgd_step", self.module.sgd_step_split, X, Y, *ps, b[5], b[4], lr))
 
     def loss_and_grads(self, params, X, Y):
         """(loss, {"W1": dL/dW1, ...}, dL/dX) from one call of the kernel, fresh arrays."""
@@ -360,17 +433,91 @@ class Kernel:
         loss = self._run("loss_and_grads", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
         return float(loss), {k: g.copy() for k, g in zip(self._params, grads)}, gx.copy()
 
-    # interop (symbp.codegen.interop) ----------------------------------------------------
-    def torch_function(self):
-        """A torch.autograd.Function: ``F.apply(W1, b1, ..., X, Y)`` is the loss, with
-        gradients for the parameters and X from this kernel."""
-        from .interop import torch_function
-        return torch_function(self)
 
-    def jax_function(self):
-        """A jax.custom_vjp function ``f(W1, b1, ..., X, Y)`` -> loss (through pure_callback)."""
-        from .interop import jax_function
-        return jax_function(self)
+class GraphKernel(BaseKernel):
+    """The kernel of a graph: ``inputs`` a dict {input name: (B, width)} of the graph's input
+    nodes (the loss's target excluded), or one array when the graph has exactly one such input;
+    ``target`` (B, target width). Gradients of the inputs marked grad come from ``input_grads``;
+    ``values`` gives every node's value after the forward pass."""
+
+    _yname = "target"
+
+    def __init__(self, derivation, module, path, target, dtype, jit):
+        super().__init__(derivation, module, path, target, dtype, jit)
+        self.graph = derivation.graph
+        self.network = self.graph
+        self.inputs = dict(module.INPUTS)
+        self.target_name, self.target_width = module.TARGET
+        self._names = tuple(self.inputs)
+        self._labels = tuple(f"inputs[{k!r}]" for k in self._names)
+        self._in_widths, self._y_width = tuple(self.inputs.values()), self.target_width
+        self._in_getter = operator.itemgetter(*self._names) if len(self._names) > 1 else \
+            (lambda d, k=self._names[0]: (d[k],))
+        self._loss_name = self.graph.loss_node.loss.name
+
+    def __repr__(self):
+        return f"<GraphKernel {self.graph.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
+
+    def _inputs_tuple(self, inputs):
+        if type(inputs) is dict and len(inputs) == len(self._names):
+            try:
+                return self._in_getter(inputs)
+            except KeyError:
+                return None
+        if isinstance(inputs, np.ndarray) and len(self._names) == 1:
+            return (inputs,)
+        return None
+
+    def _check_slow(self, params, inputs, Y):
+        names = self._names
+        if isinstance(inputs, np.ndarray) and len(names) == 1:
+            inputs = {names[0]: inputs}
+        if not isinstance(inputs, dict):
+            raise InputError(f"inputs: expected a dict with keys {', '.join(names)}"
+                             + (" (or one array)" if len(names) == 1 else "")
+                             + f", got {type(inputs).__name__}")
+        check_keys("inputs", inputs, names)
+        return super()._check_slow(params, inputs, Y)
+
+    def _as_inputs(self, xs):
+        return dict(zip(self._names, xs))
+
+    def _check(self, params, inputs, target=_ABSENT):
+        """(parameter arrays, input arrays in INPUTS order, target), all checked."""
+        return self._check_data(params, inputs, target)
+
+    def _named(self, B):
+        fwd, bwd, _, _, _, _ = self._buffers(B)
+        return dict(zip(self.module.FORWARD_BUFFERS, fwd)), dict(zip(self.module.BACKWARD_BUFFERS, bwd))
+
+    def values(self, params, inputs):
+        """{node name: value} of every node after the forward pass (inputs included)."""
+        ps, xs, _ = self._check_data(params, inputs)
+        B = xs[0].shape[0]
+        self.module.forward_split(*xs, *ps, self._buffers(B)[4])
+        out = {k: x.copy() for k, x in zip(self._names, xs)}
+        out.update({k: v.copy() for k, v in self._named(B)[0].items()})
+        return out
+
+    def _input_grads(self, B):
+        bwd = self._named(B)[1]
+        return {k: bwd[label].copy() for k, label in self.module.INPUT_GRADS.items()}
+
+    def input_grads(self, params, inputs, target):
+        """{input: dL/dinput} for the inputs marked grad (backpropagation to the data, chapter 14
+        "Backpropagation", section 14.9); shape (B, width) each."""
+        if not self.module.INPUT_GRADS:
+            raise InputError(f"input_grads: no input of graph {self.graph.name!r} is marked grad = true")
+        ps, xs, t = self._check_data(params, inputs, target)
+        B = xs[0].shape[0]
+        self.loss_and_grad(params, inputs, target, copy=False)
+        return self._input_grads(B)
+
+    def loss_and_input_grads(self, params, inputs, target):
+        """(loss, {param: grad}, {input: grad}) from one pass."""
+        loss, grads = self.loss_and_grad(params, inputs, target)
+        _, xs, _ = self._check_data(params, inputs, target)
+        return loss, grads, self._input_grads(xs[0].shape[0])
 
 
 class BoundStep:
@@ -393,12 +540,12 @@ class BoundStep:
         if optimizer is not None:
             from ..training.optim import optimizer as make_optimizer
             opt = make_optimizer(optimizer)
-        ps, X, Y = kernel._check(params, X, Y)
+        ps, xs, Y = kernel._check_data(params, X, Y)
         keys = kernel._params
         self._kernel = kernel
         self.theta = np.concatenate([a.ravel() for a in ps])
         self.gtheta = np.zeros_like(self.theta)
-        self.work = np.empty(X.shape[0] * kernel.module.WORK_WIDTH, kernel.dtype)
+        self.work = np.empty(kernel._work_size(xs[0].shape[0]), kernel.dtype)
         self.params, self.grads, off = {}, {}, 0
         for key, a in zip(keys, ps):
             self.params[key] = self.theta[off:off + a.size].reshape(a.shape)
@@ -413,7 +560,8 @@ class BoundStep:
             self.state = np.zeros(len(opt.rule.state) * self.theta.size, kernel.dtype)
             self.hyper = opt.hyper_array()
             self._tail = (self.state, self.hyper)
-        self._args = (X, Y, self.theta, self.gtheta, self.work) + self._tail
+        self._data = (*xs, Y)
+        self._args = self._data + (self.theta, self.gtheta, self.work) + self._tail
 
     @property
     def steps(self):
@@ -421,17 +569,18 @@ class BoundStep:
         return 0 if self.optimizer is None else int(self.hyper[-1])
 
     def rebatch(self, X, Y):
-        """Bind the batch (X, Y) instead (checked as by the kernel; the work array grows when
-        the batch is larger than any bound before)."""
-        _, X, Y = self._kernel._check(self.params, X, Y)
-        self._set_batch(X, Y)
+        """Bind the batch (X, Y; for a graph kernel: inputs, target) instead (checked as by the
+        kernel; the work array grows when the batch is larger than any bound before)."""
+        _, xs, Y = self._kernel._check_data(self.params, X, Y)
+        self._set_batch(*xs, Y)
 
-    def _set_batch(self, X, Y):
-        # X, Y already checked (C-contiguous, the kernel's dtype and widths)
-        need = X.shape[0] * self._kernel.module.WORK_WIDTH
+    def _set_batch(self, *data):
+        # the input arrays and the target, already checked (C-contiguous, dtype, widths)
+        need = self._kernel._work_size(data[0].shape[0])
         if self.work.size < need:
             self.work = np.empty(need, self._kernel.dtype)
-        self._args = (X, Y, self.theta, self.gtheta, self.work) + self._tail
+        self._data = data
+        self._args = data + (self.theta, self.gtheta, self.work) + self._tail
 
     def write_back(self, params):
         """Copy the packed parameters into the arrays of ``params`` (in place)."""
