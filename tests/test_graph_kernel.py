@@ -285,7 +285,8 @@ def test_emission_is_deterministic_and_readable():
     b = emit_graph(derive_graph(load_graph(SPECS / "autoencoder.toml")), "cpu", "float64")
     assert a == b
     assert g.digest in a and f"symbp {symbp.__version__}" in a
-    assert "np.dot(v_code, p_W, v_dec)" in a            # decoder: W^T per sample, batch rows @ W
+    # decoder: W^T per sample; 6x3 weights are fused per-sample loops (emit.LOOPS_MAX), W read transposed
+    assert "acc0 += p_W[k, j]*v_code[s, k]" in a and "# dec (loops: " in a
     assert "# g_W = g_W__dec + g_W__enc   [shared_sum" in a
     assert "@numba.njit(cache=True, error_model=\"numpy\")" in a
     compile(a, "autoencoder.py", "exec")

@@ -109,6 +109,15 @@ def check_array(name, a, shape, dtype):
     return np.ascontiguousarray(a)
 
 
+def _getter(keys):
+    """dict -> tuple of its values at ``keys`` (in that order); KeyError when one is missing."""
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)
+    if len(keys) == 1:
+        return lambda d, k=keys[0]: (d[k],)
+    return lambda d: ()
+
+
 class BaseKernel:
     """The Python face of a generated CPU module, for an MLP (``Kernel``: data X, Y) and a graph
     (``GraphKernel``: data its inputs, then the target) alike: argument checks, buffers per
@@ -133,7 +142,7 @@ class BaseKernel:
         self._shapes = tuple(tuple(self.param_shapes[k]) for k in self._params)
         self._local = threading.local()    # .work: {batch size: buffers} of the calling thread
         keys = self._params
-        self._getter = operator.itemgetter(*keys) if len(keys) > 1 else (lambda d, k=keys[0]: (d[k],))
+        self._getter = _getter(keys)
         self._sizes = tuple(int(np.prod(s)) for s in self._shapes)
         self._serial_fns = {}              # (batch size, packed): the step function, see _step_fn
 
@@ -451,8 +460,7 @@ class GraphKernel(BaseKernel):
         self._names = tuple(self.inputs)
         self._labels = tuple(f"inputs[{k!r}]" for k in self._names)
         self._in_widths, self._y_width = tuple(self.inputs.values()), self.target_width
-        self._in_getter = operator.itemgetter(*self._names) if len(self._names) > 1 else \
-            (lambda d, k=self._names[0]: (d[k],))
+        self._in_getter = _getter(self._names)
         self._loss_name = self.graph.loss_node.loss.name
 
     def __repr__(self):
@@ -543,7 +551,7 @@ class BoundStep:
         ps, xs, Y = kernel._check_data(params, X, Y)
         keys = kernel._params
         self._kernel = kernel
-        self.theta = np.concatenate([a.ravel() for a in ps])
+        self.theta = np.concatenate([a.ravel() for a in ps]) if ps else np.zeros(0, kernel.dtype)
         self.gtheta = np.zeros_like(self.theta)
         self.work = np.empty(kernel._work_size(xs[0].shape[0]), kernel.dtype)
         self.params, self.grads, off = {}, {}, 0
