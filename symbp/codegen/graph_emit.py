@@ -2,12 +2,23 @@
 
 Contract: ``emit_graph(derivation, target, dtype) -> str`` is deterministic (same graph, same
 bytes) and prints every statement from the derivation's equations (the template holds no math).
-Dense contractions that ``batch_form`` recognises (out = in W^T, g_in = g_out W, dL/dW =
-g_out^T in) are BLAS ``np.dot`` calls into preallocated buffers; everything elementwise (bias,
-activations, add, multiply, concat slices, expression layers, backprop through them, branch
-sums, softmax's row sums) is printed per row, and consecutive row passes share one loop over the
-samples. The loss is computed per sample from ``derivation.loss_sample`` (from the logits for
-cross-entropies), row reductions of exp(...) shifted by the row maximum as in ``codegen.emit``.
+Per dense node the emitter makes the MLP emitter's measured choice (``emit.layer_strategy``: at
+most LOOPS_MAX weights -> "loops", else "blas"): a loops node prints its contractions (out = W
+in + b, g_in = W^T g_out) as fused per-sample loops, and accumulates dL/dW sample by sample in the
+pass that computes its g_out; a BLAS node uses ``np.dot`` into preallocated buffers (out = in
+W^T, g_in = g_out W, dL/dW = g_out^T in). For every dense node with a bias, dL/db is accumulated
+row by row in the pass that computes g_out. Everything elementwise (bias add, activations, add,
+multiply, concat slices, expression nodes, backprop through them, branch sums, softmax's row
+sums) is printed per row; consecutive row passes share one loop over the samples, and
+consecutive elementwise rows of one width share one loop over j (the bias add and its
+activation are one pass). Big transcendental activations (batch x width >= VECTOR_MIN) are
+computed by NumPy's ufuncs in objmode. The loss is computed per sample from
+``derivation.loss_sample`` (from the logits for cross-entropies), row reductions of exp(...)
+shifted by the row maximum as in ``codegen.emit``. Emission is dispatched by tables keyed by node
+kind (``_FORWARD``) and by parameter-gradient kind (``_PARAM_BACKWARD``).
+
+The module has the MLP module's packed entry points (``loss_and_grad_packed``, ``*_split``,
+``train_step_<optimizer>``), so that one kernel class (``kernel.BaseKernel``) serves both.
 
 ``generate_graph(derivation, target, dtype, out_dir, jit)`` writes
 ``<out_dir>/<graph>/graph_<target>_<dtype>.py`` atomically (``load.write``), only after the
@@ -323,6 +334,84 @@ _FORWARD = {"dense": _dense_forward, "concat": _concat_forward, "activation": _e
 _VECTOR_KINDS = ("activation",)
 
 
+
+# Backward emission. A per-sample gradient (g_v[s, j]) is a BLAS product when it comes through a
+# BLAS dense node, else a row item; parameter gradients are keyed by equation kind.
+
+def _accumulate(c, node, lines, pre):
+    """Fuse ``lines`` (a parameter gradient's per-sample term, over the entries j of g_<node>)
+    into the pass that computes g_<node>, or into a pass of their own when BLAS computed it;
+    ``pre`` (zeroing the accumulator) runs before that pass."""
+    item = c.writer.get(f"g_{node}")
+    if item is None:
+        item = _rows(c.g.node(node).width, [], fuse=True)
+        c.bwd.append(item)
+        c.writer[f"g_{node}"] = item
+    item["then"] += lines
+    item["pre"] += pre
+
+
+def _per_sample_backward(c, eq, comment):
+    label = eq.name
+    w = c.g.node(eq.node).width
+    c.bwd_buffers[label] = w
+    if c.strategy.get(eq.source) == "blas":      # g_in = g_out W through a BLAS dense node
+        src = c.g.node(eq.source)
+        f, line = c.dot(eq, c.ids[label])
+        assert f is not None, eq
+        c.bwd.append(_stmt([f"# {comment}   (blas)", line]))
+        c.blas_flops += 2 * c.g.node(src.inputs[0]).width * src.width
+        return
+    item = c.row_item(eq, comment, w)
+    c.bwd.append(item)
+    c.writer[label] = item
+
+
+def _grad_w(c, eq, comment, shape):
+    """dL/dW = sum_s g_out in^T: one np.dot for a BLAS node; for a loops node, each sample's
+    term accumulated in the pass that computes g_out, over the entries j of its row."""
+    label, node = eq.name, c.g.node(eq.source)
+    n_in = c.g.node(node.inputs[0]).width
+    if c.strategy[node.name] == "blas":
+        f, line = c.dot(eq, c.ids[label])
+        c.bwd.append(_stmt([f"# {comment}   (blas)", line]))
+        c.blas_flops += 2 * n_in * node.width
+        return
+    P, Q, J = naming.P, naming.Q, naming.J
+    (_, _, _), = eq.rhs.limits          # the sum over the samples s
+    term = eq.rhs.function
+    gidx, = {ix for e in term.atoms(sp.Indexed) if _label(e.base) == f"g_{node.name}"
+             for ix in e.indices if ix in (P, Q)}
+    other = Q if gidx == P else P       # W[j, q] (or W[p, j] when transposed)
+    n_other = shape[list(eq.lhs.indices).index(other)]
+    p = c.p
+    _accumulate(c, node.name, [f"for {other} in range({n_other}):   # {comment}",
+                               f"    {p.doprint(eq.lhs.xreplace({gidx: J}))} += {p.doprint(term.xreplace({gidx: J}))}"],
+                [f"{c.ids[label]}[:, :] = {p.doprint(sp.Integer(0))}"])
+
+
+def _grad_b(c, eq, comment, shape):
+    """dL/db = sum_s g_out[s, :], accumulated row by row (contiguous) in the pass that computes
+    g_out, instead of a strided pass over the columns afterwards."""
+    form = batch_form(eq.lhs, eq.rhs)
+    assert isinstance(form, ColumnSum) and _label(form.arg) == f"g_{eq.source}", eq
+    _accumulate(c, eq.source, [f"{c.ids[eq.name]}[j] += {c.ident(form.arg)}[s, j]   # {comment}"],
+                [f"{c.ids[eq.name]}[:] = {c.p.doprint(sp.Integer(0))}"])
+
+
+def _param_elementwise(c, eq, comment, shape):
+    """A parameter gradient elementwise over its entries (shared_sum: the uses add up)."""
+    idx = [str(i) for i in eq.lhs.indices]
+    lines = [f"# {comment}"]
+    for depth, (i, n) in enumerate(zip(idx, shape)):
+        lines.append("    " * depth + f"for {i} in range({n}):")
+    lines.append("    " * len(shape) + f"{c.p.doprint(eq.lhs)} = {c.p.doprint(eq.rhs)}")
+    c.bwd.append(_stmt(lines))
+
+
+_PARAM_BACKWARD = {"grad_W": _grad_w, "grad_b": _grad_b, "shared_sum": _param_elementwise}
+
+
 def emit_graph(derivation, target="cpu", dtype="float64"):
     """Source text of the kernel module of a GraphDerivation."""
     if target not in TARGETS:
@@ -334,7 +423,7 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
     sizes = dict(d.sizes)
     sizes[naming.BATCH] = BF
     p = GraphPrinter(dtype, ids, {BF: "Bf"})
-    S, J, P, Q = naming.S, naming.J, naming.P, naming.Q
+    S = naming.S
     zero = p.doprint(sp.Integer(0))
     strategy = strategies(g)
 
@@ -356,26 +445,13 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
     printed.append(stable_forms(loss_expr))
 
     # backward -----------------------------------------------------------------------------
-    bwd, bwd_buffers, use_buffers = [], {}, {}
+    c.bwd, c.bwd_buffers, c.use_buffers, c.writer = [], {}, {}, {}
     grads = set(d.param_grads.values())
     shapes = {}
     for prm in g.params:
         shapes[f"g_{prm.name}"] = prm.shape
         for node, _ in prm.uses:
             shapes[f"g_{prm.name}__{node}"] = prm.shape
-    writer = {}      # label of a per-sample gradient -> the row item that computes it
-
-    def accumulate(node, lines, pre):
-        """Fuse ``lines`` (a parameter gradient's per-sample term, over j of g_<node>) into the
-        pass that computes g_<node>, or a pass of their own when BLAS computed it."""
-        item = writer.get(f"g_{node}")
-        if item is None:
-            item = _rows(g.node(node).width, [], fuse=True)
-            bwd.append(item)
-            writer[f"g_{node}"] = item
-        item["then"] += lines
-        item["pre"] += pre
-
     started = False
     for eq in d.equations:
         if eq.kind == "loss":
@@ -385,62 +461,17 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
             continue
         label = eq.name
         tag = f"[{eq.kind}{' from ' + eq.source if eq.source else ''}]"
-        if eq.kind in ("branch_sum", "shared_sum"):
+        if eq.terms:
             comment = f"{label} = {' + '.join(eq.terms)}   [{eq.kind}: {eq.doc}]"
         else:
             comment = f"{text(eq.lhs, eq.rhs)}   {tag}"
         if S in eq.lhs.indices:
-            w = g.node(eq.node).width
-            bwd_buffers[label] = w
-            if strategy.get(eq.source) == "blas":      # g_in = g_out W through a BLAS dense node
-                src = g.node(eq.source)
-                f, line = c.dot(eq, ids[label])
-                assert f is not None, eq
-                bwd.append(_stmt([f"# {comment}   (blas)", line]))
-                c.blas_flops += 2 * g.node(src.inputs[0]).width * src.width
-            else:
-                item = c.row_item(eq, comment, w)
-                bwd.append(item)
-                writer[label] = item
+            _per_sample_backward(c, eq, comment)
             continue
         if label not in grads:
-            use_buffers[label] = shapes[label]
-        shape = shapes[label]
-        form = batch_form(eq.lhs, eq.rhs)
-        if eq.kind == "grad_W":
-            node = g.node(eq.source)
-            n_in = g.node(node.inputs[0]).width
-            if strategy[node.name] == "blas":
-                f, line = c.dot(eq, ids[label])
-                bwd.append(_stmt([f"# {comment}   ({strategy[node.name]})", line]))
-                c.blas_flops += 2 * n_in * node.width
-                continue
-            # loops: dL/dW[p, q] = sum_s (term of sample s), accumulated in the pass that computes
-            # g_<node> (zeroed before it), over the entries j of g_<node>'s row
-            (s_, lo, hi), = eq.rhs.limits
-            term = eq.rhs.function
-            gidx, = {ix for e in term.atoms(sp.Indexed) if _label(e.base) == f"g_{node.name}"
-                     for ix in e.indices if ix in (P, Q)}
-            other = Q if gidx == P else P
-            n_other = shape[list(eq.lhs.indices).index(other)]
-            lhs = eq.lhs.xreplace({gidx: J})
-            accumulate(node.name, [f"for {other} in range({n_other}):   # {comment}",
-                                   f"    {p.doprint(lhs)} += {p.doprint(term.xreplace({gidx: J}))}"],
-                       [f"{ids[label]}[:, :] = {zero}"])
-        elif isinstance(form, ColumnSum):
-            # dL/db = sum_s g[s, :], accumulated row by row (contiguous) in the pass that computes
-            # g, instead of a strided pass over the columns afterwards
-            node = eq.source
-            assert _label(form.arg) == f"g_{node}", eq
-            accumulate(node, [f"{ids[label]}[j] += {c.ident(form.arg)}[s, j]   # {comment}"],
-                       [f"{ids[label]}[:] = {zero}"])
-        else:   # elementwise over the parameter's entries (shared_sum)
-            idx = [str(i) for i in eq.lhs.indices]
-            lines = [f"# {comment}"]
-            for depth, (i, n) in enumerate(zip(idx, shape)):
-                lines.append("    " * depth + f"for {i} in range({n}):")
-            lines.append("    " * len(shape) + f"{p.doprint(eq.lhs)} = {p.doprint(eq.rhs)}")
-            bwd.append(_stmt(lines))
+            c.use_buffers[label] = shapes[label]
+        _PARAM_BACKWARD.get(eq.kind, _param_elementwise)(c, eq, comment, shapes[label])
+    bwd, bwd_buffers, use_buffers = c.bwd, c.bwd_buffers, c.use_buffers
 
     params = [prm.name for prm in g.params]
     grad_labels = [d.param_grads[k] for k in params]
