@@ -80,6 +80,91 @@ def test_graph_of_an_mlp_equals_the_mlp_kernel(gen, case):
     assert close(gk.forward(params, X), mk.forward(params, X), 1e-12)
 
 
+# --- the MLP emitter's strategies on graphs: loops/BLAS per dense node, vector activations ----
+
+# 4x12 (48 weights) loops, 12x70 and 70x3 BLAS (emit.LOOPS_MAX = 64); B = 40: 40 x 70 entries of
+# the tanh layer reach VECTOR_MIN, so it takes NumPy's ufuncs, the sigmoid layer (40 x 12) does not
+MIXED = ([4, 12, 70, 3], ["sigmoid", "tanh", "softmax"], "ce")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", [3, 40])
+def test_mixed_strategies_equal_the_mlp_kernel(gen, dtype, batch):
+    sizes, acts, loss = MIXED
+    net = symbp.mlp(sizes, acts, loss, name="mixed")
+    mk = symbp.generate(symbp.derive(net), dtype=dtype, out_dir=gen / "mlp", jit=False)
+    gk = kernel(from_network(net), gen, dtype=dtype)
+    assert gk.module.STRATEGIES == {"z1": "loops", "z2": "blas", "z3": "blas"}
+    assert tuple(gk.module.STRATEGIES.values()) == tuple(mk.module.STRATEGIES)
+    params = perturbed(mk)
+    rng = np.random.default_rng(batch)
+    X = rng.normal(size=(batch, sizes[0])).astype(dtype)
+    Y = np.eye(sizes[-1], dtype=dtype)[rng.integers(0, sizes[-1], batch)]
+    ml, mg = mk.loss_and_grad(params, X, Y)
+    gl, gg = gk.loss_and_grad(params, X, Y)
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    assert abs(ml - gl) <= rtol * max(1.0, abs(ml))
+    for key in mg:
+        assert close(gg[key], mg[key], 100 * rtol), key
+
+
+def test_loops_and_blas_nodes_are_emitted_as_chosen():
+    net = symbp.mlp(MIXED[0], MIXED[1], MIXED[2], name="mixed")
+    src = emit_graph(derive_graph(from_network(net)), "cpu", "float64")
+    assert "# z1 (loops: 12x4 = 48 weights <= LOOPS_MAX 64" in src
+    assert "# z2 (blas: 70x12 = 840 weights > LOOPS_MAX 64" in src
+    assert "np.dot(v_x, p_W1.T" not in src and "np.dot(v_a1, p_W2.T, v_z2)" in src
+    # the loops node's weight gradient is accumulated in the pass that computes g_z1, and every
+    # bias gradient row by row (no strided column pass)
+    assert "g_W1[j, q] += " in src and "np.dot(g_z1.T" not in src
+    assert "g_b1[j] += g_z1[s, j]" in src and "g_b3[j] += g_z3[s, j]" in src
+    assert "for s in range(B):\n            acc += " not in src
+    # the tanh layer: NumPy's ufunc from VECTOR_MIN entries on, the bias add fused with it below
+    assert "v_a2[...] = np.tanh(v_z2)" in src and "if B * 70 < VECTOR_MIN:" in src
+
+
+def test_bound_step_and_fused_optimizers_of_a_graph_kernel(gen):
+    """bind(): one packed call per step, as for the MLP Kernel; with an optimizer the same
+    fused update as the MLP kernel's, step for step."""
+    net = symbp.mlp([3, 5, 2], ["tanh", "softmax"], "ce", name="bound")
+    mk = symbp.generate(symbp.derive(net), out_dir=gen / "mlp", jit=False)
+    g = graph("bound_dag")            # two inputs: the packed step takes both, then the target
+    g.input("u", 2)
+    g.input("v", 1)
+    c = g.concat("c", "u", "v")
+    h = g.dense("h", c, 5, weight="W1", bias="b1")
+    a = g.activation("a", h, "tanh")
+    z = g.dense("z", a, 2, weight="W2", bias="b2")
+    o = g.activation("o", z, "softmax")
+    g.input("y", 2)
+    g.loss("loss", o, "y", "ce")
+    gk = kernel(g.build(), gen)
+    params = perturbed(mk)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(6, 3))
+    Y = np.eye(2)[rng.integers(0, 2, 6)]
+    inputs = {"u": X[:, :2].copy(), "v": X[:, 2:].copy()}
+    step = gk.bind(params, inputs, Y)
+    loss, grads = gk.loss_and_grad(params, inputs, Y)
+    assert step() == pytest.approx(loss, rel=1e-14)
+    for key in grads:
+        assert np.array_equal(step.grads[key], grads[key]), key
+    step.theta -= 0.5 * step.gtheta            # sgd on the packed parameters, in place
+    after = {k: v.copy() for k, v in params.items()}
+    gk.sgd_step(after, inputs, Y, 0.5)
+    for key in params:
+        assert np.allclose(step.params[key], after[key], rtol=1e-14, atol=0), key
+    ms = mk.bind(params, X, Y, optimizer=symbp.Adam(lr=0.05))
+    gs = gk.bind(params, inputs, Y, optimizer=symbp.Adam(lr=0.05))
+    for _ in range(3):
+        assert gs() == pytest.approx(ms(), rel=1e-12)
+    assert np.allclose(gs.theta, ms.theta, rtol=1e-12, atol=1e-15) and gs.steps == 3
+    with pytest.raises(InputError, match=r"^inputs\['v'\]: expected shape \(4, 1\), got \(4, 2\)"):
+        gs.rebatch({"u": X[:4, :2].copy(), "v": X[:4, :2].copy()}, Y[:4])
+    gs.rebatch({"u": X[:4, :2].copy(), "v": X[:4, 2:].copy()}, Y[:4])
+    assert np.isfinite(gs())
+
+
 # --- fixed DAGs, three ways -------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", SPEC_NAMES)

@@ -561,7 +561,7 @@ class BoundStep:
             off += a.size
         self.optimizer = opt
         if opt is None:
-            self._fn = kernel._step_fn(X.shape[0], packed=True)
+            self._fn = kernel._step_fn(xs[0].shape[0], packed=True)
             self._tail = ()
         else:
             self._fn = getattr(kernel.module, f"train_step_{opt.kind}")
