@@ -25,6 +25,7 @@ import sympy as sp
 from .. import naming
 from ..errors import InputError, SymbpError
 from .fd import DEFAULT_TOL, GradcheckReport, check_tol, gradcheck  # noqa: F401 (the old names)
+from .torch_ref import torch_gradients  # noqa: F401 (the old name; it takes either kind of model)
 
 # ----------------------------------------------------------------------------------------------
 # shared checks of (network, params, X, Y)
@@ -364,9 +365,3 @@ def _wanted_entries(where, entries, arrays):
             wanted[k].append(idx)
         wanted[k] = sorted(set(wanted[k]))
     return wanted
-
-
-def torch_gradients(network, params, X, Y, input_grad=False):
-    """The old name of ``symbp.verify.torch_gradients`` (which takes either kind of model)."""
-    from .torch_ref import torch_gradients as reference
-    return reference(network, params, X, Y, input_grad=input_grad)
