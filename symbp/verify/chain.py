@@ -24,41 +24,8 @@ import sympy as sp
 
 from .. import naming
 from ..errors import InputError, SymbpError
-from .fd import DEFAULT_TOL, GradcheckReport, check_tol, gradcheck  # noqa: F401 (the old names)
+from .fd import DEFAULT_TOL, GradcheckReport, arrays, check_tol, gradcheck  # noqa: F401 (the old names)
 from .torch_ref import torch_gradients  # noqa: F401 (the old name; it takes either kind of model)
-
-# ----------------------------------------------------------------------------------------------
-# shared checks of (network, params, X, Y)
-# ----------------------------------------------------------------------------------------------
-
-def _arrays(where, network, params, X, Y):
-    """float64 copies of params, X, Y after checking keys, shapes and finiteness."""
-    shapes = network.param_shapes()
-    if not isinstance(params, dict):
-        raise InputError(f"{where}: params: expected a dict of arrays keyed {', '.join(shapes)}")
-    missing = [k for k in shapes if k not in params]
-    extra = [k for k in params if k not in shapes]
-    if missing or extra:
-        raise InputError(f"{where}: params: expected keys {', '.join(shapes)}; "
-                         f"missing {missing or 'none'}, unexpected {extra or 'none'}")
-    out = {}
-    named = [(k, params[k], shapes[k]) for k in shapes]
-    X = np.asarray(X)
-    batch = X.shape[0] if X.ndim == 2 else None
-    named += [("X", X, (batch, network.inputs)), ("Y", Y, (batch, network.sizes[-1]))]
-    for k, v, shape in named:
-        v = np.asarray(v)
-        if v.dtype.kind not in "fiu":
-            raise InputError(f"{where}: {k}: expected a real array, got dtype {v.dtype}")
-        v = v.astype(np.float64)
-        if v.shape != tuple(shape) or (k == "X" and batch in (None, 0)):
-            want = "(B, %d) with B >= 1" % network.inputs if k == "X" else str(tuple(shape))
-            raise InputError(f"{where}: {k}: expected shape {want}, got {v.shape}")
-        if not np.all(np.isfinite(v)):
-            raise InputError(f"{where}: {k}: expected finite values")
-        out[k] = v
-    return {k: out[k] for k in shapes}, out["X"], out["Y"]
-
 
 # ----------------------------------------------------------------------------------------------
 # the full-expansion SymPy oracle
@@ -250,15 +217,15 @@ def oracle_loss_expression(network, X, Y, params=None):
     shapes = network.param_shapes()
     if params is None:
         zeros = {k: np.zeros(s) for k, s in shapes.items()}
-        _, X64, Y64 = _arrays("oracle_loss_expression", network, zeros, X, Y)
+        _, x64, Y64 = arrays("oracle_loss_expression", network, zeros, X, Y)
         P = {k: _nested(zeros[k], lambda idx, v, k=k: _symbol(k, idx)) for k in shapes}
         symbols = P
     else:
-        p64, X64, Y64 = _arrays("oracle_loss_expression", network, params, X, Y)
+        p64, x64, Y64 = arrays("oracle_loss_expression", network, params, X, Y)
         P = {k: _nested(p64[k], lambda idx, v: _rational(v)) for k in shapes}
         symbols = {}
-    _check_oracle_size("oracle_loss_expression", sum(int(np.prod(s)) for s in shapes.values()), X64.shape[0])
-    Xr = [[_rational(v) for v in row] for row in X64]
+    _check_oracle_size("oracle_loss_expression", sum(int(np.prod(s)) for s in shapes.values()), Y64.shape[0])
+    Xr = [[_rational(v) for v in row] for row in x64["X"]]
     Yr = [[_rational(v) for v in row] for row in Y64]
     return _loss_expression(network, P, Xr, Yr), symbols
 
@@ -294,7 +261,8 @@ def oracle_gradients(network, params, X, Y, exact=False, input_grad=False, entri
     ``ORACLE_MAX_PARAMS`` parameters or batches larger than ``ORACLE_MAX_BATCH``: the
     expansion, and SymPy's work on it, grow quickly with width and depth.
     """
-    p64, X64, Y64 = _arrays("oracle_gradients", network, params, X, Y)
+    p64, x64, Y64 = arrays("oracle_gradients", network, params, X, Y)
+    X64 = x64["X"]
     _check_oracle_size("oracle_gradients", sum(v.size for v in p64.values()), X64.shape[0])
     wanted = _wanted_entries("oracle_gradients", entries, {**p64, **({"X": X64} if input_grad else {})})
     B = X64.shape[0]

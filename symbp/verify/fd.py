@@ -5,6 +5,7 @@ and checked inputs) with central finite differences of its loss computed in floa
 returns a ``GradcheckReport``; one error definition, one noise floor (``noise_floor``), one
 selection of entries and directions (``check_entries``) and one option check (``check_options``,
 ``check_tol``) serve both kinds. It reads only a kernel's numbers, never the derivation.
+``arrays`` checks the (params, inputs, target) of every verification function, either kind.
 """
 import math
 from dataclasses import dataclass
@@ -140,20 +141,14 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
     dtype, tol = check_options("gradcheck", kernel, eps, tol, max_entries)
     loss, grads = kernel.loss_and_grad(params, X, Y)
     graph = getattr(kernel, "graph", None)
+    p64, inputs, target = arrays("gradcheck", kernel.network if graph is None else graph, params, X, Y)
     if graph is None:
-        p64 = {k: np.array(params[k], dtype=np.float64) for k in kernel.network.param_shapes()}
-        inputs, target = {"X": np.array(X, dtype=np.float64)}, np.asarray(Y, dtype=np.float64)
         input_grads = {"X": kernel.input_grad(params, X, Y)}
-
-        def L(p, x):
-            return float(ref.loss_and_grad(p, x["X"], target)[0])
     else:
-        from .graph import _arrays
-        p64, inputs, target = _arrays("gradcheck", graph, params, X, Y)
         input_grads = kernel.input_grads(params, X, Y) if graph.grad_inputs else {}
 
-        def L(p, x):
-            return float(ref.loss_and_grad(p, x, target)[0])
+    def L(p, x):
+        return float(ref.loss_and_grad(p, x["X"] if graph is None else x, target)[0])
     analytic = {k: np.asarray(v, dtype=np.float64) for k, v in {**grads, **input_grads}.items()}
     ref = _float64_twin(kernel)
     floor = noise_floor(L(p64, inputs), analytic, eps, dtype)
@@ -176,6 +171,44 @@ def gradcheck(kernel, params, X, Y, eps=1e-6, tol=None, max_entries=64, seed=0, 
         rows.append(check_entries(name, arr, g, at, eps, floor, rng, max_entries, directions))
     return GradcheckReport((graph or kernel.network).name, dtype, float(eps), tol, floor, float(loss),
                            tuple(rows))
+
+
+def arrays(where, model, params, X, Y):
+    """float64 copies ``(params, inputs, target)`` after checking keys, shapes and finiteness,
+    for every verification function: ``inputs`` is {"X": X} for a Network, {name: array} for a
+    Graph (X a dict, or one array for a graph with one input); an InputError names the array."""
+    from . import is_graph
+    shapes = model.param_shapes()
+    if is_graph(model):
+        widths = {n.name: n.width for n in model.inputs}
+        target, width = "target", model.node(model.target).width
+        X = {next(iter(widths)): X} if len(widths) == 1 and not isinstance(X, dict) else X
+    else:
+        widths, target, width, X = {"X": model.inputs}, "Y", model.sizes[-1], {"X": X}
+    for what, given, keys in (("params", params, shapes), ("inputs", X, widths)):
+        if not isinstance(given, dict):
+            raise InputError(f"{where}: {what}: expected a dict of arrays keyed {', '.join(keys)}")
+        missing, extra = [k for k in keys if k not in given], [k for k in given if k not in keys]
+        if missing or extra:
+            raise InputError(f"{where}: {what}: expected keys {', '.join(keys)}; "
+                             f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+    first = np.asarray(X[next(iter(widths))])
+    batch = first.shape[0] if first.ndim == 2 and first.shape[0] else None
+    named = ([(k, params[k], tuple(s)) for k, s in shapes.items()] + [(k, X[k], (batch, w)) for k, w in widths.items()]
+             + [(target, Y, (batch, width))])
+    out, n = [], len(shapes)
+    for i, (k, v, shape) in enumerate(named):
+        v = np.asarray(v)
+        is_input = n <= i < n + len(widths)
+        if v.dtype.kind not in "fiu":
+            raise InputError(f"{where}: {k}: expected a real array, got dtype {v.dtype}")
+        if v.shape != shape or (is_input and batch is None):
+            want = f"(B, {shape[1]}) with B >= 1" if is_input else str(shape)
+            raise InputError(f"{where}: {k}: expected shape {want}, got {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise InputError(f"{where}: {k}: expected finite values")
+        out.append(v.astype(np.float64))
+    return dict(zip(shapes, out[:n])), dict(zip(widths, out[n:-1])), out[-1]
 
 
 def check_options(where, kernel, eps, tol, max_entries):

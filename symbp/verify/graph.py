@@ -1,5 +1,5 @@
 """The full-expansion SymPy oracle of a ``Graph`` (``symbp.verify.oracle_gradients`` serves
-both kinds and calls this body for a Graph), and the checks of a graph's arrays.
+both kinds and calls this body for a Graph).
 
 Contract:
 
@@ -7,10 +7,7 @@ Contract:
   concrete graph on the concrete batch built as SymPy expressions from the forward definitions
   (``Graph`` nodes, ``symbp.functions``) and differentiated with ``sympy.diff`` per entry; it
   does not import ``symbp.derive``. Exact where the graph is rational. Returns
-  ``(loss, {param: grad}, {input marked grad: grad})``.
-- ``_arrays``: float64 copies of (params, inputs, target) after checking them, for every
-  verification function given a graph. ``inputs`` is a dict {input name: (B, width)} or one
-  array when the graph has one input.
+  ``(loss, {param: grad}, {input marked grad: grad})``; ``inputs`` is a dict {input name: (B, width)} or one array when the graph has one input.
 - ``graph_gradcheck`` and ``graph_torch_gradients`` are the old names of ``symbp.verify``'s
   ``gradcheck`` and ``torch_gradients`` (the latter returning the three-part tuple above).
 """
@@ -18,10 +15,10 @@ import numpy as np
 import sympy as sp
 
 from .. import naming
-from ..errors import InputError, SymbpError
+from ..errors import SymbpError
 from .chain import (_batch_factor, _check_oracle_size, _fold, _kink_convention, _nested, _rational,
                     _symbol, _value, _wanted_entries)
-from .fd import gradcheck
+from .fd import arrays, gradcheck
 
 graph_gradcheck = gradcheck     # the old name
 
@@ -38,36 +35,6 @@ def split(graph, loss, grads):
     shapes = graph.param_shapes()
     return (loss, {k: v for k, v in grads.items() if k in shapes},
             {k: v for k, v in grads.items() if k not in shapes})
-
-
-def _arrays(where, graph, params, inputs, target):
-    """float64 copies of params, inputs (dict) and target after checking keys and shapes."""
-    shapes = graph.param_shapes()
-    names = [n.name for n in graph.inputs]
-    if isinstance(inputs, np.ndarray) and len(names) == 1:
-        inputs = {names[0]: inputs}
-    if not isinstance(params, dict) or not isinstance(inputs, dict):
-        raise InputError(f"{where}: expected params and inputs as dicts")
-    # compared as sets and shown in the caller's order: keys of mixed types do not sort
-    if set(params) != set(shapes) or set(inputs) != set(names):
-        raise InputError(f"{where}: expected params {sorted(shapes)} and inputs {sorted(names)}, "
-                         f"got {list(params)} and {list(inputs)}")
-    p = {k: np.asarray(params[k], dtype=np.float64) for k in shapes}
-    for k, s in shapes.items():
-        if p[k].shape != tuple(s):
-            raise InputError(f"{where}: params[{k!r}]: expected shape {tuple(s)}, got {p[k].shape}")
-    x = {k: np.asarray(inputs[k], dtype=np.float64) for k in names}
-    B = x[names[0]].shape[0] if x[names[0]].ndim == 2 else 0
-    for k in names:
-        if x[k].shape != (B, graph.node(k).width) or B < 1:
-            raise InputError(f"{where}: inputs[{k!r}]: expected shape (B, {graph.node(k).width}), got {x[k].shape}")
-    t = np.asarray(target, dtype=np.float64)
-    if t.shape != (B, graph.node(graph.target).width):
-        raise InputError(f"{where}: target: expected shape {(B, graph.node(graph.target).width)}, got {t.shape}")
-    for k, v in list(p.items()) + list(x.items()) + [("target", t)]:
-        if not np.all(np.isfinite(v)):
-            raise InputError(f"{where}: {k}: expected finite values")
-    return p, x, t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,7 +131,7 @@ def graph_oracle_gradients(graph, params, inputs, target, exact=False, entries=N
     entry) have derivative 0 and are left out. ``exact`` and ``entries`` as for an MLP's
     ``oracle_gradients`` (entries keyed by parameter or input name). Small graphs only."""
     where = "graph_oracle_gradients"
-    p64, x64, t64 = _arrays(where, graph, params, inputs, target)
+    p64, x64, t64 = arrays(where, graph, params, inputs, target)
     differentiated = {**p64, **{n.name: x64[n.name] for n in graph.grad_inputs}}
     B = t64.shape[0]
     _check_oracle_size(where, sum(v.size for v in differentiated.values()), B, "differentiated entries")

@@ -163,14 +163,14 @@ def torch_gradients(model, params, X, Y, input_grad=False):
     NotImplementedError for what it cannot translate.
     """
     import torch
-    from . import chain, graph as graph_verify, is_graph
+    from . import is_graph
+    from .fd import arrays
+    p64, x64, t64 = arrays("torch_gradients", model, params, X, Y)
     if is_graph(model):
-        p64, x64, t64 = graph_verify._arrays("torch_gradients", model, params, X, Y)
         grad_names = {n.name for n in model.grad_inputs}
         loss_name, reduction = model.loss_node.loss.name, model.loss_node.reduction
     else:
-        p64, X64, t64 = chain._arrays("torch_gradients", model, params, X, Y)
-        x64, grad_names = {"X": X64}, ({"X"} if input_grad else set())
+        grad_names = {"X"} if input_grad else set()
         loss_name, reduction = model.loss.name, model.reduction
     tp = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in p64.items()}
     leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=k in grad_names) for k, v in x64.items()}
