@@ -17,7 +17,7 @@ import numpy as np
 from symbp.codegen.graph_emit import generate_graph
 from symbp.model.graph import load_graph
 from symbp.derivation.graph import derive_graph
-from symbp.verify.graph import graph_gradcheck
+from symbp.verify import gradcheck
 
 HERE = Path(__file__).resolve().parent
 t0 = time.perf_counter()
@@ -39,7 +39,7 @@ def data(n):
 
 X, Xtest = data(500), data(500)
 params = k.init_params(seed=0)
-report = graph_gradcheck(k, params, X[:8], X[:8])
+report = gradcheck(k, params, X[:8], X[:8])
 print(report)
 
 lr = 0.5

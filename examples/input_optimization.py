@@ -25,7 +25,7 @@ import numpy as np
 from symbp.codegen.graph_emit import generate_graph
 from symbp.model.graph import graph
 from symbp.derivation.graph import derive_graph
-from symbp.verify.graph import graph_gradcheck
+from symbp.verify import gradcheck
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--plot", default="input_optimization.png", help="where to save the figure")
@@ -65,7 +65,7 @@ def bars(n):
 X, Y = bars(600)
 Xtest, Ytest = bars(600)
 params = k.init_params(seed=0)
-report = graph_gradcheck(k, params, X[:6], Y[:6])
+report = gradcheck(k, params, X[:6], Y[:6])
 print(report)
 for epoch in range(1, 501):
     loss = k.sgd_step(params, X, Y, 0.5)

@@ -17,7 +17,7 @@ import numpy as np
 from symbp.codegen.graph_emit import generate_graph
 from symbp.model.graph import load_graph
 from symbp.derivation.graph import derive_graph
-from symbp.verify.graph import graph_gradcheck
+from symbp.verify import gradcheck
 
 HERE = Path(__file__).resolve().parent
 t0 = time.perf_counter()
@@ -38,7 +38,7 @@ def data(n):
 X, T = data(256)
 Xtest, Ttest = data(256)
 params = k.init_params(seed=0)
-report = graph_gradcheck(k, params, X[:8], T[:8])
+report = gradcheck(k, params, X[:8], T[:8])
 print(report)
 
 lr = 0.1

@@ -18,7 +18,7 @@ import numpy as np
 from symbp.codegen.graph_emit import generate_graph
 from symbp.model.graph import load_graph
 from symbp.derivation.graph import derive_graph
-from symbp.verify.graph import graph_gradcheck
+from symbp.verify import gradcheck
 
 HERE = Path(__file__).resolve().parent
 t0 = time.perf_counter()
@@ -42,7 +42,7 @@ def data(n):
 train, Ytrain = data(1000)
 test, Ytest = data(1000)
 params = k.init_params(seed=0)
-report = graph_gradcheck(k, params, {key: x[:8] for key, x in train.items()}, Ytrain[:8])
+report = gradcheck(k, params, {key: x[:8] for key, x in train.items()}, Ytrain[:8])
 print(report)
 
 lr, batch = 0.5, 50

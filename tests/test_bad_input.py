@@ -198,7 +198,7 @@ CLI_FILES = ["type_units_string.toml", "expr_import_call.toml", "name_dotdot.tom
              "encoding_latin1.toml", "fit_ce_without_softmax.toml", "toml_syntax.toml",
              "size_units_huge.toml", "size_units_2_70.toml", "name_trailing_newline.toml",
              "expr_power_tower_constant.toml", "expr_overflow_constant.toml",
-             "key_activation_misspelled.toml", "kind_graph_spec.toml"]
+             "key_activation_misspelled.toml"]
 
 
 def _one_error_line(err, out, path):

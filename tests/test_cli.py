@@ -129,7 +129,8 @@ def test_toy_spec_with_the_new_keys_derives_generates_and_warns_in_one_line(tmp_
     (["check", XOR, "--batch", "1000000000000"], "argument --batch: expected a value <= 100000"),
     (["check", XOR, "--tol", "-0.001"], "--tol: expected a relative tolerance in (0, 1)"),
     (["graph", "check", RESIDUAL, "--batch", "-2"], "argument --batch: expected a value >= 1"),
-    (["graph", "generate", RESIDUAL, "--target", "cuda"], "argument --target: invalid choice: 'cuda'"),
+    (["graph", "generate", RESIDUAL, "--target", "cuda"], "--target cuda: "),
+    (["check", XOR, "--target", "cuda"], "argument --target: invalid choice: 'cuda'"),
     (["graph", "frobnicate"], "argument COMMAND: invalid choice"),
 ])
 def test_argument_errors_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
@@ -153,7 +154,8 @@ def test_version(capsys):
     (["generate", "--help"], ["--target {cpu,cuda}", "--dtype {float64,float32}"]),
     (["check", "--help"], ["--dtype {float64,float32}"]),
     (["derive", "--help"], ["--notation {cs231n,udl,transposed,rowvector,batch}"]),
-    (["graph", "generate", "--help"], ["--target {cpu}", "--dtype {float64,float32}"]),
+    (["check", "--help"], ["--target {cpu}"]),
+    (["graph", "generate", "--help"], ["--target {cpu,cuda}", "--dtype {float64,float32}"]),
 ])
 def test_help_lists_the_choices(capsys, argv, choices):
     assert main(argv) == 0
@@ -177,22 +179,68 @@ def test_bench_help_names_seconds_not_target(capsys):
     assert "--seconds" in out and "--target" not in out
 
 
-# --- a spec of the other kind names the command to use --------------------------------------
+# --- one command set: the spec's kind is detected from the file -----------------------------
+
+@pytest.mark.parametrize("prefix", [[], ["graph"]], ids=["symbp", "symbp_graph"])
+@pytest.mark.parametrize("spec", [XOR, RESIDUAL], ids=["mlp", "graph"])
+def test_derive_detects_the_kind_of_spec(capsys, prefix, spec):
+    # `symbp graph derive` is the same command under its old name: it takes an MLP spec too
+    assert main(prefix + ["derive", spec]) == 0
+    out = capsys.readouterr().out
+    if spec == RESIDUAL:
+        assert out.startswith("# residual: x[2]") and "h = W_in x + b_in   [forward_dense]" in out
+    else:
+        assert out.startswith("# xor: 2-3-1") and "delta2 = (a2 - y)/B\n" in out
+
+
+def test_generate_and_check_detect_a_graph_spec(tmp_path, capsys):
+    assert main(["generate", RESIDUAL, "--out", str(tmp_path), "--no-jit"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "residual" / "graph_cpu_float64.py")
+    assert main(["check", RESIDUAL, "--out", str(tmp_path), "--no-jit"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# residual: ") and "gradcheck residual (float64): ok" in out and "W_in" in out
+
+
+@pytest.mark.parametrize("prefix", [[], ["graph"]], ids=["symbp", "symbp_graph"])
+@pytest.mark.parametrize("text,message", [
+    # tables of both kinds: the reader of the kind with more of them names the stray table
+    ('[graph]\nname = "g"\n[[node]]\nname = "x"\n[[layer]]\nunits = 1\n',
+     "layer: unknown key (expected one of: graph, node, activations)"),
+    ('[network]\nname = "n"\n[[layer]]\nunits = 1\n[[node]]\nname = "x"\n', "node: unknown key"),
+])
+def test_a_spec_with_tables_of_both_kinds_names_the_stray_one(tmp_path, capsys, prefix, text, message):
+    spec = tmp_path / "mixed.toml"
+    spec.write_text(text)
+    assert main(prefix + ["derive", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{spec}: {message}" in err, err
+
+
+@pytest.mark.parametrize("prefix,message", [([], "network: missing table [network]"),
+                                            (["graph"], "graph: missing table [graph]")])
+def test_a_spec_of_no_kind_goes_to_the_reader_of_the_command(tmp_path, capsys, prefix, message):
+    spec = tmp_path / "empty.toml"
+    spec.write_text("# nothing yet\n")
+    assert main(prefix + ["derive", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{spec}: {message}" in err, err
+
 
 @pytest.mark.parametrize("argv,message", [
-    (["derive", RESIDUAL], f"{RESIDUAL}: this is a graph spec ([graph] and [[node]] tables): use "
-                           f"`symbp graph derive {RESIDUAL}`"),
-    (["generate", RESIDUAL, "--no-jit"], f"use `symbp graph generate {RESIDUAL}`"),
-    (["check", RESIDUAL, "--no-jit"], f"use `symbp graph check {RESIDUAL}`"),
-    (["graph", "derive", XOR], f"{XOR}: this is an MLP spec ([network] and [[layer]] tables): use "
-                               f"`symbp derive {XOR}`"),
-    (["graph", "check", XOR, "--no-jit"], f"use `symbp check {XOR}`"),
+    (["generate", RESIDUAL, "--target", "cuda", "--out", "gen", "--no-jit"],
+     f"symbp: error: --target cuda: {RESIDUAL} is a graph spec, which has only the cpu target yet; "
+     "drop --target or use an MLP spec\n"),
+    (["graph", "generate", RESIDUAL, "--target", "cuda"], f"--target cuda: {RESIDUAL} is a graph spec"),
+    (["derive", RESIDUAL, "--latex", "x.tex", "--stages"],
+     f"symbp: error: --stages: {RESIDUAL} is a graph spec, which has no simplification stages in its "
+     "handout yet; drop --stages (--dump prints every stage) or use an MLP spec\n"),
+    (["derive", RESIDUAL, "--stages"], "--stages: "),
 ])
-def test_spec_of_the_other_kind_names_the_command(tmp_path, capsys, monkeypatch, argv, message):
+def test_an_option_the_kind_of_spec_lacks_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("symbp: error: ") and message in err, err
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -17,11 +17,9 @@ import symbp
 from symbp.cli.commands import main
 from symbp.errors import InputError
 from symbp.model.graph import load_graph
-from symbp.cli.graph import sample
 from symbp.derivation.graph import derive_graph
 from symbp.codegen.graph_emit import generate_graph
-from symbp.verify.graph import graph_gradcheck
-from symbp.verify.chain import gradcheck
+from symbp.verify import gradcheck, sample
 
 from conftest import random_batch
 from test_graph_spec import run_cli
@@ -77,7 +75,7 @@ def graph_case(tmp_path_factory):
     rng = np.random.default_rng(3)
     p = {key: v + rng.normal(0, 0.1, v.shape) for key, v in k.init_params(1).items()}
     inputs, target = sample(k.graph, 4, 2, k.dtype)
-    return k, lambda kern, tol: graph_gradcheck(kern, p, inputs, target, tol=tol)
+    return k, lambda kern, tol: gradcheck(kern, p, inputs, target, tol=tol)
 
 
 @pytest.fixture(params=["mlp", "graph"])
@@ -130,8 +128,8 @@ def test_gradcheck_refuses_tolerances_it_cannot_fail_at(checked, tol):
 
 @pytest.mark.parametrize("tol", ["0", "-1e-6", "1", "2", "inf", "nan", "1e400"])
 @pytest.mark.parametrize("command", ["check", "graph check"])
-def test_cli_check_refuses_bad_tol_before_writing(tmp_path, capsys, command, tol):
-    spec = XOR if command == "check" else GATED
+@pytest.mark.parametrize("spec", [XOR, GATED], ids=["mlp", "graph"])
+def test_cli_check_refuses_bad_tol_before_writing(tmp_path, capsys, command, spec, tol):
     argv = command.split() + [str(spec), "--out", str(tmp_path / "gen"), "--no-jit", f"--tol={tol}"]
     assert run_cli(argv) == 2
     err = capsys.readouterr().err
@@ -153,8 +151,8 @@ def test_cli_check_fails_an_honest_kernel_at_an_unreachable_tol(tmp_path, capsys
     ({"eps": True}, "eps: expected a positive number"),
     ({"max_entries": 0}, "max_entries: expected an integer >= 1"),
 ])
-def test_graph_gradcheck_checks_its_options_as_gradcheck_does(graph_case, kw, message):
-    k, _ = graph_case
-    inputs, target = sample(k.graph, 2, 0, k.dtype)
-    with pytest.raises(InputError, match=f"^graph_gradcheck: {message}"):
-        graph_gradcheck(k, k.init_params(0), inputs, target, **kw)
+def test_gradcheck_checks_its_options_for_both_kinds(checked, kw, message):
+    k, _ = checked
+    X, Y = sample(k, 2, 0, k.dtype)
+    with pytest.raises(InputError, match=f"^gradcheck: {message}"):
+        gradcheck(k, k.init_params(0), X, Y, **kw)

@@ -1,6 +1,7 @@
 """Graph kernels: equal to the MLP kernels on MLPs, verified three ways (finite differences, the
 full-expansion SymPy oracle, PyTorch) on fixed DAGs, input checks, float32, deterministic and
 atomic output, the command line, and a few Numba-compiled kernels."""
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import symbp
 from symbp.codegen.graph_emit import emit_graph, generate_graph
 from symbp.errors import InputError, SymbpError
 from symbp.model.graph import from_network, graph, load_graph
-from symbp.cli.graph import sample
+from symbp.verify import gradcheck, oracle_gradients, sample, torch_gradients
 from symbp.derivation.graph import derive_graph
 from symbp.verify.graph import graph_gradcheck, graph_oracle_gradients, graph_torch_gradients
 from test_graph_spec import run_cli
@@ -171,8 +172,8 @@ def test_bound_step_and_fused_optimizers_of_a_graph_kernel(gen):
 def test_example_graphs_pass_finite_differences(spec_kernels, name):
     k = spec_kernels[name]
     params = perturbed(k)
-    inputs, target = sample(k.graph, 4, 0, np.float64)
-    report = graph_gradcheck(k, params, inputs, target)
+    inputs, target = sample(k, 4, 0, np.float64)
+    report = gradcheck(k, params, inputs, target)
     assert report.ok, str(report)
     checked = {r.name for r in report.rows}
     assert checked == set(k.param_shapes) | {x.name for x in k.graph.grad_inputs}
@@ -258,6 +259,28 @@ def test_oracle_is_exact_for_a_rational_graph(gen):
     assert float(ol) == loss
     for key in grads:
         assert np.array_equal(og[key].astype(np.float64), grads[key]), key
+
+
+def test_one_face_serves_graphs(gen):
+    # symbp.verify's oracle and torch reference take a graph as they take a network: one dict of
+    # parameter and input gradients, the old three-part names split it; entries restrict the oracle
+    g = tiny_towers()
+    k = kernel(g, gen)
+    params = perturbed(k, scale=0.3)
+    inputs, target = sample(g, 2, 3, np.float64)
+    ol, og, oi = graph_oracle_gradients(g, params, inputs, target)
+    loss, grads = oracle_gradients(g, params, inputs, target)
+    assert loss == ol and list(grads) == list(og) + ["v"] and list(oi) == ["v"]
+    assert all(np.array_equal(grads[key], v) for key, v in {**og, **oi}.items())
+    _, part = oracle_gradients(g, params, inputs, target, entries={"W_z": [(0, 1)], "v": [(1, 0)]})
+    assert part["W_z"][0, 1] == og["W_z"][0, 1] and part["v"][1, 0] == oi["v"][1, 0]
+    assert np.isnan(part["W_z"][0, 0]) and np.isnan(part["v"][0, 0]) and np.isnan(part["W_du"]).all()
+    with pytest.raises(InputError, match=r"entries\['v'\]: index \(2, 0\) outside shape \(2, 1\)"):
+        oracle_gradients(g, params, inputs, target, entries={"v": [(2, 0)]})
+    if importlib.util.find_spec("torch"):
+        tl, tg = torch_gradients(g, params, inputs, target)
+        assert (tl, list(tg)) == (graph_torch_gradients(g, params, inputs, target)[0], list(og) + ["v"])
+        assert all(close(tg[key], grads[key], 1e-10) for key in grads)
 
 
 def test_oracle_refuses_large_graphs(spec_kernels):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from symbp.codegen.graph_emit import generate_graph
 from symbp.model.graph import graph
-from symbp.cli.graph import sample
+from symbp.verify import sample
 from symbp.derivation.graph import derive_graph
 from symbp.verify.graph import graph_gradcheck, graph_oracle_gradients, graph_torch_gradients
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import symbp
-from symbp.verify.chain import gradcheck, oracle_gradients, torch_gradients
+from symbp.verify import gradcheck, oracle_gradients, torch_gradients
 
 from conftest import random_batch
 

@@ -31,8 +31,8 @@ import sympy as sp
 
 import symbp
 from symbp import InputError, SymbpError
-from symbp.verify.chain import (DEFAULT_TOL, GradcheckReport, gradcheck, oracle_gradients,
-                          oracle_loss_expression, torch_gradients)
+from symbp.verify import (DEFAULT_TOL, GradcheckReport, gradcheck, oracle_gradients, oracle_loss_expression,
+                          torch_gradients)
 
 from conftest import random_batch
 
@@ -407,9 +407,10 @@ def test_oracle_refuses_bad_arrays():
 
 
 def test_oracle_and_torch_do_not_read_the_derivation(monkeypatch):
-    source = (ROOT / "symbp" / "verify.py").read_text()
-    imported = {(n.module or "") for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
-    imported |= {a.name for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Import, ast.ImportFrom))
+    trees = [ast.parse(path.read_text()) for path in sorted((ROOT / "symbp" / "verify").glob("*.py"))]
+    assert len(trees) >= 3
+    imported = {(n.module or "") for t in trees for n in ast.walk(t) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for t in trees for n in ast.walk(t) if isinstance(n, (ast.Import, ast.ImportFrom))
                  for a in n.names}
     assert not any("derive" in m or m in ("derivation", "simplify") for m in imported), imported
     derive_mod = importlib.import_module("symbp.derivation.chain")
@@ -520,3 +521,23 @@ def test_udl_toy_outside_0_1_is_not_finite(gen_dir, jit):
     assert np.all(k.input_grad(p, -X, Y) == 0)
     if importlib.util.find_spec("torch") is not None:
         assert not np.isfinite(torch_gradients(net, p, -X, Y)[0])
+
+
+def test_sample_is_one_batch_for_a_network_its_graph_and_their_kernels(gen_dir):
+    # the one random batch of `symbp check`, `symbp bench` and the tests: the same numbers for an
+    # MLP and its chain graph (inputs in order, then the target), and for a kernel of either
+    from symbp.verify import sample
+    for name in ("xor_bce", "tanh_softmax_ce", "relu_mse"):
+        net = NETS[name]()
+        X, Y = sample(net, 5, seed=7)
+        inputs, target = sample(symbp.from_network(net), 5, seed=7)
+        assert list(inputs) == ["x"] and np.array_equal(inputs["x"], X) and np.array_equal(target, Y)
+        assert X.shape == (5, net.inputs) and Y.shape == (5, net.sizes[-1]) and X.dtype == np.float64
+        if net.loss.name in ("bce", "ce"):      # targets the loss accepts: 0/1, one-hot rows for ce
+            assert set(np.unique(Y)) <= {0.0, 1.0} and (net.loss.name == "bce" or np.all(Y.sum(axis=1) == 1))
+    k = kernel("xor_bce", "float32", gen_dir / "py", jit=False)
+    X32, Y32 = sample(k, 3, seed=1, dtype=k.dtype)
+    X64, _ = sample(NETS["xor_bce"](), 3, seed=1)
+    assert X32.dtype == np.float32 and np.array_equal(X32, X64.astype(np.float32))
+    with pytest.raises(InputError, match="sample: batch: expected an integer >= 1, got 0"):
+        sample(k, 0)

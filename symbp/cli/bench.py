@@ -216,22 +216,16 @@ def _build_dir(path):
 
 
 def _make_data(net, batch, dtype, seed):
-    """Glorot-uniform weights, small biases, X in [-1, 1], targets the loss accepts."""
+    """Glorot-uniform weights and small biases (from ``seed``), and the batch of
+    ``symbp.verify.sample`` (from ``seed + 1``): X ~ N(0, 1), targets the loss accepts."""
+    from ..verify import sample
     rng = np.random.default_rng(seed)
     params = {}
     for l, (n_in, n_out) in enumerate(zip(net.sizes, net.sizes[1:]), start=1):
         lim = np.sqrt(6.0 / (n_in + n_out))
         params[f"W{l}"] = rng.uniform(-lim, lim, size=(n_out, n_in)).astype(dtype)
         params[f"b{l}"] = rng.uniform(-0.1, 0.1, size=(n_out,)).astype(dtype)
-    X = rng.uniform(-1.0, 1.0, size=(batch, net.sizes[0])).astype(dtype)
-    n_out = net.sizes[-1]
-    if net.loss.name == "ce":
-        Y = np.zeros((batch, n_out), dtype=dtype)
-        Y[np.arange(batch), rng.integers(0, n_out, size=batch)] = 1
-    elif net.loss.name == "bce":
-        Y = rng.integers(0, 2, size=(batch, n_out)).astype(dtype)
-    else:
-        Y = rng.uniform(-1.0, 1.0, size=(batch, n_out)).astype(dtype)
+    X, Y = sample(net, batch, seed + 1, dtype)
     return params, X, Y
 
 
@@ -297,7 +291,7 @@ def check(impls, params, X, Y, net, baselines):
         ref_name = "numpy float64"
         ref_loss, ref = baselines.NumpyMLP(net, "float64").loss_and_grad(p64, X64, Y64)
     else:
-        from ..verify.chain import torch_gradients
+        from ..verify import torch_gradients
         try:
             ref_loss, ref = torch_gradients(net, p64, X64, Y64)
         except ImportError:

@@ -1,12 +1,14 @@
 """Command line: symbp demo | derive | generate | check (and the commands of COMMAND_MODULES).
 
-Contract: ``main(argv) -> int``. A user's mistake (a SymbpError: bad spec, bad argument, bad
-input; an option argparse refuses: unknown, missing, a value outside its choices or range)
-prints one line ``symbp: error: ...`` on stderr and returns 2, with no traceback and nothing
-written; ``check`` returns 1 when a gradient error is above tolerance; ``--help`` and
+Contract: ``main(argv) -> int``. ``derive``, ``generate`` and ``check`` take an MLP spec
+([network]/[[layer]]) or a graph spec ([graph]/[[node]]), the kind detected from the file;
+``symbp graph derive|generate|check`` is the same commands under their old name. A user's
+mistake (a SymbpError: bad spec, bad argument, bad input, an option the spec's kind has not:
+``GRAPH_LACKS``; an option argparse refuses: unknown, missing, a value outside its choices or
+range) prints one line ``symbp: error: ...`` on stderr and returns 2, with no traceback and
+nothing written; ``check`` returns 1 when a gradient error is above tolerance; ``--help`` and
 ``--version`` return 0. A reader that closes the pipe early (``symbp derive SPEC | head -1``)
-ends the command quietly with status 141, as a process killed by SIGPIPE would. An MLP command
-given a graph spec names the ``symbp graph`` command to use (and ``symbp graph`` the reverse).
+ends the command quietly with status 141, as a process killed by SIGPIPE would.
 """
 import argparse
 import math
@@ -67,78 +69,105 @@ EPOCHS = number(int, 1, 10_000_000)
 POSITIVE = number(float, positive=True)
 
 
-def _spec(args):
-    """The MLP spec of ``args.spec``; a graph spec names the `symbp graph` command to use."""
-    from ..model.spec import SpecKindError, load
-    try:
-        return load(args.spec)
-    except SpecKindError as e:
-        raise SymbpError(f"{e.where}: this is a graph spec ([graph] and [[node]] tables): use "
-                         f"`symbp graph {args.command} {args.spec}`") from None
+def _model(args):
+    """The Network or Graph of ``args.spec``: the file is read and its TOML parsed once to
+    detect the kind: [graph]/[[node]] tables make a graph spec, [network]/[[layer]] an MLP spec.
+    A file with tables of both kinds goes to the reader of the kind with more of them (whose
+    message names the stray table), one with neither or as many of each to the reader of the
+    command's kind: the MLP reader's under ``symbp derive|generate|check``, the graph reader's
+    under the ``symbp graph`` alias."""
+    from ..model.graph import loads_graph
+    from ..model.spec import loads, read_text, read_toml
+    text, where = read_text(args.spec)
+    doc = read_toml(text, where)
+    tables = [sum(key in doc for key in keys) for keys in (("graph", "node"), ("network", "layer"))]
+    graph = tables[0] > tables[1] or (tables[0] == tables[1] and args.graph_alias)
+    model = (loads_graph if graph else loads)(text, where)
+    if graph:       # options an MLP spec has and a graph spec has not yet, before anything is derived
+        for option, given, instead in GRAPH_LACKS:
+            if given(args):
+                raise SymbpError(f"{option}: {args.spec} is a graph spec, which {instead} or use an MLP spec")
+    return model
+
+
+# (option, given(args), what a graph spec lacks and what to do instead) for _model's one-line error
+GRAPH_LACKS = (
+    ("--target cuda", lambda a: getattr(a, "target", None) == "cuda",
+     "has only the cpu target yet; drop --target"),
+    ("--stages", lambda a: getattr(a, "stages", False),
+     "has no simplification stages in its handout yet; drop --stages (--dump prints every stage)"),
+)
 
 
 def _out_dir(args):
     return Path(args.out) if args.out else None
 
 
-def cmd_derive(args):
-    from ..derivation.chain import derive
+def _equation_line(d, e, graph):
+    """One derived equation as text; a graph's carry their kind (and sums their terms)."""
     from ..codegen.emit import text
-    d = derive(_spec(args))
+    if e.kind == "loss":
+        return f"L = {e.rhs}"
+    if not graph:
+        return text(e.lhs, e.rhs)
+    if e.kind in ("branch_sum", "shared_sum"):
+        return f"{e.name} = {' + '.join(e.terms)}   [{e.kind}]"
+    if e.kind == "forward_concat":
+        return f"{e.name} = [{', '.join(d.graph.node(e.node).inputs)}]   [concat]"
+    return f"{text(e.lhs, e.rhs)}   [{e.kind}]"
+
+
+def cmd_derive(args):
+    from .. import derive
+    from ..verify import is_graph
     if args.pdf and not args.latex:
         raise SymbpError("--pdf: give the .tex file to write with --latex FILE")
+    model = _model(args)
+    graph = is_graph(model)
+    d = derive(model)
     if args.latex:
-        from ..render.latex import write_document
-        for path in write_document(d, args.latex, args.notation, pdf=args.pdf, stages=args.stages):
+        if graph:
+            from ..render.graph_latex import write_document
+            paths = write_document(d, args.latex, args.notation, pdf=args.pdf)
+        else:
+            from ..render.latex import write_document
+            paths = write_document(d, args.latex, args.notation, pdf=args.pdf, stages=args.stages)
+        for path in paths:
             print(f"wrote {path}")
     if args.dump:
         sys.stdout.write(d.dump())
     elif not args.latex:
-        print(f"# {d.network}")
+        print(f"# {model}")
         for e in d.equations:
-            print(text(e.lhs, e.rhs) if e.kind != "loss" else f"L = {e.rhs}")
+            print(_equation_line(d, e, graph))
     return 0
 
 
+def _kernel(args):
+    from .. import derive, generate
+    return generate(derive(_model(args)), target=args.target, dtype=args.dtype, out_dir=_out_dir(args),
+                    jit=not args.no_jit)
+
+
 def cmd_generate(args):
-    from ..derivation.chain import derive
-    from .. import generate
-    d = derive(_spec(args))
-    k = generate(d, target=args.target, dtype=args.dtype, out_dir=_out_dir(args), jit=not args.no_jit)
+    k = _kernel(args)
     if not args.no_jit:
         k.compile()
     print(k.path)
     return 0
 
 
-def _sample(net, batch, seed, dtype):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(batch, net.sizes[0])).astype(dtype)
-    n = net.sizes[-1]
-    if net.loss.name == "ce":
-        Y = np.eye(n, dtype=dtype)[rng.integers(0, n, size=batch)]
-    elif net.loss.name == "bce":
-        Y = rng.integers(0, 2, size=(batch, n)).astype(dtype)
-    else:
-        Y = rng.normal(size=(batch, n)).astype(dtype)
-    return X, Y
-
-
 def cmd_check(args):
-    from ..derivation.chain import derive
-    from .. import generate
-    from ..verify.chain import check_tol, gradcheck
+    from ..verify import check_tol, gradcheck, model_of, sample
     tol = None if args.tol is None else check_tol(args.tol, "--tol")    # before anything is written
-    net = _spec(args)
-    d = derive(net)
-    k = generate(d, target="cpu", dtype=args.dtype, out_dir=_out_dir(args), jit=not args.no_jit)
+    k = _kernel(args)
     params = k.init_params(seed=args.seed)
     rng = np.random.default_rng(args.seed + 1)
     for key in params:   # nonzero biases too, so every term of the gradient is exercised
         params[key] += rng.normal(0, 0.1, size=params[key].shape).astype(k.dtype)
-    X, Y = _sample(net, args.batch, args.seed, k.dtype)
+    X, Y = sample(k, args.batch, args.seed, k.dtype)
     report = gradcheck(k, params, X, Y, tol=tol)
-    print(f"# {net}  ({k.path})")
+    print(f"# {model_of(k)}  ({k.path})")
     print(report)
     return 0 if report.ok else 1
 
@@ -147,7 +176,7 @@ def cmd_demo(args):
     from .. import derive, generate, mlp
     from ..codegen.emit import text
     from ..training.loop import train
-    from ..verify.chain import gradcheck, oracle_gradients
+    from ..verify import gradcheck, oracle_gradients
     from ..render.sources import cite
 
     out = print
@@ -195,17 +224,49 @@ def cmd_demo(args):
     return 0 if right == 4 else 1
 
 
-COMMAND_MODULES = ("symbp.model.circuit", "symbp.cli.graph", "symbp.render.worked", "symbp.render.exam",
+COMMAND_MODULES = ("symbp.model.circuit", "symbp.render.worked", "symbp.render.exam",
                    "symbp.cli.bench", "symbp.derivation.wx_norm")
 
 
 OUT_HELP = "directory for generated kernels (default $SYMBP_GENERATED, else ./generated)"
 
 
-def build_parser():
-    from .. import __version__
+def add_spec_commands(sub, graph_alias=False):
+    """derive, generate and check, which take an MLP spec or a graph spec alike (``_model``)."""
     from ..codegen import DTYPES, TARGETS
     from ..render.notation import NOTATIONS
+    kinds = "an MLP or graph spec's"
+    p = sub.add_parser("derive", help=f"derive {kinds} backpropagation and print it")
+    p.add_argument("spec")
+    p.add_argument("--dump", action="store_true", help="show every simplification stage")
+    p.add_argument("--latex", metavar="FILE", help="write a LaTeX document")
+    p.add_argument("--notation", default="cs231n", choices=tuple(NOTATIONS),
+                   help="the course notation of the LaTeX (default cs231n)")
+    p.add_argument("--pdf", action="store_true", help="also compile the document with pdflatex")
+    p.add_argument("--stages", action="store_true",
+                   help="show SymPy's simplification stages, labelled with their passes, in the document (MLP specs)")
+    p.set_defaults(fn=cmd_derive, graph_alias=graph_alias)
+    for name, fn, help_ in (("generate", cmd_generate, f"emit and compile {kinds} kernel"),
+                            ("check", cmd_check, f"verify {kinds} kernel gradients by finite differences")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("spec")
+        if name == "generate":
+            p.add_argument("--target", default="cpu", choices=TARGETS, help="device (default cpu; cuda: MLP specs)")
+        else:
+            p.add_argument("--target", default="cpu", choices=("cpu",), help="device (cpu)")
+        p.add_argument("--dtype", default="float64", choices=DTYPES, help="default float64")
+        if name == "check":
+            p.add_argument("--batch", type=BATCH, default=4, help="samples of the random batch (default 4)")
+            p.add_argument("--seed", type=SEED, default=0, help="seed of parameters and batch (default 0)")
+            p.add_argument("--tol", type=float, default=None,
+                           help="largest relative error accepted, in (0, 1) (default: by dtype)")
+        p.add_argument("--out", help=OUT_HELP)
+        p.add_argument("--no-jit", action="store_true", help="load as plain Python, do not compile")
+        p.set_defaults(fn=fn, graph_alias=graph_alias)
+
+
+def build_parser():
+    from .. import __version__
     ap = ArgumentParser(prog="symbp", description="Derive backpropagation with SymPy, "
                         "render it and generate verified Numba kernels.")
     ap.add_argument("--version", action="version", version=f"symbp {__version__}")
@@ -218,35 +279,9 @@ def build_parser():
     p.add_argument("--seed", type=SEED, default=0, help="seed of the initial parameters (default 0)")
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("derive", help="derive a spec's backpropagation and print it")
-    p.add_argument("spec")
-    p.add_argument("--dump", action="store_true", help="show every simplification stage")
-    p.add_argument("--latex", metavar="FILE", help="write a LaTeX document")
-    p.add_argument("--notation", default="cs231n", choices=tuple(NOTATIONS),
-                   help="the course notation of the LaTeX (default cs231n)")
-    p.add_argument("--pdf", action="store_true", help="also compile the document with pdflatex")
-    p.add_argument("--stages", action="store_true",
-                   help="show SymPy's simplification stages, labelled with their passes, in the document")
-    p.set_defaults(fn=cmd_derive)
-
-    p = sub.add_parser("generate", help="emit and compile the kernel of a spec")
-    p.add_argument("spec")
-    p.add_argument("--target", default="cpu", choices=TARGETS, help="device (default cpu)")
-    p.add_argument("--dtype", default="float64", choices=DTYPES, help="default float64")
-    p.add_argument("--out", help=OUT_HELP)
-    p.add_argument("--no-jit", action="store_true", help="load as plain Python, do not compile")
-    p.set_defaults(fn=cmd_generate)
-
-    p = sub.add_parser("check", help="verify a spec's kernel gradients by finite differences")
-    p.add_argument("spec")
-    p.add_argument("--dtype", default="float64", choices=DTYPES, help="default float64")
-    p.add_argument("--batch", type=BATCH, default=4, help="samples of the random batch (default 4)")
-    p.add_argument("--seed", type=SEED, default=0, help="seed of parameters and batch (default 0)")
-    p.add_argument("--tol", type=float, default=None,
-                   help="largest relative error accepted, in (0, 1) (default: by dtype)")
-    p.add_argument("--out", help=OUT_HELP)
-    p.add_argument("--no-jit", action="store_true", help="load as plain Python, do not compile")
-    p.set_defaults(fn=cmd_check)
+    add_spec_commands(sub)
+    p = sub.add_parser("graph", help="derive, generate, check: the same commands (their old name for graph specs)")
+    add_spec_commands(p.add_subparsers(dest="graph_command", required=True, metavar="COMMAND"), graph_alias=True)
 
     # Commands owned by feature modules: each defines add_command(subparsers), which adds its
     # parser and sets fn(args) -> exit code.

@@ -1,0 +1,89 @@
+"""Verification of derivations and kernels, three independent ways, for either kind of model.
+
+Contract (a model is a ``Network`` (MLP) or a ``Graph``; a kernel is of either kind; for an MLP
+X is (B, n0) and Y (B, nL), for a graph X is the inputs {name: (B, width)}, or one array for a
+graph with one input, and Y the target):
+
+- ``gradcheck(kernel, params, X, Y)``: the kernel's gradients against central finite
+  differences of its loss in float64; a ``GradcheckReport`` (``symbp.verify.fd``).
+- ``oracle_gradients(model, params, X, Y)``: the certificate that does not trust
+  ``symbp.derive``: the fully expanded loss differentiated by ``sympy.diff`` (the MLP body in
+  ``symbp.verify.chain``, exact Rationals and the network's relu_at_zero; the graph body in
+  ``symbp.verify.graph``). Small sizes only.
+- ``torch_gradients(model, params, X, Y)``: PyTorch autograd in float64
+  (``symbp.verify.torch_ref``); ImportError without torch.
+- ``sample(model_or_kernel, batch, seed, dtype)``: the one kind of random batch symbp draws (the
+  ``check`` command, ``symbp bench``, the tests): inputs ~ N(0, 1) and a target the loss accepts
+  (one-hot rows for ce, 0/1 for bce, N(0, 1) otherwise), from ``numpy.random.default_rng(seed)``
+  in a fixed order (the inputs in the model's order, then the target): one seed, one batch.
+- ``model_of(obj)``: the Network or Graph of a model or a kernel; ``is_graph(obj)``: its kind.
+
+The oracle and the torch reference return ``(loss, grads)``, ``grads`` keyed by parameter and,
+for the inputs checked (an MLP's "X" with ``input_grad``, a graph's inputs marked grad), by
+input name: parameters and graph nodes share one namespace.
+"""
+import numpy as np
+
+from ..errors import InputError
+from .chain import ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, oracle_loss_expression
+from .fd import DEFAULT_TOL, GradcheckReport, GradcheckRow, check_tol, gradcheck
+from .torch_ref import torch_gradients
+
+
+def oracle_gradients(model, params, X, Y, exact=False, input_grad=False, entries=None):
+    """Loss and gradients by differentiating the fully expanded loss with ``sympy.diff``.
+
+    ``exact``: SymPy numbers (Rationals where the model is rational) in object arrays instead of
+    floats. ``input_grad``: an MLP's dL/dX as ``grads["X"]`` (a graph's inputs marked grad are
+    always included). ``entries`` ({key: [index tuple, ...]}) restricts the work to those
+    entries; the others are NaN (None with ``exact``).
+    """
+    if is_graph(model):
+        from .graph import graph_oracle_gradients
+        loss, grads, igrads = graph_oracle_gradients(model, params, X, Y, exact=exact, entries=entries)
+        return loss, {**grads, **igrads}
+    from .chain import oracle_gradients as mlp_oracle_gradients
+    return mlp_oracle_gradients(model, params, X, Y, exact=exact, input_grad=input_grad, entries=entries)
+
+
+def model_of(obj):
+    """The Network or Graph of ``obj`` (itself when it is one; a kernel's otherwise)."""
+    from ..model.graph import Graph
+    from ..model.network import Network
+    if isinstance(obj, (Graph, Network)):
+        return obj
+    graph = getattr(obj, "graph", None)     # a graph kernel (its .network is the graph too)
+    return graph if graph is not None else obj.network
+
+
+def is_graph(obj):
+    """True for a Graph or a graph kernel, False for a Network or an MLP kernel."""
+    from ..model.graph import Graph
+    return isinstance(model_of(obj), Graph)
+
+
+def sample(obj, batch, seed=0, dtype="float64"):
+    """A random batch for a model or a kernel of either kind: ``(X, Y)`` for an MLP (X (batch,
+    n0), Y (batch, nL)), ``(inputs, target)`` for a graph (inputs {name: (batch, width)})."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise InputError(f"sample: batch: expected an integer >= 1, got {batch!r}")
+    model = model_of(obj)
+    rng = np.random.default_rng(seed)
+    if is_graph(model):
+        inputs = {n.name: rng.normal(size=(batch, n.width)).astype(dtype) for n in model.inputs}
+        width, loss = model.node(model.target).width, model.loss_node.loss.name
+    else:
+        inputs = rng.normal(size=(batch, model.inputs)).astype(dtype)
+        width, loss = model.sizes[-1], model.loss.name
+    if loss == "ce":
+        target = np.eye(width, dtype=dtype)[rng.integers(0, width, size=batch)]
+    elif loss == "bce":
+        target = rng.integers(0, 2, size=(batch, width)).astype(dtype)
+    else:
+        target = rng.normal(size=(batch, width)).astype(dtype)
+    return inputs, target
+
+
+__all__ = ["DEFAULT_TOL", "GradcheckReport", "GradcheckRow", "ORACLE_MAX_BATCH", "ORACLE_MAX_PARAMS",
+           "check_tol", "gradcheck", "is_graph", "model_of", "oracle_gradients", "oracle_loss_expression",
+           "sample", "torch_gradients"]
