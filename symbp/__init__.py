@@ -8,7 +8,7 @@
     loss, grads = k.loss_and_grad(params, X, Y)
     symbp.gradcheck(k, params, X, Y)
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .derivation.equations import Derivation
 from .derivation.chain import derive as _derive_mlp
@@ -22,7 +22,7 @@ from .model.graph import Graph, from_network, graph, load_graph, loads_graph  # 
 from .derivation.graph import GraphDerivation, derive_graph  # noqa: E402
 from .render.exam import make_exam  # noqa: E402
 from .render.worked import worked_example  # noqa: E402
-from .training.optim import SGD, Adam, AdamW  # noqa: E402
+from .model.optim import SGD, Adam, AdamW  # noqa: E402
 from .training.loop import train  # noqa: E402  (the function; the module stays importable)
 
 

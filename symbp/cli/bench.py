@@ -871,7 +871,7 @@ def run(args):
     data["targets"] = targets(results, extra, args.threads)
     report(print, data, labels)
     if args.json:
-        from ..codegen.load import write
+        from ..output import write
         data["targets"] = [{"target": w, "met": m, "measured": h} for w, m, h in data["targets"]]
         write(Path(args.json), json.dumps(data, indent=2) + "\n")
         log(f"wrote {args.json}")

@@ -16,13 +16,14 @@ Python) and returns a ``GraphKernel``.
 """
 import sympy as sp
 
-from .. import __version__, naming
+from .. import naming
+from .._version import __version__
 from ..derivation import simplify
 from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import SymbpError
 from .emit import BF, _Block, text
 from .printer import NumbaPrinter, _sigmoid, helper_source, helpers_used, stable_forms
-from .templates import environment
+from ..output import environment
 
 TARGETS = ("cpu",)
 DTYPES = ("float64", "float32")
@@ -91,7 +92,7 @@ def sigmoid_forms(expr):
 
 
 def kernel_path(graph, target, dtype, out_dir=None):
-    from . import default_out_dir
+    from .load import default_out_dir
     from pathlib import Path
     base = Path(out_dir) if out_dir is not None else default_out_dir()
     return base / graph.name / f"graph_{target}_{dtype}.py"

@@ -113,7 +113,7 @@ class WxNorm:
 
     def document(self, decimals=3):
         from ..model.circuit import circuit
-        from ..codegen.templates import environment
+        from ..output import environment
 
         def bmatrix(M, d):
             rows = [" & ".join(_num(v, d) for v in M.row(i)) for i in range(M.rows)]
@@ -217,7 +217,7 @@ def cmd_wx_norm(args):
     if args.latex:
         from pathlib import Path
 
-        from ..codegen.load import write
+        from ..output import write
         from ..render.pdf import compile_pdf
         tex = r.document(decimals)
         try:

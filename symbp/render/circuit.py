@@ -33,8 +33,8 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from ..model.circuit import CircuitError, check_decimals
-from ..codegen.load import write as write_text
-from ..codegen.templates import environment
+from ..output import write as write_text
+from ..output import environment
 
 # Picture geometry (cm): column spacing, row spacing, length of the output wire.
 DX, DY, OUT = 2.4, 1.6, 2.0

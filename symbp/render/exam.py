@@ -608,18 +608,18 @@ class Exam:
                 "worked": v.worked.latex(document=False), "circuit": v.circuit}
 
     def questions_tex(self):
-        from ..codegen.templates import environment
+        from ..output import environment
         return environment().get_template("latex/exam_questions.tex.j2").render(**self._context())
 
     def solutions_tex(self):
-        from ..codegen.templates import environment
+        from ..output import environment
         return environment().get_template("latex/exam_solutions.tex.j2").render(**self._context())
 
     def write(self, out_dir, pdf=None):
         """Write questions.tex and solutions.tex (and PDFs: pdf=None where pdflatex exists,
         True requires it, False skips). Everything is rendered and compiled first, then
         written; returns the paths written."""
-        from ..codegen.load import write
+        from ..output import write
         texts = {"questions": self.questions_tex(), "solutions": self.solutions_tex()}
         want_pdf = (shutil.which("pdflatex") is not None) if pdf is None else bool(pdf)
         pdfs = {name: pdflatex(text, name) for name, text in texts.items()} if want_pdf else {}

@@ -804,7 +804,7 @@ class Renderer:
 
 
 def render(derivation, notation="cs231n", document=False):
-    from ..codegen.templates import environment
+    from ..output import environment
     nt = get_notation(notation)
     r = Renderer(derivation, nt)
     env = environment()
@@ -830,7 +830,7 @@ def render(derivation, notation="cs231n", document=False):
 def write_document(derivation, path, notation="cs231n", pdf=False):
     """Write the handout to ``path`` (and the PDF beside it with ``pdf=True``), each atomically,
     after everything was rendered and compiled. Returns the paths written."""
-    from ..codegen.load import write
+    from ..output import write
     path = Path(path)
     tex = render(derivation, notation=notation, document=True)
     data = compile_pdf(tex, path.stem)[0] if pdf else None     # before any file is written

@@ -48,7 +48,7 @@ from sympy.printing.latex import LatexPrinter
 
 from .. import naming
 from ..derivation import simplify as simp
-from ..codegen.templates import environment
+from ..output import environment
 from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import SymbpError
 from . import notation as _notation
@@ -1278,7 +1278,7 @@ def _first_error(log):
 def write_document(derivation, path, notation="cs231n", pdf=False, stages=False):
     """Write the LaTeX document to ``path`` (atomically); with ``pdf=True`` compile it first
     and write the PDF beside it (same stem). Returns the list of paths written."""
-    from ..codegen.load import write
+    from ..output import write
     path = Path(path)
     tex = render(derivation, notation=notation, document=True, stages=stages)
     if not pdf:

@@ -804,11 +804,11 @@ class WorkedExample:
         }
 
     def latex(self, document=False):
-        from ..codegen.templates import environment
+        from ..output import environment
         return environment().get_template("latex/worked.tex.j2").render(document=document, **self._context())
 
     def markdown(self):
-        from ..codegen.templates import environment
+        from ..output import environment
         return environment().get_template("markdown/worked.md.j2").render(**self._context())
 
     def _repr_markdown_(self):
@@ -1209,7 +1209,7 @@ def _no_constant(name):
 def cmd_worked(args):
     from ..derivation.chain import derive
     from ..model.spec import load
-    from ..codegen.load import write
+    from ..output import write
     check_decimals(args.decimals)
     _notation(args.notation)
     net = load(args.spec)
