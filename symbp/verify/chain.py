@@ -118,7 +118,7 @@ def _float64_twin(kernel):
     """The kernel itself if float64, else a float64 kernel generated from the same derivation."""
     if np.dtype(kernel.dtype) == np.float64:
         return kernel
-    from .. import generate   # the package's entry point; imported late (symbp imports verify lazily)
+    from ..codegen import generate
     return generate(kernel.derivation, target=kernel.target, dtype="float64",
                     out_dir=kernel.path.parent.parent, jit=kernel.jit)
 
