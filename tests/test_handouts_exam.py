@@ -30,7 +30,7 @@ import sympy as sp
 
 import symbp
 from symbp import naming
-from symbp.model.circuit import circuit
+from symbp.derivation.circuit import circuit
 from symbp.render import exam as E
 from symbp.render import worked as Wk
 from symbp.render.circuit import layout_problems, typed_latex
