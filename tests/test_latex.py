@@ -17,7 +17,7 @@ import symbp
 from symbp import naming
 from symbp.errors import SpecError, SymbpError
 from symbp.model.functions import ACTIVATIONS, LOSSES
-from symbp.render import latex
+from symbp.render import latex, pdf
 from symbp.render.latex import NOTATIONS, Context, render, write_document
 from symbp.render.notation import get, latex_base
 
@@ -415,7 +415,7 @@ def test_write_document_pdf(tmp_path):
 
 
 def test_pdf_without_pdflatex_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(latex.shutil, "which", lambda name: None)
+    monkeypatch.setattr(pdf.shutil, "which", lambda name: None)
     d = derivation((2, 3, 1), ("sigmoid", "sigmoid"), "bce")
     with pytest.raises(SymbpError, match="pdflatex not found"):
         write_document(d, tmp_path / "xor.tex", pdf=True)

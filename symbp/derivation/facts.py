@@ -13,6 +13,13 @@ Contract (every function is cached on its arguments, which are the Derivation's 
   the output layer's dL/dz (``delta``) is exactly c (a - y) (c the batch factor) although dL/da
   (``ga``) is not free of a in its denominator (so the activation's derivative cancelled
   against the loss's), and whether the one-hot pass took part (``onehot``).
+- ``one_fraction(expr)``: ``expr`` as one factored fraction (``sympy.cancel`` then ``factor``)
+  when that is exact (checked: the difference cancels to 0) and at most two operations longer,
+  else ``expr`` unchanged (also for sums over indices and Piecewise). The LaTeX handout prints
+  the output layer's dL/da and dL/dz so, which reads (a - y) / (a (1 - a)) for every loss.
+- ``diagonal(jacobian)``: d where a local Jacobian entry J[s, i, j] is exactly d KroneckerDelta(i,
+  j) (an elementwise node), else None. ``is_prediction_error(rhs, batch_factor, a, y)``: whether
+  ``rhs`` is exactly c (a - y). The graph handout says so in words.
 """
 from dataclasses import dataclass
 from functools import lru_cache
@@ -91,3 +98,33 @@ def output_cancellation(delta, ga, batch_factor, has_rule):
         return None
     changed = [n for (n, e), (_, prev) in zip(delta.stages[1:], delta.stages) if e != prev]
     return Cancellation(onehot="onehot" in changed)
+
+
+@lru_cache(maxsize=256)
+def one_fraction(expr):
+    """``expr`` as one factored fraction where exact and not longer (see the module's contract)."""
+    if expr.has(sp.Sum, sp.Piecewise):
+        return expr
+    try:
+        f = sp.factor(sp.cancel(expr))
+    except (sp.PolynomialError, TypeError, ValueError):
+        return expr
+    if sp.cancel(f - expr) != 0 or sp.count_ops(f) > sp.count_ops(expr) + 2:
+        return expr
+    return f
+
+
+@lru_cache(maxsize=256)
+def diagonal(jacobian):
+    """d when ``jacobian`` is d KroneckerDelta(i, j), else None (see the module's contract)."""
+    delta = sp.KroneckerDelta(naming.I, naming.J)
+    d = jacobian.coeff(delta)
+    if d == 0 or sp.expand(jacobian - d * delta) != 0:
+        return None
+    return d
+
+
+@lru_cache(maxsize=256)
+def is_prediction_error(rhs, batch_factor, a, y):
+    """True when ``rhs`` is exactly batch_factor (a - y) (see the module's contract)."""
+    return sp.expand(rhs - batch_factor * (a - y)) == 0
