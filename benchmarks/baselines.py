@@ -36,7 +36,7 @@ from scipy.special import expit
 
 # The autograd peers (and what every baseline shares) are in the package, which writes forward
 # passes only; the hand-written derivatives stay here, outside it.
-from symbp.verify.peers import ELEMENTWISE, OPTIONAL, JaxMLP, TorchMLP, Unavailable, _fused, _layers  # noqa: E402,F401
+from symbp.verify.peers import OPTIONAL, JaxMLP, TorchMLP, Unavailable, _fused, _layers  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------- NumPy

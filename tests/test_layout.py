@@ -10,8 +10,6 @@ folder a module may import another of the same folder, as long as that makes no 
 import ast
 from pathlib import Path
 
-import pytest
-
 PKG = Path(__file__).resolve().parent.parent / "symbp"
 
 NEUTRAL = {"symbp.naming", "symbp.errors", "symbp.output", "symbp._version"}
