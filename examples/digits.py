@@ -7,7 +7,7 @@
 
 The network is examples/specs/digits_mlp.toml (64-32-10, tanh then softmax, cross-entropy,
 mean over the batch). SymPy derives its backpropagation, symbp generates the Numba kernel, and
-mini-batch SGD runs on that kernel (``symbp.training.loop.train``). The 1797 images are split 75 / 25
+mini-batch SGD runs on that kernel (``symbp.train``). The 1797 images are split 75 / 25
 into a training and a held-out test set, stratified by digit, with a fixed seed; each pixel is
 standardized with the training set's mean and standard deviation. One line per epoch shows the
 training loss and the train and test accuracy. The plot of the per-epoch loss is written when
@@ -24,7 +24,6 @@ import numpy as np
 
 from _common import HERE
 import symbp
-from symbp.training.loop import one_hot, train
 
 TARGET = 0.95
 
@@ -96,13 +95,13 @@ def main(argv=None):
     print(f"{net}\n  derived, emitted to {k.path} and compiled in {time.perf_counter() - t:.1f} s")
 
     params = k.init_params(seed=args.seed)
-    Y_train = one_hot(y_train, net.sizes[-1], dtype=k.dtype)
+    Y_train = symbp.one_hot(y_train, net.sizes[-1], dtype=k.dtype)
     X_train, X_test = X_train.astype(k.dtype), X_test.astype(k.dtype)
     losses, test_acc = [], []
     t = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         # One epoch per call, each with its own shuffle.
-        losses += train(k, params, X_train, Y_train, lr=args.lr, epochs=1, batch_size=args.batch,
+        losses += symbp.train(k, params, X_train, Y_train, lr=args.lr, epochs=1, batch_size=args.batch,
                         seed=args.seed * 100003 + epoch)
         test_acc.append(accuracy(k, params, X_test, y_test))
         print(f"epoch {epoch:3d}  loss {losses[-1]:.4f}  train accuracy "

@@ -11,10 +11,10 @@ solutions.tex and, where pdflatex exists, their PDFs)
 import sys
 from pathlib import Path
 
-from symbp.render.exam import make_exam
+import symbp
 
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out") / "exam_221"
-exam = make_exam((2, 2, 1), activation="sigmoid", loss="mse", variants=10, seed=7,
+exam = symbp.make_exam((2, 2, 1), activation="sigmoid", loss="mse", variants=10, seed=7,
                  multiple_choice=True, circuit=True)
 for path in exam.write(out):
     print(f"wrote {path}")

@@ -22,10 +22,7 @@ import time
 
 import numpy as np
 
-from symbp.codegen.graph_emit import generate_graph
-from symbp.model.graph import graph
-from symbp.derivation.graph import derive_graph
-from symbp.verify import gradcheck
+import symbp
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--plot", default="input_optimization.png", help="where to save the figure")
@@ -34,15 +31,15 @@ args = ap.parse_args()
 N = 4                     # images are N x N, flattened row by row
 VERTICAL, HORIZONTAL = 0, 1
 
-g = graph("bars")
+g = symbp.graph("bars")
 x = g.input("x", N * N, grad=True)
 h = g.activation("h", g.dense("z1", x, units=8, weight="W1", bias="b1"), "tanh")
 p = g.activation("p", g.dense("z2", h, units=2, weight="W2", bias="b2"), "softmax")
 g.loss("loss", p, g.input("label", 2), "ce")
 t0 = time.perf_counter()
-d = derive_graph(g.build())
+d = symbp.derive(g.build())
 build = tempfile.TemporaryDirectory(prefix="symbp_input_optimization_")   # removed at exit
-k = generate_graph(d, out_dir=build.name).compile()
+k = symbp.generate(d, out_dir=build.name).compile()
 print(f"{d.graph}\n  derived, emitted to {k.path} and compiled in {time.perf_counter() - t0:.1f} s")
 print(f"  dL/dx: {d['g_x'].lhs} = {d['g_x'].rhs}")
 
@@ -65,7 +62,7 @@ def bars(n):
 X, Y = bars(600)
 Xtest, Ytest = bars(600)
 params = k.init_params(seed=0)
-report = gradcheck(k, params, X[:6], Y[:6])
+report = symbp.gradcheck(k, params, X[:6], Y[:6])
 print(report)
 for epoch in range(1, 501):
     loss = k.sgd_step(params, X, Y, 0.5)

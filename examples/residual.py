@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from symbp.codegen.graph_emit import generate_graph
-from symbp.model.graph import load_graph
-from symbp.derivation.graph import derive_graph
-from symbp.verify import gradcheck
+import symbp
 
 HERE = Path(__file__).resolve().parent
 t0 = time.perf_counter()
-d = derive_graph(load_graph(HERE / "specs" / "graphs" / "residual.toml"))
-k = generate_graph(d, out_dir=HERE.parent / "generated").compile()
+d = symbp.derive(symbp.load_graph(HERE / "specs" / "graphs" / "residual.toml"))
+k = symbp.generate(d, out_dir=HERE.parent / "generated").compile()
 print(f"{d.graph}\n  derived, emitted to {k.path} and compiled in {time.perf_counter() - t0:.1f} s")
 for e in d.of_kind("branch_sum"):
     print(f"  {e.name} = {' + '.join(e.terms)}   ({e.doc})")
@@ -38,7 +35,7 @@ def data(n):
 X, T = data(256)
 Xtest, Ttest = data(256)
 params = k.init_params(seed=0)
-report = gradcheck(k, params, X[:8], T[:8])
+report = symbp.gradcheck(k, params, X[:8], T[:8])
 print(report)
 
 lr = 0.1

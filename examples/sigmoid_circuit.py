@@ -14,12 +14,17 @@ import shutil
 import sys
 from pathlib import Path
 
-from symbp.model.circuit import circuit
-from symbp.render.circuit import fmt
+import symbp
 
 EXPR = "1/(1+exp(-(w0*x0 + w1*x1 + w2)))"
 VALUES = dict(w0=2, x0=-1, w1=-3, x1=-2, w2=-3)
 SLIDE = {"f": "0.73", "w0": "-0.20", "x0": "0.39", "w1": "-0.39", "x1": "-0.59", "w2": "0.20"}
+
+
+def fmt(v, decimals):
+    """An exact SymPy number as the slide prints it (none of these values is a rounding tie)."""
+    return f"{float(v):.{decimals}f}"
+
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("out", nargs="?", default="out", help="output directory (default ./out)")
@@ -28,7 +33,7 @@ pdf = shutil.which("pdflatex") is not None
 
 ok = True
 for granularity in ("atomic", "fused"):
-    c = circuit(EXPR, granularity, **VALUES)
+    c = symbp.circuit(EXPR, granularity, **VALUES)
     print(c.table())
     got = {"f": fmt(c.value, 2), **{k: fmt(v, 2) for k, v in c.gradients.items()}}
     if got != SLIDE:

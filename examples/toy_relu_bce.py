@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 import symbp
-from symbp.render.worked import pdflatex
 
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out")
 out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +46,7 @@ tex = w.latex(document=True)
 (out / "toy_relu_bce.md").write_text(w.markdown())
 print(f"wrote {out / 'toy_relu_bce.tex'} and {out / 'toy_relu_bce.md'}")
 if shutil.which("pdflatex"):
-    (out / "toy_relu_bce.pdf").write_bytes(pdflatex(tex, "toy_relu_bce"))
+    (out / "toy_relu_bce.pdf").write_bytes(symbp.pdflatex(tex, "toy_relu_bce"))
     print(f"wrote {out / 'toy_relu_bce.pdf'}")
 
 v = w.values

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from symbp.codegen.graph_emit import generate_graph
-from symbp.model.graph import load_graph
-from symbp.derivation.graph import derive_graph
-from symbp.verify import gradcheck
+import symbp
 
 HERE = Path(__file__).resolve().parent
 t0 = time.perf_counter()
-d = derive_graph(load_graph(HERE / "specs" / "graphs" / "two_tower.toml"))
-k = generate_graph(d, out_dir=HERE.parent / "generated").compile()
+d = symbp.derive(symbp.load_graph(HERE / "specs" / "graphs" / "two_tower.toml"))
+k = symbp.generate(d, out_dir=HERE.parent / "generated").compile()
 print(f"{d.graph}\n  derived, emitted to {k.path} and compiled in {time.perf_counter() - t0:.1f} s")
 for name in ("g_hu", "g_hv"):
     e = d[name]
@@ -42,7 +39,7 @@ def data(n):
 train, Ytrain = data(1000)
 test, Ytest = data(1000)
 params = k.init_params(seed=0)
-report = gradcheck(k, params, {key: x[:8] for key, x in train.items()}, Ytrain[:8])
+report = symbp.gradcheck(k, params, {key: x[:8] for key, x in train.items()}, Ytrain[:8])
 print(report)
 
 lr, batch = 0.5, 50

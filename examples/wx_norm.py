@@ -6,7 +6,8 @@ SymPy derives the gradients three ways, and they are checked against each other 
 1. with matrix symbols: ``sympy.diff((W x)^T (W x), W)`` gives 2 W x x^T and ``diff(.., x)``
    gives 2 W^T W x, i.e. 2 q x^T and 2 W^T q once W x is named q;
 2. entry by entry on a 2 x 2 example (df/dW_ij = 2 q_i x_j, df/dx_i = sum_k 2 q_k W_ki);
-3. as a scalar circuit (symbp.circuit) of (W11 x1 + W12 x2)^2 + (W21 x1 + W22 x2)^2.
+3. as a scalar circuit (symbp.circuit) of (W11 x1 + W12 x2)^2 + (W21 x1 + W22 x2)^2;
+and ``symbp.wx_norm`` gives the same numbers and renders the handout.
 At the slide's numbers W = [[0.1, 0.5], [-0.3, 0.8]], x = [0.2, 0.4] (exact rationals) this gives
 q = [0.22, 0.26], f = 0.116, df/dW = [[0.088, 0.176], [0.104, 0.208]], df/dx = [-0.112, 0.636],
 which central finite differences in float64 confirm; every gradient has its variable's shape.
@@ -22,10 +23,13 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
-from symbp.model.circuit import circuit
-from symbp.codegen.load import write
-from symbp.codegen.templates import environment
-from symbp.render.circuit import compile_pdf, fmt
+import symbp
+
+
+def fmt(v, decimals):
+    """An exact SymPy number rounded for display (none of the checked values is a tie)."""
+    return f"{float(v):.{decimals}f}"
+
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("out", nargs="?", default="out", help="output directory (default ./out)")
@@ -80,7 +84,7 @@ check("the slide's numbers: df/dW = [[0.088, 0.176], [0.104, 0.208]], df/dx = [-
 check("each gradient has the shape of its variable", gWv.shape == Wv.shape and gxv.shape == xv.shape)
 
 # 3. The scalar circuit of the same function gives the same gradients, exactly.
-c = circuit("(W11*x1 + W12*x2)**2 + (W21*x1 + W22*x2)**2",
+c = symbp.circuit("(W11*x1 + W12*x2)**2 + (W21*x1 + W22*x2)**2",
             **{str(s): v for s, v in at.items()})
 print("3. Scalar circuit:")
 print("   " + c.table(3).replace("\n", "\n   "))
@@ -106,22 +110,16 @@ print(f"   finite differences (h = {h:g}): max |difference| = {err:.2e}")
 check("central finite differences agree (1e-8)", err < 1e-8)
 
 
-def bmatrix(M, decimals):
-    rows = [" & ".join(fmt(v, decimals) for v in M.row(i)) for i in range(M.rows)]
-    return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
-
-
-tex = environment().get_template("latex/circuit_wx_norm.tex.j2").render(
-    f=sp.latex(f), dW=sp.latex(dW), dx=sp.latex(dx), dW_q=sp.latex(dW_q), dx_q=sp.latex(dx_q),
-    W=bmatrix(Wv, 1), x=bmatrix(xv, 1), q=bmatrix(qv, 2), value=fmt(fv, 3),
-    gW=bmatrix(gWv, 3), gx=bmatrix(gxv, 3), fd_error=sp.latex(sp.Float(err, 2)),
-    circuit_tikz=c.tikz(3))
+# 4. symbp.wx_norm does all of the above for any W and x: the same numbers, and the handout.
+r = symbp.wx_norm([[0.1, 0.5], [-0.3, 0.8]], [0.2, 0.4])
+check("symbp.wx_norm gives the same exact numbers", r.q == qv and r.value == fv and r.gW == gWv and r.gx == gxv)
+tex = r.document(3)
+out.mkdir(parents=True, exist_ok=True)
 paths = [out / "wx_norm.tex"]
-data = compile_pdf(tex, "wx_norm") if shutil.which("pdflatex") else None
-write(paths[0], tex)
-if data is not None:
+paths[0].write_text(tex, encoding="utf-8")
+if shutil.which("pdflatex"):
     paths.append(out / "wx_norm.pdf")
-    write(paths[1], data)
+    paths[1].write_bytes(symbp.pdflatex(tex, "wx_norm"))
 for p in paths:
     print(f"wrote {p}")
 failed = [name for name, ok in checks if not ok]

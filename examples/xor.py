@@ -8,8 +8,7 @@ import sys
 import numpy as np
 
 from _common import kernel_for
-from symbp import gradcheck
-from symbp.training.loop import train
+from symbp import gradcheck, train
 
 k = kernel_for("xor")
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)

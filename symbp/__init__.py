@@ -8,7 +8,7 @@
     loss, grads = k.loss_and_grad(params, X, Y)
     symbp.gradcheck(k, params, X, Y)
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .derivation.equations import Derivation
 from .derivation.chain import derive as _derive_mlp
@@ -17,13 +17,44 @@ from .model.network import Network, OutputRangeWarning, mlp
 from .model.spec import load, loads
 
 
-from .model.circuit import circuit  # noqa: E402  (the function; the module stays importable)
+from .derivation.circuit import Circuit, circuit  # noqa: E402  (the function; the module stays importable)
+from .derivation.wx_norm import WxNorm, wx_norm  # noqa: E402
 from .model.graph import Graph, from_network, graph, load_graph, loads_graph  # noqa: E402
 from .derivation.graph import GraphDerivation, derive_graph  # noqa: E402
 from .render.exam import make_exam  # noqa: E402
 from .render.worked import worked_example  # noqa: E402
-from .training.optim import SGD, Adam, AdamW  # noqa: E402
-from .training.loop import train  # noqa: E402  (the function; the module stays importable)
+from .model.optim import SGD, Adam, AdamW  # noqa: E402
+from .training.loop import one_hot, train  # noqa: E402  (the function; the module stays importable)
+from .render import circuit as _circuit_views, graph_latex as _graph_latex, latex as _latex  # noqa: E402
+from .render import wx_norm as _wx_norm_views  # noqa: E402
+from .render.pdf import pdflatex  # noqa: E402
+
+
+# The public face composes the stages. The derivation stage hands off plain objects and never
+# imports the render stage (tests/test_layout.py); here they learn to show themselves, so that
+# d.latex(), c.table() and the Jupyter display work on whatever symbp hands back.
+def _derivation_latex(self, notation="cs231n", document=False, stages=False):
+    """LaTeX in a notation; ``stages=True`` adds every simplification stage, labelled with its
+    pass, to the document (the handout shows the textbook's steps only)."""
+    return _latex.render(self, notation=notation, document=document, stages=stages)
+
+
+def _graph_derivation_latex(self, notation="cs231n", document=False):
+    """LaTeX of the derivation (``symbp.render.graph_latex``): one align* of every equation, or
+    with ``document=True`` the handout with the graph's picture and the steps explained."""
+    return _graph_latex.render(self, notation=notation, document=document)
+
+
+Derivation.latex = _derivation_latex
+Derivation._repr_latex_ = lambda self: self.latex()
+GraphDerivation.latex = _graph_derivation_latex
+GraphDerivation._repr_latex_ = lambda self: "$$" + self.latex().replace("align*", "aligned") + "$$"
+for _name in ("table", "latex", "tikz", "document", "write"):
+    setattr(Circuit, _name, getattr(_circuit_views, _name))
+Circuit.__str__ = _circuit_views.table
+del _name
+WxNorm.text = _wx_norm_views.text
+WxNorm.document = _wx_norm_views.document
 
 
 def derive(spec):
@@ -46,6 +77,7 @@ def gradcheck(kernel, params, X, Y, **kw):
     return _gradcheck(kernel, params, X, Y, **kw)
 
 
-__all__ = ["Adam", "AdamW", "SGD", "train", "circuit", "Derivation", "Graph", "GraphDerivation", "derive_graph", "from_network",
-           "graph", "load_graph", "loads_graph", "make_exam", "worked_example", "DerivationError", "ExpressionError", "InputError", "Network", "SpecError",
-           "SymbpError", "derive", "generate", "gradcheck", "load", "loads", "mlp"]
+__all__ = ["Adam", "AdamW", "SGD", "train", "one_hot", "circuit", "Circuit", "Derivation", "Graph", "GraphDerivation",
+           "derive_graph", "from_network", "graph", "load_graph", "loads_graph", "make_exam", "worked_example",
+           "wx_norm", "WxNorm", "pdflatex", "DerivationError", "ExpressionError", "InputError", "Network",
+           "OutputRangeWarning", "SpecError", "SymbpError", "derive", "generate", "gradcheck", "load", "loads", "mlp"]

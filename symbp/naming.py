@@ -6,7 +6,9 @@ Contract:
 - the row index of every batched quantity is the sample index ``s``; unit indices are
   ``i, j, k, p, q``; layer widths are the positive integer symbols ``n_l`` and the batch size ``B``;
 - ``ident(base)`` gives the identifier used in generated code, ``param_key`` the key of a
-  parameter in the ``params`` / ``grads`` dictionaries, ``latex_base(base, notation)`` the LaTeX.
+  parameter in the ``params`` / ``grads`` dictionaries; the LaTeX of a quantity in a notation
+  is ``symbp.render.notation.latex_base(base, notation)`` (the render stage owns the notations,
+  and this module, which every stage imports, imports no stage).
 Nothing else in the package invents a name.
 """
 import keyword
@@ -100,13 +102,3 @@ def module_name(network_name, target, dtype):
 def import_name(network_name, target, dtype, digest):
     """Name under which a generated module is put into sys.modules (unique per spec)."""
     return f"symbp_generated.{network_name}.{target}_{dtype}_{digest[:12]}"
-
-
-# LaTeX symbols live with the notations (symbp/render/notation.py: the five notations'
-# symbols and conventions in one place); this reads them.
-def latex_base(base, notation="cs231n"):
-    """LaTeX of a quantity in a notation's main flavor, e.g. z^{[2]} for z2 in cs231n, f_{1} in
-    udl, H_{2} in batch. An unknown notation raises a SymbpError naming the valid ones."""
-    from .render.notation import get
-    kind, layer = parse(base)
-    return get(notation).symbol(kind, layer)

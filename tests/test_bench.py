@@ -126,7 +126,7 @@ def test_bench_xor_symbp_and_numpy(tmp_path, kernels, capsys):
 def test_bench_without_baselines_times_symbp_alone(tmp_path, kernels, capsys, monkeypatch):
     monkeypatch.setattr(bench, "baseline_dirs", lambda: [tmp_path / "nowhere"])
     out = tmp_path / "alone.json"
-    rc = bench.main([*SHORT, "--json", str(out), "--out", str(kernels)])
+    rc = bench.main([*SHORT, "--impls", "symbp,numpy", "--json", str(out), "--out", str(kernels)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert cap.err.count(bench.BASELINES_HINT) == 1
@@ -137,6 +137,28 @@ def test_bench_without_baselines_times_symbp_alone(tmp_path, kernels, capsys, mo
     assert r["fastest_peer"] is None and r["speedup_vs_fastest_peer"] is None
     if importlib.util.find_spec("torch"):
         assert r["reference"] == "torch float64" and r["check"]["symbp"] <= bench.TOL["float32"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed")
+def test_bench_times_pytorch_without_the_baselines(tmp_path, kernels, capsys, monkeypatch):
+    # an installed wheel has no benchmarks/: PyTorch (and JAX) are peers from the package itself
+    monkeypatch.setattr(bench, "baseline_dirs", lambda: [tmp_path / "nowhere"])
+    out = tmp_path / "torch.json"
+    rc = bench.main([*SHORT, "--impls", "symbp,torch", "--json", str(out), "--out", str(kernels)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert bench.BASELINES_HINT not in cap.err       # numpy and numba were not asked for
+    data = json.loads(out.read_text())
+    [r] = data["results"]
+    _check_result(r, ["symbp", "torch"])
+    assert r["fastest_peer"] == "torch" and r["reference"] == "torch float64"
+
+
+def test_bench_baselines_path(tmp_path, capsys):
+    assert bench.load_baselines(ROOT / "benchmarks").__file__ == str(ROOT / "benchmarks" / "baselines.py")
+    assert bench.main([*SHORT, "--baselines", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--baselines {tmp_path}: no baselines.py there" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import sympy as sp
 
-from symbp.model.circuit import CircuitError, add_command, circuit, parse_values
+from symbp.derivation.circuit import CircuitError, circuit, parse_values
+from symbp.render.circuit import add_command
 from symbp.errors import SymbpError
 from symbp.render.circuit import fmt
 

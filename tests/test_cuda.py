@@ -34,7 +34,8 @@ import symbp                          # noqa: E402
 import symbp.codegen                  # noqa: E402
 from symbp import InputError, SymbpError      # noqa: E402
 from symbp.codegen import cuda as cu           # noqa: E402
-from symbp.codegen.cuda import emit_cuda, generate_cuda  # noqa: E402
+from symbp.codegen.cuda import emit_cuda  # noqa: E402
+from symbp.codegen.cuda_kernel import generate_cuda  # noqa: E402
 
 # name -> (sizes, activations, loss[, mlp options]) or a spec file; small widths keep
 # compilation short.

@@ -8,7 +8,7 @@ import sympy as sp
 
 import symbp
 from symbp.cli import commands as cli
-from symbp.model.circuit import circuit
+from symbp.derivation.circuit import circuit
 from symbp.errors import InputError, SpecError
 from symbp.render import exam as E
 from symbp.render.worked import evaluate, show

@@ -21,7 +21,7 @@ import pytest
 
 import symbp
 from symbp.codegen import load
-from symbp.codegen.cuda import generate_cuda
+from symbp.codegen.cuda_kernel import generate_cuda
 from symbp.codegen.graph_emit import generate_graph
 from symbp.codegen.load import GeneratedFileError, import_module
 from symbp.model.graph import load_graph

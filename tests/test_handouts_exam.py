@@ -30,7 +30,7 @@ import sympy as sp
 
 import symbp
 from symbp import naming
-from symbp.model.circuit import circuit
+from symbp.derivation.circuit import circuit
 from symbp.render import exam as E
 from symbp.render import worked as Wk
 from symbp.render.circuit import layout_problems, typed_latex
@@ -485,7 +485,7 @@ def test_circuit_pdf_is_clean_and_reproducible(text, at, decimals, tmp_path):
 
 @needs_pdflatex
 def test_wx_norm_handout_is_clean(tmp_path):
-    from symbp.codegen.templates import environment
+    from symbp.output import environment
     c = circuit(WX, **WX_AT)
     tex = environment().get_template("latex/circuit_wx_norm.tex.j2").render(
         f="f", dW="", dx="", dW_q="", dx_q="", W="W", x="x", q="q", value="0.116", gW="", gx="",

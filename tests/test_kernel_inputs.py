@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import symbp
-from symbp.codegen.cuda import generate_cuda
+from symbp.codegen.cuda_kernel import generate_cuda
 from symbp.codegen.graph_emit import generate_graph
 from symbp.errors import InputError, SymbpError
 from symbp.model.graph import load_graph

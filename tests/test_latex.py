@@ -17,9 +17,9 @@ import symbp
 from symbp import naming
 from symbp.errors import SpecError, SymbpError
 from symbp.model.functions import ACTIVATIONS, LOSSES
-from symbp.render import latex
+from symbp.render import latex, pdf
 from symbp.render.latex import NOTATIONS, Context, render, write_document
-from symbp.render.notation import get
+from symbp.render.notation import get, latex_base
 
 HAVE_PDFLATEX = shutil.which("pdflatex") is not None
 needs_pdflatex = pytest.mark.skipif(not HAVE_PDFLATEX, reason="pdflatex not installed")
@@ -387,14 +387,14 @@ def test_unknown_notation_names_the_valid_ones():
     msg = str(e.value)
     assert "klingon" in msg and all(n in msg for n in NOTATIONS) and "\n" not in msg
     with pytest.raises(SymbpError):
-        naming.latex_base(naming.quantity("W", 1), "klingon")
+        latex_base(naming.quantity("W", 1), "klingon")
 
 
 @pytest.mark.parametrize("notation,expected", [("cs231n", "W^{[2]}"), ("udl", r"\Omega_{1}"),
                                                ("transposed", "W^{[2]}"), ("rowvector", "W_{2}"),
                                                ("batch", "W_{2}")])
 def test_naming_reads_the_notation_tables(notation, expected):
-    assert naming.latex_base(naming.quantity("W", 2), notation) == expected
+    assert latex_base(naming.quantity("W", 2), notation) == expected
 
 
 def test_write_document_tex_only(tmp_path):
@@ -415,7 +415,7 @@ def test_write_document_pdf(tmp_path):
 
 
 def test_pdf_without_pdflatex_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(latex.shutil, "which", lambda name: None)
+    monkeypatch.setattr(pdf.shutil, "which", lambda name: None)
     d = derivation((2, 3, 1), ("sigmoid", "sigmoid"), "bce")
     with pytest.raises(SymbpError, match="pdflatex not found"):
         write_document(d, tmp_path / "xor.tex", pdf=True)

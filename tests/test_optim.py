@@ -10,7 +10,7 @@ import pytest
 
 import symbp
 from symbp import InputError
-from symbp.training.optim import RULES, optimizer
+from symbp.model.optim import RULES, optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES, ACTS, LOSS = [3, 5, 2], ["tanh", "softmax"], "ce"

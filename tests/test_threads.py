@@ -170,7 +170,7 @@ import sys, threading, numpy as np, symbp
 # syncthreads should have filled: a simulator artefact, not a race between host threads (the
 # calls are serialized).
 from symbp.codegen import cuda as cu
-from symbp.codegen.cuda import generate_cuda
+from symbp.codegen.cuda_kernel import generate_cuda
 geometry = cu.Geometry(threads=32, row_threads=32, entry_block=(8, 4), util_threads=32, gemm_tile=8, gemm_k=4)
 d = symbp.derive(symbp.mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="threads_cuda"))
 k = generate_cuda(d, "float64", out_dir=sys.argv[1], geometry=geometry)

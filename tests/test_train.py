@@ -164,7 +164,7 @@ def test_train_needs_an_mlp_kernel(tmp_path, optimizer):
 
 
 def test_a_fused_optimizer_needs_a_cpu_kernel(tmp_path):
-    from symbp.codegen.cuda import generate_cuda
+    from symbp.codegen.cuda_kernel import generate_cuda
     k = generate_cuda(symbp.derive(symbp.mlp([2, 3, 1], ["sigmoid", "sigmoid"], "bce", name="train_cuda")),
                       "float64", out_dir=tmp_path, jit=False)
     X, Y = np.zeros((4, 2)), np.zeros((4, 1))

@@ -13,11 +13,15 @@ Contract:
   tanh + softmax/ce B=256; 784-256-128-10 relu + softmax/ce B=1024; 1024-1024-1024-1024 relu +
   mse B=4096, float32 only. Default dtypes: float64 and float32 (``--dtype``); ``--quick``: XOR
   and 64-64-64-10 in float32 with short rounds and one derive/emit run.
-- The hand-written baselines live in ``benchmarks/baselines.py`` of the source repository, not
-  in this package (the package holds no hand-written derivative). They are imported from
-  $SYMBP_BENCHMARKS, from the checkout this package was loaded from, or from ./benchmarks; when
-  absent one line says so and symbp is timed alone (its gradients then checked against
-  ``symbp.verify.torch_gradients`` when PyTorch is installed).
+- PyTorch eager and jax.jit are timed from the package (``symbp.verify.peers``: forward passes,
+  differentiated by the frameworks) whenever they are installed, also from an installed wheel.
+  The hand-written NumPy and Numba baselines live in ``benchmarks/baselines.py`` of the source
+  repository, not in this package (the package holds no hand-written derivative). They are
+  imported from ``--baselines PATH`` (the file or its folder), $SYMBP_BENCHMARKS, the checkout
+  this package was loaded from, or ./benchmarks; when absent one line says so
+  (``BASELINES_HINT``) and the gradients are checked against PyTorch float64
+  (``symbp.verify.chain.torch_gradients``) when PyTorch is installed. A ``--baselines PATH``
+  that holds no baselines.py is one error line.
 - Reported per case: ms/step (median of interleaved rounds), the speed-up of symbp over the
   fastest peer (fastest peer ms / symbp ms; every implementation's ms over the fastest peer's
   in the JSON), and the fraction of the roofline: ``gemm_flops(sizes, B)`` (the step's minimum
@@ -50,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SymbpError
+from ..verify import peers
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,12 @@ TOL = {"float64": 1e-9, "float32": 1e-4}
 GEMM_SHAPE = (4096, 1024, 1024)
 PAUSE_S = 0.02
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-DESCRIPTION = ("Time one training-gradient step of symbp's generated CPU kernel against hand-written "
-               "NumPy, hand-written Numba, PyTorch eager and jax.jit, side by side in one run; a table "
-               "on stdout, progress on stderr, everything in --json FILE. See benchmarks/README.md.")
-BASELINES_HINT = ("hand-written baselines not found (benchmarks/baselines.py of the symbp source "
-                  "repository): run from a checkout or set SYMBP_BENCHMARKS=DIR; timing symbp alone")
+DESCRIPTION = ("Time one training-gradient step of symbp's generated CPU kernel against PyTorch eager "
+               "and jax.jit (when installed) and, with the source repository's benchmarks/baselines.py "
+               "(--baselines PATH, or run from a checkout), hand-written NumPy and Numba, side by side "
+               "in one run; a table on stdout, progress on stderr, everything in --json FILE.")
+BASELINES_HINT = ("the hand-written NumPy and Numba baselines need --baselines PATH (benchmarks/baselines.py "
+                  "of the symbp source) or a source checkout; timing symbp, PyTorch and JAX (when installed)")
 
 
 def log(msg):
@@ -174,21 +180,29 @@ def load_average():
 
 
 def baseline_dirs():
-    """Where benchmarks/baselines.py is looked for, in order."""
+    """Where benchmarks/baselines.py is looked for, in order, without --baselines."""
     dirs = []
     if os.environ.get("SYMBP_BENCHMARKS"):
         dirs.append(Path(os.environ["SYMBP_BENCHMARKS"]))
-    dirs.append(Path(__file__).resolve().parent.parent / "benchmarks")   # a checkout / editable install
+    dirs.append(Path(__file__).resolve().parent.parent.parent / "benchmarks")   # a checkout / editable install
     dirs.append(Path.cwd() / "benchmarks")
     return dirs
 
 
-def load_baselines():
-    """The baselines module, or None when no checkout's benchmarks/baselines.py is found."""
-    for d in baseline_dirs():
-        path = d / "baselines.py"
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("symbp_bench_baselines", path)
+def load_baselines(path=None):
+    """The baselines module, or None when no checkout's benchmarks/baselines.py is found; a
+    ``path`` (--baselines: the file or its folder) without one is a SymbpError."""
+    if path is not None:
+        given = Path(path) if str(path).endswith(".py") else Path(path) / "baselines.py"
+        if not given.is_file():
+            raise SymbpError(f"bench: --baselines {path}: no baselines.py there (expected "
+                             f"benchmarks/baselines.py of the symbp source, or its folder)")
+        candidates = [given]
+    else:
+        candidates = [d / "baselines.py" for d in baseline_dirs()]
+    for file in candidates:
+        if file.is_file():
+            spec = importlib.util.spec_from_file_location("symbp_bench_baselines", file)
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
@@ -379,14 +393,14 @@ def run_case(case, dtype, args, baselines, missing, gemm):
             # loss_and_grad (copy=False / copy=True) is timed in the breakdown.
             steps["symbp"] = bound
         result["kernel_ready_s"] = time.perf_counter() - t0
-    for cls in (baselines.PEERS if baselines is not None else ()):
+    for cls in (baselines.PEERS if baselines is not None else peers.OPTIONAL):
         if cls.label not in args.impls:
             continue
         log(f"    {cls.label}: building ...")
         try:
             obj = cls(net, dtype)
             obj.bind(params, X, Y)
-        except baselines.Unavailable as exc:
+        except peers.Unavailable as exc:
             missing.setdefault(cls.label, str(exc))
             continue
         except NotImplementedError as exc:
@@ -730,7 +744,7 @@ _OPTIONS = (("--quick", "quick", False), ("--dtype", "dtype", True), ("--cases",
             ("--impls", "impls", True), ("--json", "json", True), ("--out", "out", True),
             ("--seconds", "seconds", True), ("--rounds", "rounds", True),
             ("--skip-extra", "skip_extra", False), ("--breakdown", "breakdown", False),
-            ("--threads", "threads", True))
+            ("--threads", "threads", True), ("--baselines", "baselines", True))
 
 
 def add_arguments(p):
@@ -744,6 +758,9 @@ def add_arguments(p):
     p.add_argument("--impls", type=_names(IMPLS, "implementation"), action="extend", default=None,
                    help=f"comma-separated, any of {', '.join(IMPLS)} (default all available)")
     p.add_argument("--json", metavar="FILE", help="also write every result as JSON")
+    p.add_argument("--baselines", metavar="PATH", help="benchmarks/baselines.py of the symbp source "
+                   "(the file or its folder): adds the hand-written NumPy and Numba baselines (default: "
+                   "$SYMBP_BENCHMARKS, the checkout symbp was loaded from, or ./benchmarks)")
     p.add_argument("--out", metavar="DIR", help="directory for the generated kernels (default: "
                    "benchmarks/_build of the checkout, else ~/.cache/symbp/bench)")
     p.add_argument("--seconds", type=_positive(float), default=None,
@@ -816,8 +833,8 @@ def run(args):
         raise SymbpError(f"bench: no case runs in {', '.join(dtypes)} among {', '.join(keys)} "
                          f"(the large case is float32 only)")
 
-    baselines = load_baselines() if set(args.impls) - {"symbp"} else None
-    if baselines is None and set(args.impls) - {"symbp"}:
+    baselines = load_baselines(args.baselines) if set(args.impls) & {"numpy", "numba"} else None
+    if baselines is None and set(args.impls) & {"numpy", "numba"}:
         log(f"symbp bench: {BASELINES_HINT}")
     args.out = str(_build_dir(Path(args.out) if args.out else default_build_dir(baselines)))
 
@@ -865,7 +882,7 @@ def run(args):
     data["targets"] = targets(results, extra, args.threads)
     report(print, data, labels)
     if args.json:
-        from ..codegen.load import write
+        from ..output import write
         data["targets"] = [{"target": w, "met": m, "measured": h} for w, m, h in data["targets"]]
         write(Path(args.json), json.dumps(data, indent=2) + "\n")
         log(f"wrote {args.json}")

@@ -224,8 +224,8 @@ def cmd_demo(args):
     return 0 if right == 4 else 1
 
 
-COMMAND_MODULES = ("symbp.model.circuit", "symbp.render.worked", "symbp.render.exam",
-                   "symbp.cli.bench", "symbp.derivation.wx_norm")
+COMMAND_MODULES = ("symbp.render.circuit", "symbp.render.worked", "symbp.render.exam",
+                   "symbp.cli.bench", "symbp.render.wx_norm")
 
 
 OUT_HELP = "directory for generated kernels (default $SYMBP_GENERATED, else ./generated)"

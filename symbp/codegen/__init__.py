@@ -5,26 +5,14 @@
 GraphDerivation goes to codegen.graph_emit) (out_dir defaults to $SYMBP_GENERATED or
 ./generated) and returns a Kernel. Nothing is written unless the source was emitted whole.
 """
-import os
-from pathlib import Path
-
 from .. import naming
 from ..errors import SymbpError
 from .emit import emit
 from .kernel import Kernel
-from .load import import_module, write
+from .load import default_out_dir, import_module, kernel_path, write  # noqa: F401  (public here)
 
 TARGETS = ("cpu", "cuda")
 DTYPES = ("float64", "float32")
-
-
-def default_out_dir():
-    return Path(os.environ.get("SYMBP_GENERATED", "generated"))
-
-
-def kernel_path(network, target, dtype, out_dir=None):
-    base = Path(out_dir) if out_dir is not None else default_out_dir()
-    return base / network.name / f"{naming.module_name(network.name, target, dtype)}.py"
 
 
 def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
@@ -38,7 +26,7 @@ def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
     if dtype not in DTYPES:
         raise SymbpError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     if target == "cuda":
-        from .cuda import generate_cuda
+        from .cuda_kernel import generate_cuda
         return generate_cuda(derivation, dtype, out_dir=out_dir, jit=jit)
     net = derivation.network
     source = emit(derivation, target, dtype)

@@ -46,7 +46,6 @@ shuffled mini-batch of device arrays on the device.
 The batch factor's B (``Bf``) is a kernel argument: the size of the whole batch, so that a batch
 split into chunks (``CudaKernel``) sums to the gradients of the whole batch.
 """
-import hashlib
 import warnings
 from dataclasses import dataclass
 
@@ -54,13 +53,13 @@ import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from .. import __version__, naming
+from .. import naming
+from .._version import __version__
 from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import DerivationError, SymbpError
 from .emit import BF, _Block, text
-from .load import import_module, write
 from .printer import NumbaPrinter, helper_source, helpers_used, stable_forms
-from .templates import environment
+from ..output import environment
 
 TARGET = "cuda"
 DTYPES = ("float64", "float32")
@@ -618,27 +617,3 @@ def emit_cuda(derivation, dtype="float64", fuse_width=FUSE_WIDTH, geometry=DEFAU
     ctx["signatures"] = {k: _sig(dtype, a) for k, a in ctx["kernels"].items()}
     ctx["arglists"] = {k: ", ".join(n for n, _ in a) for k, a in ctx["kernels"].items()}
     return environment().get_template(f"cuda/{strategy}.py.j2").render(**ctx)
-
-
-def generate_cuda(derivation, dtype="float64", out_dir=None, jit=True, *, fuse_width=FUSE_WIDTH,
-                  geometry=DEFAULT_GEOMETRY, max_chunk=None):
-    """Emit, write and import the CUDA kernel module of ``derivation``; returns a CudaKernel.
-
-    ``jit=True`` requires a GPU or the simulator first (``SymbpError(NO_DEVICE)`` otherwise);
-    ``max_chunk`` caps the samples per launch (the Kernel also splits by free device memory).
-    """
-    from . import kernel_path          # late: symbp.codegen imports this module
-    from .cuda_kernel import CudaKernel
-    _check_options(dtype, fuse_width, geometry)
-    if jit:
-        require_device()
-    net = derivation.network
-    source = emit_cuda(derivation, dtype, fuse_width=fuse_width, geometry=geometry)
-    path = kernel_path(net, TARGET, dtype, out_dir)
-    write(path, source)
-    # The source hash is part of the module name: the same file regenerated with other options
-    # (fuse_width, geometry) must not be served from sys.modules as the old module.
-    tag = hashlib.sha256(source.encode()).hexdigest()[:8]
-    name = f"{naming.import_name(net.name, TARGET, dtype, net.digest)}_{tag}"
-    module = import_module(path, name, jit=True, digest=net.digest)
-    return CudaKernel(derivation, module, path, dtype, jit, max_chunk=max_chunk)

@@ -1,5 +1,9 @@
 """CudaKernel: the Python face of a generated CUDA module, with the CPU Kernel's methods.
 
+``generate_cuda(derivation, dtype, out_dir, jit, ...)`` emits (``symbp.codegen.cuda``), writes
+and imports the CUDA module of a derivation and returns its CudaKernel (here, not in the emitter,
+so that the emitter never imports the runtime that imports it).
+
 Contract: the same calls as ``symbp.codegen.kernel.Kernel`` (``init_params``, ``forward``,
 ``loss_and_grad``, ``loss``, ``input_grad``, ``sgd_step``, ``compile``) and the same results
 (NumPy arrays and a float loss). Inputs may be NumPy arrays (copied to the device) or numba
@@ -29,15 +33,40 @@ the kernel, and the device runs one launch sequence at a time anyway, so calls f
 threads are serialized by a lock held from the first copy to the device to the last copy back.
 """
 import functools
+import hashlib
 import threading
 
 import numpy as np
 
+from .. import naming
 from ..errors import InputError
 from . import cuda as _cuda
+from .load import import_module, kernel_path, write
 from .kernel import _ABSENT, Kernel, check_keys, check_lr, check_writable
 
 MEMORY_FRACTION = 0.5   # of the free device memory, for the per-row work buffers of one chunk
+
+
+def generate_cuda(derivation, dtype="float64", out_dir=None, jit=True, *, fuse_width=_cuda.FUSE_WIDTH,
+                  geometry=_cuda.DEFAULT_GEOMETRY, max_chunk=None):
+    """Emit, write and import the CUDA kernel module of ``derivation``; returns a CudaKernel.
+
+    ``jit=True`` requires a GPU or the simulator first (``SymbpError(NO_DEVICE)`` otherwise);
+    ``max_chunk`` caps the samples per launch (the Kernel also splits by free device memory).
+    """
+    _cuda._check_options(dtype, fuse_width, geometry)
+    if jit:
+        _cuda.require_device()
+    net = derivation.network
+    source = _cuda.emit_cuda(derivation, dtype, fuse_width=fuse_width, geometry=geometry)
+    path = kernel_path(net, _cuda.TARGET, dtype, out_dir)
+    write(path, source)
+    # The source hash is part of the module name: the same file regenerated with other options
+    # (fuse_width, geometry) must not be served from sys.modules as the old module.
+    tag = hashlib.sha256(source.encode()).hexdigest()[:8]
+    name = f"{naming.import_name(net.name, _cuda.TARGET, dtype, net.digest)}_{tag}"
+    module = import_module(path, name, jit=True, digest=net.digest)
+    return CudaKernel(derivation, module, path, dtype, jit, max_chunk=max_chunk)
 
 
 def _locked(method):

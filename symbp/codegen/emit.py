@@ -16,8 +16,9 @@ sum_k exp(x_k) = exp(m) r with r = sum_k exp(x_k - m), substituted and simplifie
 import numpy as np
 import sympy as sp
 
-from .. import __version__, naming
-from ..training import optim
+from .. import naming
+from .._version import __version__
+from ..model import optim
 from ..derivation.equations import ColumnSum, Product, batch_form
 from .printer import (ArrayPrinter, NumbaPrinter, helper_source, helpers_used, is_transcendental,
                       stable_forms)
@@ -30,7 +31,7 @@ from .printer import (ArrayPrinter, NumbaPrinter, helper_source, helpers_used, i
 # NumPy's take about 1-2 ns, and entering object mode costs about 2 us: the crossover is near
 # 200 entries; 1024 keeps small layers (XOR, per-sample calls) entirely compiled.
 VECTOR_MIN = 1024
-from .templates import environment
+from ..output import environment
 
 BF = sp.Symbol("Bf", positive=True)          # the batch size as a float of the kernel's dtype
 

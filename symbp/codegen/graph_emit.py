@@ -28,15 +28,16 @@ Python) and returns a ``GraphKernel``.
 import numpy as np
 import sympy as sp
 
-from .. import __version__, naming
-from ..derivation import simplify
+from .. import naming
+from .._version import __version__
+from ..derivation.simplify import sigmoid_forms
 from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import SymbpError
 from .emit import (BF, BLAS_THREADS_MIN, LOOPS_MAX, VECTOR_MIN, _Block, layer_strategy, optimizer_steps,
                    text)
 from .printer import (ArrayPrinter, NumbaPrinter, _sigmoid, helper_source, helpers_used, is_transcendental,
                       stable_forms)
-from .templates import environment
+from ..output import environment
 
 TARGETS = ("cpu",)
 DTYPES = ("float64", "float32")
@@ -76,36 +77,8 @@ class GraphPrinter(NumbaPrinter):
         return text
 
 
-def sigmoid_forms(expr):
-    """Exact rewrite for printing: where exp(x) also sits in a denominator (1 + exp(x)), as the
-    derivative of an expression layer's sigmoid(x) does (exp(x)/(exp(x) + 1)**2), write exp(x) =
-    u/(1 - u) with u = sigmoid(x) and cancel; kept only when the result no longer has exp(k x)
-    and its denominator does not vanish at u = 0 or u = 1 (x -> -inf, +inf). Then
-    exp(x)/(exp(x) + 1)**2 -> u (1 - u), evaluated by the stable _sigmoid helper: finite for any
-    x, where the original overflows (inf/inf) beyond x ~ 44 (float32) or ~ 354 (float64)."""
-    for e in sorted(expr.atoms(sp.exp), key=sp.default_sort_key):
-        if e not in expr.atoms(sp.exp):
-            continue        # consumed by an earlier rewrite
-        x = e.args[0]
-        in_denominator = any(isinstance(p, sp.Pow) and p.exp.is_negative and isinstance(p.base, sp.Add)
-                             and p.base.has(e) for p in expr.atoms(sp.Pow))
-        if not in_denominator:
-            continue
-        u = sp.Dummy("u", positive=True)
-        cand = sp.factor(sp.cancel(expr.xreplace({e: u / (1 - u), sp.exp(-x): (1 - u) / u})))
-        # the quantities x is made of (not the integer indices): no exp of them may remain
-        core = x.atoms(sp.Indexed) | {a for a in x.atoms(sp.Symbol) if not a.is_integer}
-        if any(a.args[0].has(*core) for a in cand.atoms(sp.exp)):
-            continue
-        den = sp.fraction(cand)[1]
-        if den.has(u) and (den.xreplace({u: 0}) == 0 or den.xreplace({u: 1}) == 0):
-            continue
-        expr = simplify.sign(cand).xreplace({u: _sigmoid(x)})     # -u (u - 1) -> u (1 - u)
-    return expr
-
-
 def kernel_path(graph, target, dtype, out_dir=None):
-    from . import default_out_dir
+    from .load import default_out_dir
     from pathlib import Path
     base = Path(out_dir) if out_dir is not None else default_out_dir()
     return base / graph.name / f"graph_{target}_{dtype}.py"

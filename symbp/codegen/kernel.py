@@ -546,7 +546,7 @@ class BoundStep:
     def __init__(self, kernel, params, X, Y, optimizer=None):
         opt = None
         if optimizer is not None:
-            from ..training.optim import optimizer as make_optimizer
+            from ..model.optim import optimizer as make_optimizer
             opt = make_optimizer(optimizer)
         ps, xs, Y = kernel._check_data(params, X, Y)
         keys = kernel._params

@@ -2,17 +2,14 @@
 
 Contract:
 
-- ``write(path, source)`` (text or bytes) leaves either the old file or the complete new one
-  (temporary file in the same directory, then ``os.replace``), and does not touch a file whose
-  bytes are already equal (so Numba's on-disk cache, keyed by the file's stamp, stays valid).
+- ``write(path, source)`` is the package's one atomic writer (``symbp.output.write``, used by
+  every stage; see its contract): the old file or the complete new one, never a partial file.
 - Generated modules are sealed: their first line is
   ``# symbp seal: spec sha256 <spec digest>, body sha256 <sha256 of every byte after this line>``
   (the code templates render it with the body hash ``-``; ``seal`` fills it in, which the
-  template environment does on every render, see ``symbp.codegen.templates``). Writing a sealed
-  source over an existing file that is not intact (edited by hand, or without a seal) keeps
-  that file as ``<file>.edited`` (``.edited.1``, ... when taken), replaces it, and says so in one
-  line on stderr: ``generate`` always writes the derivation's code, and a hand edit is never
-  lost silently.
+  template environment does on every render, see ``symbp.output``). Writing a sealed source
+  over an existing file that is not intact keeps that file as ``<file>.edited``: ``generate``
+  always writes the derivation's code, and a hand edit is never lost silently.
 - ``import_module(path, name, jit, digest)`` imports the file under a stable module name, put
   into ``sys.modules`` before execution (Numba's cache needs to find the module again in a
   second process), and never executes a file whose seal does not hold: a body that does not
@@ -26,104 +23,41 @@ Contract:
   reset) and the function compiled anew, with one line on stderr per file and process, instead
   of failing every later call until the cache is deleted by hand.
 """
-import hashlib
 import importlib.util
 import math
 import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 import numba
 import numpy as np
 
+from .. import naming
 from ..errors import SymbpError
-from .templates import SEAL as _SEAL, seal  # noqa: F401  (seal: part of this module's API)
+from ..output import seal, seal_problem, write  # noqa: F401  (part of this module's API)
 
 _LOCK = threading.Lock()
 _WARNED = set()     # files whose Numba cache was reported unreadable in this process
+
+
+def default_out_dir():
+    return Path(os.environ.get("SYMBP_GENERATED", "generated"))
+
+
+def kernel_path(network, target, dtype, out_dir=None):
+    """Where the kernel of ``network`` for ``target`` and ``dtype`` is written."""
+    base = Path(out_dir) if out_dir is not None else default_out_dir()
+    return base / network.name / f"{naming.module_name(network.name, target, dtype)}.py"
 
 
 class GeneratedFileError(SymbpError):
     """A generated file is not what symbp wrote: edited, unsealed, or from another spec."""
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _say(message):
     """One line on stderr (a note to the user, not an error: the call goes on)."""
     print(f"symbp: warning: {message}".replace("\n", " "), file=sys.stderr)
-
-
-# ----------------------------------------------------------------------------------------------
-# seal
-# ----------------------------------------------------------------------------------------------
-
-def _sha256(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def seal_problem(data, digest=None):
-    """Why the bytes ``data`` of a generated file are not intact, or None when they are: the
-    seal line is missing, the body does not hash to it, or its spec digest is not ``digest``."""
-    m = _SEAL.match(data)
-    if m is None:
-        return "has no symbp seal line (not written by this symbp, or its first line was edited)"
-    if m["body"] == b"-" or m["body"].decode() != _sha256(data[m.end():]):
-        return "was edited after symbp generated it (its body does not match the sha256 in its seal line)"
-    if digest is not None and m["spec"].decode() != digest:
-        return (f"was generated from another spec (sha256 {m['spec'].decode()[:12]}..., "
-                f"expected {digest[:12]}...)")
-    return None
-
-
-def _backup_name(path):
-    cand = path.with_name(path.name + ".edited")
-    n = 0
-    while cand.exists():
-        n += 1
-        cand = path.with_name(f"{path.name}.edited.{n}")
-    return cand
-
-
-# ----------------------------------------------------------------------------------------------
-# write
-# ----------------------------------------------------------------------------------------------
-
-def _write_bytes(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a written file is ordinary
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write(path, source):
-    """Write text (UTF-8) or bytes to ``path`` atomically; a no-op when the bytes are equal.
-    A sealed source replacing a file that is not intact keeps that file (see the contract)."""
-    path = Path(path)
-    data = source if isinstance(source, bytes) else source.encode("utf-8")
-    if path.exists():
-        old = path.read_bytes()
-        if old == data:
-            return False
-        if _SEAL.match(data) and seal_problem(old) is not None:
-            backup = _backup_name(path)
-            _write_bytes(backup, old)
-            _say(f"{path}: {seal_problem(old)}; replaced by the generated code, the old file is kept as {backup}")
-    _write_bytes(path, data)
-    return True
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ as one Python expression: ``Indexed`` as ``<ident>[<indices>]`` (identifiers fro
 does not), numbers as typed constants for float32 (a bare Python float would silently promote
 float32 work to float64), integer powers as products, ``Heaviside(x, 0)`` and ``Piecewise`` as
 conditional expressions, a product with ``Heaviside(c, 0)`` as ``(x if c > 0 else 0)`` (x is
-not used where the step is 0: no inf * 0). Before printing, ``stable_forms`` rewrites
-1/(1 + exp(-x))**n and log(1 + exp(x)) into the helpers ``_sigmoid`` and ``_softplus``, whose
-source is in ``HELPERS``: stable for |x| up to 1e4 in float32 and float64. ``ArrayPrinter``
+not used where the step is 0: no inf * 0). Before printing, ``stable_forms`` (an exact
+rewrite of the derivation stage, ``symbp.derivation.simplify``) turns 1/(1 + exp(-x))**n and
+log(1 + exp(x)) into the functions ``_sigmoid`` and ``_softplus``, printed as calls of the
+helpers whose source is in ``HELPERS``: stable for |x| up to 1e4 in float32 and float64. ``ArrayPrinter``
 prints Max/Min as nested ``np.maximum``/``np.minimum`` (the module imports no functools).
 """
 import sympy as sp
@@ -16,15 +17,8 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import naming
+from ..derivation.simplify import _sigmoid, _softplus, stable_forms  # noqa: F401  (the printer's forms)
 from ..errors import DerivationError
-
-
-class _sigmoid(sp.Function):
-    """Stable logistic function (printing only: never evaluated or differentiated)."""
-
-
-class _softplus(sp.Function):
-    """Stable log(1 + exp(x)) (printing only)."""
 
 
 # Source of the helpers, emitted into a generated module when its expressions use them;
@@ -40,55 +34,6 @@ HELPERS = {
     # log(1+exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for any finite x.
     return max(x, {zero}) + math.log1p(math.exp(-abs(x)))''',
 }
-
-
-def _is_exp(e):
-    return isinstance(e, sp.exp)
-
-
-def stable_forms(expr):
-    """1/(1 + exp(-x))**n -> _sigmoid(x)**n; exp(-x) _sigmoid(x) -> _sigmoid(-x) (each factor
-    overflows alone, the product does not); log(1 + exp(x)) -> _softplus(x).
-
-    The sigmoids are substituted before any distribution, so that a factor 1/B next to
-    1/(1 + exp(x)) is not multiplied into one denominator B exp(x) + B that no longer reads as
-    a sigmoid (swish's delta); products are only distributed when a pair exp(-x) _sigmoid(x)
-    can then form."""
-    def sig(e):
-        if (isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp < 0 and isinstance(e.base, sp.Add)
-                and len(e.base.args) == 2):
-            one, ex = sorted(e.base.args, key=lambda t: not t.is_Number)
-            # a constant is printed as a number (and _sigmoid(5/2) inside Max cannot be compared)
-            if one == 1 and _is_exp(ex) and not ex.args[0].is_number:
-                return _sigmoid(-ex.args[0]) ** (-e.exp)
-        return None
-
-    def soft(e):
-        if isinstance(e, sp.log) and isinstance(e.args[0], sp.Add) and len(e.args[0].args) == 2:
-            one, ex = sorted(e.args[0].args, key=lambda t: not t.is_Number)
-            if one == 1 and _is_exp(ex) and not ex.args[0].is_number:
-                return _softplus(ex.args[0])
-        return None
-
-    def pair(e):
-        if not isinstance(e, sp.Mul):
-            return None
-        args = list(e.args)
-        for idx, f in enumerate(args):
-            base, n = (f.base, f.exp) if isinstance(f, sp.Pow) else (f, 1)
-            if isinstance(base, _sigmoid) and sp.exp(-base.args[0]) in args:
-                rest = [x for i, x in enumerate(args) if i != idx]
-                rest.remove(sp.exp(-base.args[0]))
-                return sp.Mul(_sigmoid(-base.args[0]), base ** (n - 1), *rest)
-        return None
-
-    expr = expr.replace(lambda e: sig(e) is not None, sig)
-    sigmoids = [f for f in expr.atoms(_sigmoid) if expr.has(sp.exp(-f.args[0]))]
-    if sigmoids:
-        expr = sp.expand(expr, power_exp=False, power_base=False, log=False, multinomial=False)
-        expr = expr.replace(lambda e: pair(e) is not None, pair)
-    expr = expr.replace(lambda e: soft(e) is not None, soft)
-    return expr
 
 
 def helpers_used(exprs):

@@ -125,10 +125,8 @@ def _sigmoid_rewrite(expr):
     """The derivative with exp(x) written through u = 1/(1 + exp(-x)) where exp(x) also sits in
     a denominator (swish' = z exp(-z)/(1 + exp(-z))^2 + ... -> z u (1 - u) + u): the printer
     turns u into its stable helper, where the original gives inf/inf for large |z|."""
-    from ..codegen.graph_emit import sigmoid_forms
-    from ..codegen.printer import _sigmoid
-    out = sigmoid_forms(expr)
-    return out.replace(lambda e: isinstance(e, _sigmoid), lambda e: 1 / (1 + sp.exp(-e.args[0])))
+    out = simp.sigmoid_forms(expr)
+    return out.replace(lambda e: isinstance(e, simp._sigmoid), lambda e: 1 / (1 + sp.exp(-e.args[0])))
 
 
 def _fewest(forms):

@@ -4,6 +4,8 @@ Contract: a ``Derivation`` holds the network, the derived equations in index not
 with its simplification stages), the per-layer local rules (activation derivative and its
 rewriting in terms of a, the activation and affine Jacobians), the per-sample loss used by the
 kernels, and the batch factor c (1/B for the mean). Renderers read it and never re-derive.
+Its LaTeX (``d.latex(...)``, and the Jupyter display) comes from the render stage, which the
+public face (symbp/__init__.py) attaches; this stage never imports the render stage.
 ``batch_form`` reads an equation's matrix structure off its index form (rows of a batch are
 samples): a product of two indexed factors summed over one index is a matrix product with the
 transposes its index order demands, a sum over samples alone is a column sum, anything else is
@@ -147,15 +149,6 @@ class Derivation(EquationLookup):
             out += _stages(f"{e.lhs}", e.stages)
         out.append(f"\n## per-sample loss used by the kernels (in {self.loss_sample[1]}): {self.loss_sample[0]}")
         return "\n".join(out) + "\n"
-
-    def latex(self, notation="cs231n", document=False, stages=False):
-        """LaTeX in a notation; ``stages=True`` adds every simplification stage, labelled with
-        its pass, to the document (the handout shows the textbook's steps only)."""
-        from ..render.latex import render
-        return render(self, notation=notation, document=document, stages=stages)
-
-    def _repr_latex_(self):
-        return self.latex()
 
     def __repr__(self):
         return f"<Derivation of {self.network}: {len(self.equations)} equations>"

@@ -24,6 +24,8 @@ are derived only where needed: for inputs marked grad, dense nodes and what lies
 them. When the loss reads an activation node that feeds nothing else, dL/da is substituted into
 that node's Jacobian and simplified as one expression (``output_delta``: sigmoid + bce and
 softmax + ce become (a - y)/B); its ``loss_grad`` equation stays listed, in ``inlined``.
+Its LaTeX (``d.latex(...)``, the Jupyter display) comes from ``symbp.render.graph_latex``, which
+the public face attaches; this stage never imports the render stage.
 """
 from dataclasses import dataclass
 from functools import lru_cache
@@ -330,15 +332,6 @@ class GraphDerivation(EquationLookup):
         expr, reads = self.loss_sample
         out.append(f"\n## per-sample loss used by the kernels (reads {reads}): {expr}")
         return "\n".join(out) + "\n"
-
-    def latex(self, notation="cs231n", document=False):
-        """LaTeX of the derivation (``symbp.render.graph_latex``): one align* of every equation,
-        or with ``document=True`` the handout with the graph's picture and the steps explained."""
-        from ..render.graph_latex import render
-        return render(self, notation=notation, document=document)
-
-    def _repr_latex_(self):
-        return "$$" + self.latex().replace("align*", "aligned") + "$$"
 
     def __repr__(self):
         return f"<GraphDerivation of {self.graph}: {len(self.equations)} equations>"

@@ -307,8 +307,6 @@ def _np_sigmoid(x):
 def _substituted(expr, links, printed):
     """(expr with each linked output a replaced by f(z), the z symbols); ``printed`` uses the
     forward as the kernel prints it (stable helpers)."""
-    if printed:
-        from ..codegen.printer import stable_forms
     rep, zs = {}, set()
     for a, z, f in links:
         g = stable_forms(f) if printed else f
@@ -435,7 +433,6 @@ def _reference(exact, links):
 
 def _evaluate(candidate, links, dtype):
     """The candidate at STABILITY_POINTS in ``dtype`` arithmetic (None if it cannot be)."""
-    from ..codegen.printer import stable_forms
     e, zs = _substituted(candidate, links, printed=True)
     e = stable_forms(e)        # the candidate as printed (its sigmoids through the helper)
     args = _arguments(e, zs)
@@ -527,3 +524,94 @@ def run(expr, ctx, passes=PASSES):
         expr = p.fn(expr, ctx)
         stages.append((p.name, expr))
     return stages
+
+
+# ---------------------------------------------------------------------------------------------
+# exact rewrites into stable forms, for the code generator's printer (which prints _sigmoid and
+# _softplus as calls of overflow-free helpers) and for this module's stability pass (which
+# evaluates a candidate as the kernel will print it)
+# ---------------------------------------------------------------------------------------------
+
+class _sigmoid(sp.Function):
+    """Stable logistic function (printing only: never evaluated or differentiated)."""
+
+
+class _softplus(sp.Function):
+    """Stable log(1 + exp(x)) (printing only)."""
+
+
+def _is_exp(e):
+    return isinstance(e, sp.exp)
+
+
+def stable_forms(expr):
+    """1/(1 + exp(-x))**n -> _sigmoid(x)**n; exp(-x) _sigmoid(x) -> _sigmoid(-x) (each factor
+    overflows alone, the product does not); log(1 + exp(x)) -> _softplus(x).
+
+    The sigmoids are substituted before any distribution, so that a factor 1/B next to
+    1/(1 + exp(x)) is not multiplied into one denominator B exp(x) + B that no longer reads as
+    a sigmoid (swish's delta); products are only distributed when a pair exp(-x) _sigmoid(x)
+    can then form."""
+    def sig(e):
+        if (isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp < 0 and isinstance(e.base, sp.Add)
+                and len(e.base.args) == 2):
+            one, ex = sorted(e.base.args, key=lambda t: not t.is_Number)
+            # a constant is printed as a number (and _sigmoid(5/2) inside Max cannot be compared)
+            if one == 1 and _is_exp(ex) and not ex.args[0].is_number:
+                return _sigmoid(-ex.args[0]) ** (-e.exp)
+        return None
+
+    def soft(e):
+        if isinstance(e, sp.log) and isinstance(e.args[0], sp.Add) and len(e.args[0].args) == 2:
+            one, ex = sorted(e.args[0].args, key=lambda t: not t.is_Number)
+            if one == 1 and _is_exp(ex) and not ex.args[0].is_number:
+                return _softplus(ex.args[0])
+        return None
+
+    def pair(e):
+        if not isinstance(e, sp.Mul):
+            return None
+        args = list(e.args)
+        for idx, f in enumerate(args):
+            base, n = (f.base, f.exp) if isinstance(f, sp.Pow) else (f, 1)
+            if isinstance(base, _sigmoid) and sp.exp(-base.args[0]) in args:
+                rest = [x for i, x in enumerate(args) if i != idx]
+                rest.remove(sp.exp(-base.args[0]))
+                return sp.Mul(_sigmoid(-base.args[0]), base ** (n - 1), *rest)
+        return None
+
+    expr = expr.replace(lambda e: sig(e) is not None, sig)
+    sigmoids = [f for f in expr.atoms(_sigmoid) if expr.has(sp.exp(-f.args[0]))]
+    if sigmoids:
+        expr = sp.expand(expr, power_exp=False, power_base=False, log=False, multinomial=False)
+        expr = expr.replace(lambda e: pair(e) is not None, pair)
+    expr = expr.replace(lambda e: soft(e) is not None, soft)
+    return expr
+
+
+def sigmoid_forms(expr):
+    """Exact rewrite for printing: where exp(x) also sits in a denominator (1 + exp(x)), as the
+    derivative of an expression layer's sigmoid(x) does (exp(x)/(exp(x) + 1)**2), write exp(x) =
+    u/(1 - u) with u = sigmoid(x) and cancel; kept only when the result no longer has exp(k x)
+    and its denominator does not vanish at u = 0 or u = 1 (x -> -inf, +inf). Then
+    exp(x)/(exp(x) + 1)**2 -> u (1 - u), evaluated by the stable _sigmoid helper: finite for any
+    x, where the original overflows (inf/inf) beyond x ~ 44 (float32) or ~ 354 (float64)."""
+    for e in sorted(expr.atoms(sp.exp), key=sp.default_sort_key):
+        if e not in expr.atoms(sp.exp):
+            continue        # consumed by an earlier rewrite
+        x = e.args[0]
+        in_denominator = any(isinstance(p, sp.Pow) and p.exp.is_negative and isinstance(p.base, sp.Add)
+                             and p.base.has(e) for p in expr.atoms(sp.Pow))
+        if not in_denominator:
+            continue
+        u = sp.Dummy("u", positive=True)
+        cand = sp.factor(sp.cancel(expr.xreplace({e: u / (1 - u), sp.exp(-x): (1 - u) / u})))
+        # the quantities x is made of (not the integer indices): no exp of them may remain
+        core = x.atoms(sp.Indexed) | {a for a in x.atoms(sp.Symbol) if not a.is_integer}
+        if any(a.args[0].has(*core) for a in cand.atoms(sp.exp)):
+            continue
+        den = sp.fraction(cand)[1]
+        if den.has(u) and (den.xreplace({u: 0}) == 0 or den.xreplace({u: 1}) == 0):
+            continue
+        expr = sign(cand).xreplace({u: _sigmoid(x)})     # -u (u - 1) -> u (1 - u)
+    return expr

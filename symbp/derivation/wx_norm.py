@@ -8,14 +8,14 @@ SymPy Rationals, so the arithmetic is exact. SymPy derives the gradients with ma
 shape n x 1: 2 W x x^T and 2 W^T W x, i.e. 2 q x^T and 2 W^T q once W x is named q); they are
 then evaluated at the numbers. ``WxNorm`` holds the symbolic results (``dW``, ``dx``, ``dW_q``,
 ``dx_q``), the exact values (``q``, ``value``, ``gW``, ``gx``, SymPy matrices with the shapes of
-q, W and x) and the largest difference to central finite differences in float64 (``fd_error``).
-``text(decimals)`` is the plain-text report, ``document(decimals)`` the LaTeX handout
-(templates/latex/circuit_wx_norm.tex.j2, with the scalar circuit of the same function when W has
-at most ``MAX_CIRCUIT`` entries). Bad input raises ``WxNormError`` (a SymbpError, one line).
+q, W and x), the largest difference to central finite differences in float64 (``fd_error``) and,
+for W of at most ``MAX_CIRCUIT`` entries, the scalar ``circuit`` of the same function.
+Bad input raises ``WxNormError`` (a SymbpError, one line). ``parse_numbers(text, key)`` reads
+rows separated by ``;``, entries by ``,`` (integers, decimals or p/q), without eval.
 
-``add_command(subparsers)`` adds ``symbp wx-norm [--W ROWS] [--x VALUES] [--latex FILE] [--pdf]
-[--decimals N]``: rows separated by ``;``, entries by ``,`` (integers, decimals or p/q); the
-defaults are the slides' numbers W = [[0.1, 0.5], [-0.3, 0.8]], x = [0.2, 0.4].
+The report and the handout are rendered by ``symbp.render.wx_norm`` (``r.text(decimals)``,
+``r.document(decimals)`` once the public face has composed the stages), which also holds the
+``symbp wx-norm`` command; this stage never imports the render stage.
 """
 import re
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ import numpy as np
 import sympy as sp
 
 from ..errors import SymbpError
+from .circuit import circuit
 
 DEFAULT_W = "0.1,0.5;-0.3,0.8"
 DEFAULT_X = "0.2,0.4"
@@ -87,62 +88,7 @@ class WxNorm:
     gW: sp.Matrix
     gx: sp.Matrix
     fd_error: float
-
-    def text(self, decimals=3):
-        fmt = _num
-
-        def vec(m):
-            return "[" + ", ".join(fmt(v, decimals) for v in m) + "]"
-
-        def mat(m):
-            return "[" + ", ".join(vec(m.row(i)) for i in range(m.rows)) + "]"
-        return "\n".join([
-            "f(x, W) = ||W x||^2, q = W x  (the vectorized example of the slides "
-            "\"Multi-Layer Networks & Back-Propagation\")",
-            "SymPy, with matrix symbols (W: m x n, x: n x 1):",
-            f"  df/dW = {self.dW} = {self.dW_q}   (with q = W x)",
-            f"  df/dx = {self.dx} = {self.dx_q}",
-            f"At W = {mat(self.W)}, x = {vec(self.x)}:",
-            f"  q = W x       = {vec(self.q)}",
-            f"  f = q^T q     = {fmt(self.value, decimals)}",
-            f"  df/dW = 2 q x^T = {mat(self.gW)}   (shape {self.gW.rows} x {self.gW.cols}, as W)",
-            f"  df/dx = 2 W^T q = {vec(self.gx)}   (shape {self.gx.rows}, as x)",
-            f"exact: q = {list(self.q)}, f = {self.value}, df/dW = {self.gW.tolist()}, df/dx = {list(self.gx)}",
-            f"central finite differences (float64): max |difference| = {self.fd_error:.2e}",
-        ]) + "\n"
-
-    def document(self, decimals=3):
-        from ..model.circuit import circuit
-        from ..codegen.templates import environment
-
-        def bmatrix(M, d):
-            rows = [" & ".join(_num(v, d) for v in M.row(i)) for i in range(M.rows)]
-            return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
-        pic = ""
-        if self.W.rows * self.W.cols <= MAX_CIRCUIT:
-            m, n = self.W.shape
-            terms = [" + ".join(f"W{i + 1}{j + 1}*x{j + 1}" for j in range(n)) for i in range(m)]
-            at = {f"W{i + 1}{j + 1}": self.W[i, j] for i in range(m) for j in range(n)}
-            at.update({f"x{j + 1}": self.x[j] for j in range(n)})
-            c = circuit(" + ".join(f"({t})**2" for t in terms), at=at)
-            pic = c.tikz(decimals)
-        return environment().get_template("latex/circuit_wx_norm.tex.j2").render(
-            f=sp.latex(self.f), dW=sp.latex(self.dW), dx=sp.latex(self.dx), dW_q=sp.latex(self.dW_q),
-            dx_q=sp.latex(self.dx_q), W=bmatrix(self.W, decimals), x=bmatrix(self.x, decimals),
-            q=bmatrix(self.q, decimals), value=_num(self.value, decimals),
-            gW=bmatrix(self.gW, decimals), gx=bmatrix(self.gx, decimals),
-            fd_error=sp.latex(sp.Float(self.fd_error, 2)), circuit_tikz=pic)
-
-
-def _num(v, decimals):
-    """A value as the shortest decimal that is exact within ``decimals`` places (0.1, 0.22,
-    0.116), else rounded to ``decimals`` places."""
-    from ..render.circuit import fmt
-    for d in range(decimals + 1):
-        s = fmt(v, d)
-        if sp.Rational(s) == v:
-            return s
-    return fmt(v, decimals)
+    circuit: object = None     # the scalar Circuit of the same function (W of <= MAX_CIRCUIT entries)
 
 
 def derive_matrix_gradients():
@@ -177,7 +123,19 @@ def wx_norm(W, x):
     gx = sp.Matrix(dx_q.subs({qs: qv, Ws: Wv, **sizes}).doit())
     if gW.shape != Wv.shape or gx.shape != xv.shape:
         raise SymbpError(f"wx-norm: gradient shapes {gW.shape}, {gx.shape} differ from W {Wv.shape}, x {xv.shape}")
-    return WxNorm(f, dW, dx, dW_q, dx_q, Wv, xv, qv, value, gW, gx, _fd_error(Wv, xv, gW, gx))
+    return WxNorm(f, dW, dx, dW_q, dx_q, Wv, xv, qv, value, gW, gx, _fd_error(Wv, xv, gW, gx), _circuit(Wv, xv))
+
+
+def _circuit(Wv, xv):
+    """The scalar circuit of sum_i (sum_j W_ij x_j)^2 at the numbers, for W of at most
+    MAX_CIRCUIT entries (the handout draws it), else None."""
+    if Wv.rows * Wv.cols > MAX_CIRCUIT:
+        return None
+    m, n = Wv.shape
+    terms = [" + ".join(f"W{i + 1}{j + 1}*x{j + 1}" for j in range(n)) for i in range(m)]
+    at = {f"W{i + 1}{j + 1}": Wv[i, j] for i in range(m) for j in range(n)}
+    at.update({f"x{j + 1}": xv[j] for j in range(n)})
+    return circuit(" + ".join(f"({t})**2" for t in terms), at=at)
 
 
 def _fd_error(Wv, xv, gW, gx, h=1e-6):
@@ -196,54 +154,3 @@ def _fd_error(Wv, xv, gW, gx, h=1e-6):
         e[j] = h
         err = max(err, abs((f(Wn, xn + e) - f(Wn, xn - e)) / (2 * h) - float(gx[j])))
     return err
-
-
-# --- command line ----------------------------------------------------------------------------
-
-def cmd_wx_norm(args):
-    from ..model.circuit import check_decimals
-    try:
-        decimals = check_decimals(args.decimals)
-    except SymbpError:
-        raise WxNormError(f"--decimals: expected an integer from 0 to 12, got {args.decimals}") from None
-    if args.pdf and not args.latex:
-        raise WxNormError("--pdf needs --latex FILE (the PDF is written beside it)")
-    W = parse_numbers(args.W, "--W")
-    xs = parse_numbers(args.x, "--x")
-    if len(xs) != 1:
-        raise WxNormError("--x: expected one row of numbers, e.g. 0.2,0.4")
-    r = wx_norm(W, xs[0])
-    out = []
-    if args.latex:
-        from pathlib import Path
-
-        from ..codegen.load import write
-        from ..render.pdf import compile_pdf
-        tex = r.document(decimals)
-        try:
-            data = compile_pdf(tex, Path(args.latex).stem)[0] if args.pdf else None
-        except SymbpError as e:
-            raise WxNormError(str(e)) from None
-        write(args.latex, tex)
-        out.append(str(args.latex))
-        if data is not None:
-            pdf = Path(args.latex).with_suffix(".pdf")
-            write(pdf, data)
-            out.append(str(pdf))
-    print(r.text(decimals), end="")
-    for p in out:
-        print(f"wrote {p}")
-    return 0
-
-
-def add_command(subparsers):
-    p = subparsers.add_parser("wx-norm", help="the vectorized example f(x, W) = ||W x||^2: "
-                              "gradients 2 q x^T and 2 W^T q derived by SymPy with matrix symbols")
-    p.add_argument("--W", default=DEFAULT_W, metavar="ROWS",
-                   help=f"the matrix W, rows separated by ';' (default {DEFAULT_W!r}, the slides' numbers)")
-    p.add_argument("--x", default=DEFAULT_X, metavar="VALUES", help=f"the vector x (default {DEFAULT_X!r})")
-    p.add_argument("--latex", metavar="FILE", help="write a LaTeX handout (derivation, numbers, circuit)")
-    p.add_argument("--pdf", action="store_true", help="also compile the --latex document to PDF")
-    p.add_argument("--decimals", type=int, default=3, help="decimals shown (0..12; default 3)")
-    p.set_defaults(fn=cmd_wx_norm)
-    return p

@@ -653,12 +653,13 @@ def graph(name, activations=None):
 
 
 def _kink_matters(act):
-    """True if ReLU'(0) = 1 changes this activation's derivative (relu, leaky_relu, ...)."""
-    from ..derivation import simplify as simp
+    """True if ReLU'(0) = 1 could change this activation's derivative (relu, leaky_relu, ...):
+    SymPy's derivative has a step (Heaviside) or a piecewise boundary, the only places where the
+    derivation stage's relu_at_zero convention applies (read structurally here: the model stage
+    does not import the derivation stage)."""
     if not act.elementwise:
         return False
-    d = sp.diff(act.definition, naming.Z)
-    return simp.kink(d, simp.Context(at_zero=0)) != simp.kink(d, simp.Context(at_zero=1))
+    return sp.diff(act.definition, naming.Z).has(sp.Heaviside, sp.Piecewise)
 
 
 def from_network(net, input_grad=False):

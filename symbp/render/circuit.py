@@ -20,21 +20,23 @@ the hand value where the two differ). Titles show the expression as typed (``typ
 - ``document(c, decimals)``: a standalone article with the picture, the steps and the notes.
 - ``write(c, latex=, tikz=, pdf=, decimals=)``: renders everything (and compiles the PDF in a
   temporary directory) before writing any file, each atomically; returns the paths written.
+
+The public face (symbp/__init__.py) makes these the Circuit's methods (``c.table()``, ...).
+``add_command(subparsers)`` adds ``symbp circuit "EXPR" --at name=value,... [--fused]
+[--latex FILE] [--tikz FILE] [--pdf] [--decimals N]``.
 """
 import ast
 import re
-import shutil
-import subprocess
-import tempfile
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from ..model.circuit import CircuitError, check_decimals
-from ..codegen.load import write as write_text
-from ..codegen.templates import environment
+from ..derivation.circuit import TIE_NOTE, CircuitError, _err, check_decimals, circuit, parse_values
+from ..output import write as write_text
+from ..output import environment
+from .pdf import compile_pdf
 
 # Picture geometry (cm): column spacing, row spacing, length of the output wire.
 DX, DY, OUT = 2.4, 1.6, 2.0
@@ -397,7 +399,6 @@ def _steps(c, decimals):
 def latex(c, decimals=2):
     d = check_decimals(decimals)
     forward, backward, ties = _steps(c, d)
-    from ..model.circuit import TIE_NOTE
     return environment().get_template("latex/circuit_steps.tex.j2").render(
         forward=forward, backward=backward,
         tie_note=(_text(f"At {', '.join(n.name for n in ties)}: {TIE_NOTE}.") if ties else ""))
@@ -640,26 +641,6 @@ def _results(c, d):
     return rows
 
 
-def compile_pdf(tex, name="circuit"):
-    """PDF bytes of a LaTeX document, compiled by pdflatex in a temporary directory."""
-    exe = shutil.which("pdflatex")
-    if exe is None:
-        raise CircuitError("--pdf: pdflatex is not installed (the .tex can be compiled elsewhere)")
-    with tempfile.TemporaryDirectory(prefix="symbp-circuit-") as tmp:
-        src = Path(tmp) / f"{name}.tex"
-        src.write_text(tex, encoding="utf-8")
-        try:
-            run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", src.name],
-                                 cwd=tmp, capture_output=True, text=True, timeout=180)
-        except subprocess.TimeoutExpired:
-            raise CircuitError(f"pdflatex took longer than 180 s on {name}.tex") from None
-        pdf = Path(tmp) / f"{name}.pdf"
-        if run.returncode != 0 or not pdf.exists():
-            err = next((ln for ln in run.stdout.splitlines() if ln.startswith("!")), "no PDF produced")
-            raise CircuitError(f"pdflatex failed on {name}.tex: {err}")
-        return pdf.read_bytes()
-
-
 def write(c, latex=None, tikz=None, pdf=False, decimals=2):
     d = check_decimals(decimals)
     if pdf and not latex:
@@ -667,7 +648,7 @@ def write(c, latex=None, tikz=None, pdf=False, decimals=2):
     out = []
     doc = document(c, d) if latex else None
     pic = _picture(c, d) if tikz else None
-    data = compile_pdf(doc, Path(latex).stem) if pdf else None
+    data = compile_pdf(doc, Path(latex).stem)[0] if pdf else None
     if latex:
         write_text(latex, doc)
         out.append(str(latex))
@@ -679,3 +660,38 @@ def write(c, latex=None, tikz=None, pdf=False, decimals=2):
         write_text(target, data)
         out.append(str(target))
     return out
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def cmd_circuit(args):
+    decimals = check_decimals(args.decimals)
+    values = {}
+    for text in args.at or []:
+        for k, v in parse_values(text).items():
+            if k in values:
+                raise _err(f"--at: two values for {k}")
+            values[k] = v
+    if args.pdf and not args.latex:
+        raise _err("--pdf needs --latex FILE (the PDF is written beside it)")
+    c = circuit(args.expr, granularity="fused" if args.fused else "atomic", at=values)
+    written = write(c, latex=args.latex, tikz=args.tikz, pdf=args.pdf, decimals=decimals)
+    print(table(c, decimals), end="")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_command(subparsers):
+    p = subparsers.add_parser("circuit", help="a scalar computation graph: forward values and "
+                              "upstream x local gradients at every gate")
+    p.add_argument("expr", help='the expression, e.g. "1/(1+exp(-(w0*x0 + w1*x1 + w2)))"')
+    p.add_argument("--at", action="append", metavar="NAME=VALUE,...",
+                   help="values of the variables: integers, decimals or p/q fractions")
+    p.add_argument("--fused", action="store_true", help="use a sigmoid gate for 1/(1+exp(-u))")
+    p.add_argument("--latex", metavar="FILE", help="write a LaTeX document (picture and steps)")
+    p.add_argument("--tikz", metavar="FILE", help="write the TikZ picture alone")
+    p.add_argument("--pdf", action="store_true", help="also compile the --latex document to PDF")
+    p.add_argument("--decimals", type=int, default=2, help="decimals shown (0..12; default 2)")
+    p.set_defaults(fn=cmd_circuit)
+    return p

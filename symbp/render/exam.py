@@ -77,7 +77,8 @@ from ..derivation.equations import Derivation
 from ..errors import InputError, SpecError, SymbpError
 from ..model.functions import ACTIVATIONS, LOSSES
 from .sources import latex_cite
-from .worked import (as_sympy, check_decimals, evaluate, exact, pdflatex, plan, rounded, show,
+from .pdf import pdflatex
+from .worked import (as_sympy, check_decimals, evaluate, exact, plan, rounded, show,
                      worked_example, entry_name)
 
 MAX_VARIANTS = 200
@@ -608,18 +609,18 @@ class Exam:
                 "worked": v.worked.latex(document=False), "circuit": v.circuit}
 
     def questions_tex(self):
-        from ..codegen.templates import environment
+        from ..output import environment
         return environment().get_template("latex/exam_questions.tex.j2").render(**self._context())
 
     def solutions_tex(self):
-        from ..codegen.templates import environment
+        from ..output import environment
         return environment().get_template("latex/exam_solutions.tex.j2").render(**self._context())
 
     def write(self, out_dir, pdf=None):
         """Write questions.tex and solutions.tex (and PDFs: pdf=None where pdflatex exists,
         True requires it, False skips). Everything is rendered and compiled first, then
         written; returns the paths written."""
-        from ..codegen.load import write
+        from ..output import write
         texts = {"questions": self.questions_tex(), "solutions": self.solutions_tex()}
         want_pdf = (shutil.which("pdflatex") is not None) if pdf is None else bool(pdf)
         pdfs = {name: pdflatex(text, name) for name, text in texts.items()} if want_pdf else {}
@@ -645,7 +646,7 @@ def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variant
         raise InputError(f"seed: expected an integer, got {seed!r}")
     sizes = _check_sizes(network_sizes)
     net = build_network(sizes, activation, loss, output_activation, bias, relu_at_zero)
-    if circuit and importlib.util.find_spec("symbp.model.circuit") is None:
+    if circuit and importlib.util.find_spec("symbp.derivation.circuit") is None:
         raise SymbpError("circuit: circuit questions need symbp.circuit, which this installation lacks")
     integer = all(_integer_preserving(l.activation) for l in net.layers) and loss in ("mse", "sse")
     if decimals is None:
@@ -1025,7 +1026,7 @@ def degenerate(c, text):
     """Why a circuit variant cannot tell a careful student from a careless one, or "": two
     variables with equal values, or two that a student may swap without changing any answer
     (unless the expression itself is symmetric in them), a max tie, a zero value or gradient."""
-    from ..model.circuit import circuit
+    from ..derivation.circuit import circuit
     vals, names = c.values, c.variables
     if any(n.tie for n in c.gates):
         return "a max tie"
@@ -1045,7 +1046,7 @@ def degenerate(c, text):
 
 def _circuit_question(rng):
     """One staged-circuit question: distinct integer values in -3..3, not degenerate."""
-    from ..model.circuit import circuit
+    from ..derivation.circuit import circuit
     from .circuit import typed_latex
     for _ in range(MAX_TRIES):
         text = CIRCUITS[rng.randrange(len(CIRCUITS))]

@@ -32,6 +32,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from .. import naming
+from ..derivation import facts
 from ..derivation.equations import ColumnSum, batch_form
 from ..errors import SymbpError
 from .graph_tikz import text_mode as _text
@@ -686,9 +687,8 @@ class Renderer:
         if e.kind != "backprop" or self.g.node(e.source).kind in ("dense", "concat"):
             return None
         I, J = naming.I, naming.J
-        jac = self.jacobian(e)
-        diag = jac.coeff(sp.KroneckerDelta(I, J))
-        if diag == 0 or sp.expand(jac - diag * sp.KroneckerDelta(I, J)) != 0:
+        diag = facts.diagonal(self.jacobian(e))
+        if diag is None:
             return None
         pr = GraphPrinter(self.names, vector=True)
         g_out = pr.doprint(sp.IndexedBase(f"g_{e.source}")[S, J])
@@ -716,7 +716,7 @@ class Renderer:
             out = self.g.node(self.g.output)
             a = sp.IndexedBase(out.name, real=True)[S, naming.J]
             y = sp.IndexedBase(self.g.target, real=True)[S, naming.J]
-            err = sp.expand(e.rhs - self.d.batch_factor * (a - y)) == 0
+            err = facts.is_prediction_error(e.rhs, self.d.batch_factor, a, y)
             return (rf"the gradient of ${v}$ through the output activation ${self.sym(out.name)}$",
                     rf"The output ${self.sym(out.name)} = {out.activation.latex}({v})$ feeds only the loss, "
                     r"so SymPy multiplies the loss derivative by the activation's Jacobian and simplifies "
@@ -804,7 +804,7 @@ class Renderer:
 
 
 def render(derivation, notation="cs231n", document=False):
-    from ..codegen.templates import environment
+    from ..output import environment
     nt = get_notation(notation)
     r = Renderer(derivation, nt)
     env = environment()
@@ -830,7 +830,7 @@ def render(derivation, notation="cs231n", document=False):
 def write_document(derivation, path, notation="cs231n", pdf=False):
     """Write the handout to ``path`` (and the PDF beside it with ``pdf=True``), each atomically,
     after everything was rendered and compiled. Returns the paths written."""
-    from ..codegen.load import write
+    from ..output import write
     path = Path(path)
     tex = render(derivation, notation=notation, document=True)
     data = compile_pdf(tex, path.stem)[0] if pdf else None     # before any file is written

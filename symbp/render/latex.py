@@ -31,15 +31,11 @@ Contract:
   f = W^T a gives dW = a delta^T and the row-vector convention gives g_in = g_out W.
 - ``write_document(derivation, path, notation, pdf=False, stages=False)`` writes the .tex
   atomically; with ``pdf=True`` it first compiles it (twice, for the section references) with
-  ``pdflatex -halt-on-error`` in a temporary directory and puts the PDF beside the .tex. A
+  ``render.pdf`` (pdflatex in a temporary directory) and puts the PDF beside the .tex. A
   missing or failing pdflatex raises a SymbpError (the failing run's log is kept beside the
   .tex and named) and writes neither file.
 Same Derivation, same bytes.
 """
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import sympy as sp
@@ -47,11 +43,13 @@ from sympy.core.function import AppliedUndef
 from sympy.printing.latex import LatexPrinter
 
 from .. import naming
+from ..derivation import facts
 from ..derivation import simplify as simp
-from ..codegen.templates import environment
+from ..output import environment
 from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import SymbpError
 from . import notation as _notation
+from .pdf import PdfError, _first_error, compile_pdf
 from . import sources as _sources
 
 NOTATIONS = tuple(_notation.NOTATIONS)
@@ -804,35 +802,19 @@ class Renderer:
                          rf"backward pass reads the stored ${pre}$.")
 
     def kink_note(self, lr):
-        """The one-sided value used where the activation is not differentiable."""
-        derived = lr.rule.stages[0][1]
-        used = [e for name, e in lr.rule.stages if name == "kink"][0]
-        z = naming.Z
-        # candidate kinks: where a step, a sign or a branch of the derived derivative switches
-        switches = [f.args[0] for f in derived.atoms(sp.Heaviside, sp.sign)]
-        for pw in derived.atoms(sp.Piecewise):
-            switches += [c.lhs - c.rhs for _, c in pw.args if isinstance(c, sp.core.relational.Relational)]
-        points = []
-        for u in sorted(switches, key=sp.default_sort_key):
-            try:
-                points += [p for p in sp.solve(u, z) if p.is_real]
-            except (NotImplementedError, ValueError, TypeError):
-                continue
+        """The one-sided value used where the activation is not differentiable (the kinks are
+        found by the derivation stage, ``symbp.derivation.facts.kinks``)."""
         notes = []
-        eps = sp.Symbol("epsilon", positive=True)
         act = lr.activation
         pre, _ = self.nt.scalars
-        for p0 in sorted(set(points), key=sp.default_sort_key):
-            left = sp.limit(used.xreplace({z: p0 - eps}), eps, 0, "+")
-            right = sp.limit(used.xreplace({z: p0 + eps}), eps, 0, "+")
-            if left == right:
+        for k in facts.kinks(lr.rule):
+            if not k.jump:
                 continue
-            value = used.xreplace({z: p0})
-            side = ("the derivative from the left" if value == left else
-                    "the derivative from the right" if value == right else "a convention")
-            notes.append(rf"At ${pre} = {sp.latex(p0)}$ {_text(act.name)} is not differentiable "
-                         rf"(derivative ${sp.latex(left)}$ from the left, ${sp.latex(right)}$ from the "
-                         rf"right); symbp uses ${act.latex}'({sp.latex(p0)}) = {sp.latex(value)}$, {side} "
+            side = {"left": "the derivative from the left", "right": "the derivative from the right"}.get(
+                k.side, "a convention")
+            notes.append(rf"At ${pre} = {sp.latex(k.point)}$ {_text(act.name)} is not differentiable "
+                         rf"(derivative ${sp.latex(k.left)}$ from the left, ${sp.latex(k.right)}$ from the "
+                         rf"right); symbp uses ${act.latex}'({sp.latex(k.point)}) = {sp.latex(k.value)}$, {side} "
                          r"(the generated kernels use the same value"
                          + self.at_zero_reason() + ").")
         return " ".join(notes)
@@ -1047,18 +1029,11 @@ class Renderer:
     def printed(self, eq):
         """The printed form of the output layer's dL/da and dL/dz: one fraction, factored, so
         that the sign rule of the printer (``Printer._split``) reads (a - y) / (a (1 - a)) for
-        every loss and output activation. An exact rewrite (cancel, factor; checked); other
-        equations print as derived."""
-        e = eq.rhs
-        if eq.name not in (f"ga{self.L}", f"delta{self.L}") or e.has(sp.Sum, sp.Piecewise):
-            return e
-        try:
-            f = sp.factor(sp.cancel(e))
-        except (sp.PolynomialError, TypeError, ValueError):
-            return e
-        if sp.cancel(f - e) != 0 or sp.count_ops(f) > sp.count_ops(e) + 2:
-            return e
-        return f
+        every loss and output activation. An exact rewrite found by the derivation stage
+        (``facts.one_fraction``); other equations print as derived."""
+        if eq.name not in (f"ga{self.L}", f"delta{self.L}"):
+            return eq.rhs
+        return facts.one_fraction(eq.rhs)
 
     def vector_rhs(self, eq, flavor):
         """An elementwise equation's right side as whole vectors; transposed to a row where the
@@ -1071,16 +1046,12 @@ class Renderer:
 
     def cancellation(self):
         L = self.L
-        a, y = naming.quantity("a", L), naming.quantity("y")
-        ga, delta = self.d[f"ga{L}"], self.d[f"delta{L}"]
-        err = self.d.batch_factor * (a[S, J] - y[S, J])
-        if sp.expand(delta.rhs - err) != 0:
+        delta = self.d[f"delta{L}"]
+        found = facts.output_cancellation(delta, self.d[f"ga{L}"], self.d.batch_factor,
+                                          self.d.layers[-1].rule is not None)
+        if found is None:
             return ""
-        den = sp.fraction(sp.together(ga.rhs))[1]
-        if not den.has(a) and self.d.layers[-1].rule is not None:
-            return ""
-        changed = [n for (n, e), (_, prev) in zip(delta.stages[1:], delta.stages) if e != prev]
-        how = " with $\\sum_i y_i = 1$ for one-hot targets" if "onehot" in changed else ""
+        how = " with $\\sum_i y_i = 1$ for one-hot targets" if found.onehot else ""
         pr = Printer(self.ctx, self.main, vector=True)
         act = self.d.layers[-1].activation
         return (rf"The derivative of the {_text(act.name)} output cancels against the derivative of "
@@ -1268,56 +1239,25 @@ def render(derivation, notation="cs231n", document=False, stages=False):
         sources=_sources.bibliography(set(r.cited)))
 
 
-def _first_error(log):
-    for line in log.splitlines():
-        if line.startswith("!"):
-            return line.strip()
-    return "no error line in the log"
-
-
 def write_document(derivation, path, notation="cs231n", pdf=False, stages=False):
     """Write the LaTeX document to ``path`` (atomically); with ``pdf=True`` compile it first
     and write the PDF beside it (same stem). Returns the list of paths written."""
-    from ..codegen.load import write
+    from ..output import write
     path = Path(path)
     tex = render(derivation, notation=notation, document=True, stages=stages)
     if not pdf:
         write(path, tex)
         return [path]
-    exe = shutil.which("pdflatex")
-    if exe is None:
-        raise SymbpError("--pdf: pdflatex not found on PATH (install texlive-latex-base and "
-                         "texlive-latex-recommended); nothing written")
-    out_pdf = path.with_suffix(".pdf")
-    with tempfile.TemporaryDirectory(prefix="symbp-latex-") as tmp:
-        src = Path(tmp) / "document.tex"
-        src.write_text(tex, encoding="utf-8")
-        ok = True
-        try:
-            for _ in range(2):      # twice: the section references resolve on the second run
-                run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", "-no-shell-escape",
-                                      src.name], cwd=tmp, capture_output=True, text=True, timeout=300)
-                ok = run.returncode == 0 and (Path(tmp) / "document.pdf").exists()
-                if not ok:
-                    break
-        except subprocess.TimeoutExpired:
-            ok = False
-        if not ok:
-            logsrc = Path(tmp) / "document.log"
-            log = logsrc.read_text(encoding="utf-8", errors="replace") if logsrc.exists() else ""
-            logdst = path.with_suffix(".log")
-            write(logdst, log)
-            raise SymbpError(f"--pdf: pdflatex failed on {path.name} ({_first_error(log)}); "
-                             f"see the log {logdst}; nothing else written")
-        out_pdf.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_pdf = tempfile.mkstemp(dir=out_pdf.parent, prefix=f".{out_pdf.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(Path(tmp) / "document.pdf", tmp_pdf)
-            write(path, tex)
-            os.replace(tmp_pdf, out_pdf)
-        except BaseException:
-            if os.path.exists(tmp_pdf):
-                os.unlink(tmp_pdf)
+    try:    # twice: the section references resolve on the second run
+        data = compile_pdf(tex, "document", runs=2)[0]
+    except PdfError as e:
+        if not e.log:
             raise
+        logdst = path.with_suffix(".log")
+        write(logdst, e.log)
+        raise SymbpError(f"pdf: pdflatex failed on {path.name} ({_first_error(e.log)}); "
+                         f"see the log {logdst}; nothing else written") from None
+    out_pdf = path.with_suffix(".pdf")
+    write(path, tex)
+    write(out_pdf, data)
     return [path, out_pdf]

@@ -22,10 +22,11 @@ samples. A notation states
 - index style: subscripts counted from 1, or brackets counted from 0 (the book chapter).
 The works themselves are cited from ``render.sources`` (``NOTATION_SOURCE``).
 
-``naming.latex_base`` reads the symbols from here.
+``latex_base(base, notation)`` is the LaTeX of a quantity (``naming.quantity``) in a notation.
 """
 from dataclasses import dataclass, field
 
+from .. import naming
 from ..errors import SymbpError
 
 KINDS = ("x", "a", "z", "W", "b", "y", "delta", "ga", "gW", "gb", "Ja", "Jz")
@@ -266,3 +267,10 @@ def get(name):
     except (KeyError, TypeError):
         raise SymbpError(f"notation: unknown notation {name!r} (expected one of: "
                          f"{', '.join(NOTATIONS)})") from None
+
+
+def latex_base(base, notation="cs231n"):
+    """LaTeX of a quantity in a notation's main flavor, e.g. z^{[2]} for z2 in cs231n, f_{1} in
+    udl, H_{2} in batch. An unknown notation raises a SymbpError naming the valid ones."""
+    kind, layer = naming.parse(base)
+    return get(notation).symbol(kind, layer)

@@ -43,11 +43,7 @@ The CLI subcommand ``symbp worked`` is added by ``add_command`` (module ``symbp.
 """
 import itertools
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -58,7 +54,9 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
 from .. import naming
+from ..derivation import facts
 from ..errors import InputError, SymbpError
+from .pdf import pdflatex
 from .sources import latex_cite
 from ..model.exprparse import number
 
@@ -556,26 +554,6 @@ def _clearly_positive(num):
     return bool(num.is_Float and num > sp.Float("1e-25"))
 
 
-def _kink_points(rule):
-    """Points z where the derived f'(z) (before the kink convention) has a jump."""
-    if rule is None:
-        return ()
-    derived = rule.stages[0][1]
-    args = [h.args[0] for h in derived.atoms(sp.Heaviside)]
-    args += [s.args[0] for s in derived.atoms(sp.sign)]
-    for pw in derived.atoms(sp.Piecewise):
-        for _, cond in pw.args:
-            if isinstance(cond, sp.core.relational.Relational):
-                args.append(cond.lhs - cond.rhs)
-    pts = set()
-    for a in args:
-        try:
-            pts.update(p for p in sp.solve(a, naming.Z) if p.is_real)
-        except (NotImplementedError, TypeError, ValueError):
-            continue
-    return tuple(sorted(pts, key=sp.default_sort_key))
-
-
 @dataclass(frozen=True)
 class Kink:
     layer: int
@@ -585,21 +563,6 @@ class Kink:
     activation: str
     used: sp.Expr         # f'(z) the derivation uses there
     side: str             # "left", "right" or "neither"
-
-
-def _kink_convention(rule, point):
-    fprime = dict(rule.stages).get("kink", rule.stages[0][1])
-    used = fprime.xreplace({naming.Z: point}).doit()
-    derived = rule.stages[0][1]
-    side = "neither"
-    for direction, label in (("-", "left"), ("+", "right")):
-        try:
-            if sp.limit(derived, naming.Z, point, direction) == used:
-                side = label
-                break
-        except (NotImplementedError, ValueError, TypeError):
-            continue
-    return used, side
 
 
 @dataclass
@@ -639,7 +602,8 @@ def evaluate(derivation, P, X, Y, rounding=None):
     approx = {k: sp.Float(v, APPROX_DIGITS) for k, v in env.items()}
     approx_results = {}
     kinks, table, seen = [], [], set()
-    kink_pts = {lr.layer: (lr, _kink_points(lr.rule)) for lr in derivation.layers}
+    # the kinks of each layer's activation, found by the derivation stage
+    kink_pts = {lr.layer: (lr, facts.kinks(lr.rule)) for lr in derivation.layers}
     results = {}
 
     def record(latex, value):
@@ -685,12 +649,11 @@ def evaluate(derivation, P, X, Y, rounding=None):
             approx[ent.lhs] = sp.Float(num, APPROX_DIGITS)
             nums[ent.index] = approx[ent.lhs]
             if eq.kind == "forward_z" and rounding is None:
-                lr, pts = kink_pts.get(eq.layer, (None, ()))
-                for p in pts:
-                    if abs(approx[ent.lhs] - p) < sp.Float("1e-25") and _equal(v, p):
-                        used, side = _kink_convention(lr.rule, p)
+                lr, found = kink_pts.get(eq.layer, (None, ()))
+                for kink in found:
+                    if abs(approx[ent.lhs] - kink.point) < sp.Float("1e-25") and _equal(v, kink.point):
                         kinks.append(Kink(eq.layer, ent.index[0], ent.index[1], v,
-                                          lr.activation.name, used, side))
+                                          lr.activation.name, kink.value, kink.side))
         results[eq.name] = vals
         approx_results[eq.name] = nums
     return Evaluation(env, results, approx, approx_results, kinks, table)
@@ -804,11 +767,11 @@ class WorkedExample:
         }
 
     def latex(self, document=False):
-        from ..codegen.templates import environment
+        from ..output import environment
         return environment().get_template("latex/worked.tex.j2").render(document=document, **self._context())
 
     def markdown(self):
-        from ..codegen.templates import environment
+        from ..output import environment
         return environment().get_template("markdown/worked.md.j2").render(**self._context())
 
     def _repr_markdown_(self):
@@ -1140,25 +1103,6 @@ def _lhs_text(lhs, single, notation):
 # ------------------------------------------------------------------------------------------
 # PDF and command line
 # ------------------------------------------------------------------------------------------
-def pdflatex(tex, name="document", runs=1):
-    """Compile ``tex`` with pdflatex in a temporary directory; the PDF's bytes, or SymbpError.
-    SOURCE_DATE_EPOCH pins the embedded dates, so the same source gives the same PDF."""
-    exe = shutil.which("pdflatex")
-    if exe is None:
-        raise SymbpError("pdf: pdflatex is not installed (install texlive-latex-base)")
-    env = dict(os.environ, SOURCE_DATE_EPOCH="0", FORCE_SOURCE_DATE="1")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.tex"
-        path.write_text(tex, encoding="utf-8")
-        for _ in range(runs):
-            run = subprocess.run([exe, "-halt-on-error", "-interaction=nonstopmode", path.name],
-                                 cwd=tmp, capture_output=True, text=True, env=env)
-            if run.returncode != 0:
-                errs = [l for l in run.stdout.splitlines() if l.startswith("!")]
-                raise SymbpError(f"pdf: pdflatex failed on {name}.tex: {errs[0] if errs else 'see its log'}")
-        return (Path(tmp) / f"{name}.pdf").read_bytes()
-
-
 def _numbers(text, what):
     """'1,2;3,4' -> [[1, 2], [3, 4]] of Fractions (no eval: Fraction parses '0.5', '1/3', '-2')."""
     rows = []
@@ -1209,7 +1153,7 @@ def _no_constant(name):
 def cmd_worked(args):
     from ..derivation.chain import derive
     from ..model.spec import load
-    from ..codegen.load import write
+    from ..output import write
     check_decimals(args.decimals)
     _notation(args.notation)
     net = load(args.spec)

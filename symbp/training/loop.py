@@ -32,7 +32,7 @@ import numpy as np
 from ..codegen.cuda_kernel import as_batch, is_device_array, take_rows
 from ..codegen.kernel import Kernel, check_seed, check_writable
 from ..errors import InputError, shown
-from .optim import SGD, optimizer as make_optimizer
+from ..model.optim import SGD, optimizer as make_optimizer
 
 
 def one_hot(labels, classes, dtype=np.float64):

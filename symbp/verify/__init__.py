@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from .chain import ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, oracle_loss_expression
-from .fd import DEFAULT_TOL, GradcheckReport, GradcheckRow, check_tol, gradcheck
+from .fd import DEFAULT_TOL, GradcheckReport, GradcheckRow, check_tol, gradcheck, is_graph, model_of
 from .torch_ref import torch_gradients
 
 
@@ -44,22 +44,6 @@ def oracle_gradients(model, params, X, Y, exact=False, input_grad=False, entries
         return loss, {**grads, **igrads}
     from .chain import oracle_gradients as mlp_oracle_gradients
     return mlp_oracle_gradients(model, params, X, Y, exact=exact, input_grad=input_grad, entries=entries)
-
-
-def model_of(obj):
-    """The Network or Graph of ``obj`` (itself when it is one; a kernel's otherwise)."""
-    from ..model.graph import Graph
-    from ..model.network import Network
-    if isinstance(obj, (Graph, Network)):
-        return obj
-    graph = getattr(obj, "graph", None)     # a graph kernel (its .network is the graph too)
-    return graph if graph is not None else obj.network
-
-
-def is_graph(obj):
-    """True for a Graph or a graph kernel, False for a Network or an MLP kernel."""
-    from ..model.graph import Graph
-    return isinstance(model_of(obj), Graph)
 
 
 def sample(obj, batch, seed=0, dtype="float64"):

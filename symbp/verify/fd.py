@@ -97,7 +97,7 @@ def _float64_twin(kernel):
     (``symbp.generate`` takes a Derivation or a GraphDerivation)."""
     if np.dtype(kernel.dtype) == np.float64:
         return kernel
-    from .. import generate   # the package's entry point; imported late (symbp imports verify lazily)
+    from ..codegen import generate
     return generate(kernel.derivation, target=kernel.target, dtype="float64",
                     out_dir=kernel.path.parent.parent, jit=kernel.jit)
 
@@ -177,7 +177,6 @@ def arrays(where, model, params, X, Y):
     """float64 copies ``(params, inputs, target)`` after checking keys, shapes and finiteness,
     for every verification function: ``inputs`` is {"X": X} for a Network, {name: array} for a
     Graph (X a dict, or one array for a graph with one input); an InputError names the array."""
-    from . import is_graph
     shapes = model.param_shapes()
     if is_graph(model):
         widths = {n.name: n.width for n in model.inputs}
@@ -269,3 +268,19 @@ def check_entries(name, arr, g, at, eps, floor, rng, max_entries, directions):
         if e > worst[0]:
             worst = (e, f"dir{d}", gv, float(fd))
     return GradcheckRow(name, arr.shape, len(flat), ndir, max(worst[0], 0.0), worst[1], worst[2], worst[3])
+
+
+def model_of(obj):
+    """The Network or Graph of ``obj`` (itself when it is one; a kernel's otherwise)."""
+    from ..model.graph import Graph
+    from ..model.network import Network
+    if isinstance(obj, (Graph, Network)):
+        return obj
+    graph = getattr(obj, "graph", None)     # a graph kernel (its .network is the graph too)
+    return graph if graph is not None else obj.network
+
+
+def is_graph(obj):
+    """True for a Graph or a graph kernel, False for a Network or an MLP kernel."""
+    from ..model.graph import Graph
+    return isinstance(model_of(obj), Graph)

@@ -163,8 +163,7 @@ def torch_gradients(model, params, X, Y, input_grad=False):
     NotImplementedError for what it cannot translate.
     """
     import torch
-    from . import is_graph
-    from .fd import arrays
+    from .fd import arrays, is_graph
     p64, x64, t64 = arrays("torch_gradients", model, params, X, Y)
     if is_graph(model):
         grad_names = {n.name for n in model.grad_inputs}

@@ -1,5 +1,9 @@
 """Optimizers fused into the generated training step: their update rules, written once.
 
+This is a table of definitions, like the activation table (``symbp.model.functions``), so it
+lives in the model stage: the code generator prints it and the training loop validates the
+user's choice with it, and neither of those later stages is imported from here.
+
 Contract: ``RULES`` holds, per optimizer kind ("sgd", "adam", "adamw"), the optimizer's own
 definition as SymPy assignments (PyTorch's ``torch.optim`` definitions and defaults, so that a
 trajectory can be compared with torch's step for step). These are forward definitions of an

@@ -29,8 +29,10 @@ Contract: ``circuit(expr, granularity="atomic", **values) -> Circuit``.
   of zero, a value that is not a finite real number, a local gradient that is infinite where it
   is evaluated, decimals outside 0..12.
 
-``add_command(subparsers)`` adds ``symbp circuit "EXPR" --at name=value,... [--fused]
-[--latex FILE] [--tikz FILE] [--pdf] [--decimals N]``.
+A Circuit shows itself through the render stage (``symbp.render.circuit``: ``c.table()``,
+``c.latex()``, ``c.tikz()``, ``c.document()``, ``c.write(...)``, ``str(c)``), which adds those
+methods; this stage never imports it. ``parse_values`` reads the ``--at`` text of the ``symbp
+circuit`` command (``symbp.render.circuit.add_command``).
 """
 import ast
 import re
@@ -44,8 +46,8 @@ from sympy.core.sorting import default_sort_key
 
 from .. import naming
 from ..errors import SymbpError
-from .exprparse import number, parse_expression
-from .functions import ACTIVATIONS, elementwise_functions
+from ..model.exprparse import number, parse_expression
+from ..model.functions import ACTIVATIONS, elementwise_functions
 
 GRANULARITIES = ("atomic", "fused")
 FUNCTIONS = ("exp", "log", "max", "sqrt", "sigmoid", "relu")
@@ -488,7 +490,7 @@ def _local(node, nodes):
 
 @lru_cache(maxsize=None)
 def _output_form(kind):
-    from ..derivation.chain import output_form
+    from .chain import output_form     # late: chain is the heavier module, needed for sigmoid only
     _, form, uses = output_form(GATES[kind].forward(naming.Z))
     return form if uses == "a" else None
 
@@ -563,30 +565,6 @@ class Circuit:
         if ties:
             lines.append(f"convention at {', '.join(ties)}: {TIE_NOTE}")
         return lines
-
-    def table(self, decimals=2):
-        from ..render.circuit import table
-        return table(self, decimals)
-
-    def latex(self, decimals=2):
-        from ..render.circuit import latex
-        return latex(self, decimals)
-
-    def tikz(self, decimals=2):
-        from ..render.circuit import tikz
-        return tikz(self, decimals)
-
-    def document(self, decimals=2):
-        from ..render.circuit import document
-        return document(self, decimals)
-
-    def write(self, latex=None, tikz=None, pdf=False, decimals=2):
-        """Write the document (and its PDF) and/or the TikZ picture; all rendered first."""
-        from ..render.circuit import write
-        return write(self, latex=latex, tikz=tikz, pdf=pdf, decimals=decimals)
-
-    def __str__(self):
-        return self.table()
 
     def __repr__(self):
         return f"Circuit({self.text!r}, {self.granularity}, {len(self.gates)} gates)"
@@ -688,36 +666,3 @@ def parse_values(text):
         except (ValueError, ZeroDivisionError):
             raise _err(f"--at: {name}={raw}: expected a number with a nonzero denominator") from None
     return values
-
-
-def cmd_circuit(args):
-    decimals = check_decimals(args.decimals)
-    values = {}
-    for text in args.at or []:
-        for k, v in parse_values(text).items():
-            if k in values:
-                raise _err(f"--at: two values for {k}")
-            values[k] = v
-    if args.pdf and not args.latex:
-        raise _err("--pdf needs --latex FILE (the PDF is written beside it)")
-    c = circuit(args.expr, granularity="fused" if args.fused else "atomic", at=values)
-    written = c.write(latex=args.latex, tikz=args.tikz, pdf=args.pdf, decimals=decimals)
-    print(c.table(decimals), end="")
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
-def add_command(subparsers):
-    p = subparsers.add_parser("circuit", help="a scalar computation graph: forward values and "
-                              "upstream x local gradients at every gate")
-    p.add_argument("expr", help='the expression, e.g. "1/(1+exp(-(w0*x0 + w1*x1 + w2)))"')
-    p.add_argument("--at", action="append", metavar="NAME=VALUE,...",
-                   help="values of the variables: integers, decimals or p/q fractions")
-    p.add_argument("--fused", action="store_true", help="use a sigmoid gate for 1/(1+exp(-u))")
-    p.add_argument("--latex", metavar="FILE", help="write a LaTeX document (picture and steps)")
-    p.add_argument("--tikz", metavar="FILE", help="write the TikZ picture alone")
-    p.add_argument("--pdf", action="store_true", help="also compile the --latex document to PDF")
-    p.add_argument("--decimals", type=int, default=2, help="decimals shown (0..12; default 2)")
-    p.set_defaults(fn=cmd_circuit)
-    return p
