@@ -87,19 +87,25 @@ class Quantity:
 # names
 # ----------------------------------------------------------------------------------------------
 
+# cached: building an IndexedBase deduces its assumptions, and a chain of 2000 nodes asks for
+# each name many times
+@lru_cache(maxsize=None)
 def value(name):
     return sp.IndexedBase(name, real=True)
 
 
+@lru_cache(maxsize=None)
 def grad(name):
     return sp.IndexedBase(f"g_{name}", real=True)
 
 
+@lru_cache(maxsize=None)
 def labelled(label):
     """The IndexedBase of an equation's lhs label (g_a__r, g_W, ...)."""
     return sp.IndexedBase(label, real=True)
 
 
+@lru_cache(maxsize=None)
 def contribution(name, consumer, slot=None):
     return sp.IndexedBase(f"g_{name}__{consumer}" + ("" if slot is None else f"_{slot}"), real=True)
 
@@ -205,8 +211,34 @@ def _mapping(graph, node):
     return mapping
 
 
+def renamer(mapping):
+    """``e.xreplace(mapping)`` with every rebuilt subexpression remembered: the stages of one
+    node (and the equations of a whole chain view) share most subexpressions (delta2[s, j],
+    the sums), and building an Indexed or a Sum anew (its assumptions deduced) was most of a
+    deep network's derivation time. Same result as xreplace: a key of ``mapping`` is replaced
+    whole, otherwise the arguments are, and the node is rebuilt only if one changed."""
+    memo = {}
+    same = object()     # "unchanged": the object asked about is returned itself, so that an
+                        # equal subexpression built elsewhere does not make its parent rebuilt
+
+    def go(e):
+        r = memo.get(e)
+        if r is None:
+            if e in mapping:
+                r = mapping[e]
+            elif not e.args:
+                r = same
+            else:
+                args = tuple(go(a) for a in e.args)
+                r = e.func(*args) if any(a is not b for a, b in zip(args, e.args)) else same
+            memo[e] = r
+        return e if r is same else r
+    return go
+
+
 def _rename(stages, mapping):
-    return tuple((name, e.xreplace(mapping)) for name, e in stages)
+    go = mapping if callable(mapping) else renamer(mapping)
+    return tuple((name, go(e)) for name, e in stages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,9 +254,10 @@ class GraphDerivation(EquationLookup):
     ``sizes`` ({width symbol: int}), ``loss_sample`` ((per-sample loss in [s, i], the node it
     reads) for the kernels), ``batch_factor``, ``inlined`` (equations the kernels do not
     compute), ``input_grads`` ({input: equation name of its gradient}) and ``param_grads``
-    ({parameter: equation name of its gradient})."""
+    ({parameter: equation name of its gradient}), ``names`` (see ``derive_graph``)."""
 
     layers = ()     # a DAG has no layer rules; see ``nodes``
+    names = {}      # the ``names`` derive_graph applied (none: the graph's own)
 
     def __init__(self, graph, equations, nodes, quantities, sizes, loss_sample, batch_factor,
                  inlined, input_grads, param_grads):
@@ -292,8 +325,18 @@ def _stages(label, stages):
     return out
 
 
-def derive_graph(graph):
-    """Derive the backpropagation of ``graph`` (see the module docstring)."""
+def derive_graph(graph, names=None):
+    """Derive the backpropagation of ``graph`` (see the module docstring).
+
+    ``names``: an optional {base or symbol of this derivation: what to write instead}, applied
+    in the same renaming as each node's own names, to the lhs of every equation and to the
+    per-sample loss (``chain.chain_view`` passes the MLP's names: a deep chain is then renamed
+    once, not twice). Equation names, quantities and the other tables keep the graph's names."""
+    names = names or {}
+
+    def composed(mapping):
+        return renamer({k: names.get(v, v) for k, v in mapping.items()} if names else mapping)
+    alias = renamer(names)
     order = {n.name: idx for idx, n in enumerate(graph.nodes)}
     need = graph.requires_grad()
     loss = graph.loss_node
@@ -308,6 +351,7 @@ def derive_graph(graph):
         return base
 
     def eq(name, kind, node, lhs, stages, doc, source="", terms=()):
+        lhs = alias(lhs) if names else lhs
         e = GraphEquation(name, kind, order.get(node, -1), lhs, stages[-1][1], tuple(stages), doc,
                           node=node, source=source, terms=tuple(terms))
         equations.append(e)
@@ -325,10 +369,10 @@ def derive_graph(graph):
     for n in graph.nodes:
         if n.op.realize in ("source", "loss"):
             continue
-        t, m = _template(_key(n), at_zero), _mapping(graph, n)
-        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[S, J], [("definition", t["forward"].xreplace(m))],
+        t, m = _template(_key(n), at_zero), composed(_mapping(graph, n))
+        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[S, J], [("definition", m(t["forward"]))],
            f"{n.kind} node")
-        rules.append(NodeRules(n.name, n.kind, t["forward"].xreplace(m),
+        rules.append(NodeRules(n.name, n.kind, m(t["forward"]),
                                tuple(_rename(j, m) for j in t["jacobians"]),
                                _rename(t.get("dW", ()), m), _rename(t.get("db", ()), m), t["rule"]))
     inline = out.kind == "activation" and graph.consumers(out.name) == ((loss.name, 0),) and out.name in need
@@ -337,7 +381,8 @@ def derive_graph(graph):
     lm.update({_OUT: value(out.name), _OUT.label: value(out.name).label, _N_OUT: width(out.name)})
     if inline:
         lm.update({_in(0): value(out.inputs[0]), _in(0).label: value(out.inputs[0]).label})
-    eq("L", "loss", loss.name, sp.Symbol("L"), [("definition", lt["L"].xreplace(lm))], f"loss {loss.loss.name}")
+    lm_go = composed(lm)
+    eq("L", "loss", loss.name, sp.Symbol("L"), [("definition", lm_go(lt["L"]))], f"loss {loss.loss.name}")
 
     # 2. backward, in reverse topological order --------------------------------------------------
     edges = {v: graph.consumers(v) for v in need}
@@ -354,7 +399,7 @@ def derive_graph(graph):
     inlined = set()
     if out.name in need:
         base = target_base(out.name, loss.name, 0)
-        e = eq(str(base.label), "loss_grad", out.name, base[S, J], _rename(lt["grad"], lm),
+        e = eq(str(base.label), "loss_grad", out.name, base[S, J], _rename(lt["grad"], lm_go),
                "dL/dout at the loss", source=loss.name)
         if inline:
             inlined.add(e.name)
@@ -372,7 +417,7 @@ def derive_graph(graph):
             rhs = sp.Add(*[labelled(t)[S, J] for t in terms])
             eq(str(base.label), "branch_sum", n.name, base[S, J], [("sum", rhs)],
                f"branch: {n.name} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
-        t, m = _template(_key(n), at_zero), _mapping(graph, n)
+        t, m = _template(_key(n), at_zero), composed(_mapping(graph, n))
         bound = n.op.bind(n)
         for spec in n.op.params:
             if spec.role in bound:
@@ -392,7 +437,7 @@ def derive_graph(graph):
                 continue
             base = target_base(v, n.name, slot)
             if inline and n.name == out.name:
-                stages, kind, doc = _rename(lt["delta"], lm), "output_delta", "dL/din = sum_i dL/dout_i dout_i/din_j"
+                stages, kind, doc = _rename(lt["delta"], lm_go), "output_delta", "dL/din = sum_i dL/dout_i dout_i/din_j"
             else:
                 stages, kind, doc = _rename(t["contributions"][slot], m), "backprop", "g_in = g_out J (Algorithm 14.1)"
             e = eq(str(base.label), kind, v, base[S, J], stages, doc, source=n.name)
@@ -425,8 +470,12 @@ def derive_graph(graph):
             raise DerivationError(f"{graph.name}: could not collapse {e.name} = {e.rhs}")
 
     loss_sample = _graph_loss_sample(graph, out)
-    return GraphDerivation(graph, tuple(equations), tuple(rules), quantities, sizes, loss_sample,
-                           _batch_factor(loss.reduction), frozenset(inlined), input_grads, param_grads)
+    if names:
+        loss_sample = (alias(loss_sample[0]), loss_sample[1])
+    gd = GraphDerivation(graph, tuple(equations), tuple(rules), quantities, sizes, loss_sample,
+                         _batch_factor(loss.reduction), frozenset(inlined), input_grads, param_grads)
+    gd.names = names
+    return gd
 
 
 def _graph_loss_sample(graph, out):

@@ -57,7 +57,7 @@ from .. import naming
 from ..errors import SpecError, shown
 from .functions import Activation, Loss, elementwise_functions, user_activation
 from .network import MAX_LAYERS, check_parameter_count
-from .ops import KINDS, OPS, Check, check_bool as _bool, check_int as _int, check_name as _name, check_str as _str
+from .ops import KINDS, OPS, Check, check_name as _name, check_str as _str
 from .spec import SpecKindError, is_mlp_doc, read_toml, unknown_key
 
 # Keys every node table may hold, per kind (from the op registry; activation parameters such
@@ -142,7 +142,7 @@ class Graph:
     def node(self, name):
         return self._by_name[name]
 
-    @property
+    @cached_property
     def loss_node(self):
         return next(n for n in self.nodes if n.op.target)
 

@@ -45,9 +45,9 @@ The next ops fit the same entry:
   (batch, time, width); the derivation unrolls nothing: the step's Jacobians w.r.t. x, h[t-1]
   and the parameters are derived once and the emitter loops over t backwards ("time_loop").
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Optional
+from typing import Callable
 
 import sympy as sp
 
