@@ -233,11 +233,12 @@ def _softmax_z(z_base, size):
 def derive(network):
     """Derive the backpropagation of ``network`` (see the module docstring): the chain view of
     the one graph derivation of its chain Graph (``network.graph``)."""
-    from .graph import derive_graph
+    from .graph import derive_graph, paused_gc
     graph = network.graph
     # the graph derivation writes its expressions in the MLP's names at once (one renaming of
     # a deep chain, not two); chain_view then finds them renamed
-    return chain_view(derive_graph(graph, names=_chain_names(graph)[0]), network)
+    with paused_gc():
+        return chain_view(derive_graph(graph, names=_chain_names(graph)[0]), network)
 
 
 # What each equation of the chain graph's derivation is in the MLP's names: (graph kind, the
