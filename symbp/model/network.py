@@ -22,6 +22,9 @@ existing digests stay as they were):
   NaN or inf in the kernels (as in NumPy and PyTorch; at a = 0 exactly, a ReLU output that is
   0, log(0) = -inf); an ``OutputRangeWarning`` says so when the network is built.
 
+``Network.graph`` is the same network as a chain Graph of the op registry's nodes (the one IR
+every derivation reads); the attributes above stay for the renderers and the MLP emitter.
+
 Sizes are bounded when the spec is built, before anything is derived or written: every width
 (inputs, units) at most ``MAX_WIDTH``, at most ``MAX_LAYERS`` layers, and at most
 ``MAX_PARAMETERS`` weights and biases in all (a bigger network would fail later, after files were
@@ -32,6 +35,7 @@ import numbers
 import json
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import sympy as sp
 
@@ -74,6 +78,14 @@ class Network:
     @property
     def depth(self):
         return len(self.layers)
+
+    @cached_property
+    def graph(self):
+        """The network as the chain Graph of the one IR (``graph.from_network``): input x, dense
+        z<l> (W<l>, b<l>), activation a<l>, ..., input y, loss; x marked grad, since the MLP's
+        derivation and kernels give dL/dX (``input_grad``). ``symbp.derive`` derives it."""
+        from .graph import from_network
+        return from_network(self, input_grad=True)
 
     def param_shapes(self):
         """{"W1": (n1, n0), "b1": (n1,), ...} in layer order (no b<l> for a layer without bias)."""
