@@ -37,6 +37,11 @@ the loss input and ce a softmax node (the kernels compute those losses from the 
 Names are letters, digits and ``_`` (no ``__``); nodes and parameters share one namespace, and
 ``g_<name>`` is reserved for the gradient of ``<name>``.
 
+``chain_network(graph)`` is the MLP ``Network`` of a graph that is a chain (input -> dense ->
+activation -> ... -> loss, nothing shared, branched or transposed), for the code generators that
+read an MLP (the CUDA target); any other graph is one ``SpecError`` line naming the first node
+that breaks the chain and why (``chain_layers``).
+
 Sizes are bounded before anything is derived: at most ``MAX_NODES`` nodes, every width at most
 ``network.MAX_WIDTH`` and at most ``network.MAX_PARAMETERS`` weights and biases in all. An MLP
 spec ([network] and [[layer]] tables) given to the graph reader is refused with a pointer to
@@ -571,6 +576,82 @@ def from_network(net, input_grad=False):
     b.input("y", net.sizes[-1])
     b.loss("loss", prev, "y", net.loss.name, net.reduction)
     return b.build()
+
+
+CHAIN_KINDS = ("input", "dense", "activation", "loss")
+CHAIN_SHAPE = "input -> dense -> activation -> ... -> loss"
+
+
+def _a(kind):
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def chain_layers(graph, served_by="this target", instead="use target='cpu'"):
+    """The dense nodes of a chain graph in order, each with the activation node after it:
+    ((dense Node, activation Node), ...); ``SpecError`` (one line, ``graph '<name>': ...``)
+    naming the first node that breaks the chain and why, ending with ``instead``.
+
+    A chain: one data input (marked grad or not) -> dense -> activation -> dense -> activation
+    ... -> the loss, whose target is the other input; every dense node untransposed, with its
+    own weight and bias (or none), used by no other node; every node read by exactly one node.
+    Nodes are checked in topological order first for kinds a chain has no room for (add,
+    multiply, concat, expression), so that a residual graph is refused at its add node, not at
+    the branch before it."""
+    def refuse(node, why):
+        raise SpecError(f"graph {graph.name!r}", "", f"{served_by} serves chain graphs ({CHAIN_SHAPE}) only; "
+                                                      f"node {node!r} {why}: {instead}")
+    for n in graph.nodes:
+        if n.kind not in CHAIN_KINDS:
+            refuse(n.name, f"is {_a(n.kind)} node")
+    if len(graph.inputs) != 1:
+        refuse(graph.inputs[1].name, f"is a second data input (after {graph.inputs[0].name!r}); a chain reads one")
+    layers, cur, dense = [], graph.inputs[0], None
+    while True:
+        uses = graph.consumers(cur.name)
+        if len(uses) != 1:
+            refuse(cur.name, f"feeds {len(uses)} nodes ({', '.join(c for c, _ in uses)}); in a chain each node feeds one")
+        nxt = graph.node(uses[0][0])
+        if cur.kind == "dense":
+            if nxt.kind != "activation":
+                refuse(cur.name, f"(dense) feeds {_a(nxt.kind)} node {nxt.name!r}; in a chain an activation node "
+                                 f"follows each dense node (an identity activation for none)")
+            layers.append((dense, nxt))
+        elif nxt.kind == "loss":
+            if cur.kind == "input":
+                refuse(nxt.name, f"reads input {cur.name!r} directly; a chain has at least one dense node")
+            return tuple(layers)
+        elif nxt.kind != "dense":
+            refuse(nxt.name, f"is {_a(nxt.kind)} node after {_a(cur.kind)} node {cur.name!r}; in a chain a dense "
+                             f"node follows the input and each activation")
+        else:
+            dense = nxt
+            if nxt.transpose:
+                refuse(nxt.name, f"uses its weight {nxt.weight!r} transposed")
+            for pname in (nxt.weight, nxt.bias):
+                others = [u for u, _ in graph.param(pname).uses if u != nxt.name] if pname else []
+                if others:
+                    refuse(nxt.name, f"shares parameter {pname!r} with node {others[0]!r}")
+        cur = nxt
+
+
+def chain_network(graph, served_by="this target", instead="use target='cpu'"):
+    """The MLP ``Network`` equal to a chain graph (``chain_layers``): the graph's name, input
+    width, dense widths, activations and biases, loss, reduction, ``relu_at_zero`` and
+    ``allow_any_output`` (through ``network.build``, the MLP's one validated route). Its
+    parameters are W1, b1, ... in layer order: ``chain_layers`` gives the graph's names of
+    each layer's weight and bias. A graph that is no chain: the ``SpecError`` of ``chain_layers``."""
+    import warnings
+    from .network import OutputRangeWarning, build
+    pairs = chain_layers(graph, served_by, instead)
+    loss = graph.loss_node
+    with warnings.catch_warnings():
+        # a loss after an activation it is not paired with was accepted when the graph was
+        # built (allow_any_output), silently: the same network built again says nothing new
+        warnings.simplefilter("ignore", OutputRangeWarning)
+        return build(graph.name, graph.inputs[0].width,
+                     [(d.width, a.activation, d.bias is not None) for d, a in pairs],
+                     loss.loss.name, loss.reduction, where=f"graph {graph.name!r}",
+                     relu_at_zero=graph.relu_at_zero, allow_any_output=graph.allow_any_output)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -154,7 +154,11 @@ def check_parameter_count(count, where, key):
 
 
 def resolve_activation(spec, where, key, defined):
-    """An activation from a name, or from {"name": ..., <param>: value} for parameters."""
+    """An activation from a name, or from {"name": ..., <param>: value} for parameters, or an
+    ``Activation`` already built (a graph's activation node, see ``graph.chain_network``),
+    taken as it is: its parameters are fixed and a user-defined one carries its definition."""
+    if isinstance(spec, Activation):
+        return spec
     params = {}
     if isinstance(spec, dict):
         spec = dict(spec)
@@ -185,8 +189,8 @@ def build(name, inputs, layers, loss, reduction="mean", define=None, where="",
     """Validate and build a Network.
 
     ``layers`` is a sequence of (units, activation) or (units, activation, bias) where
-    activation is a name or a dict ``{"name": "leaky_relu", "slope": 0.1}`` and bias a bool
-    (default true); ``define`` maps new activation names to expression strings in z;
+    activation is a name, a dict ``{"name": "leaky_relu", "slope": 0.1}`` or an ``Activation``,
+    and bias a bool (default true); ``define`` maps new activation names to expression strings in z;
     ``relu_at_zero`` (0 or 1) and ``allow_any_output`` as in the module docstring.
     """
     if not naming.is_safe_name(name):
