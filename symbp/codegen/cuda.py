@@ -627,8 +627,16 @@ def generate_cuda(derivation, dtype="float64", out_dir=None, jit=True, *, fuse_w
     ``jit=True`` requires a GPU or the simulator first (``SymbpError(NO_DEVICE)`` otherwise);
     ``max_chunk`` caps the samples per launch (the Kernel also splits by free device memory).
     """
-    from . import kernel_path          # late: symbp.codegen imports this module
     from .cuda_kernel import CudaKernel
+    module, path = load_cuda(derivation, dtype, out_dir, jit, fuse_width, geometry)
+    return CudaKernel(derivation, module, path, dtype, jit, max_chunk=max_chunk)
+
+
+def load_cuda(derivation, dtype, out_dir, jit, fuse_width=FUSE_WIDTH, geometry=DEFAULT_GEOMETRY):
+    """``generate_cuda`` up to the kernel object: options and device checked, the module
+    emitted, written and imported; returns (module, path). ``codegen.graph_cuda`` wraps the
+    module of a chain graph in its own kernel class."""
+    from . import kernel_path          # late: symbp.codegen imports this module
     _check_options(dtype, fuse_width, geometry)
     if jit:
         require_device()
@@ -640,5 +648,4 @@ def generate_cuda(derivation, dtype="float64", out_dir=None, jit=True, *, fuse_w
     # (fuse_width, geometry) must not be served from sys.modules as the old module.
     tag = hashlib.sha256(source.encode()).hexdigest()[:8]
     name = f"{naming.import_name(net.name, TARGET, dtype, net.digest)}_{tag}"
-    module = import_module(path, name, jit=True, digest=net.digest)
-    return CudaKernel(derivation, module, path, dtype, jit, max_chunk=max_chunk)
+    return import_module(path, name, jit=True, digest=net.digest), path

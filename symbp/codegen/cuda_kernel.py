@@ -89,15 +89,16 @@ class CudaKernel(Kernel):
 
     def _check(self, params, X, Y=_ABSENT):
         n0, nL = self.network.sizes[0], self.network.sizes[-1]
+        xname, yname = self._labels[0], self._yname     # X, Y; a graph's input and target
         if not (isinstance(X, np.ndarray) or is_device_array(X)) or len(X.shape) != 2:
             got = tuple(X.shape) if hasattr(X, "shape") else type(X).__name__
-            raise InputError(f"X: expected an array of shape (batch, {n0}), got {got}")
+            raise InputError(f"{xname}: expected an array of shape (batch, {n0}), got {got}")
         B = X.shape[0]
         if B < 1:
-            raise InputError("X: expected at least one row (sample)")
-        X = self._array("X", X, (B, n0))
+            raise InputError(f"{xname}: expected at least one row (sample)")
+        X = self._array(xname, X, (B, n0))
         if Y is not _ABSENT:
-            Y = self._array("Y", Y, (B, nL))
+            Y = self._array(yname, Y, (B, nL))
         check_keys("params", params, self._params)
         ps = [self._array(f"params[{k!r}]", params[k], tuple(self.param_shapes[k])) for k in self._params]
         return ps, X, Y
