@@ -13,7 +13,8 @@ The kernel (``GraphCudaKernel``) is a ``CudaKernel`` that speaks the graph's nam
 adapter and no copy: parameters and gradients are keyed by the graph's parameter names (the
 module's W1, b1, ... renamed, one to one, in layer order), the data are the graph's one input
 (one array, or a dict {input name: array}) and the target; messages name ``inputs['<x>']`` and
-``target``. ``input_grads`` / ``loss_and_input_grads`` give dL/d(input) when the input is marked
+``target``. ``derivation`` is the GraphDerivation (``chain_derivation`` the MLP's), ``graph``
+the Graph, ``network`` the chain's Network. ``input_grads`` / ``loss_and_input_grads`` give dL/d(input) when the input is marked
 grad, as ``GraphKernel`` does; every other call (forward, loss_and_grad, loss, sgd_step, bind,
 device arrays, chunks) is the CudaKernel's. ``values`` (every node's value) is not served: the
 CUDA module keeps no per-node buffers of the graph's names.
@@ -47,7 +48,9 @@ class GraphCudaKernel(CudaKernel):
 
     def __init__(self, graph_derivation, derivation, module, path, dtype, jit, names, max_chunk=None):
         super().__init__(derivation, module, path, dtype, jit, max_chunk=max_chunk)
-        self.graph_derivation = graph_derivation
+        # .derivation is the graph's, as for a GraphKernel: generate(k.derivation, k.target)
+        # gives a twin of this kernel (verify's float64 twin); the MLP's is .chain_derivation
+        self.chain_derivation, self.derivation = derivation, graph_derivation
         self.graph = graph_derivation.graph
         # the module's parameters (W1, b1, ...) in its order, renamed: every device buffer,
         # bound step and result dict of CudaKernel is keyed by _params, so renaming these
