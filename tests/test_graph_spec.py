@@ -153,6 +153,17 @@ def test_graph_options_in_the_builder():
     assert "relu'(0)=1" in str(build(allow_any_output=True, relu_at_zero=1))
 
 
+def test_graph_options_in_toml():
+    text = (ROOT / "examples" / "specs" / "graphs" / "residual.toml").read_text()
+    plain = loads_graph(text, "inline")
+    g = loads_graph(text.replace("[graph]\n", "[graph]\nrelu_at_zero = 1\n", 1), "inline")
+    assert (g.relu_at_zero, g.allow_any_output) == (1, False) and g.digest != plain.digest
+    with pytest.raises(SpecError, match="inline: graph.relu_at_zero: expected 0 or 1"):
+        loads_graph(text.replace("[graph]\n", "[graph]\nrelu_at_zero = 2\n", 1), "inline")
+    with pytest.raises(SpecError, match="inline: graph.allow_any_output: expected true or false"):
+        loads_graph(text.replace("[graph]\n", "[graph]\nallow_any_output = 1\n", 1), "inline")
+
+
 # --- bad specs --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", autouse=True)

@@ -241,8 +241,7 @@ def derive(network):
         return chain_view(derive_graph(graph, names=_chain_names(graph)[0]), network)
 
 
-# What each equation of the chain graph's derivation is in the MLP's names: (graph kind, the
-# node the equation is of, its source node's kind) -> how it is renamed (see chain_view).
+# The one-line doc of each MLP equation kind (as the MLP derivation always wrote them).
 _DOCS = {"forward_z": "affine map", "forward_a": "activation", "loss": "loss",
          "loss_grad": "dL/da at the output", "output_delta": "dL/dz = sum_i dL/da_i da_i/dz_j",
          "delta": "dL/dz = sum_i dL/da_i da_i/dz_j", "backprop": "dL/da_prev = W^T delta",
@@ -311,7 +310,7 @@ def chain_view(graph_derivation, network):
         return None if st is None else tuple((name, rename(e, swapped)) for name, e in st)
 
     L = network.depth
-    by_kind = {}
+    by_name = {}
     for e in gd.equations:
         if e.kind == "loss":
             mlp = ("loss", "loss", L, False)
@@ -332,14 +331,14 @@ def chain_view(graph_derivation, network):
         name, kind, layer, swapped = mlp
         st = stages(e.stages, swapped)
         lhs = rename(e.lhs, swapped)
-        by_kind[name] = Equation(name, kind, layer, lhs, st[-1][1], st, _DOCS[kind])
+        by_name[name] = Equation(name, kind, layer, lhs, st[-1][1], st, _DOCS[kind])
 
     order = [f"{q}{l}" for l in range(1, L + 1) for q in ("z", "a")] + ["loss", f"ga{L}", f"delta{L}"]
     for l in range(L, 0, -1):
         order += ([f"delta{l}"] if l < L else []) + [f"ga{l - 1}"]
     for l in range(1, L + 1):
         order += [f"gW{l}"] + ([f"gb{l}"] if network.layers[l - 1].bias else [])
-    equations = tuple(by_kind[name] for name in order)
+    equations = tuple(by_name[name] for name in order)
 
     rules = {nr.node: nr for nr in gd.nodes}
     layers = []

@@ -3,8 +3,10 @@
 Contract: ``derive_graph(graph) -> GraphDerivation``. Every local derivative comes from
 ``sympy.diff`` of a node's forward definition, in index notation with the sample index s and
 symbolic widths ``n_<node>`` (as ``symbp.derive`` does for layers), and goes through the ordered
-passes of ``symbp.simplify``. Each node kind's rules are derived once in generic names and
-renamed per node. Forward definitions (out[s, j]):
+passes of ``symbp.simplify``. Each node kind's rules are derived once in generic names (``_template``,
+cached per op key and relu_at_zero) and renamed per node. Forward definitions (out[s, j]) come
+from the op registry (``symbp.model.ops``: its ``forward``, ``params`` and ``key``; nothing here
+dispatches on the node kind):
 
 - dense: sum_k W[j, k] in[s, k] + b[j]  (transposed: W[k, j]);
 - activation: f(in[s, j]), softmax exp(in[s, j]) / sum_k exp(in[s, k]);
@@ -24,6 +26,10 @@ are derived only where needed: for inputs marked grad, dense nodes and what lies
 them. When the loss reads an activation node that feeds nothing else, dL/da is substituted into
 that node's Jacobian and simplified as one expression (``output_delta``: sigmoid + bce and
 softmax + ce become (a - y)/B); its ``loss_grad`` equation stays listed, in ``inlined``.
+The graph's options: ``relu_at_zero`` reaches the kink pass (ReLU'(0) = 0 or 1); with
+``allow_any_output`` a loss after an activation it is not paired with (bce after ReLU) keeps
+f'(in) * dL/dout as the output delta's last stage ("chain") and its per-sample loss reads the
+output, not the logits.
 """
 import gc
 from contextlib import contextmanager
@@ -476,7 +482,8 @@ def _derive_graph(graph, names):
     for p in graph.params:
         if len(p.uses) > 1:
             base = q(grad(p.name), "param_grad", p.name)
-            idx = (P, Q) if p.role == "weight" else (P,)
+            user = graph.node(p.uses[0][0])
+            idx = next(spec.indices for spec in user.op.params if spec.role == p.role)
             terms = use_terms[p.name]
             rhs = sp.Add(*[labelled(t)[idx] for t in terms])
             eq(str(base.label), "shared_sum", p.name, base[idx], [("sum", rhs)],

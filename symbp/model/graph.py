@@ -69,7 +69,7 @@ from .spec import SpecKindError, is_mlp_doc, read_toml, unknown_key
 # as slope are added from the activation's own table).
 KEYS = {kind: op.keys for kind, op in OPS.items()}
 TOP_KEYS = ("graph", "node", "activations")
-GRAPH_KEYS = ("name",)
+GRAPH_KEYS = ("name", "relu_at_zero", "allow_any_output")
 MAX_NODES = 1000
 
 
@@ -659,7 +659,8 @@ def chain_network(graph, served_by="this target", instead="use target='cpu'"):
 # ----------------------------------------------------------------------------------------------
 
 def loads_graph(text, where="<string>"):
-    """Parse graph spec text (TOML: [graph], [[node]], optional [activations]) into a Graph."""
+    """Parse graph spec text (TOML: [graph] with name and optionally relu_at_zero and
+    allow_any_output, [[node]], optional [activations]) into a Graph."""
     doc = read_toml(text, where)
     if is_mlp_doc(doc):
         raise SpecKindError(where, "mlp", "this is an MLP spec ([network] and [[layer]] tables), not a "
@@ -682,7 +683,8 @@ def loads_graph(text, where="<string>"):
     acts = doc.get("activations")
     if acts is not None and not isinstance(acts, dict):
         raise SpecError(where, "activations", "expected a table [activations]")
-    return build_graph(doc["graph"]["name"], nodes, acts, where)
+    g = doc["graph"]
+    return build_graph(g["name"], nodes, acts, where, g.get("relu_at_zero", 0), g.get("allow_any_output", False))
 
 
 def load_graph(path):

@@ -47,14 +47,16 @@ The next ops fit the same entry:
 """
 from dataclasses import dataclass
 from functools import lru_cache
+from numbers import Integral
 from typing import Callable
 
 import sympy as sp
 
 from .. import naming
-from ..errors import SpecError
+from ..errors import SpecError, shown as _shown
 from .exprparse import parse_expression
 from .functions import ACTIVATIONS, LOSSES, REDUCTIONS, Activation
+from .network import MAX_WIDTH, resolve_activation
 
 S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
 BATCH = naming.BATCH
@@ -164,14 +166,7 @@ class Op:
 # shared checks
 # ----------------------------------------------------------------------------------------------
 
-def _shown(v):
-    from ..errors import shown
-    return shown(v)
-
-
 def check_int(value, where, key, minimum=1, maximum=None):
-    from numbers import Integral
-    from .network import MAX_WIDTH
     maximum = MAX_WIDTH if maximum is None else maximum
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise SpecError(where, key, f"expected an integer >= {minimum}, got {_shown(value)}")
@@ -309,7 +304,6 @@ def _activation_extra_keys(t):
 
 
 def _activation_validate(t, ins, v):
-    from .network import resolve_activation
     if "activation" not in t:
         raise v.error("activation", "missing key")
     spec = t["activation"]
