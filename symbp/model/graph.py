@@ -603,6 +603,9 @@ def chain_layers(graph, served_by="this target", instead="use target='cpu'"):
     for n in graph.nodes:
         if n.kind not in CHAIN_KINDS:
             refuse(n.name, f"is {_a(n.kind)} node")
+    # With only these kinds no two paths can meet (a merge needs add, multiply, concat or an
+    # expression), so a second data input or a node feeding two others cannot pass the loop
+    # above in a valid graph; the two checks below keep the walk's assumptions stated anyway.
     if len(graph.inputs) != 1:
         refuse(graph.inputs[1].name, f"is a second data input (after {graph.inputs[0].name!r}); a chain reads one")
     layers, cur, dense = [], graph.inputs[0], None
