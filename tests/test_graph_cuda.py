@@ -203,9 +203,32 @@ def check_bind(out):
     return res
 
 
+def check_torch(out):
+    """torch_function of the kernel takes the parameters in the graph's order and gives the CPU
+    graph kernel's gradients, dL/d(input) included (empty when torch is not installed)."""
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        return {}
+    import torch
+    G = graph("chain_bce")
+    k = _cuda_kernel("chain_bce", "float64", "fused", out)
+    ref = symbp.generate(symbp.derive(G), target="cpu", out_dir=Path(out) / "cpu", jit=False)
+    inputs, target = data(G, 4, "float64", seed=7)
+    p = params(k, seed=3)
+    tp = [torch.tensor(p[key], requires_grad=True) for key in G.param_shapes()]
+    x = torch.tensor(inputs["inp"], requires_grad=True)
+    loss = k.torch_function().apply(*tp, x, torch.tensor(target))
+    loss.backward()
+    rloss, rgrads, rin = ref.loss_and_input_grads(p, inputs, target)
+    res = {"loss": rel(loss.item(), rloss), "input grad inp": rel(x.grad.numpy(), rin["inp"])}
+    res.update({f"grad {key}": rel(t.grad.numpy(), rgrads[key]) for key, t in zip(G.param_shapes(), tp)})
+    return res
+
+
 def run_checks(out):
     checks = {c[0]: (lambda c=c: check_agreement(out, c[0])) for c in AGREEMENT}
     checks["bind"] = lambda: check_bind(out)
+    checks["torch"] = lambda: check_torch(out)
     results = {}
     for label, fn in checks.items():
         try:
@@ -220,7 +243,7 @@ def assert_check(label, values):
     for flag in ("same keys", "same input keys"):
         if flag in v:
             assert v.pop(flag) == 1.0, (label, flag)
-    if label == "bind":
+    if label in ("bind", "torch"):
         tol = 1e-12
     else:
         _, name, dtype, strategy, _ = next(c for c in AGREEMENT if c[0] == label)
@@ -266,6 +289,13 @@ def test_chain_graph_on_cuda_equals_the_cpu_graph_kernel(simulated, label):
 
 def test_bound_step_of_a_chain_graph_keeps_its_names(simulated):
     assert_check("bind", _values(simulated, "bind"))
+
+
+def test_torch_function_of_a_chain_graph_kernel(simulated):
+    import importlib.util
+    values = _values(simulated, "torch")
+    assert (importlib.util.find_spec("torch") is None) or "grad W_hidden" in values
+    assert_check("torch", values)
 
 
 @pytest.mark.skipif(cu.simulator() or not cu.device_available(), reason="no CUDA GPU")
