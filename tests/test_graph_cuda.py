@@ -225,10 +225,33 @@ def check_torch(out):
     return res
 
 
+def check_train(out):
+    """symbp.train (plain SGD, mini-batches in order) on the kernel of a chain graph: the epoch
+    losses and the parameters, keyed by the graph's names, of the CPU graph kernel's sgd_step
+    in the same loop."""
+    G = graph("chain_ce")
+    k = _cuda_kernel("chain_ce", "float64", "fused", out)
+    ref = symbp.generate(symbp.derive(G), target="cpu", out_dir=Path(out) / "cpu", jit=False)
+    inputs, target = data(G, 8, "float64", seed=4)
+    X = inputs["features"]
+    p = params(k, seed=4)
+    mine = {key: v.copy() for key, v in p.items()}
+    history = symbp.train(k, mine, X, target, optimizer=symbp.SGD(lr=0.1), epochs=2, batch_size=4,
+                          shuffle=False)
+    theirs, losses = {key: v.copy() for key, v in p.items()}, []
+    for _ in range(2):
+        losses.append(np.mean([ref.sgd_step(theirs, X[i:i + 4], target[i:i + 4], 0.1) for i in (0, 4)]))
+    res = {"epoch losses": rel(history, losses)}
+    res.update({f"param {key}": rel(mine[key], theirs[key]) for key in theirs})
+    res["moved"] = float(not all(np.array_equal(mine[key], p[key]) for key in p))
+    return res
+
+
 def run_checks(out):
     checks = {c[0]: (lambda c=c: check_agreement(out, c[0])) for c in AGREEMENT}
     checks["bind"] = lambda: check_bind(out)
     checks["torch"] = lambda: check_torch(out)
+    checks["train"] = lambda: check_train(out)
     results = {}
     for label, fn in checks.items():
         try:
@@ -243,7 +266,9 @@ def assert_check(label, values):
     for flag in ("same keys", "same input keys"):
         if flag in v:
             assert v.pop(flag) == 1.0, (label, flag)
-    if label in ("bind", "torch"):
+    if label == "train":
+        assert v.pop("moved") == 1.0, "training left the parameters as they were"
+    if label in ("bind", "torch", "train"):
         tol = 1e-12
     else:
         _, name, dtype, strategy, _ = next(c for c in AGREEMENT if c[0] == label)
@@ -289,6 +314,10 @@ def test_chain_graph_on_cuda_equals_the_cpu_graph_kernel(simulated, label):
 
 def test_bound_step_of_a_chain_graph_keeps_its_names(simulated):
     assert_check("bind", _values(simulated, "bind"))
+
+
+def test_train_on_a_chain_graph_kernel(simulated):
+    assert_check("train", _values(simulated, "train"))
 
 
 def test_torch_function_of_a_chain_graph_kernel(simulated):

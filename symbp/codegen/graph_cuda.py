@@ -14,10 +14,11 @@ adapter and no copy: parameters and gradients are keyed by the graph's parameter
 module's W1, b1, ... renamed, one to one, in layer order), the data are the graph's one input
 (one array, or a dict {input name: array}) and the target; messages name ``inputs['<x>']`` and
 ``target``. ``derivation`` is the GraphDerivation (``chain_derivation`` the MLP's), ``graph``
-the Graph, ``network`` the chain's Network. ``input_grads`` / ``loss_and_input_grads`` give dL/d(input) when the input is marked
-grad, as ``GraphKernel`` does; every other call (forward, loss_and_grad, loss, sgd_step, bind,
-device arrays, chunks) is the CudaKernel's. ``values`` (every node's value) is not served: the
-CUDA module keeps no per-node buffers of the graph's names.
+the Graph, ``network`` the chain's Network. ``input_grads`` / ``loss_and_input_grads`` give
+dL/d(input) when the input is marked grad, as ``GraphKernel`` does; every other call (forward,
+loss_and_grad, loss, sgd_step, bind, device arrays, chunks, torch/jax functions) is the
+CudaKernel's. ``values`` (every node's value) is not served: the CUDA module keeps no per-node
+buffers in the graph's names.
 """
 from .. import naming
 from ..errors import InputError
