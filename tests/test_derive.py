@@ -14,6 +14,8 @@
   reaches the kink pass (ReLU'(0) = Heaviside(0) = 0 or 1, leaky ReLU'(0) = slope or 1) and the
   rule of f' (relu with 1 keeps z: a = 0 cannot tell z = 0 from z < 0); bce after a ReLU
   (allow_any_output) gives dL/da = (a - y)/(a(1 - a)) / B and delta = f'(z) times that.
+- one derivation: ``derive(net)`` is the chain view of ``derive_graph(net.graph)``, whether the
+  graph derivation was written in the MLP's names at once or in the graph's own.
 """
 import warnings
 import importlib
@@ -249,9 +251,9 @@ def test_derive_is_deterministic_in_process():
     again = symbp.derive(net)
     assert fingerprint(first) == fingerprint(again)
     assert first.dump() == again.dump()
-    for fn in (derive_mod.output_form, getattr(derive_mod, "_layer_template", None)):
-        if hasattr(fn, "cache_clear"):
-            fn.cache_clear()
+    graph_mod = importlib.import_module("symbp.derivation.graph")
+    for fn in (derive_mod.output_form, graph_mod._template, graph_mod._loss_template):
+        fn.cache_clear()
     fresh = symbp.derive(make("deep_mixed"))
     assert fingerprint(fresh) == fingerprint(first)
     assert fresh.dump() == first.dump()
@@ -355,3 +357,34 @@ def test_udl_toy_bce_after_relu_gives_the_slide_formulas():
     loss, reads = d.loss_sample
     assert reads == "a" and not loss.has(q("z", 1)) and loss.has(sp.log)
     assert "chain" not in [s for s, _ in symbp.derive(make("xor"))["delta2"].stages]
+
+
+# --- one derivation: the chain view of the graph's -------------------------------------------
+
+def test_network_graph_is_the_chain_graph():
+    net = make("xor")
+    g = net.graph
+    assert g is net.graph                       # cached
+    assert [n.name for n in g.nodes] == ["x", "z1", "a1", "z2", "a2", "y", "loss"]
+    assert g.param_shapes() == net.param_shapes() and [n.name for n in g.grad_inputs] == ["x"]
+    assert [n.op.realize for n in g.nodes] == ["source", "contraction", "elementwise", "contraction",
+                                               "elementwise", "source", "loss"]
+
+
+@pytest.mark.parametrize("key", ["xor", "udl_toy"])
+def test_chain_view_of_the_plain_graph_derivation_is_derive(key):
+    """chain_view renames a graph derivation in the graph's own names (g_z1, n_z1, x) into the
+    MLP's just as derive's shortcut (the graph derivation written in the MLP's names) does."""
+    from symbp.derivation.graph import derive_graph
+    net = make(key)
+    plain = derive_mod.chain_view(derive_graph(net.graph), net)
+    d = symbp.derive(net)
+    assert [(e.name, e.kind, e.layer, e.lhs, e.stages) for e in plain.equations] == \
+        [(e.name, e.kind, e.layer, e.lhs, e.stages) for e in d.equations]
+    assert plain.layers == d.layers and plain.loss_sample == d.loss_sample
+    assert plain.dump() == d.dump()
+
+
+def test_no_mlp_only_derivation_is_left():
+    for name in ("_layer_template", "_layer_names", "_rename", "_G"):
+        assert not hasattr(derive_mod, name)

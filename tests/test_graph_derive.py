@@ -10,6 +10,7 @@ import sympy as sp
 from symbp.derivation.equations import Equation
 from symbp.model.graph import graph, load_graph
 from symbp.derivation.graph import GraphEquation, derive_graph
+from symbp.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "examples" / "specs" / "graphs"
@@ -176,3 +177,41 @@ def test_latex_lists_every_equation(derived, tmp_path):
         proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", path.name],
                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+# --- the graph-level options ---------------------------------------------------------------------
+
+def _relu_graph(at_zero, loss="mse", allow_any_output=False, out="identity"):
+    g = graph("kinked", relu_at_zero=at_zero, allow_any_output=allow_any_output)
+    h = g.activation("h", g.dense("d", g.input("x", 2), 3), "relu")
+    o = g.activation("o", g.dense("e", h, 1), out)
+    g.loss("loss", o, g.input("t", 1), loss)
+    return g.build()
+
+
+@pytest.mark.parametrize("at_zero", [0, 1])
+def test_relu_at_zero_reaches_the_graph_kink_pass(at_zero):
+    """The graph's relu_at_zero is the kink pass's: ReLU'(0) = Heaviside(0) = 0 or 1 in the
+    activation node's rule and in the gradient it passes back."""
+    d = derive_graph(_relu_graph(at_zero))
+    rule = next(nr for nr in d.nodes if nr.node == "h").rule
+    assert dict(rule.stages)["kink"] == sp.Heaviside(sp.Symbol("z", real=True), at_zero)
+    g_d = d["g_d"].rhs
+    assert g_d.has(sp.Heaviside) and all(h.args[1] == at_zero for h in g_d.atoms(sp.Heaviside))
+
+
+def test_allow_any_output_keeps_the_chain_rule_product():
+    """bce after a ReLU: the loss is not paired with its activation, so the output gradient is
+    f'(in) times dL/dout (the "chain" stage), and the kernels' loss reads the output, not the
+    logits."""
+    with pytest.raises(SpecError, match="needs a sigmoid activation node"):
+        _relu_graph(0, "bce", out="relu")
+    d = derive_graph(_relu_graph(0, "bce", allow_any_output=True, out="relu"))
+    delta = d["g_e"]
+    assert delta.kind == "output_delta" and delta.stages[-1][0] == "chain"
+    o, e = sp.IndexedBase("o", real=True), sp.IndexedBase("e", real=True)
+    ga = d["g_o"].rhs
+    assert delta.rhs == sp.Heaviside(o[S, J], 0) * ga
+    assert d.loss_sample[1] == "o" and not d.loss_sample[0].has(e)
+    paired = derive_graph(_relu_graph(0, "bce", out="sigmoid"))
+    assert "chain" not in [s for s, _ in paired["g_e"].stages]

@@ -124,17 +124,44 @@ def test_from_network(sizes, acts, loss):
     assert g.grad_inputs[0].name == "x" and g.loss_node.loss is net.loss
 
 
-def test_from_network_without_bias_and_the_options_graphs_lack():
+def test_from_network_without_bias_and_the_options():
     g = from_network(symbp.mlp([2, 3, 1], ["tanh", "sigmoid"], "bce", name="m", bias=[False, True]))
     assert g.param_shapes() == {"W1": (3, 2), "W2": (1, 3), "b2": (1,)}
-    # ReLU'(0) = 1 changes nothing in a sigmoid/tanh network: accepted; with a ReLU: refused
-    assert from_network(symbp.mlp([2, 3, 1], ["tanh", "sigmoid"], "bce", name="m", relu_at_zero=1))
-    with pytest.raises(symbp.SpecError, match="network.relu_at_zero: graphs take ReLU'\\(0\\) = 0"):
-        from_network(symbp.mlp([2, 3, 1], ["relu", "identity"], "mse", name="m", relu_at_zero=1))
+    assert (g.relu_at_zero, g.allow_any_output) == (0, False)
+    # the options at their defaults leave the digest as it was; set, they enter it
+    assert "relu_at_zero" not in g.canonical() and "allow_any_output" not in g.canonical()
+    g1 = from_network(symbp.mlp([2, 3, 1], ["relu", "identity"], "mse", name="m", relu_at_zero=1))
+    assert g1.relu_at_zero == 1 and g1.canonical()["relu_at_zero"] == 1
+    assert g1.digest != from_network(symbp.mlp([2, 3, 1], ["relu", "identity"], "mse", name="m")).digest
     with pytest.warns(symbp.OutputRangeWarning):
         toy = symbp.mlp([2, 1], ["relu"], "bce", name="toy", allow_any_output=True)
-    with pytest.raises(symbp.SpecError, match="loss.allow_any_output"):
-        from_network(toy)
+    gt = from_network(toy)
+    assert gt.allow_any_output and gt.canonical()["allow_any_output"] is True
+    assert toy.graph == from_network(toy, input_grad=True)
+
+
+def test_graph_options_in_the_builder():
+    def build(**kw):
+        g = graph("toy", **kw)
+        g.loss("loss", g.activation("a", g.dense("d", g.input("x", 2), 1), "relu"), g.input("t", 1), "bce")
+        return g.build()
+    with pytest.raises(SpecError, match="node.loss.loss: loss 'bce' needs a sigmoid activation"):
+        build()
+    assert build(allow_any_output=True).allow_any_output
+    with pytest.raises(SpecError, match="graph.relu_at_zero: expected 0 or 1"):
+        build(allow_any_output=True, relu_at_zero=2)
+    assert "relu'(0)=1" in str(build(allow_any_output=True, relu_at_zero=1))
+
+
+def test_graph_options_in_toml():
+    text = (ROOT / "examples" / "specs" / "graphs" / "residual.toml").read_text()
+    plain = loads_graph(text, "inline")
+    g = loads_graph(text.replace("[graph]\n", "[graph]\nrelu_at_zero = 1\n", 1), "inline")
+    assert (g.relu_at_zero, g.allow_any_output) == (1, False) and g.digest != plain.digest
+    with pytest.raises(SpecError, match="inline: graph.relu_at_zero: expected 0 or 1"):
+        loads_graph(text.replace("[graph]\n", "[graph]\nrelu_at_zero = 2\n", 1), "inline")
+    with pytest.raises(SpecError, match="inline: graph.allow_any_output: expected true or false"):
+        loads_graph(text.replace("[graph]\n", "[graph]\nallow_any_output = 1\n", 1), "inline")
 
 
 # --- bad specs --------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 ``generate(derivation, target, dtype, out_dir, jit)`` writes
 ``<out_dir>/<network>/<target>_<dtype>.py`` (target "cpu" here, "cuda" in codegen.cuda; a
-GraphDerivation goes to codegen.graph_emit) (out_dir defaults to $SYMBP_GENERATED or
-./generated) and returns a Kernel. Nothing is written unless the source was emitted whole.
+GraphDerivation goes to codegen.graph_emit for "cpu" and to codegen.graph_cuda for "cuda", which
+serves chain graphs and refuses any other with one line naming the node) (out_dir defaults to
+$SYMBP_GENERATED or ./generated) and returns a Kernel. Nothing is written unless the source was
+emitted whole.
 """
 from .. import naming
 from ..errors import SymbpError
@@ -18,11 +20,16 @@ DTYPES = ("float64", "float32")
 def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
     """Emit the kernel of ``derivation`` for ``target`` in ``dtype``, write it, import it."""
     from ..derivation.graph import GraphDerivation
-    if isinstance(derivation, GraphDerivation):
-        from .graph_emit import generate_graph
-        return generate_graph(derivation, target=target, dtype=dtype, out_dir=out_dir, jit=jit)
     if target not in TARGETS:
         raise SymbpError(f"target: expected one of {', '.join(TARGETS)}, got {target!r}")
+    if isinstance(derivation, GraphDerivation):
+        if target == "cuda":
+            # a chain graph through its MLP's CUDA generator; any other graph is refused
+            # (one line naming the node) before anything is written
+            from .graph_cuda import generate_graph_cuda
+            return generate_graph_cuda(derivation, dtype, out_dir=out_dir, jit=jit)
+        from .graph_emit import generate_graph
+        return generate_graph(derivation, target=target, dtype=dtype, out_dir=out_dir, jit=jit)
     if dtype not in DTYPES:
         raise SymbpError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     if target == "cuda":

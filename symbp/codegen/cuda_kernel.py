@@ -54,6 +54,14 @@ def generate_cuda(derivation, dtype="float64", out_dir=None, jit=True, *, fuse_w
     ``jit=True`` requires a GPU or the simulator first (``SymbpError(NO_DEVICE)`` otherwise);
     ``max_chunk`` caps the samples per launch (the Kernel also splits by free device memory).
     """
+    module, path = load_cuda(derivation, dtype, out_dir, jit, fuse_width, geometry)
+    return CudaKernel(derivation, module, path, dtype, jit, max_chunk=max_chunk)
+
+
+def load_cuda(derivation, dtype, out_dir, jit, fuse_width=_cuda.FUSE_WIDTH, geometry=_cuda.DEFAULT_GEOMETRY):
+    """``generate_cuda`` up to the kernel object: options and device checked, the module
+    emitted, written and imported; returns (module, path). ``codegen.graph_cuda`` wraps the
+    module of a chain graph in its own kernel class."""
     _cuda._check_options(dtype, fuse_width, geometry)
     if jit:
         _cuda.require_device()
@@ -65,8 +73,7 @@ def generate_cuda(derivation, dtype="float64", out_dir=None, jit=True, *, fuse_w
     # (fuse_width, geometry) must not be served from sys.modules as the old module.
     tag = hashlib.sha256(source.encode()).hexdigest()[:8]
     name = f"{naming.import_name(net.name, _cuda.TARGET, dtype, net.digest)}_{tag}"
-    module = import_module(path, name, jit=True, digest=net.digest)
-    return CudaKernel(derivation, module, path, dtype, jit, max_chunk=max_chunk)
+    return import_module(path, name, jit=True, digest=net.digest), path
 
 
 def _locked(method):
@@ -118,15 +125,16 @@ class CudaKernel(Kernel):
 
     def _check(self, params, X, Y=_ABSENT):
         n0, nL = self.network.sizes[0], self.network.sizes[-1]
+        xname, yname = self._labels[0], self._yname     # X, Y; a graph's input and target
         if not (isinstance(X, np.ndarray) or is_device_array(X)) or len(X.shape) != 2:
             got = tuple(X.shape) if hasattr(X, "shape") else type(X).__name__
-            raise InputError(f"X: expected an array of shape (batch, {n0}), got {got}")
+            raise InputError(f"{xname}: expected an array of shape (batch, {n0}), got {got}")
         B = X.shape[0]
         if B < 1:
-            raise InputError("X: expected at least one row (sample)")
-        X = self._array("X", X, (B, n0))
+            raise InputError(f"{xname}: expected at least one row (sample)")
+        X = self._array(xname, X, (B, n0))
         if Y is not _ABSENT:
-            Y = self._array("Y", Y, (B, nL))
+            Y = self._array(yname, Y, (B, nL))
         check_keys("params", params, self._params)
         ps = [self._array(f"params[{k!r}]", params[k], tuple(self.param_shapes[k])) for k in self._params]
         return ps, X, Y

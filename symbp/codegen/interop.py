@@ -55,7 +55,7 @@ class _Adapter:
     def __init__(self, kernel):
         self.kernel = kernel
         m = kernel.module
-        self.keys = tuple(m.PARAMS)
+        self.keys = tuple(kernel._params)     # the kernel's names (a graph CUDA kernel renames PARAMS)
         self.shapes = [tuple(kernel.param_shapes[k]) for k in self.keys]
         self.graph = hasattr(m, "INPUTS")
         if self.graph:

@@ -1,9 +1,13 @@
-"""Derive backpropagation with SymPy: local derivatives, Jacobians, the delta recursion and
-the parameter gradients of a Network, with symbolic sizes.
+"""The MLP's derivation: the chain view of the one graph derivation, and the activation and
+loss forms both derivations share.
 
-Contract: ``derive(network) -> Derivation``. Every derivative comes from ``sympy.diff``; the
-function table holds forward definitions only. The steps, in index notation with the sample
-index s (rows of a batch) and symbolic widths n_l, so that the work does not grow with width:
+Contract: ``derive(network) -> Derivation`` is ``chain_view(derive_graph(network.graph),
+network)``: the MLP is a chain Graph (input x, dense z<l>, activation a<l>, ..., loss) and
+``symbp.derivation.graph`` derives it like any graph, from each op's forward definition in
+index notation with the sample index s and symbolic widths (the work does not grow with width or
+with depth: each kind's rules are derived once and renamed per node). ``chain_view`` renames
+the graph's equations into the MLP's names, kinds and order and assembles the ``LayerRules``
+the renderers and the MLP emitter read; it derives nothing. The equations, in the MLP's names:
 
 1. forward: z^l[s,j] = sum_k W^l[j,k] a^{l-1}[s,k] + b^l[j] (no b^l for a layer without
    bias: no dz/db, no dL/db); a^l[s,j] = f_l(z^l[s,j])
@@ -20,11 +24,12 @@ index s (rows of a batch) and symbolic widths n_l, so that the work does not gro
    dL/dW^l[p,q] = sum_s sum_j delta^l[s,j] dz^l[s,j]/dW^l[p,q]  (= sum_s delta_p a_q, i.e. delta a^T);
    dL/db^l[p] = sum_s sum_j delta^l[s,j] dz^l[s,j]/db^l[p]      (= sum_s delta_p).
 Each result goes through the ordered passes of ``symbp.simplify`` and keeps its stages. The
-network's ``relu_at_zero`` reaches the kink pass through ``simplify.Context.at_zero``.
-The output's dL/da is derived from the loss in a; when the loss is not paired with its own
-activation (``allow_any_output``: bce after ReLU) it stays (a - y)/(a(1 - a)) up to the batch
-factor, delta = f'(z) times that, and the kernels compute that loss from a (undefined where
-a <= 0 or a >= 1: the log of a non-positive number).
+network's ``relu_at_zero`` (the graph's) reaches the kink pass through
+``simplify.Context.at_zero``. The output's dL/da is derived from the loss in a; when the loss is
+not paired with its own activation (``allow_any_output``: bce after ReLU) it stays
+(a - y)/(a(1 - a)) up to the batch factor, delta = f'(z) times that (the "chain" stage), and the
+kernels compute that loss from a (undefined where a <= 0 or a >= 1: the log of a non-positive
+number).
 """
 from functools import lru_cache
 
@@ -33,8 +38,7 @@ import sympy as sp
 
 from .. import naming
 from . import simplify as simp
-from .equations import ActivationRule, Derivation, Equation, LayerRules
-from ..errors import DerivationError
+from .equations import Derivation, Equation, LayerRules
 
 S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
 Zs, As, Ys = naming.Z, naming.A, naming.Y
@@ -224,149 +228,126 @@ def _softmax_z(z_base, size):
     return sp.exp(z_base[S, I]) / sp.Sum(sp.exp(z_base[S, K]), (K, 0, size - 1))
 
 
-# Generic names of one dense layer; the layer's rules are derived once per activation with
-# these and then renamed for each layer (deriving does not grow with depth or width).
-_G = {k: sp.IndexedBase(f"_{k}", real=True) for k in ("a_in", "z", "a", "W", "b", "delta", "g", "g_in", "gW", "gb")}
-_N_IN, _N_OUT = sp.Symbol("_n_in", integer=True, positive=True), sp.Symbol("_n_out", integer=True, positive=True)
-
-
-def _layer_names(l):
-    q = naming.quantity
-    names = {"a_in": q("a", l - 1), "z": q("z", l), "a": q("a", l), "W": q("W", l), "b": q("b", l),
-             "delta": q("delta", l), "g": q("ga", l), "g_in": q("ga", l - 1), "gW": q("gW", l), "gb": q("gb", l)}
-    mapping = {_G[k]: v for k, v in names.items()}
-    mapping.update({_G[k].label: v.label for k, v in names.items()})
-    mapping.update({_N_IN: naming.width(l - 1), _N_OUT: naming.width(l)})
-    return mapping
-
-
-@lru_cache(maxsize=None)
-def _layer_template(act, bias=True, at_zero=0):
-    """All rules of one dense layer with activation ``act``, in the generic names _G (without
-    bias: z = W a, and no dz/db or dL/db rules)."""
-    g = _G
-    ctx = simp.Context(forward=[_forward_rule(0, act, g["a"], g["z"], _N_OUT, at_zero)], at_zero=at_zero)
-    if act.elementwise:
-        ctx.links.append((g["a"], g["z"], act.definition))
-    zj = sp.Sum(g["W"][J, K] * g["a_in"][S, K], (K, 0, _N_IN - 1)) + (g["b"][J] if bias else 0)
-    if act.elementwise:
-        stages, form, uses = output_form(act.definition, at_zero)
-        rule = ActivationRule(act, stages[0][1], stages, form, uses)
-        a_si, a_sj = act.at(g["z"][S, I]), act.at(g["z"][S, J])
-    else:
-        rule = None
-        a_si = _softmax_z(g["z"], _N_OUT)
-        a_sj = a_si.xreplace({I: J})
-    t = {"rule": rule, "z": zj, "a": a_sj}
-    t["jacobian"] = simp.run(sp.diff(a_si, g["z"][S, J]), ctx)
-    t["dz_da"] = simp.run(sp.diff(zj, g["a_in"][S, I]), ctx)
-    t["dz_dW"] = simp.run(sp.diff(zj, g["W"][P, Q]), ctx)
-    t["dz_db"] = simp.run(sp.diff(zj, g["b"][P]), ctx) if bias else None
-    jac = t["jacobian"][-1][1]
-    t["delta"] = simp.run(sp.Sum(g["g"][S, I] * jac, (I, 0, _N_OUT - 1)), ctx)
-    t["g_in"] = simp.run(sp.Sum(g["delta"][S, J] * t["dz_da"][-1][1], (J, 0, _N_OUT - 1)), ctx)
-    t["gW"] = simp.run(sp.Sum(g["delta"][S, J] * t["dz_dW"][-1][1], (J, 0, _N_OUT - 1),
-                              (S, 0, naming.BATCH - 1)), ctx)
-    t["gb"] = simp.run(sp.Sum(g["delta"][S, J] * t["dz_db"][-1][1], (J, 0, _N_OUT - 1),
-                              (S, 0, naming.BATCH - 1)), ctx) if bias else None
-    return t
-
-
-def _rename(stages, mapping, cache=None):
-    """Stages in a layer's names; ``cache`` (one per layer) renames each distinct expression
-    once: consecutive stages are often equal, and renaming is most of a deep network's
-    derivation time (xreplace rebuilds every node)."""
-    if stages is None:
-        return None
-    cache = {} if cache is None else cache
-    out = []
-    for name, e in stages:
-        if e not in cache:
-            cache[e] = e.xreplace(mapping)
-        out.append((name, cache[e]))
-    return tuple(out)
-
-
 def derive(network):
-    """Derive the backpropagation of ``network`` (see the module docstring)."""
+    """Derive the backpropagation of ``network`` (see the module docstring): the chain view of
+    the one graph derivation of its chain Graph (``network.graph``)."""
+    from .graph import derive_graph, paused_gc
+    graph = network.graph
+    # the graph derivation writes its expressions in the MLP's names at once (one renaming of
+    # a deep chain, not two); chain_view then finds them renamed
+    with paused_gc():
+        return chain_view(derive_graph(graph, names=_chain_names(graph)[0]), network)
+
+
+# The one-line doc of each MLP equation kind (as the MLP derivation always wrote them).
+_DOCS = {"forward_z": "affine map", "forward_a": "activation", "loss": "loss",
+         "loss_grad": "dL/da at the output", "output_delta": "dL/dz = sum_i dL/da_i da_i/dz_j",
+         "delta": "dL/dz = sum_i dL/da_i da_i/dz_j", "backprop": "dL/da_prev = W^T delta",
+         "input_grad": "dL/da_prev = W^T delta", "grad_W": "dL/dW = delta a^T", "grad_b": "dL/db = delta"}
+
+
+def _chain_names(graph):
+    """{graph base or symbol: MLP base or symbol} for the chain graph of ``graph.from_network``
+    (x -> a0, g_z<l> -> delta<l>, g_a<l> -> ga<l>, g_W<l> -> gW<l>, n_z<l> -> n_l, ...), and
+    {node: (MLP kind, layer)}. Values and parameters already carry the MLP's names (z1, a1, W1,
+    b1, y); the labels of renamed bases are renamed too, as in the graph's own renaming."""
+    from .graph import grad, value, width
+    pairs, widths, what = [], {}, {}
+    layer = 0
+    for n in graph.nodes:
+        if n.op.target:
+            continue
+        if n.name == graph.target:
+            continue
+        if n.op.realize == "source":
+            kind, layer = "a", 0
+            pairs.append((value(n.name), naming.quantity("a", 0)))
+        elif n.op.realize == "contraction":
+            layer += 1
+            kind = "z"
+        else:
+            kind = "a"
+        what[n.name] = (kind, layer)
+        widths[width(n.name)] = naming.width(layer)
+        pairs.append((grad(n.name), naming.quantity("delta" if kind == "z" else "ga", layer)))
+    for p in graph.params:
+        kind, layer = naming.parse(p.name)
+        pairs.append((grad(p.name), naming.quantity(naming.grad_kind(kind), layer)))
+    mapping = dict(widths)
+    for gen, actual in pairs:
+        mapping[gen] = actual
+        mapping[gen.label] = actual.label
+    return mapping, what
+
+
+def chain_view(graph_derivation, network):
+    """The Derivation of an MLP from the derivation of its chain Graph (``network.graph``):
+    the graph's equations renamed into the MLP's names and kinds (z<l>, a<l> forward_z /
+    forward_a; loss; ga<L> loss_grad; delta<L> output_delta; delta<l> delta; ga<l-1> backprop,
+    ga0 input_grad; gW<l> grad_W; gb<l> grad_b), in the MLP's order (forward, loss, dL/da and
+    the output delta, then per layer from the output: delta<l>, ga<l-1>; then the parameter
+    gradients layer by layer), and the ``LayerRules`` assembled from each dense/activation node
+    pair's NodeRules. Nothing is derived here: only renamed.
+
+    The graph writes an edge's contribution as g_in[s, j] = sum_i g_out[s, i] J[s, i, j]; the
+    MLP writes ga<l-1>[s, i] = sum_j delta<l>[s, j] W<l>[j, i] and dz/da, dz/dW, dz/db with j the
+    unit of z: those are the same expressions with i and j swapped, done here."""
+    from .graph import renamer
+    gd, graph = graph_derivation, graph_derivation.graph
+    mapping, what = _chain_names(graph)
+    # one memo for the whole view: the equations of a deep chain share their subexpressions.
+    # A derivation that derive_graph wrote in these names already (``derive``) is not renamed
+    # twice.
+    names = (lambda e: e) if gd.names == mapping else renamer(mapping)
+    swap = renamer({I: J, J: I})
+
+    def rename(e, swapped=False):
+        return swap(names(e)) if swapped else names(e)
+
+    def stages(st, swapped=False):
+        return None if st is None else tuple((name, rename(e, swapped)) for name, e in st)
+
     L = network.depth
-    n = [naming.width(l) for l in range(L + 1)]
-    a = [naming.quantity("a", l) for l in range(L + 1)]
-    z = [None] + [naming.quantity("z", l) for l in range(1, L + 1)]
-    delta = [None] + [naming.quantity("delta", l) for l in range(1, L + 1)]
-    ga = [naming.quantity("ga", l) for l in range(L + 1)]
-    y = naming.quantity("y")
-    c = 1 / naming.BATCH if network.reduction == "mean" else sp.Integer(1)
+    by_name = {}
+    for e in gd.equations:
+        if e.kind == "loss":
+            mlp = ("loss", "loss", L, False)
+        elif e.kind.startswith("forward_"):
+            kind, layer = what[e.node]
+            mlp = (f"{kind}{layer}", f"forward_{kind}", layer, False)
+        elif e.kind in ("grad_W", "grad_b"):
+            kind, layer = naming.parse(rename(e.lhs).base)
+            mlp = (f"{kind}{layer}", e.kind, layer, True)     # its summed unit index: j
+        else:       # a gradient of a node: dL/da (ga) or dL/dz (delta)
+            kind, layer = what[e.node]
+            if kind == "z":
+                mlp = (f"delta{layer}", "output_delta" if e.kind == "output_delta" else "delta", layer, False)
+            elif e.kind == "loss_grad":
+                mlp = (f"ga{layer}", "loss_grad", layer, False)
+            else:
+                mlp = (f"ga{layer}", "backprop" if layer > 0 else "input_grad", layer, True)
+        name, kind, layer, swapped = mlp
+        st = stages(e.stages, swapped)
+        lhs = rename(e.lhs, swapped)
+        by_name[name] = Equation(name, kind, layer, lhs, st[-1][1], st, _DOCS[kind])
 
-    at_zero = network.relu_at_zero
-    ctx = simp.Context(at_zero=at_zero)
-    for l, layer in enumerate(network.layers, start=1):
-        ctx.forward.append(_forward_rule(l, layer.activation, a[l], z[l], n[l], at_zero))
-        if layer.activation.elementwise:
-            ctx.links.append((a[l], z[l], layer.activation.definition))
-    if network.loss.onehot:
-        ctx.onehot.append((y, n[L]))
-
-    templates = [_layer_template(layer.activation, layer.bias, at_zero) for layer in network.layers]
-    names = [_layer_names(l) for l in range(1, L + 1)]
-    caches = [{} for _ in range(L)]
-    equations = []
-
-    def eq(name, kind, layer, lhs, stages, doc):
-        e = Equation(name, kind, layer, lhs, stages[-1][1], tuple(stages), doc)
-        equations.append(e)
-        return e
-
-    # 1. forward
-    for l in range(1, L + 1):
-        t, m = templates[l - 1], names[l - 1]
-        eq(f"z{l}", "forward_z", l, z[l][S, J], [("definition", t["z"].xreplace(m))], "affine map")
-        eq(f"a{l}", "forward_a", l, a[l][S, J], [("definition", t["a"].xreplace(m))], "activation")
-    per_unit = network.loss.per_unit.xreplace({As: a[L][T, I], Ys: y[T, I]})
-    loss_expr = c * sp.Sum(sp.Sum(per_unit, (I, 0, n[L] - 1)), (T, 0, naming.BATCH - 1))
-    eq("loss", "loss", L, sp.Symbol("L"), [("definition", loss_expr)], "loss")
-    loss_sample = _loss_from_logits(network, a[L], z[L], y, n[L], ctx)
-
-    # 2. local derivatives, renamed from the per-activation templates
-    layers = tuple(
-        LayerRules(l, network.layers[l - 1].activation, templates[l - 1]["rule"],
-                   *(_rename(templates[l - 1][k], names[l - 1], caches[l - 1])
-                     for k in ("jacobian", "dz_da", "dz_dW", "dz_db")))
-        for l in range(1, L + 1))
-
-    # 3. backward by the general algorithm: the output delta is derived from the loss as one
-    # expression; each further step is the layer's rule instantiated.
-    dL_da = eq(f"ga{L}", "loss_grad", L, ga[L][S, J],
-               simp.run(sp.diff(loss_expr, a[L][S, J]), ctx), "dL/da at the output")
-    jac = layers[-1].jacobian[-1][1]
-    stages = simp.run(sp.Sum(dL_da.rhs.xreplace({J: I}) * jac, (I, 0, n[L] - 1)), ctx)
-    out_rule, out_act = layers[-1].rule, network.layers[-1].activation
-    if out_rule is not None and network.loss.outputs and out_act.name not in network.loss.outputs:
-        # a loss after an activation it is not paired with (allow_any_output): nothing cancels
-        # between them, so delta keeps the chain-rule product f'(z) * dL/da (the UDL toy example:
-        # I[f > 0] (h - y)/(h (1 - h)))
-        fprime = out_rule.form.xreplace({As: a[L][S, J], Zs: z[L][S, J]})
-        stages.append(("chain", fprime * dL_da.rhs))
-    eq(f"delta{L}", "output_delta", L, delta[L][S, J], stages, "dL/dz = sum_i dL/da_i da_i/dz_j")
+    order = [f"{q}{l}" for l in range(1, L + 1) for q in ("z", "a")] + ["loss", f"ga{L}", f"delta{L}"]
     for l in range(L, 0, -1):
-        t, m = templates[l - 1], names[l - 1]
-        if l < L:
-            eq(f"delta{l}", "delta", l, delta[l][S, J], _rename(t["delta"], m, caches[l - 1]),
-               "dL/dz = sum_i dL/da_i da_i/dz_j")
-        eq(f"ga{l - 1}", "backprop" if l > 1 else "input_grad", l - 1, ga[l - 1][S, I],
-           _rename(t["g_in"], m, caches[l - 1]), "dL/da_prev = W^T delta")
+        order += ([f"delta{l}"] if l < L else []) + [f"ga{l - 1}"]
     for l in range(1, L + 1):
-        t, m = templates[l - 1], names[l - 1]
-        eq(f"gW{l}", "grad_W", l, naming.quantity("gW", l)[P, Q], _rename(t["gW"], m, caches[l - 1]),
-           "dL/dW = delta a^T")
-        if network.layers[l - 1].bias:
-            eq(f"gb{l}", "grad_b", l, naming.quantity("gb", l)[P], _rename(t["gb"], m, caches[l - 1]),
-               "dL/db = delta")
+        order += [f"gW{l}"] + ([f"gb{l}"] if network.layers[l - 1].bias else [])
+    equations = tuple(by_name[name] for name in order)
 
-    for e in equations:
-        if e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative):
-            raise DerivationError(f"{network.name}: could not collapse {e.name} = {e.rhs}")
-    return Derivation(network, tuple(equations), layers, loss_sample, c)
+    rules = {nr.node: nr for nr in gd.nodes}
+    layers = []
+    for l, layer in enumerate(network.layers, start=1):
+        dense, act = rules[f"z{l}"], rules[f"a{l}"]
+        layers.append(LayerRules(l, layer.activation, act.rule, stages(act.jacobians[0]),
+                                 stages(dense.jacobians[0], True), stages(dense.dW, True),
+                                 stages(dense.db, True) if layer.bias else None))
+    expr, reads = gd.loss_sample
+    loss_sample = (rename(expr), what[reads][0])
+    return Derivation(network, equations, tuple(layers), loss_sample, gd.batch_factor)
 
 
 @lru_cache(maxsize=None)

@@ -3,8 +3,10 @@
 Contract: ``derive_graph(graph) -> GraphDerivation``. Every local derivative comes from
 ``sympy.diff`` of a node's forward definition, in index notation with the sample index s and
 symbolic widths ``n_<node>`` (as ``symbp.derive`` does for layers), and goes through the ordered
-passes of ``symbp.simplify``. Each node kind's rules are derived once in generic names and
-renamed per node. Forward definitions (out[s, j]):
+passes of ``symbp.simplify``. Each node kind's rules are derived once in generic names (``_template``,
+cached per op key and relu_at_zero) and renamed per node. Forward definitions (out[s, j]) come
+from the op registry (``symbp.model.ops``: its ``forward``, ``params`` and ``key``; nothing here
+dispatches on the node kind):
 
 - dense: sum_k W[j, k] in[s, k] + b[j]  (transposed: W[k, j]);
 - activation: f(in[s, j]), softmax exp(in[s, j]) / sum_k exp(in[s, k]);
@@ -24,9 +26,15 @@ are derived only where needed: for inputs marked grad, dense nodes and what lies
 them. When the loss reads an activation node that feeds nothing else, dL/da is substituted into
 that node's Jacobian and simplified as one expression (``output_delta``: sigmoid + bce and
 softmax + ce become (a - y)/B); its ``loss_grad`` equation stays listed, in ``inlined``.
+The graph's options: ``relu_at_zero`` reaches the kink pass (ReLU'(0) = 0 or 1); with
+``allow_any_output`` a loss after an activation it is not paired with (bce after ReLU) keeps
+f'(in) * dL/dout as the output delta's last stage ("chain") and its per-sample loss reads the
+output, not the logits.
 Its LaTeX (``d.latex(...)``, the Jupyter display) comes from ``symbp.render.graph_latex``, which
 the public face attaches; this stage never imports the render stage.
 """
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
@@ -37,7 +45,8 @@ import sympy as sp
 from .. import naming
 from . import simplify as simp
 from .equations import ActivationRule, Equation, EquationLookup
-from .chain import _forward_rule, _loss_from_logits, _softmax_z, output_form
+from .chain import _forward_rule, _loss_from_logits
+from ..model import ops
 from ..errors import DerivationError
 
 S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
@@ -88,19 +97,25 @@ class Quantity:
 # names
 # ----------------------------------------------------------------------------------------------
 
+# cached: building an IndexedBase deduces its assumptions, and a chain of 2000 nodes asks for
+# each name many times
+@lru_cache(maxsize=None)
 def value(name):
     return sp.IndexedBase(name, real=True)
 
 
+@lru_cache(maxsize=None)
 def grad(name):
     return sp.IndexedBase(f"g_{name}", real=True)
 
 
+@lru_cache(maxsize=None)
 def labelled(label):
     """The IndexedBase of an equation's lhs label (g_a__r, g_W, ...)."""
     return sp.IndexedBase(label, real=True)
 
 
+@lru_cache(maxsize=None)
 def contribution(name, consumer, slot=None):
     return sp.IndexedBase(f"g_{name}__{consumer}" + ("" if slot is None else f"_{slot}"), real=True)
 
@@ -110,105 +125,41 @@ def width(name):
     return sp.Symbol(f"n_{name}", integer=True, positive=True)
 
 
-# Generic names: each node kind's rules are derived once in these, then renamed per node.
-def _gen(name):
-    return sp.IndexedBase(f"_{name}", real=True)
-
-
-_OUT, _GOUT, _W, _B, _Y = _gen("out"), _gen("gout"), _gen("W"), _gen("b"), _gen("y")
-_N_OUT = sp.Symbol("_n_out", integer=True, positive=True)
-
-
-def _in(m):
-    return _gen(f"in{m}")
-
-
-@lru_cache(maxsize=None)
-def _n_in(m):
-    return sp.Symbol(f"_n_in{m}", integer=True, positive=True)
-
-
-def _var(m):
-    return sp.Symbol(f"_v{m}", real=True)
+# Generic names (the op registry's): each node kind's rules are derived once in these, then
+# renamed per node.
+_OUT, _GOUT, _W, _B, _Y, _N_OUT = ops._OUT, ops._GOUT, ops._W, ops._B, ops._Y, ops._N_OUT
+_in, _n_in, _var = ops._in, ops._n_in, ops._var
 
 
 # ----------------------------------------------------------------------------------------------
 # per-kind templates
 # ----------------------------------------------------------------------------------------------
 
-def _expression_rule(expr, slots):
-    """forward_outputs for an expression node: the whole expression -> out (exp(x) -> out)."""
-    def rule(e):
-        for idx in (I, J):
-            at = expr.xreplace({_var(m): _in(m)[S, idx] for m in range(slots)})
-            if e.has(at):
-                e = e.xreplace({at: _OUT[S, idx]})
-        return e
-    return rule
-
-
 @lru_cache(maxsize=None)
-def _template(key):
-    """Rules of one node kind in the generic names. ``key``: ("dense", transpose, bias),
-    ("activation", act), ("add" | "multiply" | "concat", slots), ("expression", expr, slots)."""
-    kind = key[0]
-    ctx = simp.Context()
-    rule = None
-    if kind == "dense":
-        transpose, bias = key[1], key[2]
-        w = _W[K, J] if transpose else _W[J, K]
-        fwd = sp.Sum(w * _in(0)[S, K], (K, 0, _n_in(0) - 1)) + (_B[J] if bias else 0)
-        slots = 1
-    elif kind == "activation":
-        act = key[1]
-        ctx.forward.append(_forward_rule(0, act, _OUT, _in(0), _N_OUT))
-        if act.elementwise:
-            ctx.links.append((_OUT, _in(0), act.definition))     # for simplify.stable
-            stages, form, uses = output_form(act.definition)
-            rule = ActivationRule(act, stages[0][1], stages, form, uses)
-            fwd = act.at(_in(0)[S, J])
-        else:
-            fwd = _softmax_z(_in(0), _N_OUT).xreplace({I: J})
-        slots = 1
-    elif kind in ("add", "multiply"):
-        slots = key[1]
-        terms = [_in(m)[S, J] for m in range(slots)]
-        fwd = sp.Add(*terms) if kind == "add" else sp.Mul(*terms)
-    elif kind == "concat":
-        slots = key[1]
-        parts, offset = [], sp.Integer(0)
-        for m in range(slots):
-            parts.append(sp.Sum(sp.KroneckerDelta(J, offset + K) * _in(m)[S, K], (K, 0, _n_in(m) - 1)))
-            offset += _n_in(m)
-        fwd = sp.Add(*parts)
-    elif kind == "expression":
-        expr, slots = key[1], key[2]
-        ctx.forward.append(_expression_rule(expr, slots))
-        fwd = expr.xreplace({_var(m): _in(m)[S, J] for m in range(slots)})
-    else:
-        raise ValueError(kind)
-
+def _template(key, at_zero=0):
+    """Rules of one node kind in the generic names, from its op's forward definition:
+    ``key`` is the op's ``key(node)``; ``at_zero`` the graph's relu_at_zero (the kink pass).
+    Returns forward, jacobians and contributions per input slot, the activation rule, and for
+    each parameter role its local derivative d<symbol> and gradient g<symbol> (dW, gW, ...)."""
+    fw = ops.OPS[key[0]].forward(key, at_zero)
+    ctx = simp.Context(forward=list(fw.rules), links=list(fw.links), at_zero=at_zero)
+    fwd = fw.expr
     at_i = fwd.xreplace({J: I})
     jac, contrib = [], []
-    for m in range(slots):
+    for m in range(fw.slots):
         j = simp.run(sp.diff(at_i, _in(m)[S, J]), ctx)
         jac.append(tuple(j))
         contrib.append(tuple(simp.run(sp.Sum(_GOUT[S, I] * j[-1][1], (I, 0, _N_OUT - 1)), ctx)))
-    t = {"forward": fwd, "jacobians": tuple(jac), "contributions": tuple(contrib), "rule": rule}
-    if kind == "dense":
-        rows = ((I, 0, _N_OUT - 1), (S, 0, BATCH - 1))
-        dW = simp.run(sp.diff(at_i, _W[P, Q]), ctx)
-        t["dW"] = tuple(dW)
-        t["gW"] = tuple(simp.run(sp.Sum(_GOUT[S, I] * dW[-1][1], *rows), ctx))
-        if key[2]:
-            db = simp.run(sp.diff(at_i, _B[P]), ctx)
-            t["db"] = tuple(db)
-            t["gb"] = tuple(simp.run(sp.Sum(_GOUT[S, I] * db[-1][1], *rows), ctx))
+    t = {"forward": fwd, "jacobians": tuple(jac), "contributions": tuple(contrib), "rule": fw.rule}
+    rows = ((I, 0, _N_OUT - 1), (S, 0, BATCH - 1))
+    for spec in fw.params:
+        d = simp.run(sp.diff(at_i, spec.generic[spec.indices]), ctx)
+        t[f"d{spec.symbol}"] = tuple(d)
+        t[f"g{spec.symbol}"] = tuple(simp.run(sp.Sum(_GOUT[S, I] * d[-1][1], *rows), ctx))
     return t
 
 
-def _batch_factor(reduction):
-    return 1 / BATCH if reduction == "mean" else sp.Integer(1)
+_batch_factor = ops.batch_factor
 
 
 def _loss_ctx(loss):
@@ -219,34 +170,35 @@ def _loss_ctx(loss):
 
 
 @lru_cache(maxsize=None)
-def _loss_template(loss, reduction, act):
-    """L, dL/dout and, when the loss reads an activation node ``act`` (else None), the output
-    delta sum_i dL/dout_i d out_i / d in_j simplified as one expression; generic names."""
-    c = _batch_factor(reduction)
-    per_unit = loss.per_unit.xreplace({naming.A: _OUT[T, I], naming.Y: _Y[T, I]})
-    L = c * sp.Sum(sp.Sum(per_unit, (I, 0, _N_OUT - 1)), (T, 0, BATCH - 1))
+def _loss_template(key, act, at_zero=0):
+    """L (the loss op's forward definition, ``key`` its op key), dL/dout and, when the loss
+    reads an activation node ``act`` (else None), the output delta sum_i dL/dout_i d out_i /
+    d in_j simplified as one expression; generic names. When the loss is not paired with ``act``
+    (allow_any_output: bce after ReLU) nothing cancels between them, and the delta keeps the
+    chain-rule product f'(in) * dL/dout as its last stage ("chain"), as the MLP's always did."""
+    loss = key[1]
+    L = ops.OPS["loss"].forward(key, at_zero).expr
     ctx = _loss_ctx(loss)
+    ctx.at_zero = at_zero
     t = {"L": L, "grad": tuple(simp.run(sp.diff(L, _OUT[S, J]), ctx))}
     if act is not None:
-        ctx.forward.append(_forward_rule(0, act, _OUT, _in(0), _N_OUT))
+        ctx.forward.append(_forward_rule(0, act, _OUT, _in(0), _N_OUT, at_zero))
         if act.elementwise:
             ctx.links.append((_OUT, _in(0), act.definition))     # for simplify.stable
-        jac = _template(("activation", act))["jacobians"][0][-1][1]
-        dL = t["grad"][-1][1].xreplace({J: I})
-        t["delta"] = tuple(simp.run(sp.Sum(dL * jac, (I, 0, _N_OUT - 1)), ctx))
+        at = _template(("activation", act), at_zero)
+        dL = t["grad"][-1][1]
+        stages = simp.run(sp.Sum(dL.xreplace({J: I}) * at["jacobians"][0][-1][1], (I, 0, _N_OUT - 1)), ctx)
+        rule = at["rule"]
+        if rule is not None and loss.outputs and act.name not in loss.outputs:
+            fprime = rule.form.xreplace({naming.A: _OUT[S, J], naming.Z: _in(0)[S, J]})
+            stages.append(("chain", fprime * dL))
+        t["delta"] = tuple(stages)
     return t
 
 
 def _key(node):
-    if node.kind == "dense":
-        return ("dense", node.transpose, node.bias is not None)
-    if node.kind == "activation":
-        return ("activation", node.activation)
-    if node.kind == "expression":
-        slots = len(node.inputs)
-        generic = node.expression.xreplace({node.symbol(n): _var(m) for m, n in enumerate(node.inputs)})
-        return ("expression", generic, slots)
-    return (node.kind, len(node.inputs))
+    """The template cache key of a node: its op's ``key``."""
+    return node.op.key(node)
 
 
 def _mapping(graph, node):
@@ -256,11 +208,11 @@ def _mapping(graph, node):
     for m, src in enumerate(node.inputs):
         pairs.append((_in(m), value(src)))
         sizes[_n_in(m)] = width(src)
-    if node.kind == "dense":
-        pairs.append((_W, value(node.weight)))
-        if node.bias is not None:
-            pairs.append((_B, value(node.bias)))
-    if node.kind == "loss":
+    bound = node.op.bind(node)
+    for spec in node.op.params:
+        if spec.role in bound:
+            pairs.append((spec.generic, value(bound[spec.role])))
+    if node.op.target:
         pairs.append((_Y, value(node.target)))
     mapping = dict(sizes)
     for gen, actual in pairs:
@@ -269,8 +221,34 @@ def _mapping(graph, node):
     return mapping
 
 
+def renamer(mapping):
+    """``e.xreplace(mapping)`` with every rebuilt subexpression remembered: the stages of one
+    node (and the equations of a whole chain view) share most subexpressions (delta2[s, j],
+    the sums), and building an Indexed or a Sum anew (its assumptions deduced) was most of a
+    deep network's derivation time. Same result as xreplace: a key of ``mapping`` is replaced
+    whole, otherwise the arguments are, and the node is rebuilt only if one changed."""
+    memo = {}
+    same = object()     # "unchanged": the object asked about is returned itself, so that an
+                        # equal subexpression built elsewhere does not make its parent rebuilt
+
+    def go(e):
+        r = memo.get(e)
+        if r is None:
+            if e in mapping:
+                r = mapping[e]
+            elif not e.args:
+                r = same
+            else:
+                args = tuple(go(a) for a in e.args)
+                r = e.func(*args) if any(a is not b for a, b in zip(args, e.args)) else same
+            memo[e] = r
+        return e if r is same else r
+    return go
+
+
 def _rename(stages, mapping):
-    return tuple((name, e.xreplace(mapping)) for name, e in stages)
+    go = mapping if callable(mapping) else renamer(mapping)
+    return tuple((name, go(e)) for name, e in stages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,9 +264,10 @@ class GraphDerivation(EquationLookup):
     ``sizes`` ({width symbol: int}), ``loss_sample`` ((per-sample loss in [s, i], the node it
     reads) for the kernels), ``batch_factor``, ``inlined`` (equations the kernels do not
     compute), ``input_grads`` ({input: equation name of its gradient}) and ``param_grads``
-    ({parameter: equation name of its gradient})."""
+    ({parameter: equation name of its gradient}), ``names`` (see ``derive_graph``)."""
 
     layers = ()     # a DAG has no layer rules; see ``nodes``
+    names = {}      # the ``names`` derive_graph applied (none: the graph's own)
 
     def __init__(self, graph, equations, nodes, quantities, sizes, loss_sample, batch_factor,
                  inlined, input_grads, param_grads):
@@ -347,13 +326,43 @@ def _stages(label, stages):
     return out
 
 
-def derive_graph(graph):
-    """Derive the backpropagation of ``graph`` (see the module docstring)."""
+@contextmanager
+def paused_gc():
+    """The cyclic garbage collector paused (and restored as it was): deriving a deep chain builds
+    about a million SymPy objects, trees without cycles that reference counting frees, and the
+    collector's repeated passes over them took 40% of a 1000-layer derivation."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def derive_graph(graph, names=None):
+    """Derive the backpropagation of ``graph`` (see the module docstring).
+
+    ``names``: an optional {base or symbol of this derivation: what to write instead}, applied
+    in the same renaming as each node's own names, to the lhs of every equation and to the
+    per-sample loss (``chain.chain_view`` passes the MLP's names: a deep chain is then renamed
+    once, not twice). Equation names, quantities and the other tables keep the graph's names."""
+    with paused_gc():
+        return _derive_graph(graph, names)
+
+
+def _derive_graph(graph, names):
+    names = names or {}
+
+    def composed(mapping):
+        return renamer({k: names.get(v, v) for k, v in mapping.items()} if names else mapping)
+    alias = renamer(names)
     order = {n.name: idx for idx, n in enumerate(graph.nodes)}
     need = graph.requires_grad()
     loss = graph.loss_node
     out = graph.node(graph.output)
-    sizes = {width(n.name): n.width for n in graph.nodes if n.kind != "loss"}
+    sizes = {width(n.name): n.width for n in graph.nodes if not n.op.target}
+    at_zero = graph.relu_at_zero
     quantities = {}
     equations = []
 
@@ -362,13 +371,14 @@ def derive_graph(graph):
         return base
 
     def eq(name, kind, node, lhs, stages, doc, source="", terms=()):
+        lhs = alias(lhs) if names else lhs
         e = GraphEquation(name, kind, order.get(node, -1), lhs, stages[-1][1], tuple(stages), doc,
                           node=node, source=source, terms=tuple(terms))
         equations.append(e)
         return e
 
     for n in graph.nodes:
-        if n.kind == "loss":
+        if n.op.target:
             continue
         q(value(n.name), "target" if n.name == graph.target else "value", n.name)
     for p in graph.params:
@@ -377,21 +387,22 @@ def derive_graph(graph):
     # 1. forward ------------------------------------------------------------------------------
     rules = []
     for n in graph.nodes:
-        if n.kind in ("input", "loss"):
+        if n.op.realize in ("source", "loss"):
             continue
-        t, m = _template(_key(n)), _mapping(graph, n)
-        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[S, J], [("definition", t["forward"].xreplace(m))],
+        t, m = _template(_key(n), at_zero), composed(_mapping(graph, n))
+        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[S, J], [("definition", m(t["forward"]))],
            f"{n.kind} node")
-        rules.append(NodeRules(n.name, n.kind, t["forward"].xreplace(m),
+        rules.append(NodeRules(n.name, n.kind, m(t["forward"]),
                                tuple(_rename(j, m) for j in t["jacobians"]),
                                _rename(t.get("dW", ()), m), _rename(t.get("db", ()), m), t["rule"]))
     inline = out.kind == "activation" and graph.consumers(out.name) == ((loss.name, 0),) and out.name in need
-    lt = _loss_template(loss.loss, loss.reduction, out.activation if inline else None)
+    lt = _loss_template(_key(loss), out.activation if inline else None, at_zero)
     lm = _mapping(graph, loss)
     lm.update({_OUT: value(out.name), _OUT.label: value(out.name).label, _N_OUT: width(out.name)})
     if inline:
         lm.update({_in(0): value(out.inputs[0]), _in(0).label: value(out.inputs[0]).label})
-    eq("L", "loss", loss.name, sp.Symbol("L"), [("definition", lt["L"].xreplace(lm))], f"loss {loss.loss.name}")
+    lm_go = composed(lm)
+    eq("L", "loss", loss.name, sp.Symbol("L"), [("definition", lm_go(lt["L"]))], f"loss {loss.loss.name}")
 
     # 2. backward, in reverse topological order --------------------------------------------------
     edges = {v: graph.consumers(v) for v in need}
@@ -408,7 +419,7 @@ def derive_graph(graph):
     inlined = set()
     if out.name in need:
         base = target_base(out.name, loss.name, 0)
-        e = eq(str(base.label), "loss_grad", out.name, base[S, J], _rename(lt["grad"], lm),
+        e = eq(str(base.label), "loss_grad", out.name, base[S, J], _rename(lt["grad"], lm_go),
                "dL/dout at the loss", source=loss.name)
         if inline:
             inlined.add(e.name)
@@ -418,7 +429,7 @@ def derive_graph(graph):
     use_terms = {p.name: [] for p in graph.params}
     param_grads = {}
     for n in reversed(graph.nodes):
-        if n.kind in ("input", "loss") or n.name not in need:
+        if n.op.realize in ("source", "loss") or n.name not in need:
             continue
         if len(edges[n.name]) > 1:
             terms = branch_terms[n.name]
@@ -426,11 +437,11 @@ def derive_graph(graph):
             rhs = sp.Add(*[labelled(t)[S, J] for t in terms])
             eq(str(base.label), "branch_sum", n.name, base[S, J], [("sum", rhs)],
                f"branch: {n.name} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
-        t, m = _template(_key(n)), _mapping(graph, n)
-        if n.kind == "dense":
-            for p_name, role, key, idx in ((n.weight, "W", "gW", (P, Q)), (n.bias, "b", "gb", (P,))):
-                if p_name is None:
-                    continue
+        t, m = _template(_key(n), at_zero), composed(_mapping(graph, n))
+        bound = n.op.bind(n)
+        for spec in n.op.params:
+            if spec.role in bound:
+                p_name, role, key, idx = bound[spec.role], spec.symbol, f"g{spec.symbol}", spec.indices
                 p = graph.param(p_name)
                 if len(p.uses) == 1:
                     base = q(grad(p_name), "param_grad", p_name)
@@ -446,7 +457,7 @@ def derive_graph(graph):
                 continue
             base = target_base(v, n.name, slot)
             if inline and n.name == out.name:
-                stages, kind, doc = _rename(lt["delta"], lm), "output_delta", "dL/din = sum_i dL/dout_i dout_i/din_j"
+                stages, kind, doc = _rename(lt["delta"], lm_go), "output_delta", "dL/din = sum_i dL/dout_i dout_i/din_j"
             else:
                 stages, kind, doc = _rename(t["contributions"][slot], m), "backprop", "g_in = g_out J (Algorithm 14.1)"
             e = eq(str(base.label), kind, v, base[S, J], stages, doc, source=n.name)
@@ -464,7 +475,8 @@ def derive_graph(graph):
     for p in graph.params:
         if len(p.uses) > 1:
             base = q(grad(p.name), "param_grad", p.name)
-            idx = (P, Q) if p.role == "weight" else (P,)
+            user = graph.node(p.uses[0][0])
+            idx = next(spec.indices for spec in user.op.params if spec.role == p.role)
             terms = use_terms[p.name]
             rhs = sp.Add(*[labelled(t)[idx] for t in terms])
             eq(str(base.label), "shared_sum", p.name, base[idx], [("sum", rhs)],
@@ -479,8 +491,12 @@ def derive_graph(graph):
             raise DerivationError(f"{graph.name}: could not collapse {e.name} = {e.rhs}")
 
     loss_sample = _graph_loss_sample(graph, out)
-    return GraphDerivation(graph, tuple(equations), tuple(rules), quantities, sizes, loss_sample,
-                           _batch_factor(loss.reduction), frozenset(inlined), input_grads, param_grads)
+    if names:
+        loss_sample = (alias(loss_sample[0]), loss_sample[1])
+    gd = GraphDerivation(graph, tuple(equations), tuple(rules), quantities, sizes, loss_sample,
+                         _batch_factor(loss.reduction), frozenset(inlined), input_grads, param_grads)
+    gd.names = names
+    return gd
 
 
 def _graph_loss_sample(graph, out):

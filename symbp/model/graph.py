@@ -9,6 +9,11 @@ a cycle (its nodes in order), an edge naming no node, widths that disagree at ad
 expression or a declared ``units`` (concat), a shared parameter used with two shapes, a node with
 no path to the loss, a loss that does not fit its input, and more (tests/bad_graphs/).
 
+Node kinds come from the op registry ``symbp.model.ops.OPS`` (keys, validation, forward
+definition, parameters): ``build_graph`` reads each table through its kind's entry. The graph-level
+options ``relu_at_zero`` (ReLU'(0) = 0 or 1) and ``allow_any_output`` are the MLP's (``network``);
+at their defaults they are absent from ``canonical`` (digests unchanged).
+
 Node kinds (``inputs`` lists the nodes a node reads, in slot order; any node may feed several):
 
 - ``input``: ``width``; ``grad = true`` asks for dL/d(input) (backpropagation to the data).
@@ -27,9 +32,15 @@ Node kinds (``inputs`` lists the nodes a node reads, in slot order; any node may
   input node used by nothing else; ``reduction`` mean (default) or sum over the batch.
 
 Exactly one loss node; every other node has a path to it. bce needs a sigmoid activation node as
-the loss input and ce a softmax node (the kernels compute those losses from the logits).
+the loss input and ce a softmax node (the kernels compute those losses from the logits), unless
+``allow_any_output``.
 Names are letters, digits and ``_`` (no ``__``); nodes and parameters share one namespace, and
 ``g_<name>`` is reserved for the gradient of ``<name>``.
+
+``chain_network(graph)`` is the MLP ``Network`` of a graph that is a chain (input -> dense ->
+activation -> ... -> loss, nothing shared, branched or transposed), for the code generators that
+read an MLP (the CUDA target); any other graph is one ``SpecError`` line naming the first node
+that breaks the chain and why (``chain_layers``).
 
 Sizes are bounded before anything is derived: at most ``MAX_NODES`` nodes, every width at most
 ``network.MAX_WIDTH`` and at most ``network.MAX_PARAMETERS`` weights and biases in all. An MLP
@@ -41,35 +52,24 @@ import hashlib
 import heapq
 import json
 import math
-import numbers
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import sympy as sp
 
 from .. import naming
 from ..errors import SpecError, shown
-from .exprparse import parse_expression
-from .functions import ACTIVATIONS, LOSSES, REDUCTIONS, Activation, Loss, elementwise_functions, user_activation
-from .network import MAX_WIDTH, check_parameter_count, resolve_activation
+from .functions import Activation, Loss, elementwise_functions, user_activation
+from .network import MAX_LAYERS, check_parameter_count
+from .ops import KINDS, OPS, Check, check_name as _name, check_str as _str
 from .spec import SpecKindError, is_mlp_doc, read_toml, unknown_key
 
-KINDS = ("input", "dense", "activation", "add", "multiply", "concat", "expression", "loss")
-# Keys every node table may hold, per kind (activation parameters such as slope are added from
-# the activation's own table).
-KEYS = {
-    "input": ("name", "kind", "width", "grad"),
-    "dense": ("name", "kind", "input", "units", "weight", "bias", "transpose"),
-    "activation": ("name", "kind", "input", "activation", "units"),
-    "add": ("name", "kind", "inputs", "units"),
-    "multiply": ("name", "kind", "inputs", "units"),
-    "concat": ("name", "kind", "inputs", "units"),
-    "expression": ("name", "kind", "inputs", "expression", "units"),
-    "loss": ("name", "kind", "input", "target", "loss", "reduction"),
-}
-MULTI = ("add", "multiply", "concat", "expression")
+# Keys every node table may hold, per kind (from the op registry; activation parameters such
+# as slope are added from the activation's own table).
+KEYS = {kind: op.keys for kind, op in OPS.items()}
 TOP_KEYS = ("graph", "node", "activations")
-GRAPH_KEYS = ("name",)
+GRAPH_KEYS = ("name", "relu_at_zero", "allow_any_output")
 MAX_NODES = 1000
 
 
@@ -96,20 +96,14 @@ class Node:
         """The scalar symbol standing for ``input_name`` in ``expression``."""
         return sp.Symbol(input_name, real=True)
 
+    @property
+    def op(self):
+        """The node's entry in the op registry (``symbp.model.ops.OPS``)."""
+        return OPS[self.kind]
+
     def canonical(self):
         d = {"name": self.name, "kind": self.kind, "inputs": list(self.inputs), "width": self.width}
-        if self.kind == "input":
-            d["grad"] = self.grad
-        if self.kind == "dense":
-            d.update(weight=self.weight, bias=self.bias, transpose=self.transpose)
-        if self.activation is not None:
-            act = self.activation
-            d["activation"] = {"name": act.name, "params": [[k, str(v)] for k, v in act.values],
-                               "definition": sp.srepr(act.definition) if act.user else None}
-        if self.kind == "expression":
-            d["expression"] = sp.srepr(self.expression)
-        if self.kind == "loss":
-            d.update(loss=self.loss.name, reduction=self.reduction, target=self.target)
+        d.update(self.op.canonical(self))
         return d
 
 
@@ -129,17 +123,33 @@ class Graph:
     nodes: tuple            # Node, in topological order (ties: declared order)
     params: tuple           # Param, in order of first use (weight before bias)
     declared: tuple         # node names in declared order
+    # graph-level options (the MLP's; defaults leave canonical() and the digest as they were):
+    relu_at_zero: int = 0           # the derivative at a kink, ReLU'(0): 0 (from the left) or 1
+    allow_any_output: bool = False  # the loss need not read the activation it is paired with
 
     # ---- lookup ---------------------------------------------------------------------------
-    def node(self, name):
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
+    # lookups are cached per graph (an MLP's chain graph has 2000 nodes: scanning them per
+    # node made deriving quadratic); cached_property writes the instance dict, frozen or not
+    @cached_property
+    def _by_name(self):
+        return {n.name: n for n in self.nodes}
 
-    @property
+    @cached_property
+    def _edges_from(self):
+        out = {n.name: [] for n in self.nodes}
+        for n in self.nodes:
+            for slot, src in enumerate(n.inputs):
+                out[src].append((n.name, slot))
+            if n.op.target:
+                out[n.target].append((n.name, "target"))
+        return {k: tuple(v) for k, v in out.items()}
+
+    def node(self, name):
+        return self._by_name[name]
+
+    @cached_property
     def loss_node(self):
-        return next(n for n in self.nodes if n.kind == "loss")
+        return next(n for n in self.nodes if n.op.target)
 
     @property
     def output(self):
@@ -167,40 +177,40 @@ class Graph:
     def consumers(self, name):
         """((consumer, slot), ...) of every edge leaving ``name``, in topological order; the
         loss's target edge has slot "target"."""
-        out = []
-        for n in self.nodes:
-            for slot, src in enumerate(n.inputs):
-                if src == name:
-                    out.append((n.name, slot))
-            if n.kind == "loss" and n.target == name:
-                out.append((n.name, "target"))
-        return tuple(out)
+        return self._edges_from.get(name, ())
+
+    @cached_property
+    def _params_by_name(self):
+        return {p.name: p for p in self.params}
 
     def param(self, name):
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise KeyError(name)
+        return self._params_by_name[name]
 
     def param_shapes(self):
         return {p.name: p.shape for p in self.params}
 
     def requires_grad(self):
         """Names of nodes whose gradient the backward pass needs: inputs marked grad, dense
-        nodes (they have parameters) and every node downstream of one."""
+        nodes with parameters (dense) and every node downstream of one."""
         need = set()
         for n in self.nodes:
-            if n.kind == "loss":
+            if n.op.target:     # the loss: its gradient is 1, never asked for
                 continue
-            if (n.kind == "input" and n.grad) or n.kind == "dense" or any(i in need for i in n.inputs):
+            if n.grad or n.op.bind(n) or any(i in need for i in n.inputs):
                 need.add(n.name)
         return frozenset(need)
 
     # ---- identity -------------------------------------------------------------------------
     def canonical(self):
-        return {"name": self.name, "nodes": [n.canonical() for n in self.nodes],
-                "params": [[p.name, p.role, list(p.shape)] for p in self.params],
-                "declared": list(self.declared)}
+        out = {"name": self.name, "nodes": [n.canonical() for n in self.nodes],
+               "params": [[p.name, p.role, list(p.shape)] for p in self.params],
+               "declared": list(self.declared)}
+        # options at their defaults are left out: existing digests stay as they were
+        if self.relu_at_zero:
+            out["relu_at_zero"] = self.relu_at_zero
+        if self.allow_any_output:
+            out["allow_any_output"] = True
+        return out
 
     @property
     def digest(self):
@@ -208,55 +218,14 @@ class Graph:
         return hashlib.sha256(("graph:" + text).encode()).hexdigest()
 
     def __str__(self):
-        parts = []
-        for n in self.nodes:
-            if n.kind == "input":
-                parts.append(f"{n.name}[{n.width}{', grad' if n.grad else ''}]")
-            elif n.kind == "loss":
-                parts.append(f"{n.name}={n.loss.name}({n.inputs[0]}, {n.target})")
-            else:
-                what = n.activation.name if n.kind == "activation" else n.kind
-                parts.append(f"{n.name}={what}({', '.join(n.inputs)})[{n.width}]")
-        return f"{self.name}: " + " ".join(parts) + f" ({self.reduction})"
+        opts = (f" relu'(0)={self.relu_at_zero}" if self.relu_at_zero else "") + \
+            (" any output" if self.allow_any_output else "")
+        return f"{self.name}: " + " ".join(n.op.describe(n) for n in self.nodes) + f" ({self.reduction}){opts}"
 
 
 # ----------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------
-
-def _int(value, where, key, minimum=1, maximum=MAX_WIDTH):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise SpecError(where, key, f"expected an integer >= {minimum}, got {shown(value)}")
-    if value > maximum:
-        raise SpecError(where, key, f"expected an integer <= {maximum} (the largest width symbp "
-                                    f"accepts), got {shown(value)}")
-    return int(value)
-
-
-def _name(value, where, key, what="name"):
-    if not naming.is_safe_name(value) or "__" in value:
-        raise SpecError(where, key, f"expected a {what} of letters, digits and single _ starting with a "
-                                    f"letter (at most 64 characters, not a Python keyword), got {shown(value)}")
-    return value
-
-
-def _bool(table, key, where, prefix):
-    v = table.get(key, False)
-    if not isinstance(v, bool):
-        raise SpecError(where, f"{prefix}{key}", f"expected true or false, got {shown(v)}")
-    return v
-
-
-def _str(table, key, where, prefix, default=None):
-    if key not in table:
-        if default is None:
-            raise SpecError(where, f"{prefix}{key}", "missing key")
-        return default
-    v = table[key]
-    if not isinstance(v, str):
-        raise SpecError(where, f"{prefix}{key}", f"expected a string, got {type(v).__name__} {shown(v)}")
-    return v
-
 
 def _find_cycle(edges, order):
     """A cycle as a list of names [a, b, ..., a] or None; ``edges[n]`` are n's inputs."""
@@ -308,12 +277,21 @@ def _topological(edges, order):
     return out
 
 
-def build_graph(name, nodes, activations=None, where=""):
-    """Validate node tables (dicts as in the TOML ``[[node]]`` tables) into a Graph."""
+def build_graph(name, nodes, activations=None, where="", relu_at_zero=0, allow_any_output=False,
+                max_nodes=MAX_NODES):
+    """Validate node tables (dicts as in the TOML ``[[node]]`` tables) into a Graph.
+
+    ``relu_at_zero`` (0 or 1) and ``allow_any_output`` are the graph-level options of
+    ``symbp.model.network`` (ReLU'(0); a loss after an activation it is not paired with).
+    ``max_nodes``: the size bound; an MLP's chain graph (two nodes per layer) passes its own."""
     gkey = "graph.name"
     if not isinstance(name, str):
         raise SpecError(where, gkey, f"expected a string, got {shown(name)}")
     _name(name, where, gkey, "graph name")
+    if isinstance(relu_at_zero, bool) or relu_at_zero not in (0, 1):
+        raise SpecError(where, "graph.relu_at_zero", f"expected 0 or 1 (ReLU'(0)), got {shown(relu_at_zero)}")
+    if not isinstance(allow_any_output, bool):
+        raise SpecError(where, "graph.allow_any_output", f"expected true or false, got {shown(allow_any_output)}")
     if activations is not None and not isinstance(activations, dict):
         raise SpecError(where, "activations", f"expected a table of name = expression in z, got {shown(activations)}")
     defined = {}
@@ -326,8 +304,8 @@ def build_graph(name, nodes, activations=None, where=""):
     nodes = list(nodes)
     if not nodes:
         raise SpecError(where, "node", "expected at least one [[node]] table")
-    if len(nodes) > MAX_NODES:
-        raise SpecError(where, "node", f"{len(nodes)} nodes, more than the {MAX_NODES} symbp accepts")
+    if len(nodes) > max_nodes:
+        raise SpecError(where, "node", f"{len(nodes)} nodes, more than the {max_nodes} symbp accepts")
 
     # 1. names and kinds -------------------------------------------------------------------
     tables, order = {}, []
@@ -351,12 +329,7 @@ def build_graph(name, nodes, activations=None, where=""):
             raise SpecError(where, f"node.{nname}.kind", f"missing key (expected one of: {', '.join(KINDS)})")
         if not isinstance(kind, str) or kind not in KINDS:
             raise SpecError(where, f"node.{nname}.kind", f"unknown node kind {shown(kind)} (expected one of: {', '.join(KINDS)})")
-        allowed = KEYS[kind]
-        if kind == "activation":
-            act = t.get("activation")
-            an = act.get("name") if isinstance(act, dict) else getattr(act, "name", act)
-            if isinstance(an, str) and an in ACTIVATIONS:
-                allowed = allowed + tuple(p[0] for p in ACTIVATIONS[an].params)
+        allowed = OPS[kind].allowed_keys(t)
         for key in t:
             if key not in allowed:
                 raise unknown_key(where, f"node.{nname}.", key, allowed, f"unknown key for a {kind} node")
@@ -367,32 +340,32 @@ def build_graph(name, nodes, activations=None, where=""):
     edges, targets = {}, {}
     for nname in order:
         t, kind, prefix = tables[nname], tables[nname]["kind"], f"node.{nname}."
-        if kind == "input":
+        op = OPS[kind]
+        if op.reads == "none":
             ins = []
-        elif kind in MULTI:
+        elif op.reads == "many":
             if "inputs" not in t:
                 raise SpecError(where, f"{prefix}inputs", "missing key (expected a list of node names)")
             ins = t["inputs"]
             if isinstance(ins, str) or not isinstance(ins, (list, tuple)) or not all(isinstance(i, str) for i in ins):
                 raise SpecError(where, f"{prefix}inputs", f"expected a list of node names, got {shown(ins)}")
             ins = list(ins)
-            least = 1 if kind == "expression" else 2
-            if len(ins) < least:
-                raise SpecError(where, f"{prefix}inputs", f"a {kind} node needs at least {least} inputs, got {len(ins)}")
+            if len(ins) < op.min_inputs:
+                raise SpecError(where, f"{prefix}inputs", f"a {kind} node needs at least {op.min_inputs} inputs, got {len(ins)}")
         else:
             ins = [_str(t, "input", where, prefix)]
         for i in ins:
             if i not in tables:
-                raise SpecError(where, f"{prefix}{'input' if kind not in MULTI else 'inputs'}",
+                raise SpecError(where, f"{prefix}{'inputs' if op.reads == 'many' else 'input'}",
                                 f"edge {shown(i)} -> {nname!r} names no node (nodes: {shown(', '.join(order), quote=False)})")
-        if kind == "loss":
+        if op.target:
             tgt = _str(t, "target", where, prefix)
             if tgt not in tables:
                 raise SpecError(where, f"{prefix}target", f"edge {shown(tgt)} -> {nname!r} names no node (nodes: {shown(', '.join(order), quote=False)})")
             targets[nname] = tgt
         edges[nname] = ins
 
-    losses = [n for n in order if tables[n]["kind"] == "loss"]
+    losses = [n for n in order if OPS[tables[n]["kind"]].target]
     if not losses:
         raise SpecError(where, "node", "no loss node (expected exactly one node of kind 'loss')")
     if len(losses) > 1:
@@ -413,100 +386,27 @@ def build_graph(name, nodes, activations=None, where=""):
     for nname in topo:
         t, kind, prefix = tables[nname], tables[nname]["kind"], f"node.{nname}."
         ins = tuple(edges[nname])
-        kw = {}
-        if kind == "input":
-            if "width" not in t:
-                raise SpecError(where, f"{prefix}width", "missing key (expected an integer >= 1)")
-            width = _int(t["width"], where, f"{prefix}width")
-            kw["grad"] = _bool(t, "grad", where, prefix)
-        elif kind == "dense":
-            if "units" not in t:
-                raise SpecError(where, f"{prefix}units", "missing key (expected an integer >= 1)")
-            width = _int(t["units"], where, f"{prefix}units")
-            n_in = widths[ins[0]]
-            weight = _str(t, "weight", where, prefix, default=f"W_{nname}")
-            _name(weight, where, f"{prefix}weight", "parameter name")
-            bias = t.get("bias", f"b_{nname}")
-            if bias is False:
-                bias = None
-            elif not isinstance(bias, str):
-                raise SpecError(where, f"{prefix}bias", f"expected a parameter name or false, got {shown(bias)}")
+        width, kw, uses = OPS[kind].validate(t, ins, Check(where, prefix, nname, widths, functions, defined, targets))
+        # parameters: a name used by several nodes is one shared parameter, of one role and shape
+        mine = {}
+        for pname, role, shape, tr in uses:
+            key = f"{prefix}{role}"
+            if pname in mine:
+                raise SpecError(where, key, f"parameter {pname!r} is both the {mine[pname]} and the {role} of node {nname!r}")
+            mine[pname] = role
+            if pname in params:
+                p = params[pname]
+                first = p["uses"][0][0]
+                if p["role"] != role:
+                    raise SpecError(where, key, f"parameter {pname!r} is a {p['role']} of node {first!r} "
+                                                f"and a {role} of node {nname!r}")
+                if p["shape"] != shape:
+                    raise SpecError(where, key, f"shared parameter {pname!r} used with incompatible shapes: "
+                                                f"node {first!r} needs {p['shape']}, node {nname!r} needs {shape}"
+                                                f"{' (transposed)' if tr else ''}")
+                p["uses"].append((nname, tr))
             else:
-                _name(bias, where, f"{prefix}bias", "parameter name")
-            transpose = _bool(t, "transpose", where, prefix)
-            uses = [(weight, "weight", (n_in, width) if transpose else (width, n_in), transpose)]
-            if bias is not None:
-                uses.append((bias, "bias", (width,), False))
-            for pname, role, shape, tr in uses:
-                key = f"{prefix}{role}"
-                if pname == weight and role == "bias":
-                    raise SpecError(where, key, f"parameter {pname!r} is both the weight and the bias of node {nname!r}")
-                if pname in params:
-                    p = params[pname]
-                    first = p["uses"][0][0]
-                    if p["role"] != role:
-                        raise SpecError(where, key, f"parameter {pname!r} is a {p['role']} of node {first!r} "
-                                                    f"and a {role} of node {nname!r}")
-                    if p["shape"] != shape:
-                        raise SpecError(where, key, f"shared parameter {pname!r} used with incompatible shapes: "
-                                                    f"node {first!r} needs {p['shape']}, node {nname!r} needs {shape}"
-                                                    f"{' (transposed)' if tr else ''}")
-                    p["uses"].append((nname, tr))
-                else:
-                    params[pname] = {"role": role, "shape": shape, "uses": [(nname, tr)]}
-            kw.update(weight=weight, bias=bias, transpose=transpose)
-        elif kind == "activation":
-            if "activation" not in t:
-                raise SpecError(where, f"{prefix}activation", "missing key")
-            spec = t["activation"]
-            if isinstance(spec, Activation):
-                act = spec
-            else:
-                extra = {k: t[k] for k in t if k not in KEYS["activation"]}
-                if extra:
-                    if isinstance(spec, dict):
-                        raise SpecError(where, f"{prefix}activation", "give parameters either in the table or in the node, not both")
-                    spec = {"name": spec, **extra}
-                act = resolve_activation(spec, where, f"{prefix}activation", defined)
-            width = widths[ins[0]]
-            if act.name == "softmax" and width < 2:
-                raise SpecError(where, f"{prefix}activation", f"softmax needs at least 2 units, but its input {ins[0]!r} has width {width}")
-            kw["activation"] = act
-        elif kind in ("add", "multiply", "expression"):
-            ws = [widths[i] for i in ins]
-            if len(set(ws)) != 1:
-                detail = ", ".join(f"{i}={w}" for i, w in zip(ins, ws))
-                raise SpecError(where, f"{prefix}inputs", f"shape mismatch at {kind} node {nname!r}: its inputs have "
-                                                          f"different widths ({detail})")
-            width = ws[0]
-            if kind == "expression":
-                if len(set(ins)) != len(ins):
-                    dup = next(i for i in ins if ins.count(i) > 1)
-                    raise SpecError(where, f"{prefix}inputs", f"input {dup!r} is listed twice (each input is one variable of the expression)")
-                text = _str(t, "expression", where, prefix)
-                variables = {i: sp.Symbol(i, real=True) for i in ins}
-                expr = parse_expression(text, variables, functions, where, f"{prefix}expression")
-                for i in ins:
-                    if variables[i] not in expr.free_symbols:
-                        raise SpecError(where, f"{prefix}expression", f"input {i!r} of node {nname!r} does not appear in {shown(text)}")
-                kw.update(expression=expr, text=text)
-        elif kind == "concat":
-            width = sum(widths[i] for i in ins)
-        else:   # loss
-            lname = _str(t, "loss", where, prefix)
-            if lname not in LOSSES:
-                raise SpecError(where, f"{prefix}loss", f"unknown loss {shown(lname)} (expected one of: {', '.join(LOSSES)})")
-            reduction = _str(t, "reduction", where, prefix, default="mean")
-            if reduction not in REDUCTIONS:
-                raise SpecError(where, f"{prefix}reduction", f"expected one of {', '.join(REDUCTIONS)}, got {shown(reduction)}")
-            kw.update(loss=LOSSES[lname], reduction=reduction, target=targets[nname])
-            width = 1
-        if "units" in t and kind != "dense":
-            units = _int(t["units"], where, f"{prefix}units")
-            if units != width:
-                detail = " + ".join(f"{i}={widths[i]}" for i in ins) if kind == "concat" else f"{width}"
-                raise SpecError(where, f"{prefix}units", f"shape mismatch at {kind} node {nname!r}: declared units {units}, "
-                                                         f"but its inputs give {detail}")
+                params[pname] = {"role": role, "shape": shape, "uses": [(nname, tr)]}
         widths[nname] = width
         built[nname] = Node(nname, kind, ins, width, **kw)
 
@@ -541,7 +441,7 @@ def build_graph(name, nodes, activations=None, where=""):
         raise SpecError(where, f"{prefix}target", f"shape mismatch at loss {loss_name!r}: input {src.name!r} has width "
                                                   f"{src.width}, target {tgt.name!r} has width {tgt.width}")
     need = loss.loss.outputs
-    if need:
+    if need and not allow_any_output:
         act = src.activation.name if src.kind == "activation" else None
         if act not in need:
             got = f"a {act} activation node" if act else f"a {src.kind} node"
@@ -559,16 +459,16 @@ def build_graph(name, nodes, activations=None, where=""):
         if n not in reaches:
             raise SpecError(where, f"node.{n}", f"node {n!r} has no path to the loss {loss_name!r}")
 
-    plist = []
+    plist, seen = [], set()
     for n in topo:
         node = built[n]
-        if node.kind == "dense":
-            for pname in (node.weight, node.bias):
-                if pname is not None and pname not in [p.name for p in plist]:
-                    p = params[pname]
-                    plist.append(Param(pname, p["role"], p["shape"], tuple(p["uses"])))
+        for pname in node.op.bind(node).values():
+            if pname not in seen:
+                seen.add(pname)
+                p = params[pname]
+                plist.append(Param(pname, p["role"], p["shape"], tuple(p["uses"])))
     check_parameter_count(sum(math.prod(p.shape) for p in plist), where, "node")
-    g = Graph(name, tuple(built[n] for n in topo), tuple(plist), tuple(order))
+    g = Graph(name, tuple(built[n] for n in topo), tuple(plist), tuple(order), relu_at_zero, allow_any_output)
     if not plist and not g.grad_inputs:
         raise SpecError(where, "node", "nothing to differentiate: no dense node (parameters) and no input marked grad = true")
     return g
@@ -590,10 +490,14 @@ class GraphBuilder:
         G = g.build()
     """
 
-    def __init__(self, name, activations=None, where="graph()"):
+    def __init__(self, name, activations=None, where="graph()", relu_at_zero=0, allow_any_output=False,
+                 max_nodes=MAX_NODES):
         self.name = name
         self.activations = dict(activations or {})
         self.where = where
+        self.relu_at_zero = relu_at_zero
+        self.allow_any_output = allow_any_output
+        self.max_nodes = max_nodes
         self.tables = []
 
     def _add(self, table):
@@ -643,23 +547,15 @@ class GraphBuilder:
         return t
 
     def build(self):
-        return build_graph(self.name, self.tables, self.activations or None, self.where)
+        return build_graph(self.name, self.tables, self.activations or None, self.where,
+                           self.relu_at_zero, self.allow_any_output, self.max_nodes)
 
 
-def graph(name, activations=None):
+def graph(name, activations=None, relu_at_zero=0, allow_any_output=False):
     """A GraphBuilder for a graph called ``name``; ``activations`` maps new elementwise
-    activation names to expression strings in z (like a spec's [activations])."""
-    return GraphBuilder(name, activations)
-
-
-def _kink_matters(act):
-    """True if ReLU'(0) = 1 could change this activation's derivative (relu, leaky_relu, ...):
-    SymPy's derivative has a step (Heaviside) or a piecewise boundary, the only places where the
-    derivation stage's relu_at_zero convention applies (read structurally here: the model stage
-    does not import the derivation stage)."""
-    if not act.elementwise:
-        return False
-    return sp.diff(act.definition, naming.Z).has(sp.Heaviside, sp.Piecewise)
+    activation names to expression strings in z (like a spec's [activations]);
+    ``relu_at_zero`` and ``allow_any_output`` as in ``build_graph``."""
+    return GraphBuilder(name, activations, relu_at_zero=relu_at_zero, allow_any_output=allow_any_output)
 
 
 def from_network(net, input_grad=False):
@@ -667,16 +563,11 @@ def from_network(net, input_grad=False):
 
     Node and parameter names follow the MLP kernels (W1, b1, ...), so one params dict serves
     both. ``input_grad`` marks x grad (dL/dX). A layer without bias gives a dense node with
-    ``bias = false``. The graph IR has no relu_at_zero or allow_any_output option (its kinks take
-    ReLU'(0) = 0, its bce a sigmoid): a network that sets either is refused, not changed."""
+    ``bias = false``; the network's ``relu_at_zero`` and ``allow_any_output`` become the
+    graph's. The size bound is the MLP's (``network.MAX_LAYERS`` layers: two nodes each)."""
     where = f"from_network({net.name})"
-    if net.relu_at_zero and any(_kink_matters(layer.activation) for layer in net.layers):
-        raise SpecError(where, "network.relu_at_zero", "graphs take ReLU'(0) = 0; relu_at_zero = 1 "
-                                                      "is for MLP networks (symbp.derive)")
-    if net.loss.outputs and net.layers[-1].activation.name not in net.loss.outputs:
-        raise SpecError(where, "loss.allow_any_output", "graphs pair bce with a sigmoid and ce with a "
-                                                        "softmax; allow_any_output is for MLP networks")
-    b = GraphBuilder(net.name, where=where)
+    b = GraphBuilder(net.name, where=where, relu_at_zero=net.relu_at_zero, allow_any_output=net.allow_any_output,
+                     max_nodes=max(MAX_NODES, 2 * MAX_LAYERS + 3))
     prev = b.input("x", net.inputs, grad=input_grad)
     for l, layer in enumerate(net.layers, start=1):
         z = b.dense(f"z{l}", prev, layer.units, weight=naming.param_key("W", l),
@@ -687,12 +578,92 @@ def from_network(net, input_grad=False):
     return b.build()
 
 
+CHAIN_KINDS = ("input", "dense", "activation", "loss")
+CHAIN_SHAPE = "input -> dense -> activation -> ... -> loss"
+
+
+def _a(kind):
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def chain_layers(graph, served_by="this target", instead="use target='cpu'"):
+    """The dense nodes of a chain graph in order, each with the activation node after it:
+    ((dense Node, activation Node), ...); ``SpecError`` (one line, ``graph '<name>': ...``)
+    naming the first node that breaks the chain and why, ending with ``instead``.
+
+    A chain: one data input (marked grad or not) -> dense -> activation -> dense -> activation
+    ... -> the loss, whose target is the other input; every dense node untransposed, with its
+    own weight and bias (or none), used by no other node; every node read by exactly one node.
+    Nodes are checked in topological order first for kinds a chain has no room for (add,
+    multiply, concat, expression), so that a residual graph is refused at its add node, not at
+    the branch before it."""
+    def refuse(node, why):
+        raise SpecError(f"graph {graph.name!r}", "", f"{served_by} serves chain graphs ({CHAIN_SHAPE}) only; "
+                                                      f"node {node!r} {why}: {instead}")
+    for n in graph.nodes:
+        if n.kind not in CHAIN_KINDS:
+            refuse(n.name, f"is {_a(n.kind)} node")
+    # With only these kinds no two paths can meet (a merge needs add, multiply, concat or an
+    # expression), so a second data input or a node feeding two others cannot pass the loop
+    # above in a valid graph; the two checks below keep the walk's assumptions stated anyway.
+    if len(graph.inputs) != 1:
+        refuse(graph.inputs[1].name, f"is a second data input (after {graph.inputs[0].name!r}); a chain reads one")
+    layers, cur, dense = [], graph.inputs[0], None
+    while True:
+        uses = graph.consumers(cur.name)
+        if len(uses) != 1:
+            refuse(cur.name, f"feeds {len(uses)} nodes ({', '.join(c for c, _ in uses)}); in a chain each node feeds one")
+        nxt = graph.node(uses[0][0])
+        if cur.kind == "dense":
+            if nxt.kind != "activation":
+                refuse(cur.name, f"(dense) feeds {_a(nxt.kind)} node {nxt.name!r}; in a chain an activation node "
+                                 f"follows each dense node (an identity activation for none)")
+            layers.append((dense, nxt))
+        elif nxt.kind == "loss":
+            if cur.kind == "input":
+                refuse(nxt.name, f"reads input {cur.name!r} directly; a chain has at least one dense node")
+            return tuple(layers)
+        elif nxt.kind != "dense":
+            refuse(nxt.name, f"is {_a(nxt.kind)} node after {_a(cur.kind)} node {cur.name!r}; in a chain a dense "
+                             f"node follows the input and each activation")
+        else:
+            dense = nxt
+            if nxt.transpose:
+                refuse(nxt.name, f"uses its weight {nxt.weight!r} transposed")
+            for pname in (nxt.weight, nxt.bias):
+                others = [u for u, _ in graph.param(pname).uses if u != nxt.name] if pname else []
+                if others:
+                    refuse(nxt.name, f"shares parameter {pname!r} with node {others[0]!r}")
+        cur = nxt
+
+
+def chain_network(graph, served_by="this target", instead="use target='cpu'"):
+    """The MLP ``Network`` equal to a chain graph (``chain_layers``): the graph's name, input
+    width, dense widths, activations and biases, loss, reduction, ``relu_at_zero`` and
+    ``allow_any_output`` (through ``network.build``, the MLP's one validated route). Its
+    parameters are W1, b1, ... in layer order: ``chain_layers`` gives the graph's names of
+    each layer's weight and bias. A graph that is no chain: the ``SpecError`` of ``chain_layers``."""
+    import warnings
+    from .network import OutputRangeWarning, build
+    pairs = chain_layers(graph, served_by, instead)
+    loss = graph.loss_node
+    with warnings.catch_warnings():
+        # a loss after an activation it is not paired with was accepted when the graph was
+        # built (allow_any_output), silently: the same network built again says nothing new
+        warnings.simplefilter("ignore", OutputRangeWarning)
+        return build(graph.name, graph.inputs[0].width,
+                     [(d.width, a.activation, d.bias is not None) for d, a in pairs],
+                     loss.loss.name, loss.reduction, where=f"graph {graph.name!r}",
+                     relu_at_zero=graph.relu_at_zero, allow_any_output=graph.allow_any_output)
+
+
 # ----------------------------------------------------------------------------------------------
 # TOML
 # ----------------------------------------------------------------------------------------------
 
 def loads_graph(text, where="<string>"):
-    """Parse graph spec text (TOML: [graph], [[node]], optional [activations]) into a Graph."""
+    """Parse graph spec text (TOML: [graph] with name and optionally relu_at_zero and
+    allow_any_output, [[node]], optional [activations]) into a Graph."""
     doc = read_toml(text, where)
     if is_mlp_doc(doc):
         raise SpecKindError(where, "mlp", "this is an MLP spec ([network] and [[layer]] tables), not a "
@@ -715,7 +686,8 @@ def loads_graph(text, where="<string>"):
     acts = doc.get("activations")
     if acts is not None and not isinstance(acts, dict):
         raise SpecError(where, "activations", "expected a table [activations]")
-    return build_graph(doc["graph"]["name"], nodes, acts, where)
+    g = doc["graph"]
+    return build_graph(g["name"], nodes, acts, where, g.get("relu_at_zero", 0), g.get("allow_any_output", False))
 
 
 def load_graph(path):

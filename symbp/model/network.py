@@ -22,6 +22,9 @@ existing digests stay as they were):
   NaN or inf in the kernels (as in NumPy and PyTorch; at a = 0 exactly, a ReLU output that is
   0, log(0) = -inf); an ``OutputRangeWarning`` says so when the network is built.
 
+``Network.graph`` is the same network as a chain Graph of the op registry's nodes (the one IR
+every derivation reads); the attributes above stay for the renderers and the MLP emitter.
+
 Sizes are bounded when the spec is built, before anything is derived or written: every width
 (inputs, units) at most ``MAX_WIDTH``, at most ``MAX_LAYERS`` layers, and at most
 ``MAX_PARAMETERS`` weights and biases in all (a bigger network would fail later, after files were
@@ -32,6 +35,7 @@ import numbers
 import json
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import sympy as sp
 
@@ -74,6 +78,14 @@ class Network:
     @property
     def depth(self):
         return len(self.layers)
+
+    @cached_property
+    def graph(self):
+        """The network as the chain Graph of the one IR (``graph.from_network``): input x, dense
+        z<l> (W<l>, b<l>), activation a<l>, ..., input y, loss; x marked grad, since the MLP's
+        derivation and kernels give dL/dX (``input_grad``). ``symbp.derive`` derives it."""
+        from .graph import from_network
+        return from_network(self, input_grad=True)
 
     def param_shapes(self):
         """{"W1": (n1, n0), "b1": (n1,), ...} in layer order (no b<l> for a layer without bias)."""
@@ -142,7 +154,11 @@ def check_parameter_count(count, where, key):
 
 
 def resolve_activation(spec, where, key, defined):
-    """An activation from a name, or from {"name": ..., <param>: value} for parameters."""
+    """An activation from a name, or from {"name": ..., <param>: value} for parameters, or an
+    ``Activation`` already built (a graph's activation node, see ``graph.chain_network``),
+    taken as it is: its parameters are fixed and a user-defined one carries its definition."""
+    if isinstance(spec, Activation):
+        return spec
     params = {}
     if isinstance(spec, dict):
         spec = dict(spec)
@@ -173,8 +189,8 @@ def build(name, inputs, layers, loss, reduction="mean", define=None, where="",
     """Validate and build a Network.
 
     ``layers`` is a sequence of (units, activation) or (units, activation, bias) where
-    activation is a name or a dict ``{"name": "leaky_relu", "slope": 0.1}`` and bias a bool
-    (default true); ``define`` maps new activation names to expression strings in z;
+    activation is a name, a dict ``{"name": "leaky_relu", "slope": 0.1}`` or an ``Activation``,
+    and bias a bool (default true); ``define`` maps new activation names to expression strings in z;
     ``relu_at_zero`` (0 or 1) and ``allow_any_output`` as in the module docstring.
     """
     if not naming.is_safe_name(name):
