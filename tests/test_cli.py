@@ -129,7 +129,7 @@ def test_toy_spec_with_the_new_keys_derives_generates_and_warns_in_one_line(tmp_
     (["check", XOR, "--batch", "1000000000000"], "argument --batch: expected a value <= 100000"),
     (["check", XOR, "--tol", "-0.001"], "--tol: expected a relative tolerance in (0, 1)"),
     (["graph", "check", RESIDUAL, "--batch", "-2"], "argument --batch: expected a value >= 1"),
-    (["graph", "generate", RESIDUAL, "--target", "cuda"], "--target cuda: "),
+    (["graph", "generate", RESIDUAL, "--target", "cuda"], "node 'r' is an add node: use target='cpu'"),
     (["check", XOR, "--target", "cuda"], "argument --target: invalid choice: 'cuda'"),
     (["graph", "frobnicate"], "argument COMMAND: invalid choice"),
 ])
@@ -227,10 +227,11 @@ def test_a_spec_of_no_kind_goes_to_the_reader_of_the_command(tmp_path, capsys, p
 
 
 @pytest.mark.parametrize("argv,message", [
+    # the CUDA target serves chain graphs; a residual graph is refused at its add node
     (["generate", RESIDUAL, "--target", "cuda", "--out", "gen", "--no-jit"],
-     f"symbp: error: --target cuda: {RESIDUAL} is a graph spec, which has only the cpu target yet; "
-     "drop --target or use an MLP spec\n"),
-    (["graph", "generate", RESIDUAL, "--target", "cuda"], f"--target cuda: {RESIDUAL} is a graph spec"),
+     "the CUDA target serves chain graphs (input -> dense -> activation -> ... -> loss) only; "
+     "node 'r' is an add node: use target='cpu'"),
+    (["graph", "generate", RESIDUAL, "--target", "cuda"], "node 'r' is an add node"),
     (["derive", RESIDUAL, "--latex", "x.tex", "--stages"],
      f"symbp: error: --stages: {RESIDUAL} is a graph spec, which has no simplification stages in its "
      "handout yet; drop --stages (--dump prints every stage) or use an MLP spec\n"),

@@ -92,8 +92,6 @@ def _model(args):
 
 # (option, given(args), what a graph spec lacks and what to do instead) for _model's one-line error
 GRAPH_LACKS = (
-    ("--target cuda", lambda a: getattr(a, "target", None) == "cuda",
-     "has only the cpu target yet; drop --target"),
     ("--stages", lambda a: getattr(a, "stages", False),
      "has no simplification stages in its handout yet; drop --stages (--dump prints every stage)"),
 )
