@@ -225,8 +225,9 @@ def renamer(mapping):
     """``e.xreplace(mapping)`` with every rebuilt subexpression remembered: the stages of one
     node (and the equations of a whole chain view) share most subexpressions (delta2[s, j],
     the sums), and building an Indexed or a Sum anew (its assumptions deduced) was most of a
-    deep network's derivation time. Same result as xreplace: a key of ``mapping`` is replaced
-    whole, otherwise the arguments are, and the node is rebuilt only if one changed."""
+    deep network's derivation time. As xreplace: a key of ``mapping`` is replaced whole,
+    otherwise the arguments are, and the node is rebuilt only if one changed; unlike xreplace,
+    a number times a sum keeps the form a pass chose (2 (a - y), not 2 a - 2 y)."""
     memo = {}
     same = object()     # "unchanged": the object asked about is returned itself, so that an
                         # equal subexpression built elsewhere does not make its parent rebuilt
@@ -240,7 +241,14 @@ def renamer(mapping):
                 r = same
             else:
                 args = tuple(go(a) for a in e.args)
-                r = e.func(*args) if any(a is not b for a, b in zip(args, e.args)) else same
+                if all(a is b for a, b in zip(args, e.args)):
+                    r = same
+                elif isinstance(e, sp.Mul) and len(args) == 2 and args[0].is_Rational and isinstance(args[1], sp.Add):
+                    # a pass's factored form c (x - y) (cancel's choice, fewer operations):
+                    # rebuilt with evaluation, Mul would distribute the number again
+                    r = sp.Mul(*args, evaluate=False)
+                else:
+                    r = e.func(*args)
             memo[e] = r
         return e if r is same else r
     return go

@@ -141,6 +141,10 @@ class Check:
 
 @dataclass(frozen=True)
 class Op:
+    """One node kind: everything the pipeline knows about it (the fields as in the module
+    docstring). ``uses`` returned by ``validate`` are (parameter name, role, concrete shape,
+    transposed) for ``build_graph``'s shared-parameter checks."""
+
     kind: str
     keys: tuple
     reads: str                      # "none" | "one" | "many"
