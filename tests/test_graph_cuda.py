@@ -27,7 +27,7 @@ if __name__ == "__main__":           # run as the simulator subprocess: import t
 import symbp                                   # noqa: E402
 from symbp import InputError, SpecError        # noqa: E402
 from symbp.codegen import cuda as cu           # noqa: E402
-from symbp.model.graph import chain_network    # noqa: E402
+from symbp.model.network import chain_network    # noqa: E402
 
 # A chain in the graph's own names (not W1, b1, ...): a user-defined activation, a layer
 # without bias, the data input marked grad, the target declared before the layers.

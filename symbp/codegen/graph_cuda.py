@@ -22,7 +22,8 @@ buffers in the graph's names.
 """
 from .. import naming
 from ..errors import InputError
-from ..model.graph import chain_layers, chain_network
+from ..model.graph import chain_layers
+from ..model.network import chain_network
 from .cuda import DEFAULT_GEOMETRY, FUSE_WIDTH
 from .cuda_kernel import CudaKernel, load_cuda
 from .kernel import _ABSENT, _getter, check_keys

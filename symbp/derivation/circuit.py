@@ -490,7 +490,7 @@ def _local(node, nodes):
 
 @lru_cache(maxsize=None)
 def _output_form(kind):
-    from .chain import output_form     # late: chain is the heavier module, needed for sigmoid only
+    from .local import output_form     # late: needed for the sigmoid gate only
     _, form, uses = output_form(GATES[kind].forward(naming.Z))
     return form if uses == "a" else None
 

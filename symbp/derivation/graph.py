@@ -45,7 +45,7 @@ import sympy as sp
 from .. import naming
 from . import simplify as simp
 from .equations import ActivationRule, Equation, EquationLookup
-from .chain import _forward_rule, _loss_from_logits
+from .local import _forward_rule, _loss_from_logits, output_form
 from ..model import ops
 from ..errors import DerivationError
 
@@ -143,6 +143,15 @@ def _template(key, at_zero=0):
     each parameter role its local derivative d<symbol> and gradient g<symbol> (dW, gW, ...)."""
     fw = ops.OPS[key[0]].forward(key, at_zero)
     ctx = simp.Context(forward=list(fw.rules), links=list(fw.links), at_zero=at_zero)
+    rule = None
+    if fw.activation is not None:
+        # f(in) -> out and f'(in) -> its form in out (output_form), so the backward pass reads
+        # the stored output (sigmoid: a (1 - a))
+        act = fw.activation
+        ctx.forward.append(_forward_rule(0, act, _OUT, _in(0), _N_OUT, at_zero))
+        if act.elementwise:
+            stages, form, uses = output_form(act.definition, at_zero)
+            rule = ActivationRule(act, stages[0][1], stages, form, uses)
     fwd = fw.expr
     at_i = fwd.xreplace({J: I})
     jac, contrib = [], []
@@ -150,7 +159,7 @@ def _template(key, at_zero=0):
         j = simp.run(sp.diff(at_i, _in(m)[S, J]), ctx)
         jac.append(tuple(j))
         contrib.append(tuple(simp.run(sp.Sum(_GOUT[S, I] * j[-1][1], (I, 0, _N_OUT - 1)), ctx)))
-    t = {"forward": fwd, "jacobians": tuple(jac), "contributions": tuple(contrib), "rule": fw.rule}
+    t = {"forward": fwd, "jacobians": tuple(jac), "contributions": tuple(contrib), "rule": rule}
     rows = ((I, 0, _N_OUT - 1), (S, 0, BATCH - 1))
     for spec in fw.params:
         d = simp.run(sp.diff(at_i, spec.generic[spec.indices]), ctx)

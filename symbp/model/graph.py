@@ -61,9 +61,9 @@ import sympy as sp
 from .. import naming
 from ..errors import SpecError, shown
 from .functions import Activation, Loss, elementwise_functions, user_activation
-from .network import MAX_LAYERS, check_parameter_count
+from .limits import MAX_LAYERS, check_parameter_count
 from .ops import KINDS, OPS, Check, check_name as _name, check_str as _str
-from .spec import SpecKindError, is_mlp_doc, read_toml, unknown_key
+from .source import SpecKindError, is_mlp_doc, read_text, read_toml, unknown_key
 
 # Keys every node table may hold, per kind (from the op registry; activation parameters such
 # as slope are added from the activation's own table).
@@ -637,26 +637,6 @@ def chain_layers(graph, served_by="this target", instead="use target='cpu'"):
         cur = nxt
 
 
-def chain_network(graph, served_by="this target", instead="use target='cpu'"):
-    """The MLP ``Network`` equal to a chain graph (``chain_layers``): the graph's name, input
-    width, dense widths, activations and biases, loss, reduction, ``relu_at_zero`` and
-    ``allow_any_output`` (through ``network.build``, the MLP's one validated route). Its
-    parameters are W1, b1, ... in layer order: ``chain_layers`` gives the graph's names of
-    each layer's weight and bias. A graph that is no chain: the ``SpecError`` of ``chain_layers``."""
-    import warnings
-    from .network import OutputRangeWarning, build
-    pairs = chain_layers(graph, served_by, instead)
-    loss = graph.loss_node
-    with warnings.catch_warnings():
-        # a loss after an activation it is not paired with was accepted when the graph was
-        # built (allow_any_output), silently: the same network built again says nothing new
-        warnings.simplefilter("ignore", OutputRangeWarning)
-        return build(graph.name, graph.inputs[0].width,
-                     [(d.width, a.activation, d.bias is not None) for d, a in pairs],
-                     loss.loss.name, loss.reduction, where=f"graph {graph.name!r}",
-                     relu_at_zero=graph.relu_at_zero, allow_any_output=graph.allow_any_output)
-
-
 # ----------------------------------------------------------------------------------------------
 # TOML
 # ----------------------------------------------------------------------------------------------
@@ -692,5 +672,4 @@ def loads_graph(text, where="<string>"):
 
 def load_graph(path):
     """Read a TOML graph spec file into a validated Graph."""
-    from .spec import read_text
     return loads_graph(*read_text(path))

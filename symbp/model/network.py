@@ -41,12 +41,10 @@ import sympy as sp
 
 from .. import naming
 from ..errors import SpecError, shown
-from .functions import ACTIVATIONS, LOSSES, REDUCTIONS, Activation, Loss, user_activation
-
-MAX_WIDTH = 65536            # units of a layer, width of an input
-MAX_LAYERS = 1000            # dense layers of an MLP (nodes of a graph spec: graph.MAX_NODES)
-MAX_PARAMETERS = 2 ** 31 - 1  # weights and biases in all: int32 indexing, 16 GB in float64
-
+from .functions import LOSSES, REDUCTIONS, Activation, Loss, user_activation
+from .graph import chain_layers, from_network
+from .limits import (MAX_LAYERS, MAX_PARAMETERS, MAX_WIDTH, _int, check_parameter_count,  # noqa: F401
+                     resolve_activation)
 
 @dataclass(frozen=True)
 class Layer:
@@ -84,7 +82,6 @@ class Network:
         """The network as the chain Graph of the one IR (``graph.from_network``): input x, dense
         z<l> (W<l>, b<l>), activation a<l>, ..., input y, loss; x marked grad, since the MLP's
         derivation and kernels give dL/dX (``input_grad``). ``symbp.derive`` derives it."""
-        from .graph import from_network
         return from_network(self, input_grad=True)
 
     def param_shapes(self):
@@ -133,49 +130,6 @@ class Network:
             opts += f" relu'(0)={self.relu_at_zero}"
         return (f"{self.name}: {'-'.join(map(str, self.sizes))} [{acts}] "
                 f"loss={self.loss.name} ({self.reduction}){opts}")
-
-
-def _int(value, where, key, minimum=1, maximum=MAX_WIDTH):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SpecError(where, key, f"expected an integer >= {minimum}, got {shown(value)}")
-    if value < minimum:
-        raise SpecError(where, key, f"expected an integer >= {minimum}, got {shown(value)}")
-    if value > maximum:
-        raise SpecError(where, key, f"expected an integer <= {maximum} (the largest width symbp "
-                                    f"accepts), got {shown(value)}")
-    return int(value)
-
-
-def check_parameter_count(count, where, key):
-    """Refuse a network with more than MAX_PARAMETERS weights and biases in all."""
-    if count > MAX_PARAMETERS:
-        raise SpecError(where, key, f"{count} weights and biases in all, more than the "
-                                    f"{MAX_PARAMETERS} symbp accepts")
-
-
-def resolve_activation(spec, where, key, defined):
-    """An activation from a name, or from {"name": ..., <param>: value} for parameters, or an
-    ``Activation`` already built (a graph's activation node, see ``graph.chain_network``),
-    taken as it is: its parameters are fixed and a user-defined one carries its definition."""
-    if isinstance(spec, Activation):
-        return spec
-    params = {}
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        name = spec.pop("name", None)
-        params = spec
-    else:
-        name = spec
-    if not isinstance(name, str):
-        raise SpecError(where, key, f"expected an activation name, got {shown(name)}")
-    if name in defined:
-        act = defined[name]
-    elif name in ACTIVATIONS:
-        act = ACTIVATIONS[name]
-    else:
-        known = ", ".join(list(ACTIVATIONS) + list(defined))
-        raise SpecError(where, key, f"unknown activation {shown(name)} (expected one of: {known})")
-    return act.instantiate(where, key.rsplit(".", 1)[0] + ".", **params)
 
 
 def _flag(value, where, key):
@@ -281,3 +235,21 @@ def mlp(sizes, activations, loss, reduction="mean", name="mlp", define=None, bia
         _flag(v, where, f"bias[{i}]")
     return build(name, sizes[0], list(zip(sizes[1:], activations, biases)), loss, reduction, define, where,
                  relu_at_zero, allow_any_output)
+
+
+def chain_network(graph, served_by="this target", instead="use target='cpu'"):
+    """The MLP ``Network`` equal to a chain graph (``chain_layers``): the graph's name, input
+    width, dense widths, activations and biases, loss, reduction, ``relu_at_zero`` and
+    ``allow_any_output`` (through ``network.build``, the MLP's one validated route). Its
+    parameters are W1, b1, ... in layer order: ``chain_layers`` gives the graph's names of
+    each layer's weight and bias. A graph that is no chain: the ``SpecError`` of ``chain_layers``."""
+    pairs = chain_layers(graph, served_by, instead)
+    loss = graph.loss_node
+    with warnings.catch_warnings():
+        # a loss after an activation it is not paired with was accepted when the graph was
+        # built (allow_any_output), silently: the same network built again says nothing new
+        warnings.simplefilter("ignore", OutputRangeWarning)
+        return build(graph.name, graph.inputs[0].width,
+                     [(d.width, a.activation, d.bias is not None) for d, a in pairs],
+                     loss.loss.name, loss.reduction, where=f"graph {graph.name!r}",
+                     relu_at_zero=graph.relu_at_zero, allow_any_output=graph.allow_any_output)

@@ -56,7 +56,7 @@ from .. import naming
 from ..errors import SpecError, shown as _shown
 from .exprparse import parse_expression
 from .functions import ACTIVATIONS, LOSSES, REDUCTIONS, Activation
-from .network import MAX_WIDTH, resolve_activation
+from .limits import MAX_WIDTH, resolve_activation
 
 S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
 BATCH = naming.BATCH
@@ -108,17 +108,18 @@ class ParamSpec:
 @dataclass(frozen=True)
 class Forward:
     """A forward definition out[s, j] in the generic names, with what simplifying its
-    derivatives needs: ``rules`` (simplify.Context.forward: f(in) -> out, f'(in) -> its form
-    in out), ``links`` ((out, in, f) for simplify.stable) and, for an elementwise activation,
-    ``rule`` (its ActivationRule). ``slots``: the number of inputs it reads; ``params``: the
-    ParamSpecs it reads."""
+    derivatives needs: ``rules`` (simplify.Context.forward rewrites, e.g. an expression node's
+    whole expression -> out), ``links`` ((out, in, f) for simplify.stable) and ``activation``,
+    the function an activation op applies (the derivation stage adds its rewrite f(in) -> out,
+    f'(in) -> its form in out, and its ActivationRule). ``slots``: the number of inputs it
+    reads; ``params``: the ParamSpecs it reads."""
 
     expr: sp.Expr
     slots: int
     params: tuple = ()
     rules: tuple = ()
     links: tuple = ()
-    rule: object = None
+    activation: object = None
 
 
 @dataclass
@@ -327,16 +328,16 @@ def _activation_validate(t, ins, v):
     return width, {"activation": act}, ()
 
 
+def softmax_z(z_base, size):
+    """softmax's forward definition: exp(z[s, i]) / sum_k exp(z[s, k])."""
+    return sp.exp(z_base[S, I]) / sp.Sum(sp.exp(z_base[S, K]), (K, 0, size - 1))
+
+
 def _activation_forward(key, at_zero=0):
-    from ..derivation.chain import _forward_rule, _softmax_z, output_form
-    from ..derivation.equations import ActivationRule
     act = key[1]
-    rules = (_forward_rule(0, act, _OUT, _in(0), _N_OUT, at_zero),)
     if act.elementwise:
-        stages, form, uses = output_form(act.definition, at_zero)
-        return Forward(act.at(_in(0)[S, J]), 1, rules=rules, links=((_OUT, _in(0), act.definition),),
-                       rule=ActivationRule(act, stages[0][1], stages, form, uses))
-    return Forward(_softmax_z(_in(0), _N_OUT).xreplace({I: J}), 1, rules=rules)
+        return Forward(act.at(_in(0)[S, J]), 1, links=((_OUT, _in(0), act.definition),), activation=act)
+    return Forward(softmax_z(_in(0), _N_OUT).xreplace({I: J}), 1, activation=act)
 
 
 def _activation_canonical(node):
