@@ -63,12 +63,16 @@ pytest_runtest_teardown = pytest.hookimpl(wrapper=True)(
     lambda item, nextitem: (yield from _timed_phase(item)))
 
 _cpu_by_test = {}
+_cpu_by_worker = defaultdict(float)
 
 
 def pytest_runtest_logreport(report):
     # the teardown report carries the three phases (each report copies the list at its phase)
     if report.when == "teardown":
-        _cpu_by_test[report.nodeid] = sum(v for k, v in report.user_properties if k == _CPU_KEY)
+        s = sum(v for k, v in report.user_properties if k == _CPU_KEY)
+        _cpu_by_test[report.nodeid] = s
+        gateway = getattr(getattr(report, "node", None), "gateway", None)    # pytest-xdist's worker
+        _cpu_by_worker[getattr(gateway, "id", "main")] += s
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -87,3 +91,5 @@ def pytest_terminal_summary(terminalreporter):
     for f, (s, n) in sorted(per_file.items(), key=lambda kv: -kv[1][0]):
         tr.write_line(f"{s:8.1f}s  {n:5d} tests  {f}")
     tr.write_line(f"{sum(_cpu_by_test.values()):8.1f}s  {len(_cpu_by_test):5d} tests  total")
+    if len(_cpu_by_worker) > 1:
+        tr.write_line("per worker: " + ", ".join(f"{w} {s:.1f}s" for w, s in sorted(_cpu_by_worker.items())))
