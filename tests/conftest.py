@@ -1,6 +1,13 @@
-"""Shared test helper: random parameters and a batch that fits a network's loss
-(``from conftest import random_batch``; pytest puts tests/ on sys.path)."""
+"""Shared test helpers (``from conftest import ...``; pytest puts tests/ on sys.path):
+``random_batch`` (random parameters and a batch that fits a network's loss) and ``quick_sample``
+(the quick set's share of a long parameter list; the rest is marked ``slow``), and the
+SYMBP_CPU_TIMES report (CPU seconds per test and per file)."""
+import os
+import resource
+from collections import defaultdict
+
 import numpy as np
+import pytest
 
 
 def random_batch(net, batch, seed=0, dtype="float64", scale=0.7):
@@ -32,17 +39,33 @@ def random_batch(net, batch, seed=0, dtype="float64", scale=0.7):
 
 
 
+
+def quick_sample(cases, *keys, ids=None):
+    """``cases`` as pytest.params for a parametrize list: a case stays in the quick (default) set
+    when it is the first to bring some value of one of ``keys`` (functions of a case), so the
+    quick set holds one case per activation, per loss, per dtype, ...; every other case is marked
+    ``slow`` (the breadth run, ``-m slow``, runs them; ``-m ""`` runs all). ``ids``: one per case.
+    A case is a tuple of the parametrize arguments (or one value for a single argument)."""
+    seen = [set() for _ in keys]
+    out = []
+    for i, case in enumerate(cases):
+        new = False
+        for values, key in zip(seen, keys):
+            v = key(case)
+            if v not in values:
+                values.add(v)
+                new = True
+        args = case if isinstance(case, tuple) else (case,)
+        out.append(pytest.param(*args, marks=() if new else (pytest.mark.slow,),
+                                id=None if ids is None else ids[i]))
+    return out
+
+
 # --- CPU time per test (SYMBP_CPU_TIMES=N) ---------------------------------------------------
 # The machine the tests are timed on is shared, so wall time (--durations) swings with its load;
 # CPU time (this process and the subprocesses it waited for) does not. SYMBP_CPU_TIMES=N prints
 # the N tests with the most CPU time and the CPU seconds per file. Each phase's time rides on the
 # test's user_properties, so the numbers also reach the controller under pytest-xdist.
-import os
-import resource
-from collections import defaultdict
-
-import pytest
-
 _CPU_KEY = "cpu_s"
 
 
