@@ -14,6 +14,7 @@ import pytest
 import sympy as sp
 
 import symbp
+from conftest import quick_sample
 from symbp import naming
 from symbp.errors import SpecError, SymbpError
 from symbp.model.functions import ACTIVATIONS, LOSSES
@@ -60,21 +61,36 @@ def test_every_valid_combination_is_covered():
     assert set(HIDDEN) <= {h for h, _, _ in CASES}
 
 
+# pdflatex runs take most of this file's time: the quick set compiles every case in one notation
+# and every notation once; the full case x notation list runs under `slow`.
+DOCUMENTS = [(h, o, l, n) for h, o, l in CASES for n in NOTATIONS]
+
+
 @needs_pdflatex
-@pytest.mark.parametrize("notation", NOTATIONS)
-@pytest.mark.parametrize("hidden,out,loss", CASES)
+@pytest.mark.parametrize("hidden,out,loss,notation", quick_sample(DOCUMENTS, lambda c: c[:3], lambda c: c[3],
+                                                                 ids=["-".join(c) for c in DOCUMENTS]))
 def test_document_compiles(hidden, out, loss, notation, tmp_path):
     d = derivation((2, 3, 2), (hidden, out), loss)
     _compile(render(d, notation, document=True), tmp_path)
 
 
-@needs_pdflatex
-@pytest.mark.parametrize("notation", NOTATIONS)
-@pytest.mark.parametrize("sizes,acts,loss,reduction", [
+SHAPES = [
     ((3, 2), ("softmax",), "ce", "sum"),                                            # one layer
     ((2, 3, 2, 1), ("relu", "leaky_relu", "sigmoid"), "bce", "mean"),              # deep, kinks
     ((6, 5, 4), ("softplus", "softmax"), "ce", "mean"),                             # too big to show
-])
+]
+# each shape in one notation, each notation once (quick set); the rest under `slow`. The pairs
+# come by diagonals of shape x notation, so the quick ones spread over both.
+SHAPE_DOCUMENTS = sorted(((*shape, n) for shape in SHAPES for n in NOTATIONS),
+                         key=lambda c: ((NOTATIONS.index(c[4]) - SHAPES.index(c[:4])) % len(NOTATIONS),
+                                        SHAPES.index(c[:4])))
+
+
+@needs_pdflatex
+@pytest.mark.parametrize("sizes,acts,loss,reduction,notation",
+                         quick_sample(SHAPE_DOCUMENTS, lambda c: c[:4], lambda c: c[4],
+                                      ids=[f"sizes{i}-acts{i}-{c[2]}-{c[3]}-{c[4]}"
+                                           for c in SHAPE_DOCUMENTS for i in [SHAPES.index(c[:4])]]))
 def test_other_shapes_compile(sizes, acts, loss, reduction, notation, tmp_path):
     _compile(render(derivation(sizes, acts, loss, reduction), notation, document=True), tmp_path)
 
@@ -464,9 +480,12 @@ def test_default_relu_kink_names_the_option():
     assert r"\texttt{relu\_at\_zero = 0}, the convention of PyTorch" in tex
 
 
+OPTION_DOCUMENTS = [(key, n) for n in NOTATIONS for key in ("nobias_relu1", "udl_toy")]
+
+
 @needs_pdflatex
-@pytest.mark.parametrize("notation", NOTATIONS)
-@pytest.mark.parametrize("key", ["nobias_relu1", "udl_toy"])
+@pytest.mark.parametrize("key,notation", quick_sample(OPTION_DOCUMENTS, lambda c: c[0], lambda c: c[1],
+                                                      ids=["-".join(c) for c in OPTION_DOCUMENTS]))
 def test_option_documents_compile(key, notation, tmp_path):
     _compile(render(_options_derivation(key), notation, document=True), tmp_path)
 

@@ -14,6 +14,7 @@ import pytest
 import sympy as sp
 
 import symbp
+from conftest import quick_sample
 from symbp import naming
 from symbp.derivation import simplify as simp
 from symbp.codegen.emit import LOOPS_MAX, VECTOR_MIN, layer_strategy
@@ -131,8 +132,14 @@ def _one_layer(k, act, loss, dtype):
         _check(g["W1"][0, 0], None if want is None else want * z0, dtype, (act, loss, dtype, z0, "dL/dW"))
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("act,loss", CASES, ids=[f"{a}-{l}" for a, l in CASES])
+# The quick set: every activation in float32 (where overflow bites first) and every loss in
+# float64; the other cases of the full activation x loss x dtype list run under `slow`.
+DTYPES = ("float32", "float64")
+OUTPUT = [(a, l, d) for d in DTYPES for a, l in CASES]
+
+
+@pytest.mark.parametrize("act,loss,dtype", quick_sample(OUTPUT, lambda c: c[0], lambda c: c[1:],
+                                                        ids=[f"{a}-{l}-{d}" for a, l, d in OUTPUT]))
 def test_output_layer_gradients_are_stable_for_large_z(tmp, act, loss, dtype):
     """The output delta (loss and output activation combined) on the per-sample loop path."""
     sizes = (1, 2) if act == "softmax" else (1, 1)
@@ -142,8 +149,11 @@ def test_output_layer_gradients_are_stable_for_large_z(tmp, act, loss, dtype):
 HIDDEN = [a for a in BUILTIN + sorted(USER)]
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("act", HIDDEN)
+PER_ACT = [(a, d) for d in DTYPES for a in HIDDEN]
+
+
+@pytest.mark.parametrize("act,dtype", quick_sample(PER_ACT, lambda c: c[0], lambda c: c[1],
+                                                   ids=[f"{a}-{d}" for a, d in PER_ACT]))
 def test_hidden_layer_gradients_are_stable_for_large_z(tmp, act, dtype):
     """A hidden layer (the delta recursion's f'(z) form): [1, 1, 1] act -> identity, MSE, with
     W2 = 1: dL/db1 = (f(z) - y) f'(z)."""
@@ -163,8 +173,11 @@ def test_hidden_layer_gradients_are_stable_for_large_z(tmp, act, dtype):
 BLAS_CASES = [c for c in CASES if c[0] != "softmax"]      # softmax: the loop path above
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("act,loss", BLAS_CASES, ids=[f"{a}-{l}" for a, l in BLAS_CASES])
+BLAS = [(a, l, d) for d in DTYPES for a, l in BLAS_CASES]
+
+
+@pytest.mark.parametrize("act,loss,dtype", quick_sample(BLAS, lambda c: c[0], lambda c: c[1:],
+                                                        ids=[f"{a}-{l}-{d}" for a, l, d in BLAS]))
 def test_blas_and_vectorized_path_gradients_are_stable(tmp, act, loss, dtype, jit=False):
     """Large layer (BLAS contractions, NumPy ufunc activation): [16, 8] with B * 8 >= VECTOR_MIN,
     z[s, j] = x[s, 0] for every unit; with reduction "mean" dL/db_j = mean_s dL/dz(x_s)."""
@@ -204,8 +217,8 @@ def test_compiled_float32_gelu_is_stable(tmp):
     _one_layer(k, "gelu", "mse", "float32")
 
 
-@pytest.mark.parametrize("act", BUILTIN + sorted(USER))
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act,dtype", quick_sample(PER_ACT, lambda c: c[0], lambda c: c[1],
+                                                   ids=[f"{d}-{a}" for a, d in PER_ACT]))
 def test_printed_forward_is_finite_where_the_value_is(tmp, act, dtype):
     """The forward a = f(z) (softplus, sigmoid, ...) is finite wherever f(z) is representable
     (exp(1e3) overflowing is the right answer for exp itself)."""
