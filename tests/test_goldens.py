@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import symbp
-from symbp.codegen.emit import emit
+from symbp.codegen.graph_emit import emit_mlp
 from symbp.codegen.load import write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +19,7 @@ CASES = [(spec, dtype) for spec in SPECS for dtype in ("float64", "float32")]
 @pytest.mark.parametrize("spec,dtype", CASES, ids=[f"{s.stem}-{d}" for s, d in CASES])
 def test_golden_bytes(spec, dtype):
     net = symbp.load(spec)
-    source = emit(symbp.derive(net), "cpu", dtype)
+    source = emit_mlp(symbp.derive(net), "cpu", dtype)
     golden = ROOT / "generated" / net.name / f"cpu_{dtype}.py"
     if os.environ.get("SYMBP_UPDATE_GOLDENS"):
         golden.unlink(missing_ok=True)     # replaced whatever it holds: no .edited backup
@@ -30,7 +30,7 @@ def test_golden_bytes(spec, dtype):
 
 def test_emission_is_deterministic_across_derivations():
     net = symbp.load(SPECS[0])
-    assert emit(symbp.derive(net), "cpu", "float64") == emit(symbp.derive(net), "cpu", "float64")
+    assert emit_mlp(symbp.derive(net), "cpu", "float64") == emit_mlp(symbp.derive(net), "cpu", "float64")
 
 
 def test_generate_writes_the_golden_bytes(tmp_path):

@@ -240,7 +240,7 @@ def test_cli_writes_tex_and_pdf(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--pdf"], "--pdf: give the .tex file to write with --latex FILE"),
-    (["--latex", "x.tex", "--notation", "klingon"], "unknown notation 'klingon' for a graph"),
+    (["--latex", "x.tex", "--notation", "klingon"], "argument --notation: invalid choice: 'klingon'"),
 ])
 def test_cli_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -114,7 +114,7 @@ def test_the_fused_step_is_generated_from_the_rule_table(kernel_py):
     src = Path(kernel_py.path).read_text()
     X, Y = data()
     for kind, rule in RULES.items():
-        assert f"def train_step_{kind}(X, Y, theta, gtheta, work, state, hyper):" in src
+        assert f"def train_step_{kind}(v_x, v_y, theta, gtheta, work, state, hyper):" in src
         step = kernel_py.bind(kernel_py.init_params(0), X, Y, optimizer(kind))
         assert step.state.shape == (len(rule.state) * step.theta.size,)
         assert step.hyper.shape == (len(rule.hyper) + 2,) and step.hyper[-1] == 0

@@ -281,10 +281,10 @@ def test_hard_expressions_answer_within_seconds(text):
 
 
 def _derive_and_emit(depth):
-    from symbp.codegen.emit import emit
+    from symbp.codegen.graph_emit import emit_mlp
     t = time.perf_counter()
     net = symbp.mlp([2] + [3] * depth + [1], ["tanh"] * depth + ["sigmoid"], "bce", name="deep")
-    assert "def loss_and_grad" in emit(symbp.derive(net))
+    assert "def loss_and_grad" in emit_mlp(symbp.derive(net))
     return time.perf_counter() - t
 
 

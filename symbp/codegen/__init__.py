@@ -9,7 +9,6 @@ emitted whole.
 """
 from .. import naming
 from ..errors import SymbpError
-from .emit import emit
 from .kernel import Kernel
 from .load import default_out_dir, import_module, kernel_path, write  # noqa: F401  (public here)
 
@@ -35,8 +34,10 @@ def generate(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):
     if target == "cuda":
         from .cuda_kernel import generate_cuda
         return generate_cuda(derivation, dtype, out_dir=out_dir, jit=jit)
+    # the CPU module of an MLP comes from the one graph generator, of its chain graph
+    from .graph_emit import emit_mlp
     net = derivation.network
-    source = emit(derivation, target, dtype)
+    source = emit_mlp(derivation, target, dtype)
     path = kernel_path(net, target, dtype, out_dir)
     write(path, source)
     module = import_module(path, naming.import_name(net.name, target, dtype, net.digest), jit=jit, digest=net.digest)

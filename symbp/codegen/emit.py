@@ -1,27 +1,28 @@
-"""Emit the source of a kernel module from a Derivation, through a Jinja template.
+"""The CPU code generator's shared printing pieces and measured thresholds.
 
-Contract: ``emit(derivation, target, dtype) -> str`` is deterministic (same derivation, same
-bytes). This module turns each derived equation into printed statements; the template
-(templates/<target>/module.py.j2) only arranges them into functions and holds no math.
-Batch rows are samples. Per layer the CPU kernel uses BLAS matrix products (``np.dot`` with an
-``out`` buffer inside njit) for the contractions that ``batch_form`` finds (z = A W^T, g = D W,
-dL/dW = D^T A_prev) and fuses all elementwise work of a row (bias, activation, delta, per-row
-reductions such as softmax's sum) into one pass over the row.
+Contract: every CPU kernel module, of an MLP and of a graph alike, is emitted by
+``codegen.graph_emit`` (an MLP through its chain graph, ``graph_emit.emit_mlp``) and the CUDA
+generator (``codegen.cuda``); this module holds what they share: ``text`` (the one-line form of
+an equation for code comments), ``_Block`` (the printed statements of one fused pass over the
+rows of a batch, with the row reductions), ``optimizer_steps`` (the printed fused optimizer
+updates), and the measured thresholds that choose how a kernel computes (LOOPS_MAX,
+VECTOR_MIN, CHUNK_ROWS / PARALLEL_MIN, BLAS_THREADS_MIN), documented with their measurements.
+Batch rows are samples. Per dense node a CPU kernel uses BLAS matrix products (``np.dot`` with
+an ``out`` buffer inside njit) for the contractions that ``batch_form`` finds (z = A W^T, g = D W,
+dL/dW = D^T A_prev) or fused per-sample loops (``layer_strategy``), and fuses the elementwise
+work of a row (bias, activation, delta, per-row reductions such as softmax's sum) into one pass.
 
 Numerical stability: ``printer.stable_forms`` prints sigmoid and softplus stably, and every
 row reduction of the form sum_k exp(x_k) is shifted by the row maximum m (log-sum-exp):
 sum_k exp(x_k) = exp(m) r with r = sum_k exp(x_k - m), substituted and simplified by SymPy
 (powsimp, expand_log), so softmax and its cross-entropy never overflow.
 """
-import numpy as np
 import sympy as sp
 
 from .. import naming
-from .._version import __version__
 from ..model import optim
 from ..derivation.equations import ColumnSum, Product, batch_form
-from .printer import (ArrayPrinter, NumbaPrinter, helper_source, helpers_used, is_transcendental,
-                      stable_forms)
+from .printer import NumbaPrinter, stable_forms
 
 # Elementwise activations with a transcendental function (tanh, exp, log, sigmoid, ...) are
 # computed by NumPy's SIMD ufuncs (inside numba.objmode) once a layer has at least this many
@@ -31,7 +32,6 @@ from .printer import (ArrayPrinter, NumbaPrinter, helper_source, helpers_used, i
 # NumPy's take about 1-2 ns, and entering object mode costs about 2 us: the crossover is near
 # 200 entries; 1024 keeps small layers (XOR, per-sample calls) entirely compiled.
 VECTOR_MIN = 1024
-from ..output import environment
 
 BF = sp.Symbol("Bf", positive=True)          # the batch size as a float of the kernel's dtype
 
@@ -134,9 +134,9 @@ class _Block:
 # BLAS threads), so loops are used while a layer has at most LOOPS_MAX weights.
 LOOPS_MAX = 64
 
-# Both cores: a module whose layers are all fused loops also holds ``loss_and_grad_parallel``
-# (and its packed form): one numba.prange over chunks of CHUNK_ROWS rows, each chunk forward,
-# loss and backward sample by sample in a serially compiled helper (the same machine code as the
+# Both cores: a module whose dense nodes are all fused loops (no parameter shared) also holds
+# ``loss_and_grad_parallel`` (and its packed form): one numba.prange over chunks of CHUNK_ROWS
+# rows, each chunk forward, loss and backward sample by sample in a serially compiled helper (the same machine code as the
 # serial kernel), into its own partial loss and gradients, added in chunk order afterwards: the
 # result does not depend on the thread count or the schedule (bit-identical across runs and
 # across NUMBA_NUM_THREADS; equal to the serial variant to rounding). The Kernel calls it when
@@ -216,177 +216,3 @@ def optimizer_steps(dtype):
             "updates": [f"{lhs} <- {rhs}" for lhs, rhs in rule.updates],
         })
     return steps
-
-
-def _to_partial(line, accumulated):
-    """``line`` with its accumulation ``g[j] += ...`` into a gradient g of ``accumulated``
-    redirected to chunk c's partial, ``Pg[c, j] += ...``; other lines unchanged."""
-    for g, _ in accumulated:
-        if line.lstrip().startswith(f"{g}["):
-            return line.replace(f"{g}[", f"P{g}[c, ", 1)
-    return line
-
-
-def emit(derivation, target="cpu", dtype="float64"):
-    """Source text of the kernel module for ``derivation``."""
-    net = derivation.network
-    L = net.depth
-    sizes = {naming.width(l): n for l, n in enumerate(net.sizes)}
-    sizes[naming.BATCH] = BF
-    p = NumbaPrinter(dtype, {BF: "Bf"})
-    d = derivation
-    J, P = naming.J, naming.P
-
-    def product(eq, out):
-        f = batch_form(eq.lhs, eq.rhs)
-        assert isinstance(f, Product), eq
-        left = naming.ident(f.left) + (".T" if f.left_t else "")
-        right = naming.ident(f.right) + (".T" if f.right_t else "")
-        return f, f"np.dot({left}, {right}, {out})"
-
-    layers_fwd = []
-    for l in range(1, L + 1):
-        zq, aq = d[f"z{l}"], d[f"a{l}"]
-        strategy = layer_strategy(net.sizes[l - 1], net.sizes[l])
-        f, dot = product(zq, naming.ident(zq.lhs.base))
-        blk = _Block(p, sizes)
-        zlhs = zq.lhs
-        if strategy == "blas":
-            pre, zrhs = [dot], (zlhs + f.bias[J] if f.bias is not None else None)  # product in Z
-        else:
-            pre, zrhs = [], zq.rhs
-        # a BLAS layer without bias has nothing left to do per entry of z
-        zrow = [(zlhs, zrhs, text(zq.lhs, zq.rhs))] if zrhs is not None else []
-        act = [(aq.lhs, aq.rhs, f"{text(aq.lhs, aq.rhs)}   [{net.layers[l - 1].activation.name}]")]
-        vector = None
-        if aq.rhs.has(sp.Sum):
-            body = blk.rows(zrow, "j", net.sizes[l]) + blk.rows(act, "j", net.sizes[l])
-        else:
-            body = blk.rows(zrow + act, "j", net.sizes[l])
-            rhs = stable_forms(aq.rhs)
-            if is_transcendental(rhs):
-                vector = {"z_rows": _Block(p, sizes).rows(zrow, "j", net.sizes[l]) if zrow else [],
-                          "fn": f"_vector_a{l}", "args": f"{naming.ident(zq.lhs.base)}, {naming.ident(aq.lhs.base)}",
-                          "comment": text(aq.lhs, aq.rhs),
-                          "stmt": f"{naming.ident(aq.lhs.base)}[...] = {ArrayPrinter().doprint(rhs)}".replace("numpy.", "np."),
-                          "size": net.sizes[l]}
-        layers_fwd.append({"layer": l, "strategy": strategy, "comment": text(zq.lhs, zq.rhs),
-                           "pre": pre, "rows": body, "vector": vector})
-
-    # loss per sample (in z for cross-entropies: see derive._loss_from_logits)
-    loss_expr, loss_reads = d.loss_sample
-    blk = _Block(p, sizes)
-    lexpr = stable_forms(loss_expr.xreplace(sizes))
-    lexpr, lred, _ = blk.reductions(lexpr)
-    loss_lines = lred + [f"loss += {p.doprint(lexpr)}"]
-    loss_scale = p.doprint(d.batch_factor.xreplace(sizes))
-
-    # per-sample work of the passes that the parallel variant splits over rows: forward rows
-    # (plus the z = W a multiply-adds of loops layers) here, backward rows below
-    cost = sum(net.sizes[l] * (2 + (net.sizes[l - 1] if layer_strategy(net.sizes[l - 1], net.sizes[l]) == "loops" else 0))
-               for l in range(1, L + 1))
-    backward = []
-    for l in range(L, 0, -1):
-        strategy = layer_strategy(net.sizes[l - 1], net.sizes[l])
-        dq = d[f"delta{l}"]
-        gW = d[f"gW{l}"]
-        gWq = naming.ident(gW.lhs.base)
-        then, pre, post, accumulated = [], [], [], []
-        if net.layers[l - 1].bias:
-            gb = d[f"gb{l}"]
-            gbq = naming.ident(gb.lhs.base)
-            cs = batch_form(gb.lhs, gb.rhs)
-            assert isinstance(cs, ColumnSum) and cs.arg == dq.lhs.base, gb
-            # the column sum dL/db = sum_s delta[s, :] is accumulated in the pass that computes
-            # delta, row by row (contiguous), instead of a strided second pass
-            then = [f"{gbq}[j] += {naming.ident(cs.arg)}[s, j]   # {text(gb.lhs, gb.rhs)}"]
-            pre = [f"{gbq}[:] = {p.doprint(sp.Integer(0))}"]
-            accumulated.append((gbq, (net.sizes[l],)))
-        if strategy == "blas":
-            post += [f"# {text(gW.lhs, gW.rhs)}", product(gW, gWq)[1]]
-        else:
-            # dL/dW[p, q] = sum_s delta[s, p] a[s, q]: this sample's term, in the same pass
-            (q, lo, hi), = [lim for lim in gW.rhs.limits]
-            term = gW.rhs.function.xreplace({P: J})
-            pre.append(f"{gWq}[:, :] = {p.doprint(sp.Integer(0))}")
-            accumulated.append((gWq, (net.sizes[l], net.sizes[l - 1])))
-            then += [f"for q in range({net.sizes[l - 1]}):   # {text(gW.lhs, gW.rhs)}",
-                     f"    {gWq}[j, q] += {p.doprint(term)}"]
-        blk = _Block(p, sizes)
-        rows = blk.rows([(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))], "j", net.sizes[l], then=then)
-        # the parallel variant: the same pass per chunk c of rows, accumulating into the chunk's
-        # own partial gradients P<g>[c, ...], added in chunk order afterwards
-        partial = [("P" + g, shape) for g, shape in accumulated]
-        then_par = [_to_partial(t, accumulated) for t in then]
-        rows_par = _Block(p, sizes).rows([(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))], "j", net.sizes[l],
-                                         then=then_par)
-        step = {"layer": l, "strategy": strategy, "delta_comment": f"{dq.name}: {dq.doc}",
-                "pre": pre, "rows": rows, "post": post,
-                "par": {"partial": [(name, ", ".join(str(n) for n in shape)) for name, shape in partial],
-                        "rows": rows_par,
-                        "reduce": [(g, shape) for g, shape in accumulated]}}
-        cost += net.sizes[l] + (net.sizes[l] * net.sizes[l - 1] if strategy == "loops" else 0)
-        gq = d[f"ga{l - 1}"]
-        ga = {"comment": text(gq.lhs, gq.rhs)}
-        if strategy == "blas":
-            ga["dot"] = product(gq, naming.ident(gq.lhs.base))[1]
-        else:
-            ga["rows"] = _Block(p, sizes).rows([(gq.lhs, gq.rhs, text(gq.lhs, gq.rhs))], "i", net.sizes[l - 1])
-            cost += net.sizes[l - 1] * net.sizes[l] if l > 1 else 0
-        if l > 1:
-            step["ga"] = ga
-        else:
-            input_grad = ga
-        backward.append(step)
-
-    params = [k for k in net.param_shapes()]
-    # packed entry point: every parameter (gradient, work buffer) back to back in one array
-    packed, packed_grads, off = [], [], 0
-    for key, shape in net.param_shapes().items():
-        size = int(np.prod(shape))
-        view = f"[{off}:{off + size}]" + (f".reshape({shape})" if len(shape) == 2 else "")
-        packed += [f"{key} = theta{view}", f"g{key} = gtheta{view}"]
-        packed_grads.append(f"g{key} = gtheta{view}")
-        off += size
-    fwd_buffers = [n for l in range(1, L + 1) for n in (f"Z{l}", f"A{l}")]
-    bwd_buffers = [f"G{l}" for l in range(1, L)] + [f"D{l}" for l in range(1, L + 1)]
-    grads = ["g" + k for k in params]
-    widths = {**{f"Z{l}": net.sizes[l] for l in range(1, L + 1)},
-              **{f"A{l}": net.sizes[l] for l in range(1, L + 1)},
-              **{f"G{l}": net.sizes[l] for l in range(1, L)},
-              **{f"D{l}": net.sizes[l] for l in range(1, L + 1)}}
-    off, packed_work = 0, []
-    for name in fwd_buffers + bwd_buffers:
-        packed.append(f"{name} = work[B * {off}:B * {off + widths[name]}].reshape((B, {widths[name]}))")
-        packed_work.append(packed[-1])
-        off += widths[name]
-    work_width = off
-    used = helpers_used([stable_forms(e.rhs) for e in d.equations] + [stable_forms(loss_expr)])
-    acts = ", ".join(l.activation.name for l in net.layers)
-    ctx = {
-        "version": __version__, "digest": net.digest, "name": net.name, "target": target,
-        "dtype": dtype, "sizes": net.sizes, "description": str(net), "activations": acts,
-        "loss": net.loss.name, "reduction": net.reduction, "depth": L,
-        "param_shapes": net.param_shapes(), "params": params, "grads": grads,
-        "fwd_buffers": fwd_buffers, "bwd_buffers": bwd_buffers,
-        "buffer_widths": widths, "packed": packed, "work_width": work_width,
-        "packed_grads": packed_grads, "packed_work": packed_work,
-        "packed_fwd": packed_work[:len(fwd_buffers)],
-        "helpers": [helper_source(h, p) for h in used], "layers": layers_fwd, "loss_lines": loss_lines,
-        "loss_scale": loss_scale, "loss_reads": loss_reads, "backward": backward,
-        "input_grad": input_grad, "input_grad_buffer": naming.ident(d["ga0"].lhs.base),
-        "strategies": [l["strategy"] for l in layers_fwd], "loops_max": LOOPS_MAX,
-        "zero": p.doprint(sp.Integer(0)), "out": f"A{L}", "vector_min": VECTOR_MIN,
-        "uses_scipy": any(l["vector"] and "scipy." in l["vector"]["stmt"] for l in layers_fwd),
-        "equations": [text(e.lhs, e.rhs) for e in d.equations if e.kind != "loss"],
-        "nobias": [l for l, layer in enumerate(net.layers, start=1) if not layer.bias],
-        "optimizers": optimizer_steps(dtype),
-        "loss_lines_par": [ln.replace("loss += ", "lossc += ", 1) for ln in loss_lines],
-        "partials": [name for step in backward for name, _ in step["par"]["partial"]],
-        "all_loops": all(l["strategy"] == "loops" for l in layers_fwd),
-        "blas_threads_min": f"{BLAS_THREADS_MIN:g}",
-        "blas_flops": sum(2 * net.sizes[l - 1] * net.sizes[l] * (2 if l == 1 else 3) for l in range(1, L + 1)
-                          if layer_strategy(net.sizes[l - 1], net.sizes[l]) == "blas"),
-        "chunk_rows": CHUNK_ROWS, "parallel_min": PARALLEL_MIN, "parallel_cost": cost,
-    }
-    return environment().get_template(f"{target}/module.py.j2").render(**ctx)

@@ -17,8 +17,16 @@ computed by NumPy's ufuncs in objmode. The loss is computed per sample from
 shifted by the row maximum as in ``codegen.emit``. Emission is dispatched by tables keyed by node
 kind (``_FORWARD``) and by parameter-gradient kind (``_PARAM_BACKWARD``).
 
-The module has the MLP module's packed entry points (``loss_and_grad_packed``, ``*_split``,
-``train_step_<optimizer>``), so that one kernel class (``kernel.BaseKernel``) serves both.
+This is the one CPU code generator: an MLP's module is the module of its chain graph
+(``emit_mlp``: ``network.graph`` derived by ``derive_graph``, kept on the MLP Derivation as
+``graph_derivation``), headed by the MLP's spec digest. Every module has the packed entry points
+(``loss_and_grad_packed``, ``*_split``, ``train_step_<optimizer>``) that one kernel class
+(``kernel.BaseKernel``) calls; ``loss_and_grad`` leaves the gradients of the inputs marked grad
+unwritten (a training step does not need them) and ``loss_and_input_grad`` computes them after
+it. A module whose every pass is per-sample rows (every dense node fused loops, no shared
+parameter) also holds the parallel variant ``loss_and_grad_parallel`` (and its packed form):
+numba.prange over chunks of ``emit.CHUNK_ROWS`` rows with partial gradients added in chunk
+order (see ``emit.PARALLEL_MIN``).
 
 ``generate_graph(derivation, target, dtype, out_dir, jit)`` writes
 ``<out_dir>/<graph>/graph_<target>_<dtype>.py`` atomically (``load.write``), only after the
@@ -33,8 +41,8 @@ from .._version import __version__
 from ..derivation.simplify import sigmoid_forms
 from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import SymbpError
-from .emit import (BF, BLAS_THREADS_MIN, LOOPS_MAX, VECTOR_MIN, _Block, layer_strategy, optimizer_steps,
-                   text)
+from .emit import (BF, BLAS_THREADS_MIN, CHUNK_ROWS, LOOPS_MAX, PARALLEL_MIN, VECTOR_MIN, _Block,
+                   layer_strategy, optimizer_steps, text)
 from .printer import (ArrayPrinter, NumbaPrinter, _sigmoid, helper_source, helpers_used, is_transcendental,
                       stable_forms)
 from ..output import environment
@@ -385,8 +393,38 @@ def _param_elementwise(c, eq, comment, shape):
 _PARAM_BACKWARD = {"grad_W": _grad_w, "grad_b": _grad_b, "shared_sum": _param_elementwise}
 
 
-def emit_graph(derivation, target="cpu", dtype="float64"):
-    """Source text of the kernel module of a GraphDerivation."""
+def _parallel(c, fwd, bwd, loss_lines, grads, shapes, sizes):
+    """The parallel variant's pieces (see ``emit.PARALLEL_MIN``), or None: only a graph whose
+    every pass is per-sample rows (every dense node fused loops, no shared parameter) splits
+    over the batch. The body does forward, loss and backward of one sample s (the input
+    gradients excluded, as in loss_and_grad), each parameter gradient accumulated into chunk
+    c's partial P<g>[c, ...] instead of <g>; the accumulators' zeroing is left out (the partials
+    start at zero). PARALLEL_COST: per-sample multiply-adds and elementwise entries."""
+    if any(it["kind"] == "stmt" for it in fwd + bwd) or c.use_buffers:
+        return None
+    body = _pass_body(fwd, c.p, sizes) + [ln.replace("loss += ", "lossc += ", 1) for ln in loss_lines]
+    body += _pass_body(bwd, c.p, sizes)
+
+    def partial(line):
+        for g in grads:
+            if line.lstrip().startswith(f"{g}["):
+                return line.replace(f"{g}[", f"P{g}[c, ", 1)
+        return line
+
+    cost = 0
+    for n in c.g.nodes:
+        if n.kind == "dense":
+            cost += 3 * c.g.node(n.inputs[0]).width * n.width
+        elif n.kind not in ("input", "loss"):
+            cost += 2 * n.width
+    return {"body": [partial(ln) for ln in body], "cost": cost, "chunk_rows": CHUNK_ROWS,
+            "min": PARALLEL_MIN, "partials": [(f"P{g}", g, shape, int(np.prod(shape))) for g, shape in zip(grads, shapes)],
+            "args": ", ".join(f"P{g}" for g in grads)}
+
+
+def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
+    """Source text of the kernel module of a GraphDerivation. ``network``: the MLP whose chain
+    graph this is (``emit_mlp``): its spec digest, description and CLI command head the module."""
     if target not in TARGETS:
         raise SymbpError(f"target: expected one of {', '.join(TARGETS)} for a graph, got {target!r}")
     if dtype not in DTYPES:
@@ -418,7 +456,8 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
     printed.append(stable_forms(loss_expr))
 
     # backward -----------------------------------------------------------------------------
-    c.bwd, c.bwd_buffers, c.use_buffers, c.writer = [], {}, {}, {}
+    c.bwd, c.bwd_buffers, c.use_buffers, c.writer, c.igrad = [], {}, {}, {}, []
+    input_names = {n.name for n in g.inputs}
     grads = set(d.param_grads.values())
     shapes = {}
     for prm in g.params:
@@ -439,7 +478,13 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
         else:
             comment = f"{text(eq.lhs, eq.rhs)}   {tag}"
         if S in eq.lhs.indices:
-            _per_sample_backward(c, eq, comment)
+            if eq.node in input_names:
+                # dL/d(input) only in loss_and_input_grad: a training step does not pay for it
+                c.bwd, c.igrad = c.igrad, c.bwd
+                _per_sample_backward(c, eq, comment)
+                c.bwd, c.igrad = c.igrad, c.bwd
+            else:
+                _per_sample_backward(c, eq, comment)
             continue
         if label not in grads:
             c.use_buffers[label] = shapes[label]
@@ -479,6 +524,8 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
         work_views.append(f"{ids[label]} = {view}" + (f".reshape({tuple(shape)})" if len(shape) == 2 else ""))
         use_off += size
     used = helpers_used(printed)
+    parallel = _parallel(c, fwd, bwd, loss_lines, [ids[gl] for gl in grad_labels],
+                         [tuple(pshapes[k]) for k in params], sizes)
     equations = []
     for e in d.equations:
         if e.kind == "forward_concat":
@@ -491,8 +538,11 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
             extra = ", inlined into the next step" if e.name in d.inlined else ""
             equations.append(f"{text(e.lhs, e.rhs)}   [{e.kind}{extra}]")
     ctx = {
-        "version": __version__, "digest": g.digest, "name": g.name, "target": target, "dtype": dtype,
-        "description": str(g), "equations": equations,
+        "version": __version__, "digest": (network or g).digest, "name": g.name, "target": target, "dtype": dtype,
+        "description": str(network or g), "equations": equations,
+        "kind": "kernel" if network is not None else "graph kernel",
+        "spec": "spec" if network is not None else "graph spec",
+        "command": "symbp generate" if network is not None else "symbp graph generate",
         "inputs": inputs, "target_spec": repr((tnode.name, tnode.width)), "output": g.output,
         "output_ident": ids[g.output], "params": params, "param_shapes": pshapes,
         "fwd_buffers": list(fwd_buffers), "bwd_buffers": list(bwd_buffers),
@@ -511,12 +561,30 @@ def emit_graph(derivation, target="cpu", dtype="float64"):
         "fwd_views": work_views[:len(fwd_buffers)],
         "batch_from": ids[next(iter(inputs))],
         "forward": _layout(fwd, p, sizes), "backward": _layout(bwd, p, sizes),
+        "input_backward": _layout(c.igrad, p, sizes), "parallel": parallel,
         "loss": g.loss_node.loss.name, "reduction": g.reduction, "loss_lines": loss_lines,
         "loss_scale": p.doprint(d.batch_factor.xreplace(sizes)), "loss_reads": loss_reads,
         "zero": zero, "optimizers": optimizer_steps(dtype),
         "updates": [(f"p_{k}", ids[gl]) for k, gl in zip(params, grad_labels)],
     }
     return environment().get_template(f"{target}/graph.py.j2").render(**ctx)
+
+
+def graph_derivation(derivation):
+    """The GraphDerivation of an MLP Derivation's chain graph (``network.graph``), derived once
+    and kept on the Derivation (``derive`` writes its graph derivation in the MLP's names, which
+    the chain view reads; the graph generator reads the graph's own)."""
+    gd = getattr(derivation, "graph_derivation", None)
+    if gd is None:
+        from ..derivation.graph import derive_graph
+        gd = derivation.graph_derivation = derive_graph(derivation.network.graph)
+    return gd
+
+
+def emit_mlp(derivation, target="cpu", dtype="float64"):
+    """Source text of the CPU kernel module of an MLP Derivation: the graph generator's module
+    of its chain graph, headed by the MLP's spec digest and description."""
+    return emit_graph(graph_derivation(derivation), target, dtype, network=derivation.network)
 
 
 def generate_graph(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):

@@ -220,8 +220,8 @@ class BaseKernel:
         """The calling thread's work buffers for batch size B (made on first use): (forward
         buffers, backward buffers, gradients, dL/dX, work, gtheta), the buffers and gradients
         views into the packed ``work`` and ``gtheta`` in the layout of loss_and_grad_packed
-        (for a graph the backward buffers end with the per-use parameter gradients; dL/dX is
-        None where the module has no loss_and_input_grad)."""
+        (the backward buffers end with the per-use parameter gradients; dL/dX, the view of the
+        first input gradient's buffer, is None where no input is marked grad)."""
         try:
             return self._local.work[B]      # the common case: one lookup each
         except AttributeError:
@@ -247,7 +247,9 @@ class BaseKernel:
         for size, shape in zip(self._sizes, self._shapes):
             grads.append(gtheta[off:off + size].reshape(shape))
             off += size
-        gx = np.empty((B, self._in_widths[0]), self.dtype) if hasattr(m, "loss_and_input_grad") else None
+        # dL/d(first input): its backward buffer, written by loss_and_input_grad only
+        gname = next(iter(getattr(m, "INPUT_GRADS", {}).values()), None)
+        gx = views[gname] if gname is not None else None
         if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
             work.pop(next(iter(work)))
         w = work[B] = (fwd, bwd, grads, gx, packed, gtheta)
@@ -432,14 +434,14 @@ class Kernel(BaseKernel):
         """dL/dX, shape (B, n0): backpropagation to the data (chapter 14 "Backpropagation", 14.9)."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, gx, _, _ = self._buffers(X.shape[0])
-        self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
+        self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads)
         return gx.copy()
 
     def loss_and_grads(self, params, X, Y):
         """(loss, {"W1": dL/dW1, ...}, dL/dX) from one call of the kernel, fresh arrays."""
         ps, X, Y = self._check(params, X, Y)
         fwd, bwd, grads, gx, _, _ = self._buffers(X.shape[0])
-        loss = self._run("loss_and_grads", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads, gx)
+        loss = self._run("loss_and_grads", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads)
         return float(loss), {k: g.copy() for k, g in zip(self._params, grads)}, gx.copy()
 
 
@@ -516,16 +518,16 @@ class GraphKernel(BaseKernel):
         "Backpropagation", section 14.9); shape (B, width) each."""
         if not self.module.INPUT_GRADS:
             raise InputError(f"input_grads: no input of graph {self.graph.name!r} is marked grad = true")
-        ps, xs, t = self._check_data(params, inputs, target)
-        B = xs[0].shape[0]
-        self.loss_and_grad(params, inputs, target, copy=False)
-        return self._input_grads(B)
+        return self.loss_and_input_grads(params, inputs, target)[2]
 
     def loss_and_input_grads(self, params, inputs, target):
-        """(loss, {param: grad}, {input: grad}) from one pass."""
-        loss, grads = self.loss_and_grad(params, inputs, target)
-        _, xs, _ = self._check_data(params, inputs, target)
-        return loss, grads, self._input_grads(xs[0].shape[0])
+        """(loss, {param: grad}, {input: grad}) from one pass (loss_and_input_grad: the input
+        gradients are computed only here, not in loss_and_grad)."""
+        ps, xs, t = self._check_data(params, inputs, target)
+        fwd, bwd, grads, _, _, _ = self._buffers(xs[0].shape[0])
+        loss = self._run("loss_and_input_grads", self.module.loss_and_input_grad, *xs, t, *ps, *fwd, *bwd, *grads)
+        return (float(loss), {k: g.copy() for k, g in zip(self._params, grads)},
+                self._input_grads(xs[0].shape[0]))
 
 
 class BoundStep:

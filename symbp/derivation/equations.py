@@ -126,6 +126,9 @@ class Derivation(EquationLookup):
         self.layers = layers
         self.loss_sample = loss_sample      # (per-sample loss expression in [s, i], "z" or "a")
         self.batch_factor = batch_factor    # 1/B (mean) or 1 (sum)
+        # the GraphDerivation of network.graph in the graph's own names, for the code generator
+        # (codegen.graph_emit.graph_derivation derives it on first use)
+        self.graph_derivation = None
         self._by_name = {e.name: e for e in equations}
 
     def dump(self):
