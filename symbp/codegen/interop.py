@@ -57,8 +57,9 @@ class _Adapter:
         m = kernel.module
         self.keys = tuple(kernel._params)     # the kernel's names (a graph CUDA kernel renames PARAMS)
         self.shapes = [tuple(kernel.param_shapes[k]) for k in self.keys]
-        # a graph kernel names its inputs (every CPU module has INPUTS: an MLP's is its chain graph's)
-        self.graph = hasattr(kernel, "loss_and_input_grads")
+        # a graph kernel names its inputs (every CPU module has INPUTS: an MLP's is its chain
+        # graph's); a chain graph's CUDA kernel takes one input and the target, as an MLP's
+        self.graph = hasattr(kernel, "loss_and_input_grads") and hasattr(m, "INPUTS")
         if self.graph:
             self.inputs = list(m.INPUTS)
             self.data = [(f"inputs[{k!r}]", w) for k, w in m.INPUTS.items()] + [("target", m.TARGET[1])]
