@@ -595,19 +595,26 @@ def sigmoid_forms(expr):
     u/(1 - u) with u = sigmoid(x) and cancel; kept only when the result no longer has exp(k x)
     and its denominator does not vanish at u = 0 or u = 1 (x -> -inf, +inf). Then
     exp(x)/(exp(x) + 1)**2 -> u (1 - u), evaluated by the stable _sigmoid helper: finite for any
-    x, where the original overflows (inf/inf) beyond x ~ 44 (float32) or ~ 354 (float64)."""
+    x, where the original overflows (inf/inf) beyond x ~ 44 (float32) or ~ 354 (float64).
+    Skipped beyond the work budget (``too_big``: cancelling a 100th power took minutes) and for
+    exp of a constant (nothing to overflow; _sigmoid(-1/1000) is no number SymPy compares)."""
+    if too_big(expr):
+        return expr
     for e in sorted(expr.atoms(sp.exp), key=sp.default_sort_key):
         if e not in expr.atoms(sp.exp):
             continue        # consumed by an earlier rewrite
         x = e.args[0]
+        # the quantities x is made of (not the integer indices)
+        core = x.atoms(sp.Indexed) | {a for a in x.atoms(sp.Symbol) if not a.is_integer}
+        if not core:
+            continue
         in_denominator = any(isinstance(p, sp.Pow) and p.exp.is_negative and isinstance(p.base, sp.Add)
                              and p.base.has(e) for p in expr.atoms(sp.Pow))
         if not in_denominator:
             continue
         u = sp.Dummy("u", positive=True)
         cand = sp.factor(sp.cancel(expr.xreplace({e: u / (1 - u), sp.exp(-x): (1 - u) / u})))
-        # the quantities x is made of (not the integer indices): no exp of them may remain
-        core = x.atoms(sp.Indexed) | {a for a in x.atoms(sp.Symbol) if not a.is_integer}
+        # no exp of x's quantities may remain
         if any(a.args[0].has(*core) for a in cand.atoms(sp.exp)):
             continue
         den = sp.fraction(cand)[1]
