@@ -78,7 +78,7 @@ from ..errors import InputError, SpecError, SymbpError
 from ..model.functions import ACTIVATIONS, LOSSES
 from .sources import latex_cite
 from .pdf import pdflatex
-from .worked import (as_sympy, check_decimals, evaluate, exact, plan, rounded, show,
+from .worked import (as_sympy, check_decimals, evaluate, exact, given_env, plan, rounded, show,
                      worked_example, entry_name)
 
 MAX_VARIANTS = 200
@@ -491,19 +491,8 @@ class _Screen:
         return steps
 
     def run(self, steps, P, X, Y, student):
-        env = {}
         conv = (lambda v: Fraction(int(v.p), int(v.q))) if student else (lambda v: mpmath.mpf(int(v.p)) / int(v.q))
-        a0, yb = naming.quantity("a", 0), naming.quantity("y")
-        for s_ in range(X.rows):
-            for k in range(X.cols):
-                env[a0[s_, k]] = conv(X[s_, k])
-            for k in range(Y.cols):
-                env[yb[s_, k]] = conv(Y[s_, k])
-        for key, m in P.items():
-            base = naming.quantity(key[0], int(key[1:]))
-            for i in range(m.rows):
-                for j in range(m.cols):
-                    env[base[i, j] if key[0] == "W" else base[i]] = conv(m[i, j])
+        env = given_env(P, X, Y, conv)
         env[naming.BATCH] = X.rows if student else mpmath.mpf(X.rows)
         res = {}
         try:

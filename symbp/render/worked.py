@@ -577,27 +577,30 @@ class Evaluation:
     table: list               # rounding mode: [(latex of the function value, value), ...]
 
 
+def _entry(key, i, j):
+    """The Indexed of entry (i, j) of parameter ``key``: W1[i, j], or b1[i] of a bias column."""
+    kind, layer = naming.parse(key)
+    base = naming.quantity(kind, layer)
+    return base[i] if kind == "b" else base[i, j]
+
+
+def given_env(P, X, Y, conv=lambda v: v):
+    """{Indexed: conv(value)} of the given numbers: inputs a0[s, k], targets y[s, k] and the
+    parameters of P (a layer without bias has no b entries)."""
+    a0, yb = naming.quantity("a", 0), naming.quantity("y")
+    env = {a0[s, k]: conv(X[s, k]) for s in range(X.rows) for k in range(X.cols)}
+    env.update({yb[s, k]: conv(Y[s, k]) for s in range(Y.rows) for k in range(Y.cols)})
+    for key, m in P.items():
+        env.update({_entry(key, i, j): conv(m[i, j]) for i in range(m.rows) for j in range(m.cols)})
+    return env
+
+
 def evaluate(derivation, P, X, Y, rounding=None):
     """Evaluate the derivation's equations in order on exact inputs (see the module contract).
 
     P: {"W1": Matrix, "b1": column Matrix, ...}; X (B, n0); Y (B, nL)."""
-    net = derivation.network
     B = X.rows
-    env = {}
-    a0, yb = naming.quantity("a", 0), naming.quantity("y")
-    for s in range(B):
-        for k in range(X.cols):
-            env[a0[s, k]] = X[s, k]
-        for k in range(Y.cols):
-            env[yb[s, k]] = Y[s, k]
-    for l in range(1, net.depth + 1):
-        W, b = naming.quantity("W", l), naming.quantity("b", l)
-        Wm, bm = P[naming.param_key("W", l)], P.get(naming.param_key("b", l))   # no b: no bias
-        for j in range(Wm.rows):
-            if bm is not None:
-                env[b[j]] = bm[j]
-            for k in range(Wm.cols):
-                env[W[j, k]] = Wm[j, k]
+    env = given_env(P, X, Y)
     env[naming.BATCH] = sp.Integer(B)
     approx = {k: sp.Float(v, APPROX_DIGITS) for k, v in env.items()}
     approx_results = {}
@@ -855,41 +858,16 @@ def central_differences(derivation, P, X, Y, h=FD_STEP):
     """{"gW1": Matrix, "gb1": Matrix column, ...}: (L(theta + h) - L(theta - h)) / (2 h) for every
     parameter entry, the loss computed in float64 from the forward pass (the course slides'
     gradient check); ``h`` is exact, used as a float."""
-    net = derivation.network
-    B = X.rows
-    loss = _forward_loss(derivation, B)
-    env = {}
-    a0, yb = naming.quantity("a", 0), naming.quantity("y")
-    for s_ in range(B):
-        for k in range(X.cols):
-            env[a0[s_, k]] = float(X[s_, k])
-        for k in range(Y.cols):
-            env[yb[s_, k]] = float(Y[s_, k])
-    cells = {}
-    for l in range(1, net.depth + 1):
-        Wm, bm = P[naming.param_key("W", l)], P.get(naming.param_key("b", l))   # no b: no bias
-        W, b = naming.quantity("W", l), naming.quantity("b", l)
-        for j in range(Wm.rows):
-            if bm is not None:
-                env[b[j]] = float(bm[j])
-                cells[(f"gb{l}", j, 0)] = b[j]
-            for k in range(Wm.cols):
-                env[W[j, k]] = float(Wm[j, k])
-                cells[(f"gW{l}", j, k)] = W[j, k]
-    hf = float(h)
-    out = {}
-    for (name, i, j), key in cells.items():
+    loss = _forward_loss(derivation, X.rows)
+    env, hf = given_env(P, X, Y, float), float(h)
+
+    def diff(key):
         up, down = dict(env), dict(env)
         up[key] += hf
         down[key] -= hf
-        out[(name, i, j)] = (loss(up) - loss(down)) / (2 * hf)
-    result = {}
-    for l in range(1, net.depth + 1):
-        Wm = P[naming.param_key("W", l)]
-        result[f"gW{l}"] = sp.Matrix(Wm.rows, Wm.cols, lambda i, j: sp.Float(out[(f"gW{l}", i, j)], 17))
-        if naming.param_key("b", l) in P:
-            result[f"gb{l}"] = sp.Matrix(Wm.rows, 1, lambda i, j: sp.Float(out[(f"gb{l}", i, 0)], 17))
-    return result
+        return sp.Float((loss(up) - loss(down)) / (2 * hf), 17)
+    return {naming.grad_kind(key[0]) + key[1:]: sp.Matrix(m.rows, m.cols, lambda i, j: diff(_entry(key, i, j)))
+            for key, m in P.items()}
 
 
 def _given(net, P, X, Y, eta, decimals, notation, single):
