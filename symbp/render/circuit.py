@@ -305,35 +305,28 @@ def _text(s):
     return "".join(rep.get(ch, ch) for ch in s)
 
 
+# A gate's operation as a student writes it, from its operands as printed (t), the same with a
+# negative number parenthesized (p), and whether they are symbols (no product sign between them).
+_WRITTEN = {
+    "add": lambda t, p, symbols: " + ".join(p),
+    "cadd": lambda t, p, symbols: " + ".join(p),
+    "mul": lambda t, p, symbols: (" " if symbols else r" \cdot ").join(p),
+    "cmul": lambda t, p, symbols: rf"{p[1]} \cdot {p[0]}",
+    "neg": lambda t, p, symbols: f"-{p[0]}",
+    "exp": lambda t, p, symbols: f"e^{{{t[0]}}}",
+    "log": lambda t, p, symbols: rf"\log {p[0]}" if not t[0].startswith("-") else rf"\log\left({t[0]}\right)",
+    "recip": lambda t, p, symbols: rf"\frac{{1}}{{{t[0]}}}",
+    "pow": lambda t, p, symbols: f"{{{t[0] if symbols else p[0]}}}^{{{t[1]}}}",
+    "max": lambda t, p, symbols: rf"\max\left({', '.join(t)}\right)",
+    "sigmoid": lambda t, p, symbols: rf"\sigma\left({t[0]}\right)",
+}
+
+
 def _with_numbers(n, t, symbols=False):
     """A gate's operation on printed numbers (or, ``symbols``, on its inputs' symbols), its
     operands in slot order, as a student writes it."""
-    p = [f"({x})" if x.startswith("-") else x for x in t]
-    k = n.gate.kind
-    times = " " if symbols else r" \cdot "
-    if k in ("add", "cadd"):
-        return " + ".join(p)
-    if k == "mul":
-        return times.join(p)
-    if k == "cmul":
-        return rf"{p[1]} \cdot {p[0]}"
-    if k == "neg":
-        return f"-{p[0]}"
-    if k == "exp":
-        return f"e^{{{t[0]}}}"
-    if k == "log":
-        return rf"\log {p[0]}" if not t[0].startswith("-") else rf"\log\left({t[0]}\right)"
-    if k == "recip":
-        return rf"\frac{{1}}{{{t[0]}}}"
-    if k == "pow" and symbols:
-        return f"{{{t[0]}}}^{{{t[1]}}}"
-    if k == "pow":
-        return f"{{{p[0]}}}^{{{t[1]}}}"
-    if k == "max":
-        return rf"\max\left({', '.join(t)}\right)"
-    if k == "sigmoid":
-        return rf"\sigma\left({t[0]}\right)"
-    return ", ".join(t)
+    written = _WRITTEN.get(n.gate.kind, lambda t, p, symbols: ", ".join(t))
+    return written(t, [f"({x})" if x.startswith("-") else x for x in t], symbols)
 
 
 def _steps(c, decimals):
@@ -406,31 +399,23 @@ def latex(c, decimals=2):
 
 # --- TikZ ------------------------------------------------------------------------------------
 
+_LABELS = {"add": "+", "mul": r"\times", "neg": r"\times(-1)", "recip": "1/x", "exp": r"\exp",
+           "log": r"\log", "max": r"\max", "sigmoid": r"\sigma"}
+
+
 def _gate_label(c, n):
     k = n.gate.kind
-    consts = [s.const for s in n.slots if not s.is_node]
-    if k == "add":
-        return "+"
-    if k == "mul":
-        return r"\times"
-    if k == "neg":
-        return r"\times(-1)"
-    if k == "cadd":
-        v = consts[0]
-        return f"+{_tex(v)}" if v > 0 else _tex(v)
-    if k == "cmul":
-        v = consts[0]
+    if k in ("cadd", "cmul"):
+        v = next(s.const for s in n.slots if not s.is_node)
+        if k == "cadd":
+            return f"+{_tex(v)}" if v > 0 else _tex(v)
         return rf"\times {_tex(v)}" if v > 0 else rf"\times ({_tex(v)})"
-    if k == "recip":
-        return "1/x"
     if k == "pow":
         base, expo = n.slots
         if not expo.is_node:
             return f"x^{{{_tex(expo.const)}}}"
-        if not base.is_node:
-            return f"{_tex(base.const)}^{{x}}"
-        return "x^{y}"
-    return {"exp": r"\exp", "log": r"\log", "max": r"\max", "sigmoid": r"\sigma"}[k]
+        return "x^{y}" if base.is_node else f"{_tex(base.const)}^{{x}}"
+    return _LABELS[k]
 
 
 def _layout(c, split=False):
