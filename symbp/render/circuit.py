@@ -28,15 +28,13 @@ The public face (symbp/__init__.py) makes these the Circuit's methods (``c.table
 import ast
 import re
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from ..derivation.circuit import TIE_NOTE, CircuitError, _err, check_decimals, circuit, parse_values
-from ..output import write as write_text
 from ..output import environment
-from .pdf import compile_pdf
+from .pdf import with_pdf, write_all
 
 # Picture geometry (cm): column spacing, row spacing, length of the output wire.
 DX, DY, OUT = 2.4, 1.6, 2.0
@@ -50,10 +48,6 @@ def fmt(v, decimals):
     if q == 0:
         q = abs(q)
     return f"{q:f}"
-
-
-def _sstr(e):
-    return sp.sstr(e)
 
 
 class _Printer(LatexPrinter):
@@ -140,17 +134,6 @@ def _shown(c, n):
     return n.gate.shown(*[c.nodes[s.node].symbol if s.is_node else s.const for s in n.slots])
 
 
-def _src(c, n, k):
-    return c.nodes[n.slots[k].node]
-
-
-def _pattern_of(c, n):
-    out = []
-    if not n.is_input and n.gate.pattern:
-        out.append(n.gate.pattern)
-    return out
-
-
 def _signed_sum(parts):
     """"0.04", "-0.16" -> "0.04 - 0.16"."""
     out = parts[0]
@@ -228,13 +211,16 @@ def _same(a, b):
     return abs(sp.N(a - b, 50)) < sp.Float("1e-40")
 
 
+def shortest(v, decimals, otherwise=None):
+    """The shortest decimal of at most ``decimals`` places that is exactly ``v`` (0.1, 0.22,
+    0.116), else ``otherwise`` (default: ``v`` rounded to ``decimals`` places)."""
+    exact = next((t for t in (fmt(v, d) for d in range(decimals + 1)) if sp.Rational(t) == v), None)
+    return exact or (fmt(v, decimals) if otherwise is None else otherwise)
+
+
 def _given_text(v):
     v = sp.Rational(v)
-    for d in range(0, 13):
-        text = fmt(v, d)
-        if sp.Rational(text) == v:
-            return text
-    return sp.latex(v)
+    return shortest(v, 12, sp.latex(v))
 
 
 def _rel(ok):
@@ -246,7 +232,7 @@ def _rel(ok):
 def table(c, decimals=2):
     d = check_decimals(decimals)
     f = lambda v: fmt(v, d)
-    at = ", ".join(f"{k} = {_sstr(c.values[k])}" for k in c.variables)
+    at = ", ".join(f"{k} = {sp.sstr(c.values[k])}" for k in c.variables)
     lines = [f"f = {c.text}", f"at {at}  ({c.granularity} gates: {len(c.gates)})", ""]
     rows = [("node", "gate", "computes", "value", "local gradient", "gradient", "pattern")]
     for n in c.inputs:
@@ -258,33 +244,28 @@ def table(c, decimals=2):
             if not s.is_node:
                 continue
             form = n.local_formula[k]
-            text = f"d{n.name}/d{_src(c, n, k).name} = "
+            text = f"d{n.name}/d{c.nodes[s.node].name} = "
             if not form.is_Number:
-                text += f"{_sstr(form)} = "
+                text += f"{sp.sstr(form)} = "
                 if n.output_formula is not None:
-                    text += f"{_sstr(n.output_formula)} = "
+                    text += f"{sp.sstr(n.output_formula)} = "
             locs.append(text + f(n.local[k]))
-        notes = _pattern_of(c, n)
+        notes = [n.gate.pattern] if n.gate.pattern else []
         if c.uses(n) > 1:
             notes.append(f"copy adds: {_copy_sum(c, n, f)}")
         if n is c.output:
             notes.append("output f")
         if n.tie:
             notes.append("tie: see note")
-        rows.append((n.name, n.gate.name, _sstr(_shown(c, n)), f(n.value), "; ".join(locs),
+        rows.append((n.name, n.gate.name, sp.sstr(_shown(c, n)), f(n.value), "; ".join(locs),
                      f(n.grad), "; ".join(notes)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {3, 5}   # numbers aligned right
     for r in rows:
         cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))]
         lines.append("  ".join(cells).rstrip())
-    lines.append("")
-    lines.append(f"f = {f(c.value)}")
-    lines.append("gradients: " + ", ".join(f"df/d{k} = {f(v)}" for k, v in c.gradients.items()))
-    lines.append("exact:")
-    lines.append(f"  f = {_sstr(c.value)}")
-    for k, v in c.gradients.items():
-        lines.append(f"  df/d{k} = {_sstr(v)}")
+    lines += ["", f"f = {f(c.value)}", "gradients: " + ", ".join(f"df/d{k} = {f(v)}" for k, v in c.gradients.items()),
+              "exact:", f"  f = {sp.sstr(c.value)}"] + [f"  df/d{k} = {sp.sstr(v)}" for k, v in c.gradients.items()]
     notes = c.notes()
     if notes:
         lines.append("notes:")
@@ -567,9 +548,12 @@ def tikz(c, decimals=2):
     split = _needs_split(c)
     pos, col, wires = _geometry(c, split)
     by_name = {n.name: n for n in c.nodes}
+
+    def node_of(key):      # a drawn id: a node's name, or "name-consumer" for an input's copy
+        return by_name.get(key) or by_name[key.split("-", 1)[0]]
     nodes = []
     for key, (x, y) in pos.items():
-        n = by_name.get(key) or by_name[key.split("-", 1)[0]]
+        n = node_of(key)
         label = _tex(n.symbol) if n.is_input else _gate_label(c, n)
         nodes.append({"id": key, "style": "var" if n.is_input else "gate",
                       "x": f"{x:.2f}", "y": f"{y:.2f}", "label": label})
@@ -585,8 +569,6 @@ def tikz(c, decimals=2):
             # Wires of a branching value start together: label them near their gate instead.
             edges.append({"src": src, "dst": dst, "how": how, "pos": f"{_label_pos(c, src, split):.2f}",
                           "value": f(h.value[e.src]), "grad": f(h.send[(e.dst, e.slot)])})
-    def node_of(key):      # a drawn id: a node's name, or "name-consumer" for an input's copy
-        return by_name.get(key) or by_name[key.split("-", 1)[0]]
     sums = [{"id": key, "text": _sigma(f(h.grad[node_of(key).index]))}
             for key in pos if c.uses(node_of(key)) > 1]
     ox, oy = pos[c.output.name]
@@ -630,21 +612,8 @@ def write(c, latex=None, tikz=None, pdf=False, decimals=2):
     d = check_decimals(decimals)
     if pdf and not latex:
         raise CircuitError("pdf=True needs a latex path (the PDF is written beside it)")
-    out = []
-    doc = document(c, d) if latex else None
-    pic = _picture(c, d) if tikz else None
-    data = compile_pdf(doc, Path(latex).stem)[0] if pdf else None
-    if latex:
-        write_text(latex, doc)
-        out.append(str(latex))
-    if tikz:
-        write_text(tikz, pic)
-        out.append(str(tikz))
-    if data is not None:
-        target = Path(latex).with_suffix(".pdf")
-        write_text(target, data)
-        out.append(str(target))
-    return out
+    files = ([(latex, document(c, d))] if latex else []) + ([(tikz, _picture(c, d))] if tikz else [])
+    return [str(path) for path in write_all(with_pdf(files, pdf))]
 
 
 # --- command line ----------------------------------------------------------------------------

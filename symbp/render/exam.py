@@ -77,7 +77,7 @@ from ..derivation.equations import Derivation
 from ..errors import InputError, SpecError, SymbpError
 from ..model.functions import ACTIVATIONS, LOSSES
 from .sources import latex_cite
-from .pdf import pdflatex
+from .pdf import pdflatex, write_all
 from .worked import (as_sympy, bmatrix, check_decimals, evaluate, exact, given_env, plan, rounded, show,
                      worked_example, entry_name)
 
@@ -561,19 +561,11 @@ class Exam:
         """Write questions.tex and solutions.tex (and PDFs: pdf=None where pdflatex exists,
         True requires it, False skips). Everything is rendered and compiled first, then
         written; returns the paths written."""
-        from ..output import write
         texts = {"questions": self.questions_tex(), "solutions": self.solutions_tex()}
         want_pdf = (shutil.which("pdflatex") is not None) if pdf is None else bool(pdf)
-        pdfs = {name: pdflatex(text, name) for name, text in texts.items()} if want_pdf else {}
-        out = Path(out_dir)
-        paths = []
-        for name, text in texts.items():
-            write(out / f"{name}.tex", text)
-            paths.append(out / f"{name}.tex")
-        for name, data in pdfs.items():
-            write(out / f"{name}.pdf", data)
-            paths.append(out / f"{name}.pdf")
-        return paths
+        files = [(Path(out_dir) / f"{name}.tex", text) for name, text in texts.items()]
+        return write_all(files + ([(Path(out_dir) / f"{name}.pdf", pdflatex(text, name))
+                                   for name, text in texts.items()] if want_pdf else []))
 
 
 def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variants=10, seed=7,

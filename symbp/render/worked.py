@@ -56,7 +56,7 @@ from sympy.printing.str import StrPrinter
 from .. import naming
 from ..derivation import facts
 from ..errors import InputError, SymbpError
-from .pdf import pdflatex
+from .pdf import with_pdf, write_all
 from .sources import latex_cite
 from ..model.exprparse import number
 
@@ -1101,7 +1101,6 @@ def _no_constant(name):
 def cmd_worked(args):
     from ..derivation.chain import derive
     from ..model.spec import load
-    from ..output import write
     check_decimals(args.decimals)
     _notation(args.notation)
     net = load(args.spec)
@@ -1118,23 +1117,12 @@ def cmd_worked(args):
     w = worked_example(d, params, x, y, decimals=args.decimals, lr=lr, notation=args.notation,
                        finite_differences=args.finite_differences)
     # everything rendered before anything is written
-    outputs = []
-    if args.latex:
-        outputs.append((args.latex, w.latex(document=True)))
-    if args.markdown:
-        outputs.append((args.markdown, w.markdown()))
-    pdf = None
-    if args.pdf:
-        if not args.latex:
-            raise InputError("--pdf: needs --latex FILE (the PDF is written beside it)")
-        pdf = pdflatex(outputs[0][1], Path(args.latex).stem)
-    for path, text in outputs:
-        write(path, text)
+    outputs = ([(args.latex, w.latex(document=True))] if args.latex else []) + \
+        ([(args.markdown, w.markdown())] if args.markdown else [])
+    if args.pdf and not args.latex:
+        raise InputError("--pdf: needs --latex FILE (the PDF is written beside it)")
+    for path in write_all(with_pdf(outputs, args.pdf)):
         print(f"wrote {path}")
-    if pdf is not None:
-        pdf_path = Path(args.latex).with_suffix(".pdf")
-        write(pdf_path, pdf)
-        print(f"wrote {pdf_path}")
     if not outputs:
         sys.stdout.write(w.markdown())
     return 0
