@@ -67,12 +67,8 @@ _FUNC_TEX = {"exp": r"\exp", "log": r"\log", "max": r"\max", "sigmoid": r"\sigma
 
 
 def _name_tex(name):
-    if name == "pi":
-        return r"\pi"
-    if name == "E":
-        return "e"
     m = re.match(r"^([A-Za-z]+)_?(\d+)$", name)
-    return f"{m.group(1)}_{{{m.group(2)}}}" if m else name
+    return {"pi": r"\pi", "E": "e"}.get(name) or (f"{m.group(1)}_{{{m.group(2)}}}" if m else name)
 
 
 def _typed(node):
@@ -94,15 +90,12 @@ def _typed(node):
         if name == "sqrt":
             return rf"\sqrt{{{args[0]}}}", 5
         head = _FUNC_TEX.get(name) or r"\operatorname{%s}" % name
-        inner = ", ".join(args)
-        return rf"{head}\left({inner}\right)", 5
+        return rf"{head}\left({', '.join(args)}\right)", 5
     if isinstance(node, ast.BinOp):
         (lt, lp), (rt, rp) = _typed(node.left), _typed(node.right)
         paren = lambda t: rf"\left({t}\right)"
-        if isinstance(node.op, ast.Add):
-            return f"{lt} + {rt if rp > 1 else paren(rt)}", 1
-        if isinstance(node.op, ast.Sub):
-            return f"{lt} - {rt if rp > 1 else paren(rt)}", 1
+        if isinstance(node.op, (ast.Add, ast.Sub)):
+            return f"{lt} {'+' if isinstance(node.op, ast.Add) else '-'} {rt if rp > 1 else paren(rt)}", 1
         if isinstance(node.op, ast.Mult):
             lt = lt if lp >= 2 else paren(lt)
             rt = rt if rp > 3 or (rp == 2 and not isinstance(node.right, ast.BinOp)) else paren(rt)

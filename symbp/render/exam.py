@@ -78,7 +78,7 @@ from ..errors import InputError, SpecError, SymbpError
 from ..model.functions import ACTIVATIONS, LOSSES
 from .sources import latex_cite
 from .pdf import pdflatex, write_all
-from .worked import (as_sympy, bmatrix, check_decimals, evaluate, exact, given_env, plan, rounded, show,
+from .worked import (_equal, bmatrix, check_decimals, evaluate, exact, given_env, plan, rounded, show,
                      worked_example, entry_name)
 
 MAX_VARIANTS = 200
@@ -503,14 +503,20 @@ class _Screen:
                         raise _Redraw()
 
 
+@dataclass
 class Exam:
     """Variants with questions and answer keys (see the module contract)."""
 
-    def __init__(self, network, derivation, variants, decimals, batch, lr, multiple_choice, seed,
-                 circuit, integer):
-        self.network, self.derivation, self.integer = network, derivation, integer
-        self.variants, self.decimals, self.batch, self.lr = variants, decimals, batch, lr
-        self.multiple_choice, self.seed, self.circuit = multiple_choice, seed, circuit
+    network: object
+    derivation: object
+    variants: list
+    decimals: int
+    batch: int
+    lr: object
+    multiple_choice: bool
+    seed: int
+    circuit: bool
+    integer: bool
 
     def _context(self):
         net = self.network
@@ -536,26 +542,21 @@ class Exam:
         }
 
     def _variant_context(self, v):
-        given = []
-        for key, m in v.params.items():
-            kind, layer = key[0], key[1:]
-            given.append(f"{kind}^{{[{layer}]}} = {_matrix_tex(m)}")
-        if self.batch == 1:
-            given.append(f"x = {_matrix_tex(v.X.T)}")
-            given.append(f"y = {_matrix_tex(v.Y.T)}")
-        else:
-            given.append(f"X = {_matrix_tex(v.X)}")
-            given.append(f"Y = {_matrix_tex(v.Y)}")
+        given = [f"{key[0]}^{{[{key[1:]}]}} = {_matrix_tex(m)}" for key, m in v.params.items()]
+        x, y, X, Y = ("x", "y", v.X.T, v.Y.T) if self.batch == 1 else ("X", "Y", v.X, v.Y)
+        given += [f"{x} = {_matrix_tex(X)}", f"{y} = {_matrix_tex(Y)}"]
         return {"number": v.number, "given": given, "table": v.table, "questions": v.questions,
                 "worked": v.worked.latex(document=False), "circuit": v.circuit}
 
-    def questions_tex(self):
+    def _render(self, sheet):
         from ..output import environment
-        return environment().get_template("latex/exam_questions.tex.j2").render(**self._context())
+        return environment().get_template(f"latex/exam_{sheet}.tex.j2").render(**self._context())
+
+    def questions_tex(self):
+        return self._render("questions")
 
     def solutions_tex(self):
-        from ..output import environment
-        return environment().get_template("latex/exam_solutions.tex.j2").render(**self._context())
+        return self._render("solutions")
 
     def write(self, out_dir, pdf=None):
         """Write questions.tex and solutions.tex (and PDFs: pdf=None where pdflatex exists,
@@ -594,12 +595,8 @@ def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variant
         raise InputError(f"lr: expected a positive learning rate, got {lr!r}")
     from ..derivation.chain import derive
     d = derive(net)
-    mutants = []
-    if multiple_choice:
-        for m in MUTATIONS:
-            md = m.build(d) if m.build is not None else d
-            if md is not None:
-                mutants.append((m, md))
+    built = [(m, m.build(d) if m.build is not None else d) for m in MUTATIONS] if multiple_choice else []
+    mutants = [(m, md) for m, md in built if md is not None]
     screen = None if integer else _Screen(d, batch, decimals)
     rng = random.Random(seed)
     out = []
@@ -632,19 +629,17 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
         raise _Redraw()
     if ev.kinks:
         raise _Redraw()
-    n0 = net.sizes[0]
+
     def big(name, idx):
         return abs(ev.approx_results[name][idx]) >= small
 
     gW1 = ev.results["gW1"]
     pq = [idx for idx in sorted(gW1) if big("gW1", idx)
           and show(P["W1"][idx] - eta * ev.approx_results["gW1"][idx], decimals)[0] != show(P["W1"][idx], decimals)[0]]
-    gx = [(0, k) for k in range(n0) if big("ga0", (0, k))]
-    if not pq or not gx or not big("loss", ()):
+    gx = [(0, k) for k in range(net.sizes[0]) if big("ga0", (0, k))]
+    if not pq or not gx or not big("loss", ()) or \
+            not all(any(big(f"delta{l}", idx) for idx in ev.results[f"delta{l}"]) for l in range(1, L + 1)):
         raise _Redraw()
-    for l in range(1, L + 1):
-        if not big(f"delta{l}", (0, 0)) and not any(big(f"delta{l}", idx) for idx in ev.results[f"delta{l}"]):
-            raise _Redraw()
     p, q = pq[rng.randrange(len(pq))]
     xk = gx[rng.randrange(len(gx))][1]
     table = []
@@ -703,7 +698,7 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
                 continue
             if mev is not None:
                 mutant_evals.append((m, mev))
-        extras = _extra_distractors(net, ev, P, eta, B, p, q, xk, targets)
+        extras = _extra_distractors(ev, P, eta, p, q, targets)
         pad = (lambda t: t) if integer else (lambda t: _fixed(t, decimals))
         gap = sp.Rational(GAP_UNITS, 10 ** decimals)
         mc = {}
@@ -758,22 +753,17 @@ def _loss_only(md, ev, B):
     return replace(ev, results={**ev.results, "loss": {(): v}})
 
 
-def _extra_distractors(net, ev, P, eta, B, p, q, xk, targets):
+def _extra_distractors(ev, P, eta, p, q, targets):
     """Mistakes that are not a change of the derivation: a wrong entry read, the update's
     arithmetic. {question key: [(value, mistake text)]}."""
     out = {}
-    getters = {key: get for key, what, get in targets}
-    for key, get in getters.items():
-        if not key.startswith("delta") and key != "ga0":
-            continue
-        name = key
-        asked = next(i for i in ev.results[name] if _same(get(ev), ev.results[name][i]))
-        for idx in sorted(ev.results[name]):
-            if idx == asked:
-                continue
-            what = (f"the value for sample {idx[0] + 1} (the wrong row)" if idx[0] != asked[0]
-                    else f"entry {idx[1] + 1} in place of entry {asked[1] + 1}")
-            out.setdefault(key, []).append((ev.results[name][idx], what))
+    for key, what, get in targets:
+        if key.startswith("delta") or key == "ga0":
+            vals = ev.results[key]
+            asked = next(i for i in vals if _equal(get(ev), vals[i]))
+            out[key] = [(vals[idx], f"the value for sample {idx[0] + 1} (the wrong row)" if idx[0] != asked[0]
+                         else f"entry {idx[1] + 1} in place of entry {asked[1] + 1}")
+                        for idx in sorted(vals) if idx != asked]
     if (q, p) in ev.results["gW1"] and (q, p) != (p, q):
         out["gW1"] = [(ev.results["gW1"][(q, p)],
                        r"the indices swapped ($\partial L / \partial W_{qp}$ for $W_{pq}$)")]
@@ -790,13 +780,10 @@ def _options(right, cands, decimals, gap):
     num = lambda v: sp.N(v, 40)
     r = num(right)
     taken, opts, texts = [r], [], {show(right, decimals, r)[0]}
-    tiny = sp.Float("1e-30")
     for wrong, mistake in cands:
         w = num(wrong)
-        if not w.is_Number or abs(w - r) < tiny:
-            continue          # the same value: no distractor
-        if any(abs(w - t) < gap for t in taken):
-            continue
+        if not w.is_Number or any(abs(w - t) < gap for t in taken):
+            continue          # the key's value, or too close to it or to an earlier option
         t = show(wrong, decimals, w)[0]
         if t in texts:
             continue
@@ -829,14 +816,6 @@ def _fixed(text, decimals):
         return text
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(decimals, '0')}"
-
-
-def _same(a, b):
-    d = as_sympy(a - b)
-    z = d.is_zero
-    if z is None:
-        z = abs(sp.N(d, 50)) < sp.Float("1e-40")
-    return bool(z)
 
 
 def _paren(t):
@@ -927,7 +906,7 @@ def degenerate(c, text):
 def _circuit_question(rng):
     """One staged-circuit question: distinct integer values in -3..3, not degenerate."""
     from ..derivation.circuit import circuit
-    from .circuit import typed_latex
+    from .circuit import _name_tex, typed_latex
     for _ in range(MAX_TRIES):
         text = CIRCUITS[rng.randrange(len(CIRCUITS))]
         names = sorted(set(re.findall(r"[a-z]\w*", text)) - {"max"})
@@ -938,17 +917,12 @@ def _circuit_question(rng):
             continue
         grads = c.gradients
         typed = [n for n in dict.fromkeys(re.findall(r"[a-z]\w*", text)) if n != "max"]   # as typed
-        at = ", ".join(f"{_var_tex(n)} = {values[n]}" for n in typed)
+        at = ", ".join(f"{_name_tex(n)} = {values[n]}" for n in typed)
         ans = [f"f = {show(c.value, 0)[0]}"] + [
-            rf"\frac{{\partial f}}{{\partial {_var_tex(v)}}} = {show(grads[v], 0)[0]}" for v in typed]
-        return CircuitQuestion(typed_latex(text), at, [_var_tex(v) for v in typed],
+            rf"\frac{{\partial f}}{{\partial {_name_tex(v)}}} = {show(grads[v], 0)[0]}" for v in typed]
+        return CircuitQuestion(typed_latex(text), at, [_name_tex(v) for v in typed],
                                ", ".join(f"${a}$" for a in ans), c.latex(0), c.tikz(0), text, dict(values))
     raise _Redraw()
-
-
-def _var_tex(name):
-    m = re.match(r"^([a-z]+)(\d+)$", name)
-    return f"{m.group(1)}_{{{m.group(2)}}}" if m else name
 
 
 # ------------------------------------------------------------------------------------------

@@ -98,11 +98,9 @@ def as_sympy(value):
     (spec and user text is never evaluated)."""
     if isinstance(value, sp.Basic):
         return value
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         raise TypeError(f"expected a number, got {value!r}")
-    if isinstance(value, int):
-        return sp.Integer(value)
-    if isinstance(value, Fraction):
+    if isinstance(value, (int, Fraction)):
         return sp.Rational(value.numerator, value.denominator)
     if isinstance(value, float):
         return sp.Float(value)
