@@ -27,6 +27,7 @@ The public face (symbp/__init__.py) makes these the Circuit's methods (``c.table
 """
 import ast
 import re
+from collections import Counter
 from decimal import ROUND_HALF_UP, Decimal
 
 import sympy as sp
@@ -319,17 +320,10 @@ def _steps(c, decimals):
     forward.append(rf"f &= {_tex(c.output.symbol)} = {f(h.value[c.output.index])}")
 
     # A branching value gets its sum line right after its last contribution (lowest consumer).
-    last = {}
-    for n in c.nodes:
-        if c.uses(n) > 1:
-            last[n.index] = min(i for (i, _, _) in n.sends)
+    last = {n.index: min(i for (i, _, _) in n.sends) for n in c.nodes if c.uses(n) > 1}
     backward = [rf"{_dfd(c.output.symbol)} &= 1 && \text{{output}}"]
     for n in reversed(c.gates):
-        counts = {}
-        for s in n.slots:
-            if s.is_node:
-                counts[s.node] = counts.get(s.node, 0) + 1
-        seen = {}
+        counts, seen = Counter(s.node for s in n.slots if s.is_node), {}
         for k, s in enumerate(n.slots):
             if not s.is_node:
                 continue
@@ -405,17 +399,10 @@ def _layout(c, split=False):
     ``split``: an input that feeds several gates is drawn once beside each of them (its copies
     carry the summed gradient), which keeps the picture a tree: no wire crosses another.
     """
-    depth = {}
+    depth, kids, size = {}, {}, {}     # nodes come in topological order
     for n in c.nodes:
         depth[n.index] = 0 if n.is_input else 1 + max(depth[s.node] for s in n.slots if s.is_node)
-    kids = {}
-    for n in c.nodes:
-        kids[n.index] = []
-        for s in n.slots:
-            if s.is_node and s.node not in kids[n.index]:
-                kids[n.index].append(s.node)
-    size = {}
-    for n in c.nodes:
+        kids[n.index] = list(dict.fromkeys(s.node for s in n.slots if s.is_node))
         size[n.index] = 1 if n.is_input else sum(size[k] for k in kids[n.index])
     unfold = size[c.output.index] <= MAX_UNFOLDED
 
@@ -425,10 +412,8 @@ def _layout(c, split=False):
             return f"{n.name}-{c.nodes[parent].name}"
         return n.name
 
-    occurrences, leaves, col = {}, [0], {}
-    for n in c.nodes:
-        if not n.is_input:
-            col[n.name] = depth[n.index]
+    occurrences, leaves = {}, [0]
+    col = {n.name: depth[n.index] for n in c.nodes if not n.is_input}
 
     def walk(i, parent):
         key = drawn(i, parent)
@@ -454,11 +439,8 @@ def _layout(c, split=False):
             if prev is not None and row[i] < prev + 1:
                 row[i] = prev + 1
             prev = row[i]
-    source = {}
-    for n in c.gates:
-        for k, s in enumerate(n.slots):
-            if s.is_node:
-                source[(s.node, n.index, k)] = drawn(s.node, n.index)
+    source = {(s.node, n.index, k): drawn(s.node, n.index) for n in c.gates for k, s in enumerate(n.slots)
+              if s.is_node}
     return {i: (col[i] * DX, -row[i] * DY) for i in row}, col, source
 
 
@@ -525,13 +507,8 @@ def _sigma(text):
 
 def _bends(m):
     """TikZ path operations for m parallel edges between the same two nodes."""
-    if m == 1:
-        return ["--"]
-    out = []
-    for i in range(m):
-        a = 30 * (i - (m - 1) / 2)
-        out.append("--" if a == 0 else (f"to[bend left={a:g}]" if a > 0 else f"to[bend right={-a:g}]"))
-    return out
+    angles = [30 * (i - (m - 1) / 2) for i in range(m)]
+    return ["--" if a == 0 else (f"to[bend left={a:g}]" if a > 0 else f"to[bend right={-a:g}]") for a in angles]
 
 
 def tikz(c, decimals=2):
