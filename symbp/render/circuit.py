@@ -156,16 +156,16 @@ class Hand:
 
     def __init__(self, c, decimals):
         self.d = decimals
-        val, exact = {}, {}
+        val, exact, local, local_exact, grad, sends, send_exact = {}, {}, {}, {}, {}, {}, {}
+
+        def keep(store, flags, key, raw):      # rounded, and whether that changed nothing
+            store[key] = _round(raw, decimals)
+            flags[key] = _same(raw, store[key])
         for n in c.nodes:
             if n.is_input:
                 val[n.index] = n.value
-                continue
-            ins = [val[s.node] if s.is_node else s.const for s in n.slots]
-            raw = n.gate.forward(*ins)
-            val[n.index] = _round(raw, decimals)
-            exact[n.index] = _same(raw, val[n.index])
-        local, local_exact = {}, {}
+            else:
+                keep(val, exact, n.index, n.gate.forward(*[val[s.node] if s.is_node else s.const for s in n.slots]))
         for n in c.gates:
             at = {c.nodes[s.node].symbol: val[s.node] for s in n.slots if s.is_node}
             at[n.symbol] = val[n.index]
@@ -178,17 +178,14 @@ class Hand:
                     raw = n.output_formula.xreplace(at)
                 else:
                     raw = n.local_formula[k].xreplace(at)
-                local[(n.index, k)] = _round(raw, decimals)
-                local_exact[(n.index, k)] = _same(raw, local[(n.index, k)])
-        grad, sends, send_exact = {c.output.index: sp.Integer(1)}, {}, {}
+                keep(local, local_exact, (n.index, k), raw)
+        grad[c.output.index] = sp.Integer(1)
         for n in reversed(c.nodes):
             if n is not c.output:
                 grad[n.index] = sp.Add(*[sends[(i, j)] for (i, j, _) in n.sends]) if n.sends else sp.Integer(0)
             for k, s in enumerate(n.slots):
                 if s.is_node:
-                    raw = grad[n.index] * local[(n.index, k)]
-                    sends[(n.index, k)] = _round(raw, decimals)
-                    send_exact[(n.index, k)] = _same(raw, sends[(n.index, k)])
+                    keep(sends, send_exact, (n.index, k), grad[n.index] * local[(n.index, k)])
         self.value, self.value_exact, self.local, self.local_exact = val, exact, local, local_exact
         self.grad, self.send, self.send_exact = grad, sends, send_exact
 

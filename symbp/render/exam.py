@@ -279,9 +279,7 @@ def _definition(layer, act):
 
 
 def _integer_preserving(act):
-    if act.definition is None:
-        return False
-    return all(act.at(sp.Integer(k)).is_Integer for k in range(-3, 4))
+    return act.definition is not None and all(act.at(sp.Integer(k)).is_Integer for k in range(-3, 4))
 
 
 # ------------------------------------------------------------------------------------------
@@ -909,14 +907,12 @@ def _circuit_question(rng):
     from .circuit import _name_tex, typed_latex
     for _ in range(MAX_TRIES):
         text = CIRCUITS[rng.randrange(len(CIRCUITS))]
-        names = sorted(set(re.findall(r"[a-z]\w*", text)) - {"max"})
-        picked = rng.sample([v for v in range(-3, 4) if v != 0], len(names))
-        values = dict(zip(names, picked))
+        typed = [n for n in dict.fromkeys(re.findall(r"[a-z]\w*", text)) if n != "max"]   # as typed
+        values = dict(zip(sorted(typed), rng.sample([v for v in range(-3, 4) if v != 0], len(typed))))
         c = circuit(text, **values)
         if degenerate(c, text):
             continue
         grads = c.gradients
-        typed = [n for n in dict.fromkeys(re.findall(r"[a-z]\w*", text)) if n != "max"]   # as typed
         at = ", ".join(f"{_name_tex(n)} = {values[n]}" for n in typed)
         ans = [f"f = {show(c.value, 0)[0]}"] + [
             rf"\frac{{\partial f}}{{\partial {_name_tex(v)}}} = {show(grads[v], 0)[0]}" for v in typed]

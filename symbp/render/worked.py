@@ -598,16 +598,12 @@ def evaluate(derivation, P, X, Y, rounding=None):
     env[naming.BATCH] = sp.Integer(B)
     approx = {k: sp.Float(v, APPROX_DIGITS) for k, v in env.items()}
     approx_results = {}
-    kinks, table, seen = [], [], set()
+    kinks, table = [], {}     # table: the function values looked up, first use first
     # the kinks of each layer's activation, found by the derivation stage
     kink_pts = {lr.layer: (lr, facts.kinks(lr.rule)) for lr in derivation.layers}
     results = {}
 
-    def record(latex, value):
-        if latex not in seen:
-            seen.add(latex)
-            table.append((latex, value))
-
+    record = table.setdefault
     for pe in plan(derivation, B):
         eq = pe.equation
         vals, nums = {}, {}
@@ -653,7 +649,7 @@ def evaluate(derivation, P, X, Y, rounding=None):
                                           lr.activation.name, kink.value, kink.side))
         results[eq.name] = vals
         approx_results[eq.name] = nums
-    return Evaluation(env, results, approx, approx_results, kinks, table)
+    return Evaluation(env, results, approx, approx_results, kinks, list(table.items()))
 
 
 def _elementwise(derivation, layer):
