@@ -111,13 +111,18 @@ def _rewrite(d, kinds, change):
 
 
 def _mutation(kinds, change):
-    """The mutation that rewrites the equations of ``kinds`` with ``change(d, e)``."""
+    """The mutation (Derivation -> Derivation, or None) that rewrites the equations of ``kinds``
+    with ``change(d, e)``."""
     return lambda d: _rewrite(d, kinds, change)
 
 
-def _no_derivative(d, e):
-    """delta^l = dL/da^l: the activation's derivative (Jacobian) dropped."""
-    return naming.quantity("ga", e.layer)[e.lhs.indices]
+# delta^l = dL/da^l: the activation's derivative (Jacobian) dropped.
+_no_derivative = _mutation(("delta", "output_delta"), lambda d, e: naming.quantity("ga", e.layer)[e.lhs.indices])
+# The 1/N of the mean forgotten: the loss and its output gradients summed over the batch.
+_no_mean = _mutation(("loss", "loss_grad", "output_delta"),
+                     lambda d, e: e.rhs * naming.BATCH if d.network.reduction == "mean" else None)
+# The output error with the wrong sign (y - a instead of a - y).
+_error_sign = _mutation(("loss_grad", "output_delta"), lambda d, e: -e.rhs)
 
 
 def _no_transpose(d):
@@ -143,12 +148,7 @@ def _swap_base(rhs, old, new, layer):
     return rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == a, lambda t: z[t.indices])
 
 
-def _no_mean(d, e):
-    """The 1/N of the mean forgotten: the loss and its output gradients summed over the batch."""
-    return e.rhs * naming.BATCH if d.network.reduction == "mean" else None
-
-
-def _no_branch_sum(d, e):
+def _first_term(d, e):
     """Only the first term of the sum over the units j that a unit i feeds:
     dL/da_i = W_1i delta_1 instead of sum_j W_ji delta_j."""
     def first(s):
@@ -159,9 +159,7 @@ def _no_branch_sum(d, e):
     return e.rhs.replace(lambda t: isinstance(t, sp.Sum), first)
 
 
-def _error_sign(d, e):
-    """The output error with the wrong sign (y - a instead of a - y)."""
-    return -e.rhs
+_no_branch_sum = _mutation(("backprop", "input_grad"), _first_term)
 
 
 def _loss_mutation(change):
@@ -207,14 +205,11 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("no_derivative", r"the activation derivative dropped ($\delta = \partial L/\partial a$)",
-             _mutation(("delta", "output_delta"), _no_derivative)),
+    Mutation("no_derivative", r"the activation derivative dropped ($\delta = \partial L/\partial a$)", _no_derivative),
     Mutation("no_transpose", r"a transpose missing ($W$ instead of $W^T$ in the backward step)", _no_transpose),
-    Mutation("no_mean", r"the $1/N$ of the mean forgotten", _mutation(("loss", "loss_grad", "output_delta"), _no_mean)),
-    Mutation("no_branch_sum", r"the branch sum forgotten (one term of $\sum_j W_{ji}\delta_j$)",
-             _mutation(("backprop", "input_grad"), _no_branch_sum)),
-    Mutation("error_sign", r"the sign of the output error flipped ($y - a$ for $a - y$)",
-             _mutation(("loss_grad", "output_delta"), _error_sign)),
+    Mutation("no_mean", r"the $1/N$ of the mean forgotten", _no_mean),
+    Mutation("no_branch_sum", r"the branch sum forgotten (one term of $\sum_j W_{ji}\delta_j$)", _no_branch_sum),
+    Mutation("error_sign", r"the sign of the output error flipped ($y - a$ for $a - y$)", _error_sign),
     Mutation("uphill", r"the step taken uphill ($W + \eta\,\partial L/\partial W$)", None, uphill=True),
     Mutation("first_sample", r"the loss of sample 1 only (no average over the batch)",
              _loss_mutation(_first_sample), loss_only=True),
