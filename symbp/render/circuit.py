@@ -28,6 +28,7 @@ The public face (symbp/__init__.py) makes these the Circuit's methods (``c.table
 import ast
 import re
 from collections import Counter
+from itertools import combinations
 from decimal import ROUND_HALF_UP, Decimal
 
 import sympy as sp
@@ -454,11 +455,7 @@ def _segments_cross(p1, p2, p3, p4):
 
 def _geometry(c, split):
     pos, col, source = _layout(c, split)
-    wires = []
-    for e in c.edges():
-        src = source[(e.src, e.dst, e.slot)]
-        wires.append((src, c.nodes[e.dst].name, e))
-    return pos, col, wires
+    return pos, col, [(source[(e.src, e.dst, e.slot)], c.nodes[e.dst].name, e) for e in c.edges()]
 
 
 def layout_problems(c, split=None):
@@ -467,23 +464,15 @@ def layout_problems(c, split=None):
     if split is None:
         split = _needs_split(c)
     pos, col, wires = _geometry(c, split)
-    problems = []
-    segs = [(pos[a], pos[b], a, b) for a, b, _ in wires]
-    for i in range(len(segs)):
-        for j in range(i + 1, len(segs)):
-            if _segments_cross(segs[i][0], segs[i][1], segs[j][0], segs[j][1]):
-                problems.append(f"wires {segs[i][2]}->{segs[i][3]} and {segs[j][2]}->{segs[j][3]} cross")
+    problems = [f"wires {a1}->{b1} and {a2}->{b2} cross" for (a1, b1, _), (a2, b2, _) in combinations(wires, 2)
+                if _segments_cross(pos[a1], pos[b1], pos[a2], pos[b2])]
     anchors = []
     for a, b, e in wires:
-        t = _label_pos(c, a, split)
+        t = _label_pos(c, a)
         (x0, y0), (x1, y1) = pos[a], pos[b]
         anchors.append(((x0 + t * (x1 - x0), y0 + t * (y1 - y0)), f"{a}->{b}"))
-    for i in range(len(anchors)):
-        for j in range(i + 1, len(anchors)):
-            (p, n1), (q, n2) = anchors[i], anchors[j]
-            if p != q and abs(p[0] - q[0]) < 0.9 and abs(p[1] - q[1]) < 0.55:
-                problems.append(f"labels of {n1} and {n2} overlap")
-    return problems
+    return problems + [f"labels of {n1} and {n2} overlap" for (p, n1), (q, n2) in combinations(anchors, 2)
+                       if p != q and abs(p[0] - q[0]) < 0.9 and abs(p[1] - q[1]) < 0.55]
 
 
 def _needs_split(c):
@@ -492,7 +481,7 @@ def _needs_split(c):
     return bool(layout_problems(c, split=False))
 
 
-def _label_pos(c, drawn_id, split):
+def _label_pos(c, drawn_id):
     n = next((m for m in c.nodes if m.name == drawn_id), None)
     return 0.72 if n is not None and c.uses(n) > 1 else 0.42
 
@@ -534,7 +523,7 @@ def tikz(c, decimals=2):
             if skip and how == "--":
                 how = "to[bend left=25]"    # a wire over a column bends around the gates in it
             # Wires of a branching value start together: label them near their gate instead.
-            edges.append({"src": src, "dst": dst, "how": how, "pos": f"{_label_pos(c, src, split):.2f}",
+            edges.append({"src": src, "dst": dst, "how": how, "pos": f"{_label_pos(c, src):.2f}",
                           "value": f(h.value[e.src]), "grad": f(h.send[(e.dst, e.slot)])})
     sums = [{"id": key, "text": _sigma(f(h.grad[node_of(key).index]))}
             for key in pos if c.uses(node_of(key)) > 1]
