@@ -22,6 +22,7 @@ import sympy as sp
 from .. import naming
 from ..model import optim
 from ..derivation.equations import ColumnSum, Product, batch_form
+from ..derivation.graph import renamer
 from .printer import NumbaPrinter, stable_forms
 
 # Elementwise activations with a transcendental function (tanh, exp, log, sigmoid, ...) are
@@ -54,9 +55,16 @@ def text(lhs, rhs):
         return out + (f" + {_label(form.bias)}" if form.bias is not None else "")
     if isinstance(form, ColumnSum):
         return f"{name} = sum_s {_label(form.arg)}"
-    plain = rhs.replace(lambda e: isinstance(e, sp.Indexed), lambda e: sp.Symbol(_label(e.base)))
-    plain = plain.replace(lambda e: isinstance(e, sp.Sum), lambda e: sp.Function("sum")(e.function))
-    return f"{name} = {plain}"
+    return f"{name} = {_plain(rhs)}"
+
+
+def _plain(expr):
+    """``expr`` with each indexed quantity as its bare label and each sum as sum(body), renamed
+    by the derivation's ``renamer``, which keeps the form a pass chose (the kernel prints
+    2 (a - y) from the same expression; ``replace`` would rebuild the product as 2 a - 2 y)."""
+    mapping = {e: sp.Symbol(_label(e.base)) for e in expr.atoms(sp.Indexed)}
+    mapping.update({s: sp.Function("sum")(_plain(s.function)) for s in expr.atoms(sp.Sum)})
+    return renamer(mapping)(expr)
 
 
 class _Block:
