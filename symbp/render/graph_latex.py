@@ -25,7 +25,6 @@ Contract:
 Same derivation and notation, same bytes.
 """
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import sympy as sp
@@ -35,6 +34,7 @@ from .. import naming
 from ..derivation import facts
 from ..derivation.equations import ColumnSum, batch_form
 from ..errors import SymbpError
+from . import notation as _notation
 from .graph_tikz import text_mode as _text
 from .graph_tikz import tikz
 from .pdf import compile_pdf
@@ -102,76 +102,11 @@ def symbols(graph):
 # notations
 # ----------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class GraphNotation:
-    """How one course writes a DAG's quantities. ``transposed``: roles whose own matrix is the
-    transpose of the derivation's (``grad`` = every gradient of a node value, ``gb`` bias
-    gradients, ``W`` / ``gW`` weights and their gradients); ``frac``: gradients written as
-    dL/dv instead of g_v; ``batch``: values are B x n matrices (rows are samples)."""
-
-    name: str
-    title: str
-    loss: str
-    transposed: frozenset
-    note: str
-    frac: bool = False
-    batch: bool = False
-    index_base: int = 1
-    brackets: bool = False
-
-
-GRAPH_NOTATIONS = {nt.name: nt for nt in (
-    GraphNotation(
-        "cs231n", r"the CS231n-style slides ``Multi-Layer Networks \& Back-Propagation''", "L",
-        frozenset(),
-        r"Per sample, every node's value $v$ is a column vector; a dense node computes "
-        r"$v = W a + b$ with $W$ of shape $n_v \times n_a$. The gradient $g_v = \partial L / \partial v$ "
-        r"is a column vector of the shape of $v$ (the shape rule of the slides), and a parameter's "
-        r"gradient has the parameter's shape: $\partial L / \partial W = \sum_s g_v\, a^{T}$."),
-    GraphNotation(
-        "udl", r"the slides in the notation of \emph{Understanding Deep Learning}", "L",
-        frozenset(),
-        r"Per sample, every node's value is a column vector; a dense node computes $v = b + W a$ "
-        r"(the slides' $f_k = \beta_k + \Omega_k h_k$ with the graph's own parameter names). "
-        r"Gradients are written out as $\partial L / \partial v$, column vectors of the shape of $v$, "
-        r"and $\partial L / \partial W = \sum_s (\partial L / \partial v)\, a^{T}$.",
-        frac=True),
-    GraphNotation(
-        "transposed", r"the course slides with $f = W^{T} a$ and loss $\varepsilon$", r"\varepsilon",
-        frozenset({"W", "gW"}),
-        r"Per sample, column vectors; every weight is stored as the slides store it, transposed: "
-        r"a dense node computes $v = W^{T} a + b$ with $W$ of shape $n_a \times n_v$ (a node declared "
-        r"with the transposed weight then reads $W a$). So $\partial \varepsilon / \partial W = "
-        r"\sum_s a\, g_v^{T}$, and $g_v = \partial \varepsilon / \partial v$ is a column."),
-    GraphNotation(
-        "rowvector", BOOK + r" (row-vector gradients)", "J",
-        frozenset({"grad", "gW", "gb"}),
-        r"Data and parameters are column vectors, a dense node computes $v = W a + b$ with $W$ of "
-        r"shape $n_v \times n_a$. Gradients are row vectors: $g_v = \partial J / \partial v$ is "
-        r"$1 \times n_v$ (eq.~14.4); a node's Jacobian $L^{x} = \partial x_{\mathrm{out}} / "
-        r"\partial x_{\mathrm{in}}$ has one row per output (eq.~14.6) and the backward step is "
-        r"$g_{\mathrm{in}} = g_{\mathrm{out}} L^{x}$ (eq.~14.10). The parameter gradient "
-        r"$\partial J / \partial W = \sum_s a\, g_v$ has the shape of $W^{T}$ (eq.~14.29). "
-        r"Indices count from 0, as in the book.",
-        index_base=0, brackets=True),
-    GraphNotation(
-        "batch", r"the tutorial notebook's row batches $H = X W_1$", "L",
-        frozenset({"W", "gW"}),
-        r"Rows are samples: each node's symbol stands for the $B \times n$ matrix of the batch, "
-        r"$\mathbf{1}$ is a column of $B$ ones and a bias $b$ is a row. Weights are stored as in the "
-        r"notebook, $n_{\mathrm{in}} \times n_{\mathrm{out}}$, so a dense node computes "
-        r"$V = A W + \mathbf{1} b$, and by dimension balancing $\partial L / \partial W = A^{T} G_V$ "
-        r"with $G_V = \partial L / \partial V$ of shape $B \times n_V$.",
-        batch=True),
-)}
+GRAPH_NOTATIONS = _notation.NOTATIONS       # one table: each notation words the graph handout too
 
 
 def get_notation(name):
-    try:
-        return GRAPH_NOTATIONS[name]
-    except (KeyError, TypeError):
-        raise SymbpError(f"notation: unknown notation {name!r} for a graph (expected one of: "
-                         f"{', '.join(GRAPH_NOTATIONS)})") from None
+    return _notation.get(name, " for a graph")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,7 +188,7 @@ class GraphPrinter(LatexPrinter):
         if self.vector:
             return self._slice(base, label, idx)
         role = self.n.role(label) if label in self.n.d.quantities else "value"
-        if role in ("W", "gW") and role in self.nt.transposed:
+        if role in ("W", "gW") and role in self.nt.graph_transposed:
             idx = idx[::-1]      # the notation's matrix is our transpose: our W[j,k] is its entry (k, j)
         parts = [self._index(i) for i in idx]
         sup = f"^{{({sample})}}" if sample else ""
@@ -413,7 +348,7 @@ class _Matrices:
 
     def own(self, label):
         r, c = self.ours(label).shape
-        if self.names.role(label) in self.nt.transposed:
+        if self.names.role(label) in self.nt.graph_transposed:
             r, c = c, r
         return sp.MatrixSymbol(f"own|{label}", r, c)
 
@@ -425,7 +360,7 @@ class _Matrices:
                     continue
                 label = m.name.split("|", 1)[1]
                 own = self.own(label)
-                rep[m] = own.T if self.names.role(label) in self.nt.transposed else own
+                rep[m] = own.T if self.names.role(label) in self.nt.graph_transposed else own
             return e.xreplace(rep).doit()
         lhs, rhs = sub(lhs), sub(rhs)
         if isinstance(lhs, sp.Transpose):
@@ -537,7 +472,7 @@ class Renderer:
         if eq.rhs.has(sp.Sum) or eq.rhs.has(sp.KroneckerDelta):
             return None
         labels = {str(x.base.label) for x in eq.rhs.atoms(sp.Indexed)} | {str(eq.lhs.base.label)}
-        roles = {self.names.role(x) in self.nt.transposed for x in labels if x in self.d.quantities}
+        roles = {self.names.role(x) in self.nt.graph_transposed for x in labels if x in self.d.quantities}
         if len(roles) > 1:
             return self.diag_row(eq, lhs)      # rows and columns mixed: g_in = g_out diag(...)
         pr = GraphPrinter(self.names, vector=True, width=self.width_of(eq))
@@ -812,7 +747,7 @@ def render(derivation, notation="cs231n", document=False):
         return env.get_template("latex/graph_equations.tex.j2").render(rows=r.equation_rows())
     g = derivation.graph
     return env.get_template("latex/graph_document.tex.j2").render(
-        name=_text(g.name), notation=nt, nt_title=nt.title, nt_note=nt.note, loss=nt.loss,
+        name=_text(g.name), notation=nt, nt_title=nt.graph_title, nt_note=nt.graph_note, loss=nt.loss,
         picture=tikz(g, r.sym, nt.loss), table=r.graph_table(), params=r.params(),
         forward=r.forward(), loss_rows=r.loss(), loss_text=r.loss_text(g.loss_node),
         loss_name=_text(g.loss_node.loss.name),
