@@ -28,15 +28,14 @@ import re
 from pathlib import Path
 
 import sympy as sp
-from sympy.printing.latex import LatexPrinter
 
 from .. import naming
 from ..derivation import facts
-from ..derivation.equations import ColumnSum, batch_form
 from ..errors import SymbpError
 from . import notation as _notation
 from .graph_tikz import text_mode as _text
 from .graph_tikz import tikz
+from .latex import MatEq, TexPrinter, matrix_form, to_notation
 from .pdf import compile_pdf
 
 S, T = naming.S, naming.T
@@ -153,21 +152,17 @@ def _plain(s):
     return not any(c in s for c in "_^") and "\\frac" not in s
 
 
-class GraphPrinter(LatexPrinter):
+class GraphPrinter(TexPrinter):
     """SymPy's LaTeX printer for a graph's equations. Index form: an entry is the quantity's
     symbol with its indices (the sample s as a superscript (s) when ``sample``); ``vector=True``
     prints whole vectors and products of vectors as Hadamard products."""
 
+    negative_sum_bracketed = False
+
     def __init__(self, names, sample=False, vector=False, width=None):
         # a thin space between factors: \mathrm{B} next to \mathrm{probs} must not read "Bprobs"
-        super().__init__({"mul_symbol": r"\,"})
-        self.n, self.nt = names, names.nt
-        self.sample, self.vector, self.width = sample, vector, width
-
-    def _index(self, i):
-        if isinstance(i, sp.Integer):
-            return str(int(i) + self.nt.index_base)
-        return self._print(i)
+        super().__init__(names.nt, r"\,", sample, vector)
+        self.n, self.width = names, width
 
     def _print_Indexed(self, e):
         label = str(e.base.label)
@@ -177,14 +172,7 @@ class GraphPrinter(LatexPrinter):
             entry = self._print(sp.IndexedBase(q.of)[e.indices])
             return rf"\frac{{\partial {self.nt.loss}}}{{\partial {entry}}}"
         base = self.n.base.get(label, self.n.sym(label))
-        idx = list(e.indices)
-        sample = None
-        if idx and idx[0] in (S, T):
-            s = idx.pop(0)
-            if self.nt.batch:
-                idx.insert(0, s)
-            elif self.sample:
-                sample = self._print(s)
+        idx, sample = self._sample_first(e, self.nt.batch)
         if self.vector:
             return self._slice(base, label, idx)
         role = self.n.role(label) if label in self.n.d.quantities else "value"
@@ -219,23 +207,10 @@ class GraphPrinter(LatexPrinter):
         return rf"{b}_{{{cols}{self._print(lo)} \ldots {self._print(hi)}}}"
 
     def _print_Symbol(self, e, style="plain"):
-        if e == BATCH:
-            return "B"
         name = e.name
         if name.startswith("n_") and name[2:] in self.n.d.quantities:
             return f"n_{{{self.n.sym(name[2:])}}}"
         return super()._print_Symbol(e)
-
-    def _print_Sum(self, e):
-        parts = []
-        for var, lo, hi in reversed(e.limits):
-            if self.nt.index_base == 1 and lo == 0:
-                lo, hi = lo + 1, hi + 1
-            parts.append(rf"\sum_{{{self._print(var)}={self._print(lo)}}}^{{{self._print(hi)}}}")
-        body = self._print(e.function)
-        if isinstance(e.function, sp.Add):
-            body = rf"\left({body}\right)"
-        return " ".join(parts) + " " + body
 
     def _print_KroneckerDelta(self, e, exp=None):
         i, j = (self._index(a) for a in e.args)
@@ -246,13 +221,6 @@ class GraphPrinter(LatexPrinter):
         arg = self._print(e.args[0])
         out = rf"\mathbb{{I}}\left[{arg} > 0\right]"
         return out if exp is None else rf"{out}^{{{exp}}}"
-
-    def _print_Derivative(self, e):
-        (var, n), = e.variable_count
-        return rf"\frac{{\partial {self._print(e.expr)}}}{{\partial {self._print(var)}}}"
-
-    def _is_vec(self, e):
-        return self.vector and bool(e.atoms(sp.Indexed))
 
     def _print_Pow(self, e):
         if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
@@ -353,52 +321,22 @@ class _Matrices:
         return sp.MatrixSymbol(f"own|{label}", r, c)
 
     def convert(self, lhs, rhs):
-        def sub(e):
-            rep = {}
-            for m in e.atoms(sp.MatrixSymbol):
-                if m.name == "ones":
-                    continue
-                label = m.name.split("|", 1)[1]
-                own = self.own(label)
-                rep[m] = own.T if self.names.role(label) in self.nt.graph_transposed else own
-            return e.xreplace(rep).doit()
-        lhs, rhs = sub(lhs), sub(rhs)
-        if isinstance(lhs, sp.Transpose):
-            lhs, rhs = lhs.arg, rhs.T
-        return lhs, rhs
+        def own(m):
+            if m.name == "ones":
+                return m
+            label = m.name.split("|", 1)[1]
+            return self.own(label).T if self.names.role(label) in self.nt.graph_transposed else self.own(label)
+        return to_notation(lhs, rhs, own)
 
     def form(self, eq):
-        """(lhs, rhs, summed) of an equation as own matrices, or None (elementwise or other)."""
-        if not isinstance(eq.lhs, sp.Indexed):
+        """(lhs, rhs, summed) of an equation as own matrices (``latex.matrix_form``), or None
+        (elementwise or other)."""
+        label = str(eq.lhs.base.label) if isinstance(eq.lhs, sp.Indexed) else None
+        if label not in self.shapes:
             return None
-        form = batch_form(eq.lhs, eq.rhs)
-        label = str(eq.lhs.base.label)
-        if form is None or label not in self.shapes:
-            return None
-        lhs = self.ours(label)
-        ones = sp.MatrixSymbol("ones", BATCH, 1)
-        if isinstance(form, ColumnSum):
-            arg = self.ours(str(form.arg.label))
-            if self.nt.batch:
-                return (*self.convert(lhs, ones.T * arg), False)
-            return (*self.convert(lhs, arg), True)
-        L, R = self.ours(str(form.left.label)), self.ours(str(form.right.label))
-        opL = L.T if form.left_t else L
-        opR = R.T if form.right_t else R
-        bias = self.ours(str(form.bias.label)) if form.bias is not None else None
-        if self.nt.batch:
-            rhs = opL * opR
-            if bias is not None:
-                rhs = rhs + ones * bias
-            return (*self.convert(lhs, rhs), False)
-        if S in eq.lhs.indices:
-            if form.left_t:
-                return None
-            rhs = opR.T * L + (bias if bias is not None else sp.ZeroMatrix(*lhs.shape))
-            return (*self.convert(lhs, rhs), False)
-        if not form.left_t or form.right_t:
-            return None
-        return (*self.convert(lhs, L * R.T), True)
+        m = matrix_form(eq, self.ours(label), lambda base: self.ours(str(base.label)),
+                        sp.MatrixSymbol("ones", BATCH, 1), self.nt.batch)
+        return None if m is None else MatEq(*self.convert(m.lhs, m.rhs), m.summed)
 
 
 # ----------------------------------------------------------------------------------------------

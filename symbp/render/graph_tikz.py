@@ -9,17 +9,7 @@ the order with the fewest crossings kept, ties broken by declared order), and ea
 under the mean of what it reads, at least ``DX`` from its neighbours. Coordinates are rounded to
 a thousandth of a centimetre, so the same graph gives the same picture, byte for byte.
 """
-import re
-
-_TEXT = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$",
-         "{": r"\{", "}": r"\}", "^": r"\^{}", "~": r"\~{}", "->": r"$\to$"}
-
-
-def text_mode(s):
-    """Plain text for LaTeX text mode (names of kinds and activations, pass labels), each special
-    character escaped once (a single pass, so an escape is never escaped again)."""
-    return re.sub(r"->|[\\_&%#$^~{}]", lambda m: _TEXT[m.group(0)], s)
-
+from .sources import text_mode
 
 DX, DY = 2.6, 1.75      # cm between slots of a level, between levels
 

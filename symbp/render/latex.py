@@ -36,6 +36,7 @@ Contract:
   .tex and named) and writes neither file.
 Same Derivation, same bytes.
 """
+from collections import namedtuple
 from pathlib import Path
 
 import sympy as sp
@@ -51,20 +52,12 @@ from ..errors import SymbpError
 from . import notation as _notation
 from .pdf import PdfError, _first_error, compile_pdf
 from . import sources as _sources
+from .sources import text_mode as _text
 
 NOTATIONS = tuple(_notation.NOTATIONS)
 SMALL = 3            # explicit Jacobian matrices when both of their sizes are at most this
 S, T, I, J = naming.S, naming.T, naming.I, naming.J
 SAMPLE = (S, T)
-
-def _text(s):
-    """Plain text for LaTeX text mode."""
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("^", r"\^{}"), ("&", r"\&"),
-                 ("%", r"\%"), ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}"),
-                 ("->", r"$\to$"), ("<", r"$<$"), (">", r"$>$")):
-        s = s.replace(a, b)
-    return s
-
 
 # What each stage of SymPy's work did, for the legend of ``stages=True`` (math in math mode;
 # a pass added to symbp.simplify without an entry here falls back to its plain doc).
@@ -106,50 +99,24 @@ def _call(fn, arg):
 # --------------------------------------------------------------------------------------------
 # The printer
 
-class Printer(LatexPrinter):
-    """SymPy's LaTeX printer speaking one notation.
+class TexPrinter(LatexPrinter):
+    """What the printers of both handouts share (``Printer`` here, ``GraphPrinter`` of
+    ``render.graph_latex``): concrete indices counted as the notation counts, the batch size B,
+    sums with their limits from the notation's first index, dL/dv as a fraction, and vectors
+    (``vector=True``) told by their entries."""
 
-    Index form: ``Indexed`` quantities print as the notation's entries (sample index as a
-    superscript (s) when ``sample`` is set, dropped otherwise; a row index in the batch
-    flavor). ``vector=True`` prints them as whole vectors and products of vectors with the
-    Hadamard product. Matrix expressions print the notation's own symbols (``own|kind|layer``
-    MatrixSymbols), or explicit ``bmatrix`` entries from ``explicit``.
-    """
+    negative_sum_bracketed = True       # sum_i (-x_i), not sum_i - x_i (the graph handout omits them)
 
-    def __init__(self, ctx, flavor, sample=False, vector=False, explicit=None, scalars=None):
-        super().__init__({"mul_symbol": None})
-        self.ctx, self.nt, self.flavor = ctx, ctx.nt, flavor
-        self.sample, self.vector = sample, vector
-        self.explicit = explicit or {}
-        self.scalars = scalars or {}
+    def __init__(self, nt, mul_symbol, sample=False, vector=False):
+        super().__init__({"mul_symbol": mul_symbol})
+        self.nt, self.sample, self.vector = nt, sample, vector
 
-    # -- indices and quantities
     def _index(self, i):
         if isinstance(i, sp.Integer):
             return self.nt.index(i)
         return self._print(i)
 
-    def _print_Indexed(self, e):
-        kind, layer = naming.parse(e.base)
-        if kind == "a" and layer == 0:
-            kind = "x"
-        idx = list(e.indices)
-        sample = None
-        if idx and idx[0] in SAMPLE:
-            s = idx.pop(0)
-            if self.flavor == "batch":
-                idx.insert(0, s)
-            elif self.sample:
-                sample = self._print(s)
-        if self.vector:
-            return self.nt.symbol(kind, layer, self.flavor, sample)
-        if kind in ("W", "gW") and "W" in self.nt.transposed[self.flavor]:
-            idx = idx[::-1]      # the notation stores W transposed: our W[j,k] is its entry (k, j)
-        return self.nt.entry(kind, layer, [self._index(i) for i in idx], self.flavor, sample)
-
     def _print_Symbol(self, e, style="plain"):
-        if e in self.scalars:
-            return self.scalars[e]
         if e == naming.BATCH:
             return "B"
         return super()._print_Symbol(e)
@@ -161,9 +128,61 @@ class Printer(LatexPrinter):
                 lo, hi = lo + 1, hi + 1
             parts.append(rf"\sum_{{{self._print(var)}={self._print(lo)}}}^{{{self._print(hi)}}}")
         body = self._print(e.function)
-        if isinstance(e.function, sp.Add) or body.startswith("-"):
+        if isinstance(e.function, sp.Add) or (self.negative_sum_bracketed and body.startswith("-")):
             body = rf"\left({body}\right)"
         return " ".join(parts) + " " + body
+
+    def _print_Derivative(self, e):
+        (var, n), = e.variable_count
+        return rf"\frac{{\partial {self._print(e.expr)}}}{{\partial {self._print(var)}}}"
+
+    def _is_vec(self, e):
+        return self.vector and bool(e.atoms(sp.Indexed))
+
+    def _sample_first(self, e, batch):
+        """The indices of an entry without its sample index, which a batch matrix keeps as its
+        row, and the sample as printed for a superscript (s) (None where it is not shown)."""
+        idx, sample = list(e.indices), None
+        if idx and idx[0] in SAMPLE:
+            s = idx.pop(0)
+            if batch:
+                idx.insert(0, s)
+            elif self.sample:
+                sample = self._print(s)
+        return idx, sample
+
+
+class Printer(TexPrinter):
+    """SymPy's LaTeX printer speaking one notation.
+
+    Index form: ``Indexed`` quantities print as the notation's entries (sample index as a
+    superscript (s) when ``sample`` is set, dropped otherwise; a row index in the batch
+    flavor). ``vector=True`` prints them as whole vectors and products of vectors with the
+    Hadamard product. Matrix expressions print the notation's own symbols (``own|kind|layer``
+    MatrixSymbols), or explicit ``bmatrix`` entries from ``explicit``.
+    """
+
+    def __init__(self, ctx, flavor, sample=False, vector=False, explicit=None, scalars=None):
+        super().__init__(ctx.nt, None, sample, vector)
+        self.ctx, self.flavor = ctx, flavor
+        self.explicit = explicit or {}
+        self.scalars = scalars or {}
+
+    def _print_Indexed(self, e):
+        kind, layer = naming.parse(e.base)
+        if kind == "a" and layer == 0:
+            kind = "x"
+        idx, sample = self._sample_first(e, self.flavor == "batch")
+        if self.vector:
+            return self.nt.symbol(kind, layer, self.flavor, sample)
+        if kind in ("W", "gW") and "W" in self.nt.transposed[self.flavor]:
+            idx = idx[::-1]      # the notation stores W transposed: our W[j,k] is its entry (k, j)
+        return self.nt.entry(kind, layer, [self._index(i) for i in idx], self.flavor, sample)
+
+    def _print_Symbol(self, e, style="plain"):
+        if e in self.scalars:
+            return self.scalars[e]
+        return super()._print_Symbol(e)
 
     def _print_KroneckerDelta(self, e, exp=None):
         # an indicator, never a delta: delta is the error in three of the notations
@@ -187,19 +206,11 @@ class Printer(LatexPrinter):
             return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
         return super()._print_Heaviside(e, exp)
 
-    def _print_Derivative(self, e):
-        (var, n), = e.variable_count
-        return rf"\frac{{\partial {self._print(e.expr)}}}{{\partial {self._print(var)}}}"
-
     def _print_Function(self, e, exp=None):
         if isinstance(e, AppliedUndef) and e.func.__name__ in self.ctx.functions:
             out = _call(self.ctx.functions[e.func.__name__], self._print(e.args[0]))
             return out if exp is None else rf"{out}^{{{exp}}}"
         return super()._print_Function(e, exp)
-
-    # -- elementwise products of vectors
-    def _is_vec(self, e):
-        return self.vector and bool(e.atoms(sp.Indexed))
 
     def _print_Pow(self, e):
         if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
@@ -405,11 +416,40 @@ def shapes(e):
 # --------------------------------------------------------------------------------------------
 # Matrix equations in the derivation's convention, and their form in a notation
 
-class MatEq:
-    """lhs = [sum over the batch] rhs, matrix expressions of own symbols."""
+# lhs = [sum over the batch] rhs, matrix expressions (of our symbols or the notation's own)
+MatEq = namedtuple("MatEq", "lhs rhs summed")
 
-    def __init__(self, lhs, rhs, summed=False):
-        self.lhs, self.rhs, self.summed = lhs, rhs, summed
+
+def matrix_form(eq, lhs, mat, ones, batch):
+    """The MatEq of a product or column-sum equation in our convention, read off its index form
+    (``derivation.batch_form``); ``mat(base)`` is a quantity's matrix, ``ones`` the column of B
+    ones. A batch gives the matrix product op(L) op(R) [+ 1 b]; per sample, row s of it as a
+    column, op(R)^T l [+ b]; a sum over the samples, of outer products sum_s l r^T. None where
+    the equation has no such form."""
+    form = batch_form(eq.lhs, eq.rhs)
+    if isinstance(form, ColumnSum):
+        return MatEq(lhs, ones.T * mat(form.arg), False) if batch else MatEq(lhs, mat(form.arg), True)
+    if not isinstance(form, Product):
+        return None
+    L, R = mat(form.left), mat(form.right)
+    opL, opR = (L.T if form.left_t else L), (R.T if form.right_t else R)
+    bias = (sp.ZeroMatrix(*lhs.shape) if form.bias is None
+            else ones * mat(form.bias) if batch else mat(form.bias))
+    if batch:
+        return MatEq(lhs, opL * opR + bias, False)
+    if naming.S in eq.lhs.indices:
+        return None if form.left_t else MatEq(lhs, opR.T * L + bias, False)
+    return MatEq(lhs, L * R.T, True) if form.left_t and not form.right_t else None
+
+
+def to_notation(lhs, rhs, own):
+    """An equation between our matrices in a notation: each of ours replaced by ``own(m)`` (the
+    notation's own matrix, or its transpose where it stores ours transposed), SymPy moving the
+    transposes; own^T = ours is written own = ours^T."""
+    def sub(e):
+        return e.xreplace({m: own(m) for m in e.atoms(sp.MatrixSymbol)}).doit()
+    lhs, rhs = sub(lhs), sub(rhs)
+    return (lhs.arg, rhs.T) if isinstance(lhs, sp.Transpose) else (lhs, rhs)
 
 
 class Context:
@@ -450,18 +490,11 @@ class Context:
 
     def convert(self, lhs, rhs, summed=False):
         """An equation between our matrices, in the notation: own = ours or own^T = ours."""
-        def sub(e):
-            rep = {}
-            for m in e.atoms(sp.MatrixSymbol):
-                _, kind, layer, flavor = m.name.split("|")
-                layer = None if layer == "None" else int(layer)
-                own = self.own(kind, layer, flavor)
-                rep[m] = own.T if kind in self.nt.transposed[flavor] else own
-            return e.xreplace(rep).doit()
-        lhs, rhs = sub(lhs), sub(rhs)
-        if isinstance(lhs, sp.Transpose):
-            lhs, rhs = lhs.arg, rhs.T
-        return MatEq(lhs, rhs, summed)
+        def own(m):
+            _, kind, layer, flavor = m.name.split("|")
+            o = self.own(kind, None if layer == "None" else int(layer), flavor)
+            return o.T if kind in self.nt.transposed[flavor] else o
+        return MatEq(*to_notation(lhs, rhs, own), summed)
 
     def indicator_in_z(self, x):
         """True when layer l's derivative 1[a > 0] is the derivation's kink stage 1[z > 0]
@@ -497,40 +530,13 @@ class Context:
 
     # -- the derivation's equations as matrix equations (our convention)
     def product(self, eq, flavor):
-        """The matrix form of a product or column sum equation, read off its index form."""
-        form = batch_form(eq.lhs, eq.rhs)
-        kind, layer = naming.parse(eq.lhs.base)
-        lhs = self.ours(kind, layer, flavor)
-
+        """The matrix form of a product or column sum equation (``matrix_form``), our matrices."""
         def mat(base):
             return self.ours(*naming.parse(base), flavor)
-        if isinstance(form, ColumnSum):
-            arg = mat(form.arg)
-            if flavor == "batch":
-                return lhs, self.ours("ones", None, flavor).T * arg, False
-            return lhs, arg, True
-        if not isinstance(form, Product):
+        out = matrix_form(eq, mat(eq.lhs.base), mat, self.ours("ones", None, flavor), flavor == "batch")
+        if out is None:
             raise SymbpError(f"latex: no matrix form for {eq.name} = {eq.rhs}")
-        L, R = mat(form.left), mat(form.right)
-        opL = L.T if form.left_t else L
-        opR = R.T if form.right_t else R
-        if flavor == "batch":
-            rhs = opL * opR
-            if form.bias is not None:
-                rhs = rhs + self.ours("ones", None, flavor) * mat(form.bias)
-            return lhs, rhs, False
-        if naming.S in eq.lhs.indices:
-            # row s of op(L) op(R), as a column: op(R)^T l
-            if form.left_t:
-                raise SymbpError(f"latex: no per-sample form for {eq.name}")
-            rhs = opR.T * L
-            if form.bias is not None:
-                rhs = rhs + mat(form.bias)
-            return lhs, rhs, False
-        # sum over the samples of outer products: op(L) op(R) = sum_s l r^T
-        if not form.left_t or form.right_t:
-            raise SymbpError(f"latex: no per-sample form for {eq.name}")
-        return lhs, L * R.T, True
+        return out
 
     def equation(self, eq, flavor):
         return self.convert(*self.product(eq, flavor))
