@@ -36,6 +36,7 @@ from . import notation as _notation
 from .graph_tikz import text_mode as _text
 from .graph_tikz import tikz
 from .latex import MatEq, TexPrinter, matrix_form, to_notation
+from .latex import _has_sample_sum, _row, _sample_sum, _shape, _stage_rows
 from .pdf import compile_pdf
 
 S, T = naming.S, naming.T
@@ -354,10 +355,6 @@ def stage_legend():
         r"sum\_i y\_i = 1", r"$\sum_i y_i = 1$")
 
 
-def _row(lhs, rhs, note=""):
-    return {"lhs": lhs, "rhs": rhs, "note": note}
-
-
 class Renderer:
     """The pieces of the handout (rows of aligned equations, prose) for one derivation in one
     notation; the template lays them out."""
@@ -377,18 +374,9 @@ class Renderer:
         return self.pr(eq.lhs, sample=sample)
 
     def index_rows(self, eq, labels=True):
-        sample = any(lim[0] in (S, T) for st in eq.stages for s in st[1].atoms(sp.Sum) for lim in s.limits)
-        lhs = self.index_lhs(eq, sample)
-        rows, prev = [], None
-        for name, e in eq.stages:
-            if prev is not None and e == prev:
-                continue
-            note = rf"\text{{{_text(STAGE_NAMES.get(name, name))}}}" if labels else ""
-            rows.append(_row(lhs, "= " + self.pr(e, sample=sample), note))
-            lhs, prev = "", e
-        if len(rows) == 1:
-            rows[0]["note"] = ""
-        return rows
+        sample = any(_has_sample_sum(e) for _, e in eq.stages)
+        return _stage_rows(self.index_lhs(eq, sample), [(n, "= " + self.pr(e, sample=sample)) for n, e in eq.stages],
+                           lambda name, first: rf"\text{{{_text(STAGE_NAMES.get(name, name))}}}" if labels else "")
 
     def width_of(self, eq):
         label = str(eq.lhs.base.label)
@@ -405,8 +393,8 @@ class Renderer:
             pr = GraphPrinter(self.names)
             rhs = pr.doprint(r)
             if summed:
-                rhs = self.sample_sum() + " " + rhs
-            return _row(pr.doprint(l) if lhs is None else lhs, "= " + rhs, self.shape_note(l))
+                rhs = _sample_sum(self.nt) + " " + rhs
+            return _row(pr.doprint(l) if lhs is None else lhs, "= " + rhs, _shape(l))
         if eq.rhs.has(sp.Sum) or eq.rhs.has(sp.KroneckerDelta):
             return None
         labels = {str(x.base.label) for x in eq.rhs.atoms(sp.Indexed)} | {str(eq.lhs.base.label)}
@@ -415,16 +403,6 @@ class Renderer:
             return self.diag_row(eq, lhs)      # rows and columns mixed: g_in = g_out diag(...)
         pr = GraphPrinter(self.names, vector=True, width=self.width_of(eq))
         return _row(pr.doprint(eq.lhs) if lhs is None else lhs, "= " + pr.doprint(eq.rhs), "")
-
-    def shape_note(self, m):
-        def p(v):
-            return "B" if v == BATCH else sp.latex(v)
-        r, c = m.shape
-        return rf"({p(r)} \times {p(c)})"
-
-    def sample_sum(self):
-        lo, hi = (1, "B") if self.nt.index_base == 1 else (0, "B - 1")
-        return rf"\sum_{{s={lo}}}^{{{hi}}}"
 
     # -- sections
     def graph_table(self):
@@ -661,7 +639,7 @@ class Renderer:
                           "shared_sum") and e.name not in self.d.inlined:
                 v = self.vector_row(e)
                 if v is None:      # entry by entry; the sample index only where the batch is summed
-                    sample = any(lim[0] in (S, T) for sm in e.rhs.atoms(sp.Sum) for lim in sm.limits)
+                    sample = _has_sample_sum(e.rhs)
                     v = _row(self.index_lhs(e, sample), "= " + self.pr(e.rhs, sample=sample))
                 rows.append(v)
         return rows
@@ -669,7 +647,7 @@ class Renderer:
     def equation_rows(self):
         out = []
         for e in self.d.equations:
-            sample = any(lim[0] in (S, T) for s in e.rhs.atoms(sp.Sum) for lim in s.limits)
+            sample = _has_sample_sum(e.rhs)
             lhs = self.index_lhs(e, sample)
             out.append(_row(lhs, "= " + self.pr(e.rhs, sample=sample),
                             rf"\text{{{_text(e.kind.replace('_', ' '))}}}"))

@@ -578,6 +578,25 @@ def _has_sample_sum(e):
     return any(lim[0] in SAMPLE for s in e.atoms(sp.Sum) for lim in s.limits)
 
 
+def _sample_sum(nt):
+    """The sum over the samples of the batch, counted as the notation counts."""
+    lo, hi = (1, "B") if nt.index_base == 1 else (0, "B - 1")
+    return rf"\sum_{{s={lo}}}^{{{hi}}}"
+
+
+def _stage_rows(lhs, stages, note):
+    """Aligned rows of an equation's stages, given as (pass name, printed right side): a stage
+    that prints as the one before is left out, the left side is written once, ``note(name,
+    first)`` labels a row, and a single row (a definition) needs no label."""
+    rows = []
+    for name, rhs in stages:
+        if not rows or rhs != rows[-1]["rhs"]:
+            rows.append(_row("" if rows else lhs, rhs, note(name, not rows)))
+    if len(rows) == 1:
+        rows[0]["note"] = ""
+    return rows
+
+
 class Renderer:
     def __init__(self, derivation, nt, stages=False):
         self.d, self.nt, self.stages = derivation, nt, stages
@@ -609,21 +628,8 @@ class Renderer:
         sample = any(_has_sample_sum(e) for _, e in stages)
         pr = Printer(self.ctx, flavor, sample=sample)
         lhs = pr.doprint(eq.lhs) if isinstance(eq.lhs, sp.Indexed) else self.nt.loss
-        rows, prev = [], None
-        for name, e in stages:
-            rhs = "= " + pr.doprint(e)
-            if rhs == prev:
-                continue
-            note = rf"\text{{{_text(name)}}}" if self.stages else (rf"\text{{{why}}}" if rows and why else "")
-            rows.append(_row(lhs, rhs, note))
-            lhs, prev = "", rhs
-        if len(rows) == 1:
-            rows[0]["note"] = ""          # a definition needs no label
-        return rows
-
-    def sample_sum(self):
-        lo, hi = (1, "B") if self.nt.index_base == 1 else (0, "B - 1")
-        return rf"\sum_{{s={lo}}}^{{{hi}}}"
+        return _stage_rows(lhs, [(n, "= " + pr.doprint(e)) for n, e in stages], lambda name, first: (
+            rf"\text{{{_text(name)}}}" if self.stages else rf"\text{{{why}}}" if why and not first else ""))
 
     def mat_row(self, meq, flavor=None, lhs=None):
         """A matrix equation with the shapes of its factors beside it (dimension balancing)."""
@@ -631,7 +637,7 @@ class Renderer:
         pr = Printer(self.ctx, flavor, sample=meq.summed)
         rhs = pr.doprint(meq.rhs)
         if meq.summed:
-            rhs = f"{self.sample_sum()} {rhs}"
+            rhs = f"{_sample_sum(self.nt)} {rhs}"
         return _row(pr.doprint(meq.lhs) if lhs is None else lhs, "= " + rhs,
                     rf"{_shape(meq.lhs)} = {shapes(meq.rhs)}")
 
@@ -843,15 +849,9 @@ class Renderer:
         doc.text(rf"Layer {l}: {_text(act.name)} is a vector activation, "
                  rf"${pr.doprint(fwd.lhs)} = {pr.doprint(fwd.rhs)}$: every output depends on every "
                  r"input, and SymPy differentiates the quotient:")
-        rows, prev, first = [], None, True
-        for name, e in (lr.jacobian if self.stages else _ends(lr.jacobian)):
-            if prev is not None and e == prev:
-                continue
-            note = (rf"\text{{{_text(name)}}}" if self.stages else
-                    "" if first else r"\text{in terms of the outputs}")
-            rows.append(_row(pr.doprint(lhs) if first else "", "= " + pr.doprint(e), note))
-            prev, first = e, False
-        doc.align(rows)
+        stages = [(n, "= " + pr.doprint(e)) for n, e in (lr.jacobian if self.stages else _ends(lr.jacobian))]
+        doc.align(_stage_rows(pr.doprint(lhs), stages, lambda name, first: (
+            rf"\text{{{_text(name)}}}" if self.stages else "" if first else r"\text{in terms of the outputs}")))
 
     def jacobians(self, doc):
         doc.section(r"Jacobians\label{sec:jacobians}")
@@ -1142,7 +1142,7 @@ class Renderer:
                 m = m.T if "gW" in self.nt.transposed[self.main] else m
                 pr = Printer(self.ctx, self.main, sample=True)
                 doc.align([_row(Printer(self.ctx, self.main).doprint(own),
-                                f"= {self.sample_sum()} " + pr._bmatrix(m))])
+                                f"= {_sample_sum(self.nt)} " + pr._bmatrix(m))])
 
     def input_grad(self, doc):
         doc.section("Gradient with respect to the input")
