@@ -21,11 +21,11 @@ Contract:
 - The picture comes from ``symbp.render.graph_tikz``.
 - ``write_document(derivation, path, notation, pdf=False)`` writes the .tex atomically; with
   ``pdf=True`` it compiles it first (pdflatex in a temporary directory) and writes the PDF beside
-  it. A missing or failing pdflatex raises a SymbpError and writes nothing.
+  it, as the MLP handout does (``latex.write_tex``): a missing or failing pdflatex raises a
+  SymbpError and writes nothing but the failing run's log.
 Same derivation and notation, same bytes.
 """
 import re
-from pathlib import Path
 
 import sympy as sp
 
@@ -35,11 +35,10 @@ from ..errors import SymbpError
 from . import notation as _notation
 from .graph_tikz import text_mode as _text
 from .graph_tikz import tikz
-from .latex import MatEq, TexPrinter, matrix_form, to_notation
+from .latex import MatEq, TexPrinter, matrix_form, to_notation, write_tex
 from .latex import _has_sample_sum, _row, _sample_sum, _shape, _stage_rows
-from .pdf import compile_pdf
 
-S, T = naming.S, naming.T
+S = naming.S
 BATCH = naming.BATCH
 _GREEK = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
           "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "phi", "chi", "psi", "omega")
@@ -679,15 +678,6 @@ def render(derivation, notation="cs231n", document=False):
 # ----------------------------------------------------------------------------------------------
 
 def write_document(derivation, path, notation="cs231n", pdf=False):
-    """Write the handout to ``path`` (and the PDF beside it with ``pdf=True``), each atomically,
-    after everything was rendered and compiled. Returns the paths written."""
-    from ..output import write
-    path = Path(path)
-    tex = render(derivation, notation=notation, document=True)
-    data = compile_pdf(tex, path.stem)[0] if pdf else None     # before any file is written
-    write(path, tex)
-    out = [path]
-    if data is not None:
-        write(path.with_suffix(".pdf"), data)
-        out.append(path.with_suffix(".pdf"))
-    return out
+    """Write the handout to ``path`` and with ``pdf=True`` the PDF beside it (``latex.write_tex``).
+    Returns the paths written."""
+    return write_tex(path, render(derivation, notation=notation, document=True), pdf)

@@ -662,16 +662,23 @@ class Renderer:
             return sp.Matrix(n[layer], 1, lambda r, c: rhs.xreplace({J: r}))
         raise KeyError(kind)
 
-    def explicit(self, mapping):
-        """{own name: Matrix in the notation's orientation} for our (kind, layer) pairs."""
-        out = {}
-        for kind, layer, m in mapping:
-            own = self.ctx.own(kind, layer, "sample")
-            out[own.name] = m.T if kind in self.nt.transposed["sample"] else m
-        return out
+    def explicit(self, *pairs):
+        """A per-sample printer writing the notation's own matrices of our (kind, layer) ``pairs``
+        as their entries (``explicit_ours``, in the notation's orientation)."""
+        return Printer(self.ctx, "sample", explicit={
+            self.ctx.own(kind, layer, "sample").name: self.own_vector(kind, self.explicit_ours(kind, layer))
+            for kind, layer in pairs})
 
     def own_vector(self, kind, m):
         return m.T if kind in self.nt.transposed["sample"] else m
+
+    def entries(self, doc, chain, lhs_flavor, res, *pairs):
+        """The chain rule ``chain`` entry by entry for one sample: the explicit matrices of
+        ``pairs`` and their product, the error vector ``res``."""
+        pe = self.explicit(*pairs)
+        doc.text(self.one_sample("Entry by entry, for one sample"))
+        doc.align([_row(self.pr(chain.lhs, lhs_flavor), "= " + pe.doprint(chain.rhs)),
+                   _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
 
     # -- sections
     def setup(self, doc):
@@ -883,16 +890,13 @@ class Renderer:
             rows = []
             if self.small(self.n[l]):
                 Ja = self.ctx.own("Ja", l, "sample")
-                ex = self.explicit([("Ja", l, self.explicit_ours("Ja", l))])
-                rows.append(_row(pr.doprint(Ja), "= " + Printer(self.ctx, "sample", explicit=ex).doprint(Ja)))
+                rows.append(_row(pr.doprint(Ja), "= " + self.explicit(("Ja", l)).doprint(Ja)))
             jz = self.jz_form(lr)
             Jz = self.ctx.own("Jz", l, "sample")
             if jz is not None:
                 rows.append(_row(pr.doprint(Jz), "= " + pr.doprint(jz.rhs), rf"{_shape(Jz)}"))
             if self.small(self.n[l], self.n[l - 1]):
-                ex = self.explicit([("Jz", l, self.explicit_ours("Jz", l))])
-                rows.append(_row("" if jz is not None else pr.doprint(Jz),
-                                 "= " + Printer(self.ctx, "sample", explicit=ex).doprint(Jz)))
+                rows.append(_row("" if jz is not None else pr.doprint(Jz), "= " + self.explicit(("Jz", l)).doprint(Jz)))
             doc.align(rows)
 
     def affine(self, l):
@@ -975,13 +979,9 @@ class Renderer:
         doc.text("As vectors (products and quotients of vectors elementwise):")
         doc.align(rows)
         if self.small(self.n[L]):
-            ex = self.explicit([("Ja", L, self.explicit_ours("Ja", L)), ("ga", L, self.explicit_ours("ga", L))])
             out = self.printed(eq)
             res = sp.Matrix(self.n[L], 1, lambda r, c: out.xreplace({J: r}))
-            pe = Printer(self.ctx, "sample", explicit=ex)
-            doc.text(self.one_sample("Entry by entry, for one sample"))
-            doc.align([_row(pr.doprint(jac.lhs), "= " + pe.doprint(jac.rhs)),
-                       _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
+            self.entries(doc, jac, self.main, res, ("Ja", L), ("ga", L))
 
     def output_chain(self, doc, lr, cancel):
         """The output error as a textbook writes it: the upstream factor (SymPy's derivative of
@@ -1100,14 +1100,8 @@ class Renderer:
             why = r"only } i = j \text{ remains" if lr.rule is not None else r"sum over } i \text{"
             doc.align(self.index_rows(self.d[f"ga{l}"]) + self.index_rows(self.d[f"delta{l}"], why=why))
             if self.small(self.n[l], self.n[l + 1]):
-                ex = self.explicit([("Ja", l, self.explicit_ours("Ja", l)),
-                                    ("Jz", l + 1, self.explicit_ours("Jz", l + 1)),
-                                    ("delta", l + 1, self.explicit_ours("delta", l + 1))])
-                res = self.hidden_delta_entries(l)
-                pe = Printer(self.ctx, "sample", explicit=ex)
-                doc.text(self.one_sample("Entry by entry, for one sample"))
-                doc.align([_row(Printer(self.ctx, "sample").doprint(chain.lhs), "= " + pe.doprint(chain.rhs)),
-                           _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
+                self.entries(doc, chain, "sample", self.hidden_delta_entries(l), ("Ja", l), ("Jz", l + 1),
+                             ("delta", l + 1))
 
     def hidden_delta_entries(self, l):
         """delta^l entries with dL/da^l replaced by its equation, at the network's widths."""
@@ -1246,16 +1240,19 @@ def render(derivation, notation="cs231n", document=False, stages=False):
 
 
 def write_document(derivation, path, notation="cs231n", pdf=False, stages=False):
-    """Write the LaTeX document to ``path`` (atomically); with ``pdf=True`` compile it first
-    and write the PDF beside it (same stem). Returns the list of paths written."""
+    """Write the LaTeX document to ``path`` (``write_tex``). Returns the list of paths written."""
+    return write_tex(path, render(derivation, notation=notation, document=True, stages=stages), pdf)
+
+
+def write_tex(path, tex, pdf=False):
+    """Write a handout to ``path`` (atomically); with ``pdf=True`` compile it first (twice, for
+    the section references) and write the PDF beside it (same stem). A failing run's log is kept
+    beside the .tex and named in the error, and nothing else is written. Returns the paths
+    written."""
     from ..output import write
     path = Path(path)
-    tex = render(derivation, notation=notation, document=True, stages=stages)
-    if not pdf:
-        write(path, tex)
-        return [path]
-    try:    # twice: the section references resolve on the second run
-        data = compile_pdf(tex, "document", runs=2)[0]
+    try:
+        data = compile_pdf(tex, "document", runs=2)[0] if pdf else None
     except PdfError as e:
         if not e.log:
             raise
@@ -1263,7 +1260,8 @@ def write_document(derivation, path, notation="cs231n", pdf=False, stages=False)
         write(logdst, e.log)
         raise SymbpError(f"pdf: pdflatex failed on {path.name} ({_first_error(e.log)}); "
                          f"see the log {logdst}; nothing else written") from None
-    out_pdf = path.with_suffix(".pdf")
     write(path, tex)
-    write(out_pdf, data)
-    return [path, out_pdf]
+    if data is None:
+        return [path]
+    write(path.with_suffix(".pdf"), data)
+    return [path, path.with_suffix(".pdf")]
