@@ -60,10 +60,6 @@ def _word(run):
     return r"\mathrm{" + run + "}"
 
 
-def _runs(s):
-    return re.findall(r"[A-Za-z]+|\d+", s)
-
-
 def symbol(name):
     """A node or parameter name as a math symbol: ``W_in`` -> W_{\\mathrm{in}}, ``f1a`` ->
     f_{1a}, ``W_f1`` -> W_{f_{1}}, ``x_target`` -> x_{\\mathrm{target}}, ``enc`` -> \\mathrm{enc},
@@ -74,7 +70,7 @@ def symbol(name):
         head, *rest = [r for r in name.split("_") if r]
         # each part after _ as a symbol of its own: W_f2 names node f2's weight, so W_{f_{2}}
         return f"{symbol(head)}_{{{','.join(symbol(r) for r in rest)}}}"
-    runs = _runs(name)
+    runs = re.findall(r"[A-Za-z]+|\d+", name)
     head = runs[0]
     if head in _GREEK or len(head) == 1:
         tail = name[len(head):]
@@ -113,15 +109,21 @@ def get_notation(name):
 # ----------------------------------------------------------------------------------------------
 
 class _Names:
-    """LaTeX of every quantity of a derivation, in one notation."""
+    """Every quantity of a derivation in one notation: its LaTeX, and its matrix in our
+    convention (``ours``) and in the notation's (``own``)."""
 
     def __init__(self, d, nt):
         self.d, self.nt, self.graph = d, nt, d.graph
         table = symbols(d.graph)
         self.sym = lambda name: table.get(name) or symbol(name)
-        self.base = {}
+        self.base, self.shapes = {}, {}
         for label, q in d.quantities.items():
             self.base[label] = self._base(q)
+            if q.role in ("param", "param_grad", "param_use"):
+                shape = d.graph.param(q.of).shape
+                self.shapes[label] = shape if len(shape) == 2 else (shape[0], 1)
+            else:
+                self.shapes[label] = (d.graph.node(q.of).width, 1)
 
     def grad(self, of, source=""):
         sym = self.sym(of)
@@ -144,6 +146,37 @@ class _Names:
             kind = "W" if self.graph.param(q.of).role == "weight" else "b"
             return kind if q.role == "param" else "g" + kind
         return "grad" if q.role in ("grad", "contribution") else "value"
+
+    def ours(self, label):
+        r, c = self.shapes[label]
+        role = self.role(label)
+        if self.nt.batch and role in ("value", "grad"):
+            r, c = BATCH, r
+        elif self.nt.batch and role in ("b", "gb"):
+            r, c = c, r
+        return sp.MatrixSymbol(f"ours|{label}", r, c)
+
+    def own(self, label):
+        r, c = self.ours(label).shape
+        if self.role(label) in self.nt.graph_transposed:
+            r, c = c, r
+        return sp.MatrixSymbol(f"own|{label}", r, c)
+
+    def form(self, eq):
+        """(lhs, rhs, summed) of an equation as own matrices (``latex.matrix_form``), or None
+        (elementwise or other)."""
+        label = str(eq.lhs.base.label) if isinstance(eq.lhs, sp.Indexed) else None
+        if label not in self.shapes:
+            return None
+        meq = matrix_form(eq, self.ours(label), lambda base: self.ours(str(base.label)),
+                          sp.MatrixSymbol("ones", BATCH, 1), self.nt.batch)
+
+        def own(m):
+            if m.name == "ones":
+                return m
+            label = m.name.split("|", 1)[1]
+            return self.own(label).T if self.role(label) in self.nt.graph_transposed else self.own(label)
+        return None if meq is None else MatEq(*to_notation(meq.lhs, meq.rhs, own), meq.summed)
 
 
 def _plain(s):
@@ -289,57 +322,6 @@ class GraphPrinter(TexPrinter):
 
 
 # ----------------------------------------------------------------------------------------------
-# matrix forms (the derivation's convention, then the notation's)
-# ----------------------------------------------------------------------------------------------
-
-class _Matrices:
-    def __init__(self, d, names):
-        self.d, self.names, self.nt = d, names, names.nt
-        self.shapes = {}
-        g = d.graph
-        for label, q in d.quantities.items():
-            if q.role in ("param", "param_grad", "param_use"):
-                shape = g.param(q.of).shape
-                shape = shape if len(shape) == 2 else (shape[0], 1)
-            else:
-                shape = (g.node(q.of).width, 1)
-            self.shapes[label] = shape
-
-    def ours(self, label):
-        r, c = self.shapes[label]
-        role = self.names.role(label)
-        if self.nt.batch and role in ("value", "grad"):
-            r, c = BATCH, r
-        elif self.nt.batch and role in ("b", "gb"):
-            r, c = c, r
-        return sp.MatrixSymbol(f"ours|{label}", r, c)
-
-    def own(self, label):
-        r, c = self.ours(label).shape
-        if self.names.role(label) in self.nt.graph_transposed:
-            r, c = c, r
-        return sp.MatrixSymbol(f"own|{label}", r, c)
-
-    def convert(self, lhs, rhs):
-        def own(m):
-            if m.name == "ones":
-                return m
-            label = m.name.split("|", 1)[1]
-            return self.own(label).T if self.names.role(label) in self.nt.graph_transposed else self.own(label)
-        return to_notation(lhs, rhs, own)
-
-    def form(self, eq):
-        """(lhs, rhs, summed) of an equation as own matrices (``latex.matrix_form``), or None
-        (elementwise or other)."""
-        label = str(eq.lhs.base.label) if isinstance(eq.lhs, sp.Indexed) else None
-        if label not in self.shapes:
-            return None
-        m = matrix_form(eq, self.ours(label), lambda base: self.ours(str(base.label)),
-                        sp.MatrixSymbol("ones", BATCH, 1), self.nt.batch)
-        return None if m is None else MatEq(*self.convert(m.lhs, m.rhs), m.summed)
-
-
-# ----------------------------------------------------------------------------------------------
 # the document
 # ----------------------------------------------------------------------------------------------
 
@@ -362,7 +344,6 @@ class Renderer:
         self.d, self.nt, self.g = d, nt, d.graph
         self.names = _Names(d, nt)
         self.sym = self.names.sym
-        self.mats = _Matrices(d, self.names)
 
     def pr(self, e, **kw):
         return GraphPrinter(self.names, **kw).doprint(e)
@@ -386,7 +367,7 @@ class Renderer:
 
     def vector_row(self, eq, lhs=None):
         """The equation as whole vectors or matrices, or None where the notation has no such form."""
-        m = self.mats.form(eq)
+        m = self.names.form(eq)
         if m is not None:
             l, r, summed = m
             pr = GraphPrinter(self.names)
@@ -444,7 +425,7 @@ class Renderer:
         out = []
         for p in self.g.params:
             # the shape of the notation's own matrix (stored transposed in some courses)
-            shape = r" \times ".join(str(s) for s in self.mats.own(p.name).shape)
+            shape = r" \times ".join(str(s) for s in self.names.own(p.name).shape)
             uses = ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses)
             out.append({"name": f"${self.sym(p.name)}$", "shape": f"${shape}$", "uses": uses,
                         "shared": len(p.uses) > 1})
@@ -476,33 +457,20 @@ class Renderer:
         return self.vector_row(e)
 
     def forward_text(self, n):
-        ins = [f"${self.sym(i)}$" for i in n.inputs]
+        ins = ", ".join(f"${self.sym(i)}$" for i in n.inputs)
         if n.kind == "dense":
             t = f" with the weight transposed, ${self.sym(n.weight)}^{{T}}$ (tied weights)" if n.transpose else ""
-            return f"A dense (linear) node reads {ins[0]}{t}."
+            return f"A dense (linear) node reads {ins}{t}."
         if n.kind == "activation":
-            return f"The activation {_text(n.activation.name)} applied to {ins[0]}."
-        if n.kind == "add":
-            return f"A merge by addition of {', '.join(ins)}."
-        if n.kind == "multiply":
-            return f"The elementwise product of {', '.join(ins)}."
-        if n.kind == "concat":
-            return (f"A merge: {', '.join(ins)} stacked into one vector (eq.~14.37 of {BOOK}); "
-                    "the Kronecker deltas of the index form pick each input's entries.")
-        if n.kind == "expression":
-            return f"An elementwise expression of {', '.join(ins)}."
-        return ""
-
-    def loss(self):
-        e = self.d["L"]
-        return self.index_rows(e, labels=False)
+            return f"The activation {_text(n.activation.name)} applied to {ins}."
+        return {"add": f"A merge by addition of {ins}.", "multiply": f"The elementwise product of {ins}.",
+                "concat": (f"A merge: {ins} stacked into one vector (eq.~14.37 of {BOOK}); "
+                           "the Kronecker deltas of the index form pick each input's entries."),
+                "expression": f"An elementwise expression of {ins}."}.get(n.kind, "")
 
     def backward(self):
-        steps = []
         back = [e for e in self.d.equations if e.kind != "loss" and not e.kind.startswith("forward_")]
-        for k, e in enumerate(back, 1):
-            steps.append(self.step(k, e))
-        return steps
+        return [self.step(k, e) for k, e in enumerate(back, 1)]
 
     def step(self, k, e):
         title, text = self.step_text(e)
@@ -591,26 +559,22 @@ class Renderer:
             us = self.sym(u.name)
             part = e.source if "__" in str(e.lhs.base.label) else ""
             head = rf"the gradient of ${v}$" + (rf" through ${us}$" if part else "")
-            if u.kind == "dense":
-                rule = (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the matrix "
-                        r"that multiplies the input, and the backward step multiplies the upstream "
-                        rf"gradient by it (the linear layer of {BOOK}, Algorithm~14.1).")
-            elif u.kind == "activation":
+            if u.kind == "activation":
                 act = rf"The activation ${us} = {u.activation.latex}({v})$"
                 rule = (act + r" is elementwise, its Jacobian is diagonal: the gradient is multiplied "
                         r"entry by entry by the derivative, written in terms of the stored forward output."
                         if u.activation.elementwise else act + r" couples the entries, its Jacobian is full.")
-            elif u.kind == "add":
-                rule = (r"An add node distributes: each input receives the upstream gradient unchanged "
-                        rf"({SLIDES}).")
-            elif u.kind == "multiply":
-                rule = (r"A multiply node swaps: each input receives the upstream gradient times "
-                        rf"the other input ({SLIDES}).")
-            elif u.kind == "concat":
-                rule = (rf"The merge hands ${v}$ its own slice of the upstream gradient "
-                        rf"(eqs.~14.39--14.41 of {BOOK}).")
             else:
-                rule = rf"SymPy differentiates the expression of ${us}$ with respect to ${v}$."
+                rule = {"dense": (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the matrix "
+                                  r"that multiplies the input, and the backward step multiplies the upstream "
+                                  rf"gradient by it (the linear layer of {BOOK}, Algorithm~14.1)."),
+                        "add": (r"An add node distributes: each input receives the upstream gradient "
+                                rf"unchanged ({SLIDES})."),
+                        "multiply": (r"A multiply node swaps: each input receives the upstream gradient "
+                                     rf"times the other input ({SLIDES})."),
+                        "concat": (rf"The merge hands ${v}$ its own slice of the upstream gradient "
+                                   rf"(eqs.~14.39--14.41 of {BOOK}).")}.get(
+                    u.kind, rf"SymPy differentiates the expression of ${us}$ with respect to ${v}$.")
             if part:
                 rule += (rf" This is the part of the gradient of ${v}$ that comes back through ${us}$; "
                          r"the branch sum below adds the parts.")
@@ -632,25 +596,17 @@ class Renderer:
         return e.kind, _text(e.doc)
 
     def summary(self):
-        rows = []
-        for e in self.d.equations:
-            if e.kind in ("grad_W", "grad_b", "backprop", "output_delta", "loss_grad", "branch_sum",
-                          "shared_sum") and e.name not in self.d.inlined:
-                v = self.vector_row(e)
-                if v is None:      # entry by entry; the sample index only where the batch is summed
-                    sample = _has_sample_sum(e.rhs)
-                    v = _row(self.index_lhs(e, sample), "= " + self.pr(e.rhs, sample=sample))
-                rows.append(v)
-        return rows
+        return [self.vector_row(e) or self.entry_row(e) for e in self.d.equations
+                if e.kind in ("grad_W", "grad_b", "backprop", "output_delta", "loss_grad", "branch_sum",
+                              "shared_sum") and e.name not in self.d.inlined]
+
+    def entry_row(self, e, note=""):
+        """An equation entry by entry; the sample index only where the batch is summed."""
+        sample = _has_sample_sum(e.rhs)
+        return _row(self.index_lhs(e, sample), "= " + self.pr(e.rhs, sample=sample), note)
 
     def equation_rows(self):
-        out = []
-        for e in self.d.equations:
-            sample = _has_sample_sum(e.rhs)
-            lhs = self.index_lhs(e, sample)
-            out.append(_row(lhs, "= " + self.pr(e.rhs, sample=sample),
-                            rf"\text{{{_text(e.kind.replace('_', ' '))}}}"))
-        return out
+        return [self.entry_row(e, rf"\text{{{_text(e.kind.replace('_', ' '))}}}") for e in self.d.equations]
 
 
 def render(derivation, notation="cs231n", document=False):
@@ -660,14 +616,14 @@ def render(derivation, notation="cs231n", document=False):
     env = environment()
     if not document:
         return env.get_template("latex/graph_equations.tex.j2").render(rows=r.equation_rows())
-    g = derivation.graph
+    g, steps = derivation.graph, r.backward()
     return env.get_template("latex/graph_document.tex.j2").render(
         name=_text(g.name), notation=nt, nt_title=nt.graph_title, nt_note=nt.graph_note, loss=nt.loss,
         picture=tikz(g, r.sym, nt.loss), table=r.graph_table(), params=r.params(),
-        forward=r.forward(), loss_rows=r.loss(), loss_text=r.loss_text(g.loss_node),
+        forward=r.forward(), loss_rows=r.index_rows(derivation["L"], labels=False), loss_text=r.loss_text(g.loss_node),
         loss_name=_text(g.loss_node.loss.name),
-        backward=r.backward(), summary=r.summary(), book=BOOK, slides=SLIDES,
-        branches=[s for s in r.backward() if s["kind"] == "branch_sum"],
+        backward=steps, summary=r.summary(), book=BOOK, slides=SLIDES,
+        branches=[s for s in steps if s["kind"] == "branch_sum"],
         shared=[r.sym(p.name) for p in g.params if len(p.uses) > 1],
         reduction=g.reduction, index_first=nt.index_base, legend=stage_legend(),
         part=(rf"\frac{{\partial {nt.loss}}}{{\partial v}}\Big|_{{u}}" if nt.frac else "g_{v}^{(u)}"))

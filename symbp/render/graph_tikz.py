@@ -9,6 +9,8 @@ the order with the fewest crossings kept, ties broken by declared order), and ea
 under the mean of what it reads, at least ``DX`` from its neighbours. Coordinates are rounded to
 a thousandth of a centimetre, so the same graph gives the same picture, byte for byte.
 """
+from itertools import combinations
+
 from .sources import text_mode
 
 DX, DY = 2.6, 1.75      # cm between slots of a level, between levels
@@ -31,13 +33,7 @@ def _depths(graph):
 
 
 def _edges(graph):
-    out = []
-    for n in graph.nodes:
-        for i in n.inputs:
-            out.append((i, n.name))
-        if n.kind == "loss":
-            out.append((n.target, n.name))
-    return out
+    return [(i, n.name) for n in graph.nodes for i in list(n.inputs) + ([n.target] if n.kind == "loss" else [])]
 
 
 def _crossings(levels, preds):
@@ -45,11 +41,7 @@ def _crossings(levels, preds):
     for k in range(1, len(levels)):
         pos = {v: i for i, v in enumerate(levels[k - 1])}
         segs = [(pos[u], i) for i, v in enumerate(levels[k]) for u in preds[v]]
-        for a in range(len(segs)):
-            for b in range(a + 1, len(segs)):
-                (u1, v1), (u2, v2) = segs[a], segs[b]
-                if (u1 - u2) * (v1 - v2) < 0:
-                    total += 1
+        total += sum((u1 - u2) * (v1 - v2) < 0 for (u1, v1), (u2, v2) in combinations(segs, 2))
     return total
 
 
