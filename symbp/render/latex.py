@@ -641,6 +641,23 @@ class Renderer:
         return _row(pr.doprint(meq.lhs) if lhs is None else lhs, "= " + rhs,
                     rf"{_shape(meq.lhs)} = {shapes(meq.rhs)}")
 
+    def eq_row(self, name):
+        """The derivation's equation ``name`` as a matrix row in the notation."""
+        return self.mat_row(self.ctx.equation(self.d[name], self.main))
+
+    def forward_rows(self):
+        """z = W a + b and a = f(z) of every layer, as matrices."""
+        fl = self.main
+        return [r for l in range(1, self.L + 1) for r in (
+            self.eq_row(f"z{l}"), self.mat_row(self.ctx.convert(self.ctx.ours("a", l, fl), self.ctx.ours("fz", l, fl))))]
+
+    def hadamard_row(self, kind, l, ga, lhs=None):
+        """delta = f'(z) (Hadamard) dL/da of layer l as a matrix row; ``kind`` fp writes the
+        derivative in z, fpa in the outputs."""
+        fl = self.main
+        had = sp.HadamardProduct(self.ctx.ours(kind, l, fl), ga)
+        return self.mat_row(self.ctx.convert(self.ctx.ours("delta", l, fl), had), lhs=lhs)
+
     def small(self, *dims):
         return all(int(d) <= SMALL for d in dims)
 
@@ -744,14 +761,8 @@ class Renderer:
 
     def forward(self, doc):
         doc.section("Forward pass")
-        fl = self.main
-        rows = []
-        for l in range(1, self.L + 1):
-            rows.append(self.mat_row(self.ctx.equation(self.d[f"z{l}"], fl)))
-            a = self.ctx.convert(self.ctx.ours("a", l, fl), self.ctx.ours("fz", l, fl))
-            rows.append(self.mat_row(a))
         doc.text("In matrix form, with the shapes of the factors (dimension balancing):")
-        doc.align(rows)
+        doc.align(self.forward_rows())
         doc.text("Entry by entry, as SymPy holds them:")
         rows = []
         for l in range(1, self.L + 1):
@@ -971,9 +982,7 @@ class Renderer:
             doc.text(cancel)
         rows = []
         if lr.rule is not None:
-            fp = self.ctx.convert(self.ctx.ours("delta", L, self.main),
-                                  sp.HadamardProduct(self.ctx.ours("fp", L, self.main), self.ctx.ours("ga", L, self.main)))
-            rows.append(self.mat_row(fp))
+            rows.append(self.hadamard_row("fp", L, self.ctx.ours("ga", L, self.main)))
         lhs = Printer(self.ctx, self.main).doprint(self.ctx.own("delta", L, self.main))
         rows.append(_row(lhs if not rows else "", "= " + self.vector_rhs(eq, self.main), ""))
         doc.text("As vectors (products and quotients of vectors elementwise):")
@@ -1076,16 +1085,10 @@ class Renderer:
             lr = self.d.layers[l - 1]
             fl = self.main
             doc.text(rf"\textbf{{Layer {l}.}}")
-            ga = self.ctx.equation(self.d[f"ga{l}"], fl)
-            rows = [self.mat_row(ga)]
+            rows = [self.eq_row(f"ga{l}")]
             if lr.rule is not None:
                 ours_ga = self.ctx.product(self.d[f"ga{l}"], fl)[1]
-                had = sp.HadamardProduct(self.ctx.ours("fp", l, fl), ours_ga)
-                comb = self.ctx.convert(self.ctx.ours("delta", l, fl), had)
-                rows.append(self.mat_row(comb))
-                hada = sp.HadamardProduct(self.ctx.ours("fpa", l, fl), ours_ga)
-                comba = self.ctx.convert(self.ctx.ours("delta", l, fl), hada)
-                rows.append(self.mat_row(comba, lhs=""))
+                rows += [self.hadamard_row("fp", l, ours_ga), self.hadamard_row("fpa", l, ours_ga, lhs="")]
             fs = "sample"
             chain = self.ctx.convert(self.ctx.ours("delta", l, fs),
                                      self.ctx.ours("Ja", l, fs) * self.ctx.ours("Jz", l + 1, fs)
@@ -1124,7 +1127,7 @@ class Renderer:
         for l in range(1, self.L + 1):
             doc.text(rf"\textbf{{Layer {l}.}}")
             grads = [f"gW{l}"] + ([f"gb{l}"] if self.net.layers[l - 1].bias else [])
-            doc.align([self.mat_row(self.ctx.equation(self.d[g], self.main)) for g in grads])
+            doc.align([self.eq_row(g) for g in grads])
             why = r"only } j = p \text{ remains"
             doc.align([r for g in grads for r in self.index_rows(self.d[g], why=why)])
             if self.small(self.n[l], self.n[l - 1]):
@@ -1142,7 +1145,7 @@ class Renderer:
         doc.section("Gradient with respect to the input")
         doc.text("The same step as the recursion, without an activation below: backpropagation to "
                  rf"the data ({self.cite('chapter', 'section 14.9')}).")
-        doc.align([self.mat_row(self.ctx.equation(self.d["ga0"], self.main))])
+        doc.align([self.eq_row("ga0")])
         doc.align(self.index_rows(self.d["ga0"]))
 
     def vanishing(self, doc):
@@ -1185,30 +1188,19 @@ class Renderer:
 
     def summary_rows(self):
         fl = self.main
-        rows = []
-        for l in range(1, self.L + 1):
-            rows.append(self.mat_row(self.ctx.equation(self.d[f"z{l}"], fl)))
-            rows.append(self.mat_row(self.ctx.convert(self.ctx.ours("a", l, fl), self.ctx.ours("fz", l, fl))))
+        rows = self.forward_rows()
         eq = self.d[f"delta{self.L}"]
         lhs = Printer(self.ctx, fl).doprint(self.ctx.own("delta", self.L, fl))
         rows.append(_row(lhs, "= " + self.vector_rhs(eq, fl),
                          rf"{_shape(self.ctx.own('delta', self.L, fl))}"))
         for l in range(self.L - 1, 0, -1):
-            lr = self.d.layers[l - 1]
-            ours_ga = self.ctx.product(self.d[f"ga{l}"], fl)[1]
-            if lr.rule is not None:
-                # a derivative that keeps z (swish) is long: the summary names it f'(z)
-                kind = "fpa" if lr.rule.uses == "a" else "fp"
-                had = sp.HadamardProduct(self.ctx.ours(kind, l, fl), ours_ga)
-                rows.append(self.mat_row(self.ctx.convert(self.ctx.ours("delta", l, fl), had)))
-            else:
-                rows.append(self.mat_row(self.ctx.equation(self.d[f"ga{l}"], fl)))
+            rule = self.d.layers[l - 1].rule
+            # a derivative that keeps z (swish) is long: the summary names it f'(z)
+            rows.append(self.eq_row(f"ga{l}") if rule is None else
+                        self.hadamard_row("fpa" if rule.uses == "a" else "fp", l, self.ctx.product(self.d[f"ga{l}"], fl)[1]))
         for l in range(self.L, 0, -1):
-            rows.append(self.mat_row(self.ctx.equation(self.d[f"gW{l}"], fl)))
-            if self.net.layers[l - 1].bias:
-                rows.append(self.mat_row(self.ctx.equation(self.d[f"gb{l}"], fl)))
-        rows.append(self.mat_row(self.ctx.equation(self.d["ga0"], fl)))
-        return rows
+            rows += [self.eq_row(f"gW{l}")] + ([self.eq_row(f"gb{l}")] if self.net.layers[l - 1].bias else [])
+        return rows + [self.eq_row("ga0")]
 
 
 def render(derivation, notation="cs231n", document=False, stages=False):
