@@ -187,24 +187,19 @@ class Printer(TexPrinter):
     def _print_KroneckerDelta(self, e, exp=None):
         # an indicator, never a delta: delta is the error in three of the notations
         i, j = (self._index(a) for a in e.args)
-        out = rf"{INDICATOR}[{i} = {j}]"
-        return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
+        return _raised(rf"{INDICATOR}[{i} = {j}]", exp)
 
     def _print_Heaviside(self, e, exp=None):
-        if len(e.args) == 2 and e.args[1] == 0:
-            x = e.args[0]
-            if isinstance(x, sp.Indexed) and self.ctx.indicator_in_z(x):
-                # ReLU-like: 1[a > 0] = 1[z > 0], as the slides write it (the kink stage)
-                kind, layer = naming.parse(x.base)
-                x = naming.quantity("z", layer)[x.indices]
-            arg = self._print(x)
-            out = (rf"{INDICATOR}\left[{arg} > 0\right]" if "\\frac" in arg
-                   else rf"{INDICATOR}[{arg} > 0]")
-            return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
-        if len(e.args) == 2 and e.args[1] == 1:     # relu_at_zero = 1: the step includes 0
-            out = rf"{INDICATOR}\left[{self._print(e.args[0])} \ge 0\right]"
-            return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
-        return super()._print_Heaviside(e, exp)
+        if len(e.args) != 2 or e.args[1] not in (0, 1):
+            return super()._print_Heaviside(e, exp)
+        x = e.args[0]
+        if e.args[1] == 0 and isinstance(x, sp.Indexed) and self.ctx.indicator_in_z(x):
+            # ReLU-like: 1[a > 0] = 1[z > 0], as the slides write it (the kink stage)
+            x = naming.quantity("z", naming.parse(x.base)[1])[x.indices]
+        arg = self._print(x)
+        if e.args[1] == 1:          # relu_at_zero = 1: the step includes 0
+            return _raised(rf"{INDICATOR}\left[{arg} \ge 0\right]", exp)
+        return _raised(rf"{INDICATOR}\left[{arg} > 0\right]" if "\\frac" in arg else rf"{INDICATOR}[{arg} > 0]", exp)
 
     def _print_Function(self, e, exp=None):
         if isinstance(e, AppliedUndef) and e.func.__name__ in self.ctx.functions:
@@ -335,6 +330,10 @@ class Printer(TexPrinter):
 
 
 INDICATOR = r"\mathbb{I}"     # 1[condition]; amssymb has no double-struck one
+
+
+def _raised(out, exp):
+    return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
 
 
 def _is_indicator(f):
@@ -700,24 +699,16 @@ class Renderer:
     # -- sections
     def setup(self, doc):
         doc.section("The network")
-        rows = []
+        self.table = []
         for l, layer in enumerate(self.net.layers, start=1):
-            W = self.ctx.own("W", l, self.main)
-            pr = Printer(self.ctx, self.main)
-            params = rf"{pr.doprint(W)} \in \mathbb{{R}}^{{{W.shape[0]} \times {W.shape[1]}}}"
-            if layer.bias:
-                b = self.ctx.own("b", l, self.main)
-                params += rf",\ {pr.doprint(b)} \in \mathbb{{R}}^{{{b.shape[0]} \times {b.shape[1]}}}"
-            else:
-                params += r" (no bias)"
-            rows.append({
-                "layer": l, "width": layer.units, "activation": _text(layer.activation.name),
-                "f": self.pr(layer.activation.definition, scalars=self.scalar_names()),
-                "params": params,
-            })
-            if not layer.activation.elementwise:
-                rows[-1]["f"] = rf"{layer.activation.latex}"
-        self.table = rows
+            def member(kind):
+                m = self.ctx.own(kind, l, self.main)
+                return rf"{self.pr(m, self.main)} \in \mathbb{{R}}^{{{m.shape[0]} \times {m.shape[1]}}}"
+            act = layer.activation
+            self.table.append({
+                "layer": l, "width": layer.units, "activation": _text(act.name),
+                "f": self.pr(act.definition, scalars=self.scalar_names()) if act.elementwise else act.latex,
+                "params": member("W") + (rf",\ {member('b')}" if layer.bias else r" (no bias)")})
         loss = self.net.loss
         red = ("the mean over a batch of $B$ samples" if self.net.reduction == "mean"
                else "the sum over a batch of $B$ samples")
