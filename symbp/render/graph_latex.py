@@ -12,7 +12,7 @@ Contract:
 - Node and parameter names print as math symbols (``symbol``): ``b_enc`` is
   b_{\\mathrm{enc}}, ``f1a`` is f_{1a}; a gradient is g_{<symbol>}, one consumer's part of a
   branch g_{<symbol>}^{(<consumer>)}.
-- Notations (``GRAPH_NOTATIONS``): cs231n (column vectors, g = dL/dv a column), udl (the same
+- Notations (``GRAPH_NOTATIONS``, the one table of ``render.notation``): cs231n (column vectors, g = dL/dv a column), udl (the same
   conventions, gradients written as dL/dv), transposed (stored weight W' = W^T: f = W'^T a),
   rowvector (gradients are rows, g_in = g_out L^x, loss J, indices from 0) and batch (rows are
   samples, H = X W' with W' = W^T). Matrix forms are SymPy matrix expressions in the
@@ -190,7 +190,7 @@ class GraphPrinter(TexPrinter):
     symbol with its indices (the sample s as a superscript (s) when ``sample``); ``vector=True``
     prints whole vectors and products of vectors as Hadamard products."""
 
-    negative_sum_bracketed = False
+    negative_sum_bracketed = short_powers_of_sums = False
 
     def __init__(self, names, sample=False, vector=False, width=None):
         # a thin space between factors: \mathrm{B} next to \mathrm{probs} must not read "Bprobs"
@@ -256,13 +256,6 @@ class GraphPrinter(TexPrinter):
         return out if exp is None else rf"{out}^{{{exp}}}"
 
     def _print_Pow(self, e):
-        if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
-            b = self._print(e.base)
-            if not isinstance(e.base, sp.Indexed):
-                b = rf"\left({b}\right)"
-            if isinstance(e.base, sp.Indexed) and e.exp <= 3:
-                return r" \odot ".join([b] * int(e.exp))
-            return rf"{b}^{{\odot {e.exp}}}"
         if isinstance(e.base, sp.Indexed) and not self.vector and e.exp.is_Integer and e.exp > 0:
             return rf"{self._print(e.base)}^{{{self._print(e.exp)}}}"
         return super()._print_Pow(e)

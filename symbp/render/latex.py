@@ -106,6 +106,7 @@ class TexPrinter(LatexPrinter):
     (``vector=True``) told by their entries."""
 
     negative_sum_bracketed = True       # sum_i (-x_i), not sum_i - x_i (the graph handout omits them)
+    short_powers_of_sums = True         # (a - y) \odot (a - y), not (a - y)^{\odot 2} (likewise)
 
     def __init__(self, nt, mul_symbol, sample=False, vector=False):
         super().__init__({"mul_symbol": mul_symbol})
@@ -138,6 +139,17 @@ class TexPrinter(LatexPrinter):
 
     def _is_vec(self, e):
         return self.vector and bool(e.atoms(sp.Indexed))
+
+    def _print_Pow(self, e):
+        """A positive integer power of a vector is a Hadamard power: a \odot a, up to the cube,
+        then a^{\odot n}."""
+        if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
+            b = self._print(e.base)
+            if not isinstance(e.base, sp.Indexed):
+                b = rf"\left({b}\right)"
+            short = e.exp <= 3 and (self.short_powers_of_sums or isinstance(e.base, sp.Indexed))
+            return r" \odot ".join([b] * int(e.exp)) if short else rf"{b}^{{\odot {e.exp}}}"
+        return super()._print_Pow(e)
 
     def _sample_first(self, e, batch):
         """The indices of an entry without its sample index, which a batch matrix keeps as its
@@ -208,11 +220,6 @@ class Printer(TexPrinter):
         return super()._print_Function(e, exp)
 
     def _print_Pow(self, e):
-        if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
-            b = self._print(e.base)
-            if not isinstance(e.base, sp.Indexed):
-                b = rf"\left({b}\right)"
-            return r" \odot ".join([b] * int(e.exp)) if e.exp <= 3 else rf"{b}^{{\odot {e.exp}}}"
         if isinstance(e.base, sp.Indexed) and not self.vector:
             return rf"\left({self._print(e.base)}\right)^{{{self._print(e.exp)}}}"
         return super()._print_Pow(e)
