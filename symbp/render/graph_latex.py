@@ -36,7 +36,7 @@ from . import notation as _notation
 from .graph_tikz import text_mode as _text
 from .graph_tikz import tikz
 from .latex import MatEq, TexPrinter, matrix_form, to_notation, write_tex
-from .latex import _has_sample_sum, _row, _sample_sum, _shape, _stage_rows
+from .latex import _has_sample_sum, _mat_row, _row, _shape, _stage_rows
 
 S = naming.S
 BATCH = naming.BATCH
@@ -362,12 +362,7 @@ class Renderer:
         """The equation as whole vectors or matrices, or None where the notation has no such form."""
         m = self.names.form(eq)
         if m is not None:
-            l, r, summed = m
-            pr = GraphPrinter(self.names)
-            rhs = pr.doprint(r)
-            if summed:
-                rhs = _sample_sum(self.nt) + " " + rhs
-            return _row(pr.doprint(l) if lhs is None else lhs, "= " + rhs, _shape(l))
+            return _mat_row(GraphPrinter(self.names), m, lhs, _shape(m.lhs))
         if eq.rhs.has(sp.Sum) or eq.rhs.has(sp.KroneckerDelta):
             return None
         labels = {str(x.base.label) for x in eq.rhs.atoms(sp.Indexed)} | {str(eq.lhs.base.label)}
@@ -426,15 +421,9 @@ class Renderer:
 
     def forward(self):
         steps = []
-        for e in self.d.equations:
-            if not e.kind.startswith("forward_"):
-                continue
+        for e in [q for q in self.d.equations if q.kind.startswith("forward_")]:
             n = self.g.node(e.node)
-            rows = []
-            v = self.forward_vector(e, n)
-            if v is not None:
-                rows.append(v)
-            rows += self.index_rows(e, labels=False)
+            rows = [v for v in [self.forward_vector(e, n)] if v is not None] + self.index_rows(e, labels=False)
             steps.append({"title": f"${self.sym(n.name)}$", "text": self.forward_text(n), "rows": rows})
         return steps
 
@@ -467,20 +456,12 @@ class Renderer:
 
     def step(self, k, e):
         title, text = self.step_text(e)
-        rows = []
-        if e.kind in ("branch_sum", "shared_sum"):
-            v = self.vector_row(e)
+        named, v = e.kind in ("branch_sum", "shared_sum"), self.vector_row(e)
+        if named:       # a sum of its own: as vectors where it can, else entry by entry
             rows = [v] if v is not None else self.index_rows(e, labels=False)
-            return {"number": k, "title": title, "text": text, "rows": rows, "named": True,
-                    "kind": e.kind}
-        if e.kind == "backprop":
-            rows.append(self.jacobian_row(e))
-        v = self.vector_row(e)
-        if v is not None:
-            rows.append(v)
-        rows += self.index_rows(e)
-        return {"number": k, "title": title, "text": text, "rows": [r for r in rows if r], "named": False,
-                "kind": e.kind}
+        else:
+            rows = [r for r in [self.jacobian_row(e) if e.kind == "backprop" else None, v] + self.index_rows(e) if r]
+        return {"number": k, "title": title, "text": text, "rows": rows, "named": named, "kind": e.kind}
 
     def jacobian(self, e):
         """The local Jacobian d u[s,i] / d v[s,j] of a backprop step's edge, as SymPy derived it."""

@@ -590,6 +590,13 @@ def _sample_sum(nt):
     return rf"\sum_{{s={lo}}}^{{{hi}}}"
 
 
+def _mat_row(pr, meq, lhs=None, note=""):
+    """A MatEq as a row printed by ``pr``, its sum over the samples written out."""
+    rhs = pr.doprint(meq.rhs)
+    return _row(pr.doprint(meq.lhs) if lhs is None else lhs,
+                "= " + (f"{_sample_sum(pr.nt)} " if meq.summed else "") + rhs, note)
+
+
 def _stage_rows(lhs, stages, note):
     """Aligned rows of an equation's stages, given as (pass name, printed right side): a stage
     that prints as the one before is left out, the left side is written once, ``note(name,
@@ -639,13 +646,8 @@ class Renderer:
 
     def mat_row(self, meq, flavor=None, lhs=None):
         """A matrix equation with the shapes of its factors beside it (dimension balancing)."""
-        flavor = flavor or self.main
-        pr = Printer(self.ctx, flavor, sample=meq.summed)
-        rhs = pr.doprint(meq.rhs)
-        if meq.summed:
-            rhs = f"{_sample_sum(self.nt)} {rhs}"
-        return _row(pr.doprint(meq.lhs) if lhs is None else lhs, "= " + rhs,
-                    rf"{_shape(meq.lhs)} = {shapes(meq.rhs)}")
+        return _mat_row(Printer(self.ctx, flavor or self.main, sample=meq.summed), meq, lhs,
+                        rf"{_shape(meq.lhs)} = {shapes(meq.rhs)}")
 
     def eq_row(self, name):
         """The derivation's equation ``name`` as a matrix row in the notation."""
