@@ -26,6 +26,7 @@ Contract:
 Same derivation and notation, same bytes.
 """
 import re
+from collections import Counter
 
 import sympy as sp
 
@@ -84,18 +85,12 @@ def symbols(graph):
     in their name."""
     names = [n.name for n in graph.nodes] + [p.name for p in graph.params]
     table = {n: symbol(n) for n in names}
-    count = {}
-    for t in table.values():
-        count[t] = count.get(t, 0) + 1
+    count = Counter(table.values())
     for n in names:
         if count[table[n]] > 1:
             table[n] = r"\mathrm{" + n.replace("_", r"\_") + "}"
     return table
 
-
-# ----------------------------------------------------------------------------------------------
-# notations
-# ----------------------------------------------------------------------------------------------
 
 GRAPH_NOTATIONS = _notation.NOTATIONS       # one table: each notation words the graph handout too
 
@@ -602,10 +597,6 @@ def render(derivation, notation="cs231n", document=False):
         reduction=g.reduction, index_first=nt.index_base, legend=stage_legend(),
         part=(rf"\frac{{\partial {nt.loss}}}{{\partial v}}\Big|_{{u}}" if nt.frac else "g_{v}^{(u)}"))
 
-
-# ----------------------------------------------------------------------------------------------
-# files
-# ----------------------------------------------------------------------------------------------
 
 def write_document(derivation, path, notation="cs231n", pdf=False):
     """Write the handout to ``path`` and with ``pdf=True`` the PDF beside it (``latex.write_tex``).

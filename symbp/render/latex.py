@@ -889,15 +889,11 @@ class Renderer:
             kindtxt = "diagonal (elementwise activation)" if lr.rule is not None else "full (vector activation)"
             doc.text(rf"Layer {l}: the activation Jacobian is {kindtxt}; the affine map "
                      rf"${self.affine(l)}$ gives the others (SymPy's derivatives of the index form).")
-            rows = [
-                _row(pr.doprint(sp.Derivative(a[S, I], z[S, J], evaluate=False)), "= " + pr.doprint(lr.jacobian[-1][1])),
-                _row(pr.doprint(sp.Derivative(z[S, J], ap[S, I], evaluate=False)), "= " + pr.doprint(lr.dz_da[-1][1])),
-                _row(pr.doprint(sp.Derivative(z[S, J], W[P, Q], evaluate=False)), "= " + pr.doprint(lr.dz_dW[-1][1])),
-            ]
+            pairs = [(a[S, I], z[S, J], lr.jacobian), (z[S, J], ap[S, I], lr.dz_da), (z[S, J], W[P, Q], lr.dz_dW)]
             if lr.dz_db is not None:    # a layer without bias has no b
-                rows.append(_row(pr.doprint(sp.Derivative(z[S, J], b[P], evaluate=False)),
-                                 "= " + pr.doprint(lr.dz_db[-1][1])))
-            doc.align(rows)
+                pairs.append((z[S, J], b[P], lr.dz_db))
+            doc.align([_row(pr.doprint(sp.Derivative(u, v, evaluate=False)), "= " + pr.doprint(stages[-1][1]))
+                       for u, v, stages in pairs])
             rows = []
             if self.small(self.n[l]):
                 Ja = self.ctx.own("Ja", l, "sample")
@@ -1211,16 +1207,9 @@ def render(derivation, notation="cs231n", document=False, stages=False):
         return env.get_template("latex/derivation.tex.j2").render(
             document=False, summary=r.summary_rows())
     doc = Doc()
-    r.setup(doc)
-    r.algorithm(doc)
-    r.forward(doc)
-    r.local(doc)
-    r.jacobians(doc)
-    r.output(doc)
-    r.backward(doc)
-    r.gradients(doc)
-    r.input_grad(doc)
-    r.vanishing(doc)
+    for section in (r.setup, r.algorithm, r.forward, r.local, r.jacobians, r.output, r.backward,
+                    r.gradients, r.input_grad, r.vanishing):
+        section(doc)
     net = derivation.network
     arch = "--".join(str(n) for n in net.sizes)
     return env.get_template("latex/derivation.tex.j2").render(

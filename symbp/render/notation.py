@@ -65,18 +65,14 @@ class Notation:
         """Rows are samples: the graph handout's values are B x n matrices."""
         return self.main == "batch"
 
-    def _stem(self, kind, layer, flavor):
-        if kind == "a" and layer == 0:
-            kind = "x"
-        parts = self.stems[flavor].get(kind)
-        m = None if layer is None else layer - 1
-        return None if parts is None else tuple(t.format(l=layer, m=m) for t in parts)
-
-    def _with_sample(self, parts, sample):
-        stem, sub, sup = parts
-        if sample:
-            sup = f"{sup}({sample})"
-        return stem, sub, sup
+    def _stem(self, kind, layer, flavor, sample=None):
+        """(stem, subscript, superscript) of a kind, the sample (s) ending the superscript; None
+        where the notation has no symbol of its own for it."""
+        parts = self.stems[flavor].get("x" if kind == "a" and layer == 0 else kind)
+        if parts is None:
+            return None
+        stem, sub, sup = (t.format(l=layer, m=None if layer is None else layer - 1) for t in parts)
+        return stem, sub, sup + (f"({sample})" if sample else "")
 
     def symbol(self, kind, layer=None, flavor=None, sample=None):
         """LaTeX of a vector or matrix: ``symbol("W", 2)`` is W^{[2]} in cs231n."""
@@ -85,22 +81,22 @@ class Notation:
             num, den = (("a", layer), ("z", layer)) if kind == "Ja" else (("z", layer), ("a", layer - 1))
             return (rf"\frac{{\partial {self.symbol(num[0], num[1], flavor, sample)}}}"
                     rf"{{\partial {self.symbol(den[0], den[1], flavor, sample)}}}")
-        parts = self._stem(kind, layer, flavor)
+        parts = self._stem(kind, layer, flavor, sample)
         if parts is None and kind in GRADIENT_OF:
             var = self.symbol(GRADIENT_OF[kind], layer, flavor, sample)
             return rf"\frac{{\partial {self.loss}}}{{\partial {var}}}"
         if parts is None:
             raise KeyError(kind)
-        return _fmt(*self._with_sample(parts, sample))
+        return _fmt(*parts)
 
     def entry(self, kind, layer, indices, flavor=None, sample=None):
         """LaTeX of one entry; ``indices`` are printed index strings in this notation's order."""
         flavor = flavor or self.main
-        parts = self._stem(kind, layer, flavor)
+        parts = self._stem(kind, layer, flavor, sample)
         if parts is None and kind in GRADIENT_OF:
             var = self.entry(GRADIENT_OF[kind], layer, indices, flavor, sample)
             return rf"\frac{{\partial {self.loss}}}{{\partial {var}}}"
-        stem, sub, sup = self._with_sample(parts, sample)
+        stem, sub, sup = parts
         if self.brackets:
             return f"{_fmt(stem, sub, sup)}[{', '.join(indices)}]"
         idx = ("" if all(len(i) == 1 for i in indices) else ",").join(indices)
