@@ -52,13 +52,9 @@ SLIDES = r"the slides ``Multi-Layer Networks \& Back-Propagation''"
 # ----------------------------------------------------------------------------------------------
 
 def _word(run):
-    if run.isdigit():
-        return run
     if run in _GREEK:
         return "\\" + run
-    if len(run) == 1:
-        return run
-    return r"\mathrm{" + run + "}"
+    return run if run.isdigit() or len(run) == 1 else r"\mathrm{" + run + "}"
 
 
 def symbol(name):
