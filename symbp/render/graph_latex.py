@@ -401,14 +401,10 @@ class Renderer:
         return (rf"${n.loss.latex}$ with $a = {self.sym(n.inputs[0])}$, $y = {self.sym(n.target)}$")
 
     def params(self):
-        out = []
-        for p in self.g.params:
-            # the shape of the notation's own matrix (stored transposed in some courses)
-            shape = r" \times ".join(str(s) for s in self.names.own(p.name).shape)
-            uses = ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses)
-            out.append({"name": f"${self.sym(p.name)}$", "shape": f"${shape}$", "uses": uses,
-                        "shared": len(p.uses) > 1})
-        return out
+        # the shape of the notation's own matrix (stored transposed in some courses)
+        return [{"name": f"${self.sym(p.name)}$", "shape": "$" + r" \times ".join(map(str, self.names.own(p.name).shape)) + "$",
+                 "uses": ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses),
+                 "shared": len(p.uses) > 1} for p in self.g.params]
 
     def forward(self):
         steps = []

@@ -255,7 +255,7 @@ class Printer(TexPrinter):
                 num[k], neg = -f, False
         return neg, sorted(num, key=_factor_key), sorted(den, key=_factor_key)
 
-    def _join(self, factors, sep, alone=True):
+    def _join(self, factors, sep=" ", alone=True):
         out = []
         for f in factors:
             s = self._print(f)
@@ -280,8 +280,7 @@ class Printer(TexPrinter):
                     out.append(self._join(vec, sep, alone=not scal))
                 return " ".join(out) or "1"
         else:
-            def join(factors, sep=" "):
-                return self._join(factors, sep)
+            join = self._join
         if not den:
             out = join(num)
         else:
@@ -719,8 +718,7 @@ class Renderer:
                 "f": self.pr(act.definition, scalars=self.scalar_names()) if act.elementwise else act.latex,
                 "params": member("W") + (rf",\ {member('b')}" if layer.bias else r" (no bias)")})
         loss = self.net.loss
-        red = ("the mean over a batch of $B$ samples" if self.net.reduction == "mean"
-               else "the sum over a batch of $B$ samples")
+        red = f"the {self.net.reduction} over a batch of $B$ samples"      # mean or sum
         doc.text(rf"Input width $n_0 = {self.n[0]}$; loss: {_loss_text(loss)[1]}, summed over the "
                  rf"{self.n[-1]} output unit{'s' if self.n[-1] > 1 else ''} and taken as {red}. "
                  r"Every derivative below was computed by SymPy (\texttt{sympy.diff}) and simplified "
@@ -1159,19 +1157,13 @@ class Renderer:
                 rf"(at ${pre} = 0$, ${post} = \tfrac12$). Every sigmoid layer the error passes on its way "
                 r"back multiplies it elementwise by this derivative:")
         doc.text(text)
-        rows, k = [], 0
-        fl = self.main
-        for l in range(self.L - 1, 0, -1):
-            if self.d.layers[l - 1].activation.name != "sigmoid":
-                continue
-            k += 1
-            ga = self.ctx.equation(self.d[f"ga{l}"], fl)
-            pr = Printer(self.ctx, fl)
-            rows.append(_row(rf"\lVert {pr.doprint(self.ctx.own('delta', l, fl))} \rVert_{{\infty}}",
-                             rf"\le {sp.latex(bound)} \lVert {pr.doprint(ga.rhs)} \rVert_{{\infty}}"))
-        if self.cancellation() == "" and self.d.layers[-1].activation.name == "sigmoid":
-            k += 1
-        doc.align(rows)
+        fl, pr = self.main, Printer(self.ctx, self.main)
+        hidden = [l for l in range(self.L - 1, 0, -1) if self.d.layers[l - 1].activation.name == "sigmoid"]
+        doc.align([_row(rf"\lVert {pr.doprint(self.ctx.own('delta', l, fl))} \rVert_{{\infty}}",
+                        rf"\le {sp.latex(bound)} \lVert {pr.doprint(self.ctx.equation(self.d[f'ga{l}'], fl).rhs)} "
+                        r"\rVert_{\infty}") for l in hidden])
+        # the output layer's sigmoid counts where its derivative does not cancel against the loss
+        k = len(hidden) + (self.cancellation() == "" and self.d.layers[-1].activation.name == "sigmoid")
         if k:
             doc.text(rf"The gradient that reaches $W$ of the first layer carries {k} such factor"
                      rf"{'s' if k > 1 else ''}, together at most ${sp.latex(bound ** k)}$ (times the "
