@@ -728,7 +728,7 @@ class Renderer:
                  rf"{self.nt.note} " + self.index_note())
 
     def index_note(self):
-        first = "0" if self.nt.index_base == 0 else "1"
+        first = self.nt.index_base
         widths = ", ".join(f"n_{{{l}}} = {w}" for l, w in enumerate(self.n))
         if self.main == "batch":
             smp = r"In index form the first index of a batch matrix is the sample $s$."
@@ -945,9 +945,7 @@ class Renderer:
         L = self.L
         lr = self.d.layers[-1]
         doc.section(r"Output layer: the chain rule\label{sec:output}")
-        a, z = naming.quantity("a", L), naming.quantity("z", L)
-        ga = naming.quantity("ga", L)
-        delta = naming.quantity("delta", L)
+        a, z, ga, delta = (naming.quantity(k, L) for k in ("a", "z", "ga", "delta"))
         pr = Printer(self.ctx, self.main)     # index form: entries of the notation's matrices
         chain = sp.Sum(ga[S, I] * sp.Derivative(a[S, I], z[S, J], evaluate=False), (I, 0, naming.width(L) - 1))
         doc.text(rf"The loss reaches ${self.nt.symbol('z', L, 'sample')}$ (the output layer, {L}) only "
@@ -991,8 +989,7 @@ class Renderer:
         the loss), the local factor (the activation's Jacobian entry), their product, and the
         simplification as one explained step."""
         L = self.L
-        a, z, y = naming.quantity("a", L), naming.quantity("z", L), naming.quantity("y")
-        ga, delta = naming.quantity("ga", L), naming.quantity("delta", L)
+        a, z, ga, delta = (naming.quantity(k, L) for k in ("a", "z", "ga", "delta"))
         pr = Printer(self.ctx, self.main)
         up = self.printed(self.d[f"ga{L}"])
         local = lr.jacobian[-1][1]
@@ -1017,8 +1014,7 @@ class Renderer:
             # diagonal: the indicator keeps the term i = j
             fp = lr.rule.form.xreplace({naming.A: a[S, J], naming.Z: z[S, J]})
             prod = factor(up) if fp == 1 else factor(fp) + r" \cdot " + factor(up)
-            rows.append(_row("", "= " + prod,
-                             rf"\text{{only }} i = j \text{{ remains}}"))
+            rows.append(_row("", "= " + prod, rf"\text{{only }} i = j \text{{ remains}}"))
             why = ("the activation's derivative cancels" if cancel else "simplified")
         else:
             before = [e for name, e in self.d[f"delta{L}"].stages if name == "onehot"]
