@@ -33,7 +33,10 @@ Contract:
   atomically; with ``pdf=True`` it first compiles it (twice, for the section references) with
   ``render.pdf`` (pdflatex in a temporary directory) and puts the PDF beside the .tex. A
   missing or failing pdflatex raises a SymbpError (the failing run's log is kept beside the
-  .tex and named) and writes neither file.
+  .tex and named) and writes neither file (``write_tex``, which the graph handout uses too).
+- Shared with the graph handout (``render.graph_latex``; an MLP is a chain graph of the same
+  registry): the printer base ``TexPrinter``, the matrix form of an equation (``matrix_form``,
+  ``to_notation``), the rows of aligned equations and their stages, and ``write_tex``.
 Same Derivation, same bytes.
 """
 from collections import namedtuple
