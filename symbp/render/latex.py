@@ -733,11 +733,9 @@ class Renderer:
     def index_note(self):
         first = self.nt.index_base
         widths = ", ".join(f"n_{{{l}}} = {w}" for l, w in enumerate(self.n))
-        if self.main == "batch":
-            smp = r"In index form the first index of a batch matrix is the sample $s$."
-        else:
-            smp = (r"The equations are those of one sample; where the sum over the batch is written "
-                   r"out, a superscript $(s)$ names the sample.")
+        smp = (r"In index form the first index of a batch matrix is the sample $s$." if self.main == "batch" else
+               r"The equations are those of one sample; where the sum over the batch is written "
+               r"out, a superscript $(s)$ names the sample.")
         return (rf"Indices count from {first}; the widths are ${widths}$. {smp} "
                 + (rf"Derivatives of ${self.nt.loss}$ include the factor $1/B$ of the mean."
                    if self.net.reduction == "mean" else ""))
@@ -925,13 +923,8 @@ class Renderer:
         e = lr.dz_da[-1][1]
         W = naming.quantity("W", l)
         ours = self.ctx.ours("W", l, "sample")
-        if e == W[J, I]:
-            rhs = ours.T
-        elif e == W[I, J]:
-            rhs = ours
-        else:
-            return None
-        return self.ctx.convert(self.ctx.ours("Jz", l, "sample"), rhs)
+        rhs = {W[J, I]: ours.T, W[I, J]: ours}.get(e)
+        return None if rhs is None else self.ctx.convert(self.ctx.ours("Jz", l, "sample"), rhs)
 
     def one_sample(self, text):
         """Lead-in of per-sample equations; in the batch notation they are the lower-case rows of
@@ -1089,10 +1082,8 @@ class Renderer:
             doc.align(rows)
             doc.text(self.one_sample("With the Jacobians, for one sample"))
             doc.align([self.mat_row(chain, flavor=fs)])
-            if self.stages:
-                doc.text("In index form, SymPy's stages:")
-            else:
-                doc.text(r"In index form, the upstream gradient times the local derivative:")
+            doc.text("In index form, SymPy's stages:" if self.stages else
+                     "In index form, the upstream gradient times the local derivative:")
             why = r"only } i = j \text{ remains" if lr.rule is not None else r"sum over } i \text{"
             doc.align(self.index_rows(self.d[f"ga{l}"]) + self.index_rows(self.d[f"delta{l}"], why=why))
             if self.small(self.n[l], self.n[l + 1]):
@@ -1130,9 +1121,8 @@ class Renderer:
                 m = sp.Matrix(self.n[l], self.n[l - 1], lambda r, c: summand.xreplace({P: r, Q: c}))
                 own = self.ctx.own("gW", l, self.main)
                 m = m.T if "gW" in self.nt.transposed[self.main] else m
-                pr = Printer(self.ctx, self.main, sample=True)
-                doc.align([_row(Printer(self.ctx, self.main).doprint(own),
-                                f"= {_sample_sum(self.nt)} " + pr._bmatrix(m))])
+                doc.align([_row(self.pr(own, self.main), f"= {_sample_sum(self.nt)} "
+                                + Printer(self.ctx, self.main, sample=True)._bmatrix(m))])
 
     def input_grad(self, doc):
         doc.section("Gradient with respect to the input")
