@@ -12,12 +12,13 @@ Contract:
 - Node and parameter names print as math symbols (``symbol``): ``b_enc`` is
   b_{\\mathrm{enc}}, ``f1a`` is f_{1a}; a gradient is g_{<symbol>}, one consumer's part of a
   branch g_{<symbol>}^{(<consumer>)}.
-- Notations (``GRAPH_NOTATIONS``, the one table of ``render.notation``): cs231n (column vectors, g = dL/dv a column), udl (the same
-  conventions, gradients written as dL/dv), transposed (stored weight W' = W^T: f = W'^T a),
-  rowvector (gradients are rows, g_in = g_out L^x, loss J, indices from 0) and batch (rows are
-  samples, H = X W' with W' = W^T). Matrix forms are SymPy matrix expressions in the
-  derivation's convention; each matrix is replaced by the notation's own one or its transpose
-  and SymPy moves the transposes, so each notation is correct in its convention.
+- Notations (``GRAPH_NOTATIONS``, the one table of ``render.notation``): cs231n (column
+  vectors, g = dL/dv a column), udl (the same conventions, gradients written as dL/dv),
+  transposed (stored weight W' = W^T: f = W'^T a), rowvector (gradients are rows, g_in = g_out
+  L^x, loss J, indices from 0) and batch (rows are samples, H = X W' with W' = W^T). Matrix
+  forms are SymPy matrix expressions in the derivation's convention; each matrix is replaced
+  by the notation's own one or its transpose and SymPy moves the transposes, so each notation
+  is correct in its convention.
 - The picture comes from ``symbp.render.graph_tikz``.
 - ``write_document(derivation, path, notation, pdf=False)`` writes the .tex atomically; with
   ``pdf=True`` it compiles it first (pdflatex in a temporary directory) and writes the PDF beside
@@ -375,9 +376,8 @@ class Renderer:
                 continue
             ins = ", ".join(f"${self.sym(i)}$" for i in n.inputs)
             if n.kind == "input":
-                what = "data" + ("; its gradient is wanted" if n.grad else "")
-                if n.name == self.g.target:
-                    what = "the target"
+                what = ("the target" if n.name == self.g.target else
+                        "data" + ("; its gradient is wanted" if n.grad else ""))
             elif n.kind == "dense":      # as the forward pass writes it in this notation
                 what = "$" + self.vector_row(self.d[n.name])["rhs"][2:] + "$"
             elif n.kind == "activation":
@@ -401,8 +401,9 @@ class Renderer:
         return (rf"${n.loss.latex}$ with $a = {self.sym(n.inputs[0])}$, $y = {self.sym(n.target)}$")
 
     def params(self):
-        # the shape of the notation's own matrix (stored transposed in some courses)
-        return [{"name": f"${self.sym(p.name)}$", "shape": "$" + r" \times ".join(map(str, self.names.own(p.name).shape)) + "$",
+        def shape(p):       # the shape of the notation's own matrix (stored transposed in some courses)
+            return "$" + r" \times ".join(map(str, self.names.own(p.name).shape)) + "$"
+        return [{"name": f"${self.sym(p.name)}$", "shape": shape(p),
                  "uses": ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses),
                  "shared": len(p.uses) > 1} for p in self.g.params]
 

@@ -657,9 +657,9 @@ class Renderer:
 
     def forward_rows(self):
         """z = W a + b and a = f(z) of every layer, as matrices."""
-        fl = self.main
-        return [r for l in range(1, self.L + 1) for r in (
-            self.eq_row(f"z{l}"), self.mat_row(self.ctx.convert(self.ctx.ours("a", l, fl), self.ctx.ours("fz", l, fl))))]
+        fl, ours = self.main, self.ctx.ours
+        return [r for l in range(1, self.L + 1)
+                for r in (self.eq_row(f"z{l}"), self.mat_row(self.ctx.convert(ours("a", l, fl), ours("fz", l, fl))))]
 
     def hadamard_row(self, kind, l, ga, lhs=None):
         """delta = f'(z) (Hadamard) dL/da of layer l as a matrix row; ``kind`` fp writes the
@@ -796,7 +796,6 @@ class Renderer:
                 continue
             names = self.scalar_names()
             pre, post = self.nt.scalars
-            zsym = naming.Z
             fname = _call(act.latex + "'", pre)
             doc.text(rf"Layer{'s' if len(layers) > 1 else ''} {which}: {_text(act.name)}, "
                      rf"${_call(act.latex, pre)} = {self.pr(act.definition, scalars=names)}$.")
@@ -808,7 +807,7 @@ class Renderer:
                 if prev is not None and e == prev:
                     continue
                 if name == "forward_outputs" and lr.rule.uses == "a":
-                    fn = sp.Function(f"act{lr.layer}")(zsym)
+                    fn = sp.Function(f"act{lr.layer}")(naming.Z)
                     self.ctx.functions[f"act{lr.layer}"] = act.latex
                     mid = lr.rule.form.xreplace({naming.A: fn})
                     if mid != lr.rule.form and mid != prev:
@@ -902,7 +901,8 @@ class Renderer:
             if jz is not None:
                 rows.append(_row(pr.doprint(Jz), "= " + pr.doprint(jz.rhs), rf"{_shape(Jz)}"))
             if self.small(self.n[l], self.n[l - 1]):
-                rows.append(_row("" if jz is not None else pr.doprint(Jz), "= " + self.explicit(("Jz", l)).doprint(Jz)))
+                ex = self.explicit(("Jz", l)).doprint(Jz)
+                rows.append(_row("" if jz is not None else pr.doprint(Jz), "= " + ex))
             doc.align(rows)
 
     def affine(self, l):
@@ -1173,8 +1173,9 @@ class Renderer:
         for l in range(self.L - 1, 0, -1):
             rule = self.d.layers[l - 1].rule
             # a derivative that keeps z (swish) is long: the summary names it f'(z)
+            kind = "fpa" if rule is not None and rule.uses == "a" else "fp"
             rows.append(self.eq_row(f"ga{l}") if rule is None else
-                        self.hadamard_row("fpa" if rule.uses == "a" else "fp", l, self.ctx.product(self.d[f"ga{l}"], fl)[1]))
+                        self.hadamard_row(kind, l, self.ctx.product(self.d[f"ga{l}"], fl)[1]))
         for l in range(self.L, 0, -1):
             rows += [self.eq_row(f"gW{l}")] + ([self.eq_row(f"gb{l}")] if self.net.layers[l - 1].bias else [])
         return rows + [self.eq_row("ga0")]

@@ -34,12 +34,7 @@ GRADIENT_OF = {"delta": "z", "ga": "a", "gW": "W", "gb": "b"}
 
 
 def _fmt(stem, sub="", sup=""):
-    out = stem
-    if sub:
-        out += f"_{{{sub}}}"
-    if sup:
-        out += f"^{{{sup}}}"
-    return out
+    return stem + (f"_{{{sub}}}" if sub else "") + (f"^{{{sup}}}" if sup else "")
 
 
 @dataclass(frozen=True)
