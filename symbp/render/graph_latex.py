@@ -300,11 +300,6 @@ class GraphPrinter(TexPrinter):
         return r" \, ".join(rf"\left({self._print(a)}\right)" if isinstance(a, sp.MatAdd) else self._print(a)
                         for a in e.args)
 
-    def _print_MatAdd(self, e):
-        # the bias term last, as the courses write it: x W + 1 b, not 1 b + x W
-        args = sorted(e.args, key=lambda a: any(m.name == "ones" for m in a.atoms(sp.MatrixSymbol)))
-        return " + ".join(self._print(a) for a in args)
-
 
 # ----------------------------------------------------------------------------------------------
 # the document

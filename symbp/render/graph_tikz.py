@@ -27,8 +27,7 @@ def _depths(graph):
                                     default=0)
     for n in graph.nodes:
         if n.kind == "input":
-            cons = [c for c, _ in graph.consumers(n.name)]
-            depth[n.name] = min(depth[c] for c in cons) - 1
+            depth[n.name] = min(depth[c] for c, _ in graph.consumers(n.name)) - 1
     return depth
 
 

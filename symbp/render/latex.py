@@ -154,6 +154,11 @@ class TexPrinter(LatexPrinter):
             return r" \odot ".join([b] * int(e.exp)) if short else rf"{b}^{{\odot {e.exp}}}"
         return super()._print_Pow(e)
 
+    def _print_MatAdd(self, e):
+        # the bias term last, as the courses write it: x W + 1 b, not 1 b + x W
+        args = sorted(e.args, key=lambda a: any("ones" in m.name.split("|") for m in a.atoms(sp.MatrixSymbol)))
+        return " + ".join(self._print(a) for a in args)
+
     def _sample_first(self, e, batch):
         """The indices of an entry without its sample index, which a batch matrix keeps as its
         row, and the sample as printed for a superscript (s) (None where it is not shown)."""
@@ -327,9 +332,6 @@ class Printer(TexPrinter):
     def _print_MatMul(self, e):
         return " ".join(rf"\left({self._print(a)}\right)" if isinstance(a, (sp.MatAdd, sp.HadamardProduct))
                         else self._print(a) for a in e.args)
-
-    def _print_MatAdd(self, e):
-        return " + ".join(self._print(a) for a in e.args)
 
     def _print_HadamardProduct(self, e):
         # the activation derivative first, as the seeds write it: f'(z) ⊙ (W^T delta)
