@@ -33,7 +33,6 @@ import sympy as sp
 
 from .. import naming
 from ..derivation import facts
-from ..errors import SymbpError
 from . import notation as _notation
 from .graph_tikz import text_mode as _text
 from .graph_tikz import tikz

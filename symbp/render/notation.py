@@ -11,9 +11,10 @@ samples. A notation states
   ``entry(kind, layer, indices, flavor, sample)`` for one entry, where ``kind`` is one of
   ``x`` (the input, ``a``, ``z``, ``W``, ``b``, ``y``, ``delta`` = dL/dz, ``ga`` = dL/da,
   ``gW``, ``gb``, ``Ja`` = da/dz, ``Jz`` = dz^{l}/da^{l-1}));
-- its flavors: ``"sample"`` (the quantities of one sample; the sample is a superscript (s)
-  where sums over the batch are written out) and, for ``batch`` only, ``"batch"`` (B x n
-  matrices, the sample is the row index); ``main`` is the flavor its matrix equations use;
+- its flavors (``flavors``): ``"sample"`` (the quantities of one sample; the sample is a
+  superscript (s) where sums over the batch are written out) and, for ``batch`` only,
+  ``"batch"`` (B x n matrices, the sample is the row index); ``main`` is the flavor its matrix
+  equations use;
 - ``transposed[flavor]``: the kinds whose own matrix is the transpose of the derivation's, e.g.
   the stored weight W^{[l]} of ``f = W^T a`` (the IT5005 slides "Multi-Layer Perceptrons") or
   the row-vector gradients of the book chapter "Backpropagation" (eq. 14.4).
@@ -54,6 +55,7 @@ class Notation:
     index_base: int = 1
     brackets: bool = False          # x[j] (the book chapter's style) instead of x_j
     frac: bool = False              # graph gradients written as dL/dv instead of g_v
+    flavors: tuple = ("sample",)
 
     @property
     def batch(self):
@@ -234,6 +236,7 @@ BATCH = Notation(
           r"one row per output, $(\partial u / \partial v)_{ij} = \partial u_i / \partial v_j$, as in "
           r"the notebook."),
     main="batch",
+    flavors=("batch", "sample"),
     graph_title=r"the tutorial notebook's row batches $H = X W_1$",
     graph_note=(r"Rows are samples: each node's symbol stands for the $B \times n$ matrix of the batch, "
                 r"$\mathbf{1}$ is a column of $B$ ones and a bias $b$ is a row. Weights are stored as in the "
