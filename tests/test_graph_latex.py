@@ -11,6 +11,7 @@ import pytest
 from symbp.cli.commands import main
 from symbp.model.graph import load_graph, loads_graph
 from symbp.derivation.graph import derive_graph
+from symbp.errors import SymbpError
 from symbp.render import graph_latex as gl
 from symbp.render import graph_tikz as gt
 from symbp.render.pdf import compile_pdf
@@ -187,7 +188,7 @@ def test_rowvector_elementwise_step_is_g_out_times_diag(derived):
 
 
 def test_unknown_notation_is_one_line(derived):
-    with pytest.raises(gl.SymbpError, match="unknown notation 'klingon' for a graph"):
+    with pytest.raises(SymbpError, match="unknown notation 'klingon' for a graph"):
         gl.render(derived["residual"], notation="klingon", document=True)
 
 

@@ -144,8 +144,8 @@ class TexPrinter(LatexPrinter):
         return self.vector and bool(e.atoms(sp.Indexed))
 
     def _print_Pow(self, e):
-        """A positive integer power of a vector is a Hadamard power: a \odot a, up to the cube,
-        then a^{\odot n}."""
+        """A positive integer power of a vector is a Hadamard power: a ⊙ a, up to the cube, then
+        a^{⊙ n}."""
         if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
             b = self._print(e.base)
             if not isinstance(e.base, sp.Indexed):
