@@ -252,11 +252,6 @@ def show(value, decimals, approx=None):
     return f"{sign}{whole}{'.' + frac if frac else ''}", exact_
 
 
-def decimals_of(text):
-    """Number of decimals of a displayed number ("0.25" -> 2, "3" -> 0)."""
-    return len(text.split(".")[1]) if "." in text else 0
-
-
 # ------------------------------------------------------------------------------------------
 # printing: quantities by name (symbol mode) or by their numbers (number mode)
 # ------------------------------------------------------------------------------------------
