@@ -6,6 +6,7 @@ import math
 import sympy as sp
 
 from .. import naming
+from .fd import checked_arrays
 
 
 def _torch_expr(expr, env, torch):
@@ -111,22 +112,12 @@ def _loss(name, a, logits, y, torch):
     raise NotImplementedError(f"torch_gradients: no torch translation of loss {name!r}")
 
 
-def _mlp_forward(network, tp, x, torch):
-    """(a_L, logits or None): z_l = a_{l-1} W_l^T + b_l (no b_l without bias), a_l = f_l(z_l)."""
-    a, z = x, None
-    for l, layer in enumerate(network.layers, start=1):
-        z = a @ tp[naming.param_key("W", l)].T
-        if layer.bias:
-            z = z + tp[naming.param_key("b", l)]
-        a = _torch_activation(layer.activation, z, torch, network.relu_at_zero)
-    fits = {"bce": "sigmoid", "ce": "softmax"}.get(network.loss.name)
-    return a, (z if network.layers[-1].activation.name == fits else None)
-
-
-def _graph_forward(graph, tp, vals, torch):
-    """(output, logits or None) of a graph: dense as in @ W^T + b (in @ W transposed), the other
-    nodes by their definitions; a graph's bce reads a sigmoid node and its ce a softmax node
-    (validated), whose input is the logits."""
+def _forward(graph, tp, vals, torch):
+    """(output, logits or None) of a graph (an MLP's chain graph too): dense as in @ W^T + b
+    (in @ W transposed), the other nodes by their definitions, ReLU'(0) as the graph's
+    relu_at_zero; the logits are the input of a sigmoid output read by bce or a softmax output
+    read by ce (a loss after another activation, ``allow_any_output``, is computed from the
+    output)."""
     for n in graph.nodes:
         if n.kind in ("input", "loss"):
             continue
@@ -137,7 +128,7 @@ def _graph_forward(graph, tp, vals, torch):
             if n.bias is not None:
                 out = out + tp[n.bias]
         elif n.kind == "activation":
-            out = _torch_activation(n.activation, ins[0], torch)
+            out = _torch_activation(n.activation, ins[0], torch, graph.relu_at_zero)
         elif n.kind in ("add", "multiply"):
             out = ins[0]
             for v in ins[1:]:
@@ -148,7 +139,8 @@ def _graph_forward(graph, tp, vals, torch):
             out = _torch_expr(n.expression, {n.symbol(i): v for i, v in zip(n.inputs, ins)}, torch)
         vals[n.name] = out
     outn = graph.node(graph.output)
-    logits = vals[outn.inputs[0]] if graph.loss_node.loss.name in ("bce", "ce") else None
+    fits = {"bce": "sigmoid", "ce": "softmax"}.get(graph.loss_node.loss.name)
+    logits = vals[outn.inputs[0]] if outn.kind == "activation" and outn.activation.name == fits else None
     return vals[outn.name], logits
 
 
@@ -157,30 +149,19 @@ def torch_gradients(model, params, X, Y, input_grad=False):
 
     Activations through torch's own sigmoid, tanh, relu, leaky_relu(slope), softplus (as
     logaddexp(z, 0)), identity, exp and softmax over units (relu and leaky_relu as
-    torch.where(z >= 0, ...) when an MLP's relu_at_zero is 1); user-defined activations and
+    torch.where(z >= 0, ...) when the model's relu_at_zero is 1); user-defined activations and
     expression nodes are translated from their SymPy definition. The loss per sample is summed
     over units (``_loss``), then the mean or the sum over the batch. ImportError without torch,
     NotImplementedError for what it cannot translate.
     """
     import torch
-    from .fd import arrays, is_graph
-    p64, x64, t64 = arrays("torch_gradients", model, params, X, Y)
-    if is_graph(model):
-        grad_names = {n.name for n in model.grad_inputs}
-        loss_name, reduction = model.loss_node.loss.name, model.loss_node.reduction
-    else:
-        grad_names = {"X"} if input_grad else set()
-        loss_name, reduction = model.loss.name, model.reduction
+    graph, p64, x64, t64, checked = checked_arrays("torch_gradients", model, params, X, Y, input_grad)
     tp = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in p64.items()}
-    leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=k in grad_names) for k, v in x64.items()}
-    y = torch.tensor(t64, dtype=torch.float64)
-    if is_graph(model):
-        a, logits = _graph_forward(model, tp, dict(leaves), torch)
-    else:
-        a, logits = _mlp_forward(model, tp, leaves["X"], torch)
-    total = _loss(loss_name, a, logits, y, torch).sum()
-    loss = total / t64.shape[0] if reduction == "mean" else total
+    leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=k in checked) for k, v in x64.items()}
+    a, logits = _forward(graph, tp, dict(leaves), torch)
+    total = _loss(graph.loss_node.loss.name, a, logits, torch.tensor(t64, dtype=torch.float64), torch).sum()
+    loss = total / t64.shape[0] if graph.reduction == "mean" else total
     loss.backward()
     grads = {k: t.grad.detach().numpy().copy() for k, t in tp.items()}
-    grads.update({k: t.grad.detach().numpy().copy() for k, t in leaves.items() if k in grad_names})
+    grads.update({key: leaves[k].grad.detach().numpy().copy() for k, key in checked.items()})
     return float(loss.detach()), grads
