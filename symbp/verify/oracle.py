@@ -263,11 +263,9 @@ def oracle_gradients(model, params, X, Y, exact=False, input_grad=False, entries
     graph, p64, x64, t64, checked = checked_arrays(where, model, params, X, Y, input_grad)
     B = t64.shape[0]
     # an MLP counts its parameters, a graph every differentiated entry (its inputs marked grad too)
-    if graph is model:
-        _check_oracle_size(where, sum(v.size for v in p64.values()) + sum(x64[k].size for k in checked), B,
-                           "differentiated entries")
-    else:
-        _check_oracle_size(where, sum(v.size for v in p64.values()), B)
+    inputs = sum(x64[k].size for k in checked) if graph is model else 0
+    _check_oracle_size(where, sum(v.size for v in p64.values()) + inputs, B,
+                       "differentiated entries" if graph is model else "parameters")
     wanted = _wanted_entries(where, entries, {**p64, **{key: x64[k] for k, key in checked.items()}})
     group = B if any(n.op.couples_samples for n in graph.nodes) else 1
     P = {k: _symbols(k, v.shape) for k, v in p64.items()}

@@ -68,30 +68,18 @@ def _torch_activation(act, z, torch, at_zero=0):
     """a = f(z) for one layer: built-ins through torch's own functions, user ones translated.
     torch's relu'(0) is 0 and leaky_relu'(0) the slope; with ``at_zero`` = 1 both are written
     as torch.where(z >= 0, z, ...), whose derivative at 0 is that of the z branch, 1."""
-    F = torch.nn.functional
     if act.user:
         return _torch_expr(act.definition, {naming.Z: z}, torch)
-    name = act.name
-    if name == "sigmoid":
-        return torch.sigmoid(z)
-    if name == "tanh":
-        return torch.tanh(z)
+    name, slope = act.name, float(dict(act.values).get("slope", 0))
     if name in ("relu", "leaky_relu") and at_zero:
-        slope = float(dict(act.values)["slope"]) if name == "leaky_relu" else 0.0
         return torch.where(z >= 0, z, slope * z)
-    if name == "relu":
-        return torch.relu(z)
-    if name == "leaky_relu":
-        return F.leaky_relu(z, negative_slope=float(dict(act.values)["slope"]))
-    if name == "softplus":
-        return torch.logaddexp(z, torch.zeros_like(z))   # exact log(1 + e^z), no threshold
-    if name == "identity":
-        return z
-    if name == "exp":
-        return torch.exp(z)
-    if name == "softmax":
-        return torch.softmax(z, dim=1)
-    raise NotImplementedError(f"torch_gradients: no torch translation of activation {name!r}")
+    builtin = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "exp": torch.exp,
+               "leaky_relu": lambda z: torch.nn.functional.leaky_relu(z, negative_slope=slope),
+               "softplus": lambda z: torch.logaddexp(z, torch.zeros_like(z)),   # exact log(1 + e^z), no threshold
+               "identity": lambda z: z, "softmax": lambda z: torch.softmax(z, dim=1)}
+    if name not in builtin:
+        raise NotImplementedError(f"torch_gradients: no torch translation of activation {name!r}")
+    return builtin[name](z)
 
 
 def _loss(name, a, logits, y, torch):
