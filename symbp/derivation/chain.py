@@ -104,11 +104,12 @@ def chain_view(graph_derivation, network):
     generator reads it, so an MLP is derived once."""
     gd = graph_derivation
     mapping, what = _chain_names(gd.graph)
-    # one memo for the whole view: the equations of a deep chain share their subexpressions
-    names, swap = renamer(mapping), renamer({I: J, J: I})
+    # one memo for the whole view: the equations of a deep chain share their subexpressions;
+    # the swapped ones are renamed and swapped in one pass (no name maps to an index)
+    names, swapped_names = renamer(mapping), renamer({**mapping, I: J, J: I})
 
     def rename(e, swapped=False):
-        return swap(names(e)) if swapped else names(e)
+        return swapped_names(e) if swapped else names(e)
 
     def stages(st, swapped=False):
         return None if st is None else tuple((name, rename(e, swapped)) for name, e in st)
