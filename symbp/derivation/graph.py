@@ -256,11 +256,24 @@ def renamer(mapping):
                     # a pass's factored form c (x - y) (cancel's choice, fewer operations):
                     # rebuilt with evaluation, Mul would distribute the number again
                     r = sp.Mul(*args, evaluate=False)
+                elif type(e) is sp.Sum:
+                    r = _renamed_sum(args)
                 else:
                     r = e.func(*args)
             memo[e] = r
         return e if r is same else r
     return go
+
+
+def _renamed_sum(args):
+    """Sum(*args) for the renamed arguments of a Sum SymPy built: the summand and limits are
+    already in the form Sum's constructor gives them (limits processed, Piecewise folded), and
+    renaming keeps that form, so they are set as they are, as the constructor sets them
+    (``AddWithLimits.__new__``); running it again was a third of a deep chain's renaming."""
+    r = sp.Expr.__new__(sp.Sum)
+    r._args = args
+    r.is_commutative = args[0].is_commutative
+    return r
 
 
 def _rename(stages, mapping):
