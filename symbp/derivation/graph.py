@@ -276,8 +276,7 @@ def _renamed_sum(args):
     return r
 
 
-def _rename(stages, mapping):
-    go = mapping if callable(mapping) else renamer(mapping)
+def _rename(stages, go):
     return tuple((name, go(e)) for name, e in stages)
 
 

@@ -1,7 +1,9 @@
 """The PyTorch autograd reference in float64 for either kind of model: ``torch_gradients``, with
 the arguments and result of the ``symbp.verify`` contract. It reads the model's forward
 definitions only, never ``symbp.derive`` or the kernels."""
+import functools
 import math
+import operator
 
 import sympy as sp
 
@@ -23,16 +25,9 @@ def _torch_expr(expr, env, torch):
             return env[e]
         if e.is_Number or e in (sp.pi, sp.E):
             return torch.full_like(ref, float(e))
-        if isinstance(e, sp.Add):
-            out = ev(e.args[0])
-            for t in e.args[1:]:
-                out = out + ev(t)
-            return out
-        if isinstance(e, sp.Mul):
-            out = ev(e.args[0])
-            for t in e.args[1:]:
-                out = out * ev(t)
-            return out
+        folds = {sp.Add: operator.add, sp.Mul: operator.mul, sp.Max: torch.maximum, sp.Min: torch.minimum}
+        if e.func in folds:     # left to right: ((a0 + a1) + a2) ...
+            return functools.reduce(folds[e.func], map(ev, e.args))
         if isinstance(e, sp.Pow):
             base, ex = e.args
             if ex.is_Integer or ex.is_Rational:
@@ -43,12 +38,6 @@ def _torch_expr(expr, env, torch):
                  sp.Abs: torch.abs, sp.sign: torch.sign}
         if e.func in unary:
             return unary[e.func](ev(e.args[0]))
-        if isinstance(e, (sp.Max, sp.Min)):
-            pick = torch.maximum if isinstance(e, sp.Max) else torch.minimum
-            out = ev(e.args[0])
-            for t in e.args[1:]:
-                out = pick(out, ev(t))
-            return out
         if isinstance(e, sp.Piecewise):
             # undefined where no condition holds (a Piecewise without an otherwise branch): NaN
             out = torch.full_like(ref, math.nan)
