@@ -20,7 +20,7 @@ Contract:
   imported from ``--baselines PATH`` (the file or its folder), $SYMBP_BENCHMARKS, the checkout
   this package was loaded from, or ./benchmarks; when absent one line says so
   (``BASELINES_HINT``) and the gradients are checked against PyTorch float64
-  (``symbp.verify.chain.torch_gradients``) when PyTorch is installed. A ``--baselines PATH``
+  (``symbp.verify.torch_gradients``) when PyTorch is installed. A ``--baselines PATH``
   that holds no baselines.py is one error line.
 - Reported per case: ms/step (median of interleaved rounds), the speed-up of symbp over the
   fastest peer (fastest peer ms / symbp ms; every implementation's ms over the fastest peer's
