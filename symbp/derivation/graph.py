@@ -44,7 +44,7 @@ import sympy as sp
 
 from .. import naming
 from . import simplify as simp
-from .equations import ActivationRule, Equation, EquationLookup
+from .equations import ActivationRule, Equation, EquationLookup, _stages
 from .local import _forward_rule, _loss_from_logits, output_form
 from ..model import ops
 from ..errors import DerivationError
@@ -344,15 +344,6 @@ class GraphDerivation(EquationLookup):
         return f"<GraphDerivation of {self.graph}: {len(self.equations)} equations>"
 
 
-def _stages(label, stages):
-    out, prev = [], None
-    for name, e in stages:
-        if prev is not None and e == prev:
-            continue
-        out.append(f"  {label} [{name}]: {e}")
-        prev = e
-    return out
-
 
 @contextmanager
 def paused_gc():
@@ -444,16 +435,20 @@ def _derive_graph(graph):
             branch_terms[out.name].append(e.name)
 
     use_terms = {p.name: [] for p in graph.params}
+
+    def branch_sum(name, what):
+        """g_v = the sum of the contributions of the nodes v feeds (eq. 14.46)."""
+        terms = branch_terms[name]
+        base = q(grad(name), "grad", name)
+        eq(str(base.label), "branch_sum", name, base[S, J], [("sum", sp.Add(*[labelled(t)[S, J] for t in terms]))],
+           f"branch: {what} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
+
     param_grads = {}
     for n in reversed(graph.nodes):
         if n.op.realize in ("source", "loss") or n.name not in need:
             continue
         if len(edges[n.name]) > 1:
-            terms = branch_terms[n.name]
-            base = q(grad(n.name), "grad", n.name)
-            rhs = sp.Add(*[labelled(t)[S, J] for t in terms])
-            eq(str(base.label), "branch_sum", n.name, base[S, J], [("sum", rhs)],
-               f"branch: {n.name} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
+            branch_sum(n.name, n.name)
         t, m = _template(_key(n), at_zero), renamer(_mapping(graph, n))
         bound = n.op.bind(n)
         for spec in n.op.params:
@@ -483,11 +478,7 @@ def _derive_graph(graph):
     input_grads = {}
     for x in graph.grad_inputs:
         if len(edges[x.name]) > 1:
-            terms = branch_terms[x.name]
-            base = q(grad(x.name), "grad", x.name)
-            rhs = sp.Add(*[labelled(t)[S, J] for t in terms])
-            eq(str(base.label), "branch_sum", x.name, base[S, J], [("sum", rhs)],
-               f"branch: input {x.name} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
+            branch_sum(x.name, f"input {x.name}")
         input_grads[x.name] = f"g_{x.name}"
     for p in graph.params:
         if len(p.uses) > 1:
