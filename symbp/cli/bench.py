@@ -55,6 +55,9 @@ import numpy as np
 
 from ..errors import SymbpError
 from ..verify import peers
+from .commands import POSITIVE, number
+
+COUNT = number(int, 1)      # --rounds, --threads
 
 
 @dataclass(frozen=True)
@@ -710,18 +713,6 @@ def _names(allowed, what):
     return parse
 
 
-def _positive(kind):
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            v = None
-        if v is None or v <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return v
-    return parse
-
-
 def add_arguments(p):
     p.add_argument("--quick", action="store_true",
                    help="fast subset: xor and mlp64 in float32, short rounds, one derive/emit run")
@@ -738,17 +729,17 @@ def add_arguments(p):
                    "$SYMBP_BENCHMARKS, the checkout symbp was loaded from, or ./benchmarks)")
     p.add_argument("--out", metavar="DIR", help="directory for the generated kernels (default: "
                    "benchmarks/_build of the checkout, else ~/.cache/symbp/bench)")
-    p.add_argument("--seconds", type=_positive(float), default=None,
+    p.add_argument("--seconds", type=POSITIVE, default=None,
                    help="seconds per measurement (default 0.3; 0.1 with --quick)")
     # the option's first name, kept working; hidden: `generate --target` is a device
-    p.add_argument("--target", dest="seconds", type=_positive(float), help=argparse.SUPPRESS)
-    p.add_argument("--rounds", type=_positive(int), default=None,
+    p.add_argument("--target", dest="seconds", type=POSITIVE, help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=COUNT, default=None,
                    help="rounds per implementation (default 5; 3 with --quick)")
     p.add_argument("--skip-extra", action="store_true",
                    help="skip the derive/emit and cold/warm compile measurements")
     p.add_argument("--breakdown", action="store_true",
                    help="split symbp's time for every case (default: where a peer is faster)")
-    p.add_argument("--threads", type=_positive(int), default=None,
+    p.add_argument("--threads", type=COUNT, default=None,
                    help="limit every library's thread pool to N (default: each library's own)")
 
 
