@@ -21,6 +21,12 @@ import sympy as sp
 S = sp.Symbol("s", integer=True)
 I, J, K, P, Q = sp.symbols("i j k p q", integer=True)
 T = sp.Symbol("t", integer=True)     # a second sample index, summed over in the loss
+# Tensor values (batch, channels, height, width): o runs over output channels, c over input
+# channels, (i, j) over output positions, (u, v) over input positions, (p, q) over a kernel or
+# pooling window; d, m, n are the summation indices of a forward definition (channel, kernel
+# row, kernel column) and r a second output channel, summed over in a parameter's gradient.
+O, C, U, V = sp.symbols("o c u v", integer=True)
+D, M, N, R = sp.symbols("d m n r", integer=True)
 BATCH = sp.Symbol("B", integer=True, positive=True)
 
 # The scalar variables of forward definitions in the function table.

@@ -46,6 +46,7 @@ from .emit import (BF, BLAS_THREADS_MIN, CHUNK_ROWS, LOOPS_MAX, PARALLEL_MIN, VE
 from .printer import (ArrayPrinter, NumbaPrinter, _sigmoid, helper_source, helpers_used, is_transcendental,
                       stable_forms)
 from ..output import environment
+from . import conv_emit
 
 TARGETS = ("cpu",)
 DTYPES = ("float64", "float32")
@@ -443,6 +444,10 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
     for n in g.nodes:
         if n.kind in ("input", "loss"):
             continue
+        if n.op.realize in conv_emit.FORWARD:
+            # tensor ops (conv2d, pooling, flatten): direct loops, keyed by the op's realize
+            fwd += conv_emit.FORWARD[n.op.realize](c, n, d[n.name])
+            continue
         if n.kind not in _FORWARD:
             raise SymbpError(f"{g.name}: node {n.name}: no CPU emission for node kind {n.kind!r}")
         fwd += _FORWARD[n.kind](c, n, d[n.name])
@@ -477,6 +482,17 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
             comment = f"{label} = {' + '.join(eq.terms)}   [{eq.kind}: {eq.doc}]"
         else:
             comment = f"{text(eq.lhs, eq.rhs)}   {tag}"
+        if conv_emit.is_tensor_source(g, eq):
+            # a gradient through a tensor op: direct loops (an input's only in loss_and_input_grad)
+            if S not in eq.lhs.indices and label not in grads:
+                c.use_buffers[label] = shapes[label]
+            swap = S in eq.lhs.indices and eq.node in input_names
+            if swap:
+                c.bwd, c.igrad = c.igrad, c.bwd
+            conv_emit.backward(c, eq, comment)
+            if swap:
+                c.bwd, c.igrad = c.igrad, c.bwd
+            continue
         if S in eq.lhs.indices:
             if eq.node in input_names:
                 # dL/d(input) only in loss_and_input_grad: a training step does not pay for it
@@ -509,7 +525,7 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
     for k, gl in zip(params, grad_labels):
         shape = tuple(pshapes[k])
         size = int(np.prod(shape))
-        view = f"[{off}:{off + size}]" + (f".reshape({shape})" if len(shape) == 2 else "")
+        view = f"[{off}:{off + size}]" + (f".reshape({shape})" if len(shape) >= 2 else "")
         theta_views.append(f"p_{k} = theta{view}")
         grad_views.append(f"{ids[gl]} = gtheta{view}")
         off += size
@@ -521,7 +537,7 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
     for label, shape in use_buffers.items():
         size = int(np.prod(shape))
         view = f"work[B * {work_width} + {use_off}:B * {work_width} + {use_off + size}]"
-        work_views.append(f"{ids[label]} = {view}" + (f".reshape({tuple(shape)})" if len(shape) == 2 else ""))
+        work_views.append(f"{ids[label]} = {view}" + (f".reshape({tuple(shape)})" if len(shape) >= 2 else ""))
         use_off += size
     used = helpers_used(printed)
     parallel = _parallel(c, fwd, bwd, loss_lines, [ids[gl] for gl in grad_labels],

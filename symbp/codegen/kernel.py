@@ -87,8 +87,10 @@ def glorot_params(shapes, dtype, seed=0):
     rng = np.random.default_rng(check_seed(seed))
     params = {}
     for key, shape in shapes.items():
-        if len(shape) == 2:
-            r = np.sqrt(6.0 / (shape[0] + shape[1]))
+        if len(shape) >= 2:
+            # a convolution kernel (C_out, C_in, k_h, k_w): fans of C_in k_h k_w and C_out k_h k_w
+            receptive = int(np.prod(shape[2:]))
+            r = np.sqrt(6.0 / ((shape[0] + shape[1]) * receptive))
             params[key] = rng.uniform(-r, r, size=shape).astype(dtype)
         else:
             params[key] = np.zeros(shape, dtype=dtype)

@@ -47,6 +47,8 @@ from . import simplify as simp
 from .equations import ActivationRule, Equation, EquationLookup
 from .local import _forward_rule, _loss_from_logits, output_form
 from ..model import ops
+from ..model.ops_conv import TENSOR_REALIZE, sizes as tensor_sizes
+from . import conv
 from ..errors import DerivationError
 
 S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
@@ -141,6 +143,9 @@ def _template(key, at_zero=0):
     ``key`` is the op's ``key(node)``; ``at_zero`` the graph's relu_at_zero (the kink pass).
     Returns forward, jacobians and contributions per input slot, the activation rule, and for
     each parameter role its local derivative d<symbol> and gradient g<symbol> (dW, gW, ...)."""
+    if ops.OPS[key[0]].realize in TENSOR_REALIZE:
+        # tensor values (batch, C, H, W): their own template (derivation/conv.py)
+        return conv.template(key, at_zero)
     fw = ops.OPS[key[0]].forward(key, at_zero)
     ctx = simp.Context(forward=list(fw.rules), links=list(fw.links), at_zero=at_zero)
     rule = None
@@ -224,6 +229,9 @@ def _mapping(graph, node):
     if node.op.target:
         pairs.append((_Y, value(node.target)))
     mapping = dict(sizes)
+    if node.op.realize in TENSOR_REALIZE:
+        # a tensor op's generic sizes (channels, heights, kernel, stride, padding): this node's
+        mapping.update(tensor_sizes(node, graph.node(node.inputs[0]).shape))
     for gen, actual in pairs:
         mapping[gen] = actual
         mapping[gen.label] = actual.label
@@ -407,7 +415,7 @@ def _derive_graph(graph, names):
         if n.op.realize in ("source", "loss"):
             continue
         t, m = _template(_key(n), at_zero), composed(_mapping(graph, n))
-        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[S, J], [("definition", m(t["forward"]))],
+        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[t.get("out", (S, J))], [("definition", m(t["forward"]))],
            f"{n.kind} node")
         rules.append(NodeRules(n.name, n.kind, m(t["forward"]),
                                tuple(_rename(j, m) for j in t["jacobians"]),
@@ -477,7 +485,8 @@ def _derive_graph(graph, names):
                 stages, kind, doc = _rename(lt["delta"], lm_go), "output_delta", "dL/din = sum_i dL/dout_i dout_i/din_j"
             else:
                 stages, kind, doc = _rename(t["contributions"][slot], m), "backprop", "g_in = g_out J (Algorithm 14.1)"
-            e = eq(str(base.label), kind, v, base[S, J], stages, doc, source=n.name)
+            at = t["ins"][slot] if "ins" in t else (S, J)     # a tensor op's input: [s, c, u, v]
+            e = eq(str(base.label), kind, v, base[at], stages, doc, source=n.name)
             if len(edges[v]) > 1:
                 branch_terms[v].append(e.name)
     input_grads = {}
@@ -504,7 +513,7 @@ def _derive_graph(graph, names):
 
     for e in equations:
         # concat's forward definition is a sum of Kronecker deltas by design; nothing else keeps one
-        if e.kind != "forward_concat" and (e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative)):
+        if e.kind not in ("forward_concat", "forward_flatten") and (e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative)):
             raise DerivationError(f"{graph.name}: could not collapse {e.name} = {e.rhs}")
 
     loss_sample = _graph_loss_sample(graph, out)

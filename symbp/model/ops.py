@@ -135,6 +135,7 @@ class Check:
     functions: dict
     defined: dict
     targets: dict
+    shapes: dict = None     # tensor values: node name -> (channels, height, width) or None
 
     def error(self, key, message):
         return SpecError(self.where, f"{self.prefix}{key}", message)
