@@ -130,6 +130,14 @@ def argmax_routing(expr, entries):
     return expr.replace(lambda e: isinstance(e, sp.Heaviside), route)
 
 
+def tidy(stages):
+    """Stages with every index rebuilt as one fraction: renaming a stride of 1 into (u - 1)/stride
+    leaves 1*(u - 1), shown and printed as u - 1."""
+    def fix(x):
+        return x.base[tuple(sp.together(sp.expand(i)) for i in x.indices)]
+    return tuple((name, e.replace(lambda x: isinstance(x, sp.Indexed), fix)) for name, e in stages)
+
+
 # ----------------------------------------------------------------------------------------------
 # the textbook forms (for the named step; tests/test_conv.py pins that SymPy reaches them)
 # ----------------------------------------------------------------------------------------------

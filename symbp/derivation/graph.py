@@ -474,7 +474,10 @@ def _derive_graph(graph, names):
                 else:
                     base = q(contribution(p_name, n.name), "param_use", p_name, n.name)
                     use_terms[p_name].append(str(base.label))
-                eq(str(base.label), f"grad_{role}", p_name, base[idx], _rename(t[key], m),
+                pstages = _rename(t[key], m)
+                if n.op.realize in TENSOR_REALIZE:
+                    pstages = conv.tidy(pstages)
+                eq(str(base.label), f"grad_{role}", p_name, base[idx], pstages,
                    f"dL/d{p_name} through node {n.name}" + (" = g a^T" if role == "W" else " = sum_s g"),
                    source=n.name)
         for slot, v in enumerate(n.inputs):
@@ -485,6 +488,8 @@ def _derive_graph(graph, names):
                 stages, kind, doc = _rename(lt["delta"], lm_go), "output_delta", "dL/din = sum_i dL/dout_i dout_i/din_j"
             else:
                 stages, kind, doc = _rename(t["contributions"][slot], m), "backprop", "g_in = g_out J (Algorithm 14.1)"
+                if n.op.realize in TENSOR_REALIZE:
+                    stages = conv.tidy(stages)
             at = t["ins"][slot] if "ins" in t else (S, J)     # a tensor op's input: [s, c, u, v]
             e = eq(str(base.label), kind, v, base[at], stages, doc, source=n.name)
             if len(edges[v]) > 1:

@@ -309,7 +309,9 @@ class GraphPrinter(LatexPrinter):
 
     def _print_Heaviside(self, e, exp=None):
         arg = self._print(e.args[0])
-        out = rf"\mathbb{{I}}\left[{arg} > 0\right]"
+        # Heaviside(x, 1) includes 0 (max pooling's tie to the first index, ReLU'(0) = 1)
+        rel = r"\ge" if len(e.args) == 2 and e.args[1] == 1 else ">"
+        out = rf"\mathbb{{I}}\left[{arg} {rel} 0\right]"
         return out if exp is None else rf"{out}^{{{exp}}}"
 
     def _print_Derivative(self, e):

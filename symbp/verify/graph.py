@@ -18,6 +18,7 @@ from .. import naming
 from ..errors import SymbpError
 from .chain import (_batch_factor, _check_oracle_size, _fold, _kink_convention, _nested, _rational,
                     _symbol, _value, _wanted_entries)
+from .conv import TENSOR_KINDS, oracle_sample
 from .fd import arrays, gradcheck
 
 graph_gradcheck = gradcheck     # the old name
@@ -53,6 +54,9 @@ def _forward_sample(graph, P, x, fold, cache=None, dirty=None):
             vals[n.name] = cache[n.name]
             continue
         ins = [vals[i] for i in n.inputs]
+        if n.kind in TENSOR_KINDS:      # conv2d, pooling, flatten (verify/conv.py)
+            vals[n.name] = oracle_sample(n, graph, ins[0], P, fold)
+            continue
         if n.kind == "dense":
             W, a = P[n.weight], ins[0]
             b = P[n.bias] if n.bias is not None else None
@@ -84,6 +88,13 @@ def _forward_sample(graph, P, x, fold, cache=None, dirty=None):
             raise SymbpError(f"oracle: node {n.name}: unknown kind {n.kind!r}")
         vals[n.name] = out
     return vals
+
+
+def _nested_nd(arr):
+    """Nested lists of exact Rationals with the shape of an n-d array (a convolution kernel)."""
+    if arr.ndim == 1:
+        return [_rational(v) for v in arr]
+    return [_nested_nd(a) for a in arr]
 
 
 def _sample_loss(graph, P, X, Y, s, fold=_fold, cache=None, dirty=None):
@@ -136,7 +147,7 @@ def graph_oracle_gradients(graph, params, inputs, target, exact=False, entries=N
     B = t64.shape[0]
     _check_oracle_size(where, sum(v.size for v in differentiated.values()), B, "differentiated entries")
     wanted = _wanted_entries(where, entries, differentiated)
-    P = {k: _nested(v, lambda idx, val: _rational(val)) for k, v in p64.items()}
+    P = {k: _nested(v, lambda idx, val: _rational(val)) if v.ndim <= 2 else _nested_nd(v) for k, v in p64.items()}
     X = {k: _nested(v, lambda idx, val: _rational(val)) for k, v in x64.items()}
     Y = _nested(t64, lambda idx, val: _rational(val))
     c = _batch_factor(graph, B)
@@ -157,9 +168,12 @@ def graph_oracle_gradients(graph, params, inputs, target, exact=False, entries=N
     for k, arr in differentiated.items():
         out = np.full(arr.shape, None, dtype=object)
         if k in p64:
-            dirty = _downstream(graph, [p.name for p in graph.nodes if p.kind == "dense" and k in (p.weight, p.bias)])
+            dirty = _downstream(graph, [p.name for p in graph.nodes if k in p.op.bind(p).values()])
             for idx in wanted[k]:
-                out[idx] = derivative(P[k][idx[0]] if arr.ndim == 2 else P[k], idx[-1], k, idx, range(B), dirty)
+                holder = P[k]
+                for i in idx[:-1]:      # a matrix's row, a convolution kernel's innermost list
+                    holder = holder[i]
+                out[idx] = derivative(holder, idx[-1], k, idx, range(B), dirty)
         else:       # an input entry (s, j) reaches the loss of sample s only
             dirty = _downstream(graph, [k])
             for s, j in wanted[k]:

@@ -6,6 +6,7 @@ import math
 import sympy as sp
 
 from .. import naming
+from .conv import TENSOR_KINDS, torch_op
 
 
 def _torch_expr(expr, env, torch):
@@ -131,6 +132,9 @@ def _graph_forward(graph, tp, vals, torch):
         if n.kind in ("input", "loss"):
             continue
         ins = [vals[i] for i in n.inputs]
+        if n.kind in TENSOR_KINDS:      # conv2d, pooling, flatten by torch's own (verify/conv.py)
+            vals[n.name] = torch_op(n, graph, ins[0], tp, torch)
+            continue
         if n.kind == "dense":
             W = tp[n.weight]
             out = ins[0] @ (W if n.transpose else W.T)
