@@ -17,9 +17,11 @@ key in the generic names and sizes of ``symbp.model.ops_conv`` and renamed per n
    ``correlation`` for dL/dW[o, c, p, q] = sum_{s,i,j} g[s, o, i, j] x[s, c, i stride + p - pad,
    j stride + q - pad] (the correlation of the input with the output's gradient), and
    ``full_convolution`` for dL/dx[s, c, u, v] = sum_{o,p,q} g[s, o, (u + pad - p)/stride,
-   (v + pad - q)/stride] W[o, c, p, q] (for stride 1 the full convolution of g with the kernel,
-   that is the correlation of the zero-padded g with the kernel rotated by 180 degrees; the
-   book "Deep Learning", Goodfellow, Bengio and Courville, chapter 9.5), ``window_sum`` for
+   (v + pad - q)/stride] W[o, c, p, q] as SymPy collapses it, shown reindexed (p -> k_h - 1 - p)
+   as sum_{o,p,q} g[s, o, (u + pad - k_h + 1 + p)/stride, ...] W[o, c, k_h - 1 - p, k_w - 1 - q]:
+   for stride 1 the correlation of the zero-padded g with the kernel rotated by 180 degrees, the
+   full convolution of g with the kernel (the book "Deep Learning", Goodfellow, Bengio and
+   Courville, chapter 9.5); ``window_sum`` for
    average pooling's dL/dx = 1/(k_h k_w) sum_{p,q} g[s, c, (u - p)/stride, (v - q)/stride];
 4. max pooling: SymPy's derivative of Max is Heaviside(x_k - Max(others)); ``argmax_routing``
    settles its ties as PyTorch does, to the first index of the window in row-major order:
@@ -151,7 +153,9 @@ def textbook(kind, what):
     if kind == "conv2d" and what == "b":
         return sp.Sum(_GOUT[S, O, I, J], (S, 0, BATCH - 1), (I, 0, oc.H_OUT - 1), (J, 0, oc.W_OUT - 1))
     if kind == "conv2d" and what == "x":
-        return sp.Sum(_GOUT[S, O, (U + ph - P) / st, (V + pw - Q) / st] * _W[O, C, P, Q],
+        # the kernel rotated by 180 degrees: W[o, c, k_h - 1 - p, k_w - 1 - q]
+        return sp.Sum(_GOUT[S, O, (U + ph - (oc.K_H - 1) + P) / st, (V + pw - (oc.K_W - 1) + Q) / st]
+                      * _W[O, C, oc.K_H - 1 - P, oc.K_W - 1 - Q],
                       (O, 0, oc.C_OUT - 1), (P, 0, oc.K_H - 1), (Q, 0, oc.K_W - 1))
     if kind == "avgpool2d" and what == "x":
         return sp.Sum(_GOUT[S, C, (U - P) / st, (V - Q) / st] / (oc.K_H * oc.K_W), (P, 0, oc.K_H - 1),
@@ -170,13 +174,23 @@ STEP = {("conv2d", "W"): "correlation", ("conv2d", "b"): "sum_positions", ("conv
         ("avgpool2d", "x"): "window_sum", ("flatten", "x"): "unflatten"}
 
 
+def reindexed(expr, kind, what):
+    """The collapsed form with the step's reindexing applied (a sum reversal, exact: p and
+    k_h - 1 - p run over the same range): full_convolution reads the kernel rotated by 180
+    degrees."""
+    if (kind, what) != ("conv2d", "x"):
+        return expr
+    flip = {P: oc.K_H - 1 - P, Q: oc.K_W - 1 - Q}
+    return expr.replace(lambda e: isinstance(e, sp.Sum), lambda e: sp.Sum(e.function.xreplace(flip), *e.limits))
+
+
 def recognise(stages, kind, what):
-    """Append the named textbook step when SymPy's collapsed form is the textbook form
-    (structurally equal, or equal after ``sympy.simplify`` of the difference of the bodies)."""
+    """Append the named textbook step when SymPy's collapsed form is the textbook form, after
+    the step's reindexing (``reindexed``) and with each index written as one fraction."""
     form = textbook(kind, what)
     if form is None:
         return stages
-    got = stages[-1][1]
+    got = reindexed(stages[-1][1], kind, what)
     same = got == form or _indices_expanded(got) == _indices_expanded(form)
     if not same:
         raise DerivationError(f"{kind}: SymPy's d/d{what} {got} is not the textbook form {form}")
