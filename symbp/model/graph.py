@@ -30,6 +30,9 @@ Node kinds (``inputs`` lists the nodes a node reads, in slot order; any node may
   (``"x * sigmoid(g)"``), parsed by the safe parser; every input must appear in it.
 - ``loss``: ``loss`` (a kind of ``symbp.functions.LOSSES``) of ``input`` against ``target``, an
   input node used by nothing else; ``reduction`` mean (default) or sum over the batch.
+- ``conv2d``, ``maxpool2d``, ``avgpool2d``, ``flatten``: ops on tensor values (batch, C, H, W),
+  from an input node declaring ``shape = [C, H, W]`` (``symbp.model.ops_conv``); ``Node.shape``
+  is a tensor value's (C, H, W), which elementwise nodes keep; a dense node reads vectors only.
 
 Exactly one loss node; every other node has a path to it. bce needs a sigmoid activation node as
 the loss input and ce a softmax node (the kernels compute those losses from the logits), unless

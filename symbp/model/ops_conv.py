@@ -104,7 +104,7 @@ def _stride(t, v, default):
 
 
 def _tensor_input(ins, v, kind):
-    shape = v.shapes.get(ins[0])
+    shape = (v.shapes or {}).get(ins[0])
     if shape is None:
         raise v.error("input", f"{kind} node {v.name!r} reads a (batch, channels, height, width) value, but its "
                                f"input {ins[0]!r} is a (batch, {v.widths[ins[0]]}) vector")
@@ -260,17 +260,17 @@ CONV_OPS = {op.kind: op for op in (
        _conv_validate, _conv_forward, key=lambda node: ("conv2d", node.bias is not None),
        canonical=lambda node: {"weight": node.weight, "bias": node.bias, **_geometry(node)},
        describe=_describe, params=CONV_PARAMS, bind=_conv_bind,
-       doc="out[s,o,i,j] = sum_{c,p,q} W[o,c,p,q] in[s,c,i*stride+p-pad,j*stride+q-pad] + b[o]"),
+       doc="2-d convolution (a cross-correlation with the kernel W) plus the bias per channel"),
     Op("maxpool2d", ("name", "kind", "input", "window", "stride"), "one", "pooling",
        _pool_validate("maxpool2d"), _maxpool_forward,
        key=lambda node: ("maxpool2d", node.kernel[0], node.kernel[1]),
-       canonical=_geometry, describe=_describe, doc="the maximum of each window"),
+       canonical=_geometry, describe=_describe, doc="the maximum of each window (max pooling)"),
     Op("avgpool2d", ("name", "kind", "input", "window", "stride"), "one", "pooling",
        _pool_validate("avgpool2d"), _avgpool_forward, key=lambda node: ("avgpool2d",),
-       canonical=_geometry, describe=_describe, doc="the mean of each window"),
+       canonical=_geometry, describe=_describe, doc="the mean of each window (average pooling)"),
     Op("flatten", ("name", "kind", "input"), "one", "reshape",
        _flatten_validate, _flatten_forward, key=lambda node: ("flatten",),
-       canonical=lambda node: {}, describe=_describe, doc="(B, C, H, W) -> (B, C*H*W) in C order"),
+       canonical=lambda node: {}, describe=_describe, doc="the channels, rows and columns as one vector (C order)"),
 )}
 TENSOR_REALIZE = ("convolution", "pooling", "reshape")
 

@@ -582,7 +582,7 @@ class Renderer:
                 what = "elementwise: $" + sp.latex(n.expression, symbol_names=names, mul_symbol=r"\,") + "$"
             else:
                 what = {"add": "elementwise sum", "multiply": "elementwise product",
-                        "concat": "the inputs stacked (merge)"}[n.kind]
+                        "concat": "the inputs stacked (merge)"}.get(n.kind) or _text(n.op.doc)   # tensor ops: the registry's words
             kind = n.activation.name if n.kind == "activation" else n.kind
             rows.append({"name": f"${self.sym(n.name)}$", "kind": _text(kind),
                          "inputs": ins, "width": str(n.width), "what": what})
