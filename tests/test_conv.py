@@ -271,6 +271,10 @@ def test_training_calls_work(kernels):
     _, X, Y = data(G, 8, seed=4)
     out = k.forward(params, X)
     assert out.shape == (8, 3) and np.allclose(out.sum(axis=1), 1)
+    # a (B, C, H, W) array is read as its C-order rows
+    l4, g4 = k.loss_and_grad(params, X.reshape(8, 2, 5, 5), Y)
+    l2, g2 = k.loss_and_grad(params, X, Y)
+    assert l4 == l2 and all(np.array_equal(g4[key], g2[key]) for key in g2)
     before = k.loss_and_grad(params, X, Y)[0]
     for _ in range(20):
         k.sgd_step(params, X, Y, lr=0.1)

@@ -489,6 +489,12 @@ class GraphKernel(BaseKernel):
                              + (" (or one array)" if len(names) == 1 else "")
                              + f", got {type(inputs).__name__}")
         check_keys("inputs", inputs, names)
+        # a tensor input (shape = [C, H, W]) may come as (B, C, H, W): its C-order rows are the
+        # (B, C*H*W) the module reads (a view when the array is C-contiguous)
+        shaped = {n.name: n.shape for n in self.graph.inputs if n.shape is not None}
+        inputs = {k: (np.ascontiguousarray(x).reshape(len(x), -1)
+                      if k in shaped and isinstance(x, np.ndarray) and x.shape[1:] == shaped[k] else x)
+                  for k, x in inputs.items()}
         return super()._check_slow(params, inputs, Y)
 
     def _as_inputs(self, xs):

@@ -483,6 +483,22 @@ def stage_legend():
         r"sum\_i y\_i = 1", r"$\sum_i y_i = 1$")
 
 
+# prose of a backward step through a tensor op: SymPy's derivative with its deltas resolved is
+# recognised as the textbook form (derivation/conv.py)
+TENSOR_STEPS = {
+    "conv2d": (r"SymPy differentiates the convolution's index form; each Kronecker delta is summed "
+               r"away (an entry outside the padded input is zero), which leaves for the kernel the "
+               r"correlation of the input with the node's gradient, and for the input the full "
+               r"convolution of the node's gradient with the kernel rotated by 180 degrees "
+               r"(``Deep Learning'', Goodfellow, Bengio and Courville, chapter~9)"),
+    "maxpool2d": (r"The derivative of the maximum is 1 at the window's largest entry and 0 elsewhere: "
+                  r"the gradient is routed to the arg-max, ties to the first entry of the window in "
+                  r"row-major order (as PyTorch)"),
+    "avgpool2d": r"Each entry of a window receives its share $1/(k_h k_w)$ of the window's gradient",
+    "flatten": r"Flattening only renames entries: the gradient is unflattened back to the tensor's shape",
+}
+
+
 def _row(lhs, rhs, note=""):
     return {"lhs": lhs, "rhs": rhs, "note": note}
 
@@ -597,6 +613,8 @@ class Renderer:
         for p in self.g.params:
             # the shape of the notation's own matrix (stored transposed in some courses)
             shape = r" \times ".join(str(s) for s in self.mats.own(p.name).shape)
+            if len(p.shape) > 2:        # a convolution kernel (C_out, C_in, k_h, k_w)
+                shape = r" \times ".join(str(s) for s in p.shape)
             uses = ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses)
             out.append({"name": f"${self.sym(p.name)}$", "shape": f"${shape}$", "uses": uses,
                         "shared": len(p.uses) > 1})
@@ -708,7 +726,21 @@ class Renderer:
         return _row(rf"\frac{{\partial {ui}}}{{\partial {vj}}}", "= " + pr.doprint(jac),
                     r"\text{local Jacobian}")
 
+    def tensor_step_text(self, e):
+        """(title, prose) of a gradient through a tensor op (conv2d, pooling, flatten), naming
+        the textbook form SymPy's result was recognised as; None for the other ops."""
+        u = self.g.node(e.source) if e.source else None
+        if u is None or u.kind not in TENSOR_STEPS:
+            return None
+        v, us = self.sym(e.node), self.sym(u.name)
+        step = e.stages[-1][0]
+        title = rf"parameter ${v}$" if e.kind.startswith("grad_") else rf"the gradient of ${v}$"
+        return title, rf"{TENSOR_STEPS[u.kind]} (through ${us}$; the step \emph{{{_text(step)}}})."
+
     def step_text(self, e):
+        tensor = self.tensor_step_text(e)
+        if tensor is not None:
+            return tensor
         nt = self.nt
         v = self.sym(e.node)
         if e.kind == "loss_grad":
