@@ -131,17 +131,13 @@ class _Loops:
         return lines
 
     def term(self, term, ranges, depth):
+        """One term's loops; each computed index and its guard are placed right after the loop
+        of the last index it reads (hoisted out of the loops it does not depend on)."""
         body, limits = _flat_sum(term)
-        lines = []
         for var, lo, hi in limits:
-            if hi.has(naming.BATCH):        # the sum over the samples
-                lines.append("    " * depth + f"for {var} in range(B):")
-                ranges[var] = (0, None)
-            else:
-                lines.append("    " * depth + f"for {var} in range({sp.sstr(lo)}, {sp.sstr(hi + 1)}):")
-                ranges[var] = (int(lo), int(hi))
-            depth += 1
-        temps, subs = {}, {}
+            ranges[var] = (0, None) if hi.has(naming.BATCH) else (int(lo), int(hi))
+        order = [var for var, _, _ in limits]
+        temps, subs, at = {}, {}, {}
         for x in sorted(body.atoms(sp.Indexed), key=sp.default_sort_key):
             dims = self.dims(x.base, len(x.indices))
             new = []
@@ -153,23 +149,45 @@ class _Loops:
                 if ix not in temps:
                     t = sp.Symbol(f"t{len(temps)}", integer=True)
                     temps[ix] = t
-                    num, den = sp.fraction(sp.together(ix))
-                    lines.append("    " * depth + f"{t} = {sp.sstr(num)}")
-                    conds = []
-                    if den != 1:
-                        conds.append(f"{t} % {sp.sstr(den)} == 0")
-                    known = _bounds(ix, ranges) if den == 1 else None
-                    if known is None or known[0] < 0 or known[1] > dims[pos] - 1:
-                        conds.append(f"0 <= {t}" + (f" < {dims[pos] * den}" if den != 1 else f" < {dims[pos]}"))
-                    if conds:
-                        lines.append("    " * depth + f"if {' and '.join(conds)}:")
-                        depth += 1
-                    if den != 1:
-                        lines.append("    " * depth + f"{t} = {t} // {sp.sstr(den)}")
+                    level = max([order.index(v) for v in ix.free_symbols if v in order], default=-1)
+                    at.setdefault(level, []).append(self.guard(t, ix, ranges, dims[pos]))
                 new.append(temps[ix])
             subs[x] = x.base[tuple(new)]
+        lines = []
+
+        def place(level, depth):
+            for block in at.get(level, ()):
+                for text, deeper in block:
+                    lines.append("    " * depth + text)
+                    depth += deeper
+            return depth
+        depth = place(-1, depth)
+        for k, (var, lo, hi) in enumerate(limits):
+            if hi.has(naming.BATCH):        # the sum over the samples
+                lines.append("    " * depth + f"for {var} in range(B):")
+            else:
+                lines.append("    " * depth + f"for {var} in range({sp.sstr(lo)}, {sp.sstr(hi + 1)}):")
+            depth = place(k, depth + 1)
         lines.append("    " * depth + f"acc += {self.expr(body.xreplace(subs))}")
         return lines
+
+    @staticmethod
+    def guard(t, ix, ranges, dim):
+        """[(line, indentation it adds)] computing index ``t`` = ``ix`` and guarding it: in range
+        (unless the loop bounds imply it) and integral where ``ix`` is a fraction."""
+        num, den = sp.fraction(sp.together(ix))
+        out = [(f"{t} = {sp.sstr(num)}", 0)]
+        conds = []
+        if den != 1:
+            conds.append(f"{t} % {sp.sstr(den)} == 0")
+        known = _bounds(ix, ranges) if den == 1 else None
+        if known is None or known[0] < 0 or known[1] > dim - 1:
+            conds.append(f"0 <= {t} < {dim * den}")
+        if conds:
+            out.append((f"if {' and '.join(conds)}:", 1))
+        if den != 1:
+            out.append((f"{t} = {t} // {sp.sstr(den)}", 0))
+        return out
 
 
 def _stmt(lines):
