@@ -14,6 +14,9 @@ dispatches on the node kind):
 - concat: sum_m sum_k delta(j, o_m + k) in_m[s, k] with o_m the widths before input m (merge);
 - expression: the node's expression with each input name replaced by in_m[s, j];
 - loss: L = c sum_t sum_i loss(out[t, i], y[t, i]), c = 1/B (mean) or 1 (sum).
+- conv2d, maxpool2d, avgpool2d, flatten (tensor values out[s, o, i, j]): their templates come
+  from ``derivation.conv`` (deltas resolved against the sums, the textbook forms as named steps);
+  their equations keep the tensor indices ([s, o, i, j], an input's gradient [s, c, u, v]).
 
 Backward, in reverse topological order, by the general algorithm g_in = g_out L^x: for every edge
 v -> u (slot m of u), the contribution sum_i g_u[s, i] J[s, i, j] with the local Jacobian
