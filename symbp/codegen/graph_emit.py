@@ -530,6 +530,9 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
         view = f"work[B * {work_width} + {use_off}:B * {work_width} + {use_off + size}]"
         work_views.append(f"{ids[label]} = {view}" + (f".reshape({tuple(shape)})" if len(shape) == 2 else ""))
         use_off += size
+    # the normalization family's inference forward and running statistics (codegen.norm_emit)
+    norm = norm_emit.modes(c, lambda n: _FORWARD.get(n.kind) or _FORWARD_REALIZE.get(n.op.realize), _layout,
+                           sizes, [ids[k] for k in inputs], [f"p_{k}" for k in params])
     used = helpers_used(printed)
     parallel = _parallel(c, fwd, bwd, loss_lines, [ids[gl] for gl in grad_labels],
                          [tuple(pshapes[k]) for k in params], sizes)
@@ -573,6 +576,7 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
         "loss_scale": p.doprint(d.batch_factor.xreplace(sizes)), "loss_reads": loss_reads,
         "zero": zero, "optimizers": optimizer_steps(dtype),
         "updates": [(f"p_{k}", ids[gl]) for k, gl in zip(params, grad_labels)],
+        "norm": norm,
     }
     return environment().get_template(f"{target}/graph.py.j2").render(**ctx)
 

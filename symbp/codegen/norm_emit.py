@@ -158,3 +158,74 @@ def inference_rhs(n, mapping):
 def running_names(node):
     """{"mean": identifier, "var": identifier} of a batchnorm node's running statistics."""
     return {what: f"{node.name}__running_{what}" for what in RUNNING}
+
+
+def _inference_items(c, n, emitters):
+    """The node's items in inference: its inference definition as one elementwise row (running
+    statistics read, eps a constant), or, where inference is training (layernorm and the other
+    kinds), the training emitter's items."""
+    from ..derivation.graph import _mapping, renamer
+    rename = renamer({**_mapping(c.g, n), **_running_mapping(n)})
+    rhs = inference_rhs(n, rename) if n.kind in INFERENCE else None
+    if rhs is None:
+        flops = c.blas_flops
+        items = emitters(n)(c, n, c.d[n.name])
+        c.blas_flops = flops        # the training pass's products are the ones counted
+        return items
+    rhs = rhs.xreplace(_Nest(c, n).consts) if n.op.realize == "normalization" else rhs
+    lhs = c.d[n.name].lhs
+    c.printed.append(rhs)
+    return [{"kind": "rows", "width": n.width, "assign": [(lhs, rhs, f"{n.name}: {n.kind} in inference")],
+             "fuse": True, "then": [], "pre": [], "writes": {n.name}, "vector": None}]
+
+
+def _running_mapping(n):
+    if n.kind != "batchnorm":
+        return {}
+    out = {}
+    for what, gen in RUNNING.items():
+        actual = sp.IndexedBase(running_names(n)[what], **gen.assumptions0)
+        out[gen], out[gen.label] = actual, actual.label
+    return out
+
+
+def _running_lines(c, n):
+    """The running statistics' update of batchnorm node n (``ops_norm.running_update``) after
+    its statistics are computed from the stored input."""
+    from ..derivation.graph import _mapping, renamer
+    from ..model.ops_norm import running_update, _MOMENTUM
+    rename = renamer({**_mapping(c.g, n), **_running_mapping(n)})
+    consts = {**_Nest(c, n).consts, _MOMENTUM: sp.Float(repr(n.option("momentum")))}
+    lines = [f"# {n.name}: running statistics, r <- (1 - momentum) r + momentum (batch statistic)"]
+    lines += _statistics(c, n)
+    lines.append(f"for j in range({_range(c, n.width)}):")
+    for lhs, rhs in running_update(n.op.key(n)):
+        rhs = rename(rhs).xreplace(consts).xreplace({**c.d.sizes, naming.BATCH: BF})
+        lines.append(f"    {c.p.doprint(rename(lhs))} = {c.p.doprint(rhs)}")
+    return lines
+
+
+def modes(c, emitters, layout, sizes, inputs, params):
+    """The template's ``norm`` context for a graph with the family (None without): the
+    inference forward's lines, the running statistics' update lines and their arguments.
+    ``emitters(node)`` gives a node's training emitter, ``layout`` prints items (graph_emit)."""
+    nodes = [n for n in c.g.nodes if n.kind in ("batchnorm", "layernorm", "dropout")]
+    if not nodes:
+        return None
+    running = {n.name: running_names(n) for n in nodes if n.kind == "batchnorm"}
+    for names in running.values():
+        for ident in names.values():
+            c.ids[ident] = ident
+    items = []
+    for n in c.g.nodes:
+        if n.kind not in ("input", "loss"):
+            items += _inference_items(c, n, emitters)
+    update = ["Bf = DTYPE(B)"]
+    for n in nodes:
+        if n.kind == "batchnorm":
+            update += _running_lines(c, n)
+    flat = [ident for names in running.values() for ident in names.values()]
+    return {"inference_lines": ["Bf = DTYPE(B)"] + layout(items, c.p, sizes), "update_lines": update,
+            "running": {k: (v["mean"], v["var"]) for k, v in running.items()},
+            "inference_args": ", ".join(inputs + params + ["work"] + flat),
+            "update_args": ", ".join(inputs + ["work"] + flat)}

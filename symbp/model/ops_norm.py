@@ -207,6 +207,19 @@ def _dropout_inference(key):
 
 
 RUNNING = {"mean": _RMEAN, "var": _RVAR}
+_MOMENTUM = sp.Symbol("_momentum", nonnegative=True)
+
+
+def running_update(key):
+    """The running statistics' update of a batchnorm node after a training pass, as PyTorch's
+    BatchNorm1d (torch.nn.BatchNorm1d documentation, "momentum"): r <- (1 - m) r + m stat with the
+    batch mean and the unbiased batch variance B / (B - 1) var, var = sigma^2 - eps the biased
+    one the normalization used. [(running base at j, its new value)] in generic names, with
+    ``_momentum`` standing for the node's momentum."""
+    st = statistics(key[1])
+    var = (st.sigma[J] ** 2 - st.eps) * BATCH / (BATCH - 1)
+    return [(_RMEAN[J], (1 - _MOMENTUM) * _RMEAN[J] + _MOMENTUM * st.mu[J]),
+            (_RVAR[J], (1 - _MOMENTUM) * _RVAR[J] + _MOMENTUM * var)]
 
 
 def _norm_bind(node):
