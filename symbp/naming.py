@@ -122,3 +122,12 @@ def statistic(node, what):
     if what not in STATISTICS:
         raise KeyError(what)
     return f"{node}__{what}"
+
+# the LaTeX of a normalization node's own quantities (subscripted by the node's symbol)
+STATISTIC_LATEX = {"mu": r"\mu", "sigma": r"\sigma", "xhat": r"\hat{x}", "eps": r"\epsilon"}
+
+
+def parse_statistic(label):
+    """(node, what) of a label made by ``statistic``, else None."""
+    node, sep, what = str(label).rpartition("__")
+    return (node, what) if sep and what in STATISTICS else None

@@ -318,8 +318,9 @@ class GraphDerivation(EquationLookup):
                     out.append(f"  f'(z) [{name}]: {e}")
                 out.append(f"  f' reads: {nr.rule.uses}")
             node = self.graph.node(nr.node)
+            at = "t" if node.op.couples_samples else "s"      # batchnorm: a second sample index
             for m, stages in enumerate(nr.jacobians):
-                out += _stages(f"d{nr.node}[s,i]/d{node.inputs[m]}[s,j]", stages)
+                out += _stages(f"d{nr.node}[s,i]/d{node.inputs[m]}[{at},j]", stages)
             if nr.dW:
                 out += _stages(f"d{nr.node}[s,i]/d{node.weight}[p,q]", nr.dW)
             if nr.db:
