@@ -336,7 +336,7 @@ def _accumulate(c, node, lines, pre):
 
 
 def _per_sample_backward(c, eq, comment):
-    if c.g.node(eq.source).op.realize == "normalization":     # batch- or unit-coupled (norm_emit)
+    if eq.source and c.g.node(eq.source).op.realize == "normalization":     # batch- or unit-coupled (norm_emit)
         return norm_emit.backward(c, eq, comment)
     label = eq.name
     w = c.g.node(eq.node).width
