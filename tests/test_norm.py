@@ -73,7 +73,8 @@ def test_batchnorm_compact_backward_is_the_textbook_form():
     d = symbp.derive(build("batchnorm", {}))
     e = _backprop(d)
     assert e.stages[-1][0] == "batchnorm_compact"
-    assert [name for name, _ in e.stages] == ["derived", "collapse", "statistics", "normalized", "batchnorm_compact"]
+    assert [name for name, _ in e.stages] == ["derived", "statistics", "collapse", "moments", "normalized",
+                                          "batchnorm_compact"]
     g, xh = sp.IndexedBase("g_n", real=True), sp.IndexedBase("n__xhat", real=True)
     gamma, sigma = sp.IndexedBase("gamma_n", real=True), sp.IndexedBase("n__sigma", positive=True)
     textbook = gamma[J] / (B * sigma[J]) * (B * g[S, J] - sp.Sum(g[T, J], (T, 0, B - 1))

@@ -10,12 +10,13 @@ from symbp.model.functions import ACTIVATIONS, LOSSES
 from symbp.model.graph import KINDS, build_graph, graph
 from symbp.derivation.graph import _key, _template, derive_graph
 
-REALIZE = ("source", "contraction", "elementwise", "slices", "loss")
+REALIZE = ("source", "contraction", "elementwise", "slices", "loss", "normalization", "mask")
 
 # one node of each kind, in a graph that reads every kind (the node of the kind under test is
 # looked up by name)
 EXAMPLE = {"input": "x", "dense": "d", "activation": "a", "add": "s", "multiply": "m",
-           "concat": "c", "expression": "e", "loss": "loss"}
+           "concat": "c", "expression": "e", "loss": "loss", "batchnorm": "bn", "layernorm": "ln",
+           "dropout": "dr"}
 
 
 def every_kind():
@@ -26,7 +27,8 @@ def every_kind():
     m = g.multiply("m", s, a)
     e = g.expression("e", "m * sigmoid(s)", ["m", "s"])
     c = g.concat("c", e, m)
-    g.loss("loss", g.dense("o", c, 1), g.input("t", 1), "mse")
+    dr = g.dropout("dr", g.layernorm("ln", g.batchnorm("bn", c)), g.input("mk", 4), 0.5)
+    g.loss("loss", g.dense("o", dr, 1), g.input("t", 1), "mse")
     return g.build()
 
 
@@ -87,7 +89,8 @@ def test_template_of_every_kind(kind):
 
 def test_the_whole_graph_of_every_kind_derives():
     d = derive_graph(every_kind())
-    assert set(d.param_grads) == {"W_d", "b_d", "W_o", "b_o"} and d.input_grads == {"x": "g_x"}
+    assert set(d.param_grads) == {"W_d", "b_d", "W_o", "b_o", "gamma_bn", "beta_bn", "gamma_ln", "beta_ln"}
+    assert d.input_grads == {"x": "g_x"}
 
 
 @pytest.mark.parametrize("kind", list(ops.OPS))
@@ -96,7 +99,8 @@ def test_validate_names_the_node_key(kind):
     node.<name>.<key>."""
     bad = {"input": {"width": 0}, "dense": {"units": 0}, "activation": {"activation": "nope"},
            "add": {"units": 9}, "multiply": {"units": 9}, "concat": {"units": 9},
-           "expression": {"expression": "x +"}, "loss": {"loss": "nope"}}[kind]
+           "expression": {"expression": "x +"}, "loss": {"loss": "nope"}, "batchnorm": {"eps": 0},
+           "layernorm": {"affine": 1}, "dropout": {"p": 1}}[kind]
     v = ops.Check("spec.toml", "node.n.", "n", {"x": 2, "w": 2}, {}, {}, {"n": "w"})
     ins = () if kind == "input" else ("x",) if ops.OPS[kind].reads == "one" else ("x", "w")
     with pytest.raises(SpecError) as err:

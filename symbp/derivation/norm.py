@@ -9,14 +9,17 @@ xhat, in generic names. Nothing here is a derivative written by hand: every loca
 
 Steps after ``diff`` (each a named stage):
 
-1. ``collapse``: the Kronecker deltas of the sums (``simplify.collapse``); for batchnorm the
+1. ``statistics``: where the mean and var + eps stand whole (not differentiated), they are named
+   mu and sigma^2 (before the deltas collapse: SymPy's summation would otherwise try to evaluate
+   each sum of the variance, most of this derivation's time);
+2. ``collapse``: the Kronecker deltas of the sums (``simplify.collapse``); for batchnorm the
    Jacobian d out[s, i] / d x[t, j] has the second sample index t, and the contribution
    g_x[t, j] = sum_s sum_i g[s, i] d out[s, i] / d x[t, j] sums over the samples;
-2. ``statistics``: the sums that are the statistics named: sum_u x[u] = N mu and
+3. ``moments``: the sums collapsing left that are statistics, named: sum_u x[u] = N mu and
    sum_u x[u]^2 = N (sigma^2 - eps + mu^2) (sigma^2 = var + eps, var = mean of x^2 - mu^2);
-3. ``normalized``: every remaining x written as mu + sigma xhat (the definition of xhat), and the
+4. ``normalized``: every remaining x written as mu + sigma xhat (the definition of xhat), and the
    sums split over their terms;
-4. ``<kind>_compact``: SymPy's rational simplification with each sum kept whole, and its common
+5. ``<kind>_compact``: SymPy's rational simplification with each sum kept whole, and its common
    factor taken out (``factor_terms``): for batch normalization this reaches the textbook form
    (Ioffe and Szegedy 2015, Algorithm 1's gradients, collected)
    dx = gamma / (N sigma) (N dy - sum dy - xhat sum(dy xhat)), N = B; for layer normalization
@@ -43,7 +46,7 @@ def _is_reduction(e, st):
 
 
 def named_statistics(expr, st):
-    """Stage 2: var + eps -> sigma^2 and the mean -> mu where they stand whole, then
+    """Stages 1 and 3: var + eps -> sigma^2 and the mean -> mu where they stand whole, then
     sum_u x[u] -> N mu, sum_u x[u]^2 -> N (sigma^2 - eps + mu^2) where collapsing expanded them.
     A batch statistic is per unit: it is looked for at each unit index a derivative may leave
     (j; i before the unit sum collapses; p in a parameter's gradient)."""
@@ -70,7 +73,7 @@ def named_statistics(expr, st):
 
 
 def normalized(expr, st):
-    """Stage 3: x = mu + sigma xhat at every entry (the definition of xhat), sums split."""
+    """Stage 4: x = mu + sigma xhat at every entry (the definition of xhat), sums split."""
     def rep(e):
         at = e.indices[1] if st.axes == ("batch",) else e.indices[0]
         return st.mu[at] + st.sigma[at] * st.xhat[e.indices]
@@ -79,7 +82,7 @@ def normalized(expr, st):
 
 
 def compact(expr):
-    """Stage 4: rational simplification with the sums as atoms, common factor taken out."""
+    """Stage 5: rational simplification with the sums as atoms, common factor taken out."""
     sums = sorted(expr.atoms(sp.Sum), key=sp.default_sort_key)
     atoms = {s: sp.Symbol(f"_sum{m}", real=True) for m, s in enumerate(sums)}
     back = {v: k for k, v in atoms.items()}
@@ -88,9 +91,13 @@ def compact(expr):
 
 
 def _stages(expr, st, kind, ctx):
-    stages = simp.run(expr, ctx, passes=(simp.COLLAPSE,))
-    e = named_statistics(stages[-1][1], st)
-    stages.append(("statistics", e))
+    # the statistics named before the deltas collapse: SymPy's summation would otherwise try to
+    # evaluate every sum of the variance (most of the time of this derivation)
+    stages = [("derived", expr), ("statistics", named_statistics(expr, st))]
+    e = simp.collapse(stages[-1][1], ctx)
+    stages.append(("collapse", e))
+    e = named_statistics(e, st)
+    stages.append(("moments", e))
     e = normalized(e, st)
     stages.append(("normalized", e))
     stages.append((f"{kind}_compact", compact(e)))
