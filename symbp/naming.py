@@ -108,3 +108,32 @@ def module_name(network_name, target, dtype):
 def import_name(network_name, target, dtype, digest):
     """Name under which a generated module is put into sys.modules (unique per spec)."""
     return f"symbp_generated.{network_name}.{target}_{dtype}_{digest[:12]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# normalization ops: the summed index of a statistic and a node's own named quantities
+# ----------------------------------------------------------------------------------------------
+
+# the index a normalization statistic sums over (u), and a second one for a sum nested in it (v)
+U, V = sp.symbols("u v", integer=True)
+
+# What a normalization node names besides its value: the mean, sigma = sqrt(var + eps), the
+# normalized input xhat and the constant eps. "<node>__<what>": a user name never holds "__", so
+# these never collide with a node or parameter.
+STATISTICS = ("mu", "sigma", "xhat", "eps")
+
+
+def statistic(node, what):
+    """The label of a normalization node's own quantity: statistic("bn", "mu") -> "bn__mu"."""
+    if what not in STATISTICS:
+        raise KeyError(what)
+    return f"{node}__{what}"
+
+# the LaTeX of a normalization node's own quantities (subscripted by the node's symbol)
+STATISTIC_LATEX = {"mu": r"\mu", "sigma": r"\sigma", "xhat": r"\hat{x}", "eps": r"\epsilon"}
+
+
+def parse_statistic(label):
+    """(node, what) of a label made by ``statistic``, else None."""
+    node, sep, what = str(label).rpartition("__")
+    return (node, what) if sep and what in STATISTICS else None

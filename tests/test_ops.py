@@ -12,11 +12,13 @@ from symbp.derivation.graph import _key, _template, derive_graph
 
 REALIZE = ("source", "contraction", "elementwise", "slices", "loss")
 REALIZE += ("convolution", "pooling", "reshape")     # the tensor ops (model/ops_conv.py)
+REALIZE += ("normalization", "mask")     # the normalization family (model/ops_norm.py)
 
 # one node of each kind, in a graph that reads every kind (the node of the kind under test is
 # looked up by name)
 EXAMPLE = {"input": "x", "dense": "d", "activation": "a", "add": "s", "multiply": "m",
-           "concat": "c", "expression": "e", "loss": "loss"}
+           "concat": "c", "expression": "e", "loss": "loss", "batchnorm": "bn", "layernorm": "ln",
+           "dropout": "dr"}
 
 
 def every_kind():
@@ -27,7 +29,8 @@ def every_kind():
     m = g.multiply("m", s, a)
     e = g.expression("e", "m * sigmoid(s)", ["m", "s"])
     c = g.concat("c", e, m)
-    g.loss("loss", g.dense("o", c, 1), g.input("t", 1), "mse")
+    dr = g.dropout("dr", g.layernorm("ln", g.batchnorm("bn", c)), g.input("mk", 4), 0.5)
+    g.loss("loss", g.dense("o", dr, 1), g.input("t", 1), "mse")
     return g.build()
 
 
@@ -106,7 +109,8 @@ def test_template_of_every_kind(kind):
 
 def test_the_whole_graph_of_every_kind_derives():
     d = derive_graph(every_kind())
-    assert set(d.param_grads) == {"W_d", "b_d", "W_o", "b_o"} and d.input_grads == {"x": "g_x"}
+    assert set(d.param_grads) == {"W_d", "b_d", "W_o", "b_o", "gamma_bn", "beta_bn", "gamma_ln", "beta_ln"}
+    assert d.input_grads == {"x": "g_x"}
 
 
 @pytest.mark.parametrize("kind", list(ops.OPS))
@@ -117,7 +121,8 @@ def test_validate_names_the_node_key(kind):
            "add": {"units": 9}, "multiply": {"units": 9}, "concat": {"units": 9},
            "expression": {"expression": "x +"}, "loss": {"loss": "nope"},
            "conv2d": {"out_channels": 0}, "maxpool2d": {"window": 0}, "avgpool2d": {"stride": 0},
-           "flatten": {}}[kind]
+           "flatten": {}, "batchnorm": {"eps": 0},
+           "layernorm": {"affine": 1}, "dropout": {"p": 1}}[kind]
     v = ops.Check("spec.toml", "node.n.", "n", {"x": 2, "w": 2}, {}, {}, {"n": "w"})
     ins = () if kind == "input" else ("x",) if ops.OPS[kind].reads == "one" else ("x", "w")
     with pytest.raises(SpecError) as err:

@@ -46,7 +46,7 @@ from typing import Optional
 import sympy as sp
 
 from .. import naming
-from . import simplify as simp
+from . import norm, simplify as simp
 from .equations import ActivationRule, Equation, EquationLookup
 from .local import _forward_rule, _loss_from_logits, output_form
 from ..model import ops
@@ -150,6 +150,8 @@ def _template(key, at_zero=0):
         # tensor values (batch, C, H, W): their own template (derivation/conv.py)
         return conv.template(key, at_zero)
     fw = ops.OPS[key[0]].forward(key, at_zero)
+    if fw.statistics is not None:       # a normalization: its statistics named (derivation.norm)
+        return norm.template(key, fw, at_zero)
     ctx = simp.Context(forward=list(fw.rules), links=list(fw.links), at_zero=at_zero)
     rule = None
     if fw.activation is not None:
@@ -235,6 +237,8 @@ def _mapping(graph, node):
     if node.op.realize in TENSOR_REALIZE:
         # a tensor op's generic sizes (channels, heights, kernel, stride, padding): this node's
         mapping.update(tensor_sizes(node, graph.node(node.inputs[0]).shape))
+    if node.op.realize == "normalization":      # its mu, sigma, xhat and eps (derivation.norm)
+        mapping.update(norm.mapping(node))
     for gen, actual in pairs:
         mapping[gen] = actual
         mapping[gen.label] = actual.label
@@ -325,8 +329,9 @@ class GraphDerivation(EquationLookup):
                     out.append(f"  f'(z) [{name}]: {e}")
                 out.append(f"  f' reads: {nr.rule.uses}")
             node = self.graph.node(nr.node)
+            at = "t" if node.op.couples_samples else "s"      # batchnorm: a second sample index
             for m, stages in enumerate(nr.jacobians):
-                out += _stages(f"d{nr.node}[s,i]/d{node.inputs[m]}[s,j]", stages)
+                out += _stages(f"d{nr.node}[s,i]/d{node.inputs[m]}[{at},j]", stages)
             if nr.dW:
                 out += _stages(f"d{nr.node}[s,i]/d{node.weight}[p,q]", nr.dW)
             if nr.db:
@@ -418,7 +423,14 @@ def _derive_graph(graph, names):
         if n.op.realize in ("source", "loss"):
             continue
         t, m = _template(_key(n), at_zero), composed(_mapping(graph, n))
-        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[t.get("out", (S, J))], [("definition", m(t["forward"]))],
+        named = ()
+        if "statistics" in t:       # a normalization: mu, sigma, xhat defined first (derivation.norm)
+            for what, lhs, rhs in t["statistics"]:
+                label = naming.statistic(n.name, what)
+                q(labelled(label), "statistic", n.name)
+                eq(label, "statistic", n.name, m(lhs), [("definition", m(rhs))], f"{what} of {n.kind} node {n.name}")
+            named = (("statistics", m(t["forward_named"])),)
+        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[t.get("out", (S, J))], [("definition", m(t["forward"])), *named],
            f"{n.kind} node")
         rules.append(NodeRules(n.name, n.kind, m(t["forward"]),
                                tuple(_rename(j, m) for j in t["jacobians"]),

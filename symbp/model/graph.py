@@ -67,12 +67,13 @@ from .functions import Activation, Loss, elementwise_functions, user_activation
 from .limits import MAX_LAYERS, check_parameter_count
 from .ops import OPS, Check, check_name as _name, check_str as _str
 from .ops_conv import TENSOR_REALIZE
+from . import ops_norm  # noqa: F401 (registers batchnorm, layernorm, dropout into OPS)
 from .source import SpecKindError, is_mlp_doc, read_text, read_toml, unknown_key
 
 # Keys every node table may hold, per kind (from the op registry; activation parameters such
 # as slope are added from the activation's own table).
 KEYS = {kind: op.keys for kind, op in OPS.items()}
-KINDS = tuple(OPS)      # the registry with the tensor ops of ops_conv
+KINDS = tuple(OPS)      # the registry with the tensor ops (ops_conv) and the normalization family (ops_norm)
 TOP_KEYS = ("graph", "node", "activations")
 GRAPH_KEYS = ("name", "relu_at_zero", "allow_any_output")
 MAX_NODES = 1000
@@ -102,6 +103,11 @@ class Node:
     kernel: Optional[tuple] = None
     stride: int = 1
     padding: tuple = (0, 0)
+    options: tuple = ()                     # batchnorm, layernorm, dropout: ((key, value), ...)
+
+    def option(self, key):
+        """The value of one of the node's ``options`` (batchnorm's eps, dropout's p, ...)."""
+        return dict(self.options)[key]
 
     def symbol(self, input_name):
         """The scalar symbol standing for ``input_name`` in ``expression``."""
@@ -593,6 +599,21 @@ class GraphBuilder:
     def loss(self, name, input, target, loss, reduction="mean"):
         return self._add({"name": name, "kind": "loss", "input": input, "target": target,
                           "loss": loss, "reduction": reduction})
+
+    # normalization family (symbp.model.ops_norm): keys given only when set, so that the
+    # defaults are the registry's
+    def batchnorm(self, name, input, **keys):
+        """Batch normalization of ``input`` over the batch; keys eps, momentum, affine, mode,
+        gamma, beta (see symbp.model.ops_norm)."""
+        return self._add({"name": name, "kind": "batchnorm", "input": input, **keys})
+
+    def layernorm(self, name, input, **keys):
+        """Layer normalization of ``input`` over its units; keys eps, affine, gamma, beta."""
+        return self._add({"name": name, "kind": "layernorm", "input": input, **keys})
+
+    def dropout(self, name, input, mask, p):
+        """Inverted dropout input * mask / (1 - p); ``mask`` names the node (an input) of the mask."""
+        return self._add({"name": name, "kind": "dropout", "inputs": [input, mask], "p": p})
 
     @staticmethod
     def _multi(name, kind, inputs, units):

@@ -120,6 +120,9 @@ class Forward:
     rules: tuple = ()
     links: tuple = ()
     activation: object = None
+    # a normalization op's statistics (symbp.model.ops_norm.Statistics): what the derivation
+    # names mu, sigma and xhat, and the axes they reduce over
+    statistics: object = None
 
 
 @dataclass

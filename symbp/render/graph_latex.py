@@ -197,6 +197,9 @@ class _Names:
         return f"g_{{{sym}}}" + (f"^{{({self.sym(source)})}}" if source else "")
 
     def _base(self, q):
+        if q.role == "statistic":       # a normalization's mu, sigma, xhat: \mu_{bn}, ...
+            node, what = naming.parse_statistic(q.label)
+            return f"{naming.STATISTIC_LATEX[what]}_{{{self.sym(node)}}}"
         if q.role in ("value", "target", "param"):
             return self.sym(q.of)
         if q.role in ("grad", "param_grad"):
@@ -229,6 +232,12 @@ class GraphPrinter(LatexPrinter):
         self.n, self.nt = names, names.nt
         self.sample, self.vector, self.width = sample, vector, width
 
+    def _print_Symbol(self, e, style="plain"):
+        st = naming.parse_statistic(e.name)
+        if st is not None:      # a normalization's eps: \epsilon_{bn}
+            return f"{naming.STATISTIC_LATEX[st[1]]}_{{{self.n.sym(st[0])}}}"
+        return super()._print_Symbol(e, style)
+
     def _index(self, i):
         if isinstance(i, sp.Integer):
             return str(int(i) + self.nt.index_base)
@@ -257,6 +266,8 @@ class GraphPrinter(LatexPrinter):
             idx = idx[::-1]      # the notation's matrix is our transpose: our W[j,k] is its entry (k, j)
         parts = [self._index(i) for i in idx]
         sup = f"^{{({sample})}}" if sample else ""
+        if not parts and not sup:       # a per-sample statistic (layernorm's sigma) in a sample's row
+            return base
         if self.nt.brackets:
             b = base if _plain(base) or sup == "" else rf"\left({base}\right)"
             return f"{b}{sup}[{', '.join(parts)}]"
@@ -330,7 +341,10 @@ class GraphPrinter(LatexPrinter):
                 return r" \odot ".join([b] * int(e.exp))
             return rf"{b}^{{\odot {e.exp}}}"
         if isinstance(e.base, sp.Indexed) and not self.vector and e.exp.is_Integer and e.exp > 0:
-            return rf"{self._print(e.base)}^{{{self._print(e.exp)}}}"
+            b = self._print(e.base)
+            if "^{(" in b:      # x_{u}^{(s)} squared (a normalization's variance): one superscript per atom
+                b = f"{{{b}}}"
+            return rf"{b}^{{{self._print(e.exp)}}}"
         return super()._print_Pow(e)
 
     def _print_Mul(self, e):
@@ -770,6 +784,22 @@ class Renderer:
                        if e.kind == "grad_W" else
                        "so the gradient is the node's gradient summed over the samples of the batch."))
             return (rf"parameter ${p}$" + (rf" (its use in ${self.sym(u.name)}$)" if shared else ""), body)
+        if e.kind in ("grad_gamma", "grad_beta"):       # a normalization's scale and shift
+            p, u = self.sym(e.node), self.sym(e.source)
+            return (rf"parameter ${p}$",
+                    rf"The gradient of ${p}$: it enters ${u}$ only through the affine map after the "
+                    r"normalization, so SymPy's sum over the samples collapses to the node's gradient"
+                    + (r" times the normalized input, $\sum_s g\,\hat{x}$." if e.kind == "grad_gamma" else "."))
+        if e.kind == "backprop" and self.g.node(e.source).op.realize == "normalization":
+            u = self.g.node(e.source)
+            coupled = "the samples of the batch" if u.op.couples_samples else "the units of a sample"
+            return (rf"the gradient of ${v}$ through ${self.sym(u.name)}$",
+                    rf"The normalization couples {coupled}: every output depends on every input through "
+                    r"the mean and the variance, so the backward step sums over them. SymPy differentiates "
+                    r"the forward definition with the statistics written out as sums, names the "
+                    r"statistics, writes the input as $\mu + \sigma \hat{x}$ and simplifies; the last "
+                    r"step is the compact form of Ioffe and Szegedy, ``Batch Normalization'' (2015), "
+                    r"$dx = \frac{\gamma}{N \sigma}\left(N\,dy - \sum dy - \hat{x} \sum dy\,\hat{x}\right)$.")
         if e.kind == "backprop":
             u = self.g.node(e.source)
             us = self.sym(u.name)

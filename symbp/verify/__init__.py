@@ -40,7 +40,10 @@ def oracle_gradients(model, params, X, Y, exact=False, input_grad=False, entries
     """
     if is_graph(model):
         from .graph import graph_oracle_gradients
-        loss, grads, igrads = graph_oracle_gradients(model, params, X, Y, exact=exact, entries=entries)
+        from .norm import has_norm, norm_oracle_gradients
+        # a graph with batchnorm couples the samples: the whole batch is expanded at once
+        oracle = norm_oracle_gradients if has_norm(model) else graph_oracle_gradients
+        loss, grads, igrads = oracle(model, params, X, Y, exact=exact, entries=entries)
         return loss, {**grads, **igrads}
     from .chain import oracle_gradients as mlp_oracle_gradients
     return mlp_oracle_gradients(model, params, X, Y, exact=exact, input_grad=input_grad, entries=entries)

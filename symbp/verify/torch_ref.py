@@ -7,6 +7,7 @@ import sympy as sp
 
 from .. import naming
 from .conv import TENSOR_KINDS, torch_op
+from .norm_torch import TORCH as NORM_TORCH
 
 
 def _torch_expr(expr, env, torch):
@@ -148,6 +149,8 @@ def _graph_forward(graph, tp, vals, torch):
                 out = out + v if n.kind == "add" else out * v
         elif n.kind == "concat":
             out = torch.cat(ins, dim=1)
+        elif n.kind in NORM_TORCH:      # batchnorm, layernorm, dropout (verify.norm_torch)
+            out = NORM_TORCH[n.kind](n, ins, tp, torch)
         else:
             out = _torch_expr(n.expression, {n.symbol(i): v for i, v in zip(n.inputs, ins)}, torch)
         vals[n.name] = out
