@@ -15,8 +15,6 @@ from .derivation.chain import derive as _derive_mlp
 from .errors import DerivationError, ExpressionError, InputError, SpecError, SymbpError
 from .model.network import Network, OutputRangeWarning, mlp
 from .model.spec import load, loads
-
-
 from .derivation.circuit import Circuit, circuit  # noqa: E402  (the function; the module stays importable)
 from .derivation.wx_norm import WxNorm, wx_norm  # noqa: E402
 from .model.graph import Graph, from_network, graph, load_graph, loads_graph  # noqa: E402
@@ -25,8 +23,7 @@ from .render.exam import make_exam  # noqa: E402
 from .render.worked import worked_example  # noqa: E402
 from .model.optim import SGD, Adam, AdamW  # noqa: E402
 from .training.loop import one_hot, train  # noqa: E402  (the function; the module stays importable)
-from .render import circuit as _circuit_views, graph_latex as _graph_latex, latex as _latex  # noqa: E402
-from .render import wx_norm as _wx_norm_views  # noqa: E402
+from .render import circuit as _circuit_views, graph_latex as _graph_latex, latex as _latex, wx_norm as _wx_norm_views  # noqa: E402
 from .render.pdf import pdflatex  # noqa: E402
 
 

@@ -192,7 +192,7 @@ NETS = [
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_baselines_agree_with_autograd(sizes, acts, loss, dtype, baselines):
     pytest.importorskip("torch")
-    from symbp.verify.chain import torch_gradients
+    from symbp.verify import torch_gradients
     net = symbp.mlp(list(sizes), list(acts), loss, name="t")
     params, X, Y = bench._make_data(net, 16, dtype, seed=3)
     rows = bench._kink_free_rows(net, params, X)

@@ -252,7 +252,8 @@ def test_derive_is_deterministic_in_process():
     assert fingerprint(first) == fingerprint(again)
     assert first.dump() == again.dump()
     graph_mod = importlib.import_module("symbp.derivation.graph")
-    for fn in (derive_mod.output_form, graph_mod._template, graph_mod._loss_template):
+    local_mod = importlib.import_module("symbp.derivation.local")
+    for fn in (local_mod.output_form, graph_mod._template, graph_mod._loss_template):
         fn.cache_clear()
     fresh = symbp.derive(make("deep_mixed"))
     assert fingerprint(fresh) == fingerprint(first)
@@ -372,17 +373,27 @@ def test_network_graph_is_the_chain_graph():
 
 
 @pytest.mark.parametrize("key", ["xor", "udl_toy"])
-def test_chain_view_of_the_plain_graph_derivation_is_derive(key):
-    """chain_view renames a graph derivation in the graph's own names (g_z1, n_z1, x) into the
-    MLP's just as derive's shortcut (the graph derivation written in the MLP's names) does."""
-    from symbp.derivation.graph import derive_graph
+def test_derive_keeps_the_one_graph_derivation(key, monkeypatch):
+    """derive derives the chain graph once: the MLP Derivation keeps that graph derivation in the
+    graph's own names (g_z1, n_z1, x), chain_view of it is derive, and the code generator reads
+    it without deriving again."""
+    from symbp.codegen.graph_emit import emit_mlp
+    graph_mod = importlib.import_module("symbp.derivation.graph")
     net = make(key)
-    plain = derive_mod.chain_view(derive_graph(net.graph), net)
     d = symbp.derive(net)
-    assert [(e.name, e.kind, e.layer, e.lhs, e.stages) for e in plain.equations] == \
+    gd = d.graph_derivation
+    assert gd.graph is net.graph and gd.dump() == graph_mod.derive_graph(net.graph).dump()
+    assert str(gd[f"g_z{net.depth}"].lhs) == f"g_z{net.depth}[s, j]"
+    again = derive_mod.chain_view(gd, net)
+    assert [(e.name, e.kind, e.layer, e.lhs, e.stages) for e in again.equations] == \
         [(e.name, e.kind, e.layer, e.lhs, e.stages) for e in d.equations]
-    assert plain.layers == d.layers and plain.loss_sample == d.loss_sample
-    assert plain.dump() == d.dump()
+    assert again.layers == d.layers and again.loss_sample == d.loss_sample and again.dump() == d.dump()
+
+    def broken(*a, **k):
+        raise AssertionError("generating an MLP's kernel must not derive again")
+
+    monkeypatch.setattr(graph_mod, "_derive_graph", broken)
+    assert "def loss_and_grad" in emit_mlp(d, "cpu", "float64")
 
 
 def test_no_mlp_only_derivation_is_left():

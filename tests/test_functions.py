@@ -19,7 +19,7 @@ import sympy as sp
 
 import symbp
 from symbp import naming
-from symbp.derivation.chain import output_form
+from symbp.derivation.local import output_form
 from symbp.model.functions import ACTIVATIONS, LOSSES, REDUCTIONS, user_activation
 
 z, a, yv = naming.Z, naming.A, naming.Y

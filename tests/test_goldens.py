@@ -3,6 +3,8 @@ their specs must give the same bytes (deterministic output). After an intended c
 emitter, refresh them with:  SYMBP_UPDATE_GOLDENS=1 python -m pytest tests/test_goldens.py
 """
 import os
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,43 @@ def test_generate_writes_the_golden_bytes(tmp_path):
     assert k.path == tmp_path / "xor" / "cpu_float64.py"
     assert k.path.read_bytes() == (ROOT / "generated" / "xor" / "cpu_float64.py").read_bytes()
     assert [p.name for p in k.path.parent.iterdir() if p.suffix == ".tmp"] == []
+
+
+def _commented_assignments(source, name):
+    """(comment's right side, code's right side) of each comment "# <name> = ..." followed by
+    the assignment it describes (of <name>, or of its buffer in a tiled CUDA kernel)."""
+    lines = [line.strip() for line in source.splitlines()]
+    head = f"# {name} = "
+    return [(c[len(head):].split("   [")[0], code.split(" = ", 1)[1])
+            for c, code in zip(lines, lines[1:]) if c.startswith(head) and " = " in code and code[0] != "#"]
+
+
+def _as_comment(code):
+    """Printed code in a comment's spelling: no indices, no typed constants or identifier
+    prefixes, the batch size Bf as B."""
+    code = re.sub(r"np\.float32\(([^()]*)\)", r"\1", code)
+    code = re.sub(r"\[[^\]]*\]", "", code)
+    code = re.sub(r"\b(\d+)\.0\b", r"\1", code)
+    code = re.sub(r"\bv_", "", code)
+    return code.lower().replace("bf", "b").replace(" ", "")
+
+
+# (spec, output delta's comment): swish + sse keeps the factored 2 (a - y) a pass chose, and
+# sigmoid + bce cancels to (a - y)/B
+COMMENTED = [("swish", "2*(a2 - y)"), ("xor", "(a2 - y)/B")]
+
+
+@pytest.mark.parametrize("spec,expected", COMMENTED)
+def test_comments_print_the_expression_the_code_prints(spec, expected):
+    from symbp.codegen.cuda import emit_cuda
+    d = symbp.derive(symbp.load(ROOT / "examples" / "specs" / f"{spec}.toml"))
+    sources = [(emit_mlp(d, "cpu", dt), "g_z2") for dt in ("float64", "float32")]
+    with warnings.catch_warnings():      # fuse_width=1: the tiled kernels, announced by a warning
+        warnings.simplefilter("ignore")
+        sources += [(emit_cuda(d, dt, fuse_width=fw), "delta2") for dt in ("float64", "float32") for fw in (128, 1)]
+    for source, name in sources:
+        pairs = _commented_assignments(source, name)
+        assert pairs, f"no commented assignment of {name}"
+        for comment, code in pairs:
+            assert comment == expected
+            assert _as_comment(code) == comment.lower().replace(" ", "")

@@ -11,8 +11,10 @@ import pytest
 from symbp.cli.commands import main
 from symbp.model.graph import load_graph, loads_graph
 from symbp.derivation.graph import derive_graph
+from symbp.errors import SymbpError
 from symbp.render import graph_latex as gl
 from symbp.render import graph_tikz as gt
+from symbp.render.pdf import compile_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "examples" / "specs" / "graphs"
@@ -186,7 +188,7 @@ def test_rowvector_elementwise_step_is_g_out_times_diag(derived):
 
 
 def test_unknown_notation_is_one_line(derived):
-    with pytest.raises(gl.SymbpError, match="unknown notation 'klingon' for a graph"):
+    with pytest.raises(SymbpError, match="unknown notation 'klingon' for a graph"):
         gl.render(derived["residual"], notation="klingon", document=True)
 
 
@@ -206,7 +208,7 @@ def _pdftotext(pdf):
 @pytest.mark.parametrize("name", GRAPHS)
 def test_handout_pdf_has_no_overfull_lines(derived, name, tmp_path):
     tex = gl.render(derived[name], document=True)
-    data, log = gl.compile_pdf(tex, name)
+    data, log = compile_pdf(tex, name)
     assert "Overfull \\hbox" not in log
     assert data.startswith(b"%PDF")
     if shutil.which("pdftotext"):
@@ -223,7 +225,7 @@ def test_handout_pdf_has_no_overfull_lines(derived, name, tmp_path):
 @pytest.mark.parametrize("notation", tuple(gl.GRAPH_NOTATIONS))
 def test_every_notation_compiles_without_overfull_lines(derived, notation):
     for name in ("autoencoder", "gated"):
-        _, log = gl.compile_pdf(gl.render(derived[name], notation=notation, document=True), name)
+        _, log = compile_pdf(gl.render(derived[name], notation=notation, document=True), name)
         assert "Overfull \\hbox" not in log, (name, notation)
 
 

@@ -20,7 +20,7 @@ Contract:
   imported from ``--baselines PATH`` (the file or its folder), $SYMBP_BENCHMARKS, the checkout
   this package was loaded from, or ./benchmarks; when absent one line says so
   (``BASELINES_HINT``) and the gradients are checked against PyTorch float64
-  (``symbp.verify.chain.torch_gradients``) when PyTorch is installed. A ``--baselines PATH``
+  (``symbp.verify.torch_gradients``) when PyTorch is installed. A ``--baselines PATH``
   that holds no baselines.py is one error line.
 - Reported per case: ms/step (median of interleaved rounds), the speed-up of symbp over the
   fastest peer (fastest peer ms / symbp ms; every implementation's ms over the fastest peer's
@@ -55,6 +55,9 @@ import numpy as np
 
 from ..errors import SymbpError
 from ..verify import peers
+from .commands import POSITIVE, number
+
+COUNT = number(int, 1)      # --rounds, --threads
 
 
 @dataclass(frozen=True)
@@ -243,25 +246,20 @@ def _make_data(net, batch, dtype, seed):
     return params, X, Y
 
 
-def _forward64(name, z, prm):
-    """An activation's forward value in float64 (forward definitions only, as in
-    symbp.functions): used to find the rows away from relu kinks, nothing is differentiated."""
-    if name == "sigmoid":
-        return 0.5 * (1.0 + np.tanh(0.5 * z))
-    if name == "tanh":
-        return np.tanh(z)
-    if name == "relu":
-        return np.maximum(z, 0.0)
-    if name == "leaky_relu":
-        return np.where(z > 0, z, prm.get("slope", 0.01) * z)
-    if name == "softplus":
-        return np.logaddexp(0.0, z)
-    if name == "exp":
-        return np.exp(z)
-    if name == "softmax":
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    return z                      # identity (the bench cases use no other)
+def _softmax64(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# An activation's forward value in float64 (forward definitions only, as in symbp.functions):
+# used to find the rows away from relu kinks, nothing is differentiated. Any other activation
+# is the identity (the bench cases use no other).
+_FORWARD64 = {
+    "sigmoid": lambda z, prm: 0.5 * (1.0 + np.tanh(0.5 * z)), "tanh": lambda z, prm: np.tanh(z),
+    "relu": lambda z, prm: np.maximum(z, 0.0), "exp": lambda z, prm: np.exp(z),
+    "leaky_relu": lambda z, prm: np.where(z > 0, z, prm.get("slope", 0.01) * z),
+    "softplus": lambda z, prm: np.logaddexp(0.0, z), "softmax": lambda z, prm: _softmax64(z),
+}
 
 
 def _kink_free_rows(net, params, X, margin=1e-4):
@@ -276,7 +274,7 @@ def _kink_free_rows(net, params, X, margin=1e-4):
         act = layer.activation
         if act.name in ("relu", "leaky_relu"):
             keep &= (np.abs(z) > margin).all(axis=1)
-        a = _forward64(act.name, z, {k: float(v) for k, v in act.values})
+        a = _FORWARD64.get(act.name, lambda z, prm: z)(z, {k: float(v) for k, v in act.values})
     return keep
 
 
@@ -494,36 +492,34 @@ def _child_env():
 
 
 def _subprocess_json(code, *argv, timeout=600):
-    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                          timeout=timeout, env=_child_env())
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"subprocess failed (exit {proc.returncode}): {tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """The JSON the child prints last, or {"error": why} when it fails."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                              timeout=timeout, env=_child_env())
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise RuntimeError(f"subprocess failed (exit {proc.returncode}): {tail}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except Exception as exc:
+        return {"error": str(exc)}
 
 
 def derive_emit_times(widths, repeats):
     """Best of ``repeats`` fresh processes per width (alternating widths so that load hits
     both); the best is the time the work takes, the rest is other work on the machine."""
     runs = {w: [] for w in widths}
-    errors = {}
     with tempfile.TemporaryDirectory(prefix="symbp-bench-emit-") as tmp:
         for rep in range(repeats):
             for w in widths:
-                if w in errors:
-                    continue
-                log(f"derive + generate (jit=False): 10-layer MLP of width {w} ({rep + 1}/{repeats})")
-                try:
+                if not runs[w] or "error" not in runs[w][-1]:     # a width that failed once is done
+                    log(f"derive + generate (jit=False): 10-layer MLP of width {w} ({rep + 1}/{repeats})")
                     runs[w].append(_subprocess_json(DERIVE_EMIT, str(w), tmp))
-                except Exception as exc:
-                    errors[w] = str(exc)
     out = []
     for w in widths:
-        if w in errors:
-            out.append({"width": w, "error": errors[w]})
-            continue
-        best = min(runs[w], key=lambda r: r["total_s"])
-        out.append({**best, "runs_total_s": [r["total_s"] for r in runs[w]]})
+        if "error" in runs[w][-1]:
+            out.append({"width": w, "error": runs[w][-1]["error"]})
+        else:
+            out.append({**min(runs[w], key=lambda r: r["total_s"]), "runs_total_s": [r["total_s"] for r in runs[w]]})
     return out
 
 
@@ -538,10 +534,7 @@ def ready_times(cases, dtype):
             row = {"case": case.label, "dtype": dtype}
             for phase in ("cold", "warm"):
                 log(f"kernel ready, {phase} process: {case.label} {dtype}")
-                try:
-                    row[phase] = _subprocess_json(READY, spec)
-                except Exception as exc:
-                    row[phase] = {"error": str(exc)}
+                row[phase] = _subprocess_json(READY, spec)
             out.append(row)
     return out
 
@@ -644,7 +637,7 @@ def versions():
 
 
 def report(out, data, labels):
-    results, extra = data["results"], data
+    results, extra = data["results"], data    # extra: the subprocess timings, when measured
     out("symbp benchmark: one training-gradient step (forward + loss + backward, all parameter gradients)")
     out("  " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v is not None))
     a = data["args"]
@@ -656,16 +649,13 @@ def report(out, data, labels):
         f"{r['case']} {r['dtype']} {r['symbp_variant']}" for r in results if r.get("symbp_variant")))
     if data["baselines"] is None:
         out(f"  {BASELINES_HINT}")
-    out("")
-    out("ms/step (median); symbp speed-up = fastest peer ms / symbp ms (> 1: symbp is faster)")
+    out("\nms/step (median); symbp speed-up = fastest peer ms / symbp ms (> 1: symbp is faster)")
     out(time_table(results, labels))
-    out("")
     g = ", ".join(f"{dt} {v['gflops']:.1f} GFLOP/s" for dt, v in data["gemm"].items())
-    out(f"fraction of the roofline = (GEMM FLOPs of the step / NumPy GEMM rate) / measured time; "
+    out(f"\nfraction of the roofline = (GEMM FLOPs of the step / NumPy GEMM rate) / measured time; "
         f"GEMM rate (np.dot {GEMM_SHAPE[0]}x{GEMM_SHAPE[1]} by {GEMM_SHAPE[1]}x{GEMM_SHAPE[2]}, best run): {g}")
     out(roofline_table(results, labels))
-    out("")
-    out("max relative error vs the float64 reference (loss and all gradients):")
+    out("\nmax relative error vs the float64 reference (loss and all gradients):")
     for r in results:
         errs = ", ".join(f"{n} {e:.1e}" for n, e in r["check"].items()) or "not checked (no reference)"
         out(f"  {r['case']} {r['dtype']} ({r['check_rows']} of {r['batch']} rows, {r['reference']}): {errs}")
@@ -674,16 +664,14 @@ def report(out, data, labels):
     split = [r for r in results if "breakdown_ms" in r]
     if split:
         names = list(split[0]["breakdown_ms"])
-        out("")
-        out("symbp breakdown, ms/step (numpy matmuls only = the step's matrix products in NumPy, a floor):")
+        out("\nsymbp breakdown, ms/step (numpy matmuls only = the step's matrix products in NumPy, a floor):")
         width = max(len(f"{r['case']} B={r['batch']} {r['dtype']}") for r in split)
         out("  " + " " * width + "  " + "  ".join(f"{n:>18}" for n in names))
         for r in split:
             lab = f"{r['case']} B={r['batch']} {r['dtype']}"
             out(f"  {lab:<{width}}  " + "  ".join(f"{r['breakdown_ms'][n]:>18.4g}" for n in names))
     if extra.get("derive_emit"):
-        out("")
-        out("derive + generate (emit + write, jit=False), 10-layer MLP, best of fresh processes:")
+        out("\nderive + generate (emit + write, jit=False), 10-layer MLP, best of fresh processes:")
         for e in extra["derive_emit"]:
             if "error" in e:
                 out(f"  width {e['width']}: FAILED {e['error']}")
@@ -692,8 +680,7 @@ def report(out, data, labels):
                 out(f"  width {e['width']:>5}: derive {e['derive_s']:.3f} s + generate {e['generate_s']:.3f} s"
                     f" = {e['total_s']:.3f} s ({e['bytes']} bytes; all runs {runs} s)")
     if extra.get("ready"):
-        out("")
-        out("time to a ready kernel (derive + generate + first loss_and_grad; imports excluded):")
+        out("\ntime to a ready kernel (derive + generate + first loss_and_grad; imports excluded):")
         for e in extra["ready"]:
             parts = []
             for phase in ("cold", "warm"):
@@ -704,8 +691,7 @@ def report(out, data, labels):
                                   f"(whole process {p['process_s']:.2f} s)")
             out(f"  {e['case']} {e['dtype']}:\n    " + "\n    ".join(parts))
     if data["targets"]:
-        out("")
-        out("speed targets (float32):")
+        out("\nspeed targets (float32):")
         for what, met, how in data["targets"]:
             out(f"  {'met   ' if met else 'MISSED'}  {what}: {how}")
     out(f"\ntotal benchmark time {data['elapsed_s']:.0f} s")
@@ -727,26 +713,6 @@ def _names(allowed, what):
     return parse
 
 
-def _positive(kind):
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            v = None
-        if v is None or v <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return v
-    return parse
-
-
-# (flag, dest, takes a value) in the order they are passed on to a child process.
-_OPTIONS = (("--quick", "quick", False), ("--dtype", "dtype", True), ("--cases", "cases", True),
-            ("--impls", "impls", True), ("--json", "json", True), ("--out", "out", True),
-            ("--seconds", "seconds", True), ("--rounds", "rounds", True),
-            ("--skip-extra", "skip_extra", False), ("--breakdown", "breakdown", False),
-            ("--threads", "threads", True), ("--baselines", "baselines", True))
-
-
 def add_arguments(p):
     p.add_argument("--quick", action="store_true",
                    help="fast subset: xor and mlp64 in float32, short rounds, one derive/emit run")
@@ -763,17 +729,17 @@ def add_arguments(p):
                    "$SYMBP_BENCHMARKS, the checkout symbp was loaded from, or ./benchmarks)")
     p.add_argument("--out", metavar="DIR", help="directory for the generated kernels (default: "
                    "benchmarks/_build of the checkout, else ~/.cache/symbp/bench)")
-    p.add_argument("--seconds", type=_positive(float), default=None,
+    p.add_argument("--seconds", type=POSITIVE, default=None,
                    help="seconds per measurement (default 0.3; 0.1 with --quick)")
     # the option's first name, kept working; hidden: `generate --target` is a device
-    p.add_argument("--target", dest="seconds", type=_positive(float), help=argparse.SUPPRESS)
-    p.add_argument("--rounds", type=_positive(int), default=None,
+    p.add_argument("--target", dest="seconds", type=POSITIVE, help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=COUNT, default=None,
                    help="rounds per implementation (default 5; 3 with --quick)")
     p.add_argument("--skip-extra", action="store_true",
                    help="skip the derive/emit and cold/warm compile measurements")
     p.add_argument("--breakdown", action="store_true",
                    help="split symbp's time for every case (default: where a peer is faster)")
-    p.add_argument("--threads", type=_positive(int), default=None,
+    p.add_argument("--threads", type=COUNT, default=None,
                    help="limit every library's thread pool to N (default: each library's own)")
 
 
@@ -798,18 +764,19 @@ def _pin(n):
 def _rerun_with_threads(args):
     """Run this command again in a child whose thread pools are sized from the start and which
     runs on N CPUs."""
-    argv = []
-    for flag, dest, value in _OPTIONS:
-        v = getattr(args, dest)
-        if v in (None, False):
-            continue
-        argv += [flag, ",".join(v) if isinstance(v, list) else str(v)] if value else [flag]
+    ap, argv = argparse.ArgumentParser(), []
+    add_arguments(ap)
+    for action in ap._actions:     # the options add_arguments defines, as given (hidden ones aside)
+        v = getattr(args, action.dest, None)
+        if action.option_strings and action.help != argparse.SUPPRESS and v not in (None, False):
+            argv += [action.option_strings[0]] + ([] if action.nargs == 0 else
+                                                  [",".join(v) if isinstance(v, list) else str(v)])
     env = {**_child_env(), **_thread_env(args.threads)}
     log(f"symbp bench: re-running with {args.threads} thread(s) per library")
     # Pinned before anything is imported, so that every thread any library starts inherits it.
     code = (f"import os, sys\nif hasattr(os, 'sched_setaffinity'):\n"
             f"    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{args.threads}])\n"
-            f"from symbp.bench import main\nsys.exit(main(sys.argv[1:]))")
+            f"from symbp.cli.bench import main\nsys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *argv], env=env).returncode
 
 
@@ -877,9 +844,9 @@ def run(args):
         "baselines": baselines.__file__ if baselines is not None else None,
         "gemm": {dt: {"shape": list(GEMM_SHAPE), "gflops": v[0] / 1e9, "runs_s": v[1]} for dt, v in gemm.items()},
         "results": results, "missing": missing, **extra,
-        "targets": [], "failures": failures, "elapsed_s": time.perf_counter() - t_start,
+        "targets": targets(results, extra, args.threads), "failures": failures,
+        "elapsed_s": time.perf_counter() - t_start,
     }
-    data["targets"] = targets(results, extra, args.threads)
     report(print, data, labels)
     if args.json:
         from ..output import write

@@ -172,7 +172,6 @@ def cmd_check(args):
 
 def cmd_demo(args):
     from .. import derive, generate, mlp
-    from ..codegen.emit import text
     from ..training.loop import train
     from ..verify import gradcheck, oracle_gradients
     from ..render.sources import cite
@@ -188,7 +187,7 @@ def cmd_demo(args):
     out(f"   sigmoid'(z) = {rule.derivative}  ->  {rule.form}  (in terms of a = sigmoid(z))")
     for e in d.equations:
         if e.kind != "loss":
-            out("   " + text(e.lhs, e.rhs))
+            out("   " + _equation_line(d, e, False))
     t = time.perf_counter()
     k = generate(d, target="cpu", dtype="float64", out_dir=_out_dir(args)).compile()
     out(f"\n3. Numba kernel emitted to {k.path} and compiled in {time.perf_counter() - t:.1f} s")
@@ -244,14 +243,14 @@ def add_spec_commands(sub, graph_alias=False):
     p.add_argument("--stages", action="store_true",
                    help="show SymPy's simplification stages, labelled with their passes, in the document (MLP specs)")
     p.set_defaults(fn=cmd_derive, graph_alias=graph_alias)
-    for name, fn, help_ in (("generate", cmd_generate, f"emit and compile {kinds} kernel"),
-                            ("check", cmd_check, f"verify {kinds} kernel gradients by finite differences")):
+    for name, fn, help_, targets, target_help in (
+            ("generate", cmd_generate, f"emit and compile {kinds} kernel", TARGETS,
+             "device (default cpu; cuda: MLP specs)"),
+            ("check", cmd_check, f"verify {kinds} kernel gradients by finite differences", ("cpu",),
+             "device (cpu)")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("spec")
-        if name == "generate":
-            p.add_argument("--target", default="cpu", choices=TARGETS, help="device (default cpu; cuda: MLP specs)")
-        else:
-            p.add_argument("--target", default="cpu", choices=("cpu",), help="device (cpu)")
+        p.add_argument("--target", default="cpu", choices=targets, help=target_help)
         p.add_argument("--dtype", default="float64", choices=DTYPES, help="default float64")
         if name == "check":
             p.add_argument("--batch", type=BATCH, default=4, help="samples of the random batch (default 4)")

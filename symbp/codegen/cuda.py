@@ -210,10 +210,6 @@ def _helper_source(name, printer):
     return helper_source(name, printer)
 
 
-class _CudaBlock(_Block):
-    """emit._Block for CUDA kernels (its printer prints Max as a conditional expression)."""
-
-
 def _sum_of(rhs):
     """(the one Sum in rhs, the rest of rhs)."""
     sums = [t for t in sp.Add.make_args(rhs) if isinstance(t, sp.Sum)]
@@ -222,21 +218,14 @@ def _sum_of(rhs):
     return sums[0], rhs - sums[0]
 
 
-def _check_rows(assignments, index):
-    """Row reductions are hoisted out of the loop over ``index``: they must not depend on it."""
-    for _, rhs, _ in assignments:
+def _rows(blk, groups, index, width):
+    """Printed rows of ``groups`` (lists of (lhs, rhs, comment)), one loop per group. Row
+    reductions are hoisted out of the loop over ``index``: they must not depend on it."""
+    for _, rhs, _ in (a for g in groups for a in g):
         for sm in rhs.atoms(sp.Sum):
             if index in sm.free_symbols:
                 raise DerivationError(f"a row sum depends on the unit index {index}: {sm}")
-
-
-def _rows(blk, groups, index, width):
-    """Printed rows of ``groups`` (lists of (lhs, rhs, comment)), one loop per group."""
-    lines = []
-    for g in groups:
-        _check_rows(g, index)
-        lines += blk.rows(g, str(index), width)
-    return lines
+    return [line for g in groups for line in blk.rows(g, str(index), width)]
 
 
 def _statements(p, sizes, assignments):
@@ -261,27 +250,37 @@ def _arrays(exprs):
         kind, layer = naming.parse(base)
         return _KIND_ORDER[kind], -1 if layer is None else layer
 
-    out = []
-    for base in sorted(bases.values(), key=order):
-        out.append((naming.ident(base), 1 if naming.parse(base)[0] in ("b", "gb") else 2))
-    return out
+    return [(naming.ident(base), 1 if naming.parse(base)[0] in ("b", "gb") else 2)
+            for base in sorted(bases.values(), key=order)]
+
+
+_ARG_TYPES = {"int": "int64", "index": "int64[::1]", "counter": "int32[::1]"}
 
 
 def _sig(dtype, args):
-    """Numba signature of a kernel from [(name, ndim or 'scalar' or 'int')]."""
-    types = []
-    for _, kind in args:
-        if kind == "scalar":
-            types.append(dtype)
-        elif kind == "int":
-            types.append("int64")
-        elif kind == "index":
-            types.append("int64[::1]")
-        elif kind == "counter":
-            types.append("int32[::1]")
-        else:
-            types.append(f"{dtype}[{', '.join([':'] * (kind - 1) + ['::1'])}]")
+    """Numba signature of a kernel from [(name, ndim or 'scalar', 'int', 'index', 'counter')]."""
+    types = [dtype if kind == "scalar" else _ARG_TYPES[kind] if kind in _ARG_TYPES
+             else f"{dtype}[{', '.join([':'] * (kind - 1) + ['::1'])}]" for _, kind in args]
     return f"void({', '.join(types)})"
+
+
+def _activation_row(d, l, f):
+    """Layer l's activation as a row [(lhs, rhs, comment)], after checking that ``f``, the batch
+    form of z_l, is W a + b (W a in a layer without bias)."""
+    net, zq, aq = d.network, d[f"z{l}"], d[f"a{l}"]
+    bias = net.layers[l - 1].bias
+    if not isinstance(f, Product) or (f.bias is None) == bias:
+        raise DerivationError(f"z{l}: expected W a{' + b' if bias else ''}, got {zq.rhs}")
+    return [(aq.lhs, aq.rhs, f"{text(aq.lhs, aq.rhs)}   [{net.layers[l - 1].activation.name}]")]
+
+
+def _loss_pass(d, p, sizes):
+    """The per-sample loss printed: the lines of its row reductions, its value, the quantities
+    it reads, and the batch factor that scales the sum."""
+    loss_expr, reads = d.loss_sample
+    expr, lines, _ = _Block(p, sizes).reductions(stable_forms(loss_expr.xreplace(sizes)))
+    return {"lines": lines, "value": p.doprint(expr), "reads": reads,
+            "scale": p.doprint(d.batch_factor.xreplace(sizes))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,67 +357,48 @@ def _gradient_stage(d, l, p, smem, threads):
     return out
 
 
-def _fused_context(d, dtype, geometry):
+def _fused_context(d, dtype, geometry, sizes):
     net = d.network
     L, n = net.depth, net.sizes
-    sizes = {naming.width(l): w for l, w in enumerate(n)}
-    sizes[naming.BATCH] = BF
     threads = geometry.threads
     # entries of the shared buffer: at least one weight row and one staged sample row
     smem = max([geometry.shared_bytes // ITEMSIZE[dtype]] + [n[l] + n[l - 1] for l in range(1, L + 1)])
-    locals_fwd, locals_bwd, per_thread = [], [], {}
 
-    def local(kind, l, where):
-        name = str(naming.quantity(kind, l).label)
-        per_thread[name] = name
-        where.append((name, n[l]))
+    def local(kind, l):      # a per-thread array of a quantity: (name, width)
+        return str(naming.quantity(kind, l).label), n[l]
 
-    local("a", 0, locals_fwd)
-    for l in range(1, L + 1):
-        local("z", l, locals_fwd)
-        local("a", l, locals_fwd)
-    for l in range(L, 0, -1):
-        local("delta", l, locals_bwd)
-        local("ga", l - 1, locals_bwd)
+    locals_fwd = [local("a", 0)] + [local(kind, l) for l in range(1, L + 1) for kind in ("z", "a")]
+    locals_bwd = [local(kind, l - back) for l in range(L, 0, -1) for kind, back in (("delta", 0), ("ga", 1))]
+    per_thread = {name: name for name, _ in locals_fwd + locals_bwd}
     p = CudaPrinter(dtype, {BF: "Bf"}, per_thread)
 
     forward = []
     for l in range(1, L + 1):
-        zq, aq = d[f"z{l}"], d[f"a{l}"]
-        f = batch_form(zq.lhs, zq.rhs)
-        if not isinstance(f, Product) or (f.bias is None) == net.layers[l - 1].bias:
-            raise DerivationError(f"z{l}: expected W a{' + b' if net.layers[l - 1].bias else ''}, got {zq.rhs}")
-        act = [(aq.lhs, aq.rhs, f"{text(aq.lhs, aq.rhs)}   [{net.layers[l - 1].activation.name}]")]
+        zq = d[f"z{l}"]
+        act = _activation_row(d, l, batch_form(zq.lhs, zq.rhs))
         forward.append({"layer": l, "z": _weight_contraction(zq, l, net, p, smem, per_thread),
-                        "rows": _rows(_CudaBlock(p, sizes), [act], naming.J, n[l])})
-
-    loss_expr, loss_reads = d.loss_sample
-    blk = _CudaBlock(p, sizes)
-    lexpr, lred, _ = blk.reductions(stable_forms(loss_expr.xreplace(sizes)))
+                        "rows": _rows(_Block(p, sizes), [act], naming.J, n[l])})
 
     backward = []
     for l in range(L, 0, -1):
         dq = d[f"delta{l}"]
-        rows = _rows(_CudaBlock(p, sizes), [[(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))]], naming.J, n[l])
+        rows = _rows(_Block(p, sizes), [[(dq.lhs, dq.rhs, text(dq.lhs, dq.rhs))]], naming.J, n[l])
         step = {"layer": l, "delta_comment": f"{dq.name}: {dq.doc}", "rows": rows,
                 "grad": _gradient_stage(d, l, p, smem, threads)}
         gq = d[f"ga{l - 1}"]
         step["ga"] = _weight_contraction(gq, l, net, p, smem, per_thread)
         backward.append(step)
 
-    params = list(net.param_shapes())
-    grads = ["g" + k for k in params]
     out = str(naming.quantity("a", L).label)
-    fwd_args = [("X", 2)] + [(k, len(s)) for k, s in net.param_shapes().items()] + [(f"A{L}", 2)]
-    train_args = ([("X", 2), ("Y", 2)] + [(k, len(s)) for k, s in net.param_shapes().items()]
-                  + [(g, len(s)) for g, s in zip(grads, net.param_shapes().values())]
+    pargs = [(k, len(s)) for k, s in net.param_shapes().items()]
+    fwd_args = [("X", 2)] + pargs + [(f"A{L}", 2)]
+    train_args = ([("X", 2), ("Y", 2)] + pargs + [("g" + k, nd) for k, nd in pargs]
                   + [("LOSS", 1), ("GX", 2), ("want_gx", "int"), ("Bf", "scalar"),
                      ("lr", "scalar"), ("update", "int"), ("DONE", "counter")])
     return p, {
         "strategy": "fused", "shared": smem,
         "locals_fwd": locals_fwd, "locals_bwd": locals_bwd, "forward": forward, "backward": backward,
-        "loss_lines": lred, "loss_value": p.doprint(lexpr), "loss_reads": loss_reads,
-        "loss_scale": p.doprint(d.batch_factor.xreplace(sizes)), "out": out,
+        **{f"loss_{k}": v for k, v in _loss_pass(d, p, sizes).items()}, "out": out,
         "fwd_buffers": [f"A{L}"], "bwd_buffers": [],
         "buffer_widths": {f"A{L}": n[L]},
         "kernels": {"fused_forward": fwd_args, "fused_loss_and_grad": train_args},
@@ -454,15 +434,13 @@ def _elementwise(name, p, sizes, groups, width, extra=()):
     if body is not None and not extra:
         kernel.update(kind="entry", body=body)
     else:
-        kernel.update(kind="row", body=_rows(_CudaBlock(p, sizes), groups, naming.J, width))
+        kernel.update(kind="row", body=_rows(_Block(p, sizes), groups, naming.J, width))
     return kernel
 
 
-def _tiled_context(d, dtype):
+def _tiled_context(d, dtype, sizes):
     net = d.network
     L, n = net.depth, net.sizes
-    sizes = {naming.width(l): w for l, w in enumerate(n)}
-    sizes[naming.BATCH] = BF
     p = CudaPrinter(dtype, {BF: "Bf"})
     kernels, steps_fwd, steps_bwd, gemms = [], [], [], set()
     column_sums = False      # a column-sum kernel only where a bias gradient is not folded
@@ -470,11 +448,9 @@ def _tiled_context(d, dtype):
     for l in range(1, L + 1):
         zq, aq = d[f"z{l}"], d[f"a{l}"]
         f, gemm, args = _gemm_call(zq, f"Z{l}")
-        if (f.bias is None) == net.layers[l - 1].bias:
-            raise DerivationError(f"z{l}: expected W a{' + b' if net.layers[l - 1].bias else ''}, got {zq.rhs}")
+        act = _activation_row(d, l, f)
         gemms.add(gemm)
         zlhs = zq.lhs
-        act = [(aq.lhs, aq.rhs, f"{text(aq.lhs, aq.rhs)}   [{net.layers[l - 1].activation.name}]")]
         if f.bias is not None:
             bias = [(zlhs, zlhs + f.bias[naming.J], text(zq.lhs, zq.rhs))]
             groups = [bias, act] if aq.rhs.has(sp.Sum) else [bias + act]
@@ -485,12 +461,8 @@ def _tiled_context(d, dtype):
         steps_fwd.append({"layer": l, "comment": text(zq.lhs, zq.rhs), "gemm": gemm, "gemm_args": args,
                           "kernel": k})
 
-    loss_expr, loss_reads = d.loss_sample
-    blk = _CudaBlock(p, sizes)
-    lexpr, lred, _ = blk.reductions(stable_forms(loss_expr.xreplace(sizes)))
-    loss = {"lines": lred, "value": p.doprint(lexpr), "reads": loss_reads,
-            "scale": p.doprint(d.batch_factor.xreplace(sizes))}
-    loss_exprs = [loss_expr.xreplace(sizes)]
+    loss = _loss_pass(d, p, sizes)
+    loss_exprs = [d.loss_sample[0].xreplace(sizes)]
 
     for l in range(L, 0, -1):
         dq = d[f"delta{l}"]
@@ -509,32 +481,30 @@ def _tiled_context(d, dtype):
         kernels.append(k)
         gW = d[f"gW{l}"]
         _, gW_gemm, gW_args = _gemm_call(gW, naming.ident(gW.lhs.base))
-        gb = d[f"gb{l}"] if net.layers[l - 1].bias else None
-        cs = batch_form(gb.lhs, gb.rhs) if gb is not None else None
-        if gb is not None and not isinstance(cs, ColumnSum):
-            raise DerivationError(f"gb{l}: expected a sum over the samples, got {gb.rhs}")
+        bias = {"gb_comment": None, "gb": None, "gb_arg": None, "gb_folded": False}
+        if net.layers[l - 1].bias:
+            gb = d[f"gb{l}"]
+            cs = batch_form(gb.lhs, gb.rhs)
+            if not isinstance(cs, ColumnSum):
+                raise DerivationError(f"gb{l}: expected a sum over the samples, got {gb.rhs}")
+            # dL/db = sum_s delta: the row sums of delta^T, which the product dL/dW = delta^T A
+            # reads tile by tile anyway, so the product also writes them (no column-sum launch)
+            folded = gW_gemm == "gemm_tn" and gW_args.split(", ")[0] == naming.ident(cs.arg)
+            column_sums = column_sums or not folded
+            bias = {"gb_comment": text(gb.lhs, gb.rhs), "gb": naming.ident(gb.lhs.base),
+                    "gb_arg": naming.ident(cs.arg), "gb_folded": folded}
         gq = d[f"ga{l - 1}"]
         _, ga_gemm, ga_args = _gemm_call(gq, "GX" if l == 1 else naming.ident(gq.lhs.base))
         gemms.update((gW_gemm, ga_gemm))
-        # dL/db = sum_s delta: the row sums of delta^T, which the product dL/dW = delta^T A reads
-        # tile by tile anyway, so the product also writes them (no column-sum launch)
-        folded = (gb is not None and gW_gemm == "gemm_tn"
-                  and gW_args.split(", ")[0] == naming.ident(cs.arg))
-        if not folded and gb is not None:
-            column_sums = True
         steps_bwd.append({
             "layer": l, "delta_comment": f"{dq.name}: {dq.doc}", "kernel": k,
-            "gW_comment": text(gW.lhs, gW.rhs), "gW_gemm": gW_gemm, "gW_args": gW_args,
-            "gb_comment": text(gb.lhs, gb.rhs) if gb is not None else None,
-            "gb": naming.ident(gb.lhs.base) if gb is not None else None,
-            "gb_arg": naming.ident(cs.arg) if gb is not None else None, "gb_folded": folded,
+            "gW_comment": text(gW.lhs, gW.rhs), "gW_gemm": gW_gemm, "gW_args": gW_args, **bias,
             "ga_comment": text(gq.lhs, gq.rhs), "ga_gemm": ga_gemm, "ga_args": ga_args,
         })
 
     fwd_buffers = [b for l in range(1, L + 1) for b in (f"Z{l}", f"A{l}")]
     bwd_buffers = [f"G{l}" for l in range(1, L)] + [f"D{l}" for l in range(1, L + 1)]
-    widths = {**{f"Z{l}": n[l] for l in range(1, L + 1)}, **{f"A{l}": n[l] for l in range(1, L + 1)},
-              **{f"G{l}": n[l] for l in range(1, L)}, **{f"D{l}": n[l] for l in range(1, L + 1)}}
+    widths = {f"{kind}{l}": n[l] for kind in "ZAGD" for l in range(1, L if kind == "G" else L + 1)}
     sig = {k["name"]: k["args"] for k in kernels}
     for g in sorted(gemms):
         sig[g] = [("L", 2), ("R", 2), ("C", 2), ("accumulate", "int"), ("S", 1), ("with_sum", "int")]
@@ -584,10 +554,11 @@ def emit_cuda(derivation, dtype="float64", fuse_width=FUSE_WIDTH, geometry=DEFAU
     if why is not None and (net.digest, fuse_width) not in _WARNED:
         _WARNED.add((net.digest, fuse_width))
         warnings.warn(why, stacklevel=3)
+    sizes = {**{naming.width(l): w for l, w in enumerate(net.sizes)}, naming.BATCH: BF}
     if strategy == "fused":
-        p, ctx = _fused_context(d, dtype, geometry)
+        p, ctx = _fused_context(d, dtype, geometry, sizes)
     else:
-        p, ctx = _tiled_context(d, dtype)
+        p, ctx = _tiled_context(d, dtype, sizes)
     loss_expr, _ = d.loss_sample
     used = helpers_used([stable_forms(e.rhs) for e in d.equations] + [stable_forms(loss_expr)])
     params = list(net.param_shapes())

@@ -42,7 +42,7 @@ from .. import naming
 from ..errors import InputError
 from . import cuda as _cuda
 from .load import import_module, kernel_path, write
-from .kernel import _ABSENT, Kernel, check_keys, check_lr, check_writable
+from .kernel import Kernel, check_lr, check_writable
 
 MEMORY_FRACTION = 0.5   # of the free device memory, for the per-row work buffers of one chunk
 
@@ -92,8 +92,8 @@ def is_device_array(a):
 
 
 class CudaKernel(Kernel):
-    def __init__(self, derivation, module, path, dtype, jit, max_chunk=None):
-        super().__init__(derivation, module, path, _cuda.TARGET, dtype, jit)
+    def __init__(self, derivation, module, path, dtype, jit, max_chunk=None, rename=None):
+        super().__init__(derivation, module, path, _cuda.TARGET, dtype, jit, rename)
         self.strategy = module.STRATEGY
         self.max_chunk = max_chunk
         self._work = {}        # chunk rows -> per-row device buffers
@@ -108,36 +108,21 @@ class CudaKernel(Kernel):
 
     # checks -------------------------------------------------------------------------------
     def _array(self, name, a, shape):
-        if a is None:
-            raise InputError(f"{name}: expected an array of shape {shape} and dtype {self.dtype}, got None")
-        if is_device_array(a):
-            if np.dtype(a.dtype) != self.dtype:
-                raise InputError(f"{name}: expected dtype {self.dtype} (this kernel's dtype), got {a.dtype}")
-            if tuple(a.shape) != shape:
-                raise InputError(f"{name}: expected shape {shape}, got {tuple(a.shape)}")
-            if not a.is_c_contiguous():
-                raise InputError(f"{name}: expected a C-contiguous device array")
-            return a
-        if not isinstance(a, np.ndarray):
-            raise InputError(f"{name}: expected a numpy or numba device array of dtype {self.dtype}, "
-                             f"got {type(a).__name__}")
-        return super()._array(name, a, shape)
+        if not is_device_array(a):
+            if a is not None and not isinstance(a, np.ndarray):
+                raise InputError(f"{name}: expected a numpy or numba device array of dtype {self.dtype}, "
+                                 f"got {type(a).__name__}")
+            return super()._array(name, a, shape)       # NumPy's checks (and None's message)
+        if np.dtype(a.dtype) != self.dtype:
+            raise InputError(f"{name}: expected dtype {self.dtype} (this kernel's dtype), got {a.dtype}")
+        if tuple(a.shape) != shape:
+            raise InputError(f"{name}: expected shape {shape}, got {tuple(a.shape)}")
+        if not a.is_c_contiguous():
+            raise InputError(f"{name}: expected a C-contiguous device array")
+        return a
 
-    def _check(self, params, X, Y=_ABSENT):
-        n0, nL = self.network.sizes[0], self.network.sizes[-1]
-        xname, yname = self._labels[0], self._yname     # X, Y; a graph's input and target
-        if not (isinstance(X, np.ndarray) or is_device_array(X)) or len(X.shape) != 2:
-            got = tuple(X.shape) if hasattr(X, "shape") else type(X).__name__
-            raise InputError(f"{xname}: expected an array of shape (batch, {n0}), got {got}")
-        B = X.shape[0]
-        if B < 1:
-            raise InputError(f"{xname}: expected at least one row (sample)")
-        X = self._array(xname, X, (B, n0))
-        if Y is not _ABSENT:
-            Y = self._array(yname, Y, (B, nL))
-        check_keys("params", params, self._params)
-        ps = [self._array(f"params[{k!r}]", params[k], tuple(self.param_shapes[k])) for k in self._params]
-        return ps, X, Y
+    def _is_array(self, a):
+        return isinstance(a, np.ndarray) or is_device_array(a)
 
     def bind(self, params, X, Y):
         """A CudaBoundStep: parameters, batch, gradients and loss held on the device, so that a
@@ -148,8 +133,7 @@ class CudaKernel(Kernel):
     def device_grads(self):
         """The gradients of the last loss_and_grad, loss, input_grad or sgd_step call as the
         kernel's own device arrays keyed like params (no copy; the next call overwrites them)."""
-        dev = self._device()
-        return dict(zip(self._params, dev["grads"]))
+        return dict(zip(self._params, self._device()["grads"]))
 
     @property
     def device_loss(self):
@@ -212,38 +196,23 @@ class CudaKernel(Kernel):
         return self._dev
 
     def _rows(self, rows):
-        from numba import cuda
         w = self._work.get(rows)
         if w is None:
-            m, n = self.module, self.network.sizes
-            new = lambda width: cuda.device_array((rows, width), self.dtype)
-            w = {"X": new(n[0]), "Y": new(n[-1]), "GX": new(n[0]),
-                 "fwd": [new(m.BUFFER_WIDTHS[b]) for b in m.FORWARD_BUFFERS],
-                 "bwd": [new(m.BUFFER_WIDTHS[b]) for b in m.BACKWARD_BUFFERS]}
+            w = _work_buffers(self, rows)
             if len(self._work) >= 2:     # a train and a test size stay allocated
                 self._work.pop(next(iter(self._work)))
             self._work[rows] = w
         return w
 
     def _params_on_device(self, ps):
-        dev = self._device()
-        out = []
-        for a, d in zip(ps, dev["params"]):
-            if is_device_array(a):
-                out.append(a)
-            else:
+        """The parameters as device arrays: device arrays as they are, NumPy arrays copied into
+        the kernel's own."""
+        out = list(ps)
+        for i, (a, d) in enumerate(zip(ps, self._device()["params"])):
+            if not is_device_array(a):
                 d.copy_to_device(a)
-                out.append(d)
+                out[i] = d
         return out
-
-    @staticmethod
-    def _slice(a, lo, hi, buf):
-        """Rows lo:hi of a on the device: a view of a device array, or copied into buf."""
-        if is_device_array(a):
-            return a[lo:hi]
-        view = buf[:hi - lo]
-        view.copy_to_device(a[lo:hi])
-        return view
 
     def _ready(self):
         _cuda.require_device()
@@ -253,13 +222,11 @@ class CudaKernel(Kernel):
         """Compile every kernel now (Numba compiles on the first launch); returns self.
         A second process loads them from Numba's cache next to the generated file."""
         self._ready()
-        params = self.init_params(0)
-        X = np.zeros((1, self.network.sizes[0]), self.dtype)
-        Y = np.zeros((1, self.network.sizes[-1]), self.dtype)
-        self.forward(params, X)
-        self.input_grad(params, X, Y)            # the training kernels, dL/dX included
-        self.sgd_step(params, X, Y, 0.0)         # and the update kernels
-        return self
+        return super().compile()
+
+    def _compile_calls(self):
+        # the training kernels, dL/dX included, and the update kernels
+        return (self.input_grad, lambda *a: self.sgd_step(*a, 0.0))
 
     @_locked
     def forward(self, params, X):
@@ -274,80 +241,102 @@ class CudaKernel(Kernel):
         for lo in range(0, B, c):
             hi = min(lo + c, B)
             n = hi - lo
-            dX = self._slice(X, lo, hi, w["X"])
+            dX = _slice(X, lo, hi, w["X"])
             res = self.module.forward(dX, *dps, *[b[:n] for b in w["fwd"]])
             res.copy_to_host(out[lo:hi])
         return out
 
-    def _loss_and_grad(self, ps, X, Y, want_gx, lr=None):
-        """Runs the chunks; leaves the loss and gradients on the device; returns (dps, GX).
-        With lr, the last chunk's launch also updates the parameters (theta - lr g)."""
+    def _loss_and_grad(self, params, X, Y, want_gx, lr=None):
+        """Checks the arguments (with lr, ``sgd_step``: the parameters must be writable), runs
+        the chunks, leaves the loss and gradients on the device; returns (ps, dps, GX). With lr,
+        the last chunk's launch also updates the parameters (theta - lr g)."""
+        ps, X, Y = self._check(params, X, Y)
+        if lr is not None:
+            check_writable(params, self._params, ps, self.dtype)
         self._ready()
-        m = self.module
         B = X.shape[0]
         c = self.chunk_size(B)
-        w = self._rows(c)
         dev = self._device()
         dps = self._params_on_device(ps)
-        m.zero_grads(*dev["grads"], dev["loss"])      # one launch
         GX = np.empty((B, self.network.sizes[0]), self.dtype) if want_gx else None
-        for lo in range(0, B, c):
-            hi = min(lo + c, B)
-            n = hi - lo
-            dX = self._slice(X, lo, hi, w["X"])
-            dY = self._slice(Y, lo, hi, w["Y"])
-            m.loss_and_grad(dX, dY, *dps, *[b[:n] for b in w["fwd"]], *[b[:n] for b in w["bwd"]],
-                            *dev["grads"], dev["loss"], w["GX"][:n], want_gx, B, dev["done"],
-                            0.0 if lr is None else lr, lr is not None and hi == B)
-            if want_gx:
-                w["GX"][:n].copy_to_host(GX[lo:hi])
-        return dps, GX
+        _launch(self.module, X, Y, dps, self._rows(c), dev, c, lr, GX)
+        return ps, dps, GX
+
+    def _loss(self):
+        return float(self._device()["loss"].copy_to_host()[0])
+
+    def _grads(self):
+        return {k: g.copy_to_host() for k, g in zip(self._params, self._device()["grads"])}
 
     @_locked
     def loss_and_grad(self, params, X, Y, copy=True):
         """(loss, {"W1": dL/dW1, ...} keyed like params) as NumPy arrays; ``copy=False`` gives
         the kernel's device gradient arrays instead (``device_grads``: no copy to the host)."""
-        ps, X, Y = self._check(params, X, Y)
-        self._loss_and_grad(ps, X, Y, False)
-        dev = self._device()
-        if not copy:           # the kernel's device arrays, as device_grads
-            return float(dev["loss"].copy_to_host()[0]), dict(zip(self._params, dev["grads"]))
-        grads = {k: g.copy_to_host() for k, g in zip(self._params, dev["grads"])}
-        return float(dev["loss"].copy_to_host()[0]), grads
+        self._loss_and_grad(params, X, Y, False)
+        return self._loss(), (self._grads() if copy else self.device_grads)
 
     @_locked
     def loss_and_grads(self, params, X, Y):
         """(loss, gradients keyed like params, dL/dX) from one launch sequence, NumPy arrays."""
-        ps, X, Y = self._check(params, X, Y)
-        _, GX = self._loss_and_grad(ps, X, Y, True)
-        dev = self._device()
-        grads = {k: g.copy_to_host() for k, g in zip(self._params, dev["grads"])}
-        return float(dev["loss"].copy_to_host()[0]), grads, GX
+        GX = self._loss_and_grad(params, X, Y, True)[2]
+        return self._loss(), self._grads(), GX
 
     @_locked
     def loss(self, params, X, Y):
-        ps, X, Y = self._check(params, X, Y)
-        self._loss_and_grad(ps, X, Y, False)
-        return float(self._device()["loss"].copy_to_host()[0])
+        self._loss_and_grad(params, X, Y, False)
+        return self._loss()
 
     @_locked
     def input_grad(self, params, X, Y):
         """dL/dX, shape (B, n0), as a NumPy array."""
-        ps, X, Y = self._check(params, X, Y)
-        return self._loss_and_grad(ps, X, Y, True)[1]
+        return self._loss_and_grad(params, X, Y, True)[2]
 
     @_locked
     def sgd_step(self, params, X, Y, lr):
         """theta <- theta - lr dL/dtheta for every parameter, in place; returns the loss before."""
         lr = check_lr(lr, self.dtype)
-        ps, X, Y = self._check(params, X, Y)
-        check_writable(params, self._params, ps, self.dtype)
-        dps, _ = self._loss_and_grad(ps, X, Y, False, lr)     # the update in the last launch
-        dev = self._device()
+        ps, dps, _ = self._loss_and_grad(params, X, Y, False, lr)     # the update in the last launch
         for a, d in zip(ps, dps):
             if not is_device_array(a):
                 d.copy_to_host(a)
-        return float(dev["loss"].copy_to_host()[0])
+        return self._loss()
+
+
+def _work_buffers(kernel, rows):
+    """Per-row device buffers of a chunk of ``rows`` rows: X, Y, GX and the module's forward and
+    backward buffers."""
+    from numba import cuda
+    m, n = kernel.module, kernel.network.sizes
+    new = lambda width: cuda.device_array((rows, width), kernel.dtype)   # noqa: E731
+    return {"X": new(n[0]), "Y": new(n[-1]), "GX": new(n[0]),
+            "fwd": [new(m.BUFFER_WIDTHS[b]) for b in m.FORWARD_BUFFERS],
+            "bwd": [new(m.BUFFER_WIDTHS[b]) for b in m.BACKWARD_BUFFERS]}
+
+
+def _slice(a, lo, hi, buf):
+    """Rows lo:hi of a on the device: a view of a device array, or copied into buf."""
+    if is_device_array(a):
+        return a[lo:hi]
+    view = buf[:hi - lo]
+    view.copy_to_device(a[lo:hi])
+    return view
+
+
+def _launch(m, X, Y, ps, w, dev, c, lr=None, GX=None):
+    """One launch to zero the gradients and the loss of ``dev`` ({"grads", "loss", "done"}
+    device arrays), then the loss-and-gradient launch of each chunk of ``c`` rows (work
+    buffers ``w``) adding into them; dL/dX into GX (host) when given; with lr, the last launch
+    also updates the parameters ``ps``."""
+    B = X.shape[0]
+    m.zero_grads(*dev["grads"], dev["loss"])
+    for lo in range(0, B, c):
+        hi = min(lo + c, B)
+        n = hi - lo
+        m.loss_and_grad(_slice(X, lo, hi, w["X"]), _slice(Y, lo, hi, w["Y"]), *ps, *[b[:n] for b in w["fwd"]],
+                        *[b[:n] for b in w["bwd"]], *dev["grads"], dev["loss"], w["GX"][:n], GX is not None, B,
+                        dev["done"], 0.0 if lr is None else lr, lr is not None and hi == B)
+        if GX is not None:
+            w["GX"][:n].copy_to_host(GX[lo:hi])
 
 
 def as_batch(kernel, a):
@@ -360,9 +349,7 @@ def as_batch(kernel, a):
 
 def take_rows(kernel, a, idx, slot=0):
     """Rows ``idx`` of a batch: ``a[idx]``, or a gather on the device (``CudaKernel.take_rows``)."""
-    if is_device_array(a):
-        return kernel.take_rows(a, idx, slot)
-    return a[idx]
+    return kernel.take_rows(a, idx, slot) if is_device_array(a) else a[idx]
 
 
 class CudaBoundStep:
@@ -382,33 +369,22 @@ class CudaBoundStep:
         from numba import cuda
         ps, X, Y = kernel._check(params, X, Y)
         kernel._ready()
-        self.kernel, m, n = kernel, kernel.module, kernel.network.sizes
-        keys, dt = kernel._params, kernel.dtype
-        dev = lambda a: a if is_device_array(a) else cuda.to_device(a)
+        self.kernel, keys, dt = kernel, kernel._params, kernel.dtype
+        dev = lambda a: a if is_device_array(a) else cuda.to_device(a)   # noqa: E731
         self.params = {k: dev(a) for k, a in zip(keys, ps)}
         self.grads = {k: cuda.device_array(kernel.param_shapes[k], dt) for k in keys}
         self.loss_device = cuda.device_array(1, dt)
         self.X, self.Y = dev(X), dev(Y)
-        self.B = X.shape[0]
-        c = self.chunk = kernel.chunk_size(self.B)
-        self._fwd = [cuda.device_array((c, m.BUFFER_WIDTHS[b]), dt) for b in m.FORWARD_BUFFERS]
-        self._bwd = [cuda.device_array((c, m.BUFFER_WIDTHS[b]), dt) for b in m.BACKWARD_BUFFERS]
-        self._gx = cuda.device_array((c, n[0]), dt)
-        self._done = cuda.to_device(np.zeros(1, np.int32))
+        self.chunk = kernel.chunk_size(X.shape[0])
+        self._work = _work_buffers(kernel, self.chunk)
         self._ps = [self.params[k] for k in keys]
-        self._gs = [self.grads[k] for k in keys]
+        self._dev = {"grads": [self.grads[k] for k in keys], "loss": self.loss_device,
+                     "done": cuda.to_device(np.zeros(1, np.int32))}
 
     def run(self, lr=None):
         """Loss and gradients into loss_device and grads; nothing is copied to the host. With lr
         (``sgd``), the last launch also updates the parameters."""
-        m, B, c = self.kernel.module, self.B, self.chunk
-        m.zero_grads(*self._gs, self.loss_device)
-        for lo in range(0, B, c):
-            hi = min(lo + c, B)
-            k = hi - lo
-            m.loss_and_grad(self.X[lo:hi], self.Y[lo:hi], *self._ps, *[b[:k] for b in self._fwd],
-                            *[b[:k] for b in self._bwd], *self._gs, self.loss_device, self._gx[:k],
-                            False, B, self._done, 0.0 if lr is None else lr, lr is not None and hi == B)
+        _launch(self.kernel.module, self.X, self.Y, self._ps, self._work, self._dev, self.chunk, lr)
 
     def sgd(self, lr):
         """Loss, gradients and theta <- theta - lr dL/dtheta on the device: 2 launches fused

@@ -22,6 +22,7 @@ import sympy as sp
 from .. import naming
 from ..model import optim
 from ..derivation.equations import ColumnSum, Product, batch_form
+from ..derivation.graph import renamer
 from .printer import NumbaPrinter, stable_forms
 
 # Elementwise activations with a transcendental function (tanh, exp, log, sigmoid, ...) are
@@ -54,9 +55,16 @@ def text(lhs, rhs):
         return out + (f" + {_label(form.bias)}" if form.bias is not None else "")
     if isinstance(form, ColumnSum):
         return f"{name} = sum_s {_label(form.arg)}"
-    plain = rhs.replace(lambda e: isinstance(e, sp.Indexed), lambda e: sp.Symbol(_label(e.base)))
-    plain = plain.replace(lambda e: isinstance(e, sp.Sum), lambda e: sp.Function("sum")(e.function))
-    return f"{name} = {plain}"
+    return f"{name} = {_plain(rhs)}"
+
+
+def _plain(expr):
+    """``expr`` with each indexed quantity as its bare label and each sum as sum(body), renamed
+    by the derivation's ``renamer``, which keeps the form a pass chose (the kernel prints
+    2 (a - y) from the same expression; ``replace`` would rebuild the product as 2 a - 2 y)."""
+    mapping = {e: sp.Symbol(_label(e.base)) for e in expr.atoms(sp.Indexed)}
+    mapping.update({s: sp.Function("sum")(_plain(s.function)) for s in expr.atoms(sp.Sum)})
+    return renamer(mapping)(expr)
 
 
 class _Block:
@@ -79,32 +87,30 @@ class _Block:
         product row, z_j = sum_k W_jk a_k) is reduced inside the loop, the others once per row."""
         before, inside = [], []
         zero = self.p._print(sp.Integer(0))
+
+        def summed(r, k, n, term):      # r = sum_k term, over k < n
+            return [f"{r} = {zero}", f"for {k} in range({n}):", f"    {r} += {term}"]
+
         for sm in sorted(expr.atoms(sp.Sum), key=str):
             (k, lo, hi), = sm.limits
             body = sm.function
             n = int(hi - lo + 1)
             if index is not None and index in sm.free_symbols:
                 r = self._temp("acc")
-                inside += [f"{r} = {zero}",
-                           f"for {k} in range({n}):",
-                           f"    {r} += {self.p.doprint(body)}"]
+                inside += summed(r, k, n, self.p.doprint(body))
                 expr = expr.xreplace({sm: r})
             elif isinstance(body, sp.exp):
                 x = body.args[0]
                 r, m = self._temp("r"), self._temp("m")
                 before += [f"{m} = {self.p.doprint(x.xreplace({k: lo}))}",
                            f"for {k} in range({int(lo) + 1}, {n}):",
-                           f"    {m} = {self.p.doprint(sp.Max(m, x))}",
-                           f"{r} = {zero}",
-                           f"for {k} in range({n}):",
-                           f"    {r} += math.exp({self.p.doprint(x - m)})"]
+                           f"    {m} = {self.p.doprint(sp.Max(m, x))}"]
+                before += summed(r, k, n, f"math.exp({self.p.doprint(x - m)})")
                 expr = expr.xreplace({sm: sp.exp(m) * r})
                 expr = sp.powsimp(sp.expand_log(expr, force=True), combine="exp")
             else:
                 r = self._temp("r")
-                before += [f"{r} = {zero}",
-                           f"for {k} in range({n}):",
-                           f"    {r} += {self.p.doprint(body)}"]
+                before += summed(r, k, n, self.p.doprint(body))
                 expr = expr.xreplace({sm: r})
         return expr, before, inside
 
@@ -199,10 +205,8 @@ def optimizer_steps(dtype):
                                     **{s: f"state_{s}[i]" for s in rule.state}})
         hyper_locals = [f"{h} = DTYPE(hyper[{slot[h]}])" for h, _ in rule.hyper]
         scalars = [f"{lhs} = DTYPE({wide.doprint(rhs)})" for lhs, rhs in rule.scalars]
-        body = []
-        for lhs, rhs in rule.updates:
-            target = "theta[i]" if lhs == optim.p else elem.doprint(lhs)
-            body.append(f"{target} = {elem.doprint(rhs)}")
+        body = [f"{'theta[i]' if lhs == optim.p else elem.doprint(lhs)} = {elem.doprint(rhs)}"
+                for lhs, rhs in rule.updates]
         clip_sym, clip_rhs = optim.CLIP_SCALAR
         red_sym, red_rhs = optim.CLIP_REDUCTION
         gfull = NumbaPrinter(dtype, {optim.g: "gtheta[i]", clip_sym: str(clip_sym)})

@@ -26,7 +26,7 @@ from ..model.graph import chain_layers
 from ..model.network import chain_network
 from .cuda import DEFAULT_GEOMETRY, FUSE_WIDTH
 from .cuda_kernel import CudaKernel, load_cuda
-from .kernel import _ABSENT, _getter, check_keys
+from .kernel import _ABSENT, check_keys
 
 SERVED_BY = "the CUDA target"
 INSTEAD = "use target='cpu'"
@@ -49,19 +49,12 @@ class GraphCudaKernel(CudaKernel):
     _yname = "target"
 
     def __init__(self, graph_derivation, derivation, module, path, dtype, jit, names, max_chunk=None):
-        super().__init__(derivation, module, path, dtype, jit, max_chunk=max_chunk)
+        # the module's parameters (W1, b1, ...) renamed to the graph's, one to one
+        super().__init__(derivation, module, path, dtype, jit, max_chunk, {mlp: g for g, mlp in names.items()})
         # .derivation is the graph's, as for a GraphKernel: generate(k.derivation, k.target)
         # gives a twin of this kernel (verify's float64 twin); the MLP's is .chain_derivation
         self.chain_derivation, self.derivation = derivation, graph_derivation
         self.graph = graph_derivation.graph
-        # the module's parameters (W1, b1, ...) in its order, renamed: every device buffer,
-        # bound step and result dict of CudaKernel is keyed by _params, so renaming these
-        # renames them all
-        back = {mlp: g for g, mlp in names.items()}
-        self._params = tuple(back[k] for k in module.PARAMS)
-        self.param_shapes = {back[k]: tuple(v) for k, v in module.PARAM_SHAPES.items()}
-        self._shapes = tuple(self.param_shapes[k] for k in self._params)
-        self._getter = _getter(self._params)
         x = self.graph.inputs[0]
         self._input, self._input_grad = x.name, x.grad
         self.inputs = {x.name: x.width}

@@ -18,8 +18,8 @@ shifted by the row maximum as in ``codegen.emit``. Emission is dispatched by tab
 kind (``_FORWARD``) and by parameter-gradient kind (``_PARAM_BACKWARD``).
 
 This is the one CPU code generator: an MLP's module is the module of its chain graph
-(``emit_mlp``: ``network.graph`` derived by ``derive_graph``, kept on the MLP Derivation as
-``graph_derivation``), headed by the MLP's spec digest. Every module has the packed entry points
+(``emit_mlp``: the derivation of ``network.graph`` that ``derive`` kept on the MLP Derivation
+as ``graph_derivation``), headed by the MLP's spec digest. Every module has the packed entry points
 (``loss_and_grad_packed``, ``*_split``, ``train_step_<optimizer>``) that one kernel class
 (``kernel.BaseKernel``) calls; ``loss_and_grad`` leaves the gradients of the inputs marked grad
 unwritten (a training step does not need them) and ``loss_and_input_grad`` computes them after
@@ -597,21 +597,10 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
     return environment().get_template(f"{target}/graph.py.j2").render(**ctx)
 
 
-def graph_derivation(derivation):
-    """The GraphDerivation of an MLP Derivation's chain graph (``network.graph``), derived once
-    and kept on the Derivation (``derive`` writes its graph derivation in the MLP's names, which
-    the chain view reads; the graph generator reads the graph's own)."""
-    gd = getattr(derivation, "graph_derivation", None)
-    if gd is None:
-        from ..derivation.graph import derive_graph
-        gd = derivation.graph_derivation = derive_graph(derivation.network.graph)
-    return gd
-
-
 def emit_mlp(derivation, target="cpu", dtype="float64"):
     """Source text of the CPU kernel module of an MLP Derivation: the graph generator's module
     of its chain graph, headed by the MLP's spec digest and description."""
-    return emit_graph(graph_derivation(derivation), target, dtype, network=derivation.network)
+    return emit_graph(derivation.graph_derivation, target, dtype, network=derivation.network)
 
 
 def generate_graph(derivation, target="cpu", dtype="float64", out_dir=None, jit=True):

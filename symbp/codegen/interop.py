@@ -72,8 +72,10 @@ class _Adapter:
         self.n = len(self.keys)
         self.labels = list(self.keys) + (self.inputs + [m.TARGET[0]] if self.graph else ["X", "Y"])
 
-    def signature(self):
-        return ", ".join(self.labels)
+    def check_count(self, where, args):
+        if len(args) != len(self.names):
+            raise InputError(f"{where}: expected {len(self.names)} arguments ({', '.join(self.labels)}), "
+                             f"got {len(args)}")
 
     def run(self, arrays):
         n, k = self.n, self.kernel
@@ -112,14 +114,12 @@ def torch_function(kernel):
     torch = _require("torch", "torch_function")
     from torch.autograd.function import once_differentiable
     ad = _Adapter(kernel)
-    n, total = ad.n, len(ad.names)
+    n = ad.n
 
     class KernelLoss(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *args):
-            if len(args) != total:
-                raise InputError(f"torch_function: expected {total} arguments ({ad.signature()}), "
-                                 f"got {len(args)}")
+            ad.check_count("torch_function", args)
             # results go to the device of the first tensor argument
             device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
             loss, grads, dgrads = ad.run([_torch_array(kernel, a) for a in args])
@@ -143,7 +143,7 @@ def torch_function(kernel):
 
     KernelLoss.__name__ = KernelLoss.__qualname__ = f"{kernel.network.name}_loss"
     KernelLoss.__doc__ = (f"Loss of the generated kernel {kernel.network.name} ({kernel.target}, "
-                          f"{kernel.dtype}): apply({ad.signature()}).")
+                          f"{kernel.dtype}): apply({', '.join(ad.labels)}).")
     return KernelLoss
 
 
@@ -155,7 +155,7 @@ def jax_function(kernel):
     jax = _require("jax", "jax_function")
     import jax.numpy as jnp
     ad = _Adapter(kernel)
-    n, total = ad.n, len(ad.names)
+    n = ad.n
     dt = np.dtype(kernel.dtype)
     if dt == np.float64 and not jax.config.jax_enable_x64:
         raise InputError("jax_function: this kernel is float64 and JAX runs in float32: call "
@@ -164,8 +164,7 @@ def jax_function(kernel):
     def check(args):
         # at trace time, so that a mistake is one line and not an error raised inside the
         # callback (which JAX reports as a runtime error with its traceback)
-        if len(args) != total:
-            raise InputError(f"jax_function: expected {total} arguments ({ad.signature()}), got {len(args)}")
+        ad.check_count("jax_function", args)
         first, width = ad.data[0]
         if np.ndim(args[n]) != 2:
             raise InputError(f"{first}: expected an array of shape (batch, {width}), got {tuple(np.shape(args[n]))}")

@@ -111,6 +111,16 @@ def check_array(name, a, shape, dtype):
     return np.ascontiguousarray(a)
 
 
+def _views(flat, shapes):
+    """Views of consecutive parts of the 1-d array ``flat``, one per shape, back to back."""
+    out, off = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(flat[off:off + size].reshape(shape))
+        off += size
+    return out
+
+
 def _getter(keys):
     """dict -> tuple of its values at ``keys`` (in that order); KeyError when one is missing."""
     if len(keys) > 1:
@@ -132,19 +142,22 @@ class BaseKernel:
     _labels = ("X",)       # names of the input arrays in messages
     _yname = "Y"           # name of the target in messages
 
-    def __init__(self, derivation, module, path, target, dtype, jit):
+    def __init__(self, derivation, module, path, target, dtype, jit, rename=None):
         self.derivation = derivation
         self.module = module
         self.path = path
         self.target = target
         self.dtype = np.dtype(dtype)
         self.jit = jit
-        self.param_shapes = {k: tuple(v) for k, v in module.PARAM_SHAPES.items()}
-        self._params = tuple(module.PARAMS)
-        self._shapes = tuple(tuple(self.param_shapes[k]) for k in self._params)
+        # the module's parameters in its order, under the caller's names where ``rename`` gives
+        # them (a chain graph's CUDA kernel: W1 -> its weight's name); every buffer, bound step
+        # and result dict is keyed by _params
+        rename = rename or {}
+        self.param_shapes = {rename.get(k, k): tuple(v) for k, v in module.PARAM_SHAPES.items()}
+        self._params = tuple(rename.get(k, k) for k in module.PARAMS)
+        self._shapes = tuple(self.param_shapes[k] for k in self._params)
         self._local = threading.local()    # .work: {batch size: buffers} of the calling thread
-        keys = self._params
-        self._getter = _getter(keys)
+        self._getter = _getter(self._params)
         self._sizes = tuple(int(np.prod(s)) for s in self._shapes)
         self._serial_fns = {}              # (batch size, packed): the step function, see _step_fn
 
@@ -156,6 +169,9 @@ class BaseKernel:
     # checks -------------------------------------------------------------------------------
     def _array(self, name, a, shape):
         return check_array(name, a, shape, self.dtype)
+
+    def _is_array(self, a):
+        return isinstance(a, np.ndarray)
 
     def _fast(self, a, shape):
         return type(a) is np.ndarray and a.dtype == self.dtype and a.shape == shape and a.flags.c_contiguous
@@ -201,8 +217,8 @@ class BaseKernel:
         xs = self._inputs_tuple(inputs)
         label, w0 = self._labels[0], self._in_widths[0]
         X = xs[0]
-        if not isinstance(X, np.ndarray) or X.ndim != 2:
-            got = X.shape if isinstance(X, np.ndarray) else type(X).__name__
+        if not self._is_array(X) or len(X.shape) != 2:
+            got = tuple(X.shape) if self._is_array(X) else type(X).__name__
             raise InputError(f"{label}: expected an array of shape (batch, {w0}), got {got}")
         B = X.shape[0]
         if B < 1:
@@ -210,9 +226,12 @@ class BaseKernel:
         xs = tuple(self._array(name, x, (B, w)) for name, x, w in zip(self._labels, xs, self._in_widths))
         if Y is not _ABSENT:
             Y = self._array(self._yname, Y, (B, self._y_width))
-        check_keys("params", params, self._params)
-        ps = [self._array(f"params[{k!r}]", params[k], shape) for k, shape in zip(self._params, self._shapes)]
-        return ps, xs, Y
+        return self._keyed("params", params), xs, Y
+
+    def _keyed(self, where, given):
+        """The arrays of the dict ``given`` in parameter order, checked as parameters."""
+        check_keys(where, given, self._params)
+        return [self._array(f"{where}[{k!r}]", given[k], s) for k, s in zip(self._params, self._shapes)]
 
     def _work_size(self, B):
         """Entries of the packed work array for B rows: B x WORK_WIDTH, then USE_SIZE."""
@@ -231,27 +250,16 @@ class BaseKernel:
         except KeyError:
             work = self._local.work
         m = self.module
-        widths = m.BUFFER_WIDTHS
+        names = m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS
         packed = np.empty(self._work_size(B), self.dtype)
-        views, off = {}, 0
-        for n in m.FORWARD_BUFFERS + m.BACKWARD_BUFFERS:
-            views[n] = packed[B * off:B * (off + widths[n])].reshape((B, widths[n]))
-            off += widths[n]
-        fwd = [views[n] for n in m.FORWARD_BUFFERS]
-        bwd = [views[n] for n in m.BACKWARD_BUFFERS]
-        off = B * off
-        for shape in getattr(m, "USE_BUFFERS", {}).values():
-            size = int(np.prod(shape))
-            bwd.append(packed[off:off + size].reshape(shape))
-            off += size
+        views = _views(packed, [(B, m.BUFFER_WIDTHS[n]) for n in names]
+                       + list(getattr(m, "USE_BUFFERS", {}).values()))
+        fwd, bwd = views[:len(m.FORWARD_BUFFERS)], views[len(m.FORWARD_BUFFERS):]
         gtheta = np.empty(sum(self._sizes), self.dtype)
-        grads, off = [], 0
-        for size, shape in zip(self._sizes, self._shapes):
-            grads.append(gtheta[off:off + size].reshape(shape))
-            off += size
+        grads = _views(gtheta, self._shapes)
         # dL/d(first input): its backward buffer, written by loss_and_input_grad only
         gname = next(iter(getattr(m, "INPUT_GRADS", {}).values()), None)
-        gx = views[gname] if gname is not None else None
+        gx = views[names.index(gname)] if gname is not None else None
         if len(work) >= 4:   # a few batch sizes (train and test) stay allocated
             work.pop(next(iter(work)))
         w = work[B] = (fwd, bwd, grads, gx, packed, gtheta)
@@ -352,11 +360,11 @@ class BaseKernel:
         variant = self._step_fn(B)
         if variant is not self.module.loss_and_grad:     # parallel, or on one BLAS thread
             loss = self._run("loss_and_grad", variant, *xs, Y, *ps, *fwd, *bwd, *grads)
-            return float(loss), {k: (g.copy() if copy else g) for k, g in zip(self._params, grads)}
-        try:
-            loss = self.module.loss_and_grad_split(*xs, Y, *ps, gtheta, work)
-        except (ArithmeticError, ValueError) as e:
-            raise self._domain_error("loss_and_grad", e) from e
+        else:
+            try:
+                loss = self.module.loss_and_grad_split(*xs, Y, *ps, gtheta, work)
+            except (ArithmeticError, ValueError) as e:
+                raise self._domain_error("loss_and_grad", e) from e
         if copy:
             return float(loss), {k: g.copy() for k, g in zip(self._params, grads)}
         return float(loss), dict(zip(self._params, grads))
@@ -371,8 +379,7 @@ class BaseKernel:
             if outs is not None and all(map(self._fast, outs, self._shapes)) \
                     and all(o.flags.writeable for o in outs):
                 return outs
-        check_keys("out", out, self._params)
-        outs = [self._array(f"out[{k!r}]", out[k], s) for k, s in zip(self._params, self._shapes)]
+        outs = self._keyed("out", out)
         for k, o in zip(self._params, outs):
             if out[k] is not o or not o.flags.writeable:
                 raise InputError(f"out[{k!r}]: loss_and_grad writes the gradients into it and needs a "
@@ -398,6 +405,15 @@ class BaseKernel:
         b = self._buffers(xs[0].shape[0])
         return float(self._run("sgd_step", self.module.sgd_step_split, *xs, Y, *ps, b[5], b[4], lr))
 
+    def _with_input_grads(self, where, params, inputs, Y):
+        """(loss, fresh gradients keyed like params, the buffers of ``_buffers``) of one call of
+        the module's loss_and_input_grad, the entry point that also computes the input
+        gradients (into the backward buffers)."""
+        ps, xs, Y = self._check_data(params, inputs, Y)
+        b = self._buffers(xs[0].shape[0])
+        loss = self._run(where, self.module.loss_and_input_grad, *xs, Y, *ps, *b[0], *b[1], *b[2])
+        return float(loss), {k: g.copy() for k, g in zip(self._params, b[2])}, b
+
     # interop (symbp.codegen.interop) ----------------------------------------------------
     def torch_function(self):
         """A torch.autograd.Function: ``F.apply(*params, *data)`` is the loss, with gradients
@@ -414,8 +430,8 @@ class BaseKernel:
 class Kernel(BaseKernel):
     """The kernel of an MLP: data X (B, n0) and Y (B, nL)."""
 
-    def __init__(self, derivation, module, path, target, dtype, jit):
-        super().__init__(derivation, module, path, target, dtype, jit)
+    def __init__(self, derivation, module, path, target, dtype, jit, rename=None):
+        super().__init__(derivation, module, path, target, dtype, jit, rename)
         self.network = derivation.network
         self._n0, self._nL = self.network.sizes[0], self.network.sizes[-1]
         self._in_widths, self._y_width = (self._n0,), self._nL
@@ -434,17 +450,12 @@ class Kernel(BaseKernel):
 
     def input_grad(self, params, X, Y):
         """dL/dX, shape (B, n0): backpropagation to the data (chapter 14 "Backpropagation", 14.9)."""
-        ps, X, Y = self._check(params, X, Y)
-        fwd, bwd, grads, gx, _, _ = self._buffers(X.shape[0])
-        self._run("input_grad", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads)
-        return gx.copy()
+        return self._with_input_grads("input_grad", params, X, Y)[2][3].copy()
 
     def loss_and_grads(self, params, X, Y):
         """(loss, {"W1": dL/dW1, ...}, dL/dX) from one call of the kernel, fresh arrays."""
-        ps, X, Y = self._check(params, X, Y)
-        fwd, bwd, grads, gx, _, _ = self._buffers(X.shape[0])
-        loss = self._run("loss_and_grads", self.module.loss_and_input_grad, X, Y, *ps, *fwd, *bwd, *grads)
-        return float(loss), {k: g.copy() for k, g in zip(self._params, grads)}, gx.copy()
+        loss, grads, buffers = self._with_input_grads("loss_and_grads", params, X, Y)
+        return loss, grads, buffers[3].copy()
 
 
 class GraphKernel(BaseKernel):
@@ -570,22 +581,14 @@ class GraphKernel(BaseKernel):
         """(parameter arrays, input arrays in INPUTS order, target), all checked."""
         return self._check_data(params, inputs, target)
 
-    def _named(self, B):
-        fwd, bwd, _, _, _, _ = self._buffers(B)
-        return dict(zip(self.module.FORWARD_BUFFERS, fwd)), dict(zip(self.module.BACKWARD_BUFFERS, bwd))
-
     def values(self, params, inputs):
         """{node name: value} of every node after the forward pass (inputs included)."""
         ps, xs, _ = self._check_data(params, inputs)
         B = xs[0].shape[0]
         self.module.forward_split(*xs, *ps, self._buffers(B)[4])
         out = {k: x.copy() for k, x in zip(self._names, xs)}
-        out.update({k: v.copy() for k, v in self._named(B)[0].items()})
+        out.update({k: v.copy() for k, v in zip(self.module.FORWARD_BUFFERS, self._buffers(B)[0])})
         return out
-
-    def _input_grads(self, B):
-        bwd = self._named(B)[1]
-        return {k: bwd[label].copy() for k, label in self.module.INPUT_GRADS.items()}
 
     def input_grads(self, params, inputs, target):
         """{input: dL/dinput} for the inputs marked grad (backpropagation to the data, chapter 14
@@ -597,12 +600,10 @@ class GraphKernel(BaseKernel):
     def loss_and_input_grads(self, params, inputs, target):
         """(loss, {param: grad}, {input: grad}) from one pass (loss_and_input_grad: the input
         gradients are computed only here, not in loss_and_grad)."""
-        ps, xs, t = self._check_data(params, inputs, target)
-        fwd, bwd, grads, _, _, _ = self._buffers(xs[0].shape[0])
-        loss = self._run("loss_and_input_grads", self.module.loss_and_input_grad, *xs, t, *ps, *fwd, *bwd, *grads)
-        self._after_training(xs, self._buffers(xs[0].shape[0])[4])
-        return (float(loss), {k: g.copy() for k, g in zip(self._params, grads)},
-                self._input_grads(xs[0].shape[0]))
+        loss, grads, buffers = self._with_input_grads("loss_and_input_grads", params, inputs, target)
+        self._updated(params, inputs)
+        named = dict(zip(self.module.BACKWARD_BUFFERS, buffers[1]))
+        return loss, grads, {k: named[label].copy() for k, label in self.module.INPUT_GRADS.items()}
 
 
 class BoundStep:
@@ -630,12 +631,9 @@ class BoundStep:
         self._kernel = kernel
         self.theta = np.concatenate([a.ravel() for a in ps]) if ps else np.zeros(0, kernel.dtype)
         self.gtheta = np.zeros_like(self.theta)
-        self.work = np.empty(kernel._work_size(xs[0].shape[0]), kernel.dtype)
-        self.params, self.grads, off = {}, {}, 0
-        for key, a in zip(keys, ps):
-            self.params[key] = self.theta[off:off + a.size].reshape(a.shape)
-            self.grads[key] = self.gtheta[off:off + a.size].reshape(a.shape)
-            off += a.size
+        self.work = np.empty(0, kernel.dtype)      # sized by _set_batch
+        self.params = dict(zip(keys, _views(self.theta, kernel._shapes)))
+        self.grads = dict(zip(keys, _views(self.gtheta, kernel._shapes)))
         self.optimizer = opt
         if opt is None:
             self._fn = kernel._step_fn(xs[0].shape[0], packed=True)
@@ -645,8 +643,7 @@ class BoundStep:
             self.state = np.zeros(len(opt.rule.state) * self.theta.size, kernel.dtype)
             self.hyper = opt.hyper_array()
             self._tail = (self.state, self.hyper)
-        self._data = (*xs, Y)
-        self._args = self._data + (self.theta, self.gtheta, self.work) + self._tail
+        self._set_batch(*xs, Y)
         self._after = getattr(kernel, "_after_training", None) if getattr(kernel, "_running_arrays", ()) else None
 
     @property

@@ -23,6 +23,7 @@ Contract:
   reset) and the function compiled anew, with one line on stderr per file and process, instead
   of failing every later call until the cache is deleted by hand.
 """
+import functools
 import importlib.util
 import math
 import os
@@ -100,17 +101,11 @@ def import_module(path, name, jit=True, digest=None):
 
 
 def _np_min(*args):
-    out = args[0]
-    for a in args[1:]:
-        out = np.minimum(out, a)
-    return out
+    return functools.reduce(np.minimum, args)
 
 
 def _np_max(*args):
-    out = args[0]
-    for a in args[1:]:
-        out = np.maximum(out, a)
-    return out
+    return functools.reduce(np.maximum, args)
 
 
 class _NumpyMath:

@@ -17,7 +17,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import naming
-from ..derivation.simplify import _sigmoid, _softplus, stable_forms  # noqa: F401  (the printer's forms)
+from ..derivation.simplify import UfuncMaxMin, _sigmoid, _softplus, stable_forms  # noqa: F401  (the printer's forms)
 from ..errors import DerivationError
 
 
@@ -187,7 +187,7 @@ def is_transcendental(expr):
         not e.exp.is_Integer for e in expr.atoms(sp.Pow))
 
 
-class ArrayPrinter(NumPyPrinter):
+class ArrayPrinter(UfuncMaxMin, NumPyPrinter):
     """Whole-array NumPy source: an Indexed quantity prints as its whole array, so the
     expression of one entry becomes the vectorized expression of all entries."""
 
@@ -203,16 +203,3 @@ class ArrayPrinter(NumPyPrinter):
     def _print__softplus(self, e):
         return f"numpy.logaddexp(0, {self._print(e.args[0])})"
 
-    # NumPyPrinter prints Max/Min as functools.reduce(numpy.amax, ...), and the generated module
-    # does not import functools (nor can njit's objmode block see it): nested two-argument ufuncs.
-    def _print_Max(self, e):
-        return self._fold("numpy.maximum", e.args)
-
-    def _print_Min(self, e):
-        return self._fold("numpy.minimum", e.args)
-
-    def _fold(self, fn, args):
-        out = self._print(args[0])
-        for a in args[1:]:
-            out = f"{fn}({out}, {self._print(a)})"
-        return out

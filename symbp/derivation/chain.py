@@ -36,7 +36,6 @@ import sympy as sp
 from .. import naming
 from .equations import Derivation, Equation, LayerRules
 from .graph import derive_graph, grad, paused_gc, renamer, value, width
-from .local import output_form  # noqa: F401  (the MLP derivation's local forms, read by tests)
 
 S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
 
@@ -44,11 +43,8 @@ S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P
 def derive(network):
     """Derive the backpropagation of ``network`` (see the module docstring): the chain view of
     the one graph derivation of its chain Graph (``network.graph``)."""
-    graph = network.graph
-    # the graph derivation writes its expressions in the MLP's names at once (one renaming of
-    # a deep chain, not two); chain_view then finds them renamed
     with paused_gc():
-        return chain_view(derive_graph(graph, names=_chain_names(graph)[0]), network)
+        return chain_view(derive_graph(network.graph), network)
 
 
 # The one-line doc of each MLP equation kind (as the MLP derivation always wrote them).
@@ -102,17 +98,18 @@ def chain_view(graph_derivation, network):
 
     The graph writes an edge's contribution as g_in[s, j] = sum_i g_out[s, i] J[s, i, j]; the
     MLP writes ga<l-1>[s, i] = sum_j delta<l>[s, j] W<l>[j, i] and dz/da, dz/dW, dz/db with j the
-    unit of z: those are the same expressions with i and j swapped, done here."""
-    gd, graph = graph_derivation, graph_derivation.graph
-    mapping, what = _chain_names(graph)
-    # one memo for the whole view: the equations of a deep chain share their subexpressions.
-    # A derivation that derive_graph wrote in these names already (``derive``) is not renamed
-    # twice.
-    names = (lambda e: e) if gd.names == mapping else renamer(mapping)
-    swap = renamer({I: J, J: I})
+    unit of z: those are the same expressions with i and j swapped, done here.
+
+    The graph derivation itself is kept as ``graph_derivation`` (in the graph's names): the code
+    generator reads it, so an MLP is derived once."""
+    gd = graph_derivation
+    mapping, what = _chain_names(gd.graph)
+    # one memo for the whole view: the equations of a deep chain share their subexpressions;
+    # the swapped ones are renamed and swapped in one pass (no name maps to an index)
+    names, swapped_names = renamer(mapping), renamer({**mapping, I: J, J: I})
 
     def rename(e, swapped=False):
-        return swap(names(e)) if swapped else names(e)
+        return swapped_names(e) if swapped else names(e)
 
     def stages(st, swapped=False):
         return None if st is None else tuple((name, rename(e, swapped)) for name, e in st)
@@ -157,4 +154,4 @@ def chain_view(graph_derivation, network):
                                  stages(dense.db, True) if layer.bias else None))
     expr, reads = gd.loss_sample
     loss_sample = (rename(expr), what[reads][0])
-    return Derivation(network, equations, tuple(layers), loss_sample, gd.batch_factor)
+    return Derivation(network, equations, tuple(layers), loss_sample, gd.batch_factor, gd)

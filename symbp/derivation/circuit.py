@@ -35,6 +35,7 @@ methods; this stage never imports it. ``parse_values`` reads the ``--at`` text o
 circuit`` command (``symbp.render.circuit.add_command``).
 """
 import ast
+import functools
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -365,11 +366,7 @@ class _Stager:
         if len(rest) > 1 and all(_coeff(t)[0] < 0 for t in rest):
             # -a - b - c is staged as -(a + b + c): one negation gate, as the seed draws it.
             return self.gate("neg", [self.add([_negated(t) for t in rest])])
-        rest = _term_order(rest)
-        cur = self.stage(rest[0])
-        for t in rest[1:]:
-            cur = self.gate("add", [cur, self.stage(t)])
-        return cur
+        return self.chain("add", _term_order(rest))
 
     def mul(self, factors):
         consts = [f for f in factors if not f.free_symbols]
@@ -380,11 +377,11 @@ class _Stager:
                 return self.gate("neg", [self.mul(rest)])
             if c.const != 1:
                 return self.gate("cmul", [self.mul(rest), c])
-        rest = _factor_order(rest)
-        cur = self.stage(rest[0])
-        for f in rest[1:]:
-            cur = self.gate("mul", [cur, self.stage(f)])
-        return cur
+        return self.chain("mul", _factor_order(rest))
+
+    def chain(self, kind, operands):
+        """Binary gates of one kind, left to right: ((t1 op t2) op t3) ..."""
+        return functools.reduce(lambda cur, t: self.gate(kind, [cur, self.stage(t)]), operands[1:], self.stage(operands[0]))
 
 
 def _gate_names(variables, count):

@@ -120,15 +120,15 @@ class EquationLookup:
 class Derivation(EquationLookup):
     """Equations of the backpropagation of one network, as SymPy derived them."""
 
-    def __init__(self, network, equations, layers, loss_sample, batch_factor):
+    def __init__(self, network, equations, layers, loss_sample, batch_factor, graph_derivation=None):
         self.network = network
         self.equations = equations
         self.layers = layers
         self.loss_sample = loss_sample      # (per-sample loss expression in [s, i], "z" or "a")
         self.batch_factor = batch_factor    # 1/B (mean) or 1 (sum)
-        # the GraphDerivation of network.graph in the graph's own names, for the code generator
-        # (codegen.graph_emit.graph_derivation derives it on first use)
-        self.graph_derivation = None
+        # the GraphDerivation of network.graph in the graph's own names (``chain_view`` keeps the
+        # one it renamed), for the code generator
+        self.graph_derivation = graph_derivation
         self._by_name = {e.name: e for e in equations}
 
     def dump(self):

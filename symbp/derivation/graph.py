@@ -47,7 +47,7 @@ import sympy as sp
 
 from .. import naming
 from . import norm, simplify as simp
-from .equations import ActivationRule, Equation, EquationLookup
+from .equations import ActivationRule, Equation, EquationLookup, _stages
 from .local import _forward_rule, _loss_from_logits, output_form
 from ..model import ops
 from ..model.ops_conv import TENSOR_REALIZE, sizes as tensor_sizes
@@ -271,6 +271,8 @@ def renamer(mapping):
                     # a pass's factored form c (x - y) (cancel's choice, fewer operations):
                     # rebuilt with evaluation, Mul would distribute the number again
                     r = sp.Mul(*args, evaluate=False)
+                elif type(e) is sp.Sum:
+                    r = _renamed_sum(args)
                 else:
                     r = e.func(*args)
             memo[e] = r
@@ -278,8 +280,18 @@ def renamer(mapping):
     return go
 
 
-def _rename(stages, mapping):
-    go = mapping if callable(mapping) else renamer(mapping)
+def _renamed_sum(args):
+    """Sum(*args) for the renamed arguments of a Sum SymPy built: the summand and limits are
+    already in the form Sum's constructor gives them (limits processed, Piecewise folded), and
+    renaming keeps that form, so they are set as they are, as the constructor sets them
+    (``AddWithLimits.__new__``); running it again was a third of a deep chain's renaming."""
+    r = sp.Expr.__new__(sp.Sum)
+    r._args = args
+    r.is_commutative = args[0].is_commutative
+    return r
+
+
+def _rename(stages, go):
     return tuple((name, go(e)) for name, e in stages)
 
 
@@ -296,10 +308,9 @@ class GraphDerivation(EquationLookup):
     ``sizes`` ({width symbol: int}), ``loss_sample`` ((per-sample loss in [s, i], the node it
     reads) for the kernels), ``batch_factor``, ``inlined`` (equations the kernels do not
     compute), ``input_grads`` ({input: equation name of its gradient}) and ``param_grads``
-    ({parameter: equation name of its gradient}), ``names`` (see ``derive_graph``)."""
+    ({parameter: equation name of its gradient})."""
 
     layers = ()     # a DAG has no layer rules; see ``nodes``
-    names = {}      # the ``names`` derive_graph applied (none: the graph's own)
 
     def __init__(self, graph, equations, nodes, quantities, sizes, loss_sample, batch_factor,
                  inlined, input_grads, param_grads):
@@ -349,15 +360,6 @@ class GraphDerivation(EquationLookup):
         return f"<GraphDerivation of {self.graph}: {len(self.equations)} equations>"
 
 
-def _stages(label, stages):
-    out, prev = [], None
-    for name, e in stages:
-        if prev is not None and e == prev:
-            continue
-        out.append(f"  {label} [{name}]: {e}")
-        prev = e
-    return out
-
 
 @contextmanager
 def paused_gc():
@@ -373,23 +375,13 @@ def paused_gc():
             gc.enable()
 
 
-def derive_graph(graph, names=None):
-    """Derive the backpropagation of ``graph`` (see the module docstring).
-
-    ``names``: an optional {base or symbol of this derivation: what to write instead}, applied
-    in the same renaming as each node's own names, to the lhs of every equation and to the
-    per-sample loss (``chain.chain_view`` passes the MLP's names: a deep chain is then renamed
-    once, not twice). Equation names, quantities and the other tables keep the graph's names."""
+def derive_graph(graph):
+    """Derive the backpropagation of ``graph`` (see the module docstring)."""
     with paused_gc():
-        return _derive_graph(graph, names)
+        return _derive_graph(graph)
 
 
-def _derive_graph(graph, names):
-    names = names or {}
-
-    def composed(mapping):
-        return renamer({k: names.get(v, v) for k, v in mapping.items()} if names else mapping)
-    alias = renamer(names)
+def _derive_graph(graph):
     order = {n.name: idx for idx, n in enumerate(graph.nodes)}
     need = graph.requires_grad()
     loss = graph.loss_node
@@ -404,7 +396,6 @@ def _derive_graph(graph, names):
         return base
 
     def eq(name, kind, node, lhs, stages, doc, source="", terms=()):
-        lhs = alias(lhs) if names else lhs
         e = GraphEquation(name, kind, order.get(node, -1), lhs, stages[-1][1], tuple(stages), doc,
                           node=node, source=source, terms=tuple(terms))
         equations.append(e)
@@ -422,7 +413,7 @@ def _derive_graph(graph, names):
     for n in graph.nodes:
         if n.op.realize in ("source", "loss"):
             continue
-        t, m = _template(_key(n), at_zero), composed(_mapping(graph, n))
+        t, m = _template(_key(n), at_zero), renamer(_mapping(graph, n))
         named = ()
         if "statistics" in t:       # a normalization: mu, sigma, xhat defined first (derivation.norm)
             for what, lhs, rhs in t["statistics"]:
@@ -441,7 +432,7 @@ def _derive_graph(graph, names):
     lm.update({_OUT: value(out.name), _OUT.label: value(out.name).label, _N_OUT: width(out.name)})
     if inline:
         lm.update({_in(0): value(out.inputs[0]), _in(0).label: value(out.inputs[0]).label})
-    lm_go = composed(lm)
+    lm_go = renamer(lm)
     eq("L", "loss", loss.name, sp.Symbol("L"), [("definition", lm_go(lt["L"]))], f"loss {loss.loss.name}")
 
     # 2. backward, in reverse topological order --------------------------------------------------
@@ -467,17 +458,21 @@ def _derive_graph(graph, names):
             branch_terms[out.name].append(e.name)
 
     use_terms = {p.name: [] for p in graph.params}
+
+    def branch_sum(name, what):
+        """g_v = the sum of the contributions of the nodes v feeds (eq. 14.46)."""
+        terms = branch_terms[name]
+        base = q(grad(name), "grad", name)
+        eq(str(base.label), "branch_sum", name, base[S, J], [("sum", sp.Add(*[labelled(t)[S, J] for t in terms]))],
+           f"branch: {what} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
+
     param_grads = {}
     for n in reversed(graph.nodes):
         if n.op.realize in ("source", "loss") or n.name not in need:
             continue
         if len(edges[n.name]) > 1:
-            terms = branch_terms[n.name]
-            base = q(grad(n.name), "grad", n.name)
-            rhs = sp.Add(*[labelled(t)[S, J] for t in terms])
-            eq(str(base.label), "branch_sum", n.name, base[S, J], [("sum", rhs)],
-               f"branch: {n.name} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
-        t, m = _template(_key(n), at_zero), composed(_mapping(graph, n))
+            branch_sum(n.name, n.name)
+        t, m = _template(_key(n), at_zero), renamer(_mapping(graph, n))
         bound = n.op.bind(n)
         for spec in n.op.params:
             if spec.role in bound:
@@ -512,11 +507,7 @@ def _derive_graph(graph, names):
     input_grads = {}
     for x in graph.grad_inputs:
         if len(edges[x.name]) > 1:
-            terms = branch_terms[x.name]
-            base = q(grad(x.name), "grad", x.name)
-            rhs = sp.Add(*[labelled(t)[S, J] for t in terms])
-            eq(str(base.label), "branch_sum", x.name, base[S, J], [("sum", rhs)],
-               f"branch: input {x.name} feeds {len(terms)} nodes, their gradients add (eq. 14.46)", terms=terms)
+            branch_sum(x.name, f"input {x.name}")
         input_grads[x.name] = f"g_{x.name}"
     for p in graph.params:
         if len(p.uses) > 1:
@@ -536,13 +527,9 @@ def _derive_graph(graph, names):
         if e.kind not in ("forward_concat", "forward_flatten") and (e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative)):
             raise DerivationError(f"{graph.name}: could not collapse {e.name} = {e.rhs}")
 
-    loss_sample = _graph_loss_sample(graph, out)
-    if names:
-        loss_sample = (alias(loss_sample[0]), loss_sample[1])
-    gd = GraphDerivation(graph, tuple(equations), tuple(rules), quantities, sizes, loss_sample,
-                         _batch_factor(loss.reduction), frozenset(inlined), input_grads, param_grads)
-    gd.names = names
-    return gd
+    return GraphDerivation(graph, tuple(equations), tuple(rules), quantities, sizes,
+                           _graph_loss_sample(graph, out), _batch_factor(loss.reduction), frozenset(inlined),
+                           input_grads, param_grads)
 
 
 def _graph_loss_sample(graph, out):

@@ -263,7 +263,25 @@ OTHER_VALUES = (0.375, -0.625, 0.8125, 1.25, -1.5, 0.6875)
 EVAL_MAX_OPS = 400
 
 
-class _CheckPrinter(NumPyPrinter):
+class UfuncMaxMin:
+    """Max/Min as nested two-argument ufuncs: NumPyPrinter prints them as
+    functools.reduce(numpy.amax, ...), and neither a generated module (nor njit's objmode block)
+    nor the stability check imports functools."""
+
+    def _print_Max(self, e):
+        return self._fold("numpy.maximum", e.args)
+
+    def _print_Min(self, e):
+        return self._fold("numpy.minimum", e.args)
+
+    def _fold(self, fn, args):
+        out = self._print(args[0])
+        for a in args[1:]:
+            out = f"{fn}({out}, {self._print(a)})"
+        return out
+
+
+class _CheckPrinter(UfuncMaxMin, NumPyPrinter):
     """NumPy source that keeps a float32 array float32 (SymPy's Heaviside prints as an integer
     select, which promotes), with the kernels' helpers _sigmoid/_softplus as NumPy functions."""
 
@@ -279,18 +297,6 @@ class _CheckPrinter(NumPyPrinter):
         rest = sp.Mul(*[f for f in e.args if f not in steps])
         conds = " & ".join(f"({self._print(h.args[0])} > 0)" for h in steps)
         return f"numpy.where({conds}, {self._print(rest)}, 0.0)"
-
-    def _print_Max(self, e):
-        return self._fold("numpy.maximum", e.args)
-
-    def _print_Min(self, e):
-        return self._fold("numpy.minimum", e.args)
-
-    def _fold(self, fn, args):
-        out = self._print(args[0])
-        for a in args[1:]:
-            out = f"{fn}({out}, {self._print(a)})"
-        return out
 
     def _print__sigmoid(self, e):
         return f"_np_sigmoid({self._print(e.args[0])})"

@@ -134,6 +134,12 @@ class Param:
     uses: tuple
 
 
+def options(model):
+    """A Graph's or Network's relu_at_zero and allow_any_output for its canonical form, only where
+    not at their defaults (left out there, so that the digests of existing specs stay as they were)."""
+    return {k: v for k, v in (("relu_at_zero", model.relu_at_zero), ("allow_any_output", model.allow_any_output)) if v}
+
+
 @dataclass(frozen=True)
 class Graph:
     name: str
@@ -222,11 +228,7 @@ class Graph:
         out = {"name": self.name, "nodes": [n.canonical() for n in self.nodes],
                "params": [[p.name, p.role, list(p.shape)] for p in self.params],
                "declared": list(self.declared)}
-        # options at their defaults are left out: existing digests stay as they were
-        if self.relu_at_zero:
-            out["relu_at_zero"] = self.relu_at_zero
-        if self.allow_any_output:
-            out["allow_any_output"] = True
+        out.update(options(self))
         return out
 
     @property

@@ -42,7 +42,7 @@ import sympy as sp
 from .. import naming
 from ..errors import SpecError, shown
 from .functions import LOSSES, REDUCTIONS, Activation, Loss, user_activation
-from .graph import chain_layers, from_network
+from .graph import chain_layers, from_network, options
 from .limits import (MAX_LAYERS, MAX_PARAMETERS, MAX_WIDTH, _int, check_parameter_count,  # noqa: F401
                      resolve_activation)
 
@@ -108,11 +108,7 @@ class Network:
             "loss": self.loss.name,
             "reduction": self.reduction,
         }
-        # options at their defaults are left out: the digests of existing specs do not change
-        if self.relu_at_zero:
-            out["relu_at_zero"] = self.relu_at_zero
-        if self.allow_any_output:
-            out["allow_any_output"] = True
+        out.update(options(self))
         return out
 
     @property

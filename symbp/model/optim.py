@@ -124,7 +124,8 @@ class Optimizer:
     """Hyperparameters of one optimizer kind (see the module's contract); subclasses name it."""
     kind = None
 
-    def __init__(self, **hyper):
+    def __init__(self, lr=1e-3, **hyper):
+        hyper["lr"] = lr
         rule = RULES[self.kind]
         title = rule.title
         allowed = [h for h, _ in rule.hyper] + ["max_grad_norm"]
@@ -185,24 +186,15 @@ class SGD(Optimizer):
     """torch.optim.SGD: lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False."""
     kind = "sgd"
 
-    def __init__(self, lr=1e-3, **hyper):
-        super().__init__(lr=lr, **hyper)
-
 
 class Adam(Optimizer):
     """torch.optim.Adam: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0."""
     kind = "adam"
 
-    def __init__(self, lr=1e-3, **hyper):
-        super().__init__(lr=lr, **hyper)
-
 
 class AdamW(Optimizer):
     """torch.optim.AdamW: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2."""
     kind = "adamw"
-
-    def __init__(self, lr=1e-3, **hyper):
-        super().__init__(lr=lr, **hyper)
 
 
 CLASSES = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

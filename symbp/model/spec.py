@@ -23,9 +23,10 @@ import difflib
 import os
 import tomllib
 
-from ..errors import SpecError, shown
+from ..errors import SpecError
 from .functions import ACTIVATIONS
 from .network import build
+from .ops import check_str as _str
 from .source import SpecKindError, is_graph_doc, is_mlp_doc, read_text, read_toml, unknown_key  # noqa: F401
 
 TOP_KEYS = ("network", "layer", "loss", "activations")
@@ -47,17 +48,6 @@ def _table(doc, key, where, required=True):
     if not isinstance(doc[key], dict):
         raise SpecError(where, key, f"expected a table [{key}], got {type(doc[key]).__name__}")
     return doc[key]
-
-
-def _str(table, key, where, prefix, default=None):
-    if key not in table:
-        if default is None:
-            raise SpecError(where, f"{prefix}{key}", "missing key")
-        return default
-    v = table[key]
-    if not isinstance(v, str):
-        raise SpecError(where, f"{prefix}{key}", f"expected a string, got {type(v).__name__} {shown(v)}")
-    return v
 
 
 def loads(text, where="<string>"):

@@ -27,16 +27,16 @@ The public face (symbp/__init__.py) makes these the Circuit's methods (``c.table
 """
 import ast
 import re
+from collections import Counter
+from itertools import combinations
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from ..derivation.circuit import TIE_NOTE, CircuitError, _err, check_decimals, circuit, parse_values
-from ..output import write as write_text
 from ..output import environment
-from .pdf import compile_pdf
+from .pdf import with_pdf, write_all
 
 # Picture geometry (cm): column spacing, row spacing, length of the output wire.
 DX, DY, OUT = 2.4, 1.6, 2.0
@@ -50,10 +50,6 @@ def fmt(v, decimals):
     if q == 0:
         q = abs(q)
     return f"{q:f}"
-
-
-def _sstr(e):
-    return sp.sstr(e)
 
 
 class _Printer(LatexPrinter):
@@ -73,12 +69,8 @@ _FUNC_TEX = {"exp": r"\exp", "log": r"\log", "max": r"\max", "sigmoid": r"\sigma
 
 
 def _name_tex(name):
-    if name == "pi":
-        return r"\pi"
-    if name == "E":
-        return "e"
     m = re.match(r"^([A-Za-z]+)_?(\d+)$", name)
-    return f"{m.group(1)}_{{{m.group(2)}}}" if m else name
+    return {"pi": r"\pi", "E": "e"}.get(name) or (f"{m.group(1)}_{{{m.group(2)}}}" if m else name)
 
 
 def _typed(node):
@@ -100,15 +92,12 @@ def _typed(node):
         if name == "sqrt":
             return rf"\sqrt{{{args[0]}}}", 5
         head = _FUNC_TEX.get(name) or r"\operatorname{%s}" % name
-        inner = ", ".join(args)
-        return rf"{head}\left({inner}\right)", 5
+        return rf"{head}\left({', '.join(args)}\right)", 5
     if isinstance(node, ast.BinOp):
         (lt, lp), (rt, rp) = _typed(node.left), _typed(node.right)
         paren = lambda t: rf"\left({t}\right)"
-        if isinstance(node.op, ast.Add):
-            return f"{lt} + {rt if rp > 1 else paren(rt)}", 1
-        if isinstance(node.op, ast.Sub):
-            return f"{lt} - {rt if rp > 1 else paren(rt)}", 1
+        if isinstance(node.op, (ast.Add, ast.Sub)):
+            return f"{lt} {'+' if isinstance(node.op, ast.Add) else '-'} {rt if rp > 1 else paren(rt)}", 1
         if isinstance(node.op, ast.Mult):
             lt = lt if lp >= 2 else paren(lt)
             rt = rt if rp > 3 or (rp == 2 and not isinstance(node.right, ast.BinOp)) else paren(rt)
@@ -140,17 +129,6 @@ def _shown(c, n):
     return n.gate.shown(*[c.nodes[s.node].symbol if s.is_node else s.const for s in n.slots])
 
 
-def _src(c, n, k):
-    return c.nodes[n.slots[k].node]
-
-
-def _pattern_of(c, n):
-    out = []
-    if not n.is_input and n.gate.pattern:
-        out.append(n.gate.pattern)
-    return out
-
-
 def _signed_sum(parts):
     """"0.04", "-0.16" -> "0.04 - 0.16"."""
     out = parts[0]
@@ -179,16 +157,16 @@ class Hand:
 
     def __init__(self, c, decimals):
         self.d = decimals
-        val, exact = {}, {}
+        val, exact, local, local_exact, grad, sends, send_exact = {}, {}, {}, {}, {}, {}, {}
+
+        def keep(store, flags, key, raw):      # rounded, and whether that changed nothing
+            store[key] = _round(raw, decimals)
+            flags[key] = _same(raw, store[key])
         for n in c.nodes:
             if n.is_input:
                 val[n.index] = n.value
-                continue
-            ins = [val[s.node] if s.is_node else s.const for s in n.slots]
-            raw = n.gate.forward(*ins)
-            val[n.index] = _round(raw, decimals)
-            exact[n.index] = _same(raw, val[n.index])
-        local, local_exact = {}, {}
+            else:
+                keep(val, exact, n.index, n.gate.forward(*[val[s.node] if s.is_node else s.const for s in n.slots]))
         for n in c.gates:
             at = {c.nodes[s.node].symbol: val[s.node] for s in n.slots if s.is_node}
             at[n.symbol] = val[n.index]
@@ -201,17 +179,14 @@ class Hand:
                     raw = n.output_formula.xreplace(at)
                 else:
                     raw = n.local_formula[k].xreplace(at)
-                local[(n.index, k)] = _round(raw, decimals)
-                local_exact[(n.index, k)] = _same(raw, local[(n.index, k)])
-        grad, sends, send_exact = {c.output.index: sp.Integer(1)}, {}, {}
+                keep(local, local_exact, (n.index, k), raw)
+        grad[c.output.index] = sp.Integer(1)
         for n in reversed(c.nodes):
             if n is not c.output:
                 grad[n.index] = sp.Add(*[sends[(i, j)] for (i, j, _) in n.sends]) if n.sends else sp.Integer(0)
             for k, s in enumerate(n.slots):
                 if s.is_node:
-                    raw = grad[n.index] * local[(n.index, k)]
-                    sends[(n.index, k)] = _round(raw, decimals)
-                    send_exact[(n.index, k)] = _same(raw, sends[(n.index, k)])
+                    keep(sends, send_exact, (n.index, k), grad[n.index] * local[(n.index, k)])
         self.value, self.value_exact, self.local, self.local_exact = val, exact, local, local_exact
         self.grad, self.send, self.send_exact = grad, sends, send_exact
 
@@ -228,13 +203,16 @@ def _same(a, b):
     return abs(sp.N(a - b, 50)) < sp.Float("1e-40")
 
 
+def shortest(v, decimals, otherwise=None):
+    """The shortest decimal of at most ``decimals`` places that is exactly ``v`` (0.1, 0.22,
+    0.116), else ``otherwise`` (default: ``v`` rounded to ``decimals`` places)."""
+    exact = next((t for t in (fmt(v, d) for d in range(decimals + 1)) if sp.Rational(t) == v), None)
+    return exact or (fmt(v, decimals) if otherwise is None else otherwise)
+
+
 def _given_text(v):
     v = sp.Rational(v)
-    for d in range(0, 13):
-        text = fmt(v, d)
-        if sp.Rational(text) == v:
-            return text
-    return sp.latex(v)
+    return shortest(v, 12, sp.latex(v))
 
 
 def _rel(ok):
@@ -246,7 +224,7 @@ def _rel(ok):
 def table(c, decimals=2):
     d = check_decimals(decimals)
     f = lambda v: fmt(v, d)
-    at = ", ".join(f"{k} = {_sstr(c.values[k])}" for k in c.variables)
+    at = ", ".join(f"{k} = {sp.sstr(c.values[k])}" for k in c.variables)
     lines = [f"f = {c.text}", f"at {at}  ({c.granularity} gates: {len(c.gates)})", ""]
     rows = [("node", "gate", "computes", "value", "local gradient", "gradient", "pattern")]
     for n in c.inputs:
@@ -258,33 +236,28 @@ def table(c, decimals=2):
             if not s.is_node:
                 continue
             form = n.local_formula[k]
-            text = f"d{n.name}/d{_src(c, n, k).name} = "
+            text = f"d{n.name}/d{c.nodes[s.node].name} = "
             if not form.is_Number:
-                text += f"{_sstr(form)} = "
+                text += f"{sp.sstr(form)} = "
                 if n.output_formula is not None:
-                    text += f"{_sstr(n.output_formula)} = "
+                    text += f"{sp.sstr(n.output_formula)} = "
             locs.append(text + f(n.local[k]))
-        notes = _pattern_of(c, n)
+        notes = [n.gate.pattern] if n.gate.pattern else []
         if c.uses(n) > 1:
             notes.append(f"copy adds: {_copy_sum(c, n, f)}")
         if n is c.output:
             notes.append("output f")
         if n.tie:
             notes.append("tie: see note")
-        rows.append((n.name, n.gate.name, _sstr(_shown(c, n)), f(n.value), "; ".join(locs),
+        rows.append((n.name, n.gate.name, sp.sstr(_shown(c, n)), f(n.value), "; ".join(locs),
                      f(n.grad), "; ".join(notes)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {3, 5}   # numbers aligned right
     for r in rows:
         cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))]
         lines.append("  ".join(cells).rstrip())
-    lines.append("")
-    lines.append(f"f = {f(c.value)}")
-    lines.append("gradients: " + ", ".join(f"df/d{k} = {f(v)}" for k, v in c.gradients.items()))
-    lines.append("exact:")
-    lines.append(f"  f = {_sstr(c.value)}")
-    for k, v in c.gradients.items():
-        lines.append(f"  df/d{k} = {_sstr(v)}")
+    lines += ["", f"f = {f(c.value)}", "gradients: " + ", ".join(f"df/d{k} = {f(v)}" for k, v in c.gradients.items()),
+              "exact:", f"  f = {sp.sstr(c.value)}"] + [f"  df/d{k} = {sp.sstr(v)}" for k, v in c.gradients.items()]
     notes = c.notes()
     if notes:
         lines.append("notes:")
@@ -305,35 +278,28 @@ def _text(s):
     return "".join(rep.get(ch, ch) for ch in s)
 
 
+# A gate's operation as a student writes it, from its operands as printed (t), the same with a
+# negative number parenthesized (p), and whether they are symbols (no product sign between them).
+_WRITTEN = {
+    "add": lambda t, p, symbols: " + ".join(p),
+    "cadd": lambda t, p, symbols: " + ".join(p),
+    "mul": lambda t, p, symbols: (" " if symbols else r" \cdot ").join(p),
+    "cmul": lambda t, p, symbols: rf"{p[1]} \cdot {p[0]}",
+    "neg": lambda t, p, symbols: f"-{p[0]}",
+    "exp": lambda t, p, symbols: f"e^{{{t[0]}}}",
+    "log": lambda t, p, symbols: rf"\log {p[0]}" if not t[0].startswith("-") else rf"\log\left({t[0]}\right)",
+    "recip": lambda t, p, symbols: rf"\frac{{1}}{{{t[0]}}}",
+    "pow": lambda t, p, symbols: f"{{{t[0] if symbols else p[0]}}}^{{{t[1]}}}",
+    "max": lambda t, p, symbols: rf"\max\left({', '.join(t)}\right)",
+    "sigmoid": lambda t, p, symbols: rf"\sigma\left({t[0]}\right)",
+}
+
+
 def _with_numbers(n, t, symbols=False):
     """A gate's operation on printed numbers (or, ``symbols``, on its inputs' symbols), its
     operands in slot order, as a student writes it."""
-    p = [f"({x})" if x.startswith("-") else x for x in t]
-    k = n.gate.kind
-    times = " " if symbols else r" \cdot "
-    if k in ("add", "cadd"):
-        return " + ".join(p)
-    if k == "mul":
-        return times.join(p)
-    if k == "cmul":
-        return rf"{p[1]} \cdot {p[0]}"
-    if k == "neg":
-        return f"-{p[0]}"
-    if k == "exp":
-        return f"e^{{{t[0]}}}"
-    if k == "log":
-        return rf"\log {p[0]}" if not t[0].startswith("-") else rf"\log\left({t[0]}\right)"
-    if k == "recip":
-        return rf"\frac{{1}}{{{t[0]}}}"
-    if k == "pow" and symbols:
-        return f"{{{t[0]}}}^{{{t[1]}}}"
-    if k == "pow":
-        return f"{{{p[0]}}}^{{{t[1]}}}"
-    if k == "max":
-        return rf"\max\left({', '.join(t)}\right)"
-    if k == "sigmoid":
-        return rf"\sigma\left({t[0]}\right)"
-    return ", ".join(t)
+    written = _WRITTEN.get(n.gate.kind, lambda t, p, symbols: ", ".join(t))
+    return written(t, [f"({x})" if x.startswith("-") else x for x in t], symbols)
 
 
 def _steps(c, decimals):
@@ -352,17 +318,10 @@ def _steps(c, decimals):
     forward.append(rf"f &= {_tex(c.output.symbol)} = {f(h.value[c.output.index])}")
 
     # A branching value gets its sum line right after its last contribution (lowest consumer).
-    last = {}
-    for n in c.nodes:
-        if c.uses(n) > 1:
-            last[n.index] = min(i for (i, _, _) in n.sends)
+    last = {n.index: min(i for (i, _, _) in n.sends) for n in c.nodes if c.uses(n) > 1}
     backward = [rf"{_dfd(c.output.symbol)} &= 1 && \text{{output}}"]
     for n in reversed(c.gates):
-        counts = {}
-        for s in n.slots:
-            if s.is_node:
-                counts[s.node] = counts.get(s.node, 0) + 1
-        seen = {}
+        counts, seen = Counter(s.node for s in n.slots if s.is_node), {}
         for k, s in enumerate(n.slots):
             if not s.is_node:
                 continue
@@ -406,31 +365,23 @@ def latex(c, decimals=2):
 
 # --- TikZ ------------------------------------------------------------------------------------
 
+_LABELS = {"add": "+", "mul": r"\times", "neg": r"\times(-1)", "recip": "1/x", "exp": r"\exp",
+           "log": r"\log", "max": r"\max", "sigmoid": r"\sigma"}
+
+
 def _gate_label(c, n):
     k = n.gate.kind
-    consts = [s.const for s in n.slots if not s.is_node]
-    if k == "add":
-        return "+"
-    if k == "mul":
-        return r"\times"
-    if k == "neg":
-        return r"\times(-1)"
-    if k == "cadd":
-        v = consts[0]
-        return f"+{_tex(v)}" if v > 0 else _tex(v)
-    if k == "cmul":
-        v = consts[0]
+    if k in ("cadd", "cmul"):
+        v = next(s.const for s in n.slots if not s.is_node)
+        if k == "cadd":
+            return f"+{_tex(v)}" if v > 0 else _tex(v)
         return rf"\times {_tex(v)}" if v > 0 else rf"\times ({_tex(v)})"
-    if k == "recip":
-        return "1/x"
     if k == "pow":
         base, expo = n.slots
         if not expo.is_node:
             return f"x^{{{_tex(expo.const)}}}"
-        if not base.is_node:
-            return f"{_tex(base.const)}^{{x}}"
-        return "x^{y}"
-    return {"exp": r"\exp", "log": r"\log", "max": r"\max", "sigmoid": r"\sigma"}[k]
+        return "x^{y}" if base.is_node else f"{_tex(base.const)}^{{x}}"
+    return _LABELS[k]
 
 
 def _layout(c, split=False):
@@ -446,17 +397,10 @@ def _layout(c, split=False):
     ``split``: an input that feeds several gates is drawn once beside each of them (its copies
     carry the summed gradient), which keeps the picture a tree: no wire crosses another.
     """
-    depth = {}
+    depth, kids, size = {}, {}, {}     # nodes come in topological order
     for n in c.nodes:
         depth[n.index] = 0 if n.is_input else 1 + max(depth[s.node] for s in n.slots if s.is_node)
-    kids = {}
-    for n in c.nodes:
-        kids[n.index] = []
-        for s in n.slots:
-            if s.is_node and s.node not in kids[n.index]:
-                kids[n.index].append(s.node)
-    size = {}
-    for n in c.nodes:
+        kids[n.index] = list(dict.fromkeys(s.node for s in n.slots if s.is_node))
         size[n.index] = 1 if n.is_input else sum(size[k] for k in kids[n.index])
     unfold = size[c.output.index] <= MAX_UNFOLDED
 
@@ -466,10 +410,8 @@ def _layout(c, split=False):
             return f"{n.name}-{c.nodes[parent].name}"
         return n.name
 
-    occurrences, leaves, col = {}, [0], {}
-    for n in c.nodes:
-        if not n.is_input:
-            col[n.name] = depth[n.index]
+    occurrences, leaves = {}, [0]
+    col = {n.name: depth[n.index] for n in c.nodes if not n.is_input}
 
     def walk(i, parent):
         key = drawn(i, parent)
@@ -495,11 +437,8 @@ def _layout(c, split=False):
             if prev is not None and row[i] < prev + 1:
                 row[i] = prev + 1
             prev = row[i]
-    source = {}
-    for n in c.gates:
-        for k, s in enumerate(n.slots):
-            if s.is_node:
-                source[(s.node, n.index, k)] = drawn(s.node, n.index)
+    source = {(s.node, n.index, k): drawn(s.node, n.index) for n in c.gates for k, s in enumerate(n.slots)
+              if s.is_node}
     return {i: (col[i] * DX, -row[i] * DY) for i in row}, col, source
 
 
@@ -516,11 +455,7 @@ def _segments_cross(p1, p2, p3, p4):
 
 def _geometry(c, split):
     pos, col, source = _layout(c, split)
-    wires = []
-    for e in c.edges():
-        src = source[(e.src, e.dst, e.slot)]
-        wires.append((src, c.nodes[e.dst].name, e))
-    return pos, col, wires
+    return pos, col, [(source[(e.src, e.dst, e.slot)], c.nodes[e.dst].name, e) for e in c.edges()]
 
 
 def layout_problems(c, split=None):
@@ -529,23 +464,15 @@ def layout_problems(c, split=None):
     if split is None:
         split = _needs_split(c)
     pos, col, wires = _geometry(c, split)
-    problems = []
-    segs = [(pos[a], pos[b], a, b) for a, b, _ in wires]
-    for i in range(len(segs)):
-        for j in range(i + 1, len(segs)):
-            if _segments_cross(segs[i][0], segs[i][1], segs[j][0], segs[j][1]):
-                problems.append(f"wires {segs[i][2]}->{segs[i][3]} and {segs[j][2]}->{segs[j][3]} cross")
+    problems = [f"wires {a1}->{b1} and {a2}->{b2} cross" for (a1, b1, _), (a2, b2, _) in combinations(wires, 2)
+                if _segments_cross(pos[a1], pos[b1], pos[a2], pos[b2])]
     anchors = []
     for a, b, e in wires:
-        t = _label_pos(c, a, split)
+        t = _label_pos(c, a)
         (x0, y0), (x1, y1) = pos[a], pos[b]
         anchors.append(((x0 + t * (x1 - x0), y0 + t * (y1 - y0)), f"{a}->{b}"))
-    for i in range(len(anchors)):
-        for j in range(i + 1, len(anchors)):
-            (p, n1), (q, n2) = anchors[i], anchors[j]
-            if p != q and abs(p[0] - q[0]) < 0.9 and abs(p[1] - q[1]) < 0.55:
-                problems.append(f"labels of {n1} and {n2} overlap")
-    return problems
+    return problems + [f"labels of {n1} and {n2} overlap" for (p, n1), (q, n2) in combinations(anchors, 2)
+                       if p != q and abs(p[0] - q[0]) < 0.9 and abs(p[1] - q[1]) < 0.55]
 
 
 def _needs_split(c):
@@ -554,7 +481,7 @@ def _needs_split(c):
     return bool(layout_problems(c, split=False))
 
 
-def _label_pos(c, drawn_id, split):
+def _label_pos(c, drawn_id):
     n = next((m for m in c.nodes if m.name == drawn_id), None)
     return 0.72 if n is not None and c.uses(n) > 1 else 0.42
 
@@ -566,13 +493,8 @@ def _sigma(text):
 
 def _bends(m):
     """TikZ path operations for m parallel edges between the same two nodes."""
-    if m == 1:
-        return ["--"]
-    out = []
-    for i in range(m):
-        a = 30 * (i - (m - 1) / 2)
-        out.append("--" if a == 0 else (f"to[bend left={a:g}]" if a > 0 else f"to[bend right={-a:g}]"))
-    return out
+    angles = [30 * (i - (m - 1) / 2) for i in range(m)]
+    return ["--" if a == 0 else (f"to[bend left={a:g}]" if a > 0 else f"to[bend right={-a:g}]") for a in angles]
 
 
 def tikz(c, decimals=2):
@@ -582,9 +504,12 @@ def tikz(c, decimals=2):
     split = _needs_split(c)
     pos, col, wires = _geometry(c, split)
     by_name = {n.name: n for n in c.nodes}
+
+    def node_of(key):      # a drawn id: a node's name, or "name-consumer" for an input's copy
+        return by_name.get(key) or by_name[key.split("-", 1)[0]]
     nodes = []
     for key, (x, y) in pos.items():
-        n = by_name.get(key) or by_name[key.split("-", 1)[0]]
+        n = node_of(key)
         label = _tex(n.symbol) if n.is_input else _gate_label(c, n)
         nodes.append({"id": key, "style": "var" if n.is_input else "gate",
                       "x": f"{x:.2f}", "y": f"{y:.2f}", "label": label})
@@ -598,10 +523,8 @@ def tikz(c, decimals=2):
             if skip and how == "--":
                 how = "to[bend left=25]"    # a wire over a column bends around the gates in it
             # Wires of a branching value start together: label them near their gate instead.
-            edges.append({"src": src, "dst": dst, "how": how, "pos": f"{_label_pos(c, src, split):.2f}",
+            edges.append({"src": src, "dst": dst, "how": how, "pos": f"{_label_pos(c, src):.2f}",
                           "value": f(h.value[e.src]), "grad": f(h.send[(e.dst, e.slot)])})
-    def node_of(key):      # a drawn id: a node's name, or "name-consumer" for an input's copy
-        return by_name.get(key) or by_name[key.split("-", 1)[0]]
     sums = [{"id": key, "text": _sigma(f(h.grad[node_of(key).index]))}
             for key in pos if c.uses(node_of(key)) > 1]
     ox, oy = pos[c.output.name]
@@ -645,21 +568,8 @@ def write(c, latex=None, tikz=None, pdf=False, decimals=2):
     d = check_decimals(decimals)
     if pdf and not latex:
         raise CircuitError("pdf=True needs a latex path (the PDF is written beside it)")
-    out = []
-    doc = document(c, d) if latex else None
-    pic = _picture(c, d) if tikz else None
-    data = compile_pdf(doc, Path(latex).stem)[0] if pdf else None
-    if latex:
-        write_text(latex, doc)
-        out.append(str(latex))
-    if tikz:
-        write_text(tikz, pic)
-        out.append(str(tikz))
-    if data is not None:
-        target = Path(latex).with_suffix(".pdf")
-        write_text(target, data)
-        out.append(str(target))
-    return out
+    files = ([(latex, document(c, d))] if latex else []) + ([(tikz, _picture(c, d))] if tikz else [])
+    return [str(path) for path in write_all(with_pdf(files, pdf))]
 
 
 # --- command line ----------------------------------------------------------------------------

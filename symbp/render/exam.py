@@ -77,8 +77,8 @@ from ..derivation.equations import Derivation
 from ..errors import InputError, SpecError, SymbpError
 from ..model.functions import ACTIVATIONS, LOSSES
 from .sources import latex_cite
-from .pdf import pdflatex
-from .worked import (as_sympy, check_decimals, evaluate, exact, plan, rounded, show,
+from .pdf import pdflatex, write_all
+from .worked import (_equal, bmatrix, check_decimals, evaluate, exact, given_env, plan, rounded, show,
                      worked_example, entry_name)
 
 MAX_VARIANTS = 200
@@ -98,15 +98,31 @@ def _with(derivation, equations):
     return Derivation(d.network, tuple(equations), d.layers, d.loss_sample, d.batch_factor)
 
 
-def _no_derivative(d):
-    """delta^l = dL/da^l: the activation's derivative (Jacobian) dropped."""
-    eqs = []
+def _rewrite(d, kinds, change):
+    """The derivation with ``change(d, e)`` as the right-hand side of every equation e of the
+    given kinds (None: that equation unchanged); None where no equation changed."""
+    eqs, changed = [], False
     for e in d.equations:
-        if e.kind in ("delta", "output_delta"):
-            ga = naming.quantity("ga", e.layer)[e.lhs.indices]
-            e = replace(e, rhs=ga)
+        rhs = change(d, e) if e.kind in kinds else None
+        if rhs is not None and rhs != e.rhs:
+            e, changed = replace(e, rhs=rhs), True
         eqs.append(e)
-    return _with(d, eqs)
+    return _with(d, eqs) if changed else None
+
+
+def _mutation(kinds, change):
+    """The mutation (Derivation -> Derivation, or None) that rewrites the equations of ``kinds``
+    with ``change(d, e)``."""
+    return lambda d: _rewrite(d, kinds, change)
+
+
+# delta^l = dL/da^l: the activation's derivative (Jacobian) dropped.
+_no_derivative = _mutation(("delta", "output_delta"), lambda d, e: naming.quantity("ga", e.layer)[e.lhs.indices])
+# The 1/N of the mean forgotten: the loss and its output gradients summed over the batch.
+_no_mean = _mutation(("loss", "loss_grad", "output_delta"),
+                     lambda d, e: e.rhs * naming.BATCH if d.network.reduction == "mean" else None)
+# The output error with the wrong sign (y - a instead of a - y).
+_error_sign = _mutation(("loss_grad", "output_delta"), lambda d, e: -e.rhs)
 
 
 def _no_transpose(d):
@@ -115,37 +131,24 @@ def _no_transpose(d):
     sizes = d.network.sizes
     square = [l for l in range(2, d.network.depth + 1) if sizes[l] == sizes[l - 1]]
     square += [1] if sizes[1] == sizes[0] else []
-    eqs, changed = [], False
-    for e in d.equations:
-        if square and e.kind in ("backprop", "input_grad"):
-            W = naming.quantity("W", e.layer + 1)
-            if e.layer + 1 in square:
-                e = replace(e, rhs=e.rhs.replace(
-                    lambda t: isinstance(t, sp.Indexed) and t.base == W,
-                    lambda t: W[t.indices[1], t.indices[0]]))
-                changed = True
-        elif not square and e.kind == "grad_W" and e.layer >= 2:
-            a, z = naming.quantity("a", e.layer - 1), naming.quantity("z", e.layer - 1)
-            e = replace(e, rhs=e.rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == a,
-                                             lambda t: z[t.indices]))
-            changed = True
-        eqs.append(e)
-    return _with(d, eqs) if changed else None
+    if not square:
+        return _rewrite(d, ("grad_W",), lambda d, e: _swap_base(e.rhs, "a", "z", e.layer - 1)
+                        if e.layer >= 2 else None)
+
+    def transpose(d, e):
+        W = naming.quantity("W", e.layer + 1)
+        return e.rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == W,
+                             lambda t: W[t.indices[1], t.indices[0]]) if e.layer + 1 in square else None
+    return _rewrite(d, ("backprop", "input_grad"), transpose)
 
 
-def _no_mean(d):
-    """The 1/N of the mean forgotten: the loss and its output gradients summed over the batch."""
-    if d.network.reduction != "mean":
-        return None
-    eqs = []
-    for e in d.equations:
-        if e.kind in ("loss", "loss_grad", "output_delta"):
-            e = replace(e, rhs=e.rhs * naming.BATCH)
-        eqs.append(e)
-    return _with(d, eqs)
+def _swap_base(rhs, old, new, layer):
+    """rhs with every entry of quantity ``old`` of ``layer`` read from ``new`` (a -> z)."""
+    a, z = naming.quantity(old, layer), naming.quantity(new, layer)
+    return rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == a, lambda t: z[t.indices])
 
 
-def _no_branch_sum(d):
+def _first_term(d, e):
     """Only the first term of the sum over the units j that a unit i feeds:
     dL/da_i = W_1i delta_1 instead of sum_j W_ji delta_j."""
     def first(s):
@@ -153,36 +156,15 @@ def _no_branch_sum(d):
             return s
         v, lo, _ = s.limits[0]
         return s.function.xreplace({v: lo})
-    eqs = []
-    for e in d.equations:
-        if e.kind in ("backprop", "input_grad"):
-            e = replace(e, rhs=e.rhs.replace(lambda t: isinstance(t, sp.Sum), first))
-        eqs.append(e)
-    return _with(d, eqs)
+    return e.rhs.replace(lambda t: isinstance(t, sp.Sum), first)
 
 
-def _error_sign(d):
-    """The output error with the wrong sign (y - a instead of a - y)."""
-    eqs = []
-    for e in d.equations:
-        if e.kind in ("loss_grad", "output_delta"):
-            e = replace(e, rhs=-e.rhs)
-        eqs.append(e)
-    return _with(d, eqs)
+_no_branch_sum = _mutation(("backprop", "input_grad"), _first_term)
 
 
 def _loss_mutation(change):
     """A mutation of the loss equation only (its other equations keep their own forms)."""
-    def build(d):
-        eqs, changed = [], False
-        for e in d.equations:
-            if e.kind == "loss":
-                rhs = change(d, e.rhs)
-                if rhs is not None and rhs != e.rhs:
-                    e, changed = replace(e, rhs=rhs), True
-            eqs.append(e)
-        return _with(d, eqs) if changed else None
-    return build
+    return _mutation(("loss",), lambda d, e: change(d, e.rhs))
 
 
 def _first_sample(d, rhs):
@@ -202,9 +184,7 @@ def _log10(d, rhs):
 
 def _pre_activation(d, rhs):
     """The loss of the output pre-activation z^[L] instead of a^[L]."""
-    L = d.network.depth
-    a, z = naming.quantity("a", L), naming.quantity("z", L)
-    return rhs.replace(lambda t: isinstance(t, sp.Indexed) and t.base == a, lambda t: z[t.indices])
+    return _swap_base(rhs, "a", "z", d.network.depth)
 
 
 def _flipped_target(d, rhs):
@@ -280,8 +260,7 @@ def build_network(sizes, activation, loss, output_activation=None, bias=True, re
 
 def _matrix_tex(m):
     """A matrix of exact given numbers (all shown exactly)."""
-    rows = [" & ".join(show(m[i, j], 12)[0] for j in range(m.cols)) for i in range(m.rows)]
-    return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+    return bmatrix([[show(v, 12)[0] for v in row] for row in m.tolist()])
 
 
 def _definition(layer, act):
@@ -295,9 +274,7 @@ def _definition(layer, act):
 
 
 def _integer_preserving(act):
-    if act.definition is None:
-        return False
-    return all(act.at(sp.Integer(k)).is_Integer for k in range(-3, 4))
+    return act.definition is not None and all(act.at(sp.Integer(k)).is_Integer for k in range(-3, 4))
 
 
 # ------------------------------------------------------------------------------------------
@@ -324,17 +301,24 @@ class Variant:
     circuit: object = None   # CircuitQuestion
 
 
-def _draw_integer(rng, net, B, onehot):
-    P = {}
-    for k, shape in net.param_shapes().items():
-        lo, hi = (-2, 2) if k.startswith("W") else (-1, 1)
-        if len(shape) == 2:
-            P[k] = sp.Matrix(shape[0], shape[1], lambda i, j: sp.Integer(rng.randint(lo, hi)))
-        else:
-            P[k] = sp.Matrix(shape[0], 1, lambda i, j: sp.Integer(rng.randint(lo, hi)))
+def _draw(rng, net, B, integer):
+    """Parameters, inputs and targets of one draw: integers W in -2..2, b in -1..1, targets in
+    -1..3 (``integer``), else one decimal W in +-2.0 (not 0), b in +-1.0, 0/1 (one-hot) targets;
+    inputs are integers in -2..2."""
+    def entry(k):
+        if integer:
+            return sp.Integer(rng.randint(*((-2, 2) if k.startswith("W") else (-1, 1))))
+        return _decimal(rng, -20, 20, nonzero=True) if k.startswith("W") else _decimal(rng, -10, 10)
+    P = {k: sp.Matrix(shape[0], (shape + (1,))[1], lambda i, j, k=k: entry(k))
+         for k, shape in net.param_shapes().items()}
     X = sp.Matrix(B, net.sizes[0], lambda i, j: sp.Integer(rng.randint(-2, 2)))
-    Y = sp.Matrix(B, net.sizes[-1], lambda i, j: sp.Integer(rng.randint(-1, 3)))
-    return P, X, Y
+    n = net.sizes[-1]
+    if integer:
+        return P, X, sp.Matrix(B, n, lambda i, j: sp.Integer(rng.randint(-1, 3)))
+    if net.loss.onehot:
+        hot = [rng.randrange(n) for _ in range(B)]
+        return P, X, sp.Matrix(B, n, lambda i, j: sp.Integer(int(hot[i] == j)))
+    return P, X, sp.Matrix(B, n, lambda i, j: sp.Integer(rng.randint(0, 1)))
 
 
 def _decimal(rng, lo, hi, nonzero=False):
@@ -342,23 +326,6 @@ def _decimal(rng, lo, hi, nonzero=False):
         v = sp.Rational(rng.randint(lo, hi), 10)
         if v != 0 or not nonzero:
             return v
-
-
-def _draw_decimal(rng, net, B, onehot):
-    P = {}
-    for k, shape in net.param_shapes().items():
-        if len(shape) == 2:
-            P[k] = sp.Matrix(shape[0], shape[1], lambda i, j: _decimal(rng, -20, 20, nonzero=True))
-        else:
-            P[k] = sp.Matrix(shape[0], 1, lambda i, j: _decimal(rng, -10, 10))
-    X = sp.Matrix(B, net.sizes[0], lambda i, j: sp.Integer(rng.randint(-2, 2)))
-    n = net.sizes[-1]
-    if onehot:
-        hot = [rng.randrange(n) for _ in range(B)]
-        Y = sp.Matrix(B, n, lambda i, j: sp.Integer(int(hot[i] == j)))
-    else:
-        Y = sp.Matrix(B, n, lambda i, j: sp.Integer(rng.randint(0, 1)))
-    return P, X, Y
 
 
 def _all_entries(ev):
@@ -404,20 +371,13 @@ class _FractionPrinter(PythonCodePrinter):
         h = e.args[1] if len(e.args) > 1 else 0     # the network's relu_at_zero
         return f"_heaviside({self._print(e.args[0])}, {self._print(h)})"
 
-    def _print_Max(self, e):
-        return "max(" + ", ".join(self._print(a) for a in e.args) + ")"
+    def _call(self, name, e):
+        return f"{name}(" + ", ".join(self._print(a) for a in e.args) + ")"
 
-    def _print_Min(self, e):
-        return "min(" + ", ".join(self._print(a) for a in e.args) + ")"
-
-    def _print_exp(self, e):
-        return f"_exp({self._print(e.args[0])})"
-
-    def _print_log(self, e):
-        return f"_log({self._print(e.args[0])})"
-
-    def _print_tanh(self, e):
-        return f"_tanh({self._print(e.args[0])})"
+    # max and min as Python's; exp, log and tanh from the student's table (the namespace's _exp, ...)
+    _print_Max, _print_Min = (lambda self, e: self._call("max", e)), (lambda self, e: self._call("min", e))
+    _print_exp, _print_log = (lambda self, e: self._call("_exp", e)), (lambda self, e: self._call("_log", e))
+    _print_tanh = lambda self, e: self._call("_tanh", e)
 
 
 def _heaviside(x, h=0):
@@ -444,11 +404,12 @@ class _Screen:
     """Evaluates a draw fast, for rejecting it early: the exact values as 50-digit mpmath
     numbers, the student's rounded calculation in Fractions (exactly what ``evaluate(...,
     rounding=d)`` computes). It only rejects draws (clearly too small values, a student
-    calculation that clearly differs from the key, a distractor that clearly looks right);
-    every draw it lets through is decided by the exact evaluation. mpmath is pure Python, so
-    its decisions, and hence the exams, are the same on every platform."""
+    calculation that clearly differs from the key); every draw it lets through is decided by
+    the exact evaluation. Distractors that land near the key are dropped (not redrawn), so the
+    screen need not evaluate the mutants. mpmath is pure Python, so its decisions, and hence
+    the exams, are the same on every platform."""
 
-    def __init__(self, derivation, B, decimals, mutants):
+    def __init__(self, derivation, B, decimals):
         self.decimals = decimals
         d = self.work = decimals + WORK_EXTRA
 
@@ -466,9 +427,6 @@ class _Screen:
                            "_exp": lambda x: Fraction(1) if x == 0 else table(mpmath.exp)(x),
                            "_tanh": lambda x: Fraction(0) if x == 0 else table(mpmath.tanh)(x)}
         self.steps = self._compile(derivation, B)
-        # Distractors that land near the key are dropped (not redrawn), so the screen need not
-        # evaluate the mutants.
-        self.mutants = []
 
     def _compile(self, d, B):
         steps = []
@@ -490,24 +448,13 @@ class _Screen:
                 steps.append((eq.name, ent.index, ent.lhs, atoms, fx, fs, act, zkey))
         return steps
 
-    def run(self, steps, P, X, Y, student):
-        env = {}
+    def run(self, P, X, Y, student):
         conv = (lambda v: Fraction(int(v.p), int(v.q))) if student else (lambda v: mpmath.mpf(int(v.p)) / int(v.q))
-        a0, yb = naming.quantity("a", 0), naming.quantity("y")
-        for s_ in range(X.rows):
-            for k in range(X.cols):
-                env[a0[s_, k]] = conv(X[s_, k])
-            for k in range(Y.cols):
-                env[yb[s_, k]] = conv(Y[s_, k])
-        for key, m in P.items():
-            base = naming.quantity(key[0], int(key[1:]))
-            for i in range(m.rows):
-                for j in range(m.cols):
-                    env[base[i, j] if key[0] == "W" else base[i]] = conv(m[i, j])
+        env = given_env(P, X, Y, conv)
         env[naming.BATCH] = X.rows if student else mpmath.mpf(X.rows)
         res = {}
         try:
-            for name, index, lhs, atoms, fx, fs, act, zkey in steps:
+            for name, index, lhs, atoms, fx, fs, act, zkey in self.steps:
                 if student and act is not None:
                     z = env[zkey]
                     v = act(mpmath.mpf(z.numerator) / z.denominator)
@@ -518,7 +465,7 @@ class _Screen:
                         v = _round_fraction(Fraction(v), self.work)
                 if not student and (not isinstance(v, mpmath.mpf) or not mpmath.isfinite(v)):
                     if isinstance(v, (int, Fraction)):
-                        v = mpmath.mpf(v.numerator) / v.denominator if isinstance(v, Fraction) else mpmath.mpf(v)
+                        v = mpmath.mpf(v.numerator) / v.denominator
                     else:
                         raise _Redraw()
                 env[lhs] = v
@@ -531,7 +478,7 @@ class _Screen:
         """Raise _Redraw for a draw the exact checks would clearly reject."""
         d = self.decimals
         with mpmath.workdps(SCREEN_DPS):
-            ex = self.run(self.steps, P, X, Y, False)
+            ex = self.run(P, X, Y, False)
             margin = mpmath.mpf(small) * (1 - mpmath.mpf(10) ** -20)
             big = lambda v: abs(v) >= margin
             if not big(ex["loss"][()]) or not any(big(v) for v in ex["gW1"].values()) or \
@@ -540,36 +487,29 @@ class _Screen:
             for l in range(1, net.depth + 1):
                 if not any(big(v) for v in ex[f"delta{l}"].values()):
                     raise _Redraw()
-            st = self.run(self.steps, P, X, Y, True)
+            st = self.run(P, X, Y, True)
             for name, vals in ex.items():
                 if not _asked(name):
                     continue
                 for idx, v in vals.items():
                     if not _near_boundary(v, d) and _round_fraction(v, d) != _round_fraction(st[name][idx], d):
                         raise _Redraw()
-            for m, steps in self.mutants:
-                try:
-                    mv = self.run(steps, P, X, Y, False)
-                except _Redraw:
-                    continue
-                keys = [("loss", ())] + [(f"delta{l}", (0, j)) for l in range(1, net.depth + 1)
-                                        for j in range(net.sizes[l])]
-                for name, idx in keys:
-                    right, wrong = ex[name][idx], mv[name][idx]
-                    if abs(right - wrong) > mpmath.mpf(10) ** -30 and not _near_boundary(right, d) and \
-                            not _near_boundary(wrong, d) and _round_fraction(right, d) == _round_fraction(wrong, d):
-                        if name == "loss" or big(right):
-                            raise _Redraw()
 
 
+@dataclass
 class Exam:
     """Variants with questions and answer keys (see the module contract)."""
 
-    def __init__(self, network, derivation, variants, decimals, batch, lr, multiple_choice, seed,
-                 circuit, integer):
-        self.network, self.derivation, self.integer = network, derivation, integer
-        self.variants, self.decimals, self.batch, self.lr = variants, decimals, batch, lr
-        self.multiple_choice, self.seed, self.circuit = multiple_choice, seed, circuit
+    network: object
+    derivation: object
+    variants: list
+    decimals: int
+    batch: int
+    lr: object
+    multiple_choice: bool
+    seed: int
+    circuit: bool
+    integer: bool
 
     def _context(self):
         net = self.network
@@ -595,44 +535,31 @@ class Exam:
         }
 
     def _variant_context(self, v):
-        given = []
-        for key, m in v.params.items():
-            kind, layer = key[0], key[1:]
-            given.append(f"{kind}^{{[{layer}]}} = {_matrix_tex(m)}")
-        if self.batch == 1:
-            given.append(f"x = {_matrix_tex(v.X.T)}")
-            given.append(f"y = {_matrix_tex(v.Y.T)}")
-        else:
-            given.append(f"X = {_matrix_tex(v.X)}")
-            given.append(f"Y = {_matrix_tex(v.Y)}")
+        given = [f"{key[0]}^{{[{key[1:]}]}} = {_matrix_tex(m)}" for key, m in v.params.items()]
+        x, y, X, Y = ("x", "y", v.X.T, v.Y.T) if self.batch == 1 else ("X", "Y", v.X, v.Y)
+        given += [f"{x} = {_matrix_tex(X)}", f"{y} = {_matrix_tex(Y)}"]
         return {"number": v.number, "given": given, "table": v.table, "questions": v.questions,
                 "worked": v.worked.latex(document=False), "circuit": v.circuit}
 
-    def questions_tex(self):
+    def _render(self, sheet):
         from ..output import environment
-        return environment().get_template("latex/exam_questions.tex.j2").render(**self._context())
+        return environment().get_template(f"latex/exam_{sheet}.tex.j2").render(**self._context())
+
+    def questions_tex(self):
+        return self._render("questions")
 
     def solutions_tex(self):
-        from ..output import environment
-        return environment().get_template("latex/exam_solutions.tex.j2").render(**self._context())
+        return self._render("solutions")
 
     def write(self, out_dir, pdf=None):
         """Write questions.tex and solutions.tex (and PDFs: pdf=None where pdflatex exists,
         True requires it, False skips). Everything is rendered and compiled first, then
         written; returns the paths written."""
-        from ..output import write
         texts = {"questions": self.questions_tex(), "solutions": self.solutions_tex()}
         want_pdf = (shutil.which("pdflatex") is not None) if pdf is None else bool(pdf)
-        pdfs = {name: pdflatex(text, name) for name, text in texts.items()} if want_pdf else {}
-        out = Path(out_dir)
-        paths = []
-        for name, text in texts.items():
-            write(out / f"{name}.tex", text)
-            paths.append(out / f"{name}.tex")
-        for name, data in pdfs.items():
-            write(out / f"{name}.pdf", data)
-            paths.append(out / f"{name}.pdf")
-        return paths
+        files = [(Path(out_dir) / f"{name}.tex", text) for name, text in texts.items()]
+        return write_all(files + ([(Path(out_dir) / f"{name}.pdf", pdflatex(text, name))
+                                   for name, text in texts.items()] if want_pdf else []))
 
 
 def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variants=10, seed=7,
@@ -661,13 +588,9 @@ def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variant
         raise InputError(f"lr: expected a positive learning rate, got {lr!r}")
     from ..derivation.chain import derive
     d = derive(net)
-    mutants = []
-    if multiple_choice:
-        for m in MUTATIONS:
-            md = m.build(d) if m.build is not None else d
-            if md is not None:
-                mutants.append((m, md))
-    screen = None if integer else _Screen(d, batch, decimals, mutants)
+    built = [(m, m.build(d) if m.build is not None else d) for m in MUTATIONS] if multiple_choice else []
+    mutants = [(m, md) for m, md in built if md is not None]
+    screen = None if integer else _Screen(d, batch, decimals)
     rng = random.Random(seed)
     out = []
     for number in range(1, variants + 1):
@@ -686,8 +609,7 @@ def make_exam(network_sizes=(2, 2, 1), activation="sigmoid", loss="mse", variant
 
 def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_choice, circuit,
              screen=None):
-    draw = _draw_integer if integer else _draw_decimal
-    P, X, Y = draw(rng, net, B, net.loss.onehot)
+    P, X, Y = _draw(rng, net, B, integer)
     L = net.depth
     # The asked entries are drawn among those with two significant digits at the stated
     # decimals (smaller ones teach nothing once rounded), and whose SGD step shows.
@@ -700,19 +622,17 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
         raise _Redraw()
     if ev.kinks:
         raise _Redraw()
-    n0 = net.sizes[0]
+
     def big(name, idx):
         return abs(ev.approx_results[name][idx]) >= small
 
     gW1 = ev.results["gW1"]
     pq = [idx for idx in sorted(gW1) if big("gW1", idx)
           and show(P["W1"][idx] - eta * ev.approx_results["gW1"][idx], decimals)[0] != show(P["W1"][idx], decimals)[0]]
-    gx = [(0, k) for k in range(n0) if big("ga0", (0, k))]
-    if not pq or not gx or not big("loss", ()):
+    gx = [(0, k) for k in range(net.sizes[0]) if big("ga0", (0, k))]
+    if not pq or not gx or not big("loss", ()) or \
+            not all(any(big(f"delta{l}", idx) for idx in ev.results[f"delta{l}"]) for l in range(1, L + 1)):
         raise _Redraw()
-    for l in range(1, L + 1):
-        if not big(f"delta{l}", (0, 0)) and not any(big(f"delta{l}", idx) for idx in ev.results[f"delta{l}"]):
-            raise _Redraw()
     p, q = pq[rng.randrange(len(pq))]
     xk = gx[rng.randrange(len(gx))][1]
     table = []
@@ -757,7 +677,9 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
     targets.append(("update", f"the new ${W1pq}$ after one SGD step",
                     lambda e, up=False: P["W1"][p, q] + (1 if up else -1) * eta * e.results["gW1"][(p, q)]))
 
-    questions = []
+    # forward values stay an open question
+    questions = [Question("forward", _forward_question(net, B), ", ".join(
+        _vector_text(net, ev, decimals, B, kind, l) for l in range(1, L + 1) for kind in ("z", "a")))]
     if multiple_choice:
         mutant_evals = []
         for m, md in mutants:
@@ -769,22 +691,16 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
                 continue
             if mev is not None:
                 mutant_evals.append((m, mev))
-        extras = _extra_distractors(net, ev, P, eta, B, p, q, xk, targets)
+        extras = _extra_distractors(ev, P, eta, p, q, targets)
         pad = (lambda t: t) if integer else (lambda t: _fixed(t, decimals))
         gap = sp.Rational(GAP_UNITS, 10 ** decimals)
         mc = {}
         for key, what, get in targets:
             right = get(ev)
             right_text = show(right, decimals)[0]
-            cands = [(get(mev), m.text) for m, mev in mutant_evals]
-            if key == "update":
-                cands = [(get(ev, up=True), MUTATIONS_BY_NAME["uphill"].text)] + \
-                        [(P["W1"][p, q] - eta * mev.results["gW1"][(p, q)], m.text) for m, mev in mutant_evals]
-            cands += extras.get(key, [])
+            uphill = [(get(ev, up=True), MUTATIONS_BY_NAME["uphill"].text)] if key == "update" else []
+            cands = uphill + [(get(mev), m.text) for m, mev in mutant_evals] + extras.get(key, [])
             mc[key] = (right_text, _options(right, cands, decimals, gap))
-        # forward values stay an open question
-        questions.append(Question("forward", _forward_question(net, B),
-                                  _forward_answer(net, ev, decimals, B)))
         for key, what, get in targets:
             right_text, opts = mc[key]
             allopts = [(right_text, None)] + opts
@@ -793,17 +709,15 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
             correct = next(letter for letter, t, mistake in lettered if mistake is None)
             questions.append(Question(key, f"Which value is {what}?", f"${pad(right_text)}$", lettered, correct))
     else:
-        questions.append(Question("forward", _forward_question(net, B),
-                                  _forward_answer(net, ev, decimals, B)))
         questions.append(Question("loss", "Compute the loss $L$.", f"$L {rel('loss', ())} {shown('loss', ())}$"))
         deltas = ", ".join(f"$\\delta^{{[{l}]}}$" for l in range(L, 0, -1))
         questions.append(Question("deltas", f"Compute the deltas {deltas} (backward pass).",
-                                  _vector_answers(net, ev, decimals, B, "delta")))
+                                  ", ".join(_vector_text(net, ev, decimals, B, "delta", l) for l in range(L, 0, -1))))
         questions.append(Question("gW1", f"Compute ${entry_name(naming.quantity('gW', 1), (p, q))}$.",
                                   f"${entry_name(naming.quantity('gW', 1), (p, q))} {rel('gW1', (p, q))} {shown('gW1', (p, q))}$"))
         questions.append(Question("ga0", "Compute the gradient with respect to the input, "
                                   r"$\partial L / \partial x$" + sample + ".",
-                                  _input_answer(net, ev, decimals, B)))
+                                  _vector_text(net, ev, decimals, 1, "ga", 0, r"\frac{\partial L}{\partial x}")))
         new = P["W1"][p, q] - eta * gW1[(p, q)]
         new_t = show(new, decimals, P["W1"][p, q] - eta * ev.approx_results["gW1"][(p, q)])[0]
         questions.append(Question("update", f"Take one SGD step with $\\eta = {show(eta, 12)[0]}$: "
@@ -822,59 +736,27 @@ def _variant(number, rng, net, d, mutants, integer, decimals, B, eta, multiple_c
 MUTATIONS_BY_NAME = {m.name: m for m in MUTATIONS}
 
 
-class _LossOnly:
-    """A mutant's values where only its loss differs from the key's."""
-
-    def __init__(self, results):
-        self.results = results
-
-
-_LOSS_PLANS = {}
-
-
-def _loss_plan(md, B):
-    """The mutated loss equation expanded for batch size B (cached: the same for every draw)."""
-    key = (id(md), B)
-    hit = _LOSS_PLANS.get(key)
-    if hit is None or hit[0] is not md:
-        from .worked import _expand_sums
-        eq = next(e for e in md.equations if e.kind == "loss")
-        subs = {naming.width(l): sp.Integer(n) for l, n in enumerate(md.network.sizes)}
-        subs[naming.BATCH] = sp.Integer(B)
-        hit = (md, _expand_sums(eq.rhs, subs))
-        if len(_LOSS_PLANS) > 64:
-            _LOSS_PLANS.clear()
-        _LOSS_PLANS[key] = hit
-    return hit[1]
-
-
 def _loss_only(md, ev, B):
-    """Evaluate only the mutated loss equation on the key's values (None: not a real number)."""
-    v = _loss_plan(md, B).xreplace(ev.env)
+    """The key's evaluation with only the mutated loss equation evaluated again on the key's
+    values (None: not a real number)."""
+    v = next(pe for pe in plan(md, B) if pe.equation.kind == "loss").entries[0].expr.xreplace(ev.env)
     num = sp.N(v, 30)
     if not num.is_real or not num.is_finite or v.has(sp.zoo, sp.nan):
         return None
-    results = dict(ev.results)
-    results["loss"] = {(): v}
-    return _LossOnly(results)
+    return replace(ev, results={**ev.results, "loss": {(): v}})
 
 
-def _extra_distractors(net, ev, P, eta, B, p, q, xk, targets):
+def _extra_distractors(ev, P, eta, p, q, targets):
     """Mistakes that are not a change of the derivation: a wrong entry read, the update's
     arithmetic. {question key: [(value, mistake text)]}."""
     out = {}
-    getters = {key: get for key, what, get in targets}
-    for key, get in getters.items():
-        if not key.startswith("delta") and key != "ga0":
-            continue
-        name = key
-        asked = next(i for i in ev.results[name] if _same(get(ev), ev.results[name][i]))
-        for idx in sorted(ev.results[name]):
-            if idx == asked:
-                continue
-            what = (f"the value for sample {idx[0] + 1} (the wrong row)" if idx[0] != asked[0]
-                    else f"entry {idx[1] + 1} in place of entry {asked[1] + 1}")
-            out.setdefault(key, []).append((ev.results[name][idx], what))
+    for key, what, get in targets:
+        if key.startswith("delta") or key == "ga0":
+            vals = ev.results[key]
+            asked = next(i for i in vals if _equal(get(ev), vals[i]))
+            out[key] = [(vals[idx], f"the value for sample {idx[0] + 1} (the wrong row)" if idx[0] != asked[0]
+                         else f"entry {idx[1] + 1} in place of entry {asked[1] + 1}")
+                        for idx in sorted(vals) if idx != asked]
     if (q, p) in ev.results["gW1"] and (q, p) != (p, q):
         out["gW1"] = [(ev.results["gW1"][(q, p)],
                        r"the indices swapped ($\partial L / \partial W_{qp}$ for $W_{pq}$)")]
@@ -891,13 +773,10 @@ def _options(right, cands, decimals, gap):
     num = lambda v: sp.N(v, 40)
     r = num(right)
     taken, opts, texts = [r], [], {show(right, decimals, r)[0]}
-    tiny = sp.Float("1e-30")
     for wrong, mistake in cands:
         w = num(wrong)
-        if not w.is_Number or abs(w - r) < tiny:
-            continue          # the same value: no distractor
-        if any(abs(w - t) < gap for t in taken):
-            continue
+        if not w.is_Number or any(abs(w - t) < gap for t in taken):
+            continue          # the key's value, or too close to it or to an earlier option
         t = show(wrong, decimals, w)[0]
         if t in texts:
             continue
@@ -932,14 +811,6 @@ def _fixed(text, decimals):
     return f"{whole}.{frac.ljust(decimals, '0')}"
 
 
-def _same(a, b):
-    d = as_sympy(a - b)
-    z = d.is_zero
-    if z is None:
-        z = abs(sp.N(d, 50)) < sp.Float("1e-40")
-    return bool(z)
-
-
 def _paren(t):
     return f"({t})" if t.startswith("-") else t
 
@@ -949,38 +820,19 @@ def _forward_question(net, B):
     return f"Forward pass: compute {names}" + ("" if B == 1 else " for every sample") + "."
 
 
-def _forward_answer(net, ev, decimals, B):
-    parts = []
-    for l in range(1, net.depth + 1):
-        for kind in ("z", "a"):
-            parts.append(_vector_text(net, ev, decimals, B, kind, l))
-    return ", ".join(parts)
-
-
-def _vector_text(net, ev, decimals, B, kind, l):
-    base = naming.quantity(kind, l)
-    name = entry_name(base, (), True) if kind != "ga" else None
+def _vector_text(net, ev, decimals, B, kind, l, name=None):
+    """"$a^{[1]} = [...]$" (one column per sample of B): the vectors of quantity ``kind`` of
+    layer ``l``, "=" only where every printed number is exact."""
+    name = name or entry_name(naming.quantity(kind, l), (), True)
     rows = []
     for s in range(B):
         shown = [show(ev.results[f"{kind}{l}"][(s, j)], decimals, ev.approx_results[f"{kind}{l}"][(s, j)])
                  for j in range(net.sizes[l])]
         rel = "=" if all(ok for _, ok in shown) else r"\approx"     # "=" only where exact
-        rows.append((rel, r"\begin{bmatrix} " + r" \\ ".join(t for t, _ in shown) + r" \end{bmatrix}"))
+        rows.append((rel, bmatrix([[t] for t, _ in shown])))
     if B == 1:
         return f"${name} {rows[0][0]} {rows[0][1]}$"
     return ", ".join(f"${name}_{{(s={s + 1})}} {rel} {r}$" for s, (rel, r) in enumerate(rows))
-
-
-def _vector_answers(net, ev, decimals, B, kind):
-    return ", ".join(_vector_text(net, ev, decimals, B, kind, l) for l in range(net.depth, 0, -1))
-
-
-def _input_answer(net, ev, decimals, B):
-    shown = [show(ev.results["ga0"][(0, k)], decimals, ev.approx_results["ga0"][(0, k)])
-             for k in range(net.sizes[0])]
-    rel = "=" if all(ok for _, ok in shown) else r"\approx"
-    return (rf"$\frac{{\partial L}}{{\partial x}} {rel} \begin{{bmatrix}} " + r" \\ ".join(t for t, _ in shown)
-            + r" \end{bmatrix}$")
 
 
 # Circuit expressions whose gates keep integers integral (add, mul, max, constant add), each
@@ -1047,28 +899,21 @@ def degenerate(c, text):
 def _circuit_question(rng):
     """One staged-circuit question: distinct integer values in -3..3, not degenerate."""
     from ..derivation.circuit import circuit
-    from .circuit import typed_latex
+    from .circuit import _name_tex, typed_latex
     for _ in range(MAX_TRIES):
         text = CIRCUITS[rng.randrange(len(CIRCUITS))]
-        names = sorted(set(re.findall(r"[a-z]\w*", text)) - {"max"})
-        picked = rng.sample([v for v in range(-3, 4) if v != 0], len(names))
-        values = dict(zip(names, picked))
+        typed = [n for n in dict.fromkeys(re.findall(r"[a-z]\w*", text)) if n != "max"]   # as typed
+        values = dict(zip(sorted(typed), rng.sample([v for v in range(-3, 4) if v != 0], len(typed))))
         c = circuit(text, **values)
         if degenerate(c, text):
             continue
         grads = c.gradients
-        typed = [n for n in dict.fromkeys(re.findall(r"[a-z]\w*", text)) if n != "max"]   # as typed
-        at = ", ".join(f"{_var_tex(n)} = {values[n]}" for n in typed)
+        at = ", ".join(f"{_name_tex(n)} = {values[n]}" for n in typed)
         ans = [f"f = {show(c.value, 0)[0]}"] + [
-            rf"\frac{{\partial f}}{{\partial {_var_tex(v)}}} = {show(grads[v], 0)[0]}" for v in typed]
-        return CircuitQuestion(typed_latex(text), at, [_var_tex(v) for v in typed],
+            rf"\frac{{\partial f}}{{\partial {_name_tex(v)}}} = {show(grads[v], 0)[0]}" for v in typed]
+        return CircuitQuestion(typed_latex(text), at, [_name_tex(v) for v in typed],
                                ", ".join(f"${a}$" for a in ans), c.latex(0), c.tikz(0), text, dict(values))
     raise _Redraw()
-
-
-def _var_tex(name):
-    m = re.match(r"^([a-z]+)(\d+)$", name)
-    return f"{m.group(1)}_{{{m.group(2)}}}" if m else name
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,34 +12,34 @@ Contract:
 - Node and parameter names print as math symbols (``symbol``): ``b_enc`` is
   b_{\\mathrm{enc}}, ``f1a`` is f_{1a}; a gradient is g_{<symbol>}, one consumer's part of a
   branch g_{<symbol>}^{(<consumer>)}.
-- Notations (``GRAPH_NOTATIONS``): cs231n (column vectors, g = dL/dv a column), udl (the same
-  conventions, gradients written as dL/dv), transposed (stored weight W' = W^T: f = W'^T a),
-  rowvector (gradients are rows, g_in = g_out L^x, loss J, indices from 0) and batch (rows are
-  samples, H = X W' with W' = W^T). Matrix forms are SymPy matrix expressions in the
-  derivation's convention; each matrix is replaced by the notation's own one or its transpose
-  and SymPy moves the transposes, so each notation is correct in its convention.
+- Notations (``GRAPH_NOTATIONS``, the one table of ``render.notation``): cs231n (column
+  vectors, g = dL/dv a column), udl (the same conventions, gradients written as dL/dv),
+  transposed (stored weight W' = W^T: f = W'^T a), rowvector (gradients are rows, g_in = g_out
+  L^x, loss J, indices from 0) and batch (rows are samples, H = X W' with W' = W^T). Matrix
+  forms are SymPy matrix expressions in the derivation's convention; each matrix is replaced
+  by the notation's own one or its transpose and SymPy moves the transposes, so each notation
+  is correct in its convention.
 - The picture comes from ``symbp.render.graph_tikz``.
 - ``write_document(derivation, path, notation, pdf=False)`` writes the .tex atomically; with
   ``pdf=True`` it compiles it first (pdflatex in a temporary directory) and writes the PDF beside
-  it. A missing or failing pdflatex raises a SymbpError and writes nothing.
+  it, as the MLP handout does (``latex.write_tex``): a missing or failing pdflatex raises a
+  SymbpError and writes nothing but the failing run's log.
 Same derivation and notation, same bytes.
 """
 import re
-from dataclasses import dataclass
-from pathlib import Path
+from collections import Counter
 
 import sympy as sp
-from sympy.printing.latex import LatexPrinter
 
 from .. import naming
 from ..derivation import facts
-from ..derivation.equations import ColumnSum, batch_form
-from ..errors import SymbpError
+from . import notation as _notation
 from .graph_tikz import text_mode as _text
 from .graph_tikz import tikz
-from .pdf import compile_pdf
+from .latex import MatEq, TexPrinter, matrix_form, to_notation, write_tex
+from .latex import _has_sample_sum, _mat_row, _row, _shape, _stage_rows
 
-S, T = naming.S, naming.T
+S = naming.S
 BATCH = naming.BATCH
 _GREEK = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
           "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "phi", "chi", "psi", "omega")
@@ -52,17 +52,9 @@ SLIDES = r"the slides ``Multi-Layer Networks \& Back-Propagation''"
 # ----------------------------------------------------------------------------------------------
 
 def _word(run):
-    if run.isdigit():
-        return run
     if run in _GREEK:
         return "\\" + run
-    if len(run) == 1:
-        return run
-    return r"\mathrm{" + run + "}"
-
-
-def _runs(s):
-    return re.findall(r"[A-Za-z]+|\d+", s)
+    return run if run.isdigit() or len(run) == 1 else r"\mathrm{" + run + "}"
 
 
 def symbol(name):
@@ -75,7 +67,7 @@ def symbol(name):
         head, *rest = [r for r in name.split("_") if r]
         # each part after _ as a symbol of its own: W_f2 names node f2's weight, so W_{f_{2}}
         return f"{symbol(head)}_{{{','.join(symbol(r) for r in rest)}}}"
-    runs = _runs(name)
+    runs = re.findall(r"[A-Za-z]+|\d+", name)
     head = runs[0]
     if head in _GREEK or len(head) == 1:
         tail = name[len(head):]
@@ -89,89 +81,18 @@ def symbols(graph):
     in their name."""
     names = [n.name for n in graph.nodes] + [p.name for p in graph.params]
     table = {n: symbol(n) for n in names}
-    count = {}
-    for t in table.values():
-        count[t] = count.get(t, 0) + 1
+    count = Counter(table.values())
     for n in names:
         if count[table[n]] > 1:
             table[n] = r"\mathrm{" + n.replace("_", r"\_") + "}"
     return table
 
 
-# ----------------------------------------------------------------------------------------------
-# notations
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GraphNotation:
-    """How one course writes a DAG's quantities. ``transposed``: roles whose own matrix is the
-    transpose of the derivation's (``grad`` = every gradient of a node value, ``gb`` bias
-    gradients, ``W`` / ``gW`` weights and their gradients); ``frac``: gradients written as
-    dL/dv instead of g_v; ``batch``: values are B x n matrices (rows are samples)."""
-
-    name: str
-    title: str
-    loss: str
-    transposed: frozenset
-    note: str
-    frac: bool = False
-    batch: bool = False
-    index_base: int = 1
-    brackets: bool = False
-
-
-GRAPH_NOTATIONS = {nt.name: nt for nt in (
-    GraphNotation(
-        "cs231n", r"the CS231n-style slides ``Multi-Layer Networks \& Back-Propagation''", "L",
-        frozenset(),
-        r"Per sample, every node's value $v$ is a column vector; a dense node computes "
-        r"$v = W a + b$ with $W$ of shape $n_v \times n_a$. The gradient $g_v = \partial L / \partial v$ "
-        r"is a column vector of the shape of $v$ (the shape rule of the slides), and a parameter's "
-        r"gradient has the parameter's shape: $\partial L / \partial W = \sum_s g_v\, a^{T}$."),
-    GraphNotation(
-        "udl", r"the slides in the notation of \emph{Understanding Deep Learning}", "L",
-        frozenset(),
-        r"Per sample, every node's value is a column vector; a dense node computes $v = b + W a$ "
-        r"(the slides' $f_k = \beta_k + \Omega_k h_k$ with the graph's own parameter names). "
-        r"Gradients are written out as $\partial L / \partial v$, column vectors of the shape of $v$, "
-        r"and $\partial L / \partial W = \sum_s (\partial L / \partial v)\, a^{T}$.",
-        frac=True),
-    GraphNotation(
-        "transposed", r"the course slides with $f = W^{T} a$ and loss $\varepsilon$", r"\varepsilon",
-        frozenset({"W", "gW"}),
-        r"Per sample, column vectors; every weight is stored as the slides store it, transposed: "
-        r"a dense node computes $v = W^{T} a + b$ with $W$ of shape $n_a \times n_v$ (a node declared "
-        r"with the transposed weight then reads $W a$). So $\partial \varepsilon / \partial W = "
-        r"\sum_s a\, g_v^{T}$, and $g_v = \partial \varepsilon / \partial v$ is a column."),
-    GraphNotation(
-        "rowvector", BOOK + r" (row-vector gradients)", "J",
-        frozenset({"grad", "gW", "gb"}),
-        r"Data and parameters are column vectors, a dense node computes $v = W a + b$ with $W$ of "
-        r"shape $n_v \times n_a$. Gradients are row vectors: $g_v = \partial J / \partial v$ is "
-        r"$1 \times n_v$ (eq.~14.4); a node's Jacobian $L^{x} = \partial x_{\mathrm{out}} / "
-        r"\partial x_{\mathrm{in}}$ has one row per output (eq.~14.6) and the backward step is "
-        r"$g_{\mathrm{in}} = g_{\mathrm{out}} L^{x}$ (eq.~14.10). The parameter gradient "
-        r"$\partial J / \partial W = \sum_s a\, g_v$ has the shape of $W^{T}$ (eq.~14.29). "
-        r"Indices count from 0, as in the book.",
-        index_base=0, brackets=True),
-    GraphNotation(
-        "batch", r"the tutorial notebook's row batches $H = X W_1$", "L",
-        frozenset({"W", "gW"}),
-        r"Rows are samples: each node's symbol stands for the $B \times n$ matrix of the batch, "
-        r"$\mathbf{1}$ is a column of $B$ ones and a bias $b$ is a row. Weights are stored as in the "
-        r"notebook, $n_{\mathrm{in}} \times n_{\mathrm{out}}$, so a dense node computes "
-        r"$V = A W + \mathbf{1} b$, and by dimension balancing $\partial L / \partial W = A^{T} G_V$ "
-        r"with $G_V = \partial L / \partial V$ of shape $B \times n_V$.",
-        batch=True),
-)}
+GRAPH_NOTATIONS = _notation.NOTATIONS       # one table: each notation words the graph handout too
 
 
 def get_notation(name):
-    try:
-        return GRAPH_NOTATIONS[name]
-    except (KeyError, TypeError):
-        raise SymbpError(f"notation: unknown notation {name!r} for a graph (expected one of: "
-                         f"{', '.join(GRAPH_NOTATIONS)})") from None
+    return _notation.get(name, " for a graph")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,15 +100,21 @@ def get_notation(name):
 # ----------------------------------------------------------------------------------------------
 
 class _Names:
-    """LaTeX of every quantity of a derivation, in one notation."""
+    """Every quantity of a derivation in one notation: its LaTeX, and its matrix in our
+    convention (``ours``) and in the notation's (``own``)."""
 
     def __init__(self, d, nt):
         self.d, self.nt, self.graph = d, nt, d.graph
         table = symbols(d.graph)
         self.sym = lambda name: table.get(name) or symbol(name)
-        self.base = {}
+        self.base, self.shapes = {}, {}
         for label, q in d.quantities.items():
             self.base[label] = self._base(q)
+            if q.role in ("param", "param_grad", "param_use"):
+                shape = d.graph.param(q.of).shape
+                self.shapes[label] = shape if len(shape) == 2 else (shape[0], 1)
+            else:
+                self.shapes[label] = (d.graph.node(q.of).width, 1)
 
     def grad(self, of, source=""):
         sym = self.sym(of)
@@ -214,6 +141,37 @@ class _Names:
             return kind if q.role == "param" else "g" + kind
         return "grad" if q.role in ("grad", "contribution") else "value"
 
+    def ours(self, label):
+        r, c = self.shapes[label]
+        role = self.role(label)
+        if self.nt.batch and role in ("value", "grad"):
+            r, c = BATCH, r
+        elif self.nt.batch and role in ("b", "gb"):
+            r, c = c, r
+        return sp.MatrixSymbol(f"ours|{label}", r, c)
+
+    def own(self, label):
+        r, c = self.ours(label).shape
+        if self.role(label) in self.nt.graph_transposed:
+            r, c = c, r
+        return sp.MatrixSymbol(f"own|{label}", r, c)
+
+    def form(self, eq):
+        """(lhs, rhs, summed) of an equation as own matrices (``latex.matrix_form``), or None
+        (elementwise or other)."""
+        label = str(eq.lhs.base.label) if isinstance(eq.lhs, sp.Indexed) else None
+        if label not in self.shapes:
+            return None
+        meq = matrix_form(eq, self.ours(label), lambda base: self.ours(str(base.label)),
+                          sp.MatrixSymbol("ones", BATCH, 1), self.nt.batch)
+
+        def own(m):
+            if m.name == "ones":
+                return m
+            label = m.name.split("|", 1)[1]
+            return self.own(label).T if self.role(label) in self.nt.graph_transposed else self.own(label)
+        return None if meq is None else MatEq(*to_notation(meq.lhs, meq.rhs, own), meq.summed)
+
 
 def _plain(s):
     """True where an index can be attached directly (x, \\mathrm{code}); False for symbols that
@@ -221,27 +179,17 @@ def _plain(s):
     return not any(c in s for c in "_^") and "\\frac" not in s
 
 
-class GraphPrinter(LatexPrinter):
+class GraphPrinter(TexPrinter):
     """SymPy's LaTeX printer for a graph's equations. Index form: an entry is the quantity's
     symbol with its indices (the sample s as a superscript (s) when ``sample``); ``vector=True``
     prints whole vectors and products of vectors as Hadamard products."""
 
+    negative_sum_bracketed = short_powers_of_sums = False
+
     def __init__(self, names, sample=False, vector=False, width=None):
         # a thin space between factors: \mathrm{B} next to \mathrm{probs} must not read "Bprobs"
-        super().__init__({"mul_symbol": r"\,"})
-        self.n, self.nt = names, names.nt
-        self.sample, self.vector, self.width = sample, vector, width
-
-    def _print_Symbol(self, e, style="plain"):
-        st = naming.parse_statistic(e.name)
-        if st is not None:      # a normalization's eps: \epsilon_{bn}
-            return f"{naming.STATISTIC_LATEX[st[1]]}_{{{self.n.sym(st[0])}}}"
-        return super()._print_Symbol(e, style)
-
-    def _index(self, i):
-        if isinstance(i, sp.Integer):
-            return str(int(i) + self.nt.index_base)
-        return self._print(i)
+        super().__init__(names.nt, r"\,", sample, vector)
+        self.n, self.width = names, width
 
     def _print_Indexed(self, e):
         label = str(e.base.label)
@@ -251,18 +199,11 @@ class GraphPrinter(LatexPrinter):
             entry = self._print(sp.IndexedBase(q.of)[e.indices])
             return rf"\frac{{\partial {self.nt.loss}}}{{\partial {entry}}}"
         base = self.n.base.get(label, self.n.sym(label))
-        idx = list(e.indices)
-        sample = None
-        if idx and idx[0] in (S, T):
-            s = idx.pop(0)
-            if self.nt.batch:
-                idx.insert(0, s)
-            elif self.sample:
-                sample = self._print(s)
+        idx, sample = self._sample_first(e, self.nt.batch)
         if self.vector:
             return self._slice(base, label, idx)
         role = self.n.role(label) if label in self.n.d.quantities else "value"
-        if role in ("W", "gW") and role in self.nt.transposed:
+        if role in ("W", "gW") and role in self.nt.graph_transposed:
             idx = idx[::-1]      # the notation's matrix is our transpose: our W[j,k] is its entry (k, j)
         parts = [self._index(i) for i in idx]
         sup = f"^{{({sample})}}" if sample else ""
@@ -295,23 +236,13 @@ class GraphPrinter(LatexPrinter):
         return rf"{b}_{{{cols}{self._print(lo)} \ldots {self._print(hi)}}}"
 
     def _print_Symbol(self, e, style="plain"):
-        if e == BATCH:
-            return "B"
         name = e.name
         if name.startswith("n_") and name[2:] in self.n.d.quantities:
             return f"n_{{{self.n.sym(name[2:])}}}"
+        st = naming.parse_statistic(name)
+        if st is not None:      # a normalization's eps: \epsilon_{bn}
+            return f"{naming.STATISTIC_LATEX[st[1]]}_{{{self.n.sym(st[0])}}}"
         return super()._print_Symbol(e)
-
-    def _print_Sum(self, e):
-        parts = []
-        for var, lo, hi in reversed(e.limits):
-            if self.nt.index_base == 1 and lo == 0:
-                lo, hi = lo + 1, hi + 1
-            parts.append(rf"\sum_{{{self._print(var)}={self._print(lo)}}}^{{{self._print(hi)}}}")
-        body = self._print(e.function)
-        if isinstance(e.function, sp.Add):
-            body = rf"\left({body}\right)"
-        return " ".join(parts) + " " + body
 
     def _print_KroneckerDelta(self, e, exp=None):
         i, j = (self._index(a) for a in e.args)
@@ -325,21 +256,7 @@ class GraphPrinter(LatexPrinter):
         out = rf"\mathbb{{I}}\left[{arg} {rel} 0\right]"
         return out if exp is None else rf"{out}^{{{exp}}}"
 
-    def _print_Derivative(self, e):
-        (var, n), = e.variable_count
-        return rf"\frac{{\partial {self._print(e.expr)}}}{{\partial {self._print(var)}}}"
-
-    def _is_vec(self, e):
-        return self.vector and bool(e.atoms(sp.Indexed))
-
     def _print_Pow(self, e):
-        if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
-            b = self._print(e.base)
-            if not isinstance(e.base, sp.Indexed):
-                b = rf"\left({b}\right)"
-            if isinstance(e.base, sp.Indexed) and e.exp <= 3:
-                return r" \odot ".join([b] * int(e.exp))
-            return rf"{b}^{{\odot {e.exp}}}"
         if isinstance(e.base, sp.Indexed) and not self.vector and e.exp.is_Integer and e.exp > 0:
             b = self._print(e.base)
             if "^{(" in b:      # x_{u}^{(s)} squared (a normalization's variance): one superscript per atom
@@ -395,92 +312,6 @@ class GraphPrinter(LatexPrinter):
         return r" \, ".join(rf"\left({self._print(a)}\right)" if isinstance(a, sp.MatAdd) else self._print(a)
                         for a in e.args)
 
-    def _print_MatAdd(self, e):
-        # the bias term last, as the courses write it: x W + 1 b, not 1 b + x W
-        args = sorted(e.args, key=lambda a: any(m.name == "ones" for m in a.atoms(sp.MatrixSymbol)))
-        return " + ".join(self._print(a) for a in args)
-
-
-# ----------------------------------------------------------------------------------------------
-# matrix forms (the derivation's convention, then the notation's)
-# ----------------------------------------------------------------------------------------------
-
-class _Matrices:
-    def __init__(self, d, names):
-        self.d, self.names, self.nt = d, names, names.nt
-        self.shapes = {}
-        g = d.graph
-        for label, q in d.quantities.items():
-            if q.role in ("param", "param_grad", "param_use"):
-                shape = g.param(q.of).shape
-                shape = shape if len(shape) == 2 else (shape[0], 1)
-            else:
-                shape = (g.node(q.of).width, 1)
-            self.shapes[label] = shape
-
-    def ours(self, label):
-        r, c = self.shapes[label]
-        role = self.names.role(label)
-        if self.nt.batch and role in ("value", "grad"):
-            r, c = BATCH, r
-        elif self.nt.batch and role in ("b", "gb"):
-            r, c = c, r
-        return sp.MatrixSymbol(f"ours|{label}", r, c)
-
-    def own(self, label):
-        r, c = self.ours(label).shape
-        if self.names.role(label) in self.nt.transposed:
-            r, c = c, r
-        return sp.MatrixSymbol(f"own|{label}", r, c)
-
-    def convert(self, lhs, rhs):
-        def sub(e):
-            rep = {}
-            for m in e.atoms(sp.MatrixSymbol):
-                if m.name == "ones":
-                    continue
-                label = m.name.split("|", 1)[1]
-                own = self.own(label)
-                rep[m] = own.T if self.names.role(label) in self.nt.transposed else own
-            return e.xreplace(rep).doit()
-        lhs, rhs = sub(lhs), sub(rhs)
-        if isinstance(lhs, sp.Transpose):
-            lhs, rhs = lhs.arg, rhs.T
-        return lhs, rhs
-
-    def form(self, eq):
-        """(lhs, rhs, summed) of an equation as own matrices, or None (elementwise or other)."""
-        if not isinstance(eq.lhs, sp.Indexed):
-            return None
-        form = batch_form(eq.lhs, eq.rhs)
-        label = str(eq.lhs.base.label)
-        if form is None or label not in self.shapes:
-            return None
-        lhs = self.ours(label)
-        ones = sp.MatrixSymbol("ones", BATCH, 1)
-        if isinstance(form, ColumnSum):
-            arg = self.ours(str(form.arg.label))
-            if self.nt.batch:
-                return (*self.convert(lhs, ones.T * arg), False)
-            return (*self.convert(lhs, arg), True)
-        L, R = self.ours(str(form.left.label)), self.ours(str(form.right.label))
-        opL = L.T if form.left_t else L
-        opR = R.T if form.right_t else R
-        bias = self.ours(str(form.bias.label)) if form.bias is not None else None
-        if self.nt.batch:
-            rhs = opL * opR
-            if bias is not None:
-                rhs = rhs + ones * bias
-            return (*self.convert(lhs, rhs), False)
-        if S in eq.lhs.indices:
-            if form.left_t:
-                return None
-            rhs = opR.T * L + (bias if bias is not None else sp.ZeroMatrix(*lhs.shape))
-            return (*self.convert(lhs, rhs), False)
-        if not form.left_t or form.right_t:
-            return None
-        return (*self.convert(lhs, L * R.T), True)
-
 
 # ----------------------------------------------------------------------------------------------
 # the document
@@ -513,10 +344,6 @@ TENSOR_STEPS = {
 }
 
 
-def _row(lhs, rhs, note=""):
-    return {"lhs": lhs, "rhs": rhs, "note": note}
-
-
 class Renderer:
     """The pieces of the handout (rows of aligned equations, prose) for one derivation in one
     notation; the template lays them out."""
@@ -525,7 +352,6 @@ class Renderer:
         self.d, self.nt, self.g = d, nt, d.graph
         self.names = _Names(d, nt)
         self.sym = self.names.sym
-        self.mats = _Matrices(d, self.names)
 
     def pr(self, e, **kw):
         return GraphPrinter(self.names, **kw).doprint(e)
@@ -536,18 +362,9 @@ class Renderer:
         return self.pr(eq.lhs, sample=sample)
 
     def index_rows(self, eq, labels=True):
-        sample = any(lim[0] in (S, T) for st in eq.stages for s in st[1].atoms(sp.Sum) for lim in s.limits)
-        lhs = self.index_lhs(eq, sample)
-        rows, prev = [], None
-        for name, e in eq.stages:
-            if prev is not None and e == prev:
-                continue
-            note = rf"\text{{{_text(STAGE_NAMES.get(name, name))}}}" if labels else ""
-            rows.append(_row(lhs, "= " + self.pr(e, sample=sample), note))
-            lhs, prev = "", e
-        if len(rows) == 1:
-            rows[0]["note"] = ""
-        return rows
+        sample = any(_has_sample_sum(e) for _, e in eq.stages)
+        return _stage_rows(self.index_lhs(eq, sample), [(n, "= " + self.pr(e, sample=sample)) for n, e in eq.stages],
+                           lambda name, first: rf"\text{{{_text(STAGE_NAMES.get(name, name))}}}" if labels else "")
 
     def width_of(self, eq):
         label = str(eq.lhs.base.label)
@@ -558,32 +375,17 @@ class Renderer:
 
     def vector_row(self, eq, lhs=None):
         """The equation as whole vectors or matrices, or None where the notation has no such form."""
-        m = self.mats.form(eq)
+        m = self.names.form(eq)
         if m is not None:
-            l, r, summed = m
-            pr = GraphPrinter(self.names)
-            rhs = pr.doprint(r)
-            if summed:
-                rhs = self.sample_sum() + " " + rhs
-            return _row(pr.doprint(l) if lhs is None else lhs, "= " + rhs, self.shape_note(l))
+            return _mat_row(GraphPrinter(self.names), m, lhs, _shape(m.lhs))
         if eq.rhs.has(sp.Sum) or eq.rhs.has(sp.KroneckerDelta):
             return None
         labels = {str(x.base.label) for x in eq.rhs.atoms(sp.Indexed)} | {str(eq.lhs.base.label)}
-        roles = {self.names.role(x) in self.nt.transposed for x in labels if x in self.d.quantities}
+        roles = {self.names.role(x) in self.nt.graph_transposed for x in labels if x in self.d.quantities}
         if len(roles) > 1:
             return self.diag_row(eq, lhs)      # rows and columns mixed: g_in = g_out diag(...)
         pr = GraphPrinter(self.names, vector=True, width=self.width_of(eq))
         return _row(pr.doprint(eq.lhs) if lhs is None else lhs, "= " + pr.doprint(eq.rhs), "")
-
-    def shape_note(self, m):
-        def p(v):
-            return "B" if v == BATCH else sp.latex(v)
-        r, c = m.shape
-        return rf"({p(r)} \times {p(c)})"
-
-    def sample_sum(self):
-        lo, hi = (1, "B") if self.nt.index_base == 1 else (0, "B - 1")
-        return rf"\sum_{{s={lo}}}^{{{hi}}}"
 
     # -- sections
     def graph_table(self):
@@ -597,9 +399,8 @@ class Renderer:
                 continue
             ins = ", ".join(f"${self.sym(i)}$" for i in n.inputs)
             if n.kind == "input":
-                what = "data" + ("; its gradient is wanted" if n.grad else "")
-                if n.name == self.g.target:
-                    what = "the target"
+                what = ("the target" if n.name == self.g.target else
+                        "data" + ("; its gradient is wanted" if n.grad else ""))
             elif n.kind == "dense":      # as the forward pass writes it in this notation
                 what = "$" + self.vector_row(self.d[n.name])["rhs"][2:] + "$"
             elif n.kind == "activation":
@@ -623,28 +424,17 @@ class Renderer:
         return (rf"${n.loss.latex}$ with $a = {self.sym(n.inputs[0])}$, $y = {self.sym(n.target)}$")
 
     def params(self):
-        out = []
-        for p in self.g.params:
-            # the shape of the notation's own matrix (stored transposed in some courses)
-            shape = r" \times ".join(str(s) for s in self.mats.own(p.name).shape)
-            if len(p.shape) > 2:        # a convolution kernel (C_out, C_in, k_h, k_w)
-                shape = r" \times ".join(str(s) for s in p.shape)
-            uses = ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses)
-            out.append({"name": f"${self.sym(p.name)}$", "shape": f"${shape}$", "uses": uses,
-                        "shared": len(p.uses) > 1})
-        return out
+        def shape(p):       # the notation's own matrix (stored transposed in some courses); a kernel as it is
+            return "$" + r" \times ".join(map(str, p.shape if len(p.shape) > 2 else self.names.own(p.name).shape)) + "$"
+        return [{"name": f"${self.sym(p.name)}$", "shape": shape(p),
+                 "uses": ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses),
+                 "shared": len(p.uses) > 1} for p in self.g.params]
 
     def forward(self):
         steps = []
-        for e in self.d.equations:
-            if not e.kind.startswith("forward_"):
-                continue
+        for e in [q for q in self.d.equations if q.kind.startswith("forward_")]:
             n = self.g.node(e.node)
-            rows = []
-            v = self.forward_vector(e, n)
-            if v is not None:
-                rows.append(v)
-            rows += self.index_rows(e, labels=False)
+            rows = [v for v in [self.forward_vector(e, n)] if v is not None] + self.index_rows(e, labels=False)
             steps.append({"title": f"${self.sym(n.name)}$", "text": self.forward_text(n), "rows": rows})
         return steps
 
@@ -660,50 +450,29 @@ class Renderer:
         return self.vector_row(e)
 
     def forward_text(self, n):
-        ins = [f"${self.sym(i)}$" for i in n.inputs]
+        ins = ", ".join(f"${self.sym(i)}$" for i in n.inputs)
         if n.kind == "dense":
             t = f" with the weight transposed, ${self.sym(n.weight)}^{{T}}$ (tied weights)" if n.transpose else ""
-            return f"A dense (linear) node reads {ins[0]}{t}."
+            return f"A dense (linear) node reads {ins}{t}."
         if n.kind == "activation":
-            return f"The activation {_text(n.activation.name)} applied to {ins[0]}."
-        if n.kind == "add":
-            return f"A merge by addition of {', '.join(ins)}."
-        if n.kind == "multiply":
-            return f"The elementwise product of {', '.join(ins)}."
-        if n.kind == "concat":
-            return (f"A merge: {', '.join(ins)} stacked into one vector (eq.~14.37 of {BOOK}); "
-                    "the Kronecker deltas of the index form pick each input's entries.")
-        if n.kind == "expression":
-            return f"An elementwise expression of {', '.join(ins)}."
-        return ""
-
-    def loss(self):
-        e = self.d["L"]
-        return self.index_rows(e, labels=False)
+            return f"The activation {_text(n.activation.name)} applied to {ins}."
+        return {"add": f"A merge by addition of {ins}.", "multiply": f"The elementwise product of {ins}.",
+                "concat": (f"A merge: {ins} stacked into one vector (eq.~14.37 of {BOOK}); "
+                           "the Kronecker deltas of the index form pick each input's entries."),
+                "expression": f"An elementwise expression of {ins}."}.get(n.kind, "")
 
     def backward(self):
-        steps = []
         back = [e for e in self.d.equations if e.kind != "loss" and not e.kind.startswith("forward_")]
-        for k, e in enumerate(back, 1):
-            steps.append(self.step(k, e))
-        return steps
+        return [self.step(k, e) for k, e in enumerate(back, 1)]
 
     def step(self, k, e):
         title, text = self.step_text(e)
-        rows = []
-        if e.kind in ("branch_sum", "shared_sum"):
-            v = self.vector_row(e)
+        named, v = e.kind in ("branch_sum", "shared_sum"), self.vector_row(e)
+        if named:       # a sum of its own: as vectors where it can, else entry by entry
             rows = [v] if v is not None else self.index_rows(e, labels=False)
-            return {"number": k, "title": title, "text": text, "rows": rows, "named": True,
-                    "kind": e.kind}
-        if e.kind == "backprop":
-            rows.append(self.jacobian_row(e))
-        v = self.vector_row(e)
-        if v is not None:
-            rows.append(v)
-        rows += self.index_rows(e)
-        return {"number": k, "title": title, "text": text, "rows": [r for r in rows if r], "named": False,
-                "kind": e.kind}
+        else:
+            rows = [r for r in [self.jacobian_row(e) if e.kind == "backprop" else None, v] + self.index_rows(e) if r]
+        return {"number": k, "title": title, "text": text, "rows": rows, "named": named, "kind": e.kind}
 
     def jacobian(self, e):
         """The local Jacobian d u[s,i] / d v[s,j] of a backprop step's edge, as SymPy derived it."""
@@ -805,26 +574,22 @@ class Renderer:
             us = self.sym(u.name)
             part = e.source if "__" in str(e.lhs.base.label) else ""
             head = rf"the gradient of ${v}$" + (rf" through ${us}$" if part else "")
-            if u.kind == "dense":
-                rule = (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the matrix "
-                        r"that multiplies the input, and the backward step multiplies the upstream "
-                        rf"gradient by it (the linear layer of {BOOK}, Algorithm~14.1).")
-            elif u.kind == "activation":
+            if u.kind == "activation":
                 act = rf"The activation ${us} = {u.activation.latex}({v})$"
                 rule = (act + r" is elementwise, its Jacobian is diagonal: the gradient is multiplied "
                         r"entry by entry by the derivative, written in terms of the stored forward output."
                         if u.activation.elementwise else act + r" couples the entries, its Jacobian is full.")
-            elif u.kind == "add":
-                rule = (r"An add node distributes: each input receives the upstream gradient unchanged "
-                        rf"({SLIDES}).")
-            elif u.kind == "multiply":
-                rule = (r"A multiply node swaps: each input receives the upstream gradient times "
-                        rf"the other input ({SLIDES}).")
-            elif u.kind == "concat":
-                rule = (rf"The merge hands ${v}$ its own slice of the upstream gradient "
-                        rf"(eqs.~14.39--14.41 of {BOOK}).")
             else:
-                rule = rf"SymPy differentiates the expression of ${us}$ with respect to ${v}$."
+                rule = {"dense": (rf"The dense node ${us}$ is linear in ${v}$: its Jacobian is the matrix "
+                                  r"that multiplies the input, and the backward step multiplies the upstream "
+                                  rf"gradient by it (the linear layer of {BOOK}, Algorithm~14.1)."),
+                        "add": (r"An add node distributes: each input receives the upstream gradient "
+                                rf"unchanged ({SLIDES})."),
+                        "multiply": (r"A multiply node swaps: each input receives the upstream gradient "
+                                     rf"times the other input ({SLIDES})."),
+                        "concat": (rf"The merge hands ${v}$ its own slice of the upstream gradient "
+                                   rf"(eqs.~14.39--14.41 of {BOOK}).")}.get(
+                    u.kind, rf"SymPy differentiates the expression of ${us}$ with respect to ${v}$.")
             if part:
                 rule += (rf" This is the part of the gradient of ${v}$ that comes back through ${us}$; "
                          r"the branch sum below adds the parts.")
@@ -846,25 +611,17 @@ class Renderer:
         return e.kind, _text(e.doc)
 
     def summary(self):
-        rows = []
-        for e in self.d.equations:
-            if e.kind in ("grad_W", "grad_b", "backprop", "output_delta", "loss_grad", "branch_sum",
-                          "shared_sum") and e.name not in self.d.inlined:
-                v = self.vector_row(e)
-                if v is None:      # entry by entry; the sample index only where the batch is summed
-                    sample = any(lim[0] in (S, T) for sm in e.rhs.atoms(sp.Sum) for lim in sm.limits)
-                    v = _row(self.index_lhs(e, sample), "= " + self.pr(e.rhs, sample=sample))
-                rows.append(v)
-        return rows
+        return [self.vector_row(e) or self.entry_row(e) for e in self.d.equations
+                if e.kind in ("grad_W", "grad_b", "backprop", "output_delta", "loss_grad", "branch_sum",
+                              "shared_sum") and e.name not in self.d.inlined]
+
+    def entry_row(self, e, note=""):
+        """An equation entry by entry; the sample index only where the batch is summed."""
+        sample = _has_sample_sum(e.rhs)
+        return _row(self.index_lhs(e, sample), "= " + self.pr(e.rhs, sample=sample), note)
 
     def equation_rows(self):
-        out = []
-        for e in self.d.equations:
-            sample = any(lim[0] in (S, T) for s in e.rhs.atoms(sp.Sum) for lim in s.limits)
-            lhs = self.index_lhs(e, sample)
-            out.append(_row(lhs, "= " + self.pr(e.rhs, sample=sample),
-                            rf"\text{{{_text(e.kind.replace('_', ' '))}}}"))
-        return out
+        return [self.entry_row(e, rf"\text{{{_text(e.kind.replace('_', ' '))}}}") for e in self.d.equations]
 
 
 def render(derivation, notation="cs231n", document=False):
@@ -874,33 +631,20 @@ def render(derivation, notation="cs231n", document=False):
     env = environment()
     if not document:
         return env.get_template("latex/graph_equations.tex.j2").render(rows=r.equation_rows())
-    g = derivation.graph
+    g, steps = derivation.graph, r.backward()
     return env.get_template("latex/graph_document.tex.j2").render(
-        name=_text(g.name), notation=nt, nt_title=nt.title, nt_note=nt.note, loss=nt.loss,
+        name=_text(g.name), notation=nt, nt_title=nt.graph_title, nt_note=nt.graph_note, loss=nt.loss,
         picture=tikz(g, r.sym, nt.loss), table=r.graph_table(), params=r.params(),
-        forward=r.forward(), loss_rows=r.loss(), loss_text=r.loss_text(g.loss_node),
+        forward=r.forward(), loss_rows=r.index_rows(derivation["L"], labels=False), loss_text=r.loss_text(g.loss_node),
         loss_name=_text(g.loss_node.loss.name),
-        backward=r.backward(), summary=r.summary(), book=BOOK, slides=SLIDES,
-        branches=[s for s in r.backward() if s["kind"] == "branch_sum"],
+        backward=steps, summary=r.summary(), book=BOOK, slides=SLIDES,
+        branches=[s for s in steps if s["kind"] == "branch_sum"],
         shared=[r.sym(p.name) for p in g.params if len(p.uses) > 1],
         reduction=g.reduction, index_first=nt.index_base, legend=stage_legend(),
         part=(rf"\frac{{\partial {nt.loss}}}{{\partial v}}\Big|_{{u}}" if nt.frac else "g_{v}^{(u)}"))
 
 
-# ----------------------------------------------------------------------------------------------
-# files
-# ----------------------------------------------------------------------------------------------
-
 def write_document(derivation, path, notation="cs231n", pdf=False):
-    """Write the handout to ``path`` (and the PDF beside it with ``pdf=True``), each atomically,
-    after everything was rendered and compiled. Returns the paths written."""
-    from ..output import write
-    path = Path(path)
-    tex = render(derivation, notation=notation, document=True)
-    data = compile_pdf(tex, path.stem)[0] if pdf else None     # before any file is written
-    write(path, tex)
-    out = [path]
-    if data is not None:
-        write(path.with_suffix(".pdf"), data)
-        out.append(path.with_suffix(".pdf"))
-    return out
+    """Write the handout to ``path`` and with ``pdf=True`` the PDF beside it (``latex.write_tex``).
+    Returns the paths written."""
+    return write_tex(path, render(derivation, notation=notation, document=True), pdf)

@@ -9,17 +9,9 @@ the order with the fewest crossings kept, ties broken by declared order), and ea
 under the mean of what it reads, at least ``DX`` from its neighbours. Coordinates are rounded to
 a thousandth of a centimetre, so the same graph gives the same picture, byte for byte.
 """
-import re
+from itertools import combinations
 
-_TEXT = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$",
-         "{": r"\{", "}": r"\}", "^": r"\^{}", "~": r"\~{}", "->": r"$\to$"}
-
-
-def text_mode(s):
-    """Plain text for LaTeX text mode (names of kinds and activations, pass labels), each special
-    character escaped once (a single pass, so an escape is never escaped again)."""
-    return re.sub(r"->|[\\_&%#$^~{}]", lambda m: _TEXT[m.group(0)], s)
-
+from .sources import text_mode
 
 DX, DY = 2.6, 1.75      # cm between slots of a level, between levels
 
@@ -35,19 +27,12 @@ def _depths(graph):
                                     default=0)
     for n in graph.nodes:
         if n.kind == "input":
-            cons = [c for c, _ in graph.consumers(n.name)]
-            depth[n.name] = min(depth[c] for c in cons) - 1
+            depth[n.name] = min(depth[c] for c, _ in graph.consumers(n.name)) - 1
     return depth
 
 
 def _edges(graph):
-    out = []
-    for n in graph.nodes:
-        for i in n.inputs:
-            out.append((i, n.name))
-        if n.kind == "loss":
-            out.append((n.target, n.name))
-    return out
+    return [(i, n.name) for n in graph.nodes for i in list(n.inputs) + ([n.target] if n.kind == "loss" else [])]
 
 
 def _crossings(levels, preds):
@@ -55,11 +40,7 @@ def _crossings(levels, preds):
     for k in range(1, len(levels)):
         pos = {v: i for i, v in enumerate(levels[k - 1])}
         segs = [(pos[u], i) for i, v in enumerate(levels[k]) for u in preds[v]]
-        for a in range(len(segs)):
-            for b in range(a + 1, len(segs)):
-                (u1, v1), (u2, v2) = segs[a], segs[b]
-                if (u1 - u2) * (v1 - v2) < 0:
-                    total += 1
+        total += sum((u1 - u2) * (v1 - v2) < 0 for (u1, v1), (u2, v2) in combinations(segs, 2))
     return total
 
 
@@ -93,8 +74,7 @@ def layout(graph):
         pos = {v: i for i, v in enumerate(ref_level)}
         def key(item):
             i, v = item
-            refs = [pos[u] for u in ref_of[v] if u in pos]
-            return (sum(refs) / len(refs) if refs else i, i)
+            return _mean([pos[u] for u in ref_of[v] if u in pos], i), i
         return [v for _, v in sorted(enumerate(lev), key=key)]
 
     best, best_c = [list(l) for l in levels], _crossings(levels, preds)
@@ -122,26 +102,22 @@ def _level_x(lev, desired):
     return [x + shift for x in xs]
 
 
+def _mean(xs, default):
+    return sum(xs) / len(xs) if xs else default
+
+
 def _place(levels, preds, succs):
     """Coordinates: each slot under the mean of what it reads (inputs: of what reads them),
     levels kept in their order; rounded so the output is stable."""
     x = {}
-    for k, lev in enumerate(levels):          # down: under the predecessors
-        want = {}
-        for i, v in enumerate(lev):
-            ps = [x[u] for u in preds[v] if u in x]
-            want[v] = sum(ps) / len(ps) if ps else (i - (len(lev) - 1) / 2) * DX
+    for lev in levels:                        # down: under the predecessors
+        want = {v: _mean([x[u] for u in preds[v] if u in x], (i - (len(lev) - 1) / 2) * DX)
+                for i, v in enumerate(lev)}
         x.update(zip(lev, _level_x(lev, want)))
-    for k in range(len(levels) - 2, -1, -1):  # up: sources move over what they feed
-        lev = levels[k]
-        want = {}
-        for v in lev:
-            ss = [x[w] for w in succs[v]]
-            want[v] = sum(ss) / len(ss) if (ss and not preds[v]) else x[v]
+    for lev in levels[-2::-1]:                # up: sources move over what they feed
+        want = {v: x[v] if preds[v] else _mean([x[w] for w in succs[v]], x[v]) for v in lev}
         x.update(zip(lev, _level_x(lev, want)))
-    lo = min(x.values())
-    hi = max(x.values())
-    mid = (lo + hi) / 2
+    mid = (min(x.values()) + max(x.values())) / 2
     return {v: (round(x[v] - mid, 3) + 0.0, round(-k * DY, 3) + 0.0)
             for k, lev in enumerate(levels) for v in lev}
 
@@ -149,12 +125,8 @@ def _place(levels, preds, succs):
 def _node_label(graph, n, sym, loss):
     if n.kind == "loss":
         return f"${loss}$", f"loss: {n.loss.name}" + (", sum" if n.reduction == "sum" else "")
-    if n.kind == "activation":
-        what = n.activation.name
-    elif n.kind == "input":
-        what = "input" + (", grad" if n.grad else "")
-    else:
-        what = n.kind
+    what = (n.activation.name if n.kind == "activation" else
+            "input" + (", grad" if n.grad else "") if n.kind == "input" else n.kind)
     return f"${sym(n.name)}$", f"{text_mode(what)}, {n.width}"
 
 

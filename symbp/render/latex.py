@@ -33,9 +33,13 @@ Contract:
   atomically; with ``pdf=True`` it first compiles it (twice, for the section references) with
   ``render.pdf`` (pdflatex in a temporary directory) and puts the PDF beside the .tex. A
   missing or failing pdflatex raises a SymbpError (the failing run's log is kept beside the
-  .tex and named) and writes neither file.
+  .tex and named) and writes neither file (``write_tex``, which the graph handout uses too).
+- Shared with the graph handout (``render.graph_latex``; an MLP is a chain graph of the same
+  registry): the printer base ``TexPrinter``, the matrix form of an equation (``matrix_form``,
+  ``to_notation``), the rows of aligned equations and their stages, and ``write_tex``.
 Same Derivation, same bytes.
 """
+from collections import namedtuple
 from pathlib import Path
 
 import sympy as sp
@@ -51,20 +55,12 @@ from ..errors import SymbpError
 from . import notation as _notation
 from .pdf import PdfError, _first_error, compile_pdf
 from . import sources as _sources
+from .sources import text_mode as _text
 
 NOTATIONS = tuple(_notation.NOTATIONS)
 SMALL = 3            # explicit Jacobian matrices when both of their sizes are at most this
 S, T, I, J = naming.S, naming.T, naming.I, naming.J
 SAMPLE = (S, T)
-
-def _text(s):
-    """Plain text for LaTeX text mode."""
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("^", r"\^{}"), ("&", r"\&"),
-                 ("%", r"\%"), ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}"),
-                 ("->", r"$\to$"), ("<", r"$<$"), (">", r"$>$")):
-        s = s.replace(a, b)
-    return s
-
 
 # What each stage of SymPy's work did, for the legend of ``stages=True`` (math in math mode;
 # a pass added to symbp.simplify without an entry here falls back to its plain doc).
@@ -106,50 +102,25 @@ def _call(fn, arg):
 # --------------------------------------------------------------------------------------------
 # The printer
 
-class Printer(LatexPrinter):
-    """SymPy's LaTeX printer speaking one notation.
+class TexPrinter(LatexPrinter):
+    """What the printers of both handouts share (``Printer`` here, ``GraphPrinter`` of
+    ``render.graph_latex``): concrete indices counted as the notation counts, the batch size B,
+    sums with their limits from the notation's first index, dL/dv as a fraction, and vectors
+    (``vector=True``) told by their entries."""
 
-    Index form: ``Indexed`` quantities print as the notation's entries (sample index as a
-    superscript (s) when ``sample`` is set, dropped otherwise; a row index in the batch
-    flavor). ``vector=True`` prints them as whole vectors and products of vectors with the
-    Hadamard product. Matrix expressions print the notation's own symbols (``own|kind|layer``
-    MatrixSymbols), or explicit ``bmatrix`` entries from ``explicit``.
-    """
+    negative_sum_bracketed = True       # sum_i (-x_i), not sum_i - x_i (the graph handout omits them)
+    short_powers_of_sums = True         # (a - y) \odot (a - y), not (a - y)^{\odot 2} (likewise)
 
-    def __init__(self, ctx, flavor, sample=False, vector=False, explicit=None, scalars=None):
-        super().__init__({"mul_symbol": None})
-        self.ctx, self.nt, self.flavor = ctx, ctx.nt, flavor
-        self.sample, self.vector = sample, vector
-        self.explicit = explicit or {}
-        self.scalars = scalars or {}
+    def __init__(self, nt, mul_symbol, sample=False, vector=False):
+        super().__init__({"mul_symbol": mul_symbol})
+        self.nt, self.sample, self.vector = nt, sample, vector
 
-    # -- indices and quantities
     def _index(self, i):
         if isinstance(i, sp.Integer):
             return self.nt.index(i)
         return self._print(i)
 
-    def _print_Indexed(self, e):
-        kind, layer = naming.parse(e.base)
-        if kind == "a" and layer == 0:
-            kind = "x"
-        idx = list(e.indices)
-        sample = None
-        if idx and idx[0] in SAMPLE:
-            s = idx.pop(0)
-            if self.flavor == "batch":
-                idx.insert(0, s)
-            elif self.sample:
-                sample = self._print(s)
-        if self.vector:
-            return self.nt.symbol(kind, layer, self.flavor, sample)
-        if kind in ("W", "gW") and "W" in self.nt.transposed[self.flavor]:
-            idx = idx[::-1]      # the notation stores W transposed: our W[j,k] is its entry (k, j)
-        return self.nt.entry(kind, layer, [self._index(i) for i in idx], self.flavor, sample)
-
     def _print_Symbol(self, e, style="plain"):
-        if e in self.scalars:
-            return self.scalars[e]
         if e == naming.BATCH:
             return "B"
         return super()._print_Symbol(e)
@@ -161,35 +132,94 @@ class Printer(LatexPrinter):
                 lo, hi = lo + 1, hi + 1
             parts.append(rf"\sum_{{{self._print(var)}={self._print(lo)}}}^{{{self._print(hi)}}}")
         body = self._print(e.function)
-        if isinstance(e.function, sp.Add) or body.startswith("-"):
+        if isinstance(e.function, sp.Add) or (self.negative_sum_bracketed and body.startswith("-")):
             body = rf"\left({body}\right)"
         return " ".join(parts) + " " + body
-
-    def _print_KroneckerDelta(self, e, exp=None):
-        # an indicator, never a delta: delta is the error in three of the notations
-        i, j = (self._index(a) for a in e.args)
-        out = rf"{INDICATOR}[{i} = {j}]"
-        return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
-
-    def _print_Heaviside(self, e, exp=None):
-        if len(e.args) == 2 and e.args[1] == 0:
-            x = e.args[0]
-            if isinstance(x, sp.Indexed) and self.ctx.indicator_in_z(x):
-                # ReLU-like: 1[a > 0] = 1[z > 0], as the slides write it (the kink stage)
-                kind, layer = naming.parse(x.base)
-                x = naming.quantity("z", layer)[x.indices]
-            arg = self._print(x)
-            out = (rf"{INDICATOR}\left[{arg} > 0\right]" if "\\frac" in arg
-                   else rf"{INDICATOR}[{arg} > 0]")
-            return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
-        if len(e.args) == 2 and e.args[1] == 1:     # relu_at_zero = 1: the step includes 0
-            out = rf"{INDICATOR}\left[{self._print(e.args[0])} \ge 0\right]"
-            return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
-        return super()._print_Heaviside(e, exp)
 
     def _print_Derivative(self, e):
         (var, n), = e.variable_count
         return rf"\frac{{\partial {self._print(e.expr)}}}{{\partial {self._print(var)}}}"
+
+    def _is_vec(self, e):
+        return self.vector and bool(e.atoms(sp.Indexed))
+
+    def _print_Pow(self, e):
+        """A positive integer power of a vector is a Hadamard power: a ⊙ a, up to the cube, then
+        a^{⊙ n}."""
+        if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
+            b = self._print(e.base)
+            if not isinstance(e.base, sp.Indexed):
+                b = rf"\left({b}\right)"
+            short = e.exp <= 3 and (self.short_powers_of_sums or isinstance(e.base, sp.Indexed))
+            return r" \odot ".join([b] * int(e.exp)) if short else rf"{b}^{{\odot {e.exp}}}"
+        return super()._print_Pow(e)
+
+    def _print_MatAdd(self, e):
+        # the bias term last, as the courses write it: x W + 1 b, not 1 b + x W
+        args = sorted(e.args, key=lambda a: any("ones" in m.name.split("|") for m in a.atoms(sp.MatrixSymbol)))
+        return " + ".join(self._print(a) for a in args)
+
+    def _sample_first(self, e, batch):
+        """The indices of an entry without its sample index, which a batch matrix keeps as its
+        row, and the sample as printed for a superscript (s) (None where it is not shown)."""
+        idx, sample = list(e.indices), None
+        if idx and idx[0] in SAMPLE:
+            s = idx.pop(0)
+            if batch:
+                idx.insert(0, s)
+            elif self.sample:
+                sample = self._print(s)
+        return idx, sample
+
+
+class Printer(TexPrinter):
+    """SymPy's LaTeX printer speaking one notation.
+
+    Index form: ``Indexed`` quantities print as the notation's entries (sample index as a
+    superscript (s) when ``sample`` is set, dropped otherwise; a row index in the batch
+    flavor). ``vector=True`` prints them as whole vectors and products of vectors with the
+    Hadamard product. Matrix expressions print the notation's own symbols (``own|kind|layer``
+    MatrixSymbols), or explicit ``bmatrix`` entries from ``explicit``.
+    """
+
+    def __init__(self, ctx, flavor, sample=False, vector=False, explicit=None, scalars=None):
+        super().__init__(ctx.nt, None, sample, vector)
+        self.ctx, self.flavor = ctx, flavor
+        self.explicit = explicit or {}
+        self.scalars = scalars or {}
+
+    def _print_Indexed(self, e):
+        kind, layer = naming.parse(e.base)
+        if kind == "a" and layer == 0:
+            kind = "x"
+        idx, sample = self._sample_first(e, self.flavor == "batch")
+        if self.vector:
+            return self.nt.symbol(kind, layer, self.flavor, sample)
+        if kind in ("W", "gW") and "W" in self.nt.transposed[self.flavor]:
+            idx = idx[::-1]      # the notation stores W transposed: our W[j,k] is its entry (k, j)
+        return self.nt.entry(kind, layer, [self._index(i) for i in idx], self.flavor, sample)
+
+    def _print_Symbol(self, e, style="plain"):
+        if e in self.scalars:
+            return self.scalars[e]
+        return super()._print_Symbol(e)
+
+    def _print_KroneckerDelta(self, e, exp=None):
+        # an indicator, never a delta: delta is the error in three of the notations
+        i, j = (self._index(a) for a in e.args)
+        return _raised(rf"{INDICATOR}[{i} = {j}]", exp)
+
+    def _print_Heaviside(self, e, exp=None):
+        if len(e.args) != 2 or e.args[1] not in (0, 1):
+            return super()._print_Heaviside(e, exp)
+        x = e.args[0]
+        if e.args[1] == 0 and isinstance(x, sp.Indexed) and self.ctx.indicator_in_z(x):
+            # ReLU-like: 1[a > 0] = 1[z > 0], as the slides write it (the kink stage)
+            x = naming.quantity("z", naming.parse(x.base)[1])[x.indices]
+        arg = self._print(x)
+        if e.args[1] == 1:          # relu_at_zero = 1: the step includes 0
+            return _raised(rf"{INDICATOR}\left[{arg} \ge 0\right]", exp)
+        return _raised(rf"{INDICATOR}\left[{arg} > 0\right]" if "\\frac" in arg else rf"{INDICATOR}[{arg} > 0]", exp)
 
     def _print_Function(self, e, exp=None):
         if isinstance(e, AppliedUndef) and e.func.__name__ in self.ctx.functions:
@@ -197,16 +227,7 @@ class Printer(LatexPrinter):
             return out if exp is None else rf"{out}^{{{exp}}}"
         return super()._print_Function(e, exp)
 
-    # -- elementwise products of vectors
-    def _is_vec(self, e):
-        return self.vector and bool(e.atoms(sp.Indexed))
-
     def _print_Pow(self, e):
-        if self._is_vec(e.base) and e.exp.is_Integer and e.exp > 0:
-            b = self._print(e.base)
-            if not isinstance(e.base, sp.Indexed):
-                b = rf"\left({b}\right)"
-            return r" \odot ".join([b] * int(e.exp)) if e.exp <= 3 else rf"{b}^{{\odot {e.exp}}}"
         if isinstance(e.base, sp.Indexed) and not self.vector:
             return rf"\left({self._print(e.base)}\right)^{{{self._print(e.exp)}}}"
         return super()._print_Pow(e)
@@ -242,7 +263,7 @@ class Printer(LatexPrinter):
                 num[k], neg = -f, False
         return neg, sorted(num, key=_factor_key), sorted(den, key=_factor_key)
 
-    def _join(self, factors, sep, alone=True):
+    def _join(self, factors, sep=" ", alone=True):
         out = []
         for f in factors:
             s = self._print(f)
@@ -267,8 +288,7 @@ class Printer(LatexPrinter):
                     out.append(self._join(vec, sep, alone=not scal))
                 return " ".join(out) or "1"
         else:
-            def join(factors, sep=" "):
-                return self._join(factors, sep)
+            join = self._join
         if not den:
             out = join(num)
         else:
@@ -313,9 +333,6 @@ class Printer(LatexPrinter):
         return " ".join(rf"\left({self._print(a)}\right)" if isinstance(a, (sp.MatAdd, sp.HadamardProduct))
                         else self._print(a) for a in e.args)
 
-    def _print_MatAdd(self, e):
-        return " + ".join(self._print(a) for a in e.args)
-
     def _print_HadamardProduct(self, e):
         # the activation derivative first, as the seeds write it: f'(z) ⊙ (W^T delta)
         args = sorted(e.args, key=lambda a: (not _is_derivative(a), sp.default_sort_key(a)))
@@ -324,6 +341,10 @@ class Printer(LatexPrinter):
 
 
 INDICATOR = r"\mathbb{I}"     # 1[condition]; amssymb has no double-struck one
+
+
+def _raised(out, exp):
+    return out if exp is None else rf"\left({out}\right)^{{{exp}}}"
 
 
 def _is_indicator(f):
@@ -405,11 +426,40 @@ def shapes(e):
 # --------------------------------------------------------------------------------------------
 # Matrix equations in the derivation's convention, and their form in a notation
 
-class MatEq:
-    """lhs = [sum over the batch] rhs, matrix expressions of own symbols."""
+# lhs = [sum over the batch] rhs, matrix expressions (of our symbols or the notation's own)
+MatEq = namedtuple("MatEq", "lhs rhs summed")
 
-    def __init__(self, lhs, rhs, summed=False):
-        self.lhs, self.rhs, self.summed = lhs, rhs, summed
+
+def matrix_form(eq, lhs, mat, ones, batch):
+    """The MatEq of a product or column-sum equation in our convention, read off its index form
+    (``derivation.batch_form``); ``mat(base)`` is a quantity's matrix, ``ones`` the column of B
+    ones. A batch gives the matrix product op(L) op(R) [+ 1 b]; per sample, row s of it as a
+    column, op(R)^T l [+ b]; a sum over the samples, of outer products sum_s l r^T. None where
+    the equation has no such form."""
+    form = batch_form(eq.lhs, eq.rhs)
+    if isinstance(form, ColumnSum):
+        return MatEq(lhs, ones.T * mat(form.arg), False) if batch else MatEq(lhs, mat(form.arg), True)
+    if not isinstance(form, Product):
+        return None
+    L, R = mat(form.left), mat(form.right)
+    opL, opR = (L.T if form.left_t else L), (R.T if form.right_t else R)
+    bias = (sp.ZeroMatrix(*lhs.shape) if form.bias is None
+            else ones * mat(form.bias) if batch else mat(form.bias))
+    if batch:
+        return MatEq(lhs, opL * opR + bias, False)
+    if naming.S in eq.lhs.indices:
+        return None if form.left_t else MatEq(lhs, opR.T * L + bias, False)
+    return MatEq(lhs, L * R.T, True) if form.left_t and not form.right_t else None
+
+
+def to_notation(lhs, rhs, own):
+    """An equation between our matrices in a notation: each of ours replaced by ``own(m)`` (the
+    notation's own matrix, or its transpose where it stores ours transposed), SymPy moving the
+    transposes; own^T = ours is written own = ours^T."""
+    def sub(e):
+        return e.xreplace({m: own(m) for m in e.atoms(sp.MatrixSymbol)}).doit()
+    lhs, rhs = sub(lhs), sub(rhs)
+    return (lhs.arg, rhs.T) if isinstance(lhs, sp.Transpose) else (lhs, rhs)
 
 
 class Context:
@@ -450,18 +500,11 @@ class Context:
 
     def convert(self, lhs, rhs, summed=False):
         """An equation between our matrices, in the notation: own = ours or own^T = ours."""
-        def sub(e):
-            rep = {}
-            for m in e.atoms(sp.MatrixSymbol):
-                _, kind, layer, flavor = m.name.split("|")
-                layer = None if layer == "None" else int(layer)
-                own = self.own(kind, layer, flavor)
-                rep[m] = own.T if kind in self.nt.transposed[flavor] else own
-            return e.xreplace(rep).doit()
-        lhs, rhs = sub(lhs), sub(rhs)
-        if isinstance(lhs, sp.Transpose):
-            lhs, rhs = lhs.arg, rhs.T
-        return MatEq(lhs, rhs, summed)
+        def own(m):
+            _, kind, layer, flavor = m.name.split("|")
+            o = self.own(kind, None if layer == "None" else int(layer), flavor)
+            return o.T if kind in self.nt.transposed[flavor] else o
+        return MatEq(*to_notation(lhs, rhs, own), summed)
 
     def indicator_in_z(self, x):
         """True when layer l's derivative 1[a > 0] is the derivation's kink stage 1[z > 0]
@@ -497,40 +540,13 @@ class Context:
 
     # -- the derivation's equations as matrix equations (our convention)
     def product(self, eq, flavor):
-        """The matrix form of a product or column sum equation, read off its index form."""
-        form = batch_form(eq.lhs, eq.rhs)
-        kind, layer = naming.parse(eq.lhs.base)
-        lhs = self.ours(kind, layer, flavor)
-
+        """The matrix form of a product or column sum equation (``matrix_form``), our matrices."""
         def mat(base):
             return self.ours(*naming.parse(base), flavor)
-        if isinstance(form, ColumnSum):
-            arg = mat(form.arg)
-            if flavor == "batch":
-                return lhs, self.ours("ones", None, flavor).T * arg, False
-            return lhs, arg, True
-        if not isinstance(form, Product):
+        out = matrix_form(eq, mat(eq.lhs.base), mat, self.ours("ones", None, flavor), flavor == "batch")
+        if out is None:
             raise SymbpError(f"latex: no matrix form for {eq.name} = {eq.rhs}")
-        L, R = mat(form.left), mat(form.right)
-        opL = L.T if form.left_t else L
-        opR = R.T if form.right_t else R
-        if flavor == "batch":
-            rhs = opL * opR
-            if form.bias is not None:
-                rhs = rhs + self.ours("ones", None, flavor) * mat(form.bias)
-            return lhs, rhs, False
-        if naming.S in eq.lhs.indices:
-            # row s of op(L) op(R), as a column: op(R)^T l
-            if form.left_t:
-                raise SymbpError(f"latex: no per-sample form for {eq.name}")
-            rhs = opR.T * L
-            if form.bias is not None:
-                rhs = rhs + mat(form.bias)
-            return lhs, rhs, False
-        # sum over the samples of outer products: op(L) op(R) = sum_s l r^T
-        if not form.left_t or form.right_t:
-            raise SymbpError(f"latex: no per-sample form for {eq.name}")
-        return lhs, L * R.T, True
+        return out
 
     def equation(self, eq, flavor):
         return self.convert(*self.product(eq, flavor))
@@ -572,6 +588,32 @@ def _has_sample_sum(e):
     return any(lim[0] in SAMPLE for s in e.atoms(sp.Sum) for lim in s.limits)
 
 
+def _sample_sum(nt):
+    """The sum over the samples of the batch, counted as the notation counts."""
+    lo, hi = (1, "B") if nt.index_base == 1 else (0, "B - 1")
+    return rf"\sum_{{s={lo}}}^{{{hi}}}"
+
+
+def _mat_row(pr, meq, lhs=None, note=""):
+    """A MatEq as a row printed by ``pr``, its sum over the samples written out."""
+    rhs = pr.doprint(meq.rhs)
+    return _row(pr.doprint(meq.lhs) if lhs is None else lhs,
+                "= " + (f"{_sample_sum(pr.nt)} " if meq.summed else "") + rhs, note)
+
+
+def _stage_rows(lhs, stages, note):
+    """Aligned rows of an equation's stages, given as (pass name, printed right side): a stage
+    that prints as the one before is left out, the left side is written once, ``note(name,
+    first)`` labels a row, and a single row (a definition) needs no label."""
+    rows = []
+    for name, rhs in stages:
+        if not rows or rhs != rows[-1]["rhs"]:
+            rows.append(_row("" if rows else lhs, rhs, note(name, not rows)))
+    if len(rows) == 1:
+        rows[0]["note"] = ""
+    return rows
+
+
 class Renderer:
     def __init__(self, derivation, nt, stages=False):
         self.d, self.nt, self.stages = derivation, nt, stages
@@ -603,31 +645,30 @@ class Renderer:
         sample = any(_has_sample_sum(e) for _, e in stages)
         pr = Printer(self.ctx, flavor, sample=sample)
         lhs = pr.doprint(eq.lhs) if isinstance(eq.lhs, sp.Indexed) else self.nt.loss
-        rows, prev = [], None
-        for name, e in stages:
-            rhs = "= " + pr.doprint(e)
-            if rhs == prev:
-                continue
-            note = rf"\text{{{_text(name)}}}" if self.stages else (rf"\text{{{why}}}" if rows and why else "")
-            rows.append(_row(lhs, rhs, note))
-            lhs, prev = "", rhs
-        if len(rows) == 1:
-            rows[0]["note"] = ""          # a definition needs no label
-        return rows
-
-    def sample_sum(self):
-        lo, hi = (1, "B") if self.nt.index_base == 1 else (0, "B - 1")
-        return rf"\sum_{{s={lo}}}^{{{hi}}}"
+        return _stage_rows(lhs, [(n, "= " + pr.doprint(e)) for n, e in stages], lambda name, first: (
+            rf"\text{{{_text(name)}}}" if self.stages else rf"\text{{{why}}}" if why and not first else ""))
 
     def mat_row(self, meq, flavor=None, lhs=None):
         """A matrix equation with the shapes of its factors beside it (dimension balancing)."""
-        flavor = flavor or self.main
-        pr = Printer(self.ctx, flavor, sample=meq.summed)
-        rhs = pr.doprint(meq.rhs)
-        if meq.summed:
-            rhs = f"{self.sample_sum()} {rhs}"
-        return _row(pr.doprint(meq.lhs) if lhs is None else lhs, "= " + rhs,
-                    rf"{_shape(meq.lhs)} = {shapes(meq.rhs)}")
+        return _mat_row(Printer(self.ctx, flavor or self.main, sample=meq.summed), meq, lhs,
+                        rf"{_shape(meq.lhs)} = {shapes(meq.rhs)}")
+
+    def eq_row(self, name):
+        """The derivation's equation ``name`` as a matrix row in the notation."""
+        return self.mat_row(self.ctx.equation(self.d[name], self.main))
+
+    def forward_rows(self):
+        """z = W a + b and a = f(z) of every layer, as matrices."""
+        fl, ours = self.main, self.ctx.ours
+        return [r for l in range(1, self.L + 1)
+                for r in (self.eq_row(f"z{l}"), self.mat_row(self.ctx.convert(ours("a", l, fl), ours("fz", l, fl))))]
+
+    def hadamard_row(self, kind, l, ga, lhs=None):
+        """delta = f'(z) (Hadamard) dL/da of layer l as a matrix row; ``kind`` fp writes the
+        derivative in z, fpa in the outputs."""
+        fl = self.main
+        had = sp.HadamardProduct(self.ctx.ours(kind, l, fl), ga)
+        return self.mat_row(self.ctx.convert(self.ctx.ours("delta", l, fl), had), lhs=lhs)
 
     def small(self, *dims):
         return all(int(d) <= SMALL for d in dims)
@@ -650,41 +691,39 @@ class Renderer:
             return sp.Matrix(n[layer], 1, lambda r, c: rhs.xreplace({J: r}))
         raise KeyError(kind)
 
-    def explicit(self, mapping):
-        """{own name: Matrix in the notation's orientation} for our (kind, layer) pairs."""
-        out = {}
-        for kind, layer, m in mapping:
-            own = self.ctx.own(kind, layer, "sample")
-            out[own.name] = m.T if kind in self.nt.transposed["sample"] else m
-        return out
+    def explicit(self, *pairs):
+        """A per-sample printer writing the notation's own matrices of our (kind, layer) ``pairs``
+        as their entries (``explicit_ours``, in the notation's orientation)."""
+        return Printer(self.ctx, "sample", explicit={
+            self.ctx.own(kind, layer, "sample").name: self.own_vector(kind, self.explicit_ours(kind, layer))
+            for kind, layer in pairs})
 
     def own_vector(self, kind, m):
         return m.T if kind in self.nt.transposed["sample"] else m
 
+    def entries(self, doc, chain, lhs_flavor, res, *pairs):
+        """The chain rule ``chain`` entry by entry for one sample: the explicit matrices of
+        ``pairs`` and their product, the error vector ``res``."""
+        pe = self.explicit(*pairs)
+        doc.text(self.one_sample("Entry by entry, for one sample"))
+        doc.align([_row(self.pr(chain.lhs, lhs_flavor), "= " + pe.doprint(chain.rhs)),
+                   _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
+
     # -- sections
     def setup(self, doc):
         doc.section("The network")
-        rows = []
+        self.table = []
         for l, layer in enumerate(self.net.layers, start=1):
-            W = self.ctx.own("W", l, self.main)
-            pr = Printer(self.ctx, self.main)
-            params = rf"{pr.doprint(W)} \in \mathbb{{R}}^{{{W.shape[0]} \times {W.shape[1]}}}"
-            if layer.bias:
-                b = self.ctx.own("b", l, self.main)
-                params += rf",\ {pr.doprint(b)} \in \mathbb{{R}}^{{{b.shape[0]} \times {b.shape[1]}}}"
-            else:
-                params += r" (no bias)"
-            rows.append({
-                "layer": l, "width": layer.units, "activation": _text(layer.activation.name),
-                "f": self.pr(layer.activation.definition, scalars=self.scalar_names()),
-                "params": params,
-            })
-            if not layer.activation.elementwise:
-                rows[-1]["f"] = rf"{layer.activation.latex}"
-        self.table = rows
+            def member(kind):
+                m = self.ctx.own(kind, l, self.main)
+                return rf"{self.pr(m, self.main)} \in \mathbb{{R}}^{{{m.shape[0]} \times {m.shape[1]}}}"
+            act = layer.activation
+            self.table.append({
+                "layer": l, "width": layer.units, "activation": _text(act.name),
+                "f": self.pr(act.definition, scalars=self.scalar_names()) if act.elementwise else act.latex,
+                "params": member("W") + (rf",\ {member('b')}" if layer.bias else r" (no bias)")})
         loss = self.net.loss
-        red = ("the mean over a batch of $B$ samples" if self.net.reduction == "mean"
-               else "the sum over a batch of $B$ samples")
+        red = f"the {self.net.reduction} over a batch of $B$ samples"      # mean or sum
         doc.text(rf"Input width $n_0 = {self.n[0]}$; loss: {_loss_text(loss)[1]}, summed over the "
                  rf"{self.n[-1]} output unit{'s' if self.n[-1] > 1 else ''} and taken as {red}. "
                  r"Every derivative below was computed by SymPy (\texttt{sympy.diff}) and simplified "
@@ -694,13 +733,11 @@ class Renderer:
                  rf"{self.nt.note} " + self.index_note())
 
     def index_note(self):
-        first = "0" if self.nt.index_base == 0 else "1"
+        first = self.nt.index_base
         widths = ", ".join(f"n_{{{l}}} = {w}" for l, w in enumerate(self.n))
-        if self.main == "batch":
-            smp = r"In index form the first index of a batch matrix is the sample $s$."
-        else:
-            smp = (r"The equations are those of one sample; where the sum over the batch is written "
-                   r"out, a superscript $(s)$ names the sample.")
+        smp = (r"In index form the first index of a batch matrix is the sample $s$." if self.main == "batch" else
+               r"The equations are those of one sample; where the sum over the batch is written "
+               r"out, a superscript $(s)$ names the sample.")
         return (rf"Indices count from {first}; the widths are ${widths}$. {smp} "
                 + (rf"Derivatives of ${self.nt.loss}$ include the factor $1/B$ of the mean."
                    if self.net.reduction == "mean" else ""))
@@ -725,14 +762,8 @@ class Renderer:
 
     def forward(self, doc):
         doc.section("Forward pass")
-        fl = self.main
-        rows = []
-        for l in range(1, self.L + 1):
-            rows.append(self.mat_row(self.ctx.equation(self.d[f"z{l}"], fl)))
-            a = self.ctx.convert(self.ctx.ours("a", l, fl), self.ctx.ours("fz", l, fl))
-            rows.append(self.mat_row(a))
         doc.text("In matrix form, with the shapes of the factors (dimension balancing):")
-        doc.align(rows)
+        doc.align(self.forward_rows())
         doc.text("Entry by entry, as SymPy holds them:")
         rows = []
         for l in range(1, self.L + 1):
@@ -767,7 +798,6 @@ class Renderer:
                 continue
             names = self.scalar_names()
             pre, post = self.nt.scalars
-            zsym = naming.Z
             fname = _call(act.latex + "'", pre)
             doc.text(rf"Layer{'s' if len(layers) > 1 else ''} {which}: {_text(act.name)}, "
                      rf"${_call(act.latex, pre)} = {self.pr(act.definition, scalars=names)}$.")
@@ -779,7 +809,7 @@ class Renderer:
                 if prev is not None and e == prev:
                     continue
                 if name == "forward_outputs" and lr.rule.uses == "a":
-                    fn = sp.Function(f"act{lr.layer}")(zsym)
+                    fn = sp.Function(f"act{lr.layer}")(naming.Z)
                     self.ctx.functions[f"act{lr.layer}"] = act.latex
                     mid = lr.rule.form.xreplace({naming.A: fn})
                     if mid != lr.rule.form and mid != prev:
@@ -837,15 +867,9 @@ class Renderer:
         doc.text(rf"Layer {l}: {_text(act.name)} is a vector activation, "
                  rf"${pr.doprint(fwd.lhs)} = {pr.doprint(fwd.rhs)}$: every output depends on every "
                  r"input, and SymPy differentiates the quotient:")
-        rows, prev, first = [], None, True
-        for name, e in (lr.jacobian if self.stages else _ends(lr.jacobian)):
-            if prev is not None and e == prev:
-                continue
-            note = (rf"\text{{{_text(name)}}}" if self.stages else
-                    "" if first else r"\text{in terms of the outputs}")
-            rows.append(_row(pr.doprint(lhs) if first else "", "= " + pr.doprint(e), note))
-            prev, first = e, False
-        doc.align(rows)
+        stages = [(n, "= " + pr.doprint(e)) for n, e in (lr.jacobian if self.stages else _ends(lr.jacobian))]
+        doc.align(_stage_rows(pr.doprint(lhs), stages, lambda name, first: (
+            rf"\text{{{_text(name)}}}" if self.stages else "" if first else r"\text{in terms of the outputs}")))
 
     def jacobians(self, doc):
         doc.section(r"Jacobians\label{sec:jacobians}")
@@ -865,28 +889,22 @@ class Renderer:
             kindtxt = "diagonal (elementwise activation)" if lr.rule is not None else "full (vector activation)"
             doc.text(rf"Layer {l}: the activation Jacobian is {kindtxt}; the affine map "
                      rf"${self.affine(l)}$ gives the others (SymPy's derivatives of the index form).")
-            rows = [
-                _row(pr.doprint(sp.Derivative(a[S, I], z[S, J], evaluate=False)), "= " + pr.doprint(lr.jacobian[-1][1])),
-                _row(pr.doprint(sp.Derivative(z[S, J], ap[S, I], evaluate=False)), "= " + pr.doprint(lr.dz_da[-1][1])),
-                _row(pr.doprint(sp.Derivative(z[S, J], W[P, Q], evaluate=False)), "= " + pr.doprint(lr.dz_dW[-1][1])),
-            ]
+            pairs = [(a[S, I], z[S, J], lr.jacobian), (z[S, J], ap[S, I], lr.dz_da), (z[S, J], W[P, Q], lr.dz_dW)]
             if lr.dz_db is not None:    # a layer without bias has no b
-                rows.append(_row(pr.doprint(sp.Derivative(z[S, J], b[P], evaluate=False)),
-                                 "= " + pr.doprint(lr.dz_db[-1][1])))
-            doc.align(rows)
+                pairs.append((z[S, J], b[P], lr.dz_db))
+            doc.align([_row(pr.doprint(sp.Derivative(u, v, evaluate=False)), "= " + pr.doprint(stages[-1][1]))
+                       for u, v, stages in pairs])
             rows = []
             if self.small(self.n[l]):
                 Ja = self.ctx.own("Ja", l, "sample")
-                ex = self.explicit([("Ja", l, self.explicit_ours("Ja", l))])
-                rows.append(_row(pr.doprint(Ja), "= " + Printer(self.ctx, "sample", explicit=ex).doprint(Ja)))
+                rows.append(_row(pr.doprint(Ja), "= " + self.explicit(("Ja", l)).doprint(Ja)))
             jz = self.jz_form(lr)
             Jz = self.ctx.own("Jz", l, "sample")
             if jz is not None:
                 rows.append(_row(pr.doprint(Jz), "= " + pr.doprint(jz.rhs), rf"{_shape(Jz)}"))
             if self.small(self.n[l], self.n[l - 1]):
-                ex = self.explicit([("Jz", l, self.explicit_ours("Jz", l))])
-                rows.append(_row("" if jz is not None else pr.doprint(Jz),
-                                 "= " + Printer(self.ctx, "sample", explicit=ex).doprint(Jz)))
+                ex = self.explicit(("Jz", l)).doprint(Jz)
+                rows.append(_row("" if jz is not None else pr.doprint(Jz), "= " + ex))
             doc.align(rows)
 
     def affine(self, l):
@@ -907,13 +925,8 @@ class Renderer:
         e = lr.dz_da[-1][1]
         W = naming.quantity("W", l)
         ours = self.ctx.ours("W", l, "sample")
-        if e == W[J, I]:
-            rhs = ours.T
-        elif e == W[I, J]:
-            rhs = ours
-        else:
-            return None
-        return self.ctx.convert(self.ctx.ours("Jz", l, "sample"), rhs)
+        rhs = {W[J, I]: ours.T, W[I, J]: ours}.get(e)
+        return None if rhs is None else self.ctx.convert(self.ctx.ours("Jz", l, "sample"), rhs)
 
     def one_sample(self, text):
         """Lead-in of per-sample equations; in the batch notation they are the lower-case rows of
@@ -930,9 +943,7 @@ class Renderer:
         L = self.L
         lr = self.d.layers[-1]
         doc.section(r"Output layer: the chain rule\label{sec:output}")
-        a, z = naming.quantity("a", L), naming.quantity("z", L)
-        ga = naming.quantity("ga", L)
-        delta = naming.quantity("delta", L)
+        a, z, ga, delta = (naming.quantity(k, L) for k in ("a", "z", "ga", "delta"))
         pr = Printer(self.ctx, self.main)     # index form: entries of the notation's matrices
         chain = sp.Sum(ga[S, I] * sp.Derivative(a[S, I], z[S, J], evaluate=False), (I, 0, naming.width(L) - 1))
         doc.text(rf"The loss reaches ${self.nt.symbol('z', L, 'sample')}$ (the output layer, {L}) only "
@@ -961,29 +972,22 @@ class Renderer:
             doc.text(cancel)
         rows = []
         if lr.rule is not None:
-            fp = self.ctx.convert(self.ctx.ours("delta", L, self.main),
-                                  sp.HadamardProduct(self.ctx.ours("fp", L, self.main), self.ctx.ours("ga", L, self.main)))
-            rows.append(self.mat_row(fp))
+            rows.append(self.hadamard_row("fp", L, self.ctx.ours("ga", L, self.main)))
         lhs = Printer(self.ctx, self.main).doprint(self.ctx.own("delta", L, self.main))
         rows.append(_row(lhs if not rows else "", "= " + self.vector_rhs(eq, self.main), ""))
         doc.text("As vectors (products and quotients of vectors elementwise):")
         doc.align(rows)
         if self.small(self.n[L]):
-            ex = self.explicit([("Ja", L, self.explicit_ours("Ja", L)), ("ga", L, self.explicit_ours("ga", L))])
             out = self.printed(eq)
             res = sp.Matrix(self.n[L], 1, lambda r, c: out.xreplace({J: r}))
-            pe = Printer(self.ctx, "sample", explicit=ex)
-            doc.text(self.one_sample("Entry by entry, for one sample"))
-            doc.align([_row(pr.doprint(jac.lhs), "= " + pe.doprint(jac.rhs)),
-                       _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
+            self.entries(doc, jac, self.main, res, ("Ja", L), ("ga", L))
 
     def output_chain(self, doc, lr, cancel):
         """The output error as a textbook writes it: the upstream factor (SymPy's derivative of
         the loss), the local factor (the activation's Jacobian entry), their product, and the
         simplification as one explained step."""
         L = self.L
-        a, z, y = naming.quantity("a", L), naming.quantity("z", L), naming.quantity("y")
-        ga, delta = naming.quantity("ga", L), naming.quantity("delta", L)
+        a, z, ga, delta = (naming.quantity(k, L) for k in ("a", "z", "ga", "delta"))
         pr = Printer(self.ctx, self.main)
         up = self.printed(self.d[f"ga{L}"])
         local = lr.jacobian[-1][1]
@@ -1008,8 +1012,7 @@ class Renderer:
             # diagonal: the indicator keeps the term i = j
             fp = lr.rule.form.xreplace({naming.A: a[S, J], naming.Z: z[S, J]})
             prod = factor(up) if fp == 1 else factor(fp) + r" \cdot " + factor(up)
-            rows.append(_row("", "= " + prod,
-                             rf"\text{{only }} i = j \text{{ remains}}"))
+            rows.append(_row("", "= " + prod, rf"\text{{only }} i = j \text{{ remains}}"))
             why = ("the activation's derivative cancels" if cancel else "simplified")
         else:
             before = [e for name, e in self.d[f"delta{L}"].stages if name == "onehot"]
@@ -1070,16 +1073,10 @@ class Renderer:
             lr = self.d.layers[l - 1]
             fl = self.main
             doc.text(rf"\textbf{{Layer {l}.}}")
-            ga = self.ctx.equation(self.d[f"ga{l}"], fl)
-            rows = [self.mat_row(ga)]
+            rows = [self.eq_row(f"ga{l}")]
             if lr.rule is not None:
                 ours_ga = self.ctx.product(self.d[f"ga{l}"], fl)[1]
-                had = sp.HadamardProduct(self.ctx.ours("fp", l, fl), ours_ga)
-                comb = self.ctx.convert(self.ctx.ours("delta", l, fl), had)
-                rows.append(self.mat_row(comb))
-                hada = sp.HadamardProduct(self.ctx.ours("fpa", l, fl), ours_ga)
-                comba = self.ctx.convert(self.ctx.ours("delta", l, fl), hada)
-                rows.append(self.mat_row(comba, lhs=""))
+                rows += [self.hadamard_row("fp", l, ours_ga), self.hadamard_row("fpa", l, ours_ga, lhs="")]
             fs = "sample"
             chain = self.ctx.convert(self.ctx.ours("delta", l, fs),
                                      self.ctx.ours("Ja", l, fs) * self.ctx.ours("Jz", l + 1, fs)
@@ -1087,21 +1084,13 @@ class Renderer:
             doc.align(rows)
             doc.text(self.one_sample("With the Jacobians, for one sample"))
             doc.align([self.mat_row(chain, flavor=fs)])
-            if self.stages:
-                doc.text("In index form, SymPy's stages:")
-            else:
-                doc.text(r"In index form, the upstream gradient times the local derivative:")
+            doc.text("In index form, SymPy's stages:" if self.stages else
+                     "In index form, the upstream gradient times the local derivative:")
             why = r"only } i = j \text{ remains" if lr.rule is not None else r"sum over } i \text{"
             doc.align(self.index_rows(self.d[f"ga{l}"]) + self.index_rows(self.d[f"delta{l}"], why=why))
             if self.small(self.n[l], self.n[l + 1]):
-                ex = self.explicit([("Ja", l, self.explicit_ours("Ja", l)),
-                                    ("Jz", l + 1, self.explicit_ours("Jz", l + 1)),
-                                    ("delta", l + 1, self.explicit_ours("delta", l + 1))])
-                res = self.hidden_delta_entries(l)
-                pe = Printer(self.ctx, "sample", explicit=ex)
-                doc.text(self.one_sample("Entry by entry, for one sample"))
-                doc.align([_row(Printer(self.ctx, "sample").doprint(chain.lhs), "= " + pe.doprint(chain.rhs)),
-                           _row("", "= " + self.vec_bmatrix(pe, self.own_vector("delta", res)))])
+                self.entries(doc, chain, "sample", self.hidden_delta_entries(l), ("Ja", l), ("Jz", l + 1),
+                             ("delta", l + 1))
 
     def hidden_delta_entries(self, l):
         """delta^l entries with dL/da^l replaced by its equation, at the network's widths."""
@@ -1124,7 +1113,7 @@ class Renderer:
         for l in range(1, self.L + 1):
             doc.text(rf"\textbf{{Layer {l}.}}")
             grads = [f"gW{l}"] + ([f"gb{l}"] if self.net.layers[l - 1].bias else [])
-            doc.align([self.mat_row(self.ctx.equation(self.d[g], self.main)) for g in grads])
+            doc.align([self.eq_row(g) for g in grads])
             why = r"only } j = p \text{ remains"
             doc.align([r for g in grads for r in self.index_rows(self.d[g], why=why)])
             if self.small(self.n[l], self.n[l - 1]):
@@ -1134,15 +1123,14 @@ class Renderer:
                 m = sp.Matrix(self.n[l], self.n[l - 1], lambda r, c: summand.xreplace({P: r, Q: c}))
                 own = self.ctx.own("gW", l, self.main)
                 m = m.T if "gW" in self.nt.transposed[self.main] else m
-                pr = Printer(self.ctx, self.main, sample=True)
-                doc.align([_row(Printer(self.ctx, self.main).doprint(own),
-                                f"= {self.sample_sum()} " + pr._bmatrix(m))])
+                doc.align([_row(self.pr(own, self.main), f"= {_sample_sum(self.nt)} "
+                                + Printer(self.ctx, self.main, sample=True)._bmatrix(m))])
 
     def input_grad(self, doc):
         doc.section("Gradient with respect to the input")
         doc.text("The same step as the recursion, without an activation below: backpropagation to "
                  rf"the data ({self.cite('chapter', 'section 14.9')}).")
-        doc.align([self.mat_row(self.ctx.equation(self.d["ga0"], self.main))])
+        doc.align([self.eq_row("ga0")])
         doc.align(self.index_rows(self.d["ga0"]))
 
     def vanishing(self, doc):
@@ -1160,19 +1148,13 @@ class Renderer:
                 rf"(at ${pre} = 0$, ${post} = \tfrac12$). Every sigmoid layer the error passes on its way "
                 r"back multiplies it elementwise by this derivative:")
         doc.text(text)
-        rows, k = [], 0
-        fl = self.main
-        for l in range(self.L - 1, 0, -1):
-            if self.d.layers[l - 1].activation.name != "sigmoid":
-                continue
-            k += 1
-            ga = self.ctx.equation(self.d[f"ga{l}"], fl)
-            pr = Printer(self.ctx, fl)
-            rows.append(_row(rf"\lVert {pr.doprint(self.ctx.own('delta', l, fl))} \rVert_{{\infty}}",
-                             rf"\le {sp.latex(bound)} \lVert {pr.doprint(ga.rhs)} \rVert_{{\infty}}"))
-        if self.cancellation() == "" and self.d.layers[-1].activation.name == "sigmoid":
-            k += 1
-        doc.align(rows)
+        fl, pr = self.main, Printer(self.ctx, self.main)
+        hidden = [l for l in range(self.L - 1, 0, -1) if self.d.layers[l - 1].activation.name == "sigmoid"]
+        doc.align([_row(rf"\lVert {pr.doprint(self.ctx.own('delta', l, fl))} \rVert_{{\infty}}",
+                        rf"\le {sp.latex(bound)} \lVert {pr.doprint(self.ctx.equation(self.d[f'ga{l}'], fl).rhs)} "
+                        r"\rVert_{\infty}") for l in hidden])
+        # the output layer's sigmoid counts where its derivative does not cancel against the loss
+        k = len(hidden) + (self.cancellation() == "" and self.d.layers[-1].activation.name == "sigmoid")
         if k:
             doc.text(rf"The gradient that reaches $W$ of the first layer carries {k} such factor"
                      rf"{'s' if k > 1 else ''}, together at most ${sp.latex(bound ** k)}$ (times the "
@@ -1185,30 +1167,20 @@ class Renderer:
 
     def summary_rows(self):
         fl = self.main
-        rows = []
-        for l in range(1, self.L + 1):
-            rows.append(self.mat_row(self.ctx.equation(self.d[f"z{l}"], fl)))
-            rows.append(self.mat_row(self.ctx.convert(self.ctx.ours("a", l, fl), self.ctx.ours("fz", l, fl))))
+        rows = self.forward_rows()
         eq = self.d[f"delta{self.L}"]
         lhs = Printer(self.ctx, fl).doprint(self.ctx.own("delta", self.L, fl))
         rows.append(_row(lhs, "= " + self.vector_rhs(eq, fl),
                          rf"{_shape(self.ctx.own('delta', self.L, fl))}"))
         for l in range(self.L - 1, 0, -1):
-            lr = self.d.layers[l - 1]
-            ours_ga = self.ctx.product(self.d[f"ga{l}"], fl)[1]
-            if lr.rule is not None:
-                # a derivative that keeps z (swish) is long: the summary names it f'(z)
-                kind = "fpa" if lr.rule.uses == "a" else "fp"
-                had = sp.HadamardProduct(self.ctx.ours(kind, l, fl), ours_ga)
-                rows.append(self.mat_row(self.ctx.convert(self.ctx.ours("delta", l, fl), had)))
-            else:
-                rows.append(self.mat_row(self.ctx.equation(self.d[f"ga{l}"], fl)))
+            rule = self.d.layers[l - 1].rule
+            # a derivative that keeps z (swish) is long: the summary names it f'(z)
+            kind = "fpa" if rule is not None and rule.uses == "a" else "fp"
+            rows.append(self.eq_row(f"ga{l}") if rule is None else
+                        self.hadamard_row(kind, l, self.ctx.product(self.d[f"ga{l}"], fl)[1]))
         for l in range(self.L, 0, -1):
-            rows.append(self.mat_row(self.ctx.equation(self.d[f"gW{l}"], fl)))
-            if self.net.layers[l - 1].bias:
-                rows.append(self.mat_row(self.ctx.equation(self.d[f"gb{l}"], fl)))
-        rows.append(self.mat_row(self.ctx.equation(self.d["ga0"], fl)))
-        return rows
+            rows += [self.eq_row(f"gW{l}")] + ([self.eq_row(f"gb{l}")] if self.net.layers[l - 1].bias else [])
+        return rows + [self.eq_row("ga0")]
 
 
 def render(derivation, notation="cs231n", document=False, stages=False):
@@ -1219,16 +1191,9 @@ def render(derivation, notation="cs231n", document=False, stages=False):
         return env.get_template("latex/derivation.tex.j2").render(
             document=False, summary=r.summary_rows())
     doc = Doc()
-    r.setup(doc)
-    r.algorithm(doc)
-    r.forward(doc)
-    r.local(doc)
-    r.jacobians(doc)
-    r.output(doc)
-    r.backward(doc)
-    r.gradients(doc)
-    r.input_grad(doc)
-    r.vanishing(doc)
+    for section in (r.setup, r.algorithm, r.forward, r.local, r.jacobians, r.output, r.backward,
+                    r.gradients, r.input_grad, r.vanishing):
+        section(doc)
     net = derivation.network
     arch = "--".join(str(n) for n in net.sizes)
     return env.get_template("latex/derivation.tex.j2").render(
@@ -1240,16 +1205,19 @@ def render(derivation, notation="cs231n", document=False, stages=False):
 
 
 def write_document(derivation, path, notation="cs231n", pdf=False, stages=False):
-    """Write the LaTeX document to ``path`` (atomically); with ``pdf=True`` compile it first
-    and write the PDF beside it (same stem). Returns the list of paths written."""
+    """Write the LaTeX document to ``path`` (``write_tex``). Returns the list of paths written."""
+    return write_tex(path, render(derivation, notation=notation, document=True, stages=stages), pdf)
+
+
+def write_tex(path, tex, pdf=False):
+    """Write a handout to ``path`` (atomically); with ``pdf=True`` compile it first (twice, for
+    the section references) and write the PDF beside it (same stem). A failing run's log is kept
+    beside the .tex and named in the error, and nothing else is written. Returns the paths
+    written."""
     from ..output import write
     path = Path(path)
-    tex = render(derivation, notation=notation, document=True, stages=stages)
-    if not pdf:
-        write(path, tex)
-        return [path]
-    try:    # twice: the section references resolve on the second run
-        data = compile_pdf(tex, "document", runs=2)[0]
+    try:
+        data = compile_pdf(tex, "document", runs=2)[0] if pdf else None
     except PdfError as e:
         if not e.log:
             raise
@@ -1257,7 +1225,8 @@ def write_document(derivation, path, notation="cs231n", pdf=False, stages=False)
         write(logdst, e.log)
         raise SymbpError(f"pdf: pdflatex failed on {path.name} ({_first_error(e.log)}); "
                          f"see the log {logdst}; nothing else written") from None
-    out_pdf = path.with_suffix(".pdf")
     write(path, tex)
-    write(out_pdf, data)
-    return [path, out_pdf]
+    if data is None:
+        return [path]
+    write(path.with_suffix(".pdf"), data)
+    return [path, path.with_suffix(".pdf")]

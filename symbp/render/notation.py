@@ -9,11 +9,12 @@ samples. A notation states
 
 - its symbols: ``symbol(kind, layer, flavor, sample)`` for a vector or matrix and
   ``entry(kind, layer, indices, flavor, sample)`` for one entry, where ``kind`` is one of
-  ``KINDS`` (``x`` the input, ``a``, ``z``, ``W``, ``b``, ``y``, ``delta`` = dL/dz, ``ga`` = dL/da,
-  ``gW``, ``gb``, ``Ja`` = da/dz, ``Jz`` = dz^{l}/da^{l-1});
-- its flavors: ``"sample"`` (the quantities of one sample; the sample is a superscript (s)
-  where sums over the batch are written out) and, for ``batch`` only, ``"batch"`` (B x n
-  matrices, the sample is the row index); ``main`` is the flavor its matrix equations use;
+  ``x`` (the input, ``a``, ``z``, ``W``, ``b``, ``y``, ``delta`` = dL/dz, ``ga`` = dL/da,
+  ``gW``, ``gb``, ``Ja`` = da/dz, ``Jz`` = dz^{l}/da^{l-1}));
+- its flavors (``flavors``): ``"sample"`` (the quantities of one sample; the sample is a
+  superscript (s) where sums over the batch are written out) and, for ``batch`` only,
+  ``"batch"`` (B x n matrices, the sample is the row index); ``main`` is the flavor its matrix
+  equations use;
 - ``transposed[flavor]``: the kinds whose own matrix is the transpose of the derivation's, e.g.
   the stored weight W^{[l]} of ``f = W^T a`` (the IT5005 slides "Multi-Layer Perceptrons") or
   the row-vector gradients of the book chapter "Backpropagation" (eq. 14.4).
@@ -24,27 +25,17 @@ The works themselves are cited from ``render.sources`` (``NOTATION_SOURCE``).
 
 ``latex_base(base, notation)`` is the LaTeX of a quantity (``naming.quantity``) in a notation.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import naming
 from ..errors import SymbpError
 
-KINDS = ("x", "a", "z", "W", "b", "y", "delta", "ga", "gW", "gb", "Ja", "Jz")
 # Gradient kinds and the kind they differentiate the loss with respect to.
 GRADIENT_OF = {"delta": "z", "ga": "a", "gW": "W", "gb": "b"}
 
 
 def _fmt(stem, sub="", sup=""):
-    out = stem
-    if sub:
-        out += f"_{{{sub}}}"
-    if sup:
-        out += f"^{{{sup}}}"
-    return out
-
-
-def _bracket(l):
-    return f"[{l}]"
+    return stem + (f"_{{{sub}}}" if sub else "") + (f"^{{{sup}}}" if sup else "")
 
 
 @dataclass(frozen=True)
@@ -52,28 +43,33 @@ class Notation:
     name: str
     title: str
     loss: str                       # LaTeX of the loss of the batch
-    stems: dict                     # flavor -> kind -> callable(layer) -> (stem, sub, sup)
+    stems: dict                     # flavor -> kind -> (stem, sub, sup), templates of l = layer, m = l - 1
     transposed: dict                # flavor -> frozenset of kinds stored as our transpose
     layout: str                     # "denominator" or "numerator" (Jacobians)
     scalars: tuple                  # names of the scalar pre-activation and activation
     note: str                       # LaTeX prose: the conventions, for the document
+    graph_title: str                # the same conventions as the graph handout words them
+    graph_note: str
+    graph_transposed: frozenset = frozenset()   # graph roles stored as our transpose
     main: str = "sample"            # flavor of the matrix equations
     index_base: int = 1
     brackets: bool = False          # x[j] (the book chapter's style) instead of x_j
-    flavors: tuple = field(default=("sample",))
+    frac: bool = False              # graph gradients written as dL/dv instead of g_v
+    flavors: tuple = ("sample",)
 
-    def _stem(self, kind, layer, flavor):
-        table = self.stems[flavor]
-        if kind == "a" and layer == 0:
-            kind = "x"
-        fn = table.get(kind)
-        return None if fn is None else fn(layer)
+    @property
+    def batch(self):
+        """Rows are samples: the graph handout's values are B x n matrices."""
+        return self.main == "batch"
 
-    def _with_sample(self, parts, sample):
-        stem, sub, sup = parts
-        if sample:
-            sup = f"{sup}({sample})"
-        return stem, sub, sup
+    def _stem(self, kind, layer, flavor, sample=None):
+        """(stem, subscript, superscript) of a kind, the sample (s) ending the superscript; None
+        where the notation has no symbol of its own for it."""
+        parts = self.stems[flavor].get("x" if kind == "a" and layer == 0 else kind)
+        if parts is None:
+            return None
+        stem, sub, sup = (t.format(l=layer, m=None if layer is None else layer - 1) for t in parts)
+        return stem, sub, sup + (f"({sample})" if sample else "")
 
     def symbol(self, kind, layer=None, flavor=None, sample=None):
         """LaTeX of a vector or matrix: ``symbol("W", 2)`` is W^{[2]} in cs231n."""
@@ -82,22 +78,22 @@ class Notation:
             num, den = (("a", layer), ("z", layer)) if kind == "Ja" else (("z", layer), ("a", layer - 1))
             return (rf"\frac{{\partial {self.symbol(num[0], num[1], flavor, sample)}}}"
                     rf"{{\partial {self.symbol(den[0], den[1], flavor, sample)}}}")
-        parts = self._stem(kind, layer, flavor)
+        parts = self._stem(kind, layer, flavor, sample)
         if parts is None and kind in GRADIENT_OF:
             var = self.symbol(GRADIENT_OF[kind], layer, flavor, sample)
             return rf"\frac{{\partial {self.loss}}}{{\partial {var}}}"
         if parts is None:
             raise KeyError(kind)
-        return _fmt(*self._with_sample(parts, sample))
+        return _fmt(*parts)
 
     def entry(self, kind, layer, indices, flavor=None, sample=None):
         """LaTeX of one entry; ``indices`` are printed index strings in this notation's order."""
         flavor = flavor or self.main
-        parts = self._stem(kind, layer, flavor)
+        parts = self._stem(kind, layer, flavor, sample)
         if parts is None and kind in GRADIENT_OF:
             var = self.entry(GRADIENT_OF[kind], layer, indices, flavor, sample)
             return rf"\frac{{\partial {self.loss}}}{{\partial {var}}}"
-        stem, sub, sup = self._with_sample(parts, sample)
+        stem, sub, sup = parts
         if self.brackets:
             return f"{_fmt(stem, sub, sup)}[{', '.join(indices)}]"
         idx = ("" if all(len(i) == 1 for i in indices) else ",").join(indices)
@@ -110,24 +106,17 @@ class Notation:
         return str(int(i) + self.index_base)
 
 
-# Per-sample symbols shared by the column notations with superscript layers.
-def _layered(a, z, delta, x="x"):
-    return {
-        "x": lambda l: (x, "", ""),
-        "a": lambda l: (a, "", _bracket(l)),
-        "z": lambda l: (z, "", _bracket(l)),
-        "W": lambda l: ("W", "", _bracket(l)),
-        "b": lambda l: ("b", "", _bracket(l)),
-        "y": lambda l: ("y", "", ""),
-        "delta": lambda l: (delta, "", _bracket(l)),
-    }
+def _layered(sub, sup, x="x", y="y", **stems):
+    """A flavor's stems: x and y plain, the other kinds with the layer as subscript ``sub`` or
+    superscript ``sup`` (templates of l = layer, m = l - 1)."""
+    return {"x": (x, "", ""), "y": (y, "", ""), **{k: (s, sub, sup) for k, s in stems.items()}}
 
 
 CS231N = Notation(
     name="cs231n",
     title="column vectors and errors $\\delta^{[l]}$, as in CS231n and CMU 11-785",
     loss="L",
-    stems={"sample": _layered("a", "z", r"\delta")},
+    stems={"sample": _layered("", "[{l}]", a="a", z="z", W="W", b="b", delta=r"\delta")},
     transposed={"sample": frozenset()},
     layout="denominator",
     scalars=("z", "a"),
@@ -137,20 +126,18 @@ CS231N = Notation(
           r"A Jacobian $\partial u / \partial v$ has one row per entry of $v$ (so "
           r"$\partial z^{[l]} / \partial a^{[l-1]} = (W^{[l]})^{T}$ and the chain rule multiplies "
           r"the inner derivative first), as in the slides."),
+    graph_title=r"the CS231n-style slides ``Multi-Layer Networks \& Back-Propagation''",
+    graph_note=(r"Per sample, every node's value $v$ is a column vector; a dense node computes "
+                r"$v = W a + b$ with $W$ of shape $n_v \times n_a$. The gradient $g_v = \partial L / \partial v$ "
+                r"is a column vector of the shape of $v$ (the shape rule of the slides), and a parameter's "
+                r"gradient has the parameter's shape: $\partial L / \partial W = \sum_s g_v\, a^{T}$."),
 )
 
 UDL = Notation(
     name="udl",
     title="the notation of Understanding Deep Learning ($\\beta$, $\\Omega$, $h$, $f$)",
     loss="L",
-    stems={"sample": {
-        "x": lambda l: ("x", "", ""),
-        "a": lambda l: ("h", str(l), ""),
-        "z": lambda l: ("f", str(l - 1), ""),
-        "W": lambda l: (r"\Omega", str(l - 1), ""),
-        "b": lambda l: (r"\beta", str(l - 1), ""),
-        "y": lambda l: ("y", "", ""),
-    }},
+    stems={"sample": {**_layered("{m}", "", z="f", W=r"\Omega", b=r"\beta"), "a": ("h", "{l}", "")}},
     transposed={"sample": frozenset()},
     layout="denominator",
     scalars=("f", "h"),
@@ -160,13 +147,19 @@ UDL = Notation(
           r"$\partial L / \partial f_k$; then $\partial L / \partial \Omega_k = "
           r"(\partial L / \partial f_k)\, h_k^{T}$. Jacobians have one row per entry of the variable "
           r"($\partial f_k / \partial h_k = \Omega_k^{T}$)."),
+    graph_title=r"the slides in the notation of \emph{Understanding Deep Learning}",
+    graph_note=(r"Per sample, every node's value is a column vector; a dense node computes $v = b + W a$ "
+                r"(the slides' $f_k = \beta_k + \Omega_k h_k$ with the graph's own parameter names). "
+                r"Gradients are written out as $\partial L / \partial v$, column vectors of the shape of $v$, "
+                r"and $\partial L / \partial W = \sum_s (\partial L / \partial v)\, a^{T}$."),
+    frac=True,
 )
 
 TRANSPOSED = Notation(
     name="transposed",
     title="stored weights with $f = W^{T} a$ and loss $\\varepsilon$",
     loss=r"\varepsilon",
-    stems={"sample": _layered("a", "f", r"\delta")},
+    stems={"sample": _layered("", "[{l}]", a="a", z="f", W="W", b="b", delta=r"\delta")},
     transposed={"sample": frozenset({"W", "gW"})},
     layout="denominator",
     scalars=("f", "a"),
@@ -179,22 +172,20 @@ TRANSPOSED = Notation(
           r"loss (the slides' $\delta$ for a scalar output is $\partial \hat y / \partial f$, multiplied "
           r"by $\partial \varepsilon / \partial \hat y$ at the end). Jacobians have one row per entry "
           r"of the variable ($\partial f^{[l]} / \partial a^{[l-1]} = W^{[l]}$)."),
+    graph_title=r"the course slides with $f = W^{T} a$ and loss $\varepsilon$",
+    graph_note=(r"Per sample, column vectors; every weight is stored as the slides store it, transposed: "
+                r"a dense node computes $v = W^{T} a + b$ with $W$ of shape $n_a \times n_v$ (a node declared "
+                r"with the transposed weight then reads $W a$). So $\partial \varepsilon / \partial W = "
+                r"\sum_s a\, g_v^{T}$, and $g_v = \partial \varepsilon / \partial v$ is a column."),
+    graph_transposed=frozenset({"W", "gW"}),
 )
 
 ROWVECTOR = Notation(
     name="rowvector",
     title="row-vector gradients $g$, $L^{x}$ and $L^{\\theta}$",
     loss="J",
-    stems={"sample": {
-        "x": lambda l: ("x", "0", ""),
-        "a": lambda l: ("x", str(l), ""),
-        "z": lambda l: ("z", str(l), ""),
-        "W": lambda l: ("W", str(l), ""),
-        "b": lambda l: ("b", str(l), ""),
-        "y": lambda l: ("y", "", ""),
-        "delta": lambda l: ("g", f"z_{{{l}}}", ""),
-        "ga": lambda l: ("g", str(l), ""),
-    }},
+    stems={"sample": {**_layered("{l}", "", x="x", a="x", z="z", W="W", b="b", ga="g"),
+                      "x": ("x", "0", ""), "delta": ("g", "z_{{{l}}}", "")}},
     transposed={"sample": frozenset({"delta", "ga", "gW", "gb", "Ja", "Jz"})},
     layout="numerator",
     scalars=("z", "x"),
@@ -211,32 +202,23 @@ ROWVECTOR = Notation(
           r"$\partial J / \partial b_l = g_{z_l}$ is a row."),
     index_base=0,
     brackets=True,
+    graph_title=r"the book chapter ``Backpropagation'' (row-vector gradients)",
+    graph_note=(r"Data and parameters are column vectors, a dense node computes $v = W a + b$ with $W$ of "
+                r"shape $n_v \times n_a$. Gradients are row vectors: $g_v = \partial J / \partial v$ is "
+                r"$1 \times n_v$ (eq.~14.4); a node's Jacobian $L^{x} = \partial x_{\mathrm{out}} / "
+                r"\partial x_{\mathrm{in}}$ has one row per output (eq.~14.6) and the backward step is "
+                r"$g_{\mathrm{in}} = g_{\mathrm{out}} L^{x}$ (eq.~14.10). The parameter gradient "
+                r"$\partial J / \partial W = \sum_s a\, g_v$ has the shape of $W^{T}$ (eq.~14.29). "
+                r"Indices count from 0, as in the book."),
+    graph_transposed=frozenset({"grad", "gW", "gb"}),
 )
 
 BATCH = Notation(
     name="batch",
     title="row batches $H = X W_1$",
     loss="L",
-    stems={
-        "batch": {
-            "x": lambda l: ("X", "", ""),
-            "a": lambda l: ("A", str(l), ""),
-            "z": lambda l: ("H", str(l), ""),
-            "W": lambda l: ("W", str(l), ""),
-            "b": lambda l: ("b", str(l), ""),
-            "y": lambda l: ("Y", "", ""),
-            "delta": lambda l: (r"\Delta", str(l), ""),
-        },
-        "sample": {
-            "x": lambda l: ("x", "", ""),
-            "a": lambda l: ("a", str(l), ""),
-            "z": lambda l: ("h", str(l), ""),
-            "W": lambda l: ("W", str(l), ""),
-            "b": lambda l: ("b", str(l), ""),
-            "y": lambda l: ("y", "", ""),
-            "delta": lambda l: (r"\delta", str(l), ""),
-        },
-    },
+    stems={"batch": _layered("{l}", "", x="X", y="Y", a="A", z="H", W="W", b="b", delta=r"\Delta"),
+           "sample": _layered("{l}", "", a="a", z="h", W="W", b="b", delta=r"\delta")},
     transposed={"batch": frozenset({"W", "gW"}),
                 "sample": frozenset({"W", "gW", "b", "gb", "delta", "ga", "Ja", "Jz"})},
     layout="numerator",
@@ -255,17 +237,25 @@ BATCH = Notation(
           r"the notebook."),
     main="batch",
     flavors=("batch", "sample"),
+    graph_title=r"the tutorial notebook's row batches $H = X W_1$",
+    graph_note=(r"Rows are samples: each node's symbol stands for the $B \times n$ matrix of the batch, "
+                r"$\mathbf{1}$ is a column of $B$ ones and a bias $b$ is a row. Weights are stored as in the "
+                r"notebook, $n_{\mathrm{in}} \times n_{\mathrm{out}}$, so a dense node computes "
+                r"$V = A W + \mathbf{1} b$, and by dimension balancing $\partial L / \partial W = A^{T} G_V$ "
+                r"with $G_V = \partial L / \partial V$ of shape $B \times n_V$."),
+    graph_transposed=frozenset({"W", "gW"}),
 )
 
 NOTATIONS = {n.name: n for n in (CS231N, UDL, TRANSPOSED, ROWVECTOR, BATCH)}
 
 
-def get(name):
-    """The Notation called ``name``; a SymbpError names the valid ones otherwise."""
+def get(name, what=""):
+    """The Notation called ``name``; a SymbpError names the valid ones otherwise (``what``
+    says for what, e.g. " for a graph")."""
     try:
         return NOTATIONS[name]
     except (KeyError, TypeError):
-        raise SymbpError(f"notation: unknown notation {name!r} (expected one of: "
+        raise SymbpError(f"notation: unknown notation {name!r}{what} (expected one of: "
                          f"{', '.join(NOTATIONS)})") from None
 
 

@@ -66,3 +66,21 @@ def compile_pdf(tex, name="document", runs=1):
 def pdflatex(tex, name="document", runs=1):
     """The PDF's bytes of ``compile_pdf``."""
     return compile_pdf(tex, name, runs)[0]
+
+
+def with_pdf(files, pdf):
+    """``files`` [(path, LaTeX text), ...] and, with ``pdf``, the first one's PDF (its path with
+    .pdf): compiled before anything is written."""
+    files = list(files)
+    if pdf:
+        path = Path(files[0][0])
+        files.append((path.with_suffix(".pdf"), pdflatex(files[0][1], path.stem)))
+    return files
+
+
+def write_all(files):
+    """Write every (path, text or bytes), each atomically; returns the paths, in order."""
+    from ..output import write
+    for path, data in files:
+        write(path, data)
+    return [path for path, _ in files]

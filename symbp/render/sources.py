@@ -6,9 +6,20 @@ own first page gives them; a field the text does not give is empty). ``cite(key,
 the plain-text citation (``at`` a chapter, equation or section, e.g. "eq. 14.47"), ``latex_cite``
 the same for LaTeX text mode, and ``bibliography(keys)`` the LaTeX list of full entries, in the
 order of the table. ``NOTATION_SOURCE`` names the text each notation of ``render.notation``
-comes from.
+comes from. ``text_mode(s)`` is a plain string for LaTeX text mode, as every handout writes its
+names and citations.
 """
+import re
 from dataclasses import dataclass
+
+_TEXT = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$",
+         "{": r"\{", "}": r"\}", "^": r"\^{}", "~": r"\~{}", "->": r"$\to$", "<": "$<$", ">": "$>$"}
+
+
+def text_mode(s):
+    """Plain text for LaTeX text mode (names, kinds, pass labels, citations), each special
+    character escaped once (a single pass, so an escape is never escaped again)."""
+    return re.sub(r"->|[\\_&%#$^~{}<>]", lambda m: _TEXT[m.group(0)], s)
 
 
 @dataclass(frozen=True)
@@ -55,9 +66,7 @@ def cite(key, at=""):
 
 
 def _tex(s):
-    for a, b in (("&", r"\&"), ("_", r"\_"), ("%", r"\%"), ("#", r"\#")):
-        s = s.replace(a, b)
-    return s.replace('"', "").replace("H = X W1", "$H = X W_1$")
+    return text_mode(s).replace('"', "").replace("H = X W1", "$H = X W_1$")
 
 
 def latex_cite(key, at=""):

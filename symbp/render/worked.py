@@ -56,7 +56,7 @@ from sympy.printing.str import StrPrinter
 from .. import naming
 from ..derivation import facts
 from ..errors import InputError, SymbpError
-from .pdf import pdflatex
+from .pdf import with_pdf, write_all
 from .sources import latex_cite
 from ..model.exprparse import number
 
@@ -98,11 +98,9 @@ def as_sympy(value):
     (spec and user text is never evaluated)."""
     if isinstance(value, sp.Basic):
         return value
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         raise TypeError(f"expected a number, got {value!r}")
-    if isinstance(value, int):
-        return sp.Integer(value)
-    if isinstance(value, Fraction):
+    if isinstance(value, (int, Fraction)):
         return sp.Rational(value.numerator, value.denominator)
     if isinstance(value, float):
         return sp.Float(value)
@@ -254,11 +252,6 @@ def show(value, decimals, approx=None):
     return f"{sign}{whole}{'.' + frac if frac else ''}", exact_
 
 
-def decimals_of(text):
-    """Number of decimals of a displayed number ("0.25" -> 2, "3" -> 0)."""
-    return len(text.split(".")[1]) if "." in text else 0
-
-
 # ------------------------------------------------------------------------------------------
 # printing: quantities by name (symbol mode) or by their numbers (number mode)
 # ------------------------------------------------------------------------------------------
@@ -362,12 +355,14 @@ class WorkedPrinter(LatexPrinter):
         return super()._print_Sum(shifted)
 
 
+def bmatrix(rows):
+    """LaTeX bmatrix of rows of printed entries."""
+    return r"\begin{bmatrix} " + r" \\ ".join(" & ".join(r) for r in rows) + r" \end{bmatrix}"
+
+
 def _latex_matrix(m, decimals, approx=None):
-    rows = []
-    for i in range(m.rows):
-        rows.append(" & ".join(show(m[i, j], decimals, None if approx is None else approx[i, j])[0]
-                               for j in range(m.cols)))
-    return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+    return bmatrix([[show(m[i, j], decimals, None if approx is None else approx[i, j])[0]
+                     for j in range(m.cols)] for i in range(m.rows)])
 
 
 def _visible(tex):
@@ -487,7 +482,7 @@ _PLANS = {}
 
 def plan(derivation, B):
     """Every equation expanded for batch size B: independent of the numbers, so it is cached
-    and an exam can evaluate many draws cheaply."""
+    (by identity, while the derivation lives) and an exam can evaluate many draws cheaply."""
     key = (id(derivation), B)
     hit = _PLANS.get(key)
     if hit is not None and hit[0] is derivation:
@@ -498,22 +493,16 @@ def plan(derivation, B):
     out = []
     for eq in derivation.equations:
         shape = _shape_of(eq.lhs, net, B)
-        entries = []
-        if not shape:
-            entries.append(PlannedEntry((), eq.lhs, _expand_sums(eq.rhs, subs)))
-        else:
-            idx_syms = eq.lhs.indices
-            ranges = [range(n) for n in shape]
-            for index in itertools.product(*ranges):
-                m = {sym: sp.Integer(v) for sym, v in zip(idx_syms, index)}
-                lhs = eq.lhs.base[tuple(sp.Integer(v) for v in index)]
-                entries.append(PlannedEntry(index, lhs, _expand_sums(eq.rhs.xreplace(m), subs)))
+        entries = [PlannedEntry((), eq.lhs, _expand_sums(eq.rhs, subs))] if not shape else []
+        for index in (itertools.product(*[range(n) for n in shape]) if shape else ()):
+            m = {sym: sp.Integer(v) for sym, v in zip(eq.lhs.indices, index)}
+            lhs = eq.lhs.base[tuple(sp.Integer(v) for v in index)]
+            entries.append(PlannedEntry(index, lhs, _expand_sums(eq.rhs.xreplace(m), subs)))
         out.append(PlannedEquation(eq, shape, tuple(entries)))
-    out = tuple(out)
     if len(_PLANS) > 64:
         _PLANS.clear()
-    _PLANS[key] = (derivation, out)
-    return out
+    _PLANS[key] = (derivation, tuple(out))
+    return _PLANS[key][1]
 
 
 _TRANSCENDENTAL = (sp.exp, sp.log, sp.tanh, sp.sinh, sp.cosh, sp.sin, sp.cos, sp.atan)
@@ -577,40 +566,39 @@ class Evaluation:
     table: list               # rounding mode: [(latex of the function value, value), ...]
 
 
+def _entry(key, i, j):
+    """The Indexed of entry (i, j) of parameter ``key``: W1[i, j], or b1[i] of a bias column."""
+    kind, layer = naming.parse(key)
+    base = naming.quantity(kind, layer)
+    return base[i] if kind == "b" else base[i, j]
+
+
+def given_env(P, X, Y, conv=lambda v: v):
+    """{Indexed: conv(value)} of the given numbers: inputs a0[s, k], targets y[s, k] and the
+    parameters of P (a layer without bias has no b entries)."""
+    a0, yb = naming.quantity("a", 0), naming.quantity("y")
+    env = {a0[s, k]: conv(X[s, k]) for s in range(X.rows) for k in range(X.cols)}
+    env.update({yb[s, k]: conv(Y[s, k]) for s in range(Y.rows) for k in range(Y.cols)})
+    for key, m in P.items():
+        env.update({_entry(key, i, j): conv(m[i, j]) for i in range(m.rows) for j in range(m.cols)})
+    return env
+
+
 def evaluate(derivation, P, X, Y, rounding=None):
     """Evaluate the derivation's equations in order on exact inputs (see the module contract).
 
     P: {"W1": Matrix, "b1": column Matrix, ...}; X (B, n0); Y (B, nL)."""
-    net = derivation.network
     B = X.rows
-    env = {}
-    a0, yb = naming.quantity("a", 0), naming.quantity("y")
-    for s in range(B):
-        for k in range(X.cols):
-            env[a0[s, k]] = X[s, k]
-        for k in range(Y.cols):
-            env[yb[s, k]] = Y[s, k]
-    for l in range(1, net.depth + 1):
-        W, b = naming.quantity("W", l), naming.quantity("b", l)
-        Wm, bm = P[naming.param_key("W", l)], P.get(naming.param_key("b", l))   # no b: no bias
-        for j in range(Wm.rows):
-            if bm is not None:
-                env[b[j]] = bm[j]
-            for k in range(Wm.cols):
-                env[W[j, k]] = Wm[j, k]
+    env = given_env(P, X, Y)
     env[naming.BATCH] = sp.Integer(B)
     approx = {k: sp.Float(v, APPROX_DIGITS) for k, v in env.items()}
     approx_results = {}
-    kinks, table, seen = [], [], set()
+    kinks, table = [], {}     # table: the function values looked up, first use first
     # the kinks of each layer's activation, found by the derivation stage
     kink_pts = {lr.layer: (lr, facts.kinks(lr.rule)) for lr in derivation.layers}
     results = {}
 
-    def record(latex, value):
-        if latex not in seen:
-            seen.add(latex)
-            table.append((latex, value))
-
+    record = table.setdefault
     for pe in plan(derivation, B):
         eq = pe.equation
         vals, nums = {}, {}
@@ -656,7 +644,7 @@ def evaluate(derivation, P, X, Y, rounding=None):
                                           lr.activation.name, kink.value, kink.side))
         results[eq.name] = vals
         approx_results[eq.name] = nums
-    return Evaluation(env, results, approx, approx_results, kinks, table)
+    return Evaluation(env, results, approx, approx_results, kinks, list(table.items()))
 
 
 def _elementwise(derivation, layer):
@@ -826,8 +814,7 @@ def _exact_text(v, decimals):
 
 
 def _exact_matrix(m, decimals):
-    rows = [" & ".join(_exact_text(m[i, j], decimals) for j in range(m.cols)) for i in range(m.rows)]
-    return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+    return bmatrix([[_exact_text(v, decimals) for v in row] for row in m.tolist()])
 
 
 def _forward_loss(derivation, B):
@@ -855,41 +842,16 @@ def central_differences(derivation, P, X, Y, h=FD_STEP):
     """{"gW1": Matrix, "gb1": Matrix column, ...}: (L(theta + h) - L(theta - h)) / (2 h) for every
     parameter entry, the loss computed in float64 from the forward pass (the course slides'
     gradient check); ``h`` is exact, used as a float."""
-    net = derivation.network
-    B = X.rows
-    loss = _forward_loss(derivation, B)
-    env = {}
-    a0, yb = naming.quantity("a", 0), naming.quantity("y")
-    for s_ in range(B):
-        for k in range(X.cols):
-            env[a0[s_, k]] = float(X[s_, k])
-        for k in range(Y.cols):
-            env[yb[s_, k]] = float(Y[s_, k])
-    cells = {}
-    for l in range(1, net.depth + 1):
-        Wm, bm = P[naming.param_key("W", l)], P.get(naming.param_key("b", l))   # no b: no bias
-        W, b = naming.quantity("W", l), naming.quantity("b", l)
-        for j in range(Wm.rows):
-            if bm is not None:
-                env[b[j]] = float(bm[j])
-                cells[(f"gb{l}", j, 0)] = b[j]
-            for k in range(Wm.cols):
-                env[W[j, k]] = float(Wm[j, k])
-                cells[(f"gW{l}", j, k)] = W[j, k]
-    hf = float(h)
-    out = {}
-    for (name, i, j), key in cells.items():
+    loss = _forward_loss(derivation, X.rows)
+    env, hf = given_env(P, X, Y, float), float(h)
+
+    def diff(key):
         up, down = dict(env), dict(env)
         up[key] += hf
         down[key] -= hf
-        out[(name, i, j)] = (loss(up) - loss(down)) / (2 * hf)
-    result = {}
-    for l in range(1, net.depth + 1):
-        Wm = P[naming.param_key("W", l)]
-        result[f"gW{l}"] = sp.Matrix(Wm.rows, Wm.cols, lambda i, j: sp.Float(out[(f"gW{l}", i, j)], 17))
-        if naming.param_key("b", l) in P:
-            result[f"gb{l}"] = sp.Matrix(Wm.rows, 1, lambda i, j: sp.Float(out[(f"gb{l}", i, 0)], 17))
-    return result
+        return sp.Float((loss(up) - loss(down)) / (2 * hf), 17)
+    return {naming.grad_kind(key[0]) + key[1:]: sp.Matrix(m.rows, m.cols, lambda i, j: diff(_entry(key, i, j)))
+            for key, m in P.items()}
 
 
 def _given(net, P, X, Y, eta, decimals, notation, single):
@@ -954,32 +916,23 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
     single = B == 1
     fd = central_differences(derivation, P, X, Y) if finite_differences else None
     h_tex = r"10^{-4}"
-
-    def matrix_of(name, shape, source):
-        return _matrix(source.results[name], shape)
-
-    steps, number_ = [], 0
-    for pe in plan(derivation, B):
+    steps = []
+    sym_p = WorkedPrinter(batch_single=single, notation=notation)
+    for number_, pe in enumerate(plan(derivation, B), 1):
         eq = pe.equation
-        number_ += 1
-        sym_p = WorkedPrinter(batch_single=False, notation=notation)
-        lhs_general = _lhs_text(eq.lhs, False, notation)
-        formula = f"{lhs_general} = {sym_p.doprint(eq.rhs)}"
+        formula = f"{_lhs_text(eq.lhs, False, notation)} = {WorkedPrinter(notation=notation).doprint(eq.rhs)}"
         lines = []
         shown = pe.entries if len(pe.entries) <= MAX_ENTRY_LINES else ()
         kind = {"grad_W": "gW", "grad_b": "gb"}.get(eq.kind)
         for ent in shown:
-            sp_ = WorkedPrinter(batch_single=single, notation=notation)
             num_p = WorkedPrinter(values=hand.env, decimals=work, batch=B, batch_single=single,
                                   notation=notation, exact_inputs=True)
             value = hand.results[eq.name][ent.index]
-            vtext = show(value, work)[0]
             # "=" only where the numbers shown give exactly the value shown
             vexact = _equal(ent.expr.xreplace(hand.env), value)
-            symbolic = sp_.doprint(ent.expr)
-            substituted = num_p.doprint(ent.expr)
-            if isinstance(ent.expr, sp.Indexed) or ent.expr.is_number:
-                substituted = ""    # a copy of one number: the value line says it
+            symbolic = sym_p.doprint(ent.expr)
+            # a copy of one number: the value line says it
+            substituted = "" if isinstance(ent.expr, sp.Indexed) or ent.expr.is_number else num_p.doprint(ent.expr)
             fd_text = ""
             if fd is not None and kind is not None:
                 i, j = (ent.index + (0,))[:2]
@@ -989,11 +942,10 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
                 _visible(symbolic) + _visible(substituted) + (20 if fd_text else 0) > WRAP
             lines.append(Line(_lhs_text(ent.lhs, single, notation), _wrap(symbolic), _wrap(substituted),
                               ("=" if not num_p.inexact else r"\approx"),
-                              ("=" if vexact else r"\approx") + " " + vtext, split, fd_text))
+                              ("=" if vexact else r"\approx") + " " + show(value, work)[0], split, fd_text))
         matrix = ""
         if kind is not None:
-            m = matrix_of(eq.name, pe.shape, hand)
-            exact_m = matrix_of(eq.name, pe.shape, ev)
+            m, exact_m = _matrix(hand.results[eq.name], pe.shape), _matrix(ev.results[eq.name], pe.shape)
             fdm = fd[eq.name] if fd is not None else None
             if transposed(kind, notation):
                 m, exact_m = m.T, exact_m.T
@@ -1011,51 +963,36 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
         steps.append(Step(number_, PHASES[eq.kind], eq.name, _title(eq, net, notation), formula, lines, matrix,
                           len(pe.entries) - len(shown)))
 
-    values = {"x": X, "y": Y}
-    handv = {"x": X, "y": Y}
-    for k, m in P.items():
-        values[k] = m
-        handv[k] = m
+    values, handv = {"x": X, "y": Y, **P}, {"x": X, "y": Y, **P}
     for pe in plan(derivation, B):
         values[pe.equation.name] = _matrix(ev.results[pe.equation.name], pe.shape)
         handv[pe.equation.name] = _matrix(hand.results[pe.equation.name], pe.shape)
 
     if eta is not None:
-        for l in range(1, net.depth + 1):
-            for kind in ("W", "b"):
-                key = naming.param_key(kind, l)
-                if key not in P:      # a layer without bias
-                    continue
-                gname_ = naming.grad_kind(kind) + str(l)
-                values[f"{key}_new"] = P[key] - eta * values[gname_]
-                raw = P[key] - eta * handv[gname_]
-                new = raw.applyfunc(lambda v: rounded(v, work))
-                handv[f"{key}_new"] = new
-                number_ += 1
-                sym, gname = symbol(kind, l, notation), symbol("g" + kind, l, notation)
-                old, g_, new_ = P[key], handv[gname_], new
-                if transposed(kind, notation):
-                    old, g_, new_ = old.T, g_.T, new_.T
-                if transposed(kind, notation) != transposed("g" + kind, notation):
-                    gname = rf"\left({gname}\right)^{{T}}"      # the book chapter's row gradients
-                eta_t = _exact_text(eta, work)
-                rel = "=" if new == raw else r"\approx"
-                formula = rf"{sym} \leftarrow {sym} - \eta\, {gname}, \quad \eta = {eta_t}"
-                sep = r" \\ " if old.cols >= WIDE else " "
-                matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_exact_matrix(old, work)}{sep}- {eta_t} "
-                          f"{_latex_matrix(g_, work)}{sep}{rel} {_latex_matrix(new_, work)}")
-                steps.append(Step(number_, "update", f"{key}_new",
-                                  f"SGD update of ${sym}$", formula, [], matrix))
+        for number_, key in enumerate(P, number_ + 1):     # W1, b1, W2, ... (no b of a layer without bias)
+            kind, l = naming.parse(key)
+            gname_ = naming.grad_kind(kind) + str(l)
+            values[f"{key}_new"] = P[key] - eta * values[gname_]
+            raw = P[key] - eta * handv[gname_]
+            new = handv[f"{key}_new"] = raw.applyfunc(lambda v: rounded(v, work))
+            sym, gname = symbol(kind, l, notation), symbol(naming.grad_kind(kind), l, notation)
+            old, g_, new_ = P[key], handv[gname_], new
+            if transposed(kind, notation):
+                old, g_, new_ = old.T, g_.T, new_.T
+            if transposed(kind, notation) != transposed("g" + kind, notation):
+                gname = rf"\left({gname}\right)^{{T}}"      # the book chapter's row gradients
+            eta_t = _exact_text(eta, work)
+            rel = "=" if new == raw else r"\approx"
+            formula = rf"{sym} \leftarrow {sym} - \eta\, {gname}, \quad \eta = {eta_t}"
+            sep = r" \\ " if old.cols >= WIDE else " "
+            matrix = (f"{{{sym}}}_{{\\text{{new}}}} = {_exact_matrix(old, work)}{sep}- {eta_t} "
+                      f"{_latex_matrix(g_, work)}{sep}{rel} {_latex_matrix(new_, work)}")
+            steps.append(Step(number_, "update", f"{key}_new", f"SGD update of ${sym}$", formula, [], matrix))
 
-    table = []
-    for l in range(0, net.depth + 1):
-        for j in range(net.sizes[l]):
-            cells = []
-            for s in range(B):
-                z = show(handv[f"z{l}"][s, j], work)[0] if l > 0 else ""
-                a = _exact_text(X[s, j], work) if l == 0 else show(handv[f"a{l}"][s, j], work)[0]
-                cells.append((z, a))
-            table.append((l, nt.index(j), cells))
+    table = [(l, nt.index(j), [(show(handv[f"z{l}"][s, j], work)[0] if l > 0 else "",
+                                _exact_text(X[s, j], work) if l == 0 else show(handv[f"a{l}"][s, j], work)[0])
+                               for s in range(B)])
+             for l in range(net.depth + 1) for j in range(net.sizes[l])]
 
     notes = []
     if notation != "cs231n":
@@ -1075,14 +1012,14 @@ def worked_example(derivation, params, x, y, decimals=2, lr=None, notation="cs23
                      "computed from the forward pass in double precision (the gradient check of "
                      + latex_cite("it5005", "checking gradients with central differences") + ").")
     for k in ev.kinks:
+        zt = show(k.z, work)[0]
         where = "$" + entry_name(naming.quantity("z", k.layer), (sp.Integer(k.sample), sp.Integer(k.unit)),
-                                 True, notation) + f" = {show(k.z, work)[0]}$"
+                                 True, notation) + f" = {zt}$"
         where += "" if single else f" (sample {nt.index(k.sample)})"
         side = {"left": "the derivative from the left, as PyTorch and JAX use",
                 "right": "the derivative from the right, relu_at_zero = 1",
                 "neither": "neither one-sided derivative"}[k.side]
         f = net.layers[k.layer - 1].activation.latex
-        zt = show(k.z, work)[0]
         notes.append(f"Kink: {where} is where ${f}$ is not differentiable; the derivation "
                      f"uses ${f}'({zt}) = {show(k.used, work)[0]}$ ({side}).")
     heads = (nt.scalars, symbol("a", 0, notation))
@@ -1153,7 +1090,6 @@ def _no_constant(name):
 def cmd_worked(args):
     from ..derivation.chain import derive
     from ..model.spec import load
-    from ..output import write
     check_decimals(args.decimals)
     _notation(args.notation)
     net = load(args.spec)
@@ -1170,23 +1106,12 @@ def cmd_worked(args):
     w = worked_example(d, params, x, y, decimals=args.decimals, lr=lr, notation=args.notation,
                        finite_differences=args.finite_differences)
     # everything rendered before anything is written
-    outputs = []
-    if args.latex:
-        outputs.append((args.latex, w.latex(document=True)))
-    if args.markdown:
-        outputs.append((args.markdown, w.markdown()))
-    pdf = None
-    if args.pdf:
-        if not args.latex:
-            raise InputError("--pdf: needs --latex FILE (the PDF is written beside it)")
-        pdf = pdflatex(outputs[0][1], Path(args.latex).stem)
-    for path, text in outputs:
-        write(path, text)
+    outputs = ([(args.latex, w.latex(document=True))] if args.latex else []) + \
+        ([(args.markdown, w.markdown())] if args.markdown else [])
+    if args.pdf and not args.latex:
+        raise InputError("--pdf: needs --latex FILE (the PDF is written beside it)")
+    for path in write_all(with_pdf(outputs, args.pdf)):
         print(f"wrote {path}")
-    if pdf is not None:
-        pdf_path = Path(args.latex).with_suffix(".pdf")
-        write(pdf_path, pdf)
-        print(f"wrote {pdf_path}")
     if not outputs:
         sys.stdout.write(w.markdown())
     return 0

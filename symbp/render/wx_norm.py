@@ -10,24 +10,21 @@ WxNorm and never derive. The public face (symbp/__init__.py) makes them the WxNo
 [--decimals N]``: rows separated by ``;``, entries by ``,`` (integers, decimals or p/q); the
 defaults are the slides' numbers W = [[0.1, 0.5], [-0.3, 0.8]], x = [0.2, 0.4].
 """
-from pathlib import Path
-
 import sympy as sp
 
 from ..derivation.circuit import check_decimals
 from ..derivation.wx_norm import DEFAULT_W, DEFAULT_X, WxNormError, parse_numbers, wx_norm
 from ..errors import SymbpError
-from ..output import environment, write
-from .circuit import fmt, tikz
-from .pdf import compile_pdf
+from ..output import environment
+from .circuit import shortest, tikz
+from .pdf import with_pdf, write_all
+from .worked import bmatrix
 
 
 def text(r, decimals=3):
     """The plain-text report of a WxNorm."""
-    fmt = _num
-
     def vec(m):
-        return "[" + ", ".join(fmt(v, decimals) for v in m) + "]"
+        return "[" + ", ".join(shortest(v, decimals) for v in m) + "]"
 
     def mat(m):
         return "[" + ", ".join(vec(m.row(i)) for i in range(m.rows)) + "]"
@@ -39,7 +36,7 @@ def text(r, decimals=3):
         f"  df/dx = {r.dx} = {r.dx_q}",
         f"At W = {mat(r.W)}, x = {vec(r.x)}:",
         f"  q = W x       = {vec(r.q)}",
-        f"  f = q^T q     = {fmt(r.value, decimals)}",
+        f"  f = q^T q     = {shortest(r.value, decimals)}",
         f"  df/dW = 2 q x^T = {mat(r.gW)}   (shape {r.gW.rows} x {r.gW.cols}, as W)",
         f"  df/dx = 2 W^T q = {vec(r.gx)}   (shape {r.gx.rows}, as x)",
         f"exact: q = {list(r.q)}, f = {r.value}, df/dW = {r.gW.tolist()}, df/dx = {list(r.gx)}",
@@ -50,26 +47,14 @@ def document(r, decimals=3):
     """The LaTeX handout of a WxNorm (templates/latex/circuit_wx_norm.tex.j2), with the picture
     of its scalar circuit when the derivation stage built one (W with at most MAX_CIRCUIT
     entries)."""
-    def bmatrix(M, d):
-        rows = [" & ".join(_num(v, d) for v in M.row(i)) for i in range(M.rows)]
-        return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+    def mat(M):
+        return bmatrix([[shortest(v, decimals) for v in row] for row in M.tolist()])
     pic = tikz(r.circuit, decimals) if r.circuit is not None else ""
     return environment().get_template("latex/circuit_wx_norm.tex.j2").render(
         f=sp.latex(r.f), dW=sp.latex(r.dW), dx=sp.latex(r.dx), dW_q=sp.latex(r.dW_q),
-        dx_q=sp.latex(r.dx_q), W=bmatrix(r.W, decimals), x=bmatrix(r.x, decimals),
-        q=bmatrix(r.q, decimals), value=_num(r.value, decimals),
-        gW=bmatrix(r.gW, decimals), gx=bmatrix(r.gx, decimals),
+        dx_q=sp.latex(r.dx_q), W=mat(r.W), x=mat(r.x), q=mat(r.q), value=shortest(r.value, decimals),
+        gW=mat(r.gW), gx=mat(r.gx),
         fd_error=sp.latex(sp.Float(r.fd_error, 2)), circuit_tikz=pic)
-
-
-def _num(v, decimals):
-    """A value as the shortest decimal that is exact within ``decimals`` places (0.1, 0.22,
-    0.116), else rounded to ``decimals`` places."""
-    for d in range(decimals + 1):
-        s = fmt(v, d)
-        if sp.Rational(s) == v:
-            return s
-    return fmt(v, decimals)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -86,19 +71,12 @@ def cmd_wx_norm(args):
     if len(xs) != 1:
         raise WxNormError("--x: expected one row of numbers, e.g. 0.2,0.4")
     r = wx_norm(W, xs[0])
-    out = []
-    if args.latex:
-        tex = document(r, decimals)
-        try:
-            data = compile_pdf(tex, Path(args.latex).stem)[0] if args.pdf else None
-        except SymbpError as e:
-            raise WxNormError(str(e)) from None
-        write(args.latex, tex)
-        out.append(str(args.latex))
-        if data is not None:
-            pdf = Path(args.latex).with_suffix(".pdf")
-            write(pdf, data)
-            out.append(str(pdf))
+    files = [(args.latex, document(r, decimals))] if args.latex else []
+    try:
+        files = with_pdf(files, args.pdf)
+    except SymbpError as e:
+        raise WxNormError(str(e)) from None
+    out = write_all(files)
     print(text(r, decimals), end="")
     for p in out:
         print(f"wrote {p}")

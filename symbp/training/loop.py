@@ -138,10 +138,7 @@ def train(kernel, params, X, Y, optimizer=None, epochs=1, batch_size=None, shuff
     if bs > n:
         raise InputError(f"train: batch_size: {bs} is larger than the data ({n} rows): use at most {n}, "
                          f"or batch_size=None for the whole data in one batch")
-    if plain:
-        _check_in_place(kernel, params)
-    else:
-        _check_in_place(kernel, params, "train")
+    _check_in_place(kernel, params, "sgd_step" if plain else "train")
     rng = np.random.default_rng(seed)
     history = []
     bar = _Progress(epochs, progress)

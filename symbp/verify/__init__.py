@@ -7,9 +7,9 @@ graph with one input, and Y the target):
 - ``gradcheck(kernel, params, X, Y)``: the kernel's gradients against central finite
   differences of its loss in float64; a ``GradcheckReport`` (``symbp.verify.fd``).
 - ``oracle_gradients(model, params, X, Y)``: the certificate that does not trust
-  ``symbp.derive``: the fully expanded loss differentiated by ``sympy.diff`` (the MLP body in
-  ``symbp.verify.chain``, exact Rationals and the network's relu_at_zero; the graph body in
-  ``symbp.verify.graph``). Small sizes only.
+  ``symbp.derive``: the fully expanded loss differentiated by ``sympy.diff``, exact Rationals
+  where the model is rational, kinks as its relu_at_zero (``symbp.verify.oracle``, one body:
+  an MLP is its chain graph). Small sizes only.
 - ``torch_gradients(model, params, X, Y)``: PyTorch autograd in float64
   (``symbp.verify.torch_ref``); ImportError without torch.
 - ``sample(model_or_kernel, batch, seed, dtype)``: the one kind of random batch symbp draws (the
@@ -25,28 +25,9 @@ input name: parameters and graph nodes share one namespace.
 import numpy as np
 
 from ..errors import InputError
-from .chain import ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, oracle_loss_expression
 from .fd import DEFAULT_TOL, GradcheckReport, GradcheckRow, check_tol, gradcheck, is_graph, model_of
+from .oracle import ORACLE_MAX_BATCH, ORACLE_MAX_PARAMS, oracle_gradients, oracle_loss_expression
 from .torch_ref import torch_gradients
-
-
-def oracle_gradients(model, params, X, Y, exact=False, input_grad=False, entries=None):
-    """Loss and gradients by differentiating the fully expanded loss with ``sympy.diff``.
-
-    ``exact``: SymPy numbers (Rationals where the model is rational) in object arrays instead of
-    floats. ``input_grad``: an MLP's dL/dX as ``grads["X"]`` (a graph's inputs marked grad are
-    always included). ``entries`` ({key: [index tuple, ...]}) restricts the work to those
-    entries; the others are NaN (None with ``exact``).
-    """
-    if is_graph(model):
-        from .graph import graph_oracle_gradients
-        from .norm import has_norm, norm_oracle_gradients
-        # a graph with batchnorm couples the samples: the whole batch is expanded at once
-        oracle = norm_oracle_gradients if has_norm(model) else graph_oracle_gradients
-        loss, grads, igrads = oracle(model, params, X, Y, exact=exact, entries=entries)
-        return loss, {**grads, **igrads}
-    from .chain import oracle_gradients as mlp_oracle_gradients
-    return mlp_oracle_gradients(model, params, X, Y, exact=exact, input_grad=input_grad, entries=entries)
 
 
 def sample(obj, batch, seed=0, dtype="float64"):

@@ -1,7 +1,7 @@
 """The tensor ops (conv2d, maxpool2d, avgpool2d, flatten) in the two independent references.
 
 Contract: ``oracle_sample(node, graph, entries, P, fold)`` is one sample's value of a tensor
-node for the full-expansion oracle (``verify.graph``): SymPy entries built from the forward
+node for the full-expansion oracle (``verify.oracle``): SymPy entries built from the forward
 definition read in its plainest form (sums over the kernel with the out-of-range entries of the
 zero-padded input left out; Max over the window), as a flat list in C order. ``torch_op(node,
 graph, x, tp, torch)`` is the same node by PyTorch's own ``conv2d``, ``max_pool2d``,

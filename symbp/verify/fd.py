@@ -210,6 +210,18 @@ def arrays(where, model, params, X, Y):
     return dict(zip(shapes, out[:n])), dict(zip(widths, out[n:-1])), out[-1]
 
 
+def checked_arrays(where, model, params, X, Y, input_grad=False):
+    """``arrays`` of a model read as a graph: ``(graph, params, inputs, target, checked)`` with
+    ``checked`` {input node: key of its gradient}. A Network is its chain graph
+    (``network.graph``): its input is keyed "X" and checked only with ``input_grad``; a Graph
+    checks its inputs marked grad, keyed by name."""
+    p64, x64, t64 = arrays(where, model, params, X, Y)
+    if is_graph(model):
+        return model, p64, x64, t64, {n.name: n.name for n in model.grad_inputs}
+    x = model.graph.inputs[0].name
+    return model.graph, p64, {x: x64["X"]}, t64, ({x: "X"} if input_grad else {})
+
+
 def check_options(where, kernel, eps, tol, max_entries):
     """(dtype name, tol) after checking gradcheck's options; an InputError naming the option."""
     dtype = np.dtype(kernel.dtype).name

@@ -43,75 +43,72 @@ def _fused(net):
     return (out, net.loss.name) in (("sigmoid", "bce"), ("softmax", "ce"))
 
 
-# ---------------------------------------------------------------------------------- PyTorch
+class _Peer:
+    """The forward pass and the loss of a peer, written once over its framework's functions:
+    ``acts`` (activation name -> function of z; leaky ReLU's also of its slope), ``_linear``
+    (z = a W^T + b), ``_fused_loss`` (the matched output and loss from z, summed), ``_bce`` and
+    ``_log``."""
 
-
-def _torch():
-    try:
-        import torch
-    except ImportError as exc:
-        raise Unavailable(f"PyTorch not installed ({exc})") from None
-    return torch
-
-
-class TorchMLP:
-    """PyTorch eager: tensors built once; the step zeroes .grad, runs forward, loss, backward."""
-
-    label = "torch"
-
-    def __init__(self, net, dtype):
-        self.torch = _torch()
+    def __init__(self, net):
         self.net = net
         self.layers = _layers(net)
         self.fused = _fused(net)
-        self.tdtype = {"float32": self.torch.float32, "float64": self.torch.float64}[np.dtype(dtype).name]
 
     def _act(self, name, z, prm):
-        F = self.torch.nn.functional
-        if name == "sigmoid":
-            return self.torch.sigmoid(z)
-        if name == "tanh":
-            return self.torch.tanh(z)
-        if name == "relu":
-            return self.torch.relu(z)
-        if name == "leaky_relu":
-            return F.leaky_relu(z, prm["slope"])
-        if name == "softplus":
-            return F.softplus(z)
         if name == "identity":
             return z
-        if name == "exp":
-            return self.torch.exp(z)
-        if name == "softmax":
-            return self.torch.softmax(z, dim=1)
-        raise NotImplementedError(name)
+        return self.acts[name](z, prm["slope"]) if name == "leaky_relu" else self.acts[name](z)
 
     def _loss(self, params, X, Y):
-        F = self.torch.nn.functional
         a = X
         for i, (wk, bk, name, prm) in enumerate(self.layers):
-            z = F.linear(a, params[wk], params[bk])
+            z = self._linear(a, params[wk], params[bk])
             if i == len(self.layers) - 1 and self.fused:
                 break
             a = self._act(name, z, prm)
-        B = X.shape[0]
-        c = 1.0 / B if self.net.reduction == "mean" else 1.0
+        c = 1.0 / X.shape[0] if self.net.reduction == "mean" else 1.0
         loss = self.net.loss.name
-        if self.fused and loss == "bce":
-            return F.binary_cross_entropy_with_logits(z, Y, reduction="sum") * c
         if self.fused:
-            # Probability targets: -sum y log softmax(z), summed over units, reduced over samples.
-            return F.cross_entropy(z, Y, reduction="sum") * c
+            return self._fused_loss(loss, z, Y) * c
         d = a - Y
         if loss == "mse":
             return 0.5 * (d * d).sum() * c
         if loss == "sse":
             return (d * d).sum() * c
         if loss == "bce":
-            return F.binary_cross_entropy(a, Y, reduction="sum") * c
+            return self._bce(a, Y) * c
         if loss == "ce":
-            return -(Y * self.torch.log(a)).sum() * c
+            return -(Y * self._log(a)).sum() * c
         raise NotImplementedError(loss)
+
+
+# ---------------------------------------------------------------------------------- PyTorch
+
+
+class TorchMLP(_Peer):
+    """PyTorch eager: tensors built once; the step zeroes .grad, runs forward, loss, backward."""
+
+    label = "torch"
+
+    def __init__(self, net, dtype):
+        try:
+            import torch
+        except ImportError as exc:
+            raise Unavailable(f"PyTorch not installed ({exc})") from None
+        super().__init__(net)
+        self.torch, F = torch, torch.nn.functional
+        self.tdtype = {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
+        self.acts = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "leaky_relu": F.leaky_relu,
+                     "softplus": F.softplus, "exp": torch.exp, "softmax": lambda z: torch.softmax(z, dim=1)}
+        self._linear, self._log = F.linear, torch.log
+        self._bce = lambda a, Y: F.binary_cross_entropy(a, Y, reduction="sum")
+
+    def _fused_loss(self, loss, z, Y):
+        F = self.torch.nn.functional
+        if loss == "bce":
+            return F.binary_cross_entropy_with_logits(z, Y, reduction="sum")
+        # Probability targets: -sum y log softmax(z), summed over units, reduced over samples.
+        return F.cross_entropy(z, Y, reduction="sum")
 
     def _tensors(self, params, X, Y):
         t = self.torch
@@ -139,7 +136,7 @@ class TorchMLP:
 # ---------------------------------------------------------------------------------- JAX
 
 
-class JaxMLP:
+class JaxMLP(_Peer):
     """jax.jit(jax.value_and_grad(loss)); float64 needs jax_enable_x64, switched on here."""
 
     label = "jax"
@@ -151,57 +148,22 @@ class JaxMLP:
         except ImportError as exc:
             raise Unavailable(f"JAX not installed ({exc})") from None
         jax.config.update("jax_enable_x64", True)
+        super().__init__(net)
         self.jax, self.jnp = jax, jnp
-        self.net = net
-        self.layers = _layers(net)
-        self.fused = _fused(net)
         self.dtype = np.dtype(dtype)
+        self.acts = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "relu": jax.nn.relu, "leaky_relu": jax.nn.leaky_relu,
+                     "softplus": jax.nn.softplus, "exp": jnp.exp, "softmax": lambda z: jax.nn.softmax(z, axis=1)}
+        self._linear, self._log = lambda a, W, b: a @ W.T + b, jnp.log
         self._vg = jax.jit(jax.value_and_grad(self._loss))
 
-    def _act(self, name, z, prm):
-        jax, jnp = self.jax, self.jnp
-        if name == "sigmoid":
-            return jax.nn.sigmoid(z)
-        if name == "tanh":
-            return jnp.tanh(z)
-        if name == "relu":
-            return jax.nn.relu(z)
-        if name == "leaky_relu":
-            return jax.nn.leaky_relu(z, prm["slope"])
-        if name == "softplus":
-            return jax.nn.softplus(z)
-        if name == "identity":
-            return z
-        if name == "exp":
-            return jnp.exp(z)
-        if name == "softmax":
-            return jax.nn.softmax(z, axis=1)
-        raise NotImplementedError(name)
-
-    def _loss(self, params, X, Y):
-        jax, jnp = self.jax, self.jnp
-        a = X
-        for i, (wk, bk, name, prm) in enumerate(self.layers):
-            z = a @ params[wk].T + params[bk]
-            if i == len(self.layers) - 1 and self.fused:
-                break
-            a = self._act(name, z, prm)
-        c = 1.0 / X.shape[0] if self.net.reduction == "mean" else 1.0
-        loss = self.net.loss.name
-        if self.fused and loss == "bce":
-            return (jax.nn.softplus(z) - Y * z).sum() * c
-        if self.fused:
-            return -(Y * jax.nn.log_softmax(z, axis=1)).sum() * c
-        d = a - Y
-        if loss == "mse":
-            return 0.5 * (d * d).sum() * c
-        if loss == "sse":
-            return (d * d).sum() * c
+    def _fused_loss(self, loss, z, Y):
         if loss == "bce":
-            return -(Y * jnp.log(a) + (1 - Y) * jnp.log(1 - a)).sum() * c
-        if loss == "ce":
-            return -(Y * jnp.log(a)).sum() * c
-        raise NotImplementedError(loss)
+            return (self.jax.nn.softplus(z) - Y * z).sum()
+        return -(Y * self.jax.nn.log_softmax(z, axis=1)).sum()
+
+    def _bce(self, a, Y):
+        log = self.jnp.log
+        return -(Y * log(a) + (1 - Y) * log(1 - a)).sum()
 
     def _arrays(self, params, X, Y):
         jnp = self.jnp
