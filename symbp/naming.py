@@ -21,6 +21,12 @@ import sympy as sp
 S = sp.Symbol("s", integer=True)
 I, J, K, P, Q = sp.symbols("i j k p q", integer=True)
 T = sp.Symbol("t", integer=True)     # a second sample index, summed over in the loss
+# Tensor values (batch, channels, height, width): o runs over output channels, c over input
+# channels, (i, j) over output positions, (u, v) over input positions, (p, q) over a kernel or
+# pooling window; d, m, n are the summation indices of a forward definition (channel, kernel
+# row, kernel column) and r a second output channel, summed over in a parameter's gradient.
+O, C, U, V = sp.symbols("o c u v", integer=True)
+D, M, N, R = sp.symbols("d m n r", integer=True)
 BATCH = sp.Symbol("B", integer=True, positive=True)
 
 # The scalar variables of forward definitions in the function table.
@@ -102,3 +108,32 @@ def module_name(network_name, target, dtype):
 def import_name(network_name, target, dtype, digest):
     """Name under which a generated module is put into sys.modules (unique per spec)."""
     return f"symbp_generated.{network_name}.{target}_{dtype}_{digest[:12]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# normalization ops: the summed index of a statistic and a node's own named quantities
+# ----------------------------------------------------------------------------------------------
+
+# the index a normalization statistic sums over (u), and a second one for a sum nested in it (v)
+U, V = sp.symbols("u v", integer=True)
+
+# What a normalization node names besides its value: the mean, sigma = sqrt(var + eps), the
+# normalized input xhat and the constant eps. "<node>__<what>": a user name never holds "__", so
+# these never collide with a node or parameter.
+STATISTICS = ("mu", "sigma", "xhat", "eps")
+
+
+def statistic(node, what):
+    """The label of a normalization node's own quantity: statistic("bn", "mu") -> "bn__mu"."""
+    if what not in STATISTICS:
+        raise KeyError(what)
+    return f"{node}__{what}"
+
+# the LaTeX of a normalization node's own quantities (subscripted by the node's symbol)
+STATISTIC_LATEX = {"mu": r"\mu", "sigma": r"\sigma", "xhat": r"\hat{x}", "eps": r"\epsilon"}
+
+
+def parse_statistic(label):
+    """(node, what) of a label made by ``statistic``, else None."""
+    node, sep, what = str(label).rpartition("__")
+    return (node, what) if sep and what in STATISTICS else None

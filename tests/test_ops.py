@@ -11,11 +11,14 @@ from symbp.model.graph import KINDS, build_graph, graph
 from symbp.derivation.graph import _key, _template, derive_graph
 
 REALIZE = ("source", "contraction", "elementwise", "slices", "loss")
+REALIZE += ("convolution", "pooling", "reshape")     # the tensor ops (model/ops_conv.py)
+REALIZE += ("normalization", "mask")     # the normalization family (model/ops_norm.py)
 
 # one node of each kind, in a graph that reads every kind (the node of the kind under test is
 # looked up by name)
 EXAMPLE = {"input": "x", "dense": "d", "activation": "a", "add": "s", "multiply": "m",
-           "concat": "c", "expression": "e", "loss": "loss"}
+           "concat": "c", "expression": "e", "loss": "loss", "batchnorm": "bn", "layernorm": "ln",
+           "dropout": "dr"}
 
 
 def every_kind():
@@ -26,8 +29,26 @@ def every_kind():
     m = g.multiply("m", s, a)
     e = g.expression("e", "m * sigmoid(s)", ["m", "s"])
     c = g.concat("c", e, m)
-    g.loss("loss", g.dense("o", c, 1), g.input("t", 1), "mse")
+    dr = g.dropout("dr", g.layernorm("ln", g.batchnorm("bn", c)), g.input("mk", 4), 0.5)
+    g.loss("loss", g.dense("o", dr, 1), g.input("t", 1), "mse")
     return g.build()
+
+
+# the tensor ops, in a graph of their own: one node of each kind
+TENSOR_EXAMPLE = {"conv2d": "cv", "maxpool2d": "mp", "avgpool2d": "ap", "flatten": "fl"}
+EXAMPLE.update(TENSOR_EXAMPLE)
+
+
+def every_tensor_kind():
+    g = graph("every_tensor")
+    x = g.input("x", shape=[2, 5, 5], grad=True)
+    mp = g.maxpool2d("mp", g.conv2d("cv", x, 2, 2), 2, stride=1)
+    g.loss("loss", g.dense("o", g.flatten("fl", g.avgpool2d("ap", mp, 2)), 1), g.input("t", 1), "mse")
+    return g.build()
+
+
+def example_graph(kind):
+    return every_tensor_kind() if kind in TENSOR_EXAMPLE else every_kind()
 
 
 def test_registry_covers_the_graph_kinds():
@@ -50,7 +71,7 @@ def test_entry_is_complete(kind):
 def test_forward_definition_differentiates(kind):
     """The op's forward definition for a real node differentiates by sympy.diff w.r.t. each of
     its inputs and parameters, and names nothing outside the generic names."""
-    g = every_kind()
+    g = example_graph(kind)
     node = g.node(EXAMPLE[kind])
     fw = node.op.forward(node.op.key(node), 0)
     assert isinstance(fw, ops.Forward) and fw.expr is not None
@@ -58,7 +79,8 @@ def test_forward_definition_differentiates(kind):
     allowed = {ops._OUT, ops._Y} | {ops._in(m) for m in range(fw.slots)} | {p.generic for p in fw.params}
     assert {b for b in fw.expr.atoms(sp.IndexedBase)} <= allowed
     out = ops._OUT[naming.S, naming.J]
-    wrt = [ops._in(m)[naming.S, naming.K] for m in range(fw.slots)] + [p.generic[p.indices] for p in fw.params]
+    at = (naming.S, naming.C, naming.U, naming.V) if kind in TENSOR_EXAMPLE else (naming.S, naming.K)
+    wrt = [ops._in(m)[at] for m in range(fw.slots)] + [p.generic[p.indices] for p in fw.params]
     if kind == "input":
         wrt = [out]
     for x in wrt:
@@ -74,7 +96,7 @@ def test_forward_definition_differentiates(kind):
 def test_template_of_every_kind(kind):
     """The derivation's template of each kind comes from the registry alone: a Jacobian per
     input, a derivative per parameter role, no Kronecker delta left after the passes."""
-    g = every_kind()
+    g = example_graph(kind)
     node = g.node(EXAMPLE[kind])
     t = _template(_key(node), 0)
     assert len(t["jacobians"]) == len(node.inputs)
@@ -87,7 +109,8 @@ def test_template_of_every_kind(kind):
 
 def test_the_whole_graph_of_every_kind_derives():
     d = derive_graph(every_kind())
-    assert set(d.param_grads) == {"W_d", "b_d", "W_o", "b_o"} and d.input_grads == {"x": "g_x"}
+    assert set(d.param_grads) == {"W_d", "b_d", "W_o", "b_o", "gamma_bn", "beta_bn", "gamma_ln", "beta_ln"}
+    assert d.input_grads == {"x": "g_x"}
 
 
 @pytest.mark.parametrize("kind", list(ops.OPS))
@@ -96,7 +119,10 @@ def test_validate_names_the_node_key(kind):
     node.<name>.<key>."""
     bad = {"input": {"width": 0}, "dense": {"units": 0}, "activation": {"activation": "nope"},
            "add": {"units": 9}, "multiply": {"units": 9}, "concat": {"units": 9},
-           "expression": {"expression": "x +"}, "loss": {"loss": "nope"}}[kind]
+           "expression": {"expression": "x +"}, "loss": {"loss": "nope"},
+           "conv2d": {"out_channels": 0}, "maxpool2d": {"window": 0}, "avgpool2d": {"stride": 0},
+           "flatten": {}, "batchnorm": {"eps": 0},
+           "layernorm": {"affine": 1}, "dropout": {"p": 1}}[kind]
     v = ops.Check("spec.toml", "node.n.", "n", {"x": 2, "w": 2}, {}, {}, {"n": "w"})
     ins = () if kind == "input" else ("x",) if ops.OPS[kind].reads == "one" else ("x", "w")
     with pytest.raises(SpecError) as err:

@@ -41,11 +41,13 @@ from .._version import __version__
 from ..derivation.simplify import sigmoid_forms
 from ..derivation.equations import ColumnSum, Product, batch_form
 from ..errors import SymbpError
+from . import norm_emit
 from .emit import (BF, BLAS_THREADS_MIN, CHUNK_ROWS, LOOPS_MAX, PARALLEL_MIN, VECTOR_MIN, _Block,
                    layer_strategy, optimizer_steps, text)
 from .printer import (ArrayPrinter, NumbaPrinter, _sigmoid, helper_source, helpers_used, is_transcendental,
                       stable_forms)
 from ..output import environment
+from . import conv_emit
 
 TARGETS = ("cpu",)
 DTYPES = ("float64", "float32")
@@ -311,6 +313,8 @@ def _elementwise_forward(c, n, eq):
 
 _FORWARD = {"dense": _dense_forward, "concat": _concat_forward, "activation": _elementwise_forward,
             "add": _elementwise_forward, "multiply": _elementwise_forward, "expression": _elementwise_forward}
+# op families of their own modules, keyed by the op registry's ``realize``
+_FORWARD_REALIZE = {"normalization": norm_emit.forward, "mask": _elementwise_forward}
 # node kinds whose big transcendental maps go to NumPy's ufuncs (as emit.py does for activations)
 _VECTOR_KINDS = ("activation",)
 
@@ -333,6 +337,8 @@ def _accumulate(c, node, lines, pre):
 
 
 def _per_sample_backward(c, eq, comment):
+    if eq.source and c.g.node(eq.source).op.realize == "normalization":     # batch- or unit-coupled (norm_emit)
+        return norm_emit.backward(c, eq, comment)
     label = eq.name
     w = c.g.node(eq.node).width
     c.bwd_buffers[label] = w
@@ -390,7 +396,8 @@ def _param_elementwise(c, eq, comment, shape):
     c.bwd.append(_stmt(lines))
 
 
-_PARAM_BACKWARD = {"grad_W": _grad_w, "grad_b": _grad_b, "shared_sum": _param_elementwise}
+_PARAM_BACKWARD = {"grad_W": _grad_w, "grad_b": _grad_b, "shared_sum": _param_elementwise,
+                   "grad_gamma": norm_emit.param_grad, "grad_beta": norm_emit.param_grad}
 
 
 def _parallel(c, fwd, bwd, loss_lines, grads, shapes, sizes):
@@ -443,9 +450,14 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
     for n in g.nodes:
         if n.kind in ("input", "loss"):
             continue
-        if n.kind not in _FORWARD:
+        if n.op.realize in conv_emit.FORWARD:
+            # tensor ops (conv2d, pooling, flatten): direct loops, keyed by the op's realize
+            fwd += conv_emit.FORWARD[n.op.realize](c, n, d[n.name])
+            continue
+        emit = _FORWARD.get(n.kind) or _FORWARD_REALIZE.get(n.op.realize)
+        if emit is None:
             raise SymbpError(f"{g.name}: node {n.name}: no CPU emission for node kind {n.kind!r}")
-        fwd += _FORWARD[n.kind](c, n, d[n.name])
+        fwd += emit(c, n, d[n.name])
     printed = c.printed
 
     # loss ---------------------------------------------------------------------------------
@@ -477,6 +489,17 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
             comment = f"{label} = {' + '.join(eq.terms)}   [{eq.kind}: {eq.doc}]"
         else:
             comment = f"{text(eq.lhs, eq.rhs)}   {tag}"
+        if conv_emit.is_tensor_source(g, eq):
+            # a gradient through a tensor op: direct loops (an input's only in loss_and_input_grad)
+            if S not in eq.lhs.indices and label not in grads:
+                c.use_buffers[label] = shapes[label]
+            swap = S in eq.lhs.indices and eq.node in input_names
+            if swap:
+                c.bwd, c.igrad = c.igrad, c.bwd
+            conv_emit.backward(c, eq, comment)
+            if swap:
+                c.bwd, c.igrad = c.igrad, c.bwd
+            continue
         if S in eq.lhs.indices:
             if eq.node in input_names:
                 # dL/d(input) only in loss_and_input_grad: a training step does not pay for it
@@ -509,7 +532,7 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
     for k, gl in zip(params, grad_labels):
         shape = tuple(pshapes[k])
         size = int(np.prod(shape))
-        view = f"[{off}:{off + size}]" + (f".reshape({shape})" if len(shape) == 2 else "")
+        view = f"[{off}:{off + size}]" + (f".reshape({shape})" if len(shape) >= 2 else "")
         theta_views.append(f"p_{k} = theta{view}")
         grad_views.append(f"{ids[gl]} = gtheta{view}")
         off += size
@@ -521,8 +544,11 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
     for label, shape in use_buffers.items():
         size = int(np.prod(shape))
         view = f"work[B * {work_width} + {use_off}:B * {work_width} + {use_off + size}]"
-        work_views.append(f"{ids[label]} = {view}" + (f".reshape({tuple(shape)})" if len(shape) == 2 else ""))
+        work_views.append(f"{ids[label]} = {view}" + (f".reshape({tuple(shape)})" if len(shape) >= 2 else ""))
         use_off += size
+    # the normalization family's inference forward and running statistics (codegen.norm_emit)
+    norm = norm_emit.modes(c, lambda n: _FORWARD.get(n.kind) or _FORWARD_REALIZE.get(n.op.realize), _layout,
+                           sizes, [ids[k] for k in inputs], [f"p_{k}" for k in params])
     used = helpers_used(printed)
     parallel = _parallel(c, fwd, bwd, loss_lines, [ids[gl] for gl in grad_labels],
                          [tuple(pshapes[k]) for k in params], sizes)
@@ -566,6 +592,7 @@ def emit_graph(derivation, target="cpu", dtype="float64", *, network=None):
         "loss_scale": p.doprint(d.batch_factor.xreplace(sizes)), "loss_reads": loss_reads,
         "zero": zero, "optimizers": optimizer_steps(dtype),
         "updates": [(f"p_{k}", ids[gl]) for k, gl in zip(params, grad_labels)],
+        "norm": norm,
     }
     return environment().get_template(f"{target}/graph.py.j2").render(**ctx)
 

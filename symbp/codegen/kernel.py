@@ -87,8 +87,10 @@ def glorot_params(shapes, dtype, seed=0):
     rng = np.random.default_rng(check_seed(seed))
     params = {}
     for key, shape in shapes.items():
-        if len(shape) == 2:
-            r = np.sqrt(6.0 / (shape[0] + shape[1]))
+        if len(shape) >= 2:
+            # a convolution kernel (C_out, C_in, k_h, k_w): fans of C_in k_h k_w and C_out k_h k_w
+            receptive = int(np.prod(shape[2:]))
+            r = np.sqrt(6.0 / ((shape[0] + shape[1]) * receptive))
             params[key] = rng.uniform(-r, r, size=shape).astype(dtype)
         else:
             params[key] = np.zeros(shape, dtype=dtype)
@@ -475,6 +477,72 @@ class GraphKernel(BaseKernel):
         self._in_widths, self._y_width = tuple(self.inputs.values()), self.target_width
         self._in_getter = _getter(self._names)
         self._loss_name = self.graph.loss_node.loss.name
+        # the normalization family: a batch-coupled node (batchnorm in training mode) needs two
+        # samples at least; running statistics start as PyTorch's (mean 0, variance 1)
+        self._coupled = next((n.name for n in self.graph.nodes if n.op.couples_samples), None)
+        self.running = {node: {"mean": np.zeros(self.graph.node(node).width, self.dtype),
+                               "var": np.ones(self.graph.node(node).width, self.dtype)}
+                        for node in getattr(module, "RUNNING", {})}
+        self._running_arrays = tuple(a for r in self.running.values() for a in (r["mean"], r["var"]))
+
+    # the normalization family ---------------------------------------------------------------
+    def init_params(self, seed=0):
+        """As ``BaseKernel.init_params``, with the normalizations' scales gamma one (PyTorch's
+        initialization of BatchNorm1d and LayerNorm: the identity map before training)."""
+        params = super().init_params(seed)
+        for p in self.graph.params:
+            if p.role == "scale":
+                params[p.name][...] = 1
+        return params
+
+    def _work_size(self, B):
+        if self._coupled is not None and B < 2:
+            raise InputError(f"node {self._coupled!r}: batchnorm in training mode needs a batch of at least 2 "
+                             f"samples (the variance of one sample is 0), got {B}; "
+                             f"forward(..., mode=\"inference\") normalizes with the running statistics")
+        return super()._work_size(B)
+
+    def _zero_data(self):
+        if self._coupled is None:
+            return super()._zero_data()
+        xs = tuple(np.zeros((2, w), self.dtype) for w in self._in_widths)
+        return self._as_inputs(xs), np.zeros((2, self._y_width), self.dtype)
+
+    def _after_training(self, xs, work):
+        """The running statistics moved toward this training pass's batch statistics."""
+        if self._running_arrays:
+            self.module.update_running(*xs, work, *self._running_arrays)
+
+    def _updated(self, params, inputs):
+        if self._running_arrays:
+            _, xs, _ = self._check_data(params, inputs)
+            self._after_training(xs, self._buffers(xs[0].shape[0])[4])
+
+    def loss_and_grad(self, params, X, Y, copy=True, out=None):
+        result = super().loss_and_grad(params, X, Y, copy, out)
+        self._updated(params, X)
+        return result
+
+    def sgd_step(self, params, X, Y, lr):
+        loss = super().sgd_step(params, X, Y, lr)
+        self._updated(params, X)
+        return loss
+
+    def forward(self, params, X, mode="train"):
+        """The output the loss reads, shape (B, width). ``mode``: "train" (batch statistics,
+        dropout masks applied; the running statistics updated, as a PyTorch module in train())
+        or "inference" (running statistics, dropout left out; nothing updated)."""
+        if mode not in ("train", "inference"):
+            raise InputError(f"mode: expected \"train\" or \"inference\", got {mode!r}")
+        if mode == "train":
+            out = super().forward(params, X)
+            self._updated(params, X)
+            return out
+        ps, xs, _ = self._check_data(params, X)
+        if not hasattr(self.module, "forward_inference"):      # no op that has modes
+            return super().forward(params, X)
+        work = np.empty(xs[0].shape[0] * self.module.WORK_WIDTH + getattr(self.module, "USE_SIZE", 0), self.dtype)
+        return self.module.forward_inference(*xs, *ps, work, *self._running_arrays).copy()
 
     def __repr__(self):
         return f"<GraphKernel {self.graph.name} {self.target} {self.dtype} jit={self.jit} at {self.path}>"
@@ -498,6 +566,12 @@ class GraphKernel(BaseKernel):
                              + (" (or one array)" if len(names) == 1 else "")
                              + f", got {type(inputs).__name__}")
         check_keys("inputs", inputs, names)
+        # a tensor input (shape = [C, H, W]) may come as (B, C, H, W): its C-order rows are the
+        # (B, C*H*W) the module reads (a view when the array is C-contiguous)
+        shaped = {n.name: n.shape for n in self.graph.inputs if n.shape is not None}
+        inputs = {k: (np.ascontiguousarray(x).reshape(len(x), -1)
+                      if k in shaped and isinstance(x, np.ndarray) and x.shape[1:] == shaped[k] else x)
+                  for k, x in inputs.items()}
         return super()._check_slow(params, inputs, Y)
 
     def _as_inputs(self, xs):
@@ -527,6 +601,7 @@ class GraphKernel(BaseKernel):
         """(loss, {param: grad}, {input: grad}) from one pass (loss_and_input_grad: the input
         gradients are computed only here, not in loss_and_grad)."""
         loss, grads, buffers = self._with_input_grads("loss_and_input_grads", params, inputs, target)
+        self._updated(params, inputs)
         named = dict(zip(self.module.BACKWARD_BUFFERS, buffers[1]))
         return loss, grads, {k: named[label].copy() for k, label in self.module.INPUT_GRADS.items()}
 
@@ -569,6 +644,7 @@ class BoundStep:
             self.hyper = opt.hyper_array()
             self._tail = (self.state, self.hyper)
         self._set_batch(*xs, Y)
+        self._after = getattr(kernel, "_after_training", None) if getattr(kernel, "_running_arrays", ()) else None
 
     @property
     def steps(self):
@@ -595,4 +671,7 @@ class BoundStep:
             params[key][...] = a
 
     def __call__(self):
-        return self._fn(*self._args)
+        loss = self._fn(*self._args)
+        if self._after is not None:     # running statistics (batch normalization)
+            self._after(self._data[:-1], self.work)
+        return loss

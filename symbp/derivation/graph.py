@@ -14,6 +14,9 @@ dispatches on the node kind):
 - concat: sum_m sum_k delta(j, o_m + k) in_m[s, k] with o_m the widths before input m (merge);
 - expression: the node's expression with each input name replaced by in_m[s, j];
 - loss: L = c sum_t sum_i loss(out[t, i], y[t, i]), c = 1/B (mean) or 1 (sum).
+- conv2d, maxpool2d, avgpool2d, flatten (tensor values out[s, o, i, j]): their templates come
+  from ``derivation.conv`` (deltas resolved against the sums, the textbook forms as named steps);
+  their equations keep the tensor indices ([s, o, i, j], an input's gradient [s, c, u, v]).
 
 Backward, in reverse topological order, by the general algorithm g_in = g_out L^x: for every edge
 v -> u (slot m of u), the contribution sum_i g_u[s, i] J[s, i, j] with the local Jacobian
@@ -43,10 +46,12 @@ from typing import Optional
 import sympy as sp
 
 from .. import naming
-from . import simplify as simp
+from . import norm, simplify as simp
 from .equations import ActivationRule, Equation, EquationLookup, _stages
 from .local import _forward_rule, _loss_from_logits, output_form
 from ..model import ops
+from ..model.ops_conv import TENSOR_REALIZE, sizes as tensor_sizes
+from . import conv
 from ..errors import DerivationError
 
 S, T, I, J, K, P, Q = naming.S, naming.T, naming.I, naming.J, naming.K, naming.P, naming.Q
@@ -141,7 +146,12 @@ def _template(key, at_zero=0):
     ``key`` is the op's ``key(node)``; ``at_zero`` the graph's relu_at_zero (the kink pass).
     Returns forward, jacobians and contributions per input slot, the activation rule, and for
     each parameter role its local derivative d<symbol> and gradient g<symbol> (dW, gW, ...)."""
+    if ops.OPS[key[0]].realize in TENSOR_REALIZE:
+        # tensor values (batch, C, H, W): their own template (derivation/conv.py)
+        return conv.template(key, at_zero)
     fw = ops.OPS[key[0]].forward(key, at_zero)
+    if fw.statistics is not None:       # a normalization: its statistics named (derivation.norm)
+        return norm.template(key, fw, at_zero)
     ctx = simp.Context(forward=list(fw.rules), links=list(fw.links), at_zero=at_zero)
     rule = None
     if fw.activation is not None:
@@ -224,6 +234,11 @@ def _mapping(graph, node):
     if node.op.target:
         pairs.append((_Y, value(node.target)))
     mapping = dict(sizes)
+    if node.op.realize in TENSOR_REALIZE:
+        # a tensor op's generic sizes (channels, heights, kernel, stride, padding): this node's
+        mapping.update(tensor_sizes(node, graph.node(node.inputs[0]).shape))
+    if node.op.realize == "normalization":      # its mu, sigma, xhat and eps (derivation.norm)
+        mapping.update(norm.mapping(node))
     for gen, actual in pairs:
         mapping[gen] = actual
         mapping[gen.label] = actual.label
@@ -325,8 +340,9 @@ class GraphDerivation(EquationLookup):
                     out.append(f"  f'(z) [{name}]: {e}")
                 out.append(f"  f' reads: {nr.rule.uses}")
             node = self.graph.node(nr.node)
+            at = "t" if node.op.couples_samples else "s"      # batchnorm: a second sample index
             for m, stages in enumerate(nr.jacobians):
-                out += _stages(f"d{nr.node}[s,i]/d{node.inputs[m]}[s,j]", stages)
+                out += _stages(f"d{nr.node}[s,i]/d{node.inputs[m]}[{at},j]", stages)
             if nr.dW:
                 out += _stages(f"d{nr.node}[s,i]/d{node.weight}[p,q]", nr.dW)
             if nr.db:
@@ -398,7 +414,14 @@ def _derive_graph(graph):
         if n.op.realize in ("source", "loss"):
             continue
         t, m = _template(_key(n), at_zero), renamer(_mapping(graph, n))
-        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[S, J], [("definition", m(t["forward"]))],
+        named = ()
+        if "statistics" in t:       # a normalization: mu, sigma, xhat defined first (derivation.norm)
+            for what, lhs, rhs in t["statistics"]:
+                label = naming.statistic(n.name, what)
+                q(labelled(label), "statistic", n.name)
+                eq(label, "statistic", n.name, m(lhs), [("definition", m(rhs))], f"{what} of {n.kind} node {n.name}")
+            named = (("statistics", m(t["forward_named"])),)
+        eq(n.name, f"forward_{n.kind}", n.name, value(n.name)[t.get("out", (S, J))], [("definition", m(t["forward"])), *named],
            f"{n.kind} node")
         rules.append(NodeRules(n.name, n.kind, m(t["forward"]),
                                tuple(_rename(j, m) for j in t["jacobians"]),
@@ -461,7 +484,10 @@ def _derive_graph(graph):
                 else:
                     base = q(contribution(p_name, n.name), "param_use", p_name, n.name)
                     use_terms[p_name].append(str(base.label))
-                eq(str(base.label), f"grad_{role}", p_name, base[idx], _rename(t[key], m),
+                pstages = _rename(t[key], m)
+                if n.op.realize in TENSOR_REALIZE:
+                    pstages = conv.tidy(pstages)
+                eq(str(base.label), f"grad_{role}", p_name, base[idx], pstages,
                    f"dL/d{p_name} through node {n.name}" + (" = g a^T" if role == "W" else " = sum_s g"),
                    source=n.name)
         for slot, v in enumerate(n.inputs):
@@ -472,7 +498,10 @@ def _derive_graph(graph):
                 stages, kind, doc = _rename(lt["delta"], lm_go), "output_delta", "dL/din = sum_i dL/dout_i dout_i/din_j"
             else:
                 stages, kind, doc = _rename(t["contributions"][slot], m), "backprop", "g_in = g_out J (Algorithm 14.1)"
-            e = eq(str(base.label), kind, v, base[S, J], stages, doc, source=n.name)
+                if n.op.realize in TENSOR_REALIZE:
+                    stages = conv.tidy(stages)
+            at = t["ins"][slot] if "ins" in t else (S, J)     # a tensor op's input: [s, c, u, v]
+            e = eq(str(base.label), kind, v, base[at], stages, doc, source=n.name)
             if len(edges[v]) > 1:
                 branch_terms[v].append(e.name)
     input_grads = {}
@@ -495,7 +524,7 @@ def _derive_graph(graph):
 
     for e in equations:
         # concat's forward definition is a sum of Kronecker deltas by design; nothing else keeps one
-        if e.kind != "forward_concat" and (e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative)):
+        if e.kind not in ("forward_concat", "forward_flatten") and (e.rhs.has(sp.KroneckerDelta) or e.rhs.has(sp.Derivative)):
             raise DerivationError(f"{graph.name}: could not collapse {e.name} = {e.rhs}")
 
     return GraphDerivation(graph, tuple(equations), tuple(rules), quantities, sizes,

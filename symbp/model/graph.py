@@ -30,6 +30,9 @@ Node kinds (``inputs`` lists the nodes a node reads, in slot order; any node may
   (``"x * sigmoid(g)"``), parsed by the safe parser; every input must appear in it.
 - ``loss``: ``loss`` (a kind of ``symbp.functions.LOSSES``) of ``input`` against ``target``, an
   input node used by nothing else; ``reduction`` mean (default) or sum over the batch.
+- ``conv2d``, ``maxpool2d``, ``avgpool2d``, ``flatten``: ops on tensor values (batch, C, H, W),
+  from an input node declaring ``shape = [C, H, W]`` (``symbp.model.ops_conv``); ``Node.shape``
+  is a tensor value's (C, H, W), which elementwise nodes keep; a dense node reads vectors only.
 
 Exactly one loss node; every other node has a path to it. bce needs a sigmoid activation node as
 the loss input and ce a softmax node (the kernels compute those losses from the logits), unless
@@ -62,12 +65,15 @@ from .. import naming
 from ..errors import SpecError, shown
 from .functions import Activation, Loss, elementwise_functions, user_activation
 from .limits import MAX_LAYERS, check_parameter_count
-from .ops import KINDS, OPS, Check, check_name as _name, check_str as _str
+from .ops import OPS, Check, check_name as _name, check_str as _str
+from .ops_conv import TENSOR_REALIZE
+from . import ops_norm  # noqa: F401 (registers batchnorm, layernorm, dropout into OPS)
 from .source import SpecKindError, is_mlp_doc, read_text, read_toml, unknown_key
 
 # Keys every node table may hold, per kind (from the op registry; activation parameters such
 # as slope are added from the activation's own table).
 KEYS = {kind: op.keys for kind, op in OPS.items()}
+KINDS = tuple(OPS)      # the registry with the tensor ops (ops_conv) and the normalization family (ops_norm)
 TOP_KEYS = ("graph", "node", "activations")
 GRAPH_KEYS = ("name", "relu_at_zero", "allow_any_output")
 MAX_NODES = 1000
@@ -91,6 +97,17 @@ class Node:
     loss: Optional[Loss] = None
     reduction: str = "mean"
     target: Optional[str] = None            # loss: the target input node
+    # tensor values (``ops_conv``): the value's (channels, height, width), None for a vector;
+    # conv2d / pooling: kernel or window (k_h, k_w), stride and padding (pad_h, pad_w)
+    shape: Optional[tuple] = None
+    kernel: Optional[tuple] = None
+    stride: int = 1
+    padding: tuple = (0, 0)
+    options: tuple = ()                     # batchnorm, layernorm, dropout: ((key, value), ...)
+
+    def option(self, key):
+        """The value of one of the node's ``options`` (batchnorm's eps, dropout's p, ...)."""
+        return dict(self.options)[key]
 
     def symbol(self, input_name):
         """The scalar symbol standing for ``input_name`` in ``expression``."""
@@ -279,6 +296,20 @@ def _topological(edges, order):
     return out
 
 
+def _tensor_shape(op, ins, shapes, kw, where, prefix, nname):
+    """Tensor values through the other ops: an elementwise node of tensor inputs of one shape
+    keeps that shape; a dense node reads (batch, width) values only."""
+    if op.realize in TENSOR_REALIZE or "shape" in kw:
+        return
+    got = [shapes.get(i) for i in ins]
+    if op.realize == "contraction" and got and got[0] is not None:
+        raise SpecError(where, f"{prefix}input", f"{op.kind} node {nname!r} reads a (batch, width) value, but "
+                                                 f"{ins[0]!r} is (batch, {', '.join(map(str, got[0]))}): "
+                                                 f"put a flatten node between them")
+    if op.realize == "elementwise" and got and got[0] is not None and all(g == got[0] for g in got):
+        kw["shape"] = got[0]
+
+
 def build_graph(name, nodes, activations=None, where="", relu_at_zero=0, allow_any_output=False,
                 max_nodes=MAX_NODES):
     """Validate node tables (dicts as in the TOML ``[[node]]`` tables) into a Graph.
@@ -385,10 +416,14 @@ def build_graph(name, nodes, activations=None, where="", relu_at_zero=0, allow_a
     # 3. widths and node contents, in topological order --------------------------------------
     functions = elementwise_functions(defined)
     built, widths, params = {}, {}, {}
+    shapes = {}
     for nname in topo:
         t, kind, prefix = tables[nname], tables[nname]["kind"], f"node.{nname}."
         ins = tuple(edges[nname])
-        width, kw, uses = OPS[kind].validate(t, ins, Check(where, prefix, nname, widths, functions, defined, targets))
+        width, kw, uses = OPS[kind].validate(t, ins, Check(where, prefix, nname, widths, functions, defined, targets,
+                                                           shapes))
+        _tensor_shape(OPS[kind], ins, shapes, kw, where, prefix, nname)
+        shapes[nname] = kw.get("shape")
         # parameters: a name used by several nodes is one shared parameter, of one role and shape
         mine = {}
         for pname, role, shape, tr in uses:
@@ -506,8 +541,34 @@ class GraphBuilder:
         self.tables.append(table)
         return table["name"]
 
-    def input(self, name, width, grad=False):
-        return self._add({"name": name, "kind": "input", "width": width, "grad": grad})
+    def input(self, name, width=None, grad=False, shape=None):
+        """A (batch, width) input, or with ``shape=[C, H, W]`` a (batch, C, H, W) one."""
+        t = {"name": name, "kind": "input", "grad": grad}
+        if width is not None or shape is None:
+            t["width"] = width
+        if shape is not None:
+            t["shape"] = list(shape) if isinstance(shape, tuple) else shape
+        return self._add(t)
+
+    def conv2d(self, name, input, out_channels, kernel, stride=None, padding=None, bias=None, weight=None):
+        """out[s,o,i,j] = sum_{c,p,q} W[o,c,p,q] input[s,c,i*stride+p-pad,j*stride+q-pad] + b[o];
+        ``bias``: False for none or a parameter name; names default to W_<name>, b_<name>."""
+        t = {"name": name, "kind": "conv2d", "input": input, "out_channels": out_channels, "kernel": kernel}
+        for key, val in (("stride", stride), ("padding", padding), ("bias", bias), ("weight", weight)):
+            if val is not None:
+                t[key] = val
+        return self._add(t)
+
+    def maxpool2d(self, name, input, window, stride=None):
+        return self._add({"name": name, "kind": "maxpool2d", "input": input, "window": window,
+                          **({"stride": stride} if stride is not None else {})})
+
+    def avgpool2d(self, name, input, window, stride=None):
+        return self._add({"name": name, "kind": "avgpool2d", "input": input, "window": window,
+                          **({"stride": stride} if stride is not None else {})})
+
+    def flatten(self, name, input):
+        return self._add({"name": name, "kind": "flatten", "input": input})
 
     def dense(self, name, input, units, weight=None, bias=None, transpose=False):
         """out = W input + b; bias=False for none; names default to W_<name>, b_<name>."""
@@ -540,6 +601,21 @@ class GraphBuilder:
     def loss(self, name, input, target, loss, reduction="mean"):
         return self._add({"name": name, "kind": "loss", "input": input, "target": target,
                           "loss": loss, "reduction": reduction})
+
+    # normalization family (symbp.model.ops_norm): keys given only when set, so that the
+    # defaults are the registry's
+    def batchnorm(self, name, input, **keys):
+        """Batch normalization of ``input`` over the batch; keys eps, momentum, affine, mode,
+        gamma, beta (see symbp.model.ops_norm)."""
+        return self._add({"name": name, "kind": "batchnorm", "input": input, **keys})
+
+    def layernorm(self, name, input, **keys):
+        """Layer normalization of ``input`` over its units; keys eps, affine, gamma, beta."""
+        return self._add({"name": name, "kind": "layernorm", "input": input, **keys})
+
+    def dropout(self, name, input, mask, p):
+        """Inverted dropout input * mask / (1 - p); ``mask`` names the node (an input) of the mask."""
+        return self._add({"name": name, "kind": "dropout", "inputs": [input, mask], "p": p})
 
     @staticmethod
     def _multi(name, kind, inputs, units):

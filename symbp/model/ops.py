@@ -120,6 +120,9 @@ class Forward:
     rules: tuple = ()
     links: tuple = ()
     activation: object = None
+    # a normalization op's statistics (symbp.model.ops_norm.Statistics): what the derivation
+    # names mu, sigma and xhat, and the axes they reduce over
+    statistics: object = None
 
 
 @dataclass
@@ -135,6 +138,7 @@ class Check:
     functions: dict
     defined: dict
     targets: dict
+    shapes: dict = None     # tensor values: node name -> (channels, height, width) or None
 
     def error(self, key, message):
         return SpecError(self.where, f"{self.prefix}{key}", message)

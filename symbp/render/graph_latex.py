@@ -124,6 +124,9 @@ class _Names:
         return f"g_{{{sym}}}" + (f"^{{({self.sym(source)})}}" if source else "")
 
     def _base(self, q):
+        if q.role == "statistic":       # a normalization's mu, sigma, xhat: \mu_{bn}, ...
+            node, what = naming.parse_statistic(q.label)
+            return f"{naming.STATISTIC_LATEX[what]}_{{{self.sym(node)}}}"
         if q.role in ("value", "target", "param"):
             return self.sym(q.of)
         if q.role in ("grad", "param_grad"):
@@ -204,6 +207,8 @@ class GraphPrinter(TexPrinter):
             idx = idx[::-1]      # the notation's matrix is our transpose: our W[j,k] is its entry (k, j)
         parts = [self._index(i) for i in idx]
         sup = f"^{{({sample})}}" if sample else ""
+        if not parts and not sup:       # a per-sample statistic (layernorm's sigma) in a sample's row
+            return base
         if self.nt.brackets:
             b = base if _plain(base) or sup == "" else rf"\left({base}\right)"
             return f"{b}{sup}[{', '.join(parts)}]"
@@ -234,6 +239,9 @@ class GraphPrinter(TexPrinter):
         name = e.name
         if name.startswith("n_") and name[2:] in self.n.d.quantities:
             return f"n_{{{self.n.sym(name[2:])}}}"
+        st = naming.parse_statistic(name)
+        if st is not None:      # a normalization's eps: \epsilon_{bn}
+            return f"{naming.STATISTIC_LATEX[st[1]]}_{{{self.n.sym(st[0])}}}"
         return super()._print_Symbol(e)
 
     def _print_KroneckerDelta(self, e, exp=None):
@@ -243,12 +251,17 @@ class GraphPrinter(TexPrinter):
 
     def _print_Heaviside(self, e, exp=None):
         arg = self._print(e.args[0])
-        out = rf"\mathbb{{I}}\left[{arg} > 0\right]"
+        # Heaviside(x, 1) includes 0 (max pooling's tie to the first index, ReLU'(0) = 1)
+        rel = r"\ge" if len(e.args) == 2 and e.args[1] == 1 else ">"
+        out = rf"\mathbb{{I}}\left[{arg} {rel} 0\right]"
         return out if exp is None else rf"{out}^{{{exp}}}"
 
     def _print_Pow(self, e):
         if isinstance(e.base, sp.Indexed) and not self.vector and e.exp.is_Integer and e.exp > 0:
-            return rf"{self._print(e.base)}^{{{self._print(e.exp)}}}"
+            b = self._print(e.base)
+            if "^{(" in b:      # x_{u}^{(s)} squared (a normalization's variance): one superscript per atom
+                b = f"{{{b}}}"
+            return rf"{b}^{{{self._print(e.exp)}}}"
         return super()._print_Pow(e)
 
     def _print_Mul(self, e):
@@ -313,6 +326,22 @@ def stage_legend():
     docs = [("sympy.diff", "the derivative as sympy.diff returns it")] + [(p.name, p.doc) for p in simp.PASSES]
     return "; ".join(rf"\emph{{{_text(k)}}}: {_text(v)}" for k, v in docs).replace(
         r"sum\_i y\_i = 1", r"$\sum_i y_i = 1$")
+
+
+# prose of a backward step through a tensor op: SymPy's derivative with its deltas resolved is
+# recognised as the textbook form (derivation/conv.py)
+TENSOR_STEPS = {
+    "conv2d": (r"SymPy differentiates the convolution's index form; each Kronecker delta is summed "
+               r"away (an entry outside the padded input is zero), which leaves for the kernel the "
+               r"correlation of the input with the node's gradient, and for the input the full "
+               r"convolution of the node's gradient with the kernel rotated by 180 degrees "
+               r"(``Deep Learning'', Goodfellow, Bengio and Courville, chapter~9)"),
+    "maxpool2d": (r"The derivative of the maximum is 1 at the window's largest entry and 0 elsewhere: "
+                  r"the gradient is routed to the arg-max, ties to the first entry of the window in "
+                  r"row-major order (as PyTorch)"),
+    "avgpool2d": r"Each entry of a window receives its share $1/(k_h k_w)$ of the window's gradient",
+    "flatten": r"Flattening only renames entries: the gradient is unflattened back to the tensor's shape",
+}
 
 
 class Renderer:
@@ -384,7 +413,7 @@ class Renderer:
                 what = "elementwise: $" + sp.latex(n.expression, symbol_names=names, mul_symbol=r"\,") + "$"
             else:
                 what = {"add": "elementwise sum", "multiply": "elementwise product",
-                        "concat": "the inputs stacked (merge)"}[n.kind]
+                        "concat": "the inputs stacked (merge)"}.get(n.kind) or _text(n.op.doc)   # tensor ops: the registry's words
             kind = n.activation.name if n.kind == "activation" else n.kind
             rows.append({"name": f"${self.sym(n.name)}$", "kind": _text(kind),
                          "inputs": ins, "width": str(n.width), "what": what})
@@ -395,8 +424,8 @@ class Renderer:
         return (rf"${n.loss.latex}$ with $a = {self.sym(n.inputs[0])}$, $y = {self.sym(n.target)}$")
 
     def params(self):
-        def shape(p):       # the shape of the notation's own matrix (stored transposed in some courses)
-            return "$" + r" \times ".join(map(str, self.names.own(p.name).shape)) + "$"
+        def shape(p):       # the notation's own matrix (stored transposed in some courses); a kernel as it is
+            return "$" + r" \times ".join(map(str, p.shape if len(p.shape) > 2 else self.names.own(p.name).shape)) + "$"
         return [{"name": f"${self.sym(p.name)}$", "shape": shape(p),
                  "uses": ", ".join(f"${self.sym(u)}$" + (" (transposed)" if t else "") for u, t in p.uses),
                  "shared": len(p.uses) > 1} for p in self.g.params]
@@ -480,7 +509,21 @@ class Renderer:
         return _row(rf"\frac{{\partial {ui}}}{{\partial {vj}}}", "= " + pr.doprint(jac),
                     r"\text{local Jacobian}")
 
+    def tensor_step_text(self, e):
+        """(title, prose) of a gradient through a tensor op (conv2d, pooling, flatten), naming
+        the textbook form SymPy's result was recognised as; None for the other ops."""
+        u = self.g.node(e.source) if e.source else None
+        if u is None or u.kind not in TENSOR_STEPS:
+            return None
+        v, us = self.sym(e.node), self.sym(u.name)
+        step = e.stages[-1][0]
+        title = rf"parameter ${v}$" if e.kind.startswith("grad_") else rf"the gradient of ${v}$"
+        return title, rf"{TENSOR_STEPS[u.kind]} (through ${us}$; the step \emph{{{_text(step)}}})."
+
     def step_text(self, e):
+        tensor = self.tensor_step_text(e)
+        if tensor is not None:
+            return tensor
         nt = self.nt
         v = self.sym(e.node)
         if e.kind == "loss_grad":
@@ -510,6 +553,22 @@ class Renderer:
                        if e.kind == "grad_W" else
                        "so the gradient is the node's gradient summed over the samples of the batch."))
             return (rf"parameter ${p}$" + (rf" (its use in ${self.sym(u.name)}$)" if shared else ""), body)
+        if e.kind in ("grad_gamma", "grad_beta"):       # a normalization's scale and shift
+            p, u = self.sym(e.node), self.sym(e.source)
+            return (rf"parameter ${p}$",
+                    rf"The gradient of ${p}$: it enters ${u}$ only through the affine map after the "
+                    r"normalization, so SymPy's sum over the samples collapses to the node's gradient"
+                    + (r" times the normalized input, $\sum_s g\,\hat{x}$." if e.kind == "grad_gamma" else "."))
+        if e.kind == "backprop" and self.g.node(e.source).op.realize == "normalization":
+            u = self.g.node(e.source)
+            coupled = "the samples of the batch" if u.op.couples_samples else "the units of a sample"
+            return (rf"the gradient of ${v}$ through ${self.sym(u.name)}$",
+                    rf"The normalization couples {coupled}: every output depends on every input through "
+                    r"the mean and the variance, so the backward step sums over them. SymPy differentiates "
+                    r"the forward definition with the statistics written out as sums, names the "
+                    r"statistics, writes the input as $\mu + \sigma \hat{x}$ and simplifies; the last "
+                    r"step is the compact form of Ioffe and Szegedy, ``Batch Normalization'' (2015), "
+                    r"$dx = \frac{\gamma}{N \sigma}\left(N\,dy - \sum dy - \hat{x} \sum dy\,\hat{x}\right)$.")
         if e.kind == "backprop":
             u = self.g.node(e.source)
             us = self.sym(u.name)

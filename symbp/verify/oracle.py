@@ -25,7 +25,9 @@ import sympy as sp
 from .. import naming
 from ..errors import InputError, SymbpError
 from ..model import ops
+from .conv import TENSOR_KINDS, oracle_sample
 from .fd import checked_arrays
+from .norm import FAMILY as NORM_FAMILY
 
 ORACLE_MAX_PARAMS = 300
 ORACLE_MAX_BATCH = 16
@@ -97,6 +99,10 @@ def _at_kinks(definition, at_zero):
                               lambda pw: sp.Piecewise(*[(v, owned(c)) for v, c in pw.args]))
 
 
+def _plain(e):
+    return e
+
+
 def _written_out(e):
     """e with every Sum (concrete limits) written out as an Add of its terms."""
     def add(s):
@@ -123,6 +129,13 @@ def _output(graph, P, X, group):
     vals = dict(X)
     for n in graph.nodes:
         if n.op.realize in ("source", "loss"):
+            continue
+        ins = [vals[i] for i in n.inputs]
+        if n.kind in NORM_FAMILY:       # batchnorm, layernorm, dropout (verify/norm.py): the group at once
+            vals[n.name] = np.array(NORM_FAMILY[n.kind](n, ins, P, _plain), dtype=object)
+            continue
+        if n.kind in TENSOR_KINDS:      # conv2d, pooling, flatten (verify/conv.py): each sample's C-order entries
+            vals[n.name] = np.array([oracle_sample(n, graph, row, P, _plain) for row in ins[0]], dtype=object)
             continue
         sizes = {**ops._sizes(n.width, [graph.node(i).width for i in n.inputs]), naming.BATCH: group}
         fwd = n.op.forward(n.op.key(n), graph.relu_at_zero).expr.xreplace(sizes)

@@ -8,6 +8,8 @@ import operator
 import sympy as sp
 
 from .. import naming
+from .conv import TENSOR_KINDS, torch_op
+from .norm_torch import TORCH as NORM_TORCH
 from .fd import checked_arrays
 
 
@@ -99,6 +101,9 @@ def _forward(graph, tp, vals, torch):
         if n.kind in ("input", "loss"):
             continue
         ins = [vals[i] for i in n.inputs]
+        if n.kind in TENSOR_KINDS:      # conv2d, pooling, flatten by torch's own (verify/conv.py)
+            vals[n.name] = torch_op(n, graph, ins[0], tp, torch)
+            continue
         if n.kind == "dense":
             W = tp[n.weight]
             out = ins[0] @ (W if n.transpose else W.T)
@@ -112,6 +117,8 @@ def _forward(graph, tp, vals, torch):
                 out = out + v if n.kind == "add" else out * v
         elif n.kind == "concat":
             out = torch.cat(ins, dim=1)
+        elif n.kind in NORM_TORCH:      # batchnorm, layernorm, dropout (verify.norm_torch)
+            out = NORM_TORCH[n.kind](n, ins, tp, torch)
         else:
             out = _torch_expr(n.expression, {n.symbol(i): v for i, v in zip(n.inputs, ins)}, torch)
         vals[n.name] = out
